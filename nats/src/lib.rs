@@ -1,0 +1,10 @@
+//! The NATS side of natter, declared as code: stream, consumer and bucket
+//! configurations (`topology`), and every subject name (`subjects`). Nothing
+//! outside this crate spells a subject or a stream name.
+
+pub mod publish;
+pub mod subjects;
+pub mod topology;
+
+pub use subjects::{PARTITIONS, RoomKind, Subjects};
+pub use topology::{Role, TopologyError, apply};

@@ -1,0 +1,156 @@
+//! Subject, stream, consumer and bucket names.
+//!
+//! Commands are partitioned by room: `<ns>.cmd.p<N>.<kind>.<room>.<action>`,
+//! where N = crc32(room) mod `PARTITIONS`. Each partition has its own durable
+//! consumer per worker role, and a partition is applied by one worker at a
+//! time, so the commands of a room are applied and their events published in
+//! stream order. Changing `PARTITIONS` re-maps rooms: do it only with the
+//! workers stopped and the consumers drained.
+
+/// Number of command partitions.
+pub const PARTITIONS: u32 = 8;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RoomKind {
+    Conversation,
+    Group,
+}
+
+impl RoomKind {
+    fn token(self) -> &'static str {
+        match self {
+            RoomKind::Conversation => "conv",
+            RoomKind::Group => "group",
+        }
+    }
+}
+
+/// The partition a room's commands go to.
+pub fn partition_of(room: &str) -> u32 {
+    crc32fast::hash(room.as_bytes()) % PARTITIONS
+}
+
+/// All names in one namespace (`NATS_NAMESPACE`).
+#[derive(Clone, Debug)]
+pub struct Subjects {
+    ns: String,
+}
+
+impl Subjects {
+    pub fn new(namespace: &str) -> Self {
+        Subjects { ns: namespace.to_string() }
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.ns
+    }
+
+    fn upper(&self) -> String {
+        self.ns.to_uppercase().replace('-', "_")
+    }
+
+    /// Stream of commands (every state change).
+    pub fn cmd_stream(&self) -> String {
+        format!("{}_CMDS", self.upper())
+    }
+
+    /// Stream of events (facts after applying), kept for catch-up.
+    pub fn evt_stream(&self) -> String {
+        format!("{}_EVENTS", self.upper())
+    }
+
+    /// Stream of dead-lettered commands.
+    pub fn dlq_stream(&self) -> String {
+        format!("{}_DLQ", self.upper())
+    }
+
+    /// KV bucket where workers lease partitions.
+    pub fn leases_bucket(&self) -> String {
+        format!("{}_leases", self.ns.replace('-', "_"))
+    }
+
+    pub fn cmd_all(&self) -> String {
+        format!("{}.cmd.>", self.ns)
+    }
+
+    pub fn evt_all(&self) -> String {
+        format!("{}.evt.>", self.ns)
+    }
+
+    pub fn dlq_all(&self) -> String {
+        format!("{}.dlq.>", self.ns)
+    }
+
+    /// Subject of a command for `room`.
+    pub fn command(&self, kind: RoomKind, room: &str, action: &str) -> String {
+        format!("{}.cmd.p{}.{}.{}.{}", self.ns, partition_of(room), kind.token(), room, action)
+    }
+
+    /// Filter of one partition's commands.
+    pub fn partition(&self, p: u32) -> String {
+        format!("{}.cmd.p{}.>", self.ns, p)
+    }
+
+    /// Events of one room.
+    pub fn room_events(&self, kind: RoomKind, room: &str) -> String {
+        format!("{}.evt.{}.{}", self.ns, kind.token(), room)
+    }
+
+    /// Events addressed to one user (all their devices).
+    pub fn user_events(&self, user: &str) -> String {
+        format!("{}.evt.user.{}", self.ns, user)
+    }
+
+    /// Dead letters of a worker role.
+    pub fn dlq(&self, role: &str) -> String {
+        format!("{}.dlq.{}", self.ns, role)
+    }
+
+    /// Durable consumer name of a role on a partition.
+    pub fn consumer(&self, role: &str, p: u32) -> String {
+        format!("{role}-p{p}")
+    }
+
+    /// Lease key of a role's partition.
+    pub fn lease_key(&self, role: &str, p: u32) -> String {
+        format!("{role}.p{p}")
+    }
+
+    /// Liveness key of a worker instance (to count live workers of a role).
+    pub fn member_key(&self, role: &str, instance: &str) -> String {
+        format!("{role}.member.{instance}")
+    }
+
+    /// Prefix of the liveness keys of a role.
+    pub fn member_prefix(&self, role: &str) -> String {
+        format!("{role}.member.")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        let s = Subjects::new("chat");
+        assert_eq!(s.cmd_stream(), "CHAT_CMDS");
+        let subj = s.command(RoomKind::Conversation, "abc", "send_message");
+        assert!(subj.starts_with("chat.cmd.p"));
+        assert!(subj.ends_with(".conv.abc.send_message"));
+        assert_eq!(s.room_events(RoomKind::Conversation, "abc"), "chat.evt.conv.abc");
+        assert_eq!(s.partition(3), "chat.cmd.p3.>");
+    }
+
+    #[test]
+    fn partitions_spread_and_are_stable() {
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..200 {
+            let p = partition_of(&format!("room{i}"));
+            assert!(p < PARTITIONS);
+            seen.insert(p);
+        }
+        assert_eq!(seen.len() as u32, PARTITIONS);
+        assert_eq!(partition_of("room1"), partition_of("room1"));
+    }
+}

@@ -1,0 +1,154 @@
+//! Streams, consumers and buckets, applied idempotently by
+//! `natterctl topology apply` and on start of every edge and worker.
+
+use crate::subjects::{PARTITIONS, Subjects};
+use async_nats::jetstream::{self, consumer, kv, stream};
+use std::time::Duration;
+
+/// Worker roles that own a durable consumer per partition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Messages,
+}
+
+impl Role {
+    pub const ALL: [Role; 1] = [Role::Messages];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Messages => "messages",
+        }
+    }
+}
+
+/// Redelivery delays after a worker died holding a message (the worker
+/// retries transient failures itself, in place, to keep room order). The
+/// first must stay below the lease TTL minus the renewal interval, so that a
+/// dead worker's messages are redelivered before its partitions move.
+pub const BACKOFF: [Duration; 4] =
+    [Duration::from_secs(8), Duration::from_secs(15), Duration::from_secs(30), Duration::from_secs(60)];
+/// Deliveries before a command is dead-lettered.
+pub const MAX_DELIVER: i64 = 6;
+/// Largest batch a worker fetches.
+pub const MAX_BATCH: usize = 256;
+/// How long a partition lease lives without renewal.
+pub const LEASE_TTL: Duration = Duration::from_secs(15);
+/// How long the server remembers `Nats-Msg-Id`s: the client retry horizon.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// How long events are kept for reconnect catch-up.
+pub const EVENTS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+/// How long dead letters are kept.
+pub const DLQ_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    #[error("stream {name}: {source}")]
+    Stream { name: String, source: Box<dyn std::error::Error + Send + Sync> },
+    #[error("consumer {name}: {source}")]
+    Consumer { name: String, source: Box<dyn std::error::Error + Send + Sync> },
+    #[error("bucket {name}: {source}")]
+    Bucket { name: String, source: Box<dyn std::error::Error + Send + Sync> },
+}
+
+pub fn cmd_stream_config(s: &Subjects, replicas: usize) -> stream::Config {
+    stream::Config {
+        name: s.cmd_stream(),
+        description: Some("natter commands: every state change, kept for replay".into()),
+        subjects: vec![s.cmd_all()],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        duplicate_window: DUPLICATE_WINDOW,
+        max_age: Duration::ZERO,
+        num_replicas: replicas,
+        allow_direct: true,
+        ..Default::default()
+    }
+}
+
+pub fn evt_stream_config(s: &Subjects, replicas: usize) -> stream::Config {
+    stream::Config {
+        name: s.evt_stream(),
+        description: Some("natter events, kept for reconnect catch-up".into()),
+        subjects: vec![s.evt_all()],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        max_age: EVENTS_MAX_AGE,
+        num_replicas: replicas,
+        allow_direct: true,
+        ..Default::default()
+    }
+}
+
+pub fn dlq_stream_config(s: &Subjects, replicas: usize) -> stream::Config {
+    stream::Config {
+        name: s.dlq_stream(),
+        description: Some("natter dead-lettered commands with their reason".into()),
+        subjects: vec![s.dlq_all()],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        max_age: DLQ_MAX_AGE,
+        num_replicas: replicas,
+        ..Default::default()
+    }
+}
+
+pub fn consumer_config(s: &Subjects, role: Role, p: u32) -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(s.consumer(role.name(), p)),
+        description: Some(format!("{} worker, partition {p}", role.name())),
+        filter_subject: s.partition(p),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: BACKOFF[0],
+        max_deliver: MAX_DELIVER,
+        backoff: BACKOFF.to_vec(),
+        // One worker holds a partition at a time and has at most one batch
+        // in hand; twice the batch leaves room for redeliveries.
+        max_ack_pending: (MAX_BATCH * 2) as i64,
+        deliver_policy: consumer::DeliverPolicy::All,
+        ..Default::default()
+    }
+}
+
+pub fn leases_config(s: &Subjects, replicas: usize) -> kv::Config {
+    kv::Config {
+        bucket: s.leases_bucket(),
+        description: "natter worker partition leases".into(),
+        history: 1,
+        max_age: LEASE_TTL,
+        storage: stream::StorageType::Memory,
+        num_replicas: replicas,
+        ..Default::default()
+    }
+}
+
+fn boxed<E: std::error::Error + Send + Sync + 'static>(e: E) -> Box<dyn std::error::Error + Send + Sync> {
+    Box::new(e)
+}
+
+/// Creates or updates every stream, consumer and bucket. Safe to run any
+/// number of times, from any number of processes at once.
+pub async fn apply(js: &jetstream::Context, s: &Subjects, replicas: usize) -> Result<(), TopologyError> {
+    for cfg in [cmd_stream_config(s, replicas), evt_stream_config(s, replicas), dlq_stream_config(s, replicas)] {
+        let name = cfg.name.clone();
+        js.create_or_update_stream(cfg)
+            .await
+            .map_err(|e| TopologyError::Stream { name, source: boxed(e) })?;
+    }
+    for role in Role::ALL {
+        for p in 0..PARTITIONS {
+            let cfg = consumer_config(s, role, p);
+            let name = s.consumer(role.name(), p);
+            if js.create_consumer_on_stream(cfg.clone(), s.cmd_stream()).await.is_err() {
+                js.update_consumer_on_stream(cfg, s.cmd_stream())
+                    .await
+                    .map_err(|e| TopologyError::Consumer { name, source: boxed(e) })?;
+            }
+        }
+    }
+    let cfg = leases_config(s, replicas);
+    let name = cfg.bucket.clone();
+    js.create_or_update_key_value(cfg)
+        .await
+        .map_err(|e| TopologyError::Bucket { name, source: boxed(e) })?;
+    Ok(())
+}

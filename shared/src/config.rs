@@ -1,0 +1,274 @@
+//! Typed configuration, read once from the environment (or any other source
+//! in tests) and passed down. Every variable is documented on its field.
+//! Missing or invalid required values are reported by name before anything
+//! binds; secrets are never printed by `Debug`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+
+/// Where configuration values come from: the process environment in binaries,
+/// a map in tests.
+pub trait Source {
+    fn get(&self, key: &str) -> Option<String>;
+}
+
+/// The process environment.
+pub struct Env;
+
+impl Source for Env {
+    fn get(&self, key: &str) -> Option<String> {
+        std::env::var(key).ok().filter(|v| !v.trim().is_empty())
+    }
+}
+
+impl Source for HashMap<String, String> {
+    fn get(&self, key: &str) -> Option<String> {
+        HashMap::get(self, key).cloned().filter(|v| !v.trim().is_empty())
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("missing required environment variable {0}")]
+    Missing(&'static str),
+    #[error("invalid value for {var}: {reason}")]
+    Invalid { var: &'static str, reason: String },
+}
+
+/// A secret string whose `Debug` output is redacted.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Connection settings every binary needs.
+#[derive(Clone, Debug)]
+pub struct CoreConfig {
+    /// `NATS_URL` (required): NATS server(s), comma-separated, e.g. `nats://127.0.0.1:4222`.
+    pub nats_url: String,
+    /// `NATS_NAMESPACE` (default `chat`): first token of every subject and
+    /// prefix of every stream, consumer and bucket name; lets tests and
+    /// tenants share one NATS server without seeing each other.
+    pub nats_namespace: String,
+    /// `MONGODB_URI` (required): a MongoDB connection string.
+    pub mongodb_uri: String,
+    /// The database: the path of `MONGODB_URI`, else `MONGODB_DB`, else `natter`.
+    pub mongodb_db: String,
+}
+
+/// Settings of the edge server.
+#[derive(Clone, Debug)]
+pub struct EdgeConfig {
+    pub core: CoreConfig,
+    /// `JWT_SECRET` (required, at least 16 bytes): HS256 key the tokens are signed with.
+    pub jwt_secret: Secret,
+    /// `FRONTEND_URL` (default `http://localhost:3000`): allowed browser
+    /// origins, comma-separated, compared exactly with the `Origin` header.
+    pub frontend_urls: Vec<String>,
+    /// `MAX_FILE_SIZE` (default 10485760): upper bound of an attachment in bytes.
+    pub max_file_size: u64,
+    /// `LISTEN_ADDR` (default `127.0.0.1:8080`): where the edge listens.
+    pub listen: SocketAddr,
+    /// `S3_ENDPOINT`, `S3_BUCKET`, `S3_ACCESS_KEY`, `S3_SECRET_KEY`: all four or none.
+    pub s3: Option<S3Config>,
+}
+
+/// S3-compatible storage for attachments.
+#[derive(Clone, Debug)]
+pub struct S3Config {
+    /// `S3_ENDPOINT`: base URL of the S3 API (path-style addressing is used).
+    pub endpoint: String,
+    /// `S3_BUCKET`: bucket the attachments go to.
+    pub bucket: String,
+    /// `S3_ACCESS_KEY`
+    pub access_key: String,
+    /// `S3_SECRET_KEY`
+    pub secret_key: Secret,
+    /// `S3_REGION` (default `us-east-1`)
+    pub region: String,
+}
+
+fn required(src: &dyn Source, var: &'static str) -> Result<String, ConfigError> {
+    src.get(var).ok_or(ConfigError::Missing(var))
+}
+
+fn invalid(var: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { var, reason: reason.into() }
+}
+
+impl CoreConfig {
+    pub fn load(src: &dyn Source) -> Result<Self, ConfigError> {
+        let nats_url = required(src, "NATS_URL")?;
+        for part in nats_url.split(',') {
+            let p = part.trim();
+            let ok = ["nats://", "tls://", "ws://", "wss://"].iter().any(|s| p.starts_with(s))
+                || (!p.contains("://") && p.contains(':'));
+            if !ok {
+                return Err(invalid("NATS_URL", format!("`{p}` is not a NATS URL (nats://host:port)")));
+            }
+        }
+        let nats_namespace = src.get("NATS_NAMESPACE").unwrap_or_else(|| "chat".into());
+        if nats_namespace.is_empty()
+            || !nats_namespace.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(invalid("NATS_NAMESPACE", "use letters, digits, `_` or `-`"));
+        }
+        let mongodb_uri = required(src, "MONGODB_URI")?;
+        if !(mongodb_uri.starts_with("mongodb://") || mongodb_uri.starts_with("mongodb+srv://")) {
+            return Err(invalid("MONGODB_URI", "must start with mongodb:// or mongodb+srv://"));
+        }
+        let mongodb_db = db_from_uri(&mongodb_uri)
+            .or_else(|| src.get("MONGODB_DB"))
+            .unwrap_or_else(|| "natter".into());
+        Ok(CoreConfig { nats_url, nats_namespace, mongodb_uri, mongodb_db })
+    }
+}
+
+/// The database named in the path of a MongoDB URI, if any.
+fn db_from_uri(uri: &str) -> Option<String> {
+    let rest = &uri[uri.find("://")? + 3..];
+    let path = &rest[rest.find('/')? + 1..];
+    let db = path.split('?').next().unwrap_or("");
+    (!db.is_empty()).then(|| db.to_string())
+}
+
+impl EdgeConfig {
+    pub fn load(src: &dyn Source) -> Result<Self, ConfigError> {
+        let core = CoreConfig::load(src)?;
+        let jwt_secret = jwt_secret(src)?;
+        let frontend_urls: Vec<String> = src
+            .get("FRONTEND_URL")
+            .unwrap_or_else(|| "http://localhost:3000".into())
+            .split(',')
+            .map(|s| s.trim().trim_end_matches('/').to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        for u in &frontend_urls {
+            if url::Url::parse(u).is_err() {
+                return Err(invalid("FRONTEND_URL", format!("`{u}` is not a URL")));
+            }
+        }
+        let max_file_size = match src.get("MAX_FILE_SIZE") {
+            None => 10 * 1024 * 1024,
+            Some(v) => v
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| invalid("MAX_FILE_SIZE", format!("`{v}` is not a positive number of bytes")))?,
+        };
+        let listen = match src.get("LISTEN_ADDR") {
+            None => SocketAddr::from(([127, 0, 0, 1], 8080)),
+            Some(v) => v
+                .parse()
+                .map_err(|_| invalid("LISTEN_ADDR", format!("`{v}` is not host:port")))?,
+        };
+        let s3 = S3Config::load(src)?;
+        Ok(EdgeConfig { core, jwt_secret, frontend_urls, max_file_size, listen, s3 })
+    }
+}
+
+/// Reads and checks `JWT_SECRET`.
+pub fn jwt_secret(src: &dyn Source) -> Result<Secret, ConfigError> {
+    let s = required(src, "JWT_SECRET")?;
+    if s.len() < 16 {
+        return Err(invalid("JWT_SECRET", "must be at least 16 bytes long"));
+    }
+    Ok(Secret(s))
+}
+
+impl S3Config {
+    /// `None` when no S3 variable is set; an error naming the first missing
+    /// one when only some are.
+    pub fn load(src: &dyn Source) -> Result<Option<Self>, ConfigError> {
+        const VARS: [&str; 4] = ["S3_ENDPOINT", "S3_BUCKET", "S3_ACCESS_KEY", "S3_SECRET_KEY"];
+        if VARS.iter().all(|v| src.get(v).is_none()) {
+            return Ok(None);
+        }
+        let endpoint = required(src, "S3_ENDPOINT")?;
+        if url::Url::parse(&endpoint).is_err() {
+            return Err(invalid("S3_ENDPOINT", format!("`{endpoint}` is not a URL")));
+        }
+        Ok(Some(S3Config {
+            endpoint,
+            bucket: required(src, "S3_BUCKET")?,
+            access_key: required(src, "S3_ACCESS_KEY")?,
+            secret_key: Secret(required(src, "S3_SECRET_KEY")?),
+            region: src.get("S3_REGION").unwrap_or_else(|| "us-east-1".into()),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn src(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    const BASE: [(&str, &str); 3] = [
+        ("NATS_URL", "nats://127.0.0.1:4222"),
+        ("MONGODB_URI", "mongodb://127.0.0.1:27017/chatdb"),
+        ("JWT_SECRET", "0123456789abcdef0123"),
+    ];
+
+    #[test]
+    fn edge_defaults() {
+        let c = EdgeConfig::load(&src(&BASE)).unwrap();
+        assert_eq!(c.core.mongodb_db, "chatdb");
+        assert_eq!(c.core.nats_namespace, "chat");
+        assert_eq!(c.max_file_size, 10_485_760);
+        assert_eq!(c.frontend_urls, vec!["http://localhost:3000".to_string()]);
+        assert!(c.s3.is_none());
+        assert!(!format!("{c:?}").contains("0123456789abcdef0123"), "secret leaked in Debug");
+    }
+
+    #[test]
+    fn missing_variables_are_named() {
+        let e = EdgeConfig::load(&src(&BASE[1..])).unwrap_err();
+        assert_eq!(e, ConfigError::Missing("NATS_URL"));
+        let e = EdgeConfig::load(&src(&BASE[..2])).unwrap_err();
+        assert_eq!(e, ConfigError::Missing("JWT_SECRET"));
+        let mut m = src(&BASE);
+        m.insert("S3_ENDPOINT".into(), "http://127.0.0.1:9000".into());
+        assert_eq!(EdgeConfig::load(&m).unwrap_err(), ConfigError::Missing("S3_BUCKET"));
+    }
+
+    #[test]
+    fn invalid_values_are_named() {
+        let mut m = src(&BASE);
+        m.insert("MAX_FILE_SIZE".into(), "ten".into());
+        assert!(matches!(EdgeConfig::load(&m), Err(ConfigError::Invalid { var: "MAX_FILE_SIZE", .. })));
+        let mut m = src(&BASE);
+        m.insert("JWT_SECRET".into(), "short".into());
+        assert!(matches!(EdgeConfig::load(&m), Err(ConfigError::Invalid { var: "JWT_SECRET", .. })));
+        let mut m = src(&BASE);
+        m.insert("MONGODB_URI".into(), "postgres://x".into());
+        assert!(matches!(EdgeConfig::load(&m), Err(ConfigError::Invalid { var: "MONGODB_URI", .. })));
+        let mut m = src(&BASE);
+        m.insert("LISTEN_ADDR".into(), "nowhere".into());
+        assert!(matches!(EdgeConfig::load(&m), Err(ConfigError::Invalid { var: "LISTEN_ADDR", .. })));
+    }
+
+    #[test]
+    fn db_name_from_uri() {
+        assert_eq!(db_from_uri("mongodb://a:1,b:2/x?replicaSet=r").as_deref(), Some("x"));
+        assert_eq!(db_from_uri("mongodb://a:1/?w=1"), None);
+        assert_eq!(db_from_uri("mongodb://a:1"), None);
+    }
+}

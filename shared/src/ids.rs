@@ -1,0 +1,117 @@
+//! Identifier newtypes. User ids are MongoDB ObjectIds, as in the NestJS module
+//! (it stored `senderId` and `participantIds` as ObjectId); parsing at the
+//! boundary means an invalid id never travels further.
+
+use mongodb::bson::oid::ObjectId;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::fmt;
+use std::str::FromStr;
+
+/// A user id: a 24-hex ObjectId, serialized as its hex string.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct UserId(pub ObjectId);
+
+impl UserId {
+    pub fn oid(&self) -> ObjectId {
+        self.0
+    }
+    pub fn hex(&self) -> String {
+        self.0.to_hex()
+    }
+}
+
+impl FromStr for UserId {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ObjectId::parse_str(s)
+            .map(UserId)
+            .map_err(|_| format!("`{s}` is not a 24-character hex ObjectId"))
+    }
+}
+
+impl TryFrom<String> for UserId {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<UserId> for String {
+    fn from(u: UserId) -> String {
+        u.hex()
+    }
+}
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.to_hex())
+    }
+}
+
+/// Parses a 24-hex ObjectId given by a client, as a string field or path segment.
+pub fn parse_oid(s: &str) -> Option<ObjectId> {
+    if s.len() != 24 {
+        return None;
+    }
+    ObjectId::parse_str(s).ok()
+}
+
+/// An ObjectId derived from a hash of its parts, so that every edge (and every
+/// retry) that names the same thing computes the same id: a retried
+/// `send_message` with the same `clientMsgId` gets the message id of the first
+/// attempt, and two edges opening the same 1:1 conversation at once agree on it.
+pub fn derived_oid(kind: &str, parts: &[&str]) -> ObjectId {
+    let mut h = Sha256::new();
+    h.update(kind.as_bytes());
+    for p in parts {
+        h.update([0u8]);
+        h.update(p.as_bytes());
+    }
+    let digest = h.finalize();
+    let mut bytes = [0u8; 12];
+    bytes.copy_from_slice(&digest[..12]);
+    ObjectId::from_bytes(bytes)
+}
+
+/// The id of the 1:1 conversation between two users, independent of order.
+pub fn conversation_id_for(a: UserId, b: UserId) -> ObjectId {
+    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+    derived_oid("conversation", &[&lo.hex(), &hi.hex()])
+}
+
+/// The id of a message from its sender and the client's idempotency key.
+pub fn message_id_for(sender: UserId, client_msg_id: &str) -> ObjectId {
+    derived_oid("message", &[&sender.hex(), client_msg_id])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conversation_id_is_symmetric_and_distinct() {
+        let a = UserId(ObjectId::new());
+        let b = UserId(ObjectId::new());
+        let c = UserId(ObjectId::new());
+        assert_eq!(conversation_id_for(a, b), conversation_id_for(b, a));
+        assert_ne!(conversation_id_for(a, b), conversation_id_for(a, c));
+    }
+
+    #[test]
+    fn message_id_depends_on_sender_and_key() {
+        let a = UserId(ObjectId::new());
+        let b = UserId(ObjectId::new());
+        assert_eq!(message_id_for(a, "k1"), message_id_for(a, "k1"));
+        assert_ne!(message_id_for(a, "k1"), message_id_for(a, "k2"));
+        assert_ne!(message_id_for(a, "k1"), message_id_for(b, "k1"));
+    }
+
+    #[test]
+    fn user_id_rejects_non_hex() {
+        assert!("alice".parse::<UserId>().is_err());
+        assert!("64b7f0c2a1b2c3d4e5f60718".parse::<UserId>().is_ok());
+        assert!(parse_oid("zz").is_none());
+    }
+}

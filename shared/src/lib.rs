@@ -1,0 +1,15 @@
+//! Shared pieces of natter: wire types (versioned), the domain model, typed
+//! configuration, JWT auth, telemetry, shutdown and the MongoDB store.
+//!
+//! Everything here is used by more than one binary; nothing here talks to NATS
+//! (that is `natter-nats`).
+
+pub mod auth;
+pub mod config;
+pub mod ids;
+pub mod model;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;
+pub mod timefmt;
+pub mod v1;

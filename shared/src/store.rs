@@ -1,0 +1,143 @@
+//! The MongoDB store: connection, indexes and the read queries the edge
+//! serves. Writes belong to the workers (they use the typed collections).
+
+use crate::model::{CONVERSATIONS, ConversationDoc, MESSAGES, MessageDoc};
+use futures::TryStreamExt;
+use mongodb::bson::{Document, doc, oid::ObjectId};
+use mongodb::options::{ClientOptions, IndexOptions};
+use mongodb::{Client, Collection, Database, IndexModel};
+use std::time::Duration;
+
+pub type StoreError = mongodb::error::Error;
+
+#[derive(Clone)]
+pub struct Store {
+    db: Database,
+}
+
+/// How a history page is selected.
+#[derive(Clone, Copy, Debug)]
+pub enum PageBy {
+    /// Page `page` (1-based) counted from the newest message.
+    Page { page: u64, limit: u64 },
+    /// The newest `limit` messages with `seq` below `before`.
+    Before { before: i64, limit: u64 },
+}
+
+/// One page of messages, oldest first, with the totals the module returned.
+pub struct Page {
+    pub messages: Vec<MessageDoc>,
+    pub total: u64,
+    pub has_more: bool,
+}
+
+impl Store {
+    /// Connects (lazily: the driver dials on first use) with short timeouts
+    /// so that an unreachable server is reported rather than waited on.
+    pub async fn connect(uri: &str, db: &str) -> Result<Store, StoreError> {
+        let mut opts = ClientOptions::parse(uri).await?;
+        opts.server_selection_timeout = Some(Duration::from_secs(5));
+        opts.connect_timeout = Some(Duration::from_secs(5));
+        opts.app_name = Some("natter".into());
+        let client = Client::with_options(opts)?;
+        Ok(Store { db: client.database(db) })
+    }
+
+    pub fn db(&self) -> &Database {
+        &self.db
+    }
+
+    pub fn messages(&self) -> Collection<MessageDoc> {
+        self.db.collection(MESSAGES)
+    }
+
+    pub fn conversations(&self) -> Collection<ConversationDoc> {
+        self.db.collection(CONVERSATIONS)
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.db.run_command(doc! {"ping": 1}).await.map(|_| ())
+    }
+
+    /// Creates the indexes the queries need; idempotent.
+    pub async fn ensure_indexes(&self) -> Result<(), StoreError> {
+        let idx = |keys: Document, name: &str| {
+            IndexModel::builder()
+                .keys(keys)
+                .options(IndexOptions::builder().name(name.to_string()).build())
+                .build()
+        };
+        self.messages()
+            .create_indexes([
+                idx(doc! {"conversationId": 1, "seq": -1}, "conversation_seq"),
+                idx(doc! {"groupId": 1, "seq": -1}, "group_seq"),
+            ])
+            .await?;
+        self.conversations()
+            .create_indexes([idx(doc! {"participantIds": 1, "updatedAt": -1}, "participant_activity")])
+            .await?;
+        Ok(())
+    }
+
+    pub async fn conversation(&self, id: ObjectId) -> Result<Option<ConversationDoc>, StoreError> {
+        self.conversations().find_one(doc! {"_id": id}).await
+    }
+
+    /// The user's conversations, most recent activity first.
+    pub async fn conversations_for(
+        &self,
+        user: ObjectId,
+        page: u64,
+        limit: u64,
+    ) -> Result<Vec<ConversationDoc>, StoreError> {
+        self.conversations()
+            .find(doc! {"participantIds": user})
+            .sort(doc! {"updatedAt": -1, "_id": -1})
+            .skip(page.saturating_sub(1).saturating_mul(limit))
+            .limit(limit as i64)
+            .await?
+            .try_collect()
+            .await
+    }
+
+    pub async fn messages_by_id(&self, ids: &[ObjectId]) -> Result<Vec<MessageDoc>, StoreError> {
+        if ids.is_empty() {
+            return Ok(vec![]);
+        }
+        self.messages().find(doc! {"_id": {"$in": ids}}).await?.try_collect().await
+    }
+
+    /// A page of a conversation's history, oldest first within the page.
+    pub async fn conversation_messages(&self, conversation: &str, by: PageBy) -> Result<Page, StoreError> {
+        let filter = doc! {"conversationId": conversation};
+        let total = self.messages().count_documents(filter.clone()).await?;
+        let (query, skip, limit) = match by {
+            PageBy::Page { page, limit } => (filter.clone(), page.saturating_sub(1).saturating_mul(limit), limit),
+            PageBy::Before { before, limit } => {
+                let mut q = filter.clone();
+                q.insert("seq", doc! {"$lt": before});
+                (q, 0, limit)
+            }
+        };
+        let mut messages: Vec<MessageDoc> = self
+            .messages()
+            .find(query)
+            .sort(doc! {"seq": -1})
+            .skip(skip)
+            .limit(limit as i64)
+            .await?
+            .try_collect()
+            .await?;
+        messages.reverse();
+        let has_more = match (by, messages.first()) {
+            (PageBy::Page { .. }, _) => skip + limit < total,
+            (PageBy::Before { .. }, Some(oldest)) => {
+                let mut q = filter;
+                q.insert("seq", doc! {"$lt": oldest.seq});
+                self.messages().count_documents(q).limit(1).await? > 0
+            }
+            (PageBy::Before { .. }, None) => false,
+        };
+        Ok(Page { messages, total, has_more })
+    }
+}

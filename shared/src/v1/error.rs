@@ -1,0 +1,62 @@
+//! Stable error codes. The same code is used on WebSocket (`error` frames) and
+//! REST (`{"error":{"code":..}}` bodies); `docs/protocol.md` lists them.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The frame is not valid JSON.
+    InvalidJson,
+    /// Valid JSON, but not a frame: not an object, no `type`, binary frame.
+    InvalidFrame,
+    /// `type` names no event the server knows.
+    UnknownEvent,
+    /// A field is missing, has the wrong type or an invalid value.
+    InvalidPayload,
+    /// The caller is not a participant or member of the room.
+    NotAMember,
+    /// The caller lacks the role or permission.
+    Forbidden,
+    /// The thing asked for does not exist (or is not visible to the caller).
+    NotFound,
+    /// Too many requests; slow down.
+    RateLimited,
+    /// The token is missing, invalid or expired.
+    Unauthorized,
+    /// A dependency (NATS, MongoDB) is unavailable; retry later.
+    Unavailable,
+    /// The command was stored but not applied within the wait; it will be.
+    Pending,
+    /// A worker refused the command.
+    Refused,
+    /// A bug on our side.
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidJson => "invalid_json",
+            ErrorCode::InvalidFrame => "invalid_frame",
+            ErrorCode::UnknownEvent => "unknown_event",
+            ErrorCode::InvalidPayload => "invalid_payload",
+            ErrorCode::NotAMember => "not_a_member",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Pending => "pending",
+            ErrorCode::Refused => "refused",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+/// The body of an error, on any transport.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: ErrorCode,
+    pub message: String,
+}

@@ -1,0 +1,59 @@
+//! Snapshot tests: the published JSON shapes of v1. A failing test here means
+//! a wire change; make it a new version instead of editing the expectation.
+
+use super::command::*;
+use super::error::ErrorCode;
+use super::server::*;
+use crate::ids::UserId;
+
+fn uid(h: &str) -> UserId {
+    h.parse().unwrap()
+}
+
+#[test]
+fn command_envelope_shape() {
+    let env = CommandEnvelope {
+        v: 1,
+        actor: uid("64b7f0c2a1b2c3d4e5f60718"),
+        roles: vec!["Admin".into()],
+        reply: None,
+        command: Command::SendMessage(SendMessageCmd {
+            message_id: "650000000000000000000001".into(),
+            conversation_id: "650000000000000000000002".into(),
+            content: "hi".into(),
+            message_type: "text".into(),
+            client_msg_id: "k1".into(),
+        }),
+    };
+    assert_eq!(
+        serde_json::to_string(&env).unwrap(),
+        r#"{"v":1,"actor":"64b7f0c2a1b2c3d4e5f60718","roles":["Admin"],"command":{"type":"send_message","messageId":"650000000000000000000001","conversationId":"650000000000000000000002","content":"hi","messageType":"text","clientMsgId":"k1"}}"#
+    );
+    let create = Command::CreateConversation(CreateConversationCmd {
+        conversation_id: "650000000000000000000002".into(),
+        participant_ids: [uid("64b7f0c2a1b2c3d4e5f60718"), uid("64b7f0c2a1b2c3d4e5f60719")],
+    });
+    assert_eq!(
+        serde_json::to_string(&create).unwrap(),
+        r#"{"type":"create_conversation","conversationId":"650000000000000000000002","participantIds":["64b7f0c2a1b2c3d4e5f60718","64b7f0c2a1b2c3d4e5f60719"]}"#
+    );
+}
+
+#[test]
+fn server_frames_shape() {
+    let ack = to_text(
+        "ack",
+        Some("r1"),
+        SendAck { message_id: "m", conversation_id: "c", client_msg_id: "k", seq: 7, duplicate: false },
+    );
+    assert_eq!(
+        ack,
+        r#"{"type":"ack","requestId":"r1","data":{"messageId":"m","conversationId":"c","clientMsgId":"k","seq":7,"duplicate":false}}"#
+    );
+    assert_eq!(
+        error_text(None, ErrorCode::NotAMember, "no"),
+        r#"{"type":"error","data":{"code":"not_a_member","message":"no"}}"#
+    );
+    let outcome = Outcome { status: OutcomeStatus::Refused, seq: 3, reason: Some("x".into()) };
+    assert_eq!(serde_json::to_string(&outcome).unwrap(), r#"{"status":"refused","seq":3,"reason":"x"}"#);
+}

@@ -1,0 +1,11 @@
+//! Worker roles. Each role is a `Handler` (one file) registered with the one
+//! `runner`, which leases command partitions, fetches batches from the
+//! role's durable pull consumers, applies them, publishes events, and acks.
+
+pub mod handler;
+pub mod lease;
+pub mod messages;
+pub mod runner;
+
+pub use handler::{ApplyError, Disposition, Handler, Incoming};
+pub use runner::{RunnerConfig, run};

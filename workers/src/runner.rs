@@ -1,0 +1,356 @@
+//! The one runner every role uses: leases partitions, runs one fetch loop per
+//! leased partition, applies batches through the role's `Handler`, publishes
+//! events, dead-letters poison, then acks. Transient failures are retried in
+//! place (with progress acks) so a room's commands are never applied out of
+//! order; a crash leaves the batch unacked for redelivery.
+
+use crate::handler::{Disposition, Handler, Incoming, Publication};
+use crate::lease::{Leases, RENEW_EVERY};
+use async_nats::jetstream::{self, AckKind, Message, consumer::PullConsumer};
+use futures::StreamExt;
+use natter_nats::{Subjects, topology};
+use natter_shared::timefmt::from_offset;
+use natter_shared::v1::command::{CommandEnvelope, Outcome, OutcomeStatus};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info, info_span, warn};
+
+/// Header names on dead letters.
+pub const DLQ_REASON: &str = "Natter-Reason";
+pub const DLQ_SEQ: &str = "Natter-Seq";
+pub const DLQ_SUBJECT: &str = "Natter-Subject";
+
+#[derive(Clone, Debug)]
+pub struct RunnerConfig {
+    /// Most commands applied in one batch.
+    pub batch: usize,
+    /// How long one pull request waits for the first message.
+    pub fetch_wait: Duration,
+    /// This instance's name in the lease bucket.
+    pub instance: String,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        RunnerConfig {
+            batch: topology::MAX_BATCH,
+            fetch_wait: Duration::from_secs(1),
+            instance: format!(
+                "{}-{}",
+                std::process::id(),
+                mongodb::bson::oid::ObjectId::new().to_hex()
+            ),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    #[error("lease bucket unavailable: {0}")]
+    Bucket(String),
+}
+
+struct PartitionTask {
+    cancel: CancellationToken,
+    handle: JoinHandle<()>,
+}
+
+/// Runs `handler` until `cancel` fires, then finishes the batches in hand and
+/// gives the leases back.
+pub async fn run<H: Handler>(
+    handler: Arc<H>,
+    client: async_nats::Client,
+    subjects: Subjects,
+    cfg: RunnerConfig,
+    cancel: CancellationToken,
+) -> Result<(), RunnerError> {
+    let js = jetstream::new(client.clone());
+    let kv = js
+        .get_key_value(subjects.leases_bucket())
+        .await
+        .map_err(|e| RunnerError::Bucket(e.to_string()))?;
+    let role = H::ROLE.name();
+    let mut leases = Leases::new(kv, subjects.clone(), role, cfg.instance.clone());
+    let mut tasks: HashMap<u32, PartitionTask> = HashMap::new();
+    let mut tick = tokio::time::interval(RENEW_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    info!(role, instance = %cfg.instance, "worker running");
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let changes = leases.tick().await;
+        for p in changes.lost {
+            if let Some(t) = tasks.remove(&p) {
+                t.cancel.cancel();
+            }
+        }
+        for p in changes.surplus {
+            match tasks.get(&p) {
+                Some(t) if !t.handle.is_finished() => t.cancel.cancel(),
+                _ => {
+                    tasks.remove(&p);
+                    leases.release(p).await;
+                    info!(role, partition = p, "partition handed back");
+                }
+            }
+        }
+        // Start gained partitions, and restart any loop that ended on its own
+        // (a panic in a handler must not leave a partition unserved).
+        let owned: Vec<u32> = leases.owned().collect();
+        for p in owned {
+            let restart = match tasks.get(&p) {
+                None => true,
+                Some(t) => t.handle.is_finished() && !t.cancel.is_cancelled(),
+            };
+            if restart {
+                let token = cancel.child_token();
+                let fut = partition_loop(
+                    handler.clone(),
+                    js.clone(),
+                    client.clone(),
+                    subjects.clone(),
+                    p,
+                    cfg.clone(),
+                    token.clone(),
+                )
+                .instrument(info_span!("partition", role, p));
+                tasks.insert(p, PartitionTask { cancel: token, handle: tokio::spawn(fut) });
+                info!(role, partition = p, "partition taken");
+            }
+        }
+    }
+    for t in tasks.values() {
+        t.cancel.cancel();
+    }
+    for (_, t) in tasks.drain() {
+        let _ = t.handle.await;
+    }
+    leases.release_all().await;
+    info!(role, "worker stopped");
+    Ok(())
+}
+
+async fn partition_loop<H: Handler>(
+    handler: Arc<H>,
+    js: jetstream::Context,
+    client: async_nats::Client,
+    subjects: Subjects,
+    p: u32,
+    cfg: RunnerConfig,
+    cancel: CancellationToken,
+) {
+    let name = subjects.consumer(H::ROLE.name(), p);
+    let consumer: PullConsumer = loop {
+        match js.get_consumer_from_stream(&name, subjects.cmd_stream()).await {
+            Ok(c) => break c,
+            Err(e) => {
+                warn!(consumer = %name, error = %e, "consumer unavailable; retrying");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    };
+    while !cancel.is_cancelled() {
+        let msgs = tokio::select! {
+            _ = cancel.cancelled() => return,
+            m = fetch(&consumer, cfg.batch, cfg.fetch_wait) => m,
+        };
+        match msgs {
+            Ok(msgs) if msgs.is_empty() => {}
+            Ok(msgs) => process(&*handler, &js, &client, &subjects, msgs, &cancel).await,
+            Err(e) => {
+                warn!(error = %e, "fetch failed");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+/// Takes what is available now, up to `max`; if nothing is, waits up to
+/// `wait` for one message and then takes what followed it. Each pull request
+/// is complete when this returns, so no message is left delivered to a
+/// subscription nobody reads (which would reorder it behind later ones).
+async fn fetch(consumer: &PullConsumer, max: usize, wait: Duration) -> Result<Vec<Message>, String> {
+    let mut out = drain(consumer.fetch().max_messages(max).messages().await.map_err(|e| e.to_string())?).await?;
+    if out.is_empty() {
+        let first = consumer
+            .batch()
+            .max_messages(1)
+            .expires(wait)
+            .messages()
+            .await
+            .map_err(|e| e.to_string())?;
+        out = drain(first).await?;
+        if !out.is_empty() && max > 1 {
+            let more = consumer.fetch().max_messages(max - 1).messages().await.map_err(|e| e.to_string())?;
+            out.extend(drain(more).await?);
+        }
+    }
+    Ok(out)
+}
+
+async fn drain<S, E>(mut s: S) -> Result<Vec<Message>, String>
+where
+    S: futures::Stream<Item = Result<Message, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let mut v = Vec::new();
+    while let Some(m) = s.next().await {
+        match m {
+            Ok(m) => v.push(m),
+            Err(e) => {
+                if v.is_empty() {
+                    return Err(e.to_string());
+                }
+                break;
+            }
+        }
+    }
+    Ok(v)
+}
+
+/// Applies one fetched batch and settles every message in it.
+async fn process<H: Handler>(
+    handler: &H,
+    js: &jetstream::Context,
+    client: &async_nats::Client,
+    subjects: &Subjects,
+    msgs: Vec<Message>,
+    cancel: &CancellationToken,
+) {
+    let span = info_span!("batch", size = msgs.len());
+    async {
+        // Decode; what cannot be decoded, or keeps coming back, is poison.
+        let mut incoming: Vec<Incoming> = Vec::with_capacity(msgs.len());
+        let mut slots: Vec<Result<usize, String>> = Vec::with_capacity(msgs.len());
+        for m in &msgs {
+            let Ok(info) = m.info() else {
+                slots.push(Err("message without JetStream metadata".into()));
+                continue;
+            };
+            if info.delivered >= topology::MAX_DELIVER {
+                slots.push(Err(format!("delivered {} times without being applied", info.delivered)));
+                continue;
+            }
+            match serde_json::from_slice::<CommandEnvelope>(&m.payload) {
+                Ok(env) if env.v == natter_shared::v1::VERSION => {
+                    slots.push(Ok(incoming.len()));
+                    incoming.push(Incoming {
+                        seq: info.stream_sequence,
+                        time: from_offset(info.published),
+                        subject: m.subject.to_string(),
+                        envelope: env,
+                    });
+                }
+                Ok(env) => slots.push(Err(format!("unsupported command version {}", env.v))),
+                Err(e) => slots.push(Err(format!("undecodable command: {e}"))),
+            }
+        }
+
+        let mut attempt: u32 = 0;
+        let dispositions = loop {
+            if incoming.is_empty() {
+                break Vec::new();
+            }
+            match handler.apply(&incoming).await {
+                Ok(d) => break d,
+                Err(e) => {
+                    attempt += 1;
+                    warn!(attempt, error = %e, "batch failed; retrying in place");
+                    for m in &msgs {
+                        let _ = m.ack_with(AckKind::Progress).await;
+                    }
+                    let delay = Duration::from_millis(100u64 << attempt.min(6)).min(Duration::from_secs(5));
+                    tokio::select! {
+                        _ = cancel.cancelled() => {
+                            for m in &msgs {
+                                let _ = m.ack_with(AckKind::Nak(None)).await;
+                            }
+                            return;
+                        }
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        };
+
+        let mut publications: Vec<Publication> = Vec::new();
+        let mut terminal: Vec<bool> = vec![false; msgs.len()];
+        for (i, (m, slot)) in msgs.iter().zip(&slots).enumerate() {
+            let (outcome, reply) = match slot {
+                Err(reason) => {
+                    dead_letter(js, subjects, H::ROLE.name(), m, reason).await;
+                    terminal[i] = true;
+                    (None, None)
+                }
+                Ok(k) => {
+                    let inc = &incoming[*k];
+                    let reply = inc.envelope.reply.clone();
+                    match dispositions.get(*k).cloned().unwrap_or(Disposition::Poison("no disposition".into())) {
+                        Disposition::Applied(pubs) => {
+                            publications.extend(pubs);
+                            (Some(Outcome { status: OutcomeStatus::Applied, seq: inc.seq, reason: None }), reply)
+                        }
+                        Disposition::Refused(reason) => {
+                            info!(seq = inc.seq, %reason, "command refused");
+                            (Some(Outcome { status: OutcomeStatus::Refused, seq: inc.seq, reason: Some(reason) }), reply)
+                        }
+                        Disposition::Poison(reason) => {
+                            dead_letter(js, subjects, H::ROLE.name(), m, &reason).await;
+                            terminal[i] = true;
+                            (Some(Outcome { status: OutcomeStatus::Refused, seq: inc.seq, reason: Some(reason) }), reply)
+                        }
+                    }
+                }
+            };
+            if let (Some(o), Some(r)) = (outcome, reply)
+                && let Ok(body) = serde_json::to_vec(&o)
+            {
+                publications.push(Publication { subject: r, payload: body.into() });
+            }
+        }
+        for p in publications {
+            if let Err(e) = client.publish(p.subject, p.payload).await {
+                warn!(error = %e, "event publish failed");
+            }
+        }
+        let _ = client.flush().await;
+        for (m, term) in msgs.iter().zip(terminal) {
+            let kind = if term { AckKind::Term } else { AckKind::Ack };
+            if let Err(e) = m.ack_with(kind).await {
+                warn!(error = %e, "ack failed; the command will be redelivered and found applied");
+            }
+        }
+        let _ = client.flush().await;
+    }
+    .instrument(span)
+    .await
+}
+
+/// Copies a command to the dead-letter stream with its reason, waiting for
+/// the PubAck so nothing is terminated before it is kept.
+async fn dead_letter(js: &jetstream::Context, subjects: &Subjects, role: &str, m: &Message, reason: &str) {
+    let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
+    warn!(seq, %reason, "dead-lettering command");
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(DLQ_REASON, reason);
+    headers.insert(DLQ_SEQ, seq.to_string().as_str());
+    headers.insert(DLQ_SUBJECT, m.subject.as_str());
+    loop {
+        match js.publish_with_headers(subjects.dlq(role), headers.clone(), m.payload.clone()).await {
+            Ok(ack) => match ack.await {
+                Ok(_) => return,
+                Err(e) => warn!(error = %e, "dead letter not acknowledged; retrying"),
+            },
+            Err(e) => warn!(error = %e, "dead letter publish failed; retrying"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
