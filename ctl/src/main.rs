@@ -1,1 +1,167 @@
-fn main() {}
+//! `natterctl`: operator CLI. `topology apply` declares streams, consumers
+//! and buckets; `token` mints a development JWT; `status` shows the streams
+//! and consumers.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use mongodb::bson::oid::ObjectId;
+use natter_nats::{PARTITIONS, Subjects, topology::Role};
+use natter_shared::auth::{Identity, Jwt};
+use natter_shared::config::{CoreConfig, Env, jwt_secret};
+
+#[derive(Parser)]
+#[command(name = "natterctl", about = "natter operator CLI")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// NATS topology.
+    Topology {
+        #[command(subcommand)]
+        cmd: TopologyCmd,
+    },
+    /// Mint a JWT for development (signed with JWT_SECRET).
+    Token {
+        /// User id (24-hex ObjectId); a new one when omitted.
+        #[arg(long)]
+        user: Option<String>,
+        /// Roles, comma-separated (e.g. Admin,Supervisor).
+        #[arg(long, value_delimiter = ',')]
+        roles: Vec<String>,
+        /// Display name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 24 * 3600)]
+        ttl: u64,
+        /// Print JSON with the user id and the token instead of the token alone.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Streams and consumers at a glance.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum TopologyCmd {
+    /// Create or update streams, consumers and buckets (idempotent).
+    Apply {
+        /// Stream replicas (3 on a three-node cluster).
+        #[arg(long, default_value_t = 1)]
+        replicas: usize,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Token { user, roles, name, ttl, json } => {
+            let secret = jwt_secret(&Env)?;
+            let user = match user {
+                Some(u) => u.parse().map_err(anyhow::Error::msg).context("--user")?,
+                None => natter_shared::ids::UserId(ObjectId::new()),
+            };
+            let token = Jwt::new(&secret).issue(&Identity { user, roles, name }, ttl);
+            if json {
+                out(&serde_json::json!({"userId": user.hex(), "token": token}).to_string());
+            } else {
+                out(&token);
+            }
+        }
+        Cmd::Topology { cmd: TopologyCmd::Apply { replicas } } => {
+            let core = CoreConfig::load(&Env)?;
+            let js = connect(&core).await?;
+            let subjects = Subjects::new(&core.nats_namespace);
+            natter_nats::apply(&js, &subjects, replicas).await?;
+            out(&format!(
+                "topology applied in namespace `{}`: streams {}, {}, {}; {} consumers per role; bucket {}",
+                core.nats_namespace,
+                subjects.cmd_stream(),
+                subjects.evt_stream(),
+                subjects.dlq_stream(),
+                PARTITIONS,
+                subjects.leases_bucket()
+            ));
+        }
+        Cmd::Status { json } => status(json).await?,
+    }
+    Ok(())
+}
+
+async fn connect(core: &CoreConfig) -> anyhow::Result<async_nats::jetstream::Context> {
+    let client = async_nats::connect(core.nats_url.as_str())
+        .await
+        .with_context(|| format!("connecting to NATS at {}", core.nats_url))?;
+    Ok(async_nats::jetstream::new(client))
+}
+
+async fn status(json: bool) -> anyhow::Result<()> {
+    let core = CoreConfig::load(&Env)?;
+    let js = connect(&core).await?;
+    let s = Subjects::new(&core.nats_namespace);
+    let mut streams = Vec::new();
+    for name in [s.cmd_stream(), s.evt_stream(), s.dlq_stream()] {
+        let mut stream = js.get_stream(&name).await.with_context(|| format!("stream {name}"))?;
+        let info = stream.info().await?;
+        streams.push(serde_json::json!({
+            "name": name,
+            "messages": info.state.messages,
+            "bytes": info.state.bytes,
+            "firstSeq": info.state.first_sequence,
+            "lastSeq": info.state.last_sequence,
+        }));
+    }
+    let mut consumers = Vec::new();
+    let cmd = js.get_stream(s.cmd_stream()).await?;
+    for role in Role::ALL {
+        for p in 0..PARTITIONS {
+            let name = s.consumer(role.name(), p);
+            let mut c: async_nats::jetstream::consumer::PullConsumer = cmd.get_consumer(&name).await.map_err(|e| anyhow::anyhow!("consumer {name}: {e}"))?;
+            let info = c.info().await?;
+            consumers.push(serde_json::json!({
+                "name": name,
+                "pending": info.num_pending,
+                "ackPending": info.num_ack_pending,
+                "redelivered": info.num_redelivered,
+            }));
+        }
+    }
+    let report = serde_json::json!({"streams": streams, "consumers": consumers});
+    if json {
+        out(&report.to_string());
+    } else {
+        for st in &streams {
+            out(&format!(
+                "stream {:<16} messages {:>10} bytes {:>12} seq {}..{}",
+                st["name"].as_str().unwrap_or(""),
+                st["messages"],
+                st["bytes"],
+                st["firstSeq"],
+                st["lastSeq"]
+            ));
+        }
+        for c in &consumers {
+            out(&format!(
+                "consumer {:<14} pending {:>8} ack-pending {:>6} redelivered {:>6}",
+                c["name"].as_str().unwrap_or(""),
+                c["pending"],
+                c["ackPending"],
+                c["redelivered"]
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The CLI's output goes to stdout, for scripts.
+#[allow(clippy::print_stdout)]
+fn out(s: &str) {
+    println!("{s}");
+}

@@ -1,1 +1,17 @@
-//! placeholder
+//! The edge: a stateless server that authenticates clients, checks what they
+//! may do, publishes their commands to JetStream and fans the workers' events
+//! out to the sockets allowed to see them. Serves the native WebSocket
+//! protocol at `/ws`, the REST API at `/api/chat`, `/healthz` and `/readyz`.
+
+pub mod app;
+pub mod chat;
+pub mod error;
+pub mod health;
+pub mod hub;
+pub mod membership;
+pub mod rest;
+pub mod state;
+pub mod token;
+pub mod ws;
+
+pub use app::{Edge, StartError};

@@ -1,0 +1,101 @@
+//! Building and running an edge: `Edge::build` connects to NATS and MongoDB,
+//! applies the topology and indexes; `Edge::run` serves until the token is
+//! cancelled, then closes sockets with "going away" and drains them within
+//! the grace period. Tests build edges on port 0.
+
+use crate::hub::Hub;
+use crate::membership::Membership;
+use crate::state::{EdgeState, Lifecycle};
+use crate::{health, rest, ws};
+use axum::Router;
+use axum::routing::get;
+use natter_nats::Subjects;
+use natter_shared::auth::Jwt;
+use natter_shared::config::EdgeConfig;
+use natter_shared::shutdown::{GRACE_PERIOD, drain};
+use natter_shared::store::Store;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot connect to NATS at {url}: {reason}")]
+    Nats { url: String, reason: String },
+    #[error("MongoDB: {0}")]
+    Mongo(#[from] mongodb::error::Error),
+    #[error("NATS topology: {0}")]
+    Topology(#[from] natter_nats::TopologyError),
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub struct Edge {
+    listener: TcpListener,
+    state: Arc<EdgeState>,
+}
+
+impl Edge {
+    pub async fn build(config: EdgeConfig, listener: TcpListener, shutdown: CancellationToken) -> Result<Edge, StartError> {
+        let url = config.core.nats_url.clone();
+        let nats = tokio::time::timeout(
+            Duration::from_secs(10),
+            async_nats::ConnectOptions::new().name("natter-edge").connect(url.as_str()),
+        )
+        .await
+        .map_err(|_| StartError::Nats { url: url.clone(), reason: "timed out".into() })?
+        .map_err(|e| StartError::Nats { url: url.clone(), reason: e.to_string() })?;
+        let js = async_nats::jetstream::new(nats.clone());
+        let subjects = Subjects::new(&config.core.nats_namespace);
+        natter_nats::apply(&js, &subjects, 1).await?;
+        let store = Store::connect(&config.core.mongodb_uri, &config.core.mongodb_db).await?;
+        store.ensure_indexes().await?;
+        let state = Arc::new(EdgeState {
+            jwt: Jwt::new(&config.jwt_secret),
+            hub: Hub::new(nats.clone()),
+            membership: Membership::default(),
+            lifecycle: Lifecycle { shutdown, tracker: TaskTracker::new() },
+            config,
+            store,
+            nats,
+            js,
+            subjects,
+        });
+        Ok(Edge { listener, state })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn state(&self) -> Arc<EdgeState> {
+        self.state.clone()
+    }
+
+    pub fn router(state: Arc<EdgeState>) -> Router {
+        Router::new()
+            .route("/ws", get(ws::handle))
+            .route("/healthz", get(health::healthz))
+            .route("/readyz", get(health::readyz))
+            .merge(rest::router())
+            .fallback(|| async { crate::error::ChatError::NotFound("route") })
+            .with_state(state)
+    }
+
+    /// Serves until the shutdown token fires, then drains connections.
+    pub async fn run(self) -> std::io::Result<()> {
+        let st = self.state;
+        let shutdown = st.lifecycle.shutdown.clone();
+        tracing::info!(addr = %self.listener.local_addr()?, "edge listening");
+        axum::serve(self.listener, Self::router(st.clone()))
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await?;
+        drain(&st.lifecycle.tracker, GRACE_PERIOD).await;
+        let _ = st.nats.flush().await;
+        tracing::info!("edge stopped");
+        Ok(())
+    }
+}

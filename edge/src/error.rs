@@ -1,0 +1,96 @@
+//! Error policy of the edge: every failure a client can cause or see is a
+//! `ChatError`, which maps to exactly one wire code and one HTTP status, here
+//! and nowhere else. Causes are logged, not sent.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use natter_shared::auth::AuthError;
+use natter_shared::v1::error::{ErrorBody, ErrorCode};
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChatError {
+    #[error("{0}")]
+    InvalidPayload(String),
+    #[error("you are not a participant of this conversation")]
+    NotAMember,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("service unavailable: {0}")]
+    Unavailable(String),
+    #[error("stored at seq {seq}, not applied yet")]
+    Pending { seq: u64 },
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl ChatError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ChatError::InvalidPayload(_) => ErrorCode::InvalidPayload,
+            ChatError::NotAMember => ErrorCode::NotAMember,
+            ChatError::Forbidden(_) => ErrorCode::Forbidden,
+            ChatError::NotFound(_) => ErrorCode::NotFound,
+            ChatError::Unauthorized(_) => ErrorCode::Unauthorized,
+            ChatError::Unavailable(_) => ErrorCode::Unavailable,
+            ChatError::Pending { .. } => ErrorCode::Pending,
+            ChatError::Refused(_) => ErrorCode::Refused,
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ChatError::InvalidPayload(_) => StatusCode::BAD_REQUEST,
+            ChatError::NotAMember | ChatError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ChatError::NotFound(_) => StatusCode::NOT_FOUND,
+            ChatError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ChatError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ChatError::Pending { .. } => StatusCode::ACCEPTED,
+            ChatError::Refused(_) => StatusCode::CONFLICT,
+        }
+    }
+
+    /// The message shown to the client; dependency failures are not detailed.
+    pub fn public_message(&self) -> String {
+        match self {
+            ChatError::Unavailable(_) => "a dependency is unavailable; retry later".into(),
+            other => other.to_string(),
+        }
+    }
+
+    pub fn unavailable(e: impl std::fmt::Display) -> Self {
+        tracing::warn!(error = %e, "dependency failure");
+        ChatError::Unavailable(e.to_string())
+    }
+}
+
+impl From<AuthError> for ChatError {
+    fn from(e: AuthError) -> Self {
+        ChatError::Unauthorized(e.code())
+    }
+}
+
+impl From<mongodb::error::Error> for ChatError {
+    fn from(e: mongodb::error::Error) -> Self {
+        ChatError::unavailable(e)
+    }
+}
+
+impl IntoResponse for ChatError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if let ChatError::Pending { seq } = self {
+            return (status, Json(json!({"status": "pending", "seq": seq}))).into_response();
+        }
+        let message = match &self {
+            ChatError::Unauthorized(code) => format!("unauthorized: {code}"),
+            other => other.public_message(),
+        };
+        (status, Json(json!({"error": ErrorBody { code: self.code(), message }}))).into_response()
+    }
+}

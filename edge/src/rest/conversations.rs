@@ -1,0 +1,74 @@
+//! `/api/chat/conversations...`: list, open with a user, get one, history.
+//! Only participants may read a conversation.
+
+use crate::chat::{self, conversation_oid};
+use crate::error::ChatError;
+use crate::rest::paging;
+use crate::state::EdgeState;
+use crate::token::AuthUser;
+use axum::Json;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use natter_shared::ids::UserId;
+use natter_shared::model::{ConversationView, MessagePage, MessageView};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+type St = State<Arc<EdgeState>>;
+
+pub async fn list(State(st): St, AuthUser(who): AuthUser, RawQuery(q): RawQuery) -> Result<Json<Vec<ConversationView>>, ChatError> {
+    let (page, limit) = paging::page_limit(q.as_deref(), 20)?;
+    let convs = st.store.conversations_for(who.user.oid(), page, limit).await?;
+    let last_ids: Vec<_> = convs.iter().filter_map(|c| c.last_message_id).collect();
+    let last: HashMap<_, _> = st.store.messages_by_id(&last_ids).await?.into_iter().map(|m| (m.id, m)).collect();
+    Ok(Json(
+        convs
+            .iter()
+            .map(|c| ConversationView::new(c, c.last_message_id.and_then(|id| last.get(&id))))
+            .collect(),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WithUser {
+    user_id: String,
+}
+
+pub async fn with_user(
+    State(st): St,
+    AuthUser(who): AuthUser,
+    body: Result<Json<WithUser>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<ConversationView>), ChatError> {
+    let Json(body) = body.map_err(|e| ChatError::InvalidPayload(e.body_text()))?;
+    let other: UserId = body.user_id.parse().map_err(ChatError::InvalidPayload)?;
+    let conv = chat::conversation_with(&st, &who, other).await?;
+    Ok((StatusCode::CREATED, Json(ConversationView::new(&conv, None))))
+}
+
+pub async fn get_one(State(st): St, AuthUser(who): AuthUser, Path(id): Path<String>) -> Result<Json<ConversationView>, ChatError> {
+    let oid = conversation_oid(&id)?;
+    chat::require_participant(&st, &who, oid).await?;
+    let conv = st.store.conversation(oid).await?.ok_or(ChatError::NotFound("conversation"))?;
+    Ok(Json(ConversationView::new(&conv, None)))
+}
+
+pub async fn messages(
+    State(st): St,
+    AuthUser(who): AuthUser,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Json<MessagePage>, ChatError> {
+    let oid = conversation_oid(&id)?;
+    let (by, page, limit) = paging::history(q.as_deref())?;
+    chat::require_participant(&st, &who, oid).await?;
+    let p = st.store.conversation_messages(&oid.to_hex(), by).await?;
+    Ok(Json(MessagePage {
+        messages: p.messages.iter().map(MessageView::from).collect(),
+        total: p.total,
+        page,
+        page_size: limit,
+        has_more: p.has_more,
+    }))
+}

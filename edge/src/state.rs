@@ -1,0 +1,28 @@
+//! What every request handler shares.
+
+use crate::hub::Hub;
+use crate::membership::Membership;
+use natter_nats::Subjects;
+use natter_shared::auth::Jwt;
+use natter_shared::config::EdgeConfig;
+use natter_shared::store::Store;
+
+pub struct EdgeState {
+    pub config: EdgeConfig,
+    pub jwt: Jwt,
+    pub store: Store,
+    pub nats: async_nats::Client,
+    pub js: async_nats::jetstream::Context,
+    pub subjects: Subjects,
+    pub hub: Hub,
+    pub membership: Membership,
+    pub lifecycle: Lifecycle,
+}
+
+/// Lifecycle handles shared by the server and its connections.
+pub struct Lifecycle {
+    /// Cancelled on shutdown; each connection holds a child token.
+    pub shutdown: tokio_util::sync::CancellationToken,
+    /// Tracks upgraded connections, which outlive their HTTP request.
+    pub tracker: tokio_util::task::TaskTracker,
+}

@@ -1,0 +1,37 @@
+//! Where a request's token comes from: `Authorization: Bearer` for REST and
+//! non-browser WebSocket clients, and the `token` (or `access_token`) query
+//! parameter for browsers, which cannot set headers on a WebSocket. The token
+//! is never logged; request logs carry the path only.
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, header};
+use natter_shared::auth::{AuthError, Identity};
+use std::sync::Arc;
+
+use crate::error::ChatError;
+use crate::state::EdgeState;
+
+pub fn bearer(headers: &HeaderMap) -> Option<String> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_string())
+}
+
+pub fn from_query(query: Option<&str>) -> Option<String> {
+    url::form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == "token" || k == "access_token")
+        .map(|(_, v)| v.into_owned())
+}
+
+/// The caller of a REST route, proven by a Bearer token.
+pub struct AuthUser(pub Identity);
+
+impl FromRequestParts<Arc<EdgeState>> for AuthUser {
+    type Rejection = ChatError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<EdgeState>) -> Result<Self, Self::Rejection> {
+        let token = bearer(&parts.headers).ok_or(AuthError::Missing)?;
+        Ok(AuthUser(state.jwt.verify(&token)?))
+    }
+}

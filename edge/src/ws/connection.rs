@@ -1,0 +1,178 @@
+//! The life of one socket. The read half has its own task (fastwebsockets'
+//! `read_frame` is not cancel-safe, so it is never raced in a `select!`); the
+//! write half is driven from one queue by the connection task, which also
+//! sends "going away" on shutdown and "try again later" to a slow consumer.
+
+use super::limits::{MAX_FRAME_BYTES, QUEUE_LEN, close};
+use super::session::{Next, Session};
+use crate::hub::{Outbound, Sink};
+use crate::state::EdgeState;
+use fastwebsockets::{Frame, OpCode, Payload, WebSocket, WebSocketError, WebSocketRead};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use natter_shared::auth::Identity;
+use natter_shared::v1::server::{Ready, to_text};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{ReadHalf, WriteHalf};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info_span};
+
+type Io = TokioIo<Upgraded>;
+
+static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+
+/// Frames the reader asks the writer to send.
+enum Control {
+    /// A frame the protocol obliges us to send (pong, close echo).
+    Obligated(OpCode, Vec<u8>),
+    /// Close with a code, then stop.
+    Close(u16, &'static str),
+}
+
+pub async fn run(ws: WebSocket<Io>, who: Identity, st: Arc<EdgeState>, cancel: CancellationToken) {
+    let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+    let span = info_span!("ws", conn, user = %who.user);
+    async move {
+        debug!("connected");
+        let (mut rx, tx) = ws.split(tokio::io::split);
+        rx.set_max_message_size(MAX_FRAME_BYTES);
+        rx.set_auto_close(true);
+        rx.set_auto_pong(true);
+        let (out_tx, out_rx) = mpsc::channel::<Outbound>(QUEUE_LEN);
+        let (ctl_tx, ctl_rx) = mpsc::channel::<Control>(8);
+        let overflow = CancellationToken::new();
+        let sink = Sink { tx: out_tx.clone(), overflow: overflow.clone() };
+        let followed = Arc::new(Mutex::new(HashSet::new()));
+        let _ = out_tx
+            .send(Outbound::Text(to_text("ready", None, Ready { user_id: &who.user.hex(), protocol: 1 })))
+            .await;
+        let session = Session::new(st.clone(), who, conn, sink, followed.clone());
+        let reader = tokio::spawn(read_loop(rx, session, ctl_tx).in_current_span());
+        drop(out_tx);
+        write_loop(tx, out_rx, ctl_rx, &cancel, &overflow).await;
+        // The writer is done (peer gone, close sent, or shutdown): give the
+        // reader a moment to see the close, then stop it.
+        let mut reader = reader;
+        if tokio::time::timeout(Duration::from_secs(2), &mut reader).await.is_err() {
+            reader.abort();
+        }
+        let subjects: Vec<String> = followed.lock().unwrap_or_else(|e| e.into_inner()).drain().collect();
+        for s in subjects {
+            st.hub.unfollow(&s, conn).await;
+        }
+        debug!("disconnected");
+    }
+    .instrument(span)
+    .await
+}
+
+async fn read_loop(mut rx: WebSocketRead<ReadHalf<Io>>, mut session: Session, ctl: mpsc::Sender<Control>) {
+    let obligated = ctl.clone();
+    let mut send_fn = move |f: Frame<'_>| {
+        let tx = obligated.clone();
+        let owned = (f.opcode, f.payload.to_vec());
+        async move { tx.send(Control::Obligated(owned.0, owned.1)).await.map_err(|_| "writer gone") }
+    };
+    // Fragments of one message, bounded by MAX_FRAME_BYTES in total.
+    let mut partial: Option<(OpCode, Vec<u8>)> = None;
+    loop {
+        let frame = match rx.read_frame(&mut send_fn).await {
+            Ok(f) => f,
+            Err(WebSocketError::FrameTooLarge) => {
+                let _ = ctl.send(Control::Close(close::TOO_BIG, "frame too large")).await;
+                return;
+            }
+            Err(WebSocketError::ConnectionClosed | WebSocketError::UnexpectedEOF | WebSocketError::IoError(_)) => return,
+            Err(e) => {
+                debug!(error = %e, "protocol error");
+                let _ = ctl.send(Control::Close(close::PROTOCOL_ERROR, "protocol error")).await;
+                return;
+            }
+        };
+        let whole = match (frame.opcode, partial.take()) {
+            (OpCode::Close, _) => return,
+            (OpCode::Ping | OpCode::Pong, p) => {
+                partial = p;
+                continue;
+            }
+            (OpCode::Text | OpCode::Binary, None) if frame.fin => (frame.opcode, frame.payload.to_vec()),
+            (OpCode::Text | OpCode::Binary, None) => {
+                partial = Some((frame.opcode, frame.payload.to_vec()));
+                continue;
+            }
+            (OpCode::Continuation, Some((op, mut buf))) => {
+                if buf.len() + frame.payload.len() > MAX_FRAME_BYTES {
+                    let _ = ctl.send(Control::Close(close::TOO_BIG, "message too large")).await;
+                    return;
+                }
+                buf.extend_from_slice(&frame.payload);
+                if !frame.fin {
+                    partial = Some((op, buf));
+                    continue;
+                }
+                (op, buf)
+            }
+            _ => {
+                let _ = ctl.send(Control::Close(close::PROTOCOL_ERROR, "bad fragmentation")).await;
+                return;
+            }
+        };
+        let next = match whole {
+            (OpCode::Text, bytes) => match std::str::from_utf8(&bytes) {
+                Ok(text) => session.text(text).await,
+                Err(_) => {
+                    let _ = ctl.send(Control::Close(close::INVALID_DATA, "invalid UTF-8")).await;
+                    return;
+                }
+            },
+            _ => session.binary().await,
+        };
+        if let Next::Close(reason) = next {
+            let _ = ctl.send(Control::Close(close::POLICY_VIOLATION, reason)).await;
+            return;
+        }
+    }
+}
+
+async fn write_loop(
+    mut tx: fastwebsockets::WebSocketWrite<WriteHalf<Io>>,
+    mut out: mpsc::Receiver<Outbound>,
+    mut ctl: mpsc::Receiver<Control>,
+    cancel: &CancellationToken,
+    overflow: &CancellationToken,
+) {
+    let mut last_seq: HashMap<Arc<str>, u64> = HashMap::new();
+    loop {
+        let frame: Frame<'static> = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => Frame::close(close::GOING_AWAY, b"server shutting down"),
+            _ = overflow.cancelled() => Frame::close(close::TRY_AGAIN_LATER, b"slow consumer"),
+            c = ctl.recv() => match c {
+                Some(Control::Obligated(op, payload)) => Frame::new(true, op, None, Payload::Owned(payload)),
+                Some(Control::Close(code, reason)) => Frame::close(code, reason.as_bytes()),
+                // The reader ended: the peer is gone.
+                None => break,
+            },
+            o = out.recv() => match o {
+                Some(Outbound::Text(s)) => Frame::text(Payload::Owned(s.into_bytes())),
+                Some(Outbound::Event { room, seq, payload }) => {
+                    let last = last_seq.entry(room).or_insert(0);
+                    if seq <= *last {
+                        continue;
+                    }
+                    *last = seq;
+                    Frame::text(Payload::Owned(payload.to_vec()))
+                }
+                None => break,
+            },
+        };
+        let closing = frame.opcode == OpCode::Close;
+        if tx.write_frame(frame).await.is_err() || closing {
+            break;
+        }
+    }
+}
