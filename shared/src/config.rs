@@ -85,6 +85,9 @@ pub struct EdgeConfig {
     pub listen: SocketAddr,
     /// `S3_ENDPOINT`, `S3_BUCKET`, `S3_ACCESS_KEY`, `S3_SECRET_KEY`: all four or none.
     pub s3: Option<S3Config>,
+    /// `WS_RATE_PER_SEC` (default 100): requests per second one WebSocket
+    /// connection may sustain; bursts of twice that are allowed.
+    pub ws_rate_per_sec: u32,
 }
 
 /// S3-compatible storage for attachments.
@@ -178,7 +181,16 @@ impl EdgeConfig {
                 .map_err(|_| invalid("LISTEN_ADDR", format!("`{v}` is not host:port")))?,
         };
         let s3 = S3Config::load(src)?;
-        Ok(EdgeConfig { core, jwt_secret, frontend_urls, max_file_size, listen, s3 })
+        let ws_rate_per_sec = match src.get("WS_RATE_PER_SEC") {
+            None => 100,
+            Some(v) => v
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| invalid("WS_RATE_PER_SEC", format!("`{v}` is not a positive number")))?,
+        };
+        Ok(EdgeConfig { core, jwt_secret, frontend_urls, max_file_size, listen, s3, ws_rate_per_sec })
     }
 }
 

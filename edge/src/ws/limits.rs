@@ -7,10 +7,6 @@ use std::time::Instant;
 pub const MAX_FRAME_BYTES: usize = 64 * 1024;
 /// Frames queued for one socket before it counts as a slow consumer.
 pub const QUEUE_LEN: usize = 1024;
-/// Sustained requests per second per connection.
-pub const RATE_PER_SEC: f64 = 200.0;
-/// Burst allowance.
-pub const BURST: f64 = 400.0;
 /// Refused (invalid or rate-limited) requests tolerated before closing.
 pub const MAX_STRIKES: u32 = 100;
 
@@ -24,22 +20,22 @@ pub mod close {
     pub const TRY_AGAIN_LATER: u16 = 1013;
 }
 
-/// A token bucket: `RATE_PER_SEC` refill, `BURST` capacity.
+/// A token bucket: `rate` tokens per second, capacity twice that.
 pub struct Bucket {
+    rate: f64,
     tokens: f64,
     at: Instant,
 }
 
-impl Default for Bucket {
-    fn default() -> Self {
-        Bucket { tokens: BURST, at: Instant::now() }
-    }
-}
-
 impl Bucket {
+    pub fn new(rate_per_sec: u32) -> Self {
+        let rate = f64::from(rate_per_sec);
+        Bucket { rate, tokens: 2.0 * rate, at: Instant::now() }
+    }
+
     pub fn take(&mut self) -> bool {
         let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * RATE_PER_SEC).min(BURST);
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(2.0 * self.rate);
         self.at = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -56,8 +52,8 @@ mod tests {
 
     #[test]
     fn bucket_allows_burst_then_refuses() {
-        let mut b = Bucket::default();
-        let allowed = (0..(BURST as usize + 50)).filter(|_| b.take()).count();
-        assert!(allowed >= BURST as usize && allowed < BURST as usize + 50, "allowed {allowed}");
+        let mut b = Bucket::new(100);
+        let allowed = (0..250).filter(|_| b.take()).count();
+        assert!((200..250).contains(&allowed), "allowed {allowed}");
     }
 }

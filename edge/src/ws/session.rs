@@ -35,7 +35,8 @@ pub enum Next {
 
 impl Session {
     pub fn new(st: Arc<EdgeState>, who: Identity, conn: ConnId, sink: Sink, followed: Arc<Mutex<HashSet<String>>>) -> Self {
-        Session { st, who, conn, sink, followed, bucket: Bucket::default(), strikes: 0 }
+        let bucket = Bucket::new(st.config.ws_rate_per_sec);
+        Session { st, who, conn, sink, followed, bucket, strikes: 0 }
     }
 
     async fn reply(&self, text: String) {

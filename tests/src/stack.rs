@@ -1,0 +1,239 @@
+//! The shared servers and the per-test application.
+
+use crate::procs::{self, Owned};
+use mongodb::bson::oid::ObjectId;
+use natter_edge::Edge;
+use natter_shared::auth::{Identity, Jwt};
+use natter_shared::config::{CoreConfig, EdgeConfig, Secret};
+use natter_shared::ids::UserId;
+use natter_shared::store::Store;
+use natter_workers::RunnerConfig;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+pub const JWT_SECRET: &str = "integration-test-secret-0123456789";
+
+/// URLs of the servers shared by one test binary.
+pub struct Servers {
+    pub nats_url: String,
+    pub mongodb_base: String,
+    _reapers: Vec<std::process::Child>,
+    _dir: std::path::PathBuf,
+}
+
+static SERVERS: OnceLock<Servers> = OnceLock::new();
+
+/// Starts nats-server and the MongoDB server on first use. `NATS_URL` and
+/// `MONGODB_URI` in the environment point the tests at existing servers
+/// instead (e.g. a real MongoDB replica set).
+pub fn servers() -> &'static Servers {
+    SERVERS.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("natter-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let mut reapers = Vec::new();
+        let nats_url = match std::env::var("NATS_URL") {
+            Ok(u) => u,
+            Err(_) => {
+                let port = procs::free_port();
+                let args = vec![
+                    "-js".into(),
+                    "-a".into(),
+                    "127.0.0.1".into(),
+                    "-p".into(),
+                    port.to_string(),
+                    "-sd".into(),
+                    dir.join("nats").display().to_string(),
+                ];
+                let nats = procs::tool("NATTER_NATS_SERVER", "nats-server");
+                reapers.push(procs::spawn_reaped(&nats, &args, &dir.join("nats.log").display().to_string()));
+                block_on_port(port);
+                format!("nats://127.0.0.1:{port}")
+            }
+        };
+        let mongodb_base = match std::env::var("MONGODB_URI") {
+            Ok(u) => u.trim_end_matches('/').to_string(),
+            Err(_) => {
+                let port = procs::free_port();
+                let args = vec![
+                    "--host".into(),
+                    "127.0.0.1".into(),
+                    "--port".into(),
+                    port.to_string(),
+                    "--storage-path".into(),
+                    ":memory:".into(),
+                    "--log-level".into(),
+                    "WARNING".into(),
+                ];
+                let db = procs::tool("NATTER_SECANTUSD", "secantusd-py");
+                reapers.push(procs::spawn_reaped(&db, &args, &dir.join("mongo.log").display().to_string()));
+                block_on_port(port);
+                format!("mongodb://127.0.0.1:{port}")
+            }
+        };
+        Servers { nats_url, mongodb_base, _reapers: reapers, _dir: dir }
+    })
+}
+
+fn block_on_port(port: u16) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "server on port {port} did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// One test's world: its own NATS namespace and database on the shared
+/// servers, and the edges and workers it started (stopped on drop).
+pub struct TestApp {
+    pub name: String,
+    pub nats_url: String,
+    pub mongodb_uri: String,
+    pub db: String,
+    pub jwt: Jwt,
+    pub cancel: CancellationToken,
+    pub edges: Vec<SocketAddr>,
+    pub store: Store,
+    pub processes: Vec<Owned>,
+    pub edge_env: HashMap<String, String>,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+pub fn init_tracing() {
+    if std::env::var("RUST_LOG").is_ok() {
+        let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).try_init();
+    }
+}
+
+impl TestApp {
+    pub async fn new() -> TestApp {
+        let s = servers();
+        Self::with_mongo(s.mongodb_base.clone()).await
+    }
+
+    /// A test app whose MongoDB is at `mongodb_base` (a server the test owns).
+    pub async fn with_mongo(mongodb_base: String) -> TestApp {
+        init_tracing();
+        let s = servers();
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let name = format!("t{}x{n}", std::process::id());
+        let db = format!("natter_{name}");
+        let mongodb_uri = format!("{mongodb_base}/{db}");
+        let store = Store::connect(&mongodb_uri, &db).await.expect("store");
+        TestApp {
+            name,
+            nats_url: s.nats_url.clone(),
+            mongodb_uri,
+            db,
+            jwt: Jwt::new(&Secret::new(JWT_SECRET)),
+            cancel: CancellationToken::new(),
+            edges: vec![],
+            store,
+            processes: vec![],
+            edge_env: HashMap::new(),
+        }
+    }
+
+    pub fn core(&self) -> CoreConfig {
+        CoreConfig {
+            nats_url: self.nats_url.clone(),
+            nats_namespace: self.name.clone(),
+            mongodb_uri: self.mongodb_uri.clone(),
+            mongodb_db: self.db.clone(),
+        }
+    }
+
+    /// Environment for the binaries.
+    pub fn env(&self) -> Vec<(String, String)> {
+        let mut v = vec![
+            ("NATS_URL".to_string(), self.nats_url.clone()),
+            ("NATS_NAMESPACE".to_string(), self.name.clone()),
+            ("MONGODB_URI".to_string(), self.mongodb_uri.clone()),
+            ("JWT_SECRET".to_string(), JWT_SECRET.to_string()),
+            ("RUST_LOG".to_string(), "info".to_string()),
+        ];
+        v.extend(self.edge_env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        v
+    }
+
+    pub fn edge_config(&self) -> EdgeConfig {
+        let mut src: HashMap<String, String> = self.env().into_iter().collect();
+        src.insert("LISTEN_ADDR".into(), "127.0.0.1:0".into());
+        src.insert("FRONTEND_URL".into(), "http://localhost:3000".into());
+        src.entry("WS_RATE_PER_SEC".into()).or_insert_with(|| "100000".into());
+        EdgeConfig::load(&src).expect("edge config")
+    }
+
+    /// Starts an edge in this process; returns its address.
+    pub async fn start_edge(&mut self) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let edge = Edge::build(self.edge_config(), listener, self.cancel.child_token()).await.expect("edge");
+        let addr = edge.local_addr().expect("addr");
+        tokio::spawn(edge.run());
+        self.edges.push(addr);
+        addr
+    }
+
+    /// Starts a messages worker in this process; cancel the token to stop it.
+    pub fn start_worker(&self) -> CancellationToken {
+        let token = self.cancel.child_token();
+        let core = self.core();
+        let t = token.clone();
+        let cfg = RunnerConfig { fetch_wait: Duration::from_millis(500), ..RunnerConfig::default() };
+        tokio::spawn(async move {
+            if let Err(e) = natter_workers::messages::serve(&core, cfg, t).await {
+                panic!("worker failed: {e}");
+            }
+        });
+        token
+    }
+
+    /// Starts the `natter-worker-messages` binary; returns its index in
+    /// `processes`.
+    pub fn start_worker_process(&mut self) -> usize {
+        let bin = procs::workspace_bin("natter-worker-messages");
+        let log = std::env::temp_dir().join(format!("{}-worker-{}.log", self.name, self.processes.len()));
+        self.processes.push(Owned::spawn(&bin, &[], &self.env(), &log.display().to_string()));
+        self.processes.len() - 1
+    }
+
+    pub fn user(&self) -> UserId {
+        UserId(ObjectId::new())
+    }
+
+    pub fn token(&self, user: UserId, roles: &[&str]) -> String {
+        self.jwt.issue(
+            &Identity { user, roles: roles.iter().map(|r| r.to_string()).collect(), name: Some(format!("user-{user}")) },
+            3600,
+        )
+    }
+
+    pub fn http(&self) -> reqwest::Client {
+        reqwest::Client::new()
+    }
+
+    /// `POST /api/chat/conversations/with-user` as `a` with `b`; the id.
+    pub async fn open_conversation(&self, edge: SocketAddr, a: UserId, b: UserId) -> String {
+        let resp = self
+            .http()
+            .post(format!("http://{edge}/api/chat/conversations/with-user"))
+            .bearer_auth(self.token(a, &[]))
+            .json(&serde_json::json!({"userId": b.hex()}))
+            .send()
+            .await
+            .expect("with-user");
+        assert_eq!(resp.status().as_u16(), 201, "with-user status");
+        let v: serde_json::Value = resp.json().await.expect("json");
+        v["_id"].as_str().expect("_id").to_string()
+    }
+}
