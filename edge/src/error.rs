@@ -20,7 +20,9 @@ pub enum ChatError {
     #[error("{0} not found")]
     NotFound(&'static str),
     #[error("{0}")]
-    Unauthorized(&'static str),
+    Unauthorized(AuthError),
+    #[error("origin not allowed")]
+    OriginNotAllowed,
     #[error("service unavailable: {0}")]
     Unavailable(String),
     #[error("stored at seq {seq}, not applied yet")]
@@ -36,7 +38,8 @@ impl ChatError {
             ChatError::NotAMember => ErrorCode::NotAMember,
             ChatError::Forbidden(_) => ErrorCode::Forbidden,
             ChatError::NotFound(_) => ErrorCode::NotFound,
-            ChatError::Unauthorized(_) => ErrorCode::Unauthorized,
+            ChatError::Unauthorized(e) => e.code(),
+            ChatError::OriginNotAllowed => ErrorCode::OriginNotAllowed,
             ChatError::Unavailable(_) => ErrorCode::Unavailable,
             ChatError::Pending { .. } => ErrorCode::Pending,
             ChatError::Refused(_) => ErrorCode::Refused,
@@ -46,7 +49,7 @@ impl ChatError {
     pub fn status(&self) -> StatusCode {
         match self {
             ChatError::InvalidPayload(_) => StatusCode::BAD_REQUEST,
-            ChatError::NotAMember | ChatError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ChatError::NotAMember | ChatError::Forbidden(_) | ChatError::OriginNotAllowed => StatusCode::FORBIDDEN,
             ChatError::NotFound(_) => StatusCode::NOT_FOUND,
             ChatError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ChatError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -71,7 +74,7 @@ impl ChatError {
 
 impl From<AuthError> for ChatError {
     fn from(e: AuthError) -> Self {
-        ChatError::Unauthorized(e.code())
+        ChatError::Unauthorized(e)
     }
 }
 
@@ -87,10 +90,10 @@ impl IntoResponse for ChatError {
         if let ChatError::Pending { seq } = self {
             return (status, Json(json!({"status": "pending", "seq": seq}))).into_response();
         }
-        let message = match &self {
-            ChatError::Unauthorized(code) => format!("unauthorized: {code}"),
-            other => other.public_message(),
-        };
-        (status, Json(json!({"error": ErrorBody { code: self.code(), message }}))).into_response()
+        let mut resp = (status, Json(json!({"error": ErrorBody { code: self.code(), message: self.public_message() }}))).into_response();
+        if let ChatError::Unauthorized(_) = self {
+            resp.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
+        }
+        resp
     }
 }

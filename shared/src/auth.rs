@@ -4,6 +4,7 @@
 
 use crate::config::Secret;
 use crate::ids::UserId;
+use crate::v1::error::ErrorCode;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, encode};
 use serde::{Deserialize, Serialize};
 
@@ -36,12 +37,12 @@ pub enum AuthError {
 
 impl AuthError {
     /// Stable wire code.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            AuthError::Missing => "missing_token",
-            AuthError::Expired => "token_expired",
-            AuthError::Invalid => "invalid_token",
-            AuthError::BadSubject => "invalid_user_id",
+            AuthError::Missing => ErrorCode::MissingToken,
+            AuthError::Expired => ErrorCode::TokenExpired,
+            AuthError::Invalid => ErrorCode::InvalidToken,
+            AuthError::BadSubject => ErrorCode::InvalidUserId,
         }
     }
 }

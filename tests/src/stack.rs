@@ -237,3 +237,12 @@ impl TestApp {
         v["_id"].as_str().expect("_id").to_string()
     }
 }
+
+impl TestApp {
+    /// `GET path` on `edge` as `user`: status and JSON body.
+    pub async fn get(&self, edge: SocketAddr, path: &str, user: UserId) -> (u16, serde_json::Value) {
+        let resp = self.http().get(format!("http://{edge}{path}")).bearer_auth(self.token(user, &[])).send().await.expect("GET");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(serde_json::Value::Null))
+    }
+}

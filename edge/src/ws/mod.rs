@@ -33,7 +33,7 @@ pub async fn handle(State(st): State<Arc<EdgeState>>, mut req: Request) -> Respo
         return ChatError::InvalidPayload("expected a WebSocket upgrade".into()).into_response();
     }
     if !origin_allowed(&st, req.headers()) {
-        return ChatError::Forbidden("origin not allowed".into()).into_response();
+        return ChatError::OriginNotAllowed.into_response();
     }
     let Some(tok) = token::bearer(req.headers()).or_else(|| token::from_query(req.uri().query())) else {
         return ChatError::from(natter_shared::auth::AuthError::Missing).into_response();

@@ -22,8 +22,17 @@ pub enum ErrorCode {
     NotFound,
     /// Too many requests; slow down.
     RateLimited,
-    /// The token is missing, invalid or expired.
-    Unauthorized,
+    /// No token was given.
+    MissingToken,
+    /// The token is malformed, badly signed, uses another algorithm, or
+    /// lacks `exp`.
+    InvalidToken,
+    /// The token has expired.
+    TokenExpired,
+    /// The token's `id`/`sub` is not a valid user id.
+    InvalidUserId,
+    /// The `Origin` of a WebSocket handshake is not an allowed front end.
+    OriginNotAllowed,
     /// A dependency (NATS, MongoDB) is unavailable; retry later.
     Unavailable,
     /// The command was stored but not applied within the wait; it will be.
@@ -45,7 +54,11 @@ impl ErrorCode {
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::NotFound => "not_found",
             ErrorCode::RateLimited => "rate_limited",
-            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::MissingToken => "missing_token",
+            ErrorCode::InvalidToken => "invalid_token",
+            ErrorCode::TokenExpired => "token_expired",
+            ErrorCode::InvalidUserId => "invalid_user_id",
+            ErrorCode::OriginNotAllowed => "origin_not_allowed",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Pending => "pending",
             ErrorCode::Refused => "refused",
