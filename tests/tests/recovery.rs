@@ -1,0 +1,147 @@
+//! Failures under traffic: a worker killed with `kill -9`, MongoDB stopped
+//! for a few seconds. Nothing acknowledged is lost or duplicated.
+
+use mongodb::bson::doc;
+use natter_tests::procs::{self, Owned};
+use natter_tests::{TestApp, WsClient};
+use serde_json::json;
+use std::collections::HashSet;
+use std::time::Duration;
+
+/// Counts stored messages and distinct ids of a conversation.
+async fn stored(app: &TestApp, conv: &str) -> (u64, usize) {
+    let total = app.store.messages().count_documents(doc! {"conversationId": conv}).await.unwrap_or(0);
+    let ids = app
+        .store
+        .messages()
+        .distinct("_id", doc! {"conversationId": conv})
+        .await
+        .map(|v| v.len())
+        .unwrap_or(0);
+    (total, ids)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_killed_mid_stream_loses_and_duplicates_nothing() {
+    let mut app = TestApp::new().await;
+    let e = app.start_edge().await;
+    let first = app.start_worker_process();
+    let (a, b) = (app.user(), app.user());
+    // The conversation is created by the worker process.
+    let conv = app.open_conversation(e, a, b).await;
+    let mut ws = WsClient::connect(e, &app.token(a, &[])).await;
+    const N: usize = 2000;
+    let mut acked = HashSet::new();
+    for i in 0..N {
+        if i == N / 3 {
+            // Mid-stream: the worker dies without warning; a new one starts.
+            app.processes[first].kill9().await;
+            app.start_worker_process();
+        }
+        let r = ws.request("send_message", json!({"conversationId": conv, "content": format!("m{i}"), "clientMsgId": format!("k{i}")})).await;
+        assert_eq!(r["type"], "ack", "{r}");
+        acked.insert(r["data"]["messageId"].as_str().unwrap().to_string());
+    }
+    assert_eq!(acked.len(), N);
+    natter_tests::eventually("all messages stored", Duration::from_secs(90), || async {
+        let (total, _) = stored(&app, &conv).await;
+        (total as usize >= N).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (total, distinct) = stored(&app, &conv).await;
+    assert_eq!((total as usize, distinct), (N, N), "stored exactly once each");
+    let c = app.store.conversation(conv.parse().unwrap()).await.unwrap().unwrap();
+    assert_eq!(c.unread_counts.get(&b.hex()).copied(), Some(N as i64), "unread count exact after redelivery");
+    assert_eq!(c.unread_counts.get(&a.hex()).copied().unwrap_or(0), 0, "own messages never unread");
+    assert_eq!(c.last_seq, {
+        let last = app.store.messages().find_one(doc! {"conversationId": &conv}).sort(doc! {"seq": -1}).await.unwrap().unwrap();
+        last.seq
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongodb_stopped_under_traffic_loses_nothing() {
+    // This test owns its MongoDB server, on disk, so it can stop and restart it.
+    let port = procs::free_port();
+    let dir = std::env::temp_dir().join(format!("natter-mongo-{}-{port}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bin = procs::tool("NATTER_SECANTUSD", "secantusd-py");
+    let args: Vec<String> = vec![
+        "--host".into(),
+        "127.0.0.1".into(),
+        "--port".into(),
+        port.to_string(),
+        "--storage-path".into(),
+        dir.join("data").display().to_string(),
+        "--log-level".into(),
+        "WARNING".into(),
+    ];
+    let log = dir.join("mongo.log").display().to_string();
+    let mut mongo = Owned::spawn(&bin, &args, &[], &log);
+    procs::wait_for_port(port, Duration::from_secs(60)).await;
+
+    let mut app = TestApp::with_mongo(format!("mongodb://127.0.0.1:{port}")).await;
+    let e = app.start_edge().await;
+    app.start_worker();
+    let (a, b) = (app.user(), app.user());
+    let conv = app.open_conversation(e, a, b).await;
+    let mut wb = WsClient::connect(e, &app.token(b, &[])).await;
+    wb.request("join_conversation", json!({"conversationId": conv})).await;
+    let mut ws = WsClient::connect(e, &app.token(a, &[])).await;
+    const N: usize = 300;
+    let mut acked = Vec::new();
+    for i in 0..N {
+        if i == 100 {
+            assert!(mongo.terminate().await.is_some(), "MongoDB did not stop");
+        }
+        if i == 200 {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            mongo = Owned::spawn(&bin, &args, &[], &log);
+            procs::wait_for_port(port, Duration::from_secs(60)).await;
+        }
+        // Membership is cached, so sends keep being accepted while MongoDB is away.
+        let r = ws.request("send_message", json!({"conversationId": conv, "content": format!("m{i}"), "clientMsgId": format!("k{i}")})).await;
+        assert_eq!(r["type"], "ack", "send {i}: {r}");
+        acked.push(r["data"]["messageId"].as_str().unwrap().to_string());
+    }
+    let ev = wb.events("message_received", N, Duration::from_secs(90)).await;
+    assert_eq!(ev.len(), N, "b received every message once MongoDB was back");
+    let got: Vec<&str> = ev.iter().map(|v| v["data"]["_id"].as_str().unwrap()).collect();
+    assert_eq!(got, acked.iter().map(String::as_str).collect::<Vec<_>>(), "in order");
+    let (total, distinct) = stored(&app, &conv).await;
+    assert_eq!((total as usize, distinct), (N, N));
+    drop(mongo);
+}
+
+#[tokio::test]
+async fn binaries_refuse_bad_config_before_binding() {
+    for (bin, missing) in [("natter-edge", "JWT_SECRET"), ("natter-worker-messages", "MONGODB_URI")] {
+        let mut env: Vec<(&str, &str)> = vec![
+            ("NATS_URL", "nats://127.0.0.1:1"),
+            ("MONGODB_URI", "mongodb://127.0.0.1:1/x"),
+            ("JWT_SECRET", "0123456789abcdef0123"),
+        ];
+        env.retain(|(k, _)| *k != missing);
+        let out = std::process::Command::new(procs::workspace_bin(bin))
+            .env_clear()
+            .envs(env)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bin}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(missing), "{bin} should name {missing}: {err}");
+    }
+    let out = std::process::Command::new(procs::workspace_bin("natter-edge"))
+        .env_clear()
+        .envs([
+            ("NATS_URL", "nats://127.0.0.1:1"),
+            ("MONGODB_URI", "mongodb://127.0.0.1:1/x"),
+            ("JWT_SECRET", "0123456789abcdef0123"),
+            ("MAX_FILE_SIZE", "lots"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("MAX_FILE_SIZE"));
+}
