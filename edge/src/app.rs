@@ -39,15 +39,27 @@ pub struct Edge {
 }
 
 impl Edge {
-    pub async fn build(config: EdgeConfig, listener: TcpListener, shutdown: CancellationToken) -> Result<Edge, StartError> {
+    pub async fn build(
+        config: EdgeConfig,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> Result<Edge, StartError> {
         let url = config.core.nats_url.clone();
         let nats = tokio::time::timeout(
             Duration::from_secs(10),
-            async_nats::ConnectOptions::new().name("natter-edge").connect(url.as_str()),
+            async_nats::ConnectOptions::new()
+                .name("natter-edge")
+                .connect(url.as_str()),
         )
         .await
-        .map_err(|_| StartError::Nats { url: url.clone(), reason: "timed out".into() })?
-        .map_err(|e| StartError::Nats { url: url.clone(), reason: e.to_string() })?;
+        .map_err(|_| StartError::Nats {
+            url: url.clone(),
+            reason: "timed out".into(),
+        })?
+        .map_err(|e| StartError::Nats {
+            url: url.clone(),
+            reason: e.to_string(),
+        })?;
         let js = async_nats::jetstream::new(nats.clone());
         let subjects = Subjects::new(&config.core.nats_namespace);
         natter_nats::apply(&js, &subjects, 1).await?;
@@ -57,7 +69,10 @@ impl Edge {
             jwt: Jwt::new(&config.jwt_secret),
             hub: Hub::new(nats.clone()),
             membership: Membership::default(),
-            lifecycle: Lifecycle { shutdown, tracker: TaskTracker::new() },
+            lifecycle: Lifecycle {
+                shutdown,
+                tracker: TaskTracker::new(),
+            },
             config,
             store,
             nats,

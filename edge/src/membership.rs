@@ -17,11 +17,17 @@ pub struct Membership {
 
 impl Membership {
     /// `Ok(None)` when the conversation does not exist.
-    pub async fn participants(&self, store: &Store, conv: ObjectId) -> Result<Option<Vec<ObjectId>>, mongodb::error::Error> {
+    pub async fn participants(
+        &self,
+        store: &Store,
+        conv: ObjectId,
+    ) -> Result<Option<Vec<ObjectId>>, mongodb::error::Error> {
         if let Some(p) = self.lock().get(&conv) {
             return Ok(Some(p.clone()));
         }
-        let Some(doc) = store.conversation(conv).await? else { return Ok(None) };
+        let Some(doc) = store.conversation(conv).await? else {
+            return Ok(None);
+        };
         let mut map = self.lock();
         if map.len() >= MAX_CACHED {
             map.clear();
@@ -30,8 +36,16 @@ impl Membership {
         Ok(Some(doc.participant_ids))
     }
 
-    pub async fn is_participant(&self, store: &Store, conv: ObjectId, user: UserId) -> Result<bool, mongodb::error::Error> {
-        Ok(self.participants(store, conv).await?.is_some_and(|p| p.contains(&user.oid())))
+    pub async fn is_participant(
+        &self,
+        store: &Store,
+        conv: ObjectId,
+        user: UserId,
+    ) -> Result<bool, mongodb::error::Error> {
+        Ok(self
+            .participants(store, conv)
+            .await?
+            .is_some_and(|p| p.contains(&user.oid())))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectId, Vec<ObjectId>>> {

@@ -38,7 +38,9 @@ pub struct Subjects {
 
 impl Subjects {
     pub fn new(namespace: &str) -> Self {
-        Subjects { ns: namespace.to_string() }
+        Subjects {
+            ns: namespace.to_string(),
+        }
     }
 
     pub fn namespace(&self) -> &str {
@@ -83,7 +85,14 @@ impl Subjects {
 
     /// Subject of a command for `room`.
     pub fn command(&self, kind: RoomKind, room: &str, action: &str) -> String {
-        format!("{}.cmd.p{}.{}.{}.{}", self.ns, partition_of(room), kind.token(), room, action)
+        format!(
+            "{}.cmd.p{}.{}.{}.{}",
+            self.ns,
+            partition_of(room),
+            kind.token(),
+            room,
+            action
+        )
     }
 
     /// Filter of one partition's commands.
@@ -138,7 +147,10 @@ mod tests {
         let subj = s.command(RoomKind::Conversation, "abc", "send_message");
         assert!(subj.starts_with("chat.cmd.p"));
         assert!(subj.ends_with(".conv.abc.send_message"));
-        assert_eq!(s.room_events(RoomKind::Conversation, "abc"), "chat.evt.conv.abc");
+        assert_eq!(
+            s.room_events(RoomKind::Conversation, "abc"),
+            "chat.evt.conv.abc"
+        );
         assert_eq!(s.partition(3), "chat.cmd.p3.>");
     }
 

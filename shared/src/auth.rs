@@ -102,12 +102,13 @@ impl Jwt {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
-        let data = decode::<Claims>(token, &self.decoding, &self.validation).map_err(|e| {
-            match e.kind() {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
-                _ => AuthError::Invalid,
-            }
-        })?;
+        let data =
+            decode::<Claims>(token, &self.decoding, &self.validation).map_err(|e| {
+                match e.kind() {
+                    jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+                    _ => AuthError::Invalid,
+                }
+            })?;
         let c = data.claims;
         let raw = c.id.or(c.sub).ok_or(AuthError::BadSubject)?;
         let user: UserId = raw.parse().map_err(|_| AuthError::BadSubject)?;
@@ -116,7 +117,11 @@ impl Jwt {
             Some(OneOrMany::One(r)) => vec![r],
             Some(OneOrMany::Many(v)) => v,
         };
-        Ok(Identity { user, roles, name: c.name.or(c.username) })
+        Ok(Identity {
+            user,
+            roles,
+            name: c.name.or(c.username),
+        })
     }
 
     /// Signs a token for `who`, valid for `ttl_secs`.
@@ -154,7 +159,11 @@ mod tests {
     }
 
     fn who() -> Identity {
-        Identity { user: UserId(ObjectId::new()), roles: vec!["Admin".into()], name: Some("Ann".into()) }
+        Identity {
+            user: UserId(ObjectId::new()),
+            roles: vec!["Admin".into()],
+            name: Some("Ann".into()),
+        }
     }
 
     #[test]
@@ -167,7 +176,10 @@ mod tests {
     #[test]
     fn wrong_secret_and_garbage_are_invalid() {
         let other = Jwt::new(&Secret::new("another-secret-0123456789"));
-        assert_eq!(jwt().verify(&other.issue(&who(), 60)), Err(AuthError::Invalid));
+        assert_eq!(
+            jwt().verify(&other.issue(&who(), 60)),
+            Err(AuthError::Invalid)
+        );
         assert_eq!(jwt().verify("a.b.c"), Err(AuthError::Invalid));
         assert_eq!(jwt().verify(""), Err(AuthError::Missing));
     }
@@ -177,8 +189,15 @@ mod tests {
         use base64::Engine;
         let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
         let header = b64(br#"{"alg":"none","typ":"JWT"}"#);
-        let body = b64(format!(r#"{{"id":"{}","exp":9999999999}}"#, ObjectId::new().to_hex()).as_bytes());
-        assert_eq!(jwt().verify(&format!("{header}.{body}.")), Err(AuthError::Invalid));
+        let body = b64(format!(
+            r#"{{"id":"{}","exp":9999999999}}"#,
+            ObjectId::new().to_hex()
+        )
+        .as_bytes());
+        assert_eq!(
+            jwt().verify(&format!("{header}.{body}.")),
+            Err(AuthError::Invalid)
+        );
     }
 
     #[test]

@@ -40,7 +40,9 @@ impl Store {
         opts.connect_timeout = Some(Duration::from_secs(5));
         opts.app_name = Some("natter".into());
         let client = Client::with_options(opts)?;
-        Ok(Store { db: client.database(db) })
+        Ok(Store {
+            db: client.database(db),
+        })
     }
 
     pub fn db(&self) -> &Database {
@@ -74,7 +76,10 @@ impl Store {
             ])
             .await?;
         self.conversations()
-            .create_indexes([idx(doc! {"participantIds": 1, "updatedAt": -1}, "participant_activity")])
+            .create_indexes([idx(
+                doc! {"participantIds": 1, "updatedAt": -1},
+                "participant_activity",
+            )])
             .await?;
         Ok(())
     }
@@ -104,20 +109,50 @@ impl Store {
         if ids.is_empty() {
             return Ok(vec![]);
         }
-        self.messages().find(doc! {"_id": {"$in": ids}}).await?.try_collect().await
+        self.messages()
+            .find(doc! {"_id": {"$in": ids}})
+            .await?
+            .try_collect()
+            .await
     }
 
     /// A page of a conversation's history, oldest first within the page.
-    pub async fn conversation_messages(&self, conversation: &str, by: PageBy) -> Result<Page, StoreError> {
-        let filter = doc! {"conversationId": conversation};
-        let total = self.messages().count_documents(filter.clone()).await?;
+    /// Counted and read up to the newest `seq` seen when the call starts, so
+    /// `total`, `hasMore` and the page agree even while messages arrive.
+    pub async fn conversation_messages(
+        &self,
+        conversation: &str,
+        by: PageBy,
+    ) -> Result<Page, StoreError> {
+        let room = doc! {"conversationId": conversation};
+        let Some(newest) = self
+            .messages()
+            .find_one(room.clone())
+            .sort(doc! {"seq": -1})
+            .await?
+        else {
+            return Ok(Page {
+                messages: vec![],
+                total: 0,
+                has_more: false,
+            });
+        };
+        let upto = |bound: &str, seq: i64| {
+            let mut q = room.clone();
+            q.insert("seq", doc! {bound: seq});
+            q
+        };
+        let total = self
+            .messages()
+            .count_documents(upto("$lte", newest.seq))
+            .await?;
         let (query, skip, limit) = match by {
-            PageBy::Page { page, limit } => (filter.clone(), page.saturating_sub(1).saturating_mul(limit), limit),
-            PageBy::Before { before, limit } => {
-                let mut q = filter.clone();
-                q.insert("seq", doc! {"$lt": before});
-                (q, 0, limit)
-            }
+            PageBy::Page { page, limit } => (
+                upto("$lte", newest.seq),
+                page.saturating_sub(1).saturating_mul(limit),
+                limit,
+            ),
+            PageBy::Before { before, limit } => (upto("$lt", before.min(newest.seq + 1)), 0, limit),
         };
         let mut messages: Vec<MessageDoc> = self
             .messages()
@@ -132,12 +167,18 @@ impl Store {
         let has_more = match (by, messages.first()) {
             (PageBy::Page { .. }, _) => skip + limit < total,
             (PageBy::Before { .. }, Some(oldest)) => {
-                let mut q = filter;
-                q.insert("seq", doc! {"$lt": oldest.seq});
-                self.messages().count_documents(q).limit(1).await? > 0
+                self.messages()
+                    .count_documents(upto("$lt", oldest.seq))
+                    .limit(1)
+                    .await?
+                    > 0
             }
             (PageBy::Before { .. }, None) => false,
         };
-        Ok(Page { messages, total, has_more })
+        Ok(Page {
+            messages,
+            total,
+            has_more,
+        })
     }
 }

@@ -10,7 +10,12 @@ use std::time::Duration;
 
 /// Counts stored messages and distinct ids of a conversation.
 async fn stored(app: &TestApp, conv: &str) -> (u64, usize) {
-    let total = app.store.messages().count_documents(doc! {"conversationId": conv}).await.unwrap_or(0);
+    let total = app
+        .store
+        .messages()
+        .count_documents(doc! {"conversationId": conv})
+        .await
+        .unwrap_or(0);
     let ids = app
         .store
         .messages()
@@ -50,12 +55,36 @@ async fn worker_killed_mid_stream_loses_and_duplicates_nothing() {
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (total, distinct) = stored(&app, &conv).await;
-    assert_eq!((total as usize, distinct), (N, N), "stored exactly once each");
-    let c = app.store.conversation(conv.parse().unwrap()).await.unwrap().unwrap();
-    assert_eq!(c.unread_counts.get(&b.hex()).copied(), Some(N as i64), "unread count exact after redelivery");
-    assert_eq!(c.unread_counts.get(&a.hex()).copied().unwrap_or(0), 0, "own messages never unread");
+    assert_eq!(
+        (total as usize, distinct),
+        (N, N),
+        "stored exactly once each"
+    );
+    let c = app
+        .store
+        .conversation(conv.parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        c.unread_counts.get(&b.hex()).copied(),
+        Some(N as i64),
+        "unread count exact after redelivery"
+    );
+    assert_eq!(
+        c.unread_counts.get(&a.hex()).copied().unwrap_or(0),
+        0,
+        "own messages never unread"
+    );
     assert_eq!(c.last_seq, {
-        let last = app.store.messages().find_one(doc! {"conversationId": &conv}).sort(doc! {"seq": -1}).await.unwrap().unwrap();
+        let last = app
+            .store
+            .messages()
+            .find_one(doc! {"conversationId": &conv})
+            .sort(doc! {"seq": -1})
+            .await
+            .unwrap()
+            .unwrap();
         last.seq
     });
 }
@@ -87,7 +116,8 @@ async fn mongodb_stopped_under_traffic_loses_nothing() {
     let (a, b) = (app.user(), app.user());
     let conv = app.open_conversation(e, a, b).await;
     let mut wb = WsClient::connect(e, &app.token(b, &[])).await;
-    wb.request("join_conversation", json!({"conversationId": conv})).await;
+    wb.request("join_conversation", json!({"conversationId": conv}))
+        .await;
     let mut ws = WsClient::connect(e, &app.token(a, &[])).await;
     const N: usize = 300;
     let mut acked = Vec::new();
@@ -105,10 +135,23 @@ async fn mongodb_stopped_under_traffic_loses_nothing() {
         assert_eq!(r["type"], "ack", "send {i}: {r}");
         acked.push(r["data"]["messageId"].as_str().unwrap().to_string());
     }
-    let ev = wb.events("message_received", N, Duration::from_secs(90)).await;
-    assert_eq!(ev.len(), N, "b received every message once MongoDB was back");
-    let got: Vec<&str> = ev.iter().map(|v| v["data"]["_id"].as_str().unwrap()).collect();
-    assert_eq!(got, acked.iter().map(String::as_str).collect::<Vec<_>>(), "in order");
+    let ev = wb
+        .events("message_received", N, Duration::from_secs(90))
+        .await;
+    assert_eq!(
+        ev.len(),
+        N,
+        "b received every message once MongoDB was back"
+    );
+    let got: Vec<&str> = ev
+        .iter()
+        .map(|v| v["data"]["_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        got,
+        acked.iter().map(String::as_str).collect::<Vec<_>>(),
+        "in order"
+    );
     let (total, distinct) = stored(&app, &conv).await;
     assert_eq!((total as usize, distinct), (N, N));
     drop(mongo);
@@ -116,7 +159,10 @@ async fn mongodb_stopped_under_traffic_loses_nothing() {
 
 #[tokio::test]
 async fn binaries_refuse_bad_config_before_binding() {
-    for (bin, missing) in [("natter-edge", "JWT_SECRET"), ("natter-worker-messages", "MONGODB_URI")] {
+    for (bin, missing) in [
+        ("natter-edge", "JWT_SECRET"),
+        ("natter-worker-messages", "MONGODB_URI"),
+    ] {
         let mut env: Vec<(&str, &str)> = vec![
             ("NATS_URL", "nats://127.0.0.1:1"),
             ("MONGODB_URI", "mongodb://127.0.0.1:1/x"),

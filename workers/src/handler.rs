@@ -54,5 +54,8 @@ pub trait Handler: Send + Sync + 'static {
 
     /// Applies a batch (in stream order, all from one partition) and returns
     /// one disposition per command, in the same order.
-    fn apply(&self, batch: &[Incoming]) -> impl Future<Output = Result<Vec<Disposition>, ApplyError>> + Send;
+    fn apply(
+        &self,
+        batch: &[Incoming],
+    ) -> impl Future<Output = Result<Vec<Disposition>, ApplyError>> + Send;
 }

@@ -119,7 +119,13 @@ pub async fn run<H: Handler>(
                     token.clone(),
                 )
                 .instrument(info_span!("partition", role, p));
-                tasks.insert(p, PartitionTask { cancel: token, handle: tokio::spawn(fut) });
+                tasks.insert(
+                    p,
+                    PartitionTask {
+                        cancel: token,
+                        handle: tokio::spawn(fut),
+                    },
+                );
                 info!(role, partition = p, "partition taken");
             }
         }
@@ -146,7 +152,10 @@ async fn partition_loop<H: Handler>(
 ) {
     let name = subjects.consumer(H::ROLE.name(), p);
     let consumer: PullConsumer = loop {
-        match js.get_consumer_from_stream(&name, subjects.cmd_stream()).await {
+        match js
+            .get_consumer_from_stream(&name, subjects.cmd_stream())
+            .await
+        {
             Ok(c) => break c,
             Err(e) => {
                 warn!(consumer = %name, error = %e, "consumer unavailable; retrying");
@@ -177,8 +186,20 @@ async fn partition_loop<H: Handler>(
 /// `wait` for one message and then takes what followed it. Each pull request
 /// is complete when this returns, so no message is left delivered to a
 /// subscription nobody reads (which would reorder it behind later ones).
-async fn fetch(consumer: &PullConsumer, max: usize, wait: Duration) -> Result<Vec<Message>, String> {
-    let mut out = drain(consumer.fetch().max_messages(max).messages().await.map_err(|e| e.to_string())?).await?;
+async fn fetch(
+    consumer: &PullConsumer,
+    max: usize,
+    wait: Duration,
+) -> Result<Vec<Message>, String> {
+    let mut out = drain(
+        consumer
+            .fetch()
+            .max_messages(max)
+            .messages()
+            .await
+            .map_err(|e| e.to_string())?,
+    )
+    .await?;
     if out.is_empty() {
         let first = consumer
             .batch()
@@ -189,7 +210,12 @@ async fn fetch(consumer: &PullConsumer, max: usize, wait: Duration) -> Result<Ve
             .map_err(|e| e.to_string())?;
         out = drain(first).await?;
         if !out.is_empty() && max > 1 {
-            let more = consumer.fetch().max_messages(max - 1).messages().await.map_err(|e| e.to_string())?;
+            let more = consumer
+                .fetch()
+                .max_messages(max - 1)
+                .messages()
+                .await
+                .map_err(|e| e.to_string())?;
             out.extend(drain(more).await?);
         }
     }
@@ -236,7 +262,10 @@ async fn process<H: Handler>(
                 continue;
             };
             if info.delivered >= topology::MAX_DELIVER {
-                slots.push(Err(format!("delivered {} times without being applied", info.delivered)));
+                slots.push(Err(format!(
+                    "delivered {} times without being applied",
+                    info.delivered
+                )));
                 continue;
             }
             match serde_json::from_slice::<CommandEnvelope>(&m.payload) {
@@ -267,7 +296,8 @@ async fn process<H: Handler>(
                     for m in &msgs {
                         let _ = m.ack_with(AckKind::Progress).await;
                     }
-                    let delay = Duration::from_millis(100u64 << attempt.min(6)).min(Duration::from_secs(5));
+                    let delay =
+                        Duration::from_millis(100u64 << attempt.min(6)).min(Duration::from_secs(5));
                     tokio::select! {
                         _ = cancel.cancelled() => {
                             for m in &msgs {
@@ -293,19 +323,44 @@ async fn process<H: Handler>(
                 Ok(k) => {
                     let inc = &incoming[*k];
                     let reply = inc.envelope.reply.clone();
-                    match dispositions.get(*k).cloned().unwrap_or(Disposition::Poison("no disposition".into())) {
+                    match dispositions
+                        .get(*k)
+                        .cloned()
+                        .unwrap_or(Disposition::Poison("no disposition".into()))
+                    {
                         Disposition::Applied(pubs) => {
                             publications.extend(pubs);
-                            (Some(Outcome { status: OutcomeStatus::Applied, seq: inc.seq, reason: None }), reply)
+                            (
+                                Some(Outcome {
+                                    status: OutcomeStatus::Applied,
+                                    seq: inc.seq,
+                                    reason: None,
+                                }),
+                                reply,
+                            )
                         }
                         Disposition::Refused(reason) => {
                             info!(seq = inc.seq, %reason, "command refused");
-                            (Some(Outcome { status: OutcomeStatus::Refused, seq: inc.seq, reason: Some(reason) }), reply)
+                            (
+                                Some(Outcome {
+                                    status: OutcomeStatus::Refused,
+                                    seq: inc.seq,
+                                    reason: Some(reason),
+                                }),
+                                reply,
+                            )
                         }
                         Disposition::Poison(reason) => {
                             dead_letter(js, subjects, H::ROLE.name(), m, &reason).await;
                             terminal[i] = true;
-                            (Some(Outcome { status: OutcomeStatus::Refused, seq: inc.seq, reason: Some(reason) }), reply)
+                            (
+                                Some(Outcome {
+                                    status: OutcomeStatus::Refused,
+                                    seq: inc.seq,
+                                    reason: Some(reason),
+                                }),
+                                reply,
+                            )
                         }
                     }
                 }
@@ -313,7 +368,10 @@ async fn process<H: Handler>(
             if let (Some(o), Some(r)) = (outcome, reply)
                 && let Ok(body) = serde_json::to_vec(&o)
             {
-                publications.push(Publication { subject: r, payload: body.into() });
+                publications.push(Publication {
+                    subject: r,
+                    payload: body.into(),
+                });
             }
         }
         for p in publications {
@@ -336,7 +394,13 @@ async fn process<H: Handler>(
 
 /// Copies a command to the dead-letter stream with its reason, waiting for
 /// the PubAck so nothing is terminated before it is kept.
-async fn dead_letter(js: &jetstream::Context, subjects: &Subjects, role: &str, m: &Message, reason: &str) {
+async fn dead_letter(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    role: &str,
+    m: &Message,
+    reason: &str,
+) {
     let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
     warn!(seq, %reason, "dead-lettering command");
     let mut headers = async_nats::HeaderMap::new();
@@ -344,7 +408,10 @@ async fn dead_letter(js: &jetstream::Context, subjects: &Subjects, role: &str, m
     headers.insert(DLQ_SEQ, seq.to_string().as_str());
     headers.insert(DLQ_SUBJECT, m.subject.as_str());
     loop {
-        match js.publish_with_headers(subjects.dlq(role), headers.clone(), m.payload.clone()).await {
+        match js
+            .publish_with_headers(subjects.dlq(role), headers.clone(), m.payload.clone())
+            .await
+        {
             Ok(ack) => match ack.await {
                 Ok(_) => return,
                 Err(e) => warn!(error = %e, "dead letter not acknowledged; retrying"),

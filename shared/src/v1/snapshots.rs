@@ -31,7 +31,10 @@ fn command_envelope_shape() {
     );
     let create = Command::CreateConversation(CreateConversationCmd {
         conversation_id: "650000000000000000000002".into(),
-        participant_ids: [uid("64b7f0c2a1b2c3d4e5f60718"), uid("64b7f0c2a1b2c3d4e5f60719")],
+        participant_ids: [
+            uid("64b7f0c2a1b2c3d4e5f60718"),
+            uid("64b7f0c2a1b2c3d4e5f60719"),
+        ],
     });
     assert_eq!(
         serde_json::to_string(&create).unwrap(),
@@ -44,7 +47,13 @@ fn server_frames_shape() {
     let ack = to_text(
         "ack",
         Some("r1"),
-        SendAck { message_id: "m", conversation_id: "c", client_msg_id: "k", seq: 7, duplicate: false },
+        SendAck {
+            message_id: "m",
+            conversation_id: "c",
+            client_msg_id: "k",
+            seq: 7,
+            duplicate: false,
+        },
     );
     assert_eq!(
         ack,
@@ -54,6 +63,13 @@ fn server_frames_shape() {
         error_text(None, ErrorCode::NotAMember, "no"),
         r#"{"type":"error","data":{"code":"not_a_member","message":"no"}}"#
     );
-    let outcome = Outcome { status: OutcomeStatus::Refused, seq: 3, reason: Some("x".into()) };
-    assert_eq!(serde_json::to_string(&outcome).unwrap(), r#"{"status":"refused","seq":3,"reason":"x"}"#);
+    let outcome = Outcome {
+        status: OutcomeStatus::Refused,
+        seq: 3,
+        reason: Some("x".into()),
+    };
+    assert_eq!(
+        serde_json::to_string(&outcome).unwrap(),
+        r#"{"status":"refused","seq":3,"reason":"x"}"#
+    );
 }

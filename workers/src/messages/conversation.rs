@@ -19,16 +19,24 @@ pub(super) async fn apply(
 ) -> Result<Disposition, ApplyError> {
     let [a, b] = c.participant_ids;
     let Some(id) = parse_oid(&c.conversation_id) else {
-        return Ok(Disposition::Poison("conversationId is not an ObjectId".into()));
+        return Ok(Disposition::Poison(
+            "conversationId is not an ObjectId".into(),
+        ));
     };
     if a == b {
-        return Ok(Disposition::Poison("a conversation needs two different participants".into()));
+        return Ok(Disposition::Poison(
+            "a conversation needs two different participants".into(),
+        ));
     }
     if id != conversation_id_for(a, b) {
-        return Ok(Disposition::Poison("conversationId does not match its participants".into()));
+        return Ok(Disposition::Poison(
+            "conversationId does not match its participants".into(),
+        ));
     }
     if inc.envelope.actor != a && inc.envelope.actor != b {
-        return Ok(Disposition::Refused("the actor is not a participant".into()));
+        return Ok(Disposition::Refused(
+            "the actor is not a participant".into(),
+        ));
     }
     let mut participants: Vec<ObjectId> = vec![a.oid(), b.oid()];
     participants.sort();
@@ -49,12 +57,21 @@ pub(super) async fn apply(
     let Some(conv) = store.conversation(id).await? else {
         return Err(ApplyError("conversation vanished after upsert".into()));
     };
-    let frame = EventFrame { kind: EventKind::ConversationCreated, seq: inc.seq, data: ConversationView::new(&conv, None) };
-    let payload: bytes::Bytes = serde_json::to_vec(&frame).map_err(|e| ApplyError(e.to_string()))?.into();
+    let frame = EventFrame {
+        kind: EventKind::ConversationCreated,
+        seq: inc.seq,
+        data: ConversationView::new(&conv, None),
+    };
+    let payload: bytes::Bytes = serde_json::to_vec(&frame)
+        .map_err(|e| ApplyError(e.to_string()))?
+        .into();
     Ok(Disposition::Applied(
         [a, b]
             .iter()
-            .map(|u| Publication { subject: subjects.user_events(&u.hex()), payload: payload.clone() })
+            .map(|u| Publication {
+                subject: subjects.user_events(&u.hex()),
+                payload: payload.clone(),
+            })
             .collect(),
     ))
 }

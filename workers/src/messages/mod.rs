@@ -49,7 +49,11 @@ impl Handler for MessagesHandler {
         }
         Ok(out
             .into_iter()
-            .map(|d| d.unwrap_or_else(|| Disposition::Poison("command not handled by the messages role".into())))
+            .map(|d| {
+                d.unwrap_or_else(|| {
+                    Disposition::Poison("command not handled by the messages role".into())
+                })
+            })
             .collect())
     }
 }
@@ -67,7 +71,11 @@ pub enum StartError {
 }
 
 /// Connects, applies indexes and topology, and runs the role until `cancel`.
-pub async fn serve(core: &CoreConfig, cfg: RunnerConfig, cancel: CancellationToken) -> Result<(), StartError> {
+pub async fn serve(
+    core: &CoreConfig,
+    cfg: RunnerConfig,
+    cancel: CancellationToken,
+) -> Result<(), StartError> {
     let client = async_nats::ConnectOptions::new()
         .name(format!("natter-worker-messages-{}", cfg.instance))
         .connect(core.nats_url.as_str())

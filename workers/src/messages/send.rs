@@ -67,9 +67,16 @@ pub(super) async fn apply(
     let mut out = Vec::with_capacity(sends.len());
     let mut valid: Vec<Valid<'_>> = Vec::new();
     for (slot, inc) in sends {
-        let Command::SendMessage(c) = &inc.envelope.command else { continue };
+        let Command::SendMessage(c) = &inc.envelope.command else {
+            continue;
+        };
         match validate(inc, c) {
-            Ok((conv, doc)) => valid.push(Valid { slot: *slot, inc, conv, doc }),
+            Ok((conv, doc)) => valid.push(Valid {
+                slot: *slot,
+                inc,
+                conv,
+                doc,
+            }),
             Err(reason) => out.push((*slot, Disposition::Poison(reason))),
         }
     }
@@ -77,9 +84,17 @@ pub(super) async fn apply(
         return Ok(out);
     }
 
-    let conv_ids: Vec<ObjectId> = valid.iter().map(|v| v.conv).collect::<HashSet<_>>().into_iter().collect();
+    let conv_ids: Vec<ObjectId> = valid
+        .iter()
+        .map(|v| v.conv)
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
     let mut convs: HashMap<ObjectId, ConversationDoc> = HashMap::new();
-    let mut cursor = store.conversations().find(doc! {"_id": {"$in": &conv_ids}}).await?;
+    let mut cursor = store
+        .conversations()
+        .find(doc! {"_id": {"$in": &conv_ids}})
+        .await?;
     while cursor.advance().await? {
         let c = cursor.deserialize_current()?;
         convs.insert(c.id, c);
@@ -89,9 +104,10 @@ pub(super) async fn apply(
     for v in valid {
         match convs.get(&v.conv) {
             None => out.push((v.slot, Disposition::Poison("conversation not found".into()))),
-            Some(c) if !c.participant_ids.contains(&v.doc.sender_id) => {
-                out.push((v.slot, Disposition::Refused("the sender is not a participant".into())))
-            }
+            Some(c) if !c.participant_ids.contains(&v.doc.sender_id) => out.push((
+                v.slot,
+                Disposition::Refused("the sender is not a participant".into()),
+            )),
             Some(_) => accepted.push(v),
         }
     }
@@ -106,15 +122,27 @@ pub(super) async fn apply(
         by_conv.entry(v.conv).or_default().push((k, v));
     }
     for (conv_id, items) in by_conv {
-        let Some(conv) = convs.remove(&conv_id) else { continue };
+        let Some(conv) = convs.remove(&conv_id) else {
+            continue;
+        };
         update_conversation(store, conv, &items, &newly).await?;
     }
 
     for v in &accepted {
-        let frame = EventFrame { kind: EventKind::MessageReceived, seq: v.inc.seq, data: MessageView::from(&v.doc) };
+        let frame = EventFrame {
+            kind: EventKind::MessageReceived,
+            seq: v.inc.seq,
+            data: MessageView::from(&v.doc),
+        };
         let payload = serde_json::to_vec(&frame).map_err(|e| ApplyError(e.to_string()))?;
         let subject = subjects.room_events(RoomKind::Conversation, &v.conv.to_hex());
-        out.push((v.slot, Disposition::Applied(vec![Publication { subject, payload: payload.into() }])));
+        out.push((
+            v.slot,
+            Disposition::Applied(vec![Publication {
+                subject,
+                payload: payload.into(),
+            }]),
+        ));
     }
     Ok(out)
 }
@@ -158,7 +186,8 @@ async fn update_conversation(
             if seq > last || newly.contains(k) {
                 for p in &conv.participant_ids {
                     if *p != v.doc.sender_id {
-                        *inc.entry(format!("unreadCounts.{}", p.to_hex())).or_default() += 1;
+                        *inc.entry(format!("unreadCounts.{}", p.to_hex()))
+                            .or_default() += 1;
                     }
                 }
             }
@@ -171,12 +200,23 @@ async fn update_conversation(
         }
         let mut update = Document::new();
         if !inc.is_empty() {
-            update.insert("$inc", inc.into_iter().map(|(k, n)| (k, mongodb::bson::Bson::Int64(n))).collect::<Document>());
+            update.insert(
+                "$inc",
+                inc.into_iter()
+                    .map(|(k, n)| (k, mongodb::bson::Bson::Int64(n)))
+                    .collect::<Document>(),
+            );
         }
         if let Some(m) = newest {
-            update.insert("$set", doc! {"lastMessageId": m.id, "updatedAt": m.created_at, "lastSeq": m.seq});
+            update.insert(
+                "$set",
+                doc! {"lastMessageId": m.id, "updatedAt": m.created_at, "lastSeq": m.seq},
+            );
         }
-        let res = store.conversations().update_one(doc! {"_id": conv.id, "lastSeq": last}, update).await?;
+        let res = store
+            .conversations()
+            .update_one(doc! {"_id": conv.id, "lastSeq": last}, update)
+            .await?;
         if res.matched_count == 1 {
             return Ok(());
         }
