@@ -53,6 +53,9 @@ pub enum RunnerError {
     Bucket(String),
 }
 
+/// How long a tick waits for a surplus partition's loop to stop.
+const HANDOFF_WAIT: Duration = Duration::from_millis(1500);
+
 struct PartitionTask {
     cancel: CancellationToken,
     handle: JoinHandle<()>,
@@ -90,13 +93,23 @@ pub async fn run<H: Handler>(
             }
         }
         for p in changes.surplus {
-            match tasks.get(&p) {
-                Some(t) if !t.handle.is_finished() => t.cancel.cancel(),
-                _ => {
-                    tasks.remove(&p);
-                    leases.release(p).await;
-                    info!(role, partition = p, "partition handed back");
+            // Stop the loop (it finishes the batch in hand), then hand the
+            // partition back at once so the other worker can take it on its
+            // next tick. A loop still busy (MongoDB down) keeps the lease
+            // and is asked again next tick.
+            let done = match tasks.get_mut(&p) {
+                Some(t) => {
+                    t.cancel.cancel();
+                    tokio::time::timeout(HANDOFF_WAIT, &mut t.handle)
+                        .await
+                        .is_ok()
                 }
+                None => true,
+            };
+            if done {
+                tasks.remove(&p);
+                leases.release(p).await;
+                info!(role, partition = p, "partition handed back");
             }
         }
         // Start gained partitions, and restart any loop that ended on its own
@@ -167,11 +180,10 @@ async fn partition_loop<H: Handler>(
         }
     };
     while !cancel.is_cancelled() {
-        let msgs = tokio::select! {
-            _ = cancel.cancelled() => return,
-            m = fetch(&consumer, cfg.batch, cfg.fetch_wait) => m,
-        };
-        match msgs {
+        // Not raced with `cancel`: an abandoned pull request could still be
+        // handed a message, which would then wait out its ack deadline while
+        // later ones are applied. `fetch_wait` bounds the delay.
+        match fetch(&consumer, cfg.batch, cfg.fetch_wait).await {
             Ok(msgs) if msgs.is_empty() => {}
             Ok(msgs) => process(&*handler, &js, &client, &subjects, msgs, &cancel).await,
             Err(e) => {
