@@ -62,13 +62,7 @@ enum TopologyCmd {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Token {
-            user,
-            roles,
-            name,
-            ttl,
-            json,
-        } => {
+        Cmd::Token { user, roles, name, ttl, json } => {
             let secret = jwt_secret(&Env)?;
             let user = match user {
                 Some(u) => u.parse().map_err(anyhow::Error::msg).context("--user")?,
@@ -81,9 +75,7 @@ async fn main() -> anyhow::Result<()> {
                 out(&token);
             }
         }
-        Cmd::Topology {
-            cmd: TopologyCmd::Apply { replicas },
-        } => {
+        Cmd::Topology { cmd: TopologyCmd::Apply { replicas } } => {
             let core = CoreConfig::load(&Env)?;
             let js = connect(&core).await?;
             let subjects = Subjects::new(&core.nats_namespace);
@@ -116,10 +108,7 @@ async fn status(json: bool) -> anyhow::Result<()> {
     let s = Subjects::new(&core.nats_namespace);
     let mut streams = Vec::new();
     for name in [s.cmd_stream(), s.evt_stream(), s.dlq_stream()] {
-        let mut stream = js
-            .get_stream(&name)
-            .await
-            .with_context(|| format!("stream {name}"))?;
+        let mut stream = js.get_stream(&name).await.with_context(|| format!("stream {name}"))?;
         let info = stream.info().await?;
         streams.push(serde_json::json!({
             "name": name,
@@ -134,10 +123,8 @@ async fn status(json: bool) -> anyhow::Result<()> {
     for role in Role::ALL {
         for p in 0..PARTITIONS {
             let name = s.consumer(role.name(), p);
-            let mut c: async_nats::jetstream::consumer::PullConsumer = cmd
-                .get_consumer(&name)
-                .await
-                .map_err(|e| anyhow::anyhow!("consumer {name}: {e}"))?;
+            let mut c: async_nats::jetstream::consumer::PullConsumer =
+                cmd.get_consumer(&name).await.map_err(|e| anyhow::anyhow!("consumer {name}: {e}"))?;
             let info = c.info().await?;
             consumers.push(serde_json::json!({
                 "name": name,

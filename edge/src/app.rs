@@ -47,19 +47,11 @@ impl Edge {
         let url = config.core.nats_url.clone();
         let nats = tokio::time::timeout(
             Duration::from_secs(10),
-            async_nats::ConnectOptions::new()
-                .name("natter-edge")
-                .connect(url.as_str()),
+            async_nats::ConnectOptions::new().name("natter-edge").connect(url.as_str()),
         )
         .await
-        .map_err(|_| StartError::Nats {
-            url: url.clone(),
-            reason: "timed out".into(),
-        })?
-        .map_err(|e| StartError::Nats {
-            url: url.clone(),
-            reason: e.to_string(),
-        })?;
+        .map_err(|_| StartError::Nats { url: url.clone(), reason: "timed out".into() })?
+        .map_err(|e| StartError::Nats { url: url.clone(), reason: e.to_string() })?;
         let js = async_nats::jetstream::new(nats.clone());
         let subjects = Subjects::new(&config.core.nats_namespace);
         natter_nats::apply(&js, &subjects, 1).await?;
@@ -69,10 +61,7 @@ impl Edge {
             jwt: Jwt::new(&config.jwt_secret),
             hub: Hub::new(nats.clone()),
             membership: Membership::default(),
-            lifecycle: Lifecycle {
-                shutdown,
-                tracker: TaskTracker::new(),
-            },
+            lifecycle: Lifecycle { shutdown, tracker: TaskTracker::new() },
             config,
             store,
             nats,
@@ -105,9 +94,7 @@ impl Edge {
         let st = self.state;
         let shutdown = st.lifecycle.shutdown.clone();
         tracing::info!(addr = %self.listener.local_addr()?, "edge listening");
-        axum::serve(self.listener, Self::router(st.clone()))
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await?;
+        axum::serve(self.listener, Self::router(st.clone())).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
         drain(&st.lifecycle.tracker, GRACE_PERIOD).await;
         let _ = st.nats.flush().await;
         tracing::info!("edge stopped");

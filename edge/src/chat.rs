@@ -33,67 +33,30 @@ pub struct Sent {
 }
 
 pub fn conversation_oid(id: &str) -> Result<ObjectId, ChatError> {
-    parse_oid(id)
-        .ok_or_else(|| ChatError::InvalidPayload("conversationId is not a valid id".into()))
+    parse_oid(id).ok_or_else(|| ChatError::InvalidPayload("conversationId is not a valid id".into()))
 }
 
 /// Fails unless `who` is a participant. A missing conversation answers the
 /// same as a foreign one, so ids cannot be probed.
-pub async fn require_participant(
-    st: &EdgeState,
-    who: &Identity,
-    conv: ObjectId,
-) -> Result<(), ChatError> {
-    if st
-        .membership
-        .is_participant(&st.store, conv, who.user)
-        .await?
-    {
-        Ok(())
-    } else {
-        Err(ChatError::NotAMember)
-    }
+pub async fn require_participant(st: &EdgeState, who: &Identity, conv: ObjectId) -> Result<(), ChatError> {
+    if st.membership.is_participant(&st.store, conv, who.user).await? { Ok(()) } else { Err(ChatError::NotAMember) }
 }
 
 fn envelope(who: &Identity, command: Command) -> CommandEnvelope {
-    CommandEnvelope {
-        v: natter_shared::v1::VERSION,
-        actor: who.user,
-        roles: who.roles.clone(),
-        reply: None,
-        command,
-    }
+    CommandEnvelope { v: natter_shared::v1::VERSION, actor: who.user, roles: who.roles.clone(), reply: None, command }
 }
 
-async fn store_command(
-    st: &EdgeState,
-    env: &CommandEnvelope,
-    msg_id: &str,
-) -> Result<Stored, ChatError> {
-    let subject = st.subjects.command(
-        RoomKind::Conversation,
-        env.command.room(),
-        env.command.action(),
-    );
-    let payload: Bytes = serde_json::to_vec(env)
-        .map_err(|e| ChatError::InvalidPayload(e.to_string()))?
-        .into();
-    publish::command(&st.js, subject, msg_id, payload)
-        .await
-        .map_err(ChatError::unavailable)
+async fn store_command(st: &EdgeState, env: &CommandEnvelope, msg_id: &str) -> Result<Stored, ChatError> {
+    let subject = st.subjects.command(RoomKind::Conversation, env.command.room(), env.command.action());
+    let payload: Bytes = serde_json::to_vec(env).map_err(|e| ChatError::InvalidPayload(e.to_string()))?.into();
+    publish::command(&st.js, subject, msg_id, payload).await.map_err(ChatError::unavailable)
 }
 
 /// `send_message`: checks membership, assigns the id, stores the command.
-pub async fn send_message(
-    st: &EdgeState,
-    who: &Identity,
-    req: SendMessage,
-) -> Result<Sent, ChatError> {
+pub async fn send_message(st: &EdgeState, who: &Identity, req: SendMessage) -> Result<Sent, ChatError> {
     let conv = conversation_oid(&req.conversation_id)?;
     require_participant(st, who, conv).await?;
-    let client_msg_id = req
-        .client_msg_id
-        .unwrap_or_else(|| ObjectId::new().to_hex());
+    let client_msg_id = req.client_msg_id.unwrap_or_else(|| ObjectId::new().to_hex());
     let message_id = message_id_for(who.user, &client_msg_id).to_hex();
     let conversation_id = conv.to_hex();
     let env = envelope(
@@ -107,26 +70,14 @@ pub async fn send_message(
         }),
     );
     let stored = store_command(st, &env, &format!("msg:{}:{client_msg_id}", who.user)).await?;
-    Ok(Sent {
-        message_id,
-        conversation_id,
-        client_msg_id,
-        seq: stored.seq,
-        duplicate: stored.duplicate,
-    })
+    Ok(Sent { message_id, conversation_id, client_msg_id, seq: stored.seq, duplicate: stored.duplicate })
 }
 
 /// `POST /conversations/with-user`: returns the conversation between the
 /// caller and `other`, creating it through the pipeline if needed.
-pub async fn conversation_with(
-    st: &EdgeState,
-    who: &Identity,
-    other: UserId,
-) -> Result<ConversationDoc, ChatError> {
+pub async fn conversation_with(st: &EdgeState, who: &Identity, other: UserId) -> Result<ConversationDoc, ChatError> {
     if other == who.user {
-        return Err(ChatError::InvalidPayload(
-            "cannot open a conversation with yourself".into(),
-        ));
+        return Err(ChatError::InvalidPayload("cannot open a conversation with yourself".into()));
     }
     let id = conversation_id_for(who.user, other);
     if let Some(c) = st.store.conversation(id).await? {
@@ -156,17 +107,9 @@ pub async fn conversation_with(
 /// Stores a command and waits until a worker reports it applied. When the
 /// store says it is a duplicate (another request stored it first), the
 /// worker will not report to us, so the result is read back instead.
-async fn apply_and_wait(
-    st: &EdgeState,
-    mut env: CommandEnvelope,
-    msg_id: &str,
-) -> Result<u64, ChatError> {
+async fn apply_and_wait(st: &EdgeState, mut env: CommandEnvelope, msg_id: &str) -> Result<u64, ChatError> {
     let inbox = st.nats.new_inbox();
-    let mut sub = st
-        .nats
-        .subscribe(inbox.clone())
-        .await
-        .map_err(ChatError::unavailable)?;
+    let mut sub = st.nats.subscribe(inbox.clone()).await.map_err(ChatError::unavailable)?;
     env.reply = Some(inbox);
     let stored = store_command(st, &env, msg_id).await?;
     if stored.duplicate {
@@ -176,18 +119,10 @@ async fn apply_and_wait(
     let _ = sub.unsubscribe().await;
     match outcome {
         Ok(Some(msg)) => match serde_json::from_slice::<Outcome>(&msg.payload) {
-            Ok(Outcome {
-                status: OutcomeStatus::Applied,
-                seq,
-                ..
-            }) => Ok(seq),
-            Ok(Outcome {
-                status: OutcomeStatus::Refused,
-                reason,
-                ..
-            }) => Err(ChatError::Refused(
-                reason.unwrap_or_else(|| "refused".into()),
-            )),
+            Ok(Outcome { status: OutcomeStatus::Applied, seq, .. }) => Ok(seq),
+            Ok(Outcome { status: OutcomeStatus::Refused, reason, .. }) => {
+                Err(ChatError::Refused(reason.unwrap_or_else(|| "refused".into())))
+            }
             Err(e) => Err(ChatError::unavailable(format!("bad outcome: {e}"))),
         },
         _ => Err(ChatError::Pending { seq: stored.seq }),

@@ -49,9 +49,7 @@ impl ChatError {
     pub fn status(&self) -> StatusCode {
         match self {
             ChatError::InvalidPayload(_) => StatusCode::BAD_REQUEST,
-            ChatError::NotAMember | ChatError::Forbidden(_) | ChatError::OriginNotAllowed => {
-                StatusCode::FORBIDDEN
-            }
+            ChatError::NotAMember | ChatError::Forbidden(_) | ChatError::OriginNotAllowed => StatusCode::FORBIDDEN,
             ChatError::NotFound(_) => StatusCode::NOT_FOUND,
             ChatError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ChatError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -92,16 +90,12 @@ impl IntoResponse for ChatError {
         if let ChatError::Pending { seq } = self {
             return (status, Json(json!({"status": "pending", "seq": seq}))).into_response();
         }
-        let mut resp = (
-            status,
-            Json(json!({"error": ErrorBody { code: self.code(), message: self.public_message() }})),
-        )
-            .into_response();
+        let mut resp =
+            (status, Json(json!({"error": ErrorBody { code: self.code(), message: self.public_message() }})))
+                .into_response();
         if let ChatError::Unauthorized(_) = self {
-            resp.headers_mut().insert(
-                axum::http::header::WWW_AUTHENTICATE,
-                axum::http::HeaderValue::from_static("Bearer"),
-            );
+            resp.headers_mut()
+                .insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
         }
         resp
     }

@@ -15,14 +15,7 @@ pub async fn healthz() -> &'static str {
 
 pub async fn readyz(State(st): State<Arc<EdgeState>>) -> (StatusCode, Json<serde_json::Value>) {
     let nats = st.nats.connection_state() == async_nats::connection::State::Connected;
-    let mongo = matches!(
-        tokio::time::timeout(Duration::from_secs(2), st.store.ping()).await,
-        Ok(Ok(()))
-    );
-    let status = if nats && mongo {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
+    let mongo = matches!(tokio::time::timeout(Duration::from_secs(2), st.store.ping()).await, Ok(Ok(())));
+    let status = if nats && mongo { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(json!({"nats": nats, "mongodb": mongo})))
 }

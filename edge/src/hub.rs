@@ -23,11 +23,7 @@ pub enum Outbound {
     /// A reply (ack, error, ready) to write as a text frame.
     Text(String),
     /// An event from `room`, written unless its `seq` was already written.
-    Event {
-        room: Arc<str>,
-        seq: u64,
-        payload: Bytes,
-    },
+    Event { room: Arc<str>, seq: u64, payload: Bytes },
 }
 
 /// The sending side of a connection, as the hub holds it.
@@ -54,21 +50,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Hub {
     pub fn new(nats: async_nats::Client) -> Self {
-        Hub {
-            nats,
-            subjects: tokio::sync::Mutex::new(HashMap::new()),
-        }
+        Hub { nats, subjects: tokio::sync::Mutex::new(HashMap::new()) }
     }
 
     /// Adds `conn` to `subject`'s receivers. Returns once the subscription is
     /// known to the server, so every event published after this returns is
     /// delivered.
-    pub async fn follow(
-        &self,
-        subject: &str,
-        conn: ConnId,
-        sink: Sink,
-    ) -> Result<(), async_nats::Error> {
+    pub async fn follow(&self, subject: &str, conn: ConnId, sink: Sink) -> Result<(), async_nats::Error> {
         let mut subjects = self.subjects.lock().await;
         if let Some(e) = subjects.get(subject) {
             lock(&e.sinks).insert(conn, sink);
@@ -78,12 +66,7 @@ impl Hub {
         self.nats.flush().await?;
         let sinks = Arc::new(Mutex::new(HashMap::from([(conn, sink)])));
         let stop = CancellationToken::new();
-        tokio::spawn(fan_out(
-            sub,
-            Arc::from(subject),
-            sinks.clone(),
-            stop.clone(),
-        ));
+        tokio::spawn(fan_out(sub, Arc::from(subject), sinks.clone(), stop.clone()));
         subjects.insert(subject.to_string(), Entry { sinks, stop });
         Ok(())
     }
@@ -127,11 +110,7 @@ async fn fan_out(
         };
         let targets: Vec<Sink> = lock(&sinks).values().cloned().collect();
         for s in targets {
-            let out = Outbound::Event {
-                room: room.clone(),
-                seq: head.seq,
-                payload: msg.payload.clone(),
-            };
+            let out = Outbound::Event { room: room.clone(), seq: head.seq, payload: msg.payload.clone() };
             if s.tx.try_send(out).is_err() {
                 s.overflow.cancel();
             }

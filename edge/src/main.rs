@@ -18,9 +18,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let shutdown = natter_shared::shutdown::signal_token();
-    let edge = Edge::build(config, listener, shutdown)
-        .await
-        .context("starting the edge")?;
+    let edge = Edge::build(config, listener, shutdown).await.context("starting the edge")?;
     edge.run().await.context("serving")?;
     Ok(())
 }

@@ -42,10 +42,7 @@ impl Membership {
         conv: ObjectId,
         user: UserId,
     ) -> Result<bool, mongodb::error::Error> {
-        Ok(self
-            .participants(store, conv)
-            .await?
-            .is_some_and(|p| p.contains(&user.oid())))
+        Ok(self.participants(store, conv).await?.is_some_and(|p| p.contains(&user.oid())))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectId, Vec<ObjectId>>> {

@@ -15,9 +15,7 @@ use crate::state::EdgeState;
 pub fn bearer(headers: &HeaderMap) -> Option<String> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = v.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim().to_string())
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_string())
 }
 
 pub fn from_query(query: Option<&str>) -> Option<String> {
@@ -32,10 +30,7 @@ pub struct AuthUser(pub Identity);
 impl FromRequestParts<Arc<EdgeState>> for AuthUser {
     type Rejection = ChatError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &Arc<EdgeState>,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<EdgeState>) -> Result<Self, Self::Rejection> {
         let token = bearer(&parts.headers).ok_or(AuthError::Missing)?;
         Ok(AuthUser(state.jwt.verify(&token)?))
     }

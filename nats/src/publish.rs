@@ -29,18 +29,12 @@ pub async fn command(
     payload: Bytes,
 ) -> Result<Stored, PublishError> {
     let fut = js
-        .send_publish(
-            subject,
-            PublishMessage::build().payload(payload).message_id(msg_id),
-        )
+        .send_publish(subject, PublishMessage::build().payload(payload).message_id(msg_id))
         .await
         .map_err(|e| PublishError::Publish(e.to_string()))?;
     let ack = fut.await.map_err(|e| match e.kind() {
         PublishErrorKind::TimedOut => PublishError::Ack("timed out".into()),
         _ => PublishError::Ack(e.to_string()),
     })?;
-    Ok(Stored {
-        seq: ack.sequence,
-        duplicate: ack.duplicate,
-    })
+    Ok(Stored { seq: ack.sequence, duplicate: ack.duplicate })
 }

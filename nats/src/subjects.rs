@@ -10,18 +10,12 @@
 /// Number of command partitions.
 pub const PARTITIONS: u32 = 8;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum RoomKind {
-    Conversation,
-    Group,
-}
+pub use natter_shared::ids::RoomKind;
 
-impl RoomKind {
-    fn token(self) -> &'static str {
-        match self {
-            RoomKind::Conversation => "conv",
-            RoomKind::Group => "group",
-        }
+fn token(kind: RoomKind) -> &'static str {
+    match kind {
+        RoomKind::Conversation => "conv",
+        RoomKind::Group => "group",
     }
 }
 
@@ -38,9 +32,7 @@ pub struct Subjects {
 
 impl Subjects {
     pub fn new(namespace: &str) -> Self {
-        Subjects {
-            ns: namespace.to_string(),
-        }
+        Subjects { ns: namespace.to_string() }
     }
 
     pub fn namespace(&self) -> &str {
@@ -85,14 +77,7 @@ impl Subjects {
 
     /// Subject of a command for `room`.
     pub fn command(&self, kind: RoomKind, room: &str, action: &str) -> String {
-        format!(
-            "{}.cmd.p{}.{}.{}.{}",
-            self.ns,
-            partition_of(room),
-            kind.token(),
-            room,
-            action
-        )
+        format!("{}.cmd.p{}.{}.{}.{}", self.ns, partition_of(room), token(kind), room, action)
     }
 
     /// Filter of one partition's commands.
@@ -102,7 +87,23 @@ impl Subjects {
 
     /// Events of one room.
     pub fn room_events(&self, kind: RoomKind, room: &str) -> String {
-        format!("{}.evt.{}.{}", self.ns, kind.token(), room)
+        format!("{}.evt.{}.{}", self.ns, token(kind), room)
+    }
+
+    /// Ephemeral frames of one room (typing): core NATS, never stored.
+    pub fn room_ephemeral(&self, kind: RoomKind, room: &str) -> String {
+        format!("{}.eph.{}.{}", self.ns, token(kind), room)
+    }
+
+    /// What an edge subscribes to for a room: its events and its ephemeral
+    /// frames, in one subscription.
+    pub fn room_follow(&self, kind: RoomKind, room: &str) -> String {
+        format!("{}.*.{}.{}", self.ns, token(kind), room)
+    }
+
+    /// Membership changes of every group, for edges' caches.
+    pub fn membership_changes(&self) -> String {
+        format!("{}.eph.membership", self.ns)
     }
 
     /// Events addressed to one user (all their devices).
@@ -147,10 +148,7 @@ mod tests {
         let subj = s.command(RoomKind::Conversation, "abc", "send_message");
         assert!(subj.starts_with("chat.cmd.p"));
         assert!(subj.ends_with(".conv.abc.send_message"));
-        assert_eq!(
-            s.room_events(RoomKind::Conversation, "abc"),
-            "chat.evt.conv.abc"
-        );
+        assert_eq!(s.room_events(RoomKind::Conversation, "abc"), "chat.evt.conv.abc");
         assert_eq!(s.partition(3), "chat.cmd.p3.>");
     }
 

@@ -25,12 +25,8 @@ impl Role {
 /// retries transient failures itself, in place, to keep room order). The
 /// first must stay below the lease TTL minus the renewal interval, so that a
 /// dead worker's messages are redelivered before its partitions move.
-pub const BACKOFF: [Duration; 4] = [
-    Duration::from_secs(8),
-    Duration::from_secs(15),
-    Duration::from_secs(30),
-    Duration::from_secs(60),
-];
+pub const BACKOFF: [Duration; 4] =
+    [Duration::from_secs(8), Duration::from_secs(15), Duration::from_secs(30), Duration::from_secs(60)];
 /// Deliveries before a command is dead-lettered.
 pub const MAX_DELIVER: i64 = 6;
 /// Largest batch a worker fetches.
@@ -47,20 +43,11 @@ pub const DLQ_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
 #[derive(Debug, thiserror::Error)]
 pub enum TopologyError {
     #[error("stream {name}: {source}")]
-    Stream {
-        name: String,
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
+    Stream { name: String, source: Box<dyn std::error::Error + Send + Sync> },
     #[error("consumer {name}: {source}")]
-    Consumer {
-        name: String,
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
+    Consumer { name: String, source: Box<dyn std::error::Error + Send + Sync> },
     #[error("bucket {name}: {source}")]
-    Bucket {
-        name: String,
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
+    Bucket { name: String, source: Box<dyn std::error::Error + Send + Sync> },
 }
 
 pub fn cmd_stream_config(s: &Subjects, replicas: usize) -> stream::Config {
@@ -134,57 +121,30 @@ pub fn leases_config(s: &Subjects, replicas: usize) -> kv::Config {
     }
 }
 
-fn boxed<E: std::error::Error + Send + Sync + 'static>(
-    e: E,
-) -> Box<dyn std::error::Error + Send + Sync> {
+fn boxed<E: std::error::Error + Send + Sync + 'static>(e: E) -> Box<dyn std::error::Error + Send + Sync> {
     Box::new(e)
 }
 
 /// Creates or updates every stream, consumer and bucket. Safe to run any
 /// number of times, from any number of processes at once.
-pub async fn apply(
-    js: &jetstream::Context,
-    s: &Subjects,
-    replicas: usize,
-) -> Result<(), TopologyError> {
-    for cfg in [
-        cmd_stream_config(s, replicas),
-        evt_stream_config(s, replicas),
-        dlq_stream_config(s, replicas),
-    ] {
+pub async fn apply(js: &jetstream::Context, s: &Subjects, replicas: usize) -> Result<(), TopologyError> {
+    for cfg in [cmd_stream_config(s, replicas), evt_stream_config(s, replicas), dlq_stream_config(s, replicas)] {
         let name = cfg.name.clone();
-        js.create_or_update_stream(cfg)
-            .await
-            .map_err(|e| TopologyError::Stream {
-                name,
-                source: boxed(e),
-            })?;
+        js.create_or_update_stream(cfg).await.map_err(|e| TopologyError::Stream { name, source: boxed(e) })?;
     }
     for role in Role::ALL {
         for p in 0..PARTITIONS {
             let cfg = consumer_config(s, role, p);
             let name = s.consumer(role.name(), p);
-            if js
-                .create_consumer_on_stream(cfg.clone(), s.cmd_stream())
-                .await
-                .is_err()
-            {
+            if js.create_consumer_on_stream(cfg.clone(), s.cmd_stream()).await.is_err() {
                 js.update_consumer_on_stream(cfg, s.cmd_stream())
                     .await
-                    .map_err(|e| TopologyError::Consumer {
-                        name,
-                        source: boxed(e),
-                    })?;
+                    .map_err(|e| TopologyError::Consumer { name, source: boxed(e) })?;
             }
         }
     }
     let cfg = leases_config(s, replicas);
     let name = cfg.bucket.clone();
-    js.create_or_update_key_value(cfg)
-        .await
-        .map_err(|e| TopologyError::Bucket {
-            name,
-            source: boxed(e),
-        })?;
+    js.create_or_update_key_value(cfg).await.map_err(|e| TopologyError::Bucket { name, source: boxed(e) })?;
     Ok(())
 }

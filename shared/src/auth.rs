@@ -102,13 +102,10 @@ impl Jwt {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
-        let data =
-            decode::<Claims>(token, &self.decoding, &self.validation).map_err(|e| {
-                match e.kind() {
-                    jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
-                    _ => AuthError::Invalid,
-                }
-            })?;
+        let data = decode::<Claims>(token, &self.decoding, &self.validation).map_err(|e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+            _ => AuthError::Invalid,
+        })?;
         let c = data.claims;
         let raw = c.id.or(c.sub).ok_or(AuthError::BadSubject)?;
         let user: UserId = raw.parse().map_err(|_| AuthError::BadSubject)?;
@@ -117,11 +114,7 @@ impl Jwt {
             Some(OneOrMany::One(r)) => vec![r],
             Some(OneOrMany::Many(v)) => v,
         };
-        Ok(Identity {
-            user,
-            roles,
-            name: c.name.or(c.username),
-        })
+        Ok(Identity { user, roles, name: c.name.or(c.username) })
     }
 
     /// Signs a token for `who`, valid for `ttl_secs`.
@@ -143,10 +136,7 @@ impl Jwt {
 }
 
 fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -159,11 +149,7 @@ mod tests {
     }
 
     fn who() -> Identity {
-        Identity {
-            user: UserId(ObjectId::new()),
-            roles: vec!["Admin".into()],
-            name: Some("Ann".into()),
-        }
+        Identity { user: UserId(ObjectId::new()), roles: vec!["Admin".into()], name: Some("Ann".into()) }
     }
 
     #[test]
@@ -176,10 +162,7 @@ mod tests {
     #[test]
     fn wrong_secret_and_garbage_are_invalid() {
         let other = Jwt::new(&Secret::new("another-secret-0123456789"));
-        assert_eq!(
-            jwt().verify(&other.issue(&who(), 60)),
-            Err(AuthError::Invalid)
-        );
+        assert_eq!(jwt().verify(&other.issue(&who(), 60)), Err(AuthError::Invalid));
         assert_eq!(jwt().verify("a.b.c"), Err(AuthError::Invalid));
         assert_eq!(jwt().verify(""), Err(AuthError::Missing));
     }
@@ -189,15 +172,8 @@ mod tests {
         use base64::Engine;
         let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
         let header = b64(br#"{"alg":"none","typ":"JWT"}"#);
-        let body = b64(format!(
-            r#"{{"id":"{}","exp":9999999999}}"#,
-            ObjectId::new().to_hex()
-        )
-        .as_bytes());
-        assert_eq!(
-            jwt().verify(&format!("{header}.{body}.")),
-            Err(AuthError::Invalid)
-        );
+        let body = b64(format!(r#"{{"id":"{}","exp":9999999999}}"#, ObjectId::new().to_hex()).as_bytes());
+        assert_eq!(jwt().verify(&format!("{header}.{body}.")), Err(AuthError::Invalid));
     }
 
     #[test]

@@ -24,9 +24,7 @@ impl Source for Env {
 
 impl Source for HashMap<String, String> {
     fn get(&self, key: &str) -> Option<String> {
-        HashMap::get(self, key)
-            .cloned()
-            .filter(|v| !v.trim().is_empty())
+        HashMap::get(self, key).cloned().filter(|v| !v.trim().is_empty())
     }
 }
 
@@ -112,10 +110,7 @@ fn required(src: &dyn Source, var: &'static str) -> Result<String, ConfigError> 
 }
 
 fn invalid(var: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        var,
-        reason: reason.into(),
-    }
+    ConfigError::Invalid { var, reason: reason.into() }
 }
 
 impl CoreConfig {
@@ -123,41 +118,24 @@ impl CoreConfig {
         let nats_url = required(src, "NATS_URL")?;
         for part in nats_url.split(',') {
             let p = part.trim();
-            let ok = ["nats://", "tls://", "ws://", "wss://"]
-                .iter()
-                .any(|s| p.starts_with(s))
+            let ok = ["nats://", "tls://", "ws://", "wss://"].iter().any(|s| p.starts_with(s))
                 || (!p.contains("://") && p.contains(':'));
             if !ok {
-                return Err(invalid(
-                    "NATS_URL",
-                    format!("`{p}` is not a NATS URL (nats://host:port)"),
-                ));
+                return Err(invalid("NATS_URL", format!("`{p}` is not a NATS URL (nats://host:port)")));
             }
         }
         let nats_namespace = src.get("NATS_NAMESPACE").unwrap_or_else(|| "chat".into());
         if nats_namespace.is_empty()
-            || !nats_namespace
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            || !nats_namespace.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         {
             return Err(invalid("NATS_NAMESPACE", "use letters, digits, `_` or `-`"));
         }
         let mongodb_uri = required(src, "MONGODB_URI")?;
         if !(mongodb_uri.starts_with("mongodb://") || mongodb_uri.starts_with("mongodb+srv://")) {
-            return Err(invalid(
-                "MONGODB_URI",
-                "must start with mongodb:// or mongodb+srv://",
-            ));
+            return Err(invalid("MONGODB_URI", "must start with mongodb:// or mongodb+srv://"));
         }
-        let mongodb_db = db_from_uri(&mongodb_uri)
-            .or_else(|| src.get("MONGODB_DB"))
-            .unwrap_or_else(|| "natter".into());
-        Ok(CoreConfig {
-            nats_url,
-            nats_namespace,
-            mongodb_uri,
-            mongodb_db,
-        })
+        let mongodb_db = db_from_uri(&mongodb_uri).or_else(|| src.get("MONGODB_DB")).unwrap_or_else(|| "natter".into());
+        Ok(CoreConfig { nats_url, nats_namespace, mongodb_uri, mongodb_db })
     }
 }
 
@@ -192,18 +170,11 @@ impl EdgeConfig {
                 .parse::<u64>()
                 .ok()
                 .filter(|n| *n > 0)
-                .ok_or_else(|| {
-                    invalid(
-                        "MAX_FILE_SIZE",
-                        format!("`{v}` is not a positive number of bytes"),
-                    )
-                })?,
+                .ok_or_else(|| invalid("MAX_FILE_SIZE", format!("`{v}` is not a positive number of bytes")))?,
         };
         let listen = match src.get("LISTEN_ADDR") {
             None => SocketAddr::from(([127, 0, 0, 1], 8080)),
-            Some(v) => v
-                .parse()
-                .map_err(|_| invalid("LISTEN_ADDR", format!("`{v}` is not host:port")))?,
+            Some(v) => v.parse().map_err(|_| invalid("LISTEN_ADDR", format!("`{v}` is not host:port")))?,
         };
         let s3 = S3Config::load(src)?;
         let ws_rate_per_sec = match src.get("WS_RATE_PER_SEC") {
@@ -213,19 +184,9 @@ impl EdgeConfig {
                 .parse::<u32>()
                 .ok()
                 .filter(|n| *n > 0)
-                .ok_or_else(|| {
-                    invalid("WS_RATE_PER_SEC", format!("`{v}` is not a positive number"))
-                })?,
+                .ok_or_else(|| invalid("WS_RATE_PER_SEC", format!("`{v}` is not a positive number")))?,
         };
-        Ok(EdgeConfig {
-            core,
-            jwt_secret,
-            frontend_urls,
-            max_file_size,
-            listen,
-            s3,
-            ws_rate_per_sec,
-        })
+        Ok(EdgeConfig { core, jwt_secret, frontend_urls, max_file_size, listen, s3, ws_rate_per_sec })
     }
 }
 
@@ -265,10 +226,7 @@ mod tests {
     use super::*;
 
     fn src(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     const BASE: [(&str, &str); 3] = [
@@ -285,10 +243,7 @@ mod tests {
         assert_eq!(c.max_file_size, 10_485_760);
         assert_eq!(c.frontend_urls, vec!["http://localhost:3000".to_string()]);
         assert!(c.s3.is_none());
-        assert!(
-            !format!("{c:?}").contains("0123456789abcdef0123"),
-            "secret leaked in Debug"
-        );
+        assert!(!format!("{c:?}").contains("0123456789abcdef0123"), "secret leaked in Debug");
     }
 
     #[test]
@@ -299,58 +254,28 @@ mod tests {
         assert_eq!(e, ConfigError::Missing("JWT_SECRET"));
         let mut m = src(&BASE);
         m.insert("S3_ENDPOINT".into(), "http://127.0.0.1:9000".into());
-        assert_eq!(
-            EdgeConfig::load(&m).unwrap_err(),
-            ConfigError::Missing("S3_BUCKET")
-        );
+        assert_eq!(EdgeConfig::load(&m).unwrap_err(), ConfigError::Missing("S3_BUCKET"));
     }
 
     #[test]
     fn invalid_values_are_named() {
         let mut m = src(&BASE);
         m.insert("MAX_FILE_SIZE".into(), "ten".into());
-        assert!(matches!(
-            EdgeConfig::load(&m),
-            Err(ConfigError::Invalid {
-                var: "MAX_FILE_SIZE",
-                ..
-            })
-        ));
+        assert!(matches!(EdgeConfig::load(&m), Err(ConfigError::Invalid { var: "MAX_FILE_SIZE", .. })));
         let mut m = src(&BASE);
         m.insert("JWT_SECRET".into(), "short".into());
-        assert!(matches!(
-            EdgeConfig::load(&m),
-            Err(ConfigError::Invalid {
-                var: "JWT_SECRET",
-                ..
-            })
-        ));
+        assert!(matches!(EdgeConfig::load(&m), Err(ConfigError::Invalid { var: "JWT_SECRET", .. })));
         let mut m = src(&BASE);
         m.insert("MONGODB_URI".into(), "postgres://x".into());
-        assert!(matches!(
-            EdgeConfig::load(&m),
-            Err(ConfigError::Invalid {
-                var: "MONGODB_URI",
-                ..
-            })
-        ));
+        assert!(matches!(EdgeConfig::load(&m), Err(ConfigError::Invalid { var: "MONGODB_URI", .. })));
         let mut m = src(&BASE);
         m.insert("LISTEN_ADDR".into(), "nowhere".into());
-        assert!(matches!(
-            EdgeConfig::load(&m),
-            Err(ConfigError::Invalid {
-                var: "LISTEN_ADDR",
-                ..
-            })
-        ));
+        assert!(matches!(EdgeConfig::load(&m), Err(ConfigError::Invalid { var: "LISTEN_ADDR", .. })));
     }
 
     #[test]
     fn db_name_from_uri() {
-        assert_eq!(
-            db_from_uri("mongodb://a:1,b:2/x?replicaSet=r").as_deref(),
-            Some("x")
-        );
+        assert_eq!(db_from_uri("mongodb://a:1,b:2/x?replicaSet=r").as_deref(), Some("x"));
         assert_eq!(db_from_uri("mongodb://a:1/?w=1"), None);
         assert_eq!(db_from_uri("mongodb://a:1"), None);
     }

@@ -25,9 +25,7 @@ impl UserId {
 impl FromStr for UserId {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        ObjectId::parse_str(s)
-            .map(UserId)
-            .map_err(|_| format!("`{s}` is not a 24-character hex ObjectId"))
+        ObjectId::parse_str(s).map(UserId).map_err(|_| format!("`{s}` is not a 24-character hex ObjectId"))
     }
 }
 
@@ -47,6 +45,47 @@ impl From<UserId> for String {
 impl fmt::Display for UserId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0.to_hex())
+    }
+}
+
+/// The two kinds of room a message can belong to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoomKind {
+    Conversation,
+    Group,
+}
+
+impl RoomKind {
+    /// The message field naming the room (`conversationId` / `groupId`).
+    pub fn field(self) -> &'static str {
+        match self {
+            RoomKind::Conversation => "conversationId",
+            RoomKind::Group => "groupId",
+        }
+    }
+}
+
+/// A room: its kind and id (24-hex).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RoomRef {
+    pub kind: RoomKind,
+    pub id: String,
+}
+
+impl RoomRef {
+    pub fn new(kind: RoomKind, id: impl Into<String>) -> Self {
+        RoomRef { kind, id: id.into() }
+    }
+
+    /// From a payload's `conversationId` / `groupId`: exactly one must be set.
+    pub fn from_fields(conversation: Option<&str>, group: Option<&str>) -> Result<RoomRef, &'static str> {
+        match (conversation, group) {
+            (Some(c), None) => Ok(RoomRef::new(RoomKind::Conversation, c)),
+            (None, Some(g)) => Ok(RoomRef::new(RoomKind::Group, g)),
+            (Some(_), Some(_)) => Err("give conversationId or groupId, not both"),
+            (None, None) => Err("conversationId or groupId is required"),
+        }
     }
 }
 

@@ -1,15 +1,25 @@
-//! The domain model as stored in MongoDB (`*Doc`, the NestJS module's document
-//! shapes plus `seq`) and as returned on the wire (`*View`, what Mongoose's
-//! `toJSON` printed: ids as hex strings, dates as ISO strings).
+//! The domain model as stored in MongoDB (`*Doc`: the NestJS module's document
+//! shapes plus `seq` and the bookkeeping that makes replay exact) and as
+//! returned on the wire (`*View`: what Mongoose's `toJSON` printed, ids as hex
+//! strings and dates as ISO strings).
 
+use crate::ids::RoomKind;
 use crate::timefmt::iso;
 use mongodb::bson::{DateTime, Document, oid::ObjectId};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// Collection names.
+/// Collection names (the module's Mongoose models: Message, Conversation, GroupChat).
 pub const MESSAGES: &str = "messages";
 pub const CONVERSATIONS: &str = "conversations";
+pub const GROUPS: &str = "groupchats";
+
+/// Per-user counters and cursors of a room (user id hex → value).
+pub type PerUser = BTreeMap<String, i64>;
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
 
 /// A chat message. `seq` is the JetStream sequence of the command that
 /// created it: the order of the room.
@@ -34,6 +44,27 @@ pub struct MessageDoc {
     pub updated_at: DateTime,
     pub seq: i64,
     pub client_msg_id: String,
+    /// What a `system` message records: `{action, userId, actorId, name}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<Document>,
+    /// Tombstone: content and attachments are gone, the id stays so that a
+    /// late or replayed insert of the same message cannot bring it back.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub deleted: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<DateTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_by: Option<ObjectId>,
+}
+
+impl MessageDoc {
+    pub fn room_kind(&self) -> RoomKind {
+        if self.group_id.is_some() { RoomKind::Group } else { RoomKind::Conversation }
+    }
+
+    pub fn room_id(&self) -> &str {
+        self.group_id.as_deref().or(self.conversation_id.as_deref()).unwrap_or("")
+    }
 }
 
 /// A 1:1 conversation.
@@ -45,15 +76,83 @@ pub struct ConversationDoc {
     pub participant_ids: Vec<ObjectId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_message_id: Option<ObjectId>,
-    /// Unread messages per participant (user id hex → count).
+    /// Messages from others each participant has not read.
     #[serde(default)]
-    pub unread_counts: BTreeMap<String, i64>,
+    pub unread_counts: PerUser,
     pub created_at: DateTime,
     pub updated_at: DateTime,
-    /// Highest message `seq` applied to this conversation: the guard that
-    /// makes counter updates idempotent.
+    /// Highest command `seq` applied to this room: the guard that makes
+    /// every room update idempotent (compare-and-set on it).
     #[serde(default)]
     pub last_seq: i64,
+    /// Read cursor per user: every message up to this `seq` is read.
+    #[serde(default)]
+    pub read_cursors: PerUser,
+    /// Delivered cursor per user: every message up to this `seq` reached one
+    /// of the user's devices.
+    #[serde(default)]
+    pub delivered_cursors: PerUser,
+}
+
+/// Who may do what in a group, as lists of roles (the module's schema).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Permissions {
+    #[serde(default = "admin_only")]
+    pub can_add_members: Vec<String>,
+    #[serde(default = "admin_only")]
+    pub can_remove_members: Vec<String>,
+    #[serde(default = "admin_only")]
+    pub can_delete_messages: Vec<String>,
+}
+
+fn admin_only() -> Vec<String> {
+    vec!["Admin".to_string()]
+}
+
+impl Default for Permissions {
+    fn default() -> Self {
+        Permissions {
+            can_add_members: admin_only(),
+            can_remove_members: admin_only(),
+            can_delete_messages: admin_only(),
+        }
+    }
+}
+
+/// A group chat.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupDoc {
+    #[serde(rename = "_id")]
+    pub id: ObjectId,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avatar: Option<String>,
+    pub members: Vec<ObjectId>,
+    pub admin: ObjectId,
+    /// `department`, `custom` or `operational`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_message_id: Option<ObjectId>,
+    #[serde(default)]
+    pub permissions: Permissions,
+    #[serde(default)]
+    pub unread_counts: PerUser,
+    pub created_at: DateTime,
+    pub updated_at: DateTime,
+    #[serde(default)]
+    pub last_seq: i64,
+    #[serde(default)]
+    pub read_cursors: PerUser,
+    #[serde(default)]
+    pub delivered_cursors: PerUser,
+    /// Deleted groups stay as tombstones (hidden from every read).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub deleted: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -75,6 +174,14 @@ pub struct MessageView {
     pub updated_at: String,
     pub seq: i64,
     pub client_msg_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub deleted: bool,
+}
+
+fn json(d: &Document) -> serde_json::Value {
+    mongodb::bson::Bson::Document(d.clone()).into_relaxed_extjson()
 }
 
 impl From<&MessageDoc> for MessageView {
@@ -88,26 +195,32 @@ impl From<&MessageDoc> for MessageView {
             message_type: m.message_type.clone(),
             status: m.status.clone(),
             read_by: m.read_by.clone(),
-            attachments: m
-                .attachments
-                .iter()
-                .map(|d| mongodb::bson::Bson::Document(d.clone()).into_relaxed_extjson())
-                .collect(),
+            attachments: m.attachments.iter().map(json).collect(),
             created_at: iso(m.created_at),
             updated_at: iso(m.updated_at),
             seq: m.seq,
             client_msg_id: m.client_msg_id.clone(),
+            system: m.system.as_ref().map(json),
+            deleted: m.deleted,
         }
     }
 }
 
 /// `lastMessageId` on the wire: the id, or the message itself where the
-/// module populated it (the conversation list).
+/// module populated it (the lists).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum LastMessage {
     Id(String),
     Message(Box<MessageView>),
+}
+
+fn last(id: Option<ObjectId>, populated: Option<&MessageDoc>) -> Option<LastMessage> {
+    match (populated, id) {
+        (Some(m), _) => Some(LastMessage::Message(Box::new(m.into()))),
+        (None, Some(id)) => Some(LastMessage::Id(id.to_hex())),
+        (None, None) => None,
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -118,24 +231,61 @@ pub struct ConversationView {
     pub participant_ids: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_message_id: Option<LastMessage>,
-    pub unread_counts: BTreeMap<String, i64>,
+    pub unread_counts: PerUser,
     pub created_at: String,
     pub updated_at: String,
 }
 
 impl ConversationView {
-    pub fn new(c: &ConversationDoc, last: Option<&MessageDoc>) -> Self {
+    pub fn new(c: &ConversationDoc, populated: Option<&MessageDoc>) -> Self {
         ConversationView {
             id: c.id.to_hex(),
             participant_ids: c.participant_ids.iter().map(|p| p.to_hex()).collect(),
-            last_message_id: match (last, c.last_message_id) {
-                (Some(m), _) => Some(LastMessage::Message(Box::new(m.into()))),
-                (None, Some(id)) => Some(LastMessage::Id(id.to_hex())),
-                (None, None) => None,
-            },
+            last_message_id: last(c.last_message_id, populated),
             unread_counts: c.unread_counts.clone(),
             created_at: iso(c.created_at),
             updated_at: iso(c.updated_at),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupView {
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub avatar: Option<String>,
+    pub members: Vec<String>,
+    pub admin: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_message_id: Option<LastMessage>,
+    pub permissions: Permissions,
+    pub unread_counts: PerUser,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl GroupView {
+    pub fn new(g: &GroupDoc, populated: Option<&MessageDoc>) -> Self {
+        GroupView {
+            id: g.id.to_hex(),
+            name: g.name.clone(),
+            description: g.description.clone(),
+            avatar: g.avatar.clone(),
+            members: g.members.iter().map(|m| m.to_hex()).collect(),
+            admin: g.admin.to_hex(),
+            kind: g.kind.clone(),
+            last_message_id: last(g.last_message_id, populated),
+            permissions: g.permissions.clone(),
+            unread_counts: g.unread_counts.clone(),
+            created_at: iso(g.created_at),
+            updated_at: iso(g.updated_at),
         }
     }
 }

@@ -25,15 +25,14 @@ async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},
@@ -52,10 +51,7 @@ pub async fn drain(tracker: &TaskTracker, grace: Duration) -> bool {
     match tokio::time::timeout(grace, tracker.wait()).await {
         Ok(()) => true,
         Err(_) => {
-            tracing::warn!(
-                remaining = tracker.len(),
-                "grace period over; exiting with tasks still running"
-            );
+            tracing::warn!(remaining = tracker.len(), "grace period over; exiting with tasks still running");
             false
         }
     }

@@ -1,7 +1,7 @@
 //! The MongoDB store: connection, indexes and the read queries the edge
 //! serves. Writes belong to the workers (they use the typed collections).
 
-use crate::model::{CONVERSATIONS, ConversationDoc, MESSAGES, MessageDoc};
+use crate::model::{CONVERSATIONS, ConversationDoc, GROUPS, GroupDoc, MESSAGES, MessageDoc};
 use futures::TryStreamExt;
 use mongodb::bson::{Document, doc, oid::ObjectId};
 use mongodb::options::{ClientOptions, IndexOptions};
@@ -40,9 +40,7 @@ impl Store {
         opts.connect_timeout = Some(Duration::from_secs(5));
         opts.app_name = Some("natter".into());
         let client = Client::with_options(opts)?;
-        Ok(Store {
-            db: client.database(db),
-        })
+        Ok(Store { db: client.database(db) })
     }
 
     pub fn db(&self) -> &Database {
@@ -57,6 +55,10 @@ impl Store {
         self.db.collection(CONVERSATIONS)
     }
 
+    pub fn groups(&self) -> Collection<GroupDoc> {
+        self.db.collection(GROUPS)
+    }
+
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.db.run_command(doc! {"ping": 1}).await.map(|_| ())
     }
@@ -64,10 +66,7 @@ impl Store {
     /// Creates the indexes the queries need; idempotent.
     pub async fn ensure_indexes(&self) -> Result<(), StoreError> {
         let idx = |keys: Document, name: &str| {
-            IndexModel::builder()
-                .keys(keys)
-                .options(IndexOptions::builder().name(name.to_string()).build())
-                .build()
+            IndexModel::builder().keys(keys).options(IndexOptions::builder().name(name.to_string()).build()).build()
         };
         self.messages()
             .create_indexes([
@@ -76,10 +75,7 @@ impl Store {
             ])
             .await?;
         self.conversations()
-            .create_indexes([idx(
-                doc! {"participantIds": 1, "updatedAt": -1},
-                "participant_activity",
-            )])
+            .create_indexes([idx(doc! {"participantIds": 1, "updatedAt": -1}, "participant_activity")])
             .await?;
         Ok(())
     }
@@ -109,49 +105,27 @@ impl Store {
         if ids.is_empty() {
             return Ok(vec![]);
         }
-        self.messages()
-            .find(doc! {"_id": {"$in": ids}})
-            .await?
-            .try_collect()
-            .await
+        self.messages().find(doc! {"_id": {"$in": ids}}).await?.try_collect().await
     }
 
     /// A page of a conversation's history, oldest first within the page.
     /// Counted and read up to the newest `seq` seen when the call starts, so
     /// `total`, `hasMore` and the page agree even while messages arrive.
-    pub async fn conversation_messages(
-        &self,
-        conversation: &str,
-        by: PageBy,
-    ) -> Result<Page, StoreError> {
+    pub async fn conversation_messages(&self, conversation: &str, by: PageBy) -> Result<Page, StoreError> {
         let room = doc! {"conversationId": conversation};
-        let Some(newest) = self
-            .messages()
-            .find_one(room.clone())
-            .sort(doc! {"seq": -1})
-            .await?
-        else {
-            return Ok(Page {
-                messages: vec![],
-                total: 0,
-                has_more: false,
-            });
+        let Some(newest) = self.messages().find_one(room.clone()).sort(doc! {"seq": -1}).await? else {
+            return Ok(Page { messages: vec![], total: 0, has_more: false });
         };
         let upto = |bound: &str, seq: i64| {
             let mut q = room.clone();
             q.insert("seq", doc! {bound: seq});
             q
         };
-        let total = self
-            .messages()
-            .count_documents(upto("$lte", newest.seq))
-            .await?;
+        let total = self.messages().count_documents(upto("$lte", newest.seq)).await?;
         let (query, skip, limit) = match by {
-            PageBy::Page { page, limit } => (
-                upto("$lte", newest.seq),
-                page.saturating_sub(1).saturating_mul(limit),
-                limit,
-            ),
+            PageBy::Page { page, limit } => {
+                (upto("$lte", newest.seq), page.saturating_sub(1).saturating_mul(limit), limit)
+            }
             PageBy::Before { before, limit } => (upto("$lt", before.min(newest.seq + 1)), 0, limit),
         };
         let mut messages: Vec<MessageDoc> = self
@@ -167,18 +141,10 @@ impl Store {
         let has_more = match (by, messages.first()) {
             (PageBy::Page { .. }, _) => skip + limit < total,
             (PageBy::Before { .. }, Some(oldest)) => {
-                self.messages()
-                    .count_documents(upto("$lt", oldest.seq))
-                    .limit(1)
-                    .await?
-                    > 0
+                self.messages().count_documents(upto("$lt", oldest.seq)).limit(1).await? > 0
             }
             (PageBy::Before { .. }, None) => false,
         };
-        Ok(Page {
-            messages,
-            total,
-            has_more,
-        })
+        Ok(Page { messages, total, has_more })
     }
 }

@@ -8,11 +8,8 @@ use time::format_description::well_known::Rfc3339;
 /// Formats a BSON date the way `Date.prototype.toJSON` does.
 pub fn iso(dt: DateTime) -> String {
     let ms = dt.timestamp_millis();
-    let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
-    let t = t
-        .replace_nanosecond((ms.rem_euclid(1000) as u32) * 1_000_000)
-        .unwrap_or(t);
+    let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    let t = t.replace_nanosecond((ms.rem_euclid(1000) as u32) * 1_000_000).unwrap_or(t);
     let s = t.format(&Rfc3339).unwrap_or_default();
     // Rfc3339 prints fractional seconds only when non-zero; make it always 3 digits.
     match s.find('.') {
@@ -33,13 +30,7 @@ mod tests {
     #[test]
     fn iso_has_millis_and_z() {
         assert_eq!(iso(DateTime::from_millis(0)), "1970-01-01T00:00:00.000Z");
-        assert_eq!(
-            iso(DateTime::from_millis(1_700_000_000_123)),
-            "2023-11-14T22:13:20.123Z"
-        );
-        assert_eq!(
-            iso(DateTime::from_millis(1_700_000_000_007)),
-            "2023-11-14T22:13:20.007Z"
-        );
+        assert_eq!(iso(DateTime::from_millis(1_700_000_000_123)), "2023-11-14T22:13:20.123Z");
+        assert_eq!(iso(DateTime::from_millis(1_700_000_000_007)), "2023-11-14T22:13:20.007Z");
     }
 }

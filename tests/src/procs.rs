@@ -11,10 +11,7 @@ use tokio::process::{Child, Command};
 
 /// The workspace root.
 pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(PathBuf::from)
-        .unwrap_or_default()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().map(PathBuf::from).unwrap_or_default()
 }
 
 /// A tool from the project's virtualenv (`infra/install.sh` puts it there),
@@ -24,11 +21,7 @@ pub fn tool(env: &str, name: &str) -> PathBuf {
         return PathBuf::from(p);
     }
     let p = root().join(".venv/bin").join(name);
-    assert!(
-        p.exists(),
-        "{} not found: run infra/install.sh (or set {env})",
-        p.display()
-    );
+    assert!(p.exists(), "{} not found: run infra/install.sh (or set {env})", p.display());
     p
 }
 
@@ -37,32 +30,19 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
     let p = dir.join(name);
-    assert!(
-        p.exists(),
-        "{} not built: run `cargo build --workspace --bins` first",
-        p.display()
-    );
+    assert!(p.exists(), "{} not built: run `cargo build --workspace --bins` first", p.display());
     p
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
 /// Waits until something accepts TCP connections on `port`.
 pub async fn wait_for_port(port: u16, timeout: Duration) {
     let deadline = tokio::time::Instant::now() + timeout;
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "nothing listens on port {port}"
-        );
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        assert!(tokio::time::Instant::now() < deadline, "nothing listens on port {port}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -91,12 +71,7 @@ pub struct Owned {
 }
 
 impl Owned {
-    pub fn spawn(
-        program: &PathBuf,
-        args: &[String],
-        envs: &[(String, String)],
-        log: &str,
-    ) -> Owned {
+    pub fn spawn(program: &PathBuf, args: &[String], envs: &[(String, String)], log: &str) -> Owned {
         let log = std::fs::File::create(log).expect("log file");
         let child = Command::new(program)
             .args(args)
@@ -119,14 +94,8 @@ impl Owned {
     /// SIGTERM, then wait for exit.
     pub async fn terminate(&mut self) -> Option<std::process::ExitStatus> {
         if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill")
-                .arg("-TERM")
-                .arg(pid.to_string())
-                .status();
+            let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
         }
-        tokio::time::timeout(Duration::from_secs(20), self.child.wait())
-            .await
-            .ok()
-            .and_then(|r| r.ok())
+        tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await.ok().and_then(|r| r.ok())
     }
 }

@@ -49,11 +49,7 @@ pub fn servers() -> &'static Servers {
                     dir.join("nats").display().to_string(),
                 ];
                 let nats = procs::tool("NATTER_NATS_SERVER", "nats-server");
-                reapers.push(procs::spawn_reaped(
-                    &nats,
-                    &args,
-                    &dir.join("nats.log").display().to_string(),
-                ));
+                reapers.push(procs::spawn_reaped(&nats, &args, &dir.join("nats.log").display().to_string()));
                 block_on_port(port);
                 format!("nats://127.0.0.1:{port}")
             }
@@ -73,31 +69,19 @@ pub fn servers() -> &'static Servers {
                     "WARNING".into(),
                 ];
                 let db = procs::tool("NATTER_SECANTUSD", "secantusd-py");
-                reapers.push(procs::spawn_reaped(
-                    &db,
-                    &args,
-                    &dir.join("mongo.log").display().to_string(),
-                ));
+                reapers.push(procs::spawn_reaped(&db, &args, &dir.join("mongo.log").display().to_string()));
                 block_on_port(port);
                 format!("mongodb://127.0.0.1:{port}")
             }
         };
-        Servers {
-            nats_url,
-            mongodb_base,
-            _reapers: reapers,
-            _dir: dir,
-        }
+        Servers { nats_url, mongodb_base, _reapers: reapers, _dir: dir }
     })
 }
 
 fn block_on_port(port: u16) {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "server on port {port} did not start"
-        );
+        assert!(std::time::Instant::now() < deadline, "server on port {port} did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -189,19 +173,14 @@ impl TestApp {
         let mut src: HashMap<String, String> = self.env().into_iter().collect();
         src.insert("LISTEN_ADDR".into(), "127.0.0.1:0".into());
         src.insert("FRONTEND_URL".into(), "http://localhost:3000".into());
-        src.entry("WS_RATE_PER_SEC".into())
-            .or_insert_with(|| "100000".into());
+        src.entry("WS_RATE_PER_SEC".into()).or_insert_with(|| "100000".into());
         EdgeConfig::load(&src).expect("edge config")
     }
 
     /// Starts an edge in this process; returns its address.
     pub async fn start_edge(&mut self) -> SocketAddr {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let edge = Edge::build(self.edge_config(), listener, self.cancel.child_token())
-            .await
-            .expect("edge");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let edge = Edge::build(self.edge_config(), listener, self.cancel.child_token()).await.expect("edge");
         let addr = edge.local_addr().expect("addr");
         tokio::spawn(edge.run());
         self.edges.push(addr);
@@ -213,10 +192,7 @@ impl TestApp {
         let token = self.cancel.child_token();
         let core = self.core();
         let t = token.clone();
-        let cfg = RunnerConfig {
-            fetch_wait: Duration::from_millis(500),
-            ..RunnerConfig::default()
-        };
+        let cfg = RunnerConfig { fetch_wait: Duration::from_millis(500), ..RunnerConfig::default() };
         tokio::spawn(async move {
             if let Err(e) = natter_workers::messages::serve(&core, cfg, t).await {
                 panic!("worker failed: {e}");
@@ -229,14 +205,8 @@ impl TestApp {
     /// `processes`.
     pub fn start_worker_process(&mut self) -> usize {
         let bin = procs::workspace_bin("natter-worker-messages");
-        let log =
-            std::env::temp_dir().join(format!("{}-worker-{}.log", self.name, self.processes.len()));
-        self.processes.push(Owned::spawn(
-            &bin,
-            &[],
-            &self.env(),
-            &log.display().to_string(),
-        ));
+        let log = std::env::temp_dir().join(format!("{}-worker-{}.log", self.name, self.processes.len()));
+        self.processes.push(Owned::spawn(&bin, &[], &self.env(), &log.display().to_string()));
         self.processes.len() - 1
     }
 
@@ -277,12 +247,7 @@ impl TestApp {
 
 impl TestApp {
     /// `GET path` on `edge` as `user`: status and JSON body.
-    pub async fn get(
-        &self,
-        edge: SocketAddr,
-        path: &str,
-        user: UserId,
-    ) -> (u16, serde_json::Value) {
+    pub async fn get(&self, edge: SocketAddr, path: &str, user: UserId) -> (u16, serde_json::Value) {
         let resp = self
             .http()
             .get(format!("http://{edge}{path}"))

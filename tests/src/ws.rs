@@ -41,16 +41,9 @@ pub struct Handshake<'a> {
 
 impl WsClient {
     pub async fn connect(addr: SocketAddr, token: &str) -> WsClient {
-        Self::handshake(
-            addr,
-            Handshake {
-                token: Some(token),
-                in_query: false,
-                origin: None,
-            },
-        )
-        .await
-        .expect("handshake refused")
+        Self::handshake(addr, Handshake { token: Some(token), in_query: false, origin: None })
+            .await
+            .expect("handshake refused")
     }
 
     pub async fn handshake(addr: SocketAddr, h: Handshake<'_>) -> Result<WsClient, Refused> {
@@ -70,10 +63,7 @@ impl WsClient {
             req.push_str(&format!("Origin: {o}\r\n"));
         }
         req.push_str("\r\n");
-        stream
-            .write_all(req.as_bytes())
-            .await
-            .expect("write handshake");
+        stream.write_all(req.as_bytes()).await.expect("write handshake");
         // Read the response head byte by byte: frames may follow at once.
         let mut head = Vec::new();
         while !head.ends_with(b"\r\n\r\n") {
@@ -81,26 +71,17 @@ impl WsClient {
             head.push(b);
         }
         let head = String::from_utf8_lossy(&head).to_string();
-        let status: u16 = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
+        let status: u16 = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
         if status != 101 {
             let len: usize = head
                 .lines()
                 .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse().unwrap_or(0))
+                    l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0))
                 })
                 .unwrap_or(0);
             let mut body = vec![0u8; len];
             let _ = stream.read_exact(&mut body).await;
-            return Err(Refused {
-                status,
-                body: String::from_utf8_lossy(&body).to_string(),
-            });
+            return Err(Refused { status, body: String::from_utf8_lossy(&body).to_string() });
         }
         let ws = WebSocket::after_handshake(stream, Role::Client);
         let (mut r, w) = ws.split(tokio::io::split);
@@ -113,9 +94,7 @@ impl WsClient {
                     Ok(f) => match f.opcode {
                         OpCode::Text => {
                             let text = String::from_utf8_lossy(&f.payload).to_string();
-                            let item = serde_json::from_str(&text)
-                                .map(In::Json)
-                                .unwrap_or(In::Text(text));
+                            let item = serde_json::from_str(&text).map(In::Json).unwrap_or(In::Text(text));
                             if in_tx.send(item).is_err() {
                                 return;
                             }
@@ -138,12 +117,7 @@ impl WsClient {
                 }
             }
         });
-        let mut c = WsClient {
-            tx: w,
-            rx: in_rx,
-            pending: VecDeque::new(),
-            next_id: 0,
-        };
+        let mut c = WsClient { tx: w, rx: in_rx, pending: VecDeque::new(), next_id: 0 };
         match c.next(Duration::from_secs(5)).await {
             Some(In::Json(v)) if v["type"] == "ready" => Ok(c),
             other => panic!("expected ready, got {other:?}"),
@@ -151,10 +125,7 @@ impl WsClient {
     }
 
     pub async fn send_text(&mut self, text: &str) {
-        self.tx
-            .write_frame(Frame::text(Payload::Owned(text.as_bytes().to_vec())))
-            .await
-            .expect("send");
+        self.tx.write_frame(Frame::text(Payload::Owned(text.as_bytes().to_vec()))).await.expect("send");
     }
 
     pub async fn send_frame(&mut self, f: Frame<'_>) {
@@ -165,8 +136,7 @@ impl WsClient {
     pub async fn send(&mut self, kind: &str, data: Value) -> String {
         self.next_id += 1;
         let rid = format!("r{}", self.next_id);
-        self.send_text(&json!({"type": kind, "requestId": rid, "data": data}).to_string())
-            .await;
+        self.send_text(&json!({"type": kind, "requestId": rid, "data": data}).to_string()).await;
         rid
     }
 
@@ -198,10 +168,7 @@ impl WsClient {
         if let Some(x) = self.pending.pop_front() {
             return Some(x);
         }
-        tokio::time::timeout(timeout, self.rx.recv())
-            .await
-            .ok()
-            .flatten()
+        tokio::time::timeout(timeout, self.rx.recv()).await.ok().flatten()
     }
 
     /// Collects `n` events of `kind` (others are dropped), or what arrived

@@ -17,40 +17,22 @@ async fn edge_sigterm_closes_sockets_going_away_and_exits() {
     let port = procs::free_port();
     let mut env = app.env();
     env.push(("LISTEN_ADDR".into(), format!("127.0.0.1:{port}")));
-    let log = std::env::temp_dir()
-        .join(format!("{}-edge.log", app.name))
-        .display()
-        .to_string();
+    let log = std::env::temp_dir().join(format!("{}-edge.log", app.name)).display().to_string();
     let mut edge = Owned::spawn(&procs::workspace_bin("natter-edge"), &[], &env, &log);
     procs::wait_for_port(port, Duration::from_secs(30)).await;
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
     let (a, b) = (app.user(), app.user());
     let conv = app.open_conversation(addr, a, b).await;
     let mut ws = WsClient::connect(addr, &app.token(a, &[])).await;
-    let r = ws
-        .request(
-            "send_message",
-            json!({"conversationId": conv, "content": "before shutdown"}),
-        )
-        .await;
+    let r = ws.request("send_message", json!({"conversationId": conv, "content": "before shutdown"})).await;
     assert_eq!(r["type"], "ack");
 
     let started = Instant::now();
     let status = edge.terminate().await.expect("edge exited");
     assert!(status.success(), "exit status {status:?}");
-    assert!(
-        started.elapsed() < Duration::from_secs(12),
-        "exited within the grace period"
-    );
-    assert_eq!(
-        ws.closed(Duration::from_secs(2)).await,
-        Some(1001),
-        "going away"
-    );
-    assert!(
-        tokio::net::TcpStream::connect(addr).await.is_err(),
-        "no longer accepting"
-    );
+    assert!(started.elapsed() < Duration::from_secs(12), "exited within the grace period");
+    assert_eq!(ws.closed(Duration::from_secs(2)).await, Some(1001), "going away");
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no longer accepting");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -63,20 +45,12 @@ async fn worker_sigterm_releases_its_partitions_and_exits() {
     let subjects = Subjects::new(&app.name);
     let kv = js.get_key_value(subjects.leases_bucket()).await.unwrap();
     let lease_count = || async {
-        let keys: Vec<String> = kv
-            .keys()
-            .await
-            .unwrap()
-            .filter_map(|k| async { k.ok() })
-            .collect()
-            .await;
+        let keys: Vec<String> = kv.keys().await.unwrap().filter_map(|k| async { k.ok() }).collect().await;
         keys.iter().filter(|k| k.starts_with("messages.p")).count()
     };
-    natter_tests::eventually(
-        "worker holds all partitions",
-        Duration::from_secs(20),
-        || async { (lease_count().await == natter_nats::PARTITIONS as usize).then_some(()) },
-    )
+    natter_tests::eventually("worker holds all partitions", Duration::from_secs(20), || async {
+        (lease_count().await == natter_nats::PARTITIONS as usize).then_some(())
+    })
     .await;
     // It works: a conversation gets created through it.
     let (a, b) = (app.user(), app.user());
@@ -103,43 +77,25 @@ async fn poison_commands_are_dead_lettered_and_do_not_block() {
     // Garbage on the conversation's own partition, then a well-formed send to
     // a conversation that does not exist.
     let subject = subjects.command(RoomKind::Conversation, &conv, "send_message");
-    js.publish(subject, "this is not a command".into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    js.publish(subject, "this is not a command".into()).await.unwrap().await.unwrap();
     let ghost = mongodb::bson::oid::ObjectId::new().to_hex();
     let cmd = json!({"v": 1, "actor": a.hex(), "command": {"type": "send_message",
         "messageId": mongodb::bson::oid::ObjectId::new().to_hex(), "conversationId": ghost,
         "content": "to nowhere", "messageType": "text", "clientMsgId": "g1"}});
-    js.publish(
-        subjects.command(RoomKind::Conversation, &ghost, "send_message"),
-        cmd.to_string().into(),
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
+    js.publish(subjects.command(RoomKind::Conversation, &ghost, "send_message"), cmd.to_string().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
 
     // A normal message after them is applied.
     let mut ws = WsClient::connect(e, &app.token(a, &[])).await;
-    let r = ws
-        .request(
-            "send_message",
-            json!({"conversationId": conv, "content": "after poison"}),
-        )
-        .await;
+    let r = ws.request("send_message", json!({"conversationId": conv, "content": "after poison"})).await;
     assert_eq!(r["type"], "ack");
-    natter_tests::eventually(
-        "message after poison applied",
-        Duration::from_secs(15),
-        || async {
-            let (_, v) = app
-                .get(e, &format!("/api/chat/conversations/{conv}/messages"), a)
-                .await;
-            (v["total"] == 1).then_some(())
-        },
-    )
+    natter_tests::eventually("message after poison applied", Duration::from_secs(15), || async {
+        let (_, v) = app.get(e, &format!("/api/chat/conversations/{conv}/messages"), a).await;
+        (v["total"] == 1).then_some(())
+    })
     .await;
 
     let dlq = js.get_stream(subjects.dlq_stream()).await.unwrap();
@@ -155,22 +111,11 @@ async fn poison_commands_are_dead_lettered_and_do_not_block() {
     let mut reasons = Vec::new();
     for seq in 1..=2 {
         let m = dlq.get_raw_message(seq).await.unwrap();
-        let reason = m
-            .headers
-            .get("Natter-Reason")
-            .map(|v| v.to_string())
-            .unwrap_or_default();
+        let reason = m.headers.get("Natter-Reason").map(|v| v.to_string()).unwrap_or_default();
         reasons.push(reason);
     }
     reasons.sort();
     assert!(reasons[0].contains("conversation not found"), "{reasons:?}");
     assert!(reasons[1].contains("undecodable command"), "{reasons:?}");
-    assert_eq!(
-        app.store
-            .messages()
-            .count_documents(mongodb::bson::doc! {"conversationId": &ghost})
-            .await
-            .unwrap(),
-        0
-    );
+    assert_eq!(app.store.messages().count_documents(mongodb::bson::doc! {"conversationId": &ghost}).await.unwrap(), 0);
 }

@@ -10,19 +10,8 @@ use std::time::Duration;
 
 /// Counts stored messages and distinct ids of a conversation.
 async fn stored(app: &TestApp, conv: &str) -> (u64, usize) {
-    let total = app
-        .store
-        .messages()
-        .count_documents(doc! {"conversationId": conv})
-        .await
-        .unwrap_or(0);
-    let ids = app
-        .store
-        .messages()
-        .distinct("_id", doc! {"conversationId": conv})
-        .await
-        .map(|v| v.len())
-        .unwrap_or(0);
+    let total = app.store.messages().count_documents(doc! {"conversationId": conv}).await.unwrap_or(0);
+    let ids = app.store.messages().distinct("_id", doc! {"conversationId": conv}).await.map(|v| v.len()).unwrap_or(0);
     (total, ids)
 }
 
@@ -43,7 +32,12 @@ async fn worker_killed_mid_stream_loses_and_duplicates_nothing() {
             app.processes[first].kill9().await;
             app.start_worker_process();
         }
-        let r = ws.request("send_message", json!({"conversationId": conv, "content": format!("m{i}"), "clientMsgId": format!("k{i}")})).await;
+        let r = ws
+            .request(
+                "send_message",
+                json!({"conversationId": conv, "content": format!("m{i}"), "clientMsgId": format!("k{i}")}),
+            )
+            .await;
         assert_eq!(r["type"], "ack", "{r}");
         acked.insert(r["data"]["messageId"].as_str().unwrap().to_string());
     }
@@ -55,27 +49,10 @@ async fn worker_killed_mid_stream_loses_and_duplicates_nothing() {
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (total, distinct) = stored(&app, &conv).await;
-    assert_eq!(
-        (total as usize, distinct),
-        (N, N),
-        "stored exactly once each"
-    );
-    let c = app
-        .store
-        .conversation(conv.parse().unwrap())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        c.unread_counts.get(&b.hex()).copied(),
-        Some(N as i64),
-        "unread count exact after redelivery"
-    );
-    assert_eq!(
-        c.unread_counts.get(&a.hex()).copied().unwrap_or(0),
-        0,
-        "own messages never unread"
-    );
+    assert_eq!((total as usize, distinct), (N, N), "stored exactly once each");
+    let c = app.store.conversation(conv.parse().unwrap()).await.unwrap().unwrap();
+    assert_eq!(c.unread_counts.get(&b.hex()).copied(), Some(N as i64), "unread count exact after redelivery");
+    assert_eq!(c.unread_counts.get(&a.hex()).copied().unwrap_or(0), 0, "own messages never unread");
     assert_eq!(c.last_seq, {
         let last = app
             .store
@@ -116,8 +93,7 @@ async fn mongodb_stopped_under_traffic_loses_nothing() {
     let (a, b) = (app.user(), app.user());
     let conv = app.open_conversation(e, a, b).await;
     let mut wb = WsClient::connect(e, &app.token(b, &[])).await;
-    wb.request("join_conversation", json!({"conversationId": conv}))
-        .await;
+    wb.request("join_conversation", json!({"conversationId": conv})).await;
     let mut ws = WsClient::connect(e, &app.token(a, &[])).await;
     const N: usize = 300;
     let mut acked = Vec::new();
@@ -131,27 +107,19 @@ async fn mongodb_stopped_under_traffic_loses_nothing() {
             procs::wait_for_port(port, Duration::from_secs(60)).await;
         }
         // Membership is cached, so sends keep being accepted while MongoDB is away.
-        let r = ws.request("send_message", json!({"conversationId": conv, "content": format!("m{i}"), "clientMsgId": format!("k{i}")})).await;
+        let r = ws
+            .request(
+                "send_message",
+                json!({"conversationId": conv, "content": format!("m{i}"), "clientMsgId": format!("k{i}")}),
+            )
+            .await;
         assert_eq!(r["type"], "ack", "send {i}: {r}");
         acked.push(r["data"]["messageId"].as_str().unwrap().to_string());
     }
-    let ev = wb
-        .events("message_received", N, Duration::from_secs(90))
-        .await;
-    assert_eq!(
-        ev.len(),
-        N,
-        "b received every message once MongoDB was back"
-    );
-    let got: Vec<&str> = ev
-        .iter()
-        .map(|v| v["data"]["_id"].as_str().unwrap())
-        .collect();
-    assert_eq!(
-        got,
-        acked.iter().map(String::as_str).collect::<Vec<_>>(),
-        "in order"
-    );
+    let ev = wb.events("message_received", N, Duration::from_secs(90)).await;
+    assert_eq!(ev.len(), N, "b received every message once MongoDB was back");
+    let got: Vec<&str> = ev.iter().map(|v| v["data"]["_id"].as_str().unwrap()).collect();
+    assert_eq!(got, acked.iter().map(String::as_str).collect::<Vec<_>>(), "in order");
     let (total, distinct) = stored(&app, &conv).await;
     assert_eq!((total as usize, distinct), (N, N));
     drop(mongo);
@@ -159,21 +127,14 @@ async fn mongodb_stopped_under_traffic_loses_nothing() {
 
 #[tokio::test]
 async fn binaries_refuse_bad_config_before_binding() {
-    for (bin, missing) in [
-        ("natter-edge", "JWT_SECRET"),
-        ("natter-worker-messages", "MONGODB_URI"),
-    ] {
+    for (bin, missing) in [("natter-edge", "JWT_SECRET"), ("natter-worker-messages", "MONGODB_URI")] {
         let mut env: Vec<(&str, &str)> = vec![
             ("NATS_URL", "nats://127.0.0.1:1"),
             ("MONGODB_URI", "mongodb://127.0.0.1:1/x"),
             ("JWT_SECRET", "0123456789abcdef0123"),
         ];
         env.retain(|(k, _)| *k != missing);
-        let out = std::process::Command::new(procs::workspace_bin(bin))
-            .env_clear()
-            .envs(env)
-            .output()
-            .unwrap();
+        let out = std::process::Command::new(procs::workspace_bin(bin)).env_clear().envs(env).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{bin}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(missing), "{bin} should name {missing}: {err}");

@@ -3,6 +3,8 @@
 use mongodb::bson::DateTime;
 use natter_nats::topology::Role;
 use natter_shared::v1::command::CommandEnvelope;
+use natter_shared::v1::error::ErrorCode;
+use std::collections::HashMap;
 use std::future::Future;
 
 /// One command as fetched from the stream.
@@ -28,11 +30,17 @@ pub struct Publication {
 pub enum Disposition {
     /// Applied (or found already applied); these events follow.
     Applied(Vec<Publication>),
-    /// Valid but not allowed or not possible; acked, reported to the sender.
-    Refused(String),
+    /// Valid but not allowed or not possible (a membership change raced
+    /// it): nothing is written; acked, and reported to the actor.
+    Refused { code: ErrorCode, reason: String, events: Vec<Publication> },
     /// Can never be applied; dead-lettered with this reason.
     Poison(String),
 }
+
+/// Dispositions by stream sequence, filled as commands complete. It lives
+/// across the in-place retries of one batch, so a retry neither re-applies
+/// nor forgets the events of what the failed attempt already committed.
+pub type Done = HashMap<u64, Disposition>;
 
 /// A failure of the whole batch that may pass (MongoDB unreachable, a
 /// timeout): the runner retries the batch in place, keeping the room order.
@@ -52,10 +60,7 @@ impl From<mongodb::error::Error> for ApplyError {
 pub trait Handler: Send + Sync + 'static {
     const ROLE: Role;
 
-    /// Applies a batch (in stream order, all from one partition) and returns
-    /// one disposition per command, in the same order.
-    fn apply(
-        &self,
-        batch: &[Incoming],
-    ) -> impl Future<Output = Result<Vec<Disposition>, ApplyError>> + Send;
+    /// Applies a batch (in stream order, all from one partition), recording
+    /// a disposition per command in `done` and skipping those already there.
+    fn apply(&self, batch: &[Incoming], done: &mut Done) -> impl Future<Output = Result<(), ApplyError>> + Send;
 }

@@ -31,13 +31,7 @@ pub struct Changes {
 
 impl Leases {
     pub fn new(kv: Store, subjects: Subjects, role: &'static str, instance: String) -> Self {
-        Leases {
-            kv,
-            subjects,
-            role,
-            instance,
-            owned: BTreeMap::new(),
-        }
+        Leases { kv, subjects, role, instance, owned: BTreeMap::new() }
     }
 
     pub fn owned(&self) -> impl Iterator<Item = u32> + '_ {
@@ -56,11 +50,7 @@ impl Leases {
 
         for (p, rev) in std::mem::take(&mut self.owned) {
             let key = self.subjects.lease_key(self.role, p);
-            match self
-                .kv
-                .update(&key, self.instance.clone().into(), rev)
-                .await
-            {
+            match self.kv.update(&key, self.instance.clone().into(), rev).await {
                 Ok(new_rev) => {
                     self.owned.insert(p, new_rev);
                 }
@@ -71,13 +61,7 @@ impl Leases {
             }
         }
         if self.owned.len() > target {
-            changes.surplus = self
-                .owned
-                .keys()
-                .rev()
-                .take(self.owned.len() - target)
-                .copied()
-                .collect();
+            changes.surplus = self.owned.keys().rev().take(self.owned.len() - target).copied().collect();
         } else {
             for p in 0..PARTITIONS {
                 if self.owned.len() >= target {

@@ -7,5 +7,5 @@ pub mod lease;
 pub mod messages;
 pub mod runner;
 
-pub use handler::{ApplyError, Disposition, Handler, Incoming};
+pub use handler::{ApplyError, Disposition, Done, Handler, Incoming};
 pub use runner::{RunnerConfig, run};

@@ -4,7 +4,7 @@
 //! place (with progress acks) so a room's commands are never applied out of
 //! order; a crash leaves the batch unacked for redelivery.
 
-use crate::handler::{Disposition, Handler, Incoming, Publication};
+use crate::handler::{Disposition, Done, Handler, Incoming, Publication};
 use crate::lease::{Leases, RENEW_EVERY};
 use async_nats::jetstream::{self, AckKind, Message, consumer::PullConsumer};
 use futures::StreamExt;
@@ -38,11 +38,7 @@ impl Default for RunnerConfig {
         RunnerConfig {
             batch: topology::MAX_BATCH,
             fetch_wait: Duration::from_secs(1),
-            instance: format!(
-                "{}-{}",
-                std::process::id(),
-                mongodb::bson::oid::ObjectId::new().to_hex()
-            ),
+            instance: format!("{}-{}", std::process::id(), mongodb::bson::oid::ObjectId::new().to_hex()),
         }
     }
 }
@@ -71,10 +67,7 @@ pub async fn run<H: Handler>(
     cancel: CancellationToken,
 ) -> Result<(), RunnerError> {
     let js = jetstream::new(client.clone());
-    let kv = js
-        .get_key_value(subjects.leases_bucket())
-        .await
-        .map_err(|e| RunnerError::Bucket(e.to_string()))?;
+    let kv = js.get_key_value(subjects.leases_bucket()).await.map_err(|e| RunnerError::Bucket(e.to_string()))?;
     let role = H::ROLE.name();
     let mut leases = Leases::new(kv, subjects.clone(), role, cfg.instance.clone());
     let mut tasks: HashMap<u32, PartitionTask> = HashMap::new();
@@ -100,9 +93,7 @@ pub async fn run<H: Handler>(
             let done = match tasks.get_mut(&p) {
                 Some(t) => {
                     t.cancel.cancel();
-                    tokio::time::timeout(HANDOFF_WAIT, &mut t.handle)
-                        .await
-                        .is_ok()
+                    tokio::time::timeout(HANDOFF_WAIT, &mut t.handle).await.is_ok()
                 }
                 None => true,
             };
@@ -132,13 +123,7 @@ pub async fn run<H: Handler>(
                     token.clone(),
                 )
                 .instrument(info_span!("partition", role, p));
-                tasks.insert(
-                    p,
-                    PartitionTask {
-                        cancel: token,
-                        handle: tokio::spawn(fut),
-                    },
-                );
+                tasks.insert(p, PartitionTask { cancel: token, handle: tokio::spawn(fut) });
                 info!(role, partition = p, "partition taken");
             }
         }
@@ -165,10 +150,7 @@ async fn partition_loop<H: Handler>(
 ) {
     let name = subjects.consumer(H::ROLE.name(), p);
     let consumer: PullConsumer = loop {
-        match js
-            .get_consumer_from_stream(&name, subjects.cmd_stream())
-            .await
-        {
+        match js.get_consumer_from_stream(&name, subjects.cmd_stream()).await {
             Ok(c) => break c,
             Err(e) => {
                 warn!(consumer = %name, error = %e, "consumer unavailable; retrying");
@@ -198,36 +180,13 @@ async fn partition_loop<H: Handler>(
 /// `wait` for one message and then takes what followed it. Each pull request
 /// is complete when this returns, so no message is left delivered to a
 /// subscription nobody reads (which would reorder it behind later ones).
-async fn fetch(
-    consumer: &PullConsumer,
-    max: usize,
-    wait: Duration,
-) -> Result<Vec<Message>, String> {
-    let mut out = drain(
-        consumer
-            .fetch()
-            .max_messages(max)
-            .messages()
-            .await
-            .map_err(|e| e.to_string())?,
-    )
-    .await?;
+async fn fetch(consumer: &PullConsumer, max: usize, wait: Duration) -> Result<Vec<Message>, String> {
+    let mut out = drain(consumer.fetch().max_messages(max).messages().await.map_err(|e| e.to_string())?).await?;
     if out.is_empty() {
-        let first = consumer
-            .batch()
-            .max_messages(1)
-            .expires(wait)
-            .messages()
-            .await
-            .map_err(|e| e.to_string())?;
+        let first = consumer.batch().max_messages(1).expires(wait).messages().await.map_err(|e| e.to_string())?;
         out = drain(first).await?;
         if !out.is_empty() && max > 1 {
-            let more = consumer
-                .fetch()
-                .max_messages(max - 1)
-                .messages()
-                .await
-                .map_err(|e| e.to_string())?;
+            let more = consumer.fetch().max_messages(max - 1).messages().await.map_err(|e| e.to_string())?;
             out.extend(drain(more).await?);
         }
     }
@@ -274,10 +233,7 @@ async fn process<H: Handler>(
                 continue;
             };
             if info.delivered >= topology::MAX_DELIVER {
-                slots.push(Err(format!(
-                    "delivered {} times without being applied",
-                    info.delivered
-                )));
+                slots.push(Err(format!("delivered {} times without being applied", info.delivered)));
                 continue;
             }
             match serde_json::from_slice::<CommandEnvelope>(&m.payload) {
@@ -296,20 +252,20 @@ async fn process<H: Handler>(
         }
 
         let mut attempt: u32 = 0;
-        let dispositions = loop {
+        let mut done = Done::new();
+        loop {
             if incoming.is_empty() {
-                break Vec::new();
+                break;
             }
-            match handler.apply(&incoming).await {
-                Ok(d) => break d,
+            match handler.apply(&incoming, &mut done).await {
+                Ok(()) => break,
                 Err(e) => {
                     attempt += 1;
                     warn!(attempt, error = %e, "batch failed; retrying in place");
                     for m in &msgs {
                         let _ = m.ack_with(AckKind::Progress).await;
                     }
-                    let delay =
-                        Duration::from_millis(100u64 << attempt.min(6)).min(Duration::from_secs(5));
+                    let delay = Duration::from_millis(100u64 << attempt.min(6)).min(Duration::from_secs(5));
                     tokio::select! {
                         _ = cancel.cancelled() => {
                             for m in &msgs {
@@ -321,7 +277,7 @@ async fn process<H: Handler>(
                     }
                 }
             }
-        };
+        }
 
         let mut publications: Vec<Publication> = Vec::new();
         let mut terminal: Vec<bool> = vec![false; msgs.len()];
@@ -335,44 +291,22 @@ async fn process<H: Handler>(
                 Ok(k) => {
                     let inc = &incoming[*k];
                     let reply = inc.envelope.reply.clone();
-                    match dispositions
-                        .get(*k)
-                        .cloned()
-                        .unwrap_or(Disposition::Poison("no disposition".into()))
-                    {
+                    let d = done.remove(&inc.seq).unwrap_or(Disposition::Poison("not handled by this role".into()));
+                    let outcome = |status, reason, code| Outcome { status, seq: inc.seq, reason, code };
+                    match d {
                         Disposition::Applied(pubs) => {
                             publications.extend(pubs);
-                            (
-                                Some(Outcome {
-                                    status: OutcomeStatus::Applied,
-                                    seq: inc.seq,
-                                    reason: None,
-                                }),
-                                reply,
-                            )
+                            (Some(outcome(OutcomeStatus::Applied, None, None)), reply)
                         }
-                        Disposition::Refused(reason) => {
+                        Disposition::Refused { code, reason, events } => {
                             info!(seq = inc.seq, %reason, "command refused");
-                            (
-                                Some(Outcome {
-                                    status: OutcomeStatus::Refused,
-                                    seq: inc.seq,
-                                    reason: Some(reason),
-                                }),
-                                reply,
-                            )
+                            publications.extend(events);
+                            (Some(outcome(OutcomeStatus::Refused, Some(reason), Some(code))), reply)
                         }
                         Disposition::Poison(reason) => {
                             dead_letter(js, subjects, H::ROLE.name(), m, &reason).await;
                             terminal[i] = true;
-                            (
-                                Some(Outcome {
-                                    status: OutcomeStatus::Refused,
-                                    seq: inc.seq,
-                                    reason: Some(reason),
-                                }),
-                                reply,
-                            )
+                            (Some(outcome(OutcomeStatus::Refused, Some(reason), None)), reply)
                         }
                     }
                 }
@@ -380,10 +314,7 @@ async fn process<H: Handler>(
             if let (Some(o), Some(r)) = (outcome, reply)
                 && let Ok(body) = serde_json::to_vec(&o)
             {
-                publications.push(Publication {
-                    subject: r,
-                    payload: body.into(),
-                });
+                publications.push(Publication { subject: r, payload: body.into() });
             }
         }
         for p in publications {
@@ -406,13 +337,7 @@ async fn process<H: Handler>(
 
 /// Copies a command to the dead-letter stream with its reason, waiting for
 /// the PubAck so nothing is terminated before it is kept.
-async fn dead_letter(
-    js: &jetstream::Context,
-    subjects: &Subjects,
-    role: &str,
-    m: &Message,
-    reason: &str,
-) {
+async fn dead_letter(js: &jetstream::Context, subjects: &Subjects, role: &str, m: &Message, reason: &str) {
     let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
     warn!(seq, %reason, "dead-lettering command");
     let mut headers = async_nats::HeaderMap::new();
@@ -420,10 +345,7 @@ async fn dead_letter(
     headers.insert(DLQ_SEQ, seq.to_string().as_str());
     headers.insert(DLQ_SUBJECT, m.subject.as_str());
     loop {
-        match js
-            .publish_with_headers(subjects.dlq(role), headers.clone(), m.payload.clone())
-            .await
-        {
+        match js.publish_with_headers(subjects.dlq(role), headers.clone(), m.payload.clone()).await {
             Ok(ack) => match ack.await {
                 Ok(_) => return,
                 Err(e) => warn!(error = %e, "dead letter not acknowledged; retrying"),

@@ -23,24 +23,10 @@ pub async fn list(
     RawQuery(q): RawQuery,
 ) -> Result<Json<Vec<ConversationView>>, ChatError> {
     let (page, limit) = paging::page_limit(q.as_deref(), 20)?;
-    let convs = st
-        .store
-        .conversations_for(who.user.oid(), page, limit)
-        .await?;
+    let convs = st.store.conversations_for(who.user.oid(), page, limit).await?;
     let last_ids: Vec<_> = convs.iter().filter_map(|c| c.last_message_id).collect();
-    let last: HashMap<_, _> = st
-        .store
-        .messages_by_id(&last_ids)
-        .await?
-        .into_iter()
-        .map(|m| (m.id, m))
-        .collect();
-    Ok(Json(
-        convs
-            .iter()
-            .map(|c| ConversationView::new(c, c.last_message_id.and_then(|id| last.get(&id))))
-            .collect(),
-    ))
+    let last: HashMap<_, _> = st.store.messages_by_id(&last_ids).await?.into_iter().map(|m| (m.id, m)).collect();
+    Ok(Json(convs.iter().map(|c| ConversationView::new(c, c.last_message_id.and_then(|id| last.get(&id)))).collect()))
 }
 
 #[derive(Deserialize)]
@@ -57,10 +43,7 @@ pub async fn with_user(
     let Json(body) = body.map_err(|e| ChatError::InvalidPayload(e.body_text()))?;
     let other: UserId = body.user_id.parse().map_err(ChatError::InvalidPayload)?;
     let conv = chat::conversation_with(&st, &who, other).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(ConversationView::new(&conv, None)),
-    ))
+    Ok((StatusCode::CREATED, Json(ConversationView::new(&conv, None))))
 }
 
 pub async fn get_one(
@@ -70,11 +53,7 @@ pub async fn get_one(
 ) -> Result<Json<ConversationView>, ChatError> {
     let oid = conversation_oid(&id)?;
     chat::require_participant(&st, &who, oid).await?;
-    let conv = st
-        .store
-        .conversation(oid)
-        .await?
-        .ok_or(ChatError::NotFound("conversation"))?;
+    let conv = st.store.conversation(oid).await?.ok_or(ChatError::NotFound("conversation"))?;
     Ok(Json(ConversationView::new(&conv, None)))
 }
 

@@ -11,13 +11,7 @@ use std::sync::Arc;
 pub fn router() -> Router<Arc<EdgeState>> {
     Router::new()
         .route("/api/chat/conversations", get(conversations::list))
-        .route(
-            "/api/chat/conversations/with-user",
-            post(conversations::with_user),
-        )
+        .route("/api/chat/conversations/with-user", post(conversations::with_user))
         .route("/api/chat/conversations/{id}", get(conversations::get_one))
-        .route(
-            "/api/chat/conversations/{id}/messages",
-            get(conversations::messages),
-        )
+        .route("/api/chat/conversations/{id}/messages", get(conversations::messages))
 }

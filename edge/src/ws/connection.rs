@@ -45,21 +45,10 @@ pub async fn run(ws: WebSocket<Io>, who: Identity, st: Arc<EdgeState>, cancel: C
         let (out_tx, out_rx) = mpsc::channel::<Outbound>(QUEUE_LEN);
         let (ctl_tx, ctl_rx) = mpsc::channel::<Control>(8);
         let overflow = CancellationToken::new();
-        let sink = Sink {
-            tx: out_tx.clone(),
-            overflow: overflow.clone(),
-        };
+        let sink = Sink { tx: out_tx.clone(), overflow: overflow.clone() };
         let followed = Arc::new(Mutex::new(HashSet::new()));
-        let _ = out_tx
-            .send(Outbound::Text(to_text(
-                "ready",
-                None,
-                Ready {
-                    user_id: &who.user.hex(),
-                    protocol: 1,
-                },
-            )))
-            .await;
+        let _ =
+            out_tx.send(Outbound::Text(to_text("ready", None, Ready { user_id: &who.user.hex(), protocol: 1 }))).await;
         let session = Session::new(st.clone(), who, conn, sink, followed.clone());
         let reader = tokio::spawn(read_loop(rx, session, ctl_tx).in_current_span());
         drop(out_tx);
@@ -67,17 +56,10 @@ pub async fn run(ws: WebSocket<Io>, who: Identity, st: Arc<EdgeState>, cancel: C
         // The writer is done (peer gone, close sent, or shutdown): give the
         // reader a moment to see the close, then stop it.
         let mut reader = reader;
-        if tokio::time::timeout(Duration::from_secs(2), &mut reader)
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(Duration::from_secs(2), &mut reader).await.is_err() {
             reader.abort();
         }
-        let subjects: Vec<String> = followed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain()
-            .collect();
+        let subjects: Vec<String> = followed.lock().unwrap_or_else(|e| e.into_inner()).drain().collect();
         for s in subjects {
             st.hub.unfollow(&s, conn).await;
         }
@@ -87,20 +69,12 @@ pub async fn run(ws: WebSocket<Io>, who: Identity, st: Arc<EdgeState>, cancel: C
     .await
 }
 
-async fn read_loop(
-    mut rx: WebSocketRead<ReadHalf<Io>>,
-    mut session: Session,
-    ctl: mpsc::Sender<Control>,
-) {
+async fn read_loop(mut rx: WebSocketRead<ReadHalf<Io>>, mut session: Session, ctl: mpsc::Sender<Control>) {
     let obligated = ctl.clone();
     let mut send_fn = move |f: Frame<'_>| {
         let tx = obligated.clone();
         let owned = (f.opcode, f.payload.to_vec());
-        async move {
-            tx.send(Control::Obligated(owned.0, owned.1))
-                .await
-                .map_err(|_| "writer gone")
-        }
+        async move { tx.send(Control::Obligated(owned.0, owned.1)).await.map_err(|_| "writer gone") }
     };
     // Fragments of one message, bounded by MAX_FRAME_BYTES in total.
     let mut partial: Option<(OpCode, Vec<u8>)> = None;
@@ -108,21 +82,15 @@ async fn read_loop(
         let frame = match rx.read_frame(&mut send_fn).await {
             Ok(f) => f,
             Err(WebSocketError::FrameTooLarge) => {
-                let _ = ctl
-                    .send(Control::Close(close::TOO_BIG, "frame too large"))
-                    .await;
+                let _ = ctl.send(Control::Close(close::TOO_BIG, "frame too large")).await;
                 return;
             }
-            Err(
-                WebSocketError::ConnectionClosed
-                | WebSocketError::UnexpectedEOF
-                | WebSocketError::IoError(_),
-            ) => return,
+            Err(WebSocketError::ConnectionClosed | WebSocketError::UnexpectedEOF | WebSocketError::IoError(_)) => {
+                return;
+            }
             Err(e) => {
                 debug!(error = %e, "protocol error");
-                let _ = ctl
-                    .send(Control::Close(close::PROTOCOL_ERROR, "protocol error"))
-                    .await;
+                let _ = ctl.send(Control::Close(close::PROTOCOL_ERROR, "protocol error")).await;
                 return;
             }
         };
@@ -132,18 +100,14 @@ async fn read_loop(
                 partial = p;
                 continue;
             }
-            (OpCode::Text | OpCode::Binary, None) if frame.fin => {
-                (frame.opcode, frame.payload.to_vec())
-            }
+            (OpCode::Text | OpCode::Binary, None) if frame.fin => (frame.opcode, frame.payload.to_vec()),
             (OpCode::Text | OpCode::Binary, None) => {
                 partial = Some((frame.opcode, frame.payload.to_vec()));
                 continue;
             }
             (OpCode::Continuation, Some((op, mut buf))) => {
                 if buf.len() + frame.payload.len() > MAX_FRAME_BYTES {
-                    let _ = ctl
-                        .send(Control::Close(close::TOO_BIG, "message too large"))
-                        .await;
+                    let _ = ctl.send(Control::Close(close::TOO_BIG, "message too large")).await;
                     return;
                 }
                 buf.extend_from_slice(&frame.payload);
@@ -154,9 +118,7 @@ async fn read_loop(
                 (op, buf)
             }
             _ => {
-                let _ = ctl
-                    .send(Control::Close(close::PROTOCOL_ERROR, "bad fragmentation"))
-                    .await;
+                let _ = ctl.send(Control::Close(close::PROTOCOL_ERROR, "bad fragmentation")).await;
                 return;
             }
         };
@@ -164,18 +126,14 @@ async fn read_loop(
             (OpCode::Text, bytes) => match std::str::from_utf8(&bytes) {
                 Ok(text) => session.text(text).await,
                 Err(_) => {
-                    let _ = ctl
-                        .send(Control::Close(close::INVALID_DATA, "invalid UTF-8"))
-                        .await;
+                    let _ = ctl.send(Control::Close(close::INVALID_DATA, "invalid UTF-8")).await;
                     return;
                 }
             },
             _ => session.binary().await,
         };
         if let Next::Close(reason) = next {
-            let _ = ctl
-                .send(Control::Close(close::POLICY_VIOLATION, reason))
-                .await;
+            let _ = ctl.send(Control::Close(close::POLICY_VIOLATION, reason)).await;
             return;
         }
     }

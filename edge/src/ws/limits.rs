@@ -30,17 +30,12 @@ pub struct Bucket {
 impl Bucket {
     pub fn new(rate_per_sec: u32) -> Self {
         let rate = f64::from(rate_per_sec);
-        Bucket {
-            rate,
-            tokens: 2.0 * rate,
-            at: Instant::now(),
-        }
+        Bucket { rate, tokens: 2.0 * rate, at: Instant::now() }
     }
 
     pub fn take(&mut self) -> bool {
         let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate)
-            .min(2.0 * self.rate);
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(2.0 * self.rate);
         self.at = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;

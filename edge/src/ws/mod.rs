@@ -35,8 +35,7 @@ pub async fn handle(State(st): State<Arc<EdgeState>>, mut req: Request) -> Respo
     if !origin_allowed(&st, req.headers()) {
         return ChatError::OriginNotAllowed.into_response();
     }
-    let Some(tok) = token::bearer(req.headers()).or_else(|| token::from_query(req.uri().query()))
-    else {
+    let Some(tok) = token::bearer(req.headers()).or_else(|| token::from_query(req.uri().query())) else {
         return ChatError::from(natter_shared::auth::AuthError::Missing).into_response();
     };
     let who = match st.jwt.verify(&tok) {

@@ -42,15 +42,7 @@ impl Session {
         followed: Arc<Mutex<HashSet<String>>>,
     ) -> Self {
         let bucket = Bucket::new(st.config.ws_rate_per_sec);
-        Session {
-            st,
-            who,
-            conn,
-            sink,
-            followed,
-            bucket,
-            strikes: 0,
-        }
+        Session { st, who, conn, sink, followed, bucket, strikes: 0 }
     }
 
     async fn reply(&self, text: String) {
@@ -69,26 +61,17 @@ impl Session {
 
     /// A binary frame: protocol v1 is text only.
     pub async fn binary(&mut self) -> Next {
-        self.refuse(
-            None,
-            ErrorCode::InvalidFrame,
-            "protocol v1 uses text frames",
-        )
-        .await
+        self.refuse(None, ErrorCode::InvalidFrame, "protocol v1 uses text frames").await
     }
 
     pub async fn text(&mut self, text: &str) -> Next {
         if !self.bucket.take() {
-            return self
-                .refuse(None, ErrorCode::RateLimited, "too many requests")
-                .await;
+            return self.refuse(None, ErrorCode::RateLimited, "too many requests").await;
         }
         let (rid, req) = match client::parse(text) {
             Ok(x) => x,
             Err(e) => {
-                return self
-                    .refuse(e.request_id.as_deref(), e.code, e.message)
-                    .await;
+                return self.refuse(e.request_id.as_deref(), e.code, e.message).await;
             }
         };
         match self.dispatch(rid.as_deref(), req).await {
@@ -116,50 +99,19 @@ impl Session {
             ClientRequest::JoinConversation(r) => {
                 let conv = chat::conversation_oid(&r.conversation_id)?;
                 chat::require_participant(&self.st, &self.who, conv).await?;
-                let subject = self
-                    .st
-                    .subjects
-                    .room_events(RoomKind::Conversation, &conv.to_hex());
-                self.st
-                    .hub
-                    .follow(&subject, self.conn, self.sink.clone())
-                    .await
-                    .map_err(ChatError::unavailable)?;
-                self.followed
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(subject);
-                self.reply(to_text(
-                    "ack",
-                    rid,
-                    RoomAck {
-                        conversation_id: &conv.to_hex(),
-                    },
-                ))
-                .await;
+                let subject = self.st.subjects.room_events(RoomKind::Conversation, &conv.to_hex());
+                self.st.hub.follow(&subject, self.conn, self.sink.clone()).await.map_err(ChatError::unavailable)?;
+                self.followed.lock().unwrap_or_else(|e| e.into_inner()).insert(subject);
+                self.reply(to_text("ack", rid, RoomAck { conversation_id: &conv.to_hex() })).await;
             }
             ClientRequest::LeaveConversation(r) => {
                 let conv = chat::conversation_oid(&r.conversation_id)?;
-                let subject = self
-                    .st
-                    .subjects
-                    .room_events(RoomKind::Conversation, &conv.to_hex());
-                let was = self
-                    .followed
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&subject);
+                let subject = self.st.subjects.room_events(RoomKind::Conversation, &conv.to_hex());
+                let was = self.followed.lock().unwrap_or_else(|e| e.into_inner()).remove(&subject);
                 if was {
                     self.st.hub.unfollow(&subject, self.conn).await;
                 }
-                self.reply(to_text(
-                    "ack",
-                    rid,
-                    RoomAck {
-                        conversation_id: &conv.to_hex(),
-                    },
-                ))
-                .await;
+                self.reply(to_text("ack", rid, RoomAck { conversation_id: &conv.to_hex() })).await;
             }
         }
         Ok(())

@@ -81,23 +81,11 @@ pub const CLIENT_EVENTS: &[&str] = &["send_message", "join_conversation", "leave
 /// whatever request id could be read.
 pub fn parse(text: &str) -> Result<(Option<String>, ClientRequest), FrameError> {
     let raw: RawFrame<'_> = serde_json::from_str(text).map_err(|e| {
-        let code = if e.is_data() {
-            ErrorCode::InvalidFrame
-        } else {
-            ErrorCode::InvalidJson
-        };
-        FrameError {
-            code,
-            message: e.to_string(),
-            request_id: None,
-        }
+        let code = if e.is_data() { ErrorCode::InvalidFrame } else { ErrorCode::InvalidJson };
+        FrameError { code, message: e.to_string(), request_id: None }
     })?;
     let rid = raw.request_id.clone();
-    let err = |code, message: String| FrameError {
-        code,
-        message,
-        request_id: rid.clone(),
-    };
+    let err = |code, message: String| FrameError { code, message, request_id: rid.clone() };
     let data = raw.data.map(|d| d.get()).unwrap_or("{}");
     fn payload<'de, T: Deserialize<'de>>(data: &'de str) -> Result<T, String> {
         serde_json::from_str(data).map_err(|e| e.to_string())
@@ -106,10 +94,7 @@ pub fn parse(text: &str) -> Result<(Option<String>, ClientRequest), FrameError> 
         "send_message" => {
             let m: SendMessage = payload(data).map_err(|m| err(ErrorCode::InvalidPayload, m))?;
             if m.content.trim().is_empty() {
-                return Err(err(
-                    ErrorCode::InvalidPayload,
-                    "content must not be empty".into(),
-                ));
+                return Err(err(ErrorCode::InvalidPayload, "content must not be empty".into()));
             }
             if m.content.len() > MAX_CONTENT_BYTES {
                 return Err(err(
@@ -127,18 +112,15 @@ pub fn parse(text: &str) -> Result<(Option<String>, ClientRequest), FrameError> 
             }
             ClientRequest::SendMessage(m)
         }
-        "join_conversation" => ClientRequest::JoinConversation(
-            payload(data).map_err(|m| err(ErrorCode::InvalidPayload, m))?,
-        ),
-        "leave_conversation" => ClientRequest::LeaveConversation(
-            payload(data).map_err(|m| err(ErrorCode::InvalidPayload, m))?,
-        ),
+        "join_conversation" => {
+            ClientRequest::JoinConversation(payload(data).map_err(|m| err(ErrorCode::InvalidPayload, m))?)
+        }
+        "leave_conversation" => {
+            ClientRequest::LeaveConversation(payload(data).map_err(|m| err(ErrorCode::InvalidPayload, m))?)
+        }
         other => {
             let shown: String = other.chars().take(64).collect();
-            return Err(err(
-                ErrorCode::UnknownEvent,
-                format!("unknown event `{shown}`"),
-            ));
+            return Err(err(ErrorCode::UnknownEvent, format!("unknown event `{shown}`")));
         }
     };
     Ok((rid, req))
@@ -166,28 +148,17 @@ mod tests {
     fn error_codes() {
         assert_eq!(parse("{nope").unwrap_err().code, ErrorCode::InvalidJson);
         assert_eq!(parse("[1,2]").unwrap_err().code, ErrorCode::InvalidFrame);
-        assert_eq!(
-            parse(r#"{"requestId":"x"}"#).unwrap_err().code,
-            ErrorCode::InvalidFrame
-        );
+        assert_eq!(parse(r#"{"requestId":"x"}"#).unwrap_err().code, ErrorCode::InvalidFrame);
         let e = parse(r#"{"type":"fly","requestId":"r9"}"#).unwrap_err();
-        assert_eq!(
-            (e.code, e.request_id.as_deref()),
-            (ErrorCode::UnknownEvent, Some("r9"))
-        );
-        let e = parse(r#"{"type":"send_message","requestId":"r2","data":{"content":"x"}}"#)
-            .unwrap_err();
-        assert_eq!(
-            (e.code, e.request_id.as_deref()),
-            (ErrorCode::InvalidPayload, Some("r2"))
-        );
-        let e = parse(r#"{"type":"send_message","data":{"conversationId":"c","content":5}}"#)
+        assert_eq!((e.code, e.request_id.as_deref()), (ErrorCode::UnknownEvent, Some("r9")));
+        let e = parse(r#"{"type":"send_message","requestId":"r2","data":{"content":"x"}}"#).unwrap_err();
+        assert_eq!((e.code, e.request_id.as_deref()), (ErrorCode::InvalidPayload, Some("r2")));
+        let e = parse(r#"{"type":"send_message","data":{"conversationId":"c","content":5}}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidPayload);
+        let e = parse(r#"{"type":"send_message","data":{"conversationId":"c","content":"x","messageType":"system"}}"#)
             .unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidPayload);
-        let e = parse(r#"{"type":"send_message","data":{"conversationId":"c","content":"x","messageType":"system"}}"#).unwrap_err();
-        assert_eq!(e.code, ErrorCode::InvalidPayload);
-        let e = parse(r#"{"type":"send_message","data":{"conversationId":"c","content":"  "}}"#)
-            .unwrap_err();
+        let e = parse(r#"{"type":"send_message","data":{"conversationId":"c","content":"  "}}"#).unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidPayload);
     }
 }

@@ -1,9 +1,11 @@
 //! Commands: what the edge publishes to JetStream and the workers apply.
 //! A command carries everything its application needs (ids are assigned by
-//! the edge); the worker adds only the stream sequence and timestamp, so
-//! replaying the stream rebuilds the same state.
+//! the edge, identity and roles come from the token); the worker adds only
+//! the stream sequence and timestamp, so replaying the stream rebuilds the
+//! same state.
 
-use crate::ids::UserId;
+use crate::ids::{RoomKind, RoomRef, UserId};
+use crate::model::Permissions;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,11 +24,49 @@ pub struct CommandEnvelope {
     pub command: Command,
 }
 
+impl CommandEnvelope {
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
+    }
+}
+
+/// Names a room in a payload, as the module's events do.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RoomFields {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversation_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<String>,
+}
+
+impl RoomFields {
+    pub fn of(room: &RoomRef) -> Self {
+        match room.kind {
+            RoomKind::Conversation => RoomFields { conversation_id: Some(room.id.clone()), group_id: None },
+            RoomKind::Group => RoomFields { conversation_id: None, group_id: Some(room.id.clone()) },
+        }
+    }
+
+    pub fn room(&self) -> Result<RoomRef, &'static str> {
+        RoomRef::from_fields(self.conversation_id.as_deref(), self.group_id.as_deref())
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Command {
     SendMessage(SendMessageCmd),
     CreateConversation(CreateConversationCmd),
+    CreateGroup(CreateGroupCmd),
+    UpdateGroup(UpdateGroupCmd),
+    DeleteGroup(GroupCmd),
+    AddMember(MemberCmd),
+    RemoveMember(MemberCmd),
+    LeaveGroup(GroupCmd),
+    MarkRead(MarkReadCmd),
+    MarkDelivered(MarkDeliveredCmd),
+    DeleteMessage(DeleteMessageCmd),
 }
 
 impl Command {
@@ -35,14 +75,31 @@ impl Command {
         match self {
             Command::SendMessage(_) => "send_message",
             Command::CreateConversation(_) => "create_conversation",
+            Command::CreateGroup(_) => "create_group",
+            Command::UpdateGroup(_) => "update_group",
+            Command::DeleteGroup(_) => "delete_group",
+            Command::AddMember(_) => "add_member",
+            Command::RemoveMember(_) => "remove_member",
+            Command::LeaveGroup(_) => "leave_group",
+            Command::MarkRead(_) => "mark_read",
+            Command::MarkDelivered(_) => "mark_delivered",
+            Command::DeleteMessage(_) => "delete_message",
         }
     }
 
-    /// The room the command belongs to (its ordering and partition key).
-    pub fn room(&self) -> &str {
+    /// The room the command belongs to: its ordering and partition key.
+    pub fn room(&self) -> Result<RoomRef, &'static str> {
+        let group = |id: &str| Ok(RoomRef::new(RoomKind::Group, id));
         match self {
-            Command::SendMessage(c) => &c.conversation_id,
-            Command::CreateConversation(c) => &c.conversation_id,
+            Command::SendMessage(c) => c.room.room(),
+            Command::CreateConversation(c) => Ok(RoomRef::new(RoomKind::Conversation, c.conversation_id.clone())),
+            Command::CreateGroup(c) => group(&c.group_id),
+            Command::UpdateGroup(c) => group(&c.group_id),
+            Command::DeleteGroup(c) | Command::LeaveGroup(c) => group(&c.group_id),
+            Command::AddMember(c) | Command::RemoveMember(c) => group(&c.group_id),
+            Command::MarkRead(c) => c.room.room(),
+            Command::MarkDelivered(c) => c.room.room(),
+            Command::DeleteMessage(c) => c.room.room(),
         }
     }
 }
@@ -52,7 +109,8 @@ impl Command {
 pub struct SendMessageCmd {
     /// Assigned by the edge from the sender and `clientMsgId`.
     pub message_id: String,
-    pub conversation_id: String,
+    #[serde(flatten)]
+    pub room: RoomFields,
     pub content: String,
     pub message_type: String,
     pub client_msg_id: String,
@@ -66,6 +124,79 @@ pub struct CreateConversationCmd {
     pub participant_ids: [UserId; 2],
 }
 
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateGroupCmd {
+    /// Assigned by the edge.
+    pub group_id: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avatar: Option<String>,
+    /// `department`, `custom` or `operational`.
+    pub group_type: String,
+    /// Members besides the creator (who is always a member and the admin).
+    pub member_ids: Vec<UserId>,
+    pub permissions: Permissions,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateGroupCmd {
+    pub group_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avatar: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permissions: Option<Permissions>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupCmd {
+    pub group_id: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberCmd {
+    pub group_id: String,
+    pub user_id: UserId,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MarkReadCmd {
+    #[serde(flatten)]
+    pub room: RoomFields,
+    /// This message and everything before it in the room become read.
+    pub message_id: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MarkDeliveredCmd {
+    #[serde(flatten)]
+    pub room: RoomFields,
+    /// Every message of the room up to this `seq` reached one of the
+    /// actor's devices.
+    pub up_to_seq: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeleteMessageCmd {
+    #[serde(flatten)]
+    pub room: RoomFields,
+    pub message_id: String,
+}
+
 /// What a worker reports on `reply` after handling a command.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -74,6 +205,9 @@ pub struct Outcome {
     pub seq: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Set when the refusal is an authorization failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<super::error::ErrorCode>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

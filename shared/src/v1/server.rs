@@ -39,24 +39,11 @@ pub struct RoomAck<'a> {
 }
 
 pub fn to_text<T: Serialize>(kind: &str, request_id: Option<&str>, data: T) -> String {
-    serde_json::to_string(&Frame {
-        kind,
-        request_id,
-        data,
-    })
-    .unwrap_or_else(|_| {
-        r#"{"type":"error","data":{"code":"internal","message":"serialization failed"}}"#
-            .to_string()
+    serde_json::to_string(&Frame { kind, request_id, data }).unwrap_or_else(|_| {
+        r#"{"type":"error","data":{"code":"internal","message":"serialization failed"}}"#.to_string()
     })
 }
 
 pub fn error_text(request_id: Option<&str>, code: ErrorCode, message: impl Into<String>) -> String {
-    to_text(
-        "error",
-        request_id,
-        ErrorBody {
-            code,
-            message: message.into(),
-        },
-    )
+    to_text("error", request_id, ErrorBody { code, message: message.into() })
 }

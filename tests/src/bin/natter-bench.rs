@@ -30,10 +30,7 @@ struct Args {
 }
 
 fn now_micros() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros())
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or(0)
 }
 
 fn pct(sorted: &[u128], p: f64) -> f64 {
@@ -65,8 +62,7 @@ async fn main() {
         let (a, b) = (app.user(), app.user());
         let conv = app.open_conversation(send_edge, a, b).await;
         let mut rb = WsClient::connect(recv_edge, &app.token(b, &[])).await;
-        rb.request("join_conversation", json!({"conversationId": conv}))
-            .await;
+        rb.request("join_conversation", json!({"conversationId": conv})).await;
         let wa = WsClient::connect(send_edge, &app.token(a, &[])).await;
         receivers.push(rb);
         senders.push((wa, conv));
@@ -84,10 +80,7 @@ async fn main() {
                 while lat.len() < n && Instant::now() < deadline {
                     match rb.next(Duration::from_secs(30)).await {
                         Some(natter_tests::ws::In::Json(v)) if v["type"] == "message_received" => {
-                            if let Some(sent) = v["data"]["content"]
-                                .as_str()
-                                .and_then(|c| c.parse::<u128>().ok())
-                            {
+                            if let Some(sent) = v["data"]["content"].as_str().and_then(|c| c.parse::<u128>().ok()) {
                                 lat.push(now_micros().saturating_sub(sent));
                             }
                         }

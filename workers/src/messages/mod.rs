@@ -1,60 +1,145 @@
-//! The `messages` role: conversations and messages. Applies
-//! `create_conversation` and `send_message`, keeps each conversation's
-//! `lastMessageId`, `updatedAt` and `unreadCounts`, and publishes
-//! `message_received` to the room.
+//! The `messages` role: conversations, groups, messages, receipts and
+//! deletions. A batch is split by room; each room's commands are applied in
+//! stream order against the room's state (consecutive sends in one bulk
+//! write), so every check and counter sees the room exactly as it was at the
+//! command's `seq`, whichever worker applies it and however often.
 
 mod conversation;
+mod delete;
+mod events;
+pub mod group;
+mod receipts;
+mod room;
 mod send;
 
-use crate::handler::{ApplyError, Disposition, Handler, Incoming};
+use crate::handler::{ApplyError, Disposition, Done, Handler, Incoming};
 use crate::runner::{self, RunnerConfig};
 use natter_nats::Subjects;
 use natter_nats::topology::Role;
 use natter_shared::config::CoreConfig;
+use natter_shared::ids::{RoomKind, RoomRef, parse_oid};
 use natter_shared::store::Store;
 use natter_shared::v1::command::Command;
+use room::Room;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
+/// What every command handler of the role needs.
+pub(crate) struct Ctx {
+    pub store: Store,
+    pub subjects: Subjects,
+}
+
 pub struct MessagesHandler {
-    store: Store,
-    subjects: Subjects,
+    ctx: Ctx,
 }
 
 impl MessagesHandler {
     pub fn new(store: Store, subjects: Subjects) -> Self {
-        MessagesHandler { store, subjects }
+        MessagesHandler { ctx: Ctx { store, subjects } }
     }
+}
+
+pub(crate) fn is_duplicate(e: &mongodb::error::Error) -> bool {
+    matches!(*e.kind, mongodb::error::ErrorKind::Write(mongodb::error::WriteFailure::WriteError(ref w)) if w.code == 11000)
 }
 
 impl Handler for MessagesHandler {
     const ROLE: Role = Role::Messages;
 
-    async fn apply(&self, batch: &[Incoming]) -> Result<Vec<Disposition>, ApplyError> {
-        let mut out: Vec<Option<Disposition>> = vec![None; batch.len()];
-        // Conversations first: in a valid stream a room's creation precedes
-        // its messages, and a batch holds a prefix of the partition.
-        for (i, inc) in batch.iter().enumerate() {
-            if let Command::CreateConversation(c) = &inc.envelope.command {
-                out[i] = Some(conversation::apply(&self.store, &self.subjects, inc, c).await?);
+    async fn apply(&self, batch: &[Incoming], done: &mut Done) -> Result<(), ApplyError> {
+        let mut rooms: BTreeMap<RoomRef, Vec<&Incoming>> = BTreeMap::new();
+        for inc in batch {
+            if done.contains_key(&inc.seq) {
+                continue;
+            }
+            match inc.envelope.command.room() {
+                Ok(r) => rooms.entry(r).or_default().push(inc),
+                Err(reason) => {
+                    done.insert(inc.seq, Disposition::Poison(reason.into()));
+                }
             }
         }
-        let sends: Vec<(usize, &Incoming)> = batch
-            .iter()
-            .enumerate()
-            .filter(|(_, inc)| matches!(inc.envelope.command, Command::SendMessage(_)))
-            .collect();
-        for (i, d) in send::apply(&self.store, &self.subjects, &sends).await? {
-            out[i] = Some(d);
+        for (key, cmds) in rooms {
+            self.apply_room(&key, &cmds, done).await?;
         }
-        Ok(out
-            .into_iter()
-            .map(|d| {
-                d.unwrap_or_else(|| {
-                    Disposition::Poison("command not handled by the messages role".into())
-                })
-            })
-            .collect())
+        Ok(())
+    }
+}
+
+impl MessagesHandler {
+    async fn apply_room(&self, key: &RoomRef, cmds: &[&Incoming], done: &mut Done) -> Result<(), ApplyError> {
+        let ctx = &self.ctx;
+        let Some(id) = parse_oid(&key.id) else {
+            for c in cmds {
+                done.insert(c.seq, Disposition::Poison(format!("room id `{}` is not an ObjectId", key.id)));
+            }
+            return Ok(());
+        };
+        let mut room = Room::load(&ctx.store, key, id).await?;
+        let mut i = 0;
+        while i < cmds.len() {
+            let inc = cmds[i];
+            // Creations make the room; everything else needs it.
+            match &inc.envelope.command {
+                Command::CreateConversation(c) => {
+                    let d = conversation::apply(ctx, inc, c).await?;
+                    done.insert(inc.seq, d);
+                    room = Room::load(&ctx.store, key, id).await?;
+                    i += 1;
+                    continue;
+                }
+                Command::CreateGroup(c) => {
+                    let d = group::create(ctx, inc, c).await?;
+                    done.insert(inc.seq, d);
+                    room = Room::load(&ctx.store, key, id).await?;
+                    i += 1;
+                    continue;
+                }
+                _ => {}
+            }
+            let Some(r) = room.as_mut() else {
+                let what = if key.kind == RoomKind::Group { "group" } else { "conversation" };
+                done.insert(inc.seq, Disposition::Poison(format!("{what} not found")));
+                i += 1;
+                continue;
+            };
+            match &inc.envelope.command {
+                Command::SendMessage(_) => {
+                    let end = cmds[i..]
+                        .iter()
+                        .position(|c| !matches!(c.envelope.command, Command::SendMessage(_)))
+                        .map_or(cmds.len(), |n| i + n);
+                    send::apply_run(ctx, r, &cmds[i..end], done).await?;
+                    i = end;
+                    continue;
+                }
+                Command::MarkRead(c) => {
+                    let d = receipts::read(ctx, r, inc, c).await?;
+                    done.insert(inc.seq, d);
+                }
+                Command::MarkDelivered(c) => {
+                    let d = receipts::delivered(ctx, r, inc, c).await?;
+                    done.insert(inc.seq, d);
+                }
+                Command::DeleteMessage(c) => {
+                    let d = delete::apply(ctx, r, inc, c).await?;
+                    done.insert(inc.seq, d);
+                }
+                Command::UpdateGroup(_)
+                | Command::DeleteGroup(_)
+                | Command::AddMember(_)
+                | Command::RemoveMember(_)
+                | Command::LeaveGroup(_) => {
+                    let d = group::apply(ctx, r, inc).await?;
+                    done.insert(inc.seq, d);
+                }
+                Command::CreateConversation(_) | Command::CreateGroup(_) => {}
+            }
+            i += 1;
+        }
+        Ok(())
     }
 }
 
@@ -71,11 +156,7 @@ pub enum StartError {
 }
 
 /// Connects, applies indexes and topology, and runs the role until `cancel`.
-pub async fn serve(
-    core: &CoreConfig,
-    cfg: RunnerConfig,
-    cancel: CancellationToken,
-) -> Result<(), StartError> {
+pub async fn serve(core: &CoreConfig, cfg: RunnerConfig, cancel: CancellationToken) -> Result<(), StartError> {
     let client = async_nats::ConnectOptions::new()
         .name(format!("natter-worker-messages-{}", cfg.instance))
         .connect(core.nats_url.as_str())

@@ -1,36 +1,29 @@
-//! `send_message`: bulk insert of the messages (the `_id` is derived from
-//! sender and `clientMsgId`, so a repeat is a duplicate key, not a second
-//! message), then one guarded update per conversation.
+//! `send_message` runs: consecutive sends of one room applied with one bulk
+//! insert and one room update. The `_id` is derived from sender and
+//! `clientMsgId`, so a repeat is a duplicate key, never a second message.
 //!
-//! Counters are exact under redelivery: a message bumps `unreadCounts` only
-//! if its `seq` is above the conversation's `lastSeq` (applied in order, so
-//! not yet counted) or if this very insert created it (late but new). The
-//! update is a compare-and-set on `lastSeq`, retried on conflict.
+//! A message counts as unread for the other members only when this command
+//! created it (the stored copy carries this command's `seq`) and the room
+//! had not applied the command yet (`seq > lastSeq`): exact under
+//! redelivery, replay, a retry beyond the dedupe window, and a tombstone.
 
-use crate::handler::{ApplyError, Disposition, Incoming, Publication};
-use mongodb::bson::{Document, doc, oid::ObjectId};
+use super::Ctx;
+use super::events::{message_received, refused};
+use super::room::Room;
+use crate::handler::{ApplyError, Disposition, Done, Incoming};
+use mongodb::bson::{Bson, Document, doc, oid::ObjectId};
 use mongodb::error::ErrorKind;
-use natter_nats::{RoomKind, Subjects};
 use natter_shared::ids::parse_oid;
-use natter_shared::model::{ConversationDoc, MessageDoc, MessageView};
-use natter_shared::store::Store;
+use natter_shared::model::MessageDoc;
 use natter_shared::v1::command::{Command, SendMessageCmd};
-use natter_shared::v1::event::{EventFrame, EventKind};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use natter_shared::v1::error::ErrorCode;
+use serde_json::json;
+use std::collections::{BTreeMap, HashMap};
 
 const DUPLICATE_KEY: i32 = 11000;
-const CAS_ATTEMPTS: usize = 20;
 
-struct Valid<'a> {
-    slot: usize,
-    inc: &'a Incoming,
-    conv: ObjectId,
-    doc: MessageDoc,
-}
-
-fn validate(inc: &Incoming, c: &SendMessageCmd) -> Result<(ObjectId, MessageDoc), String> {
+fn validate(inc: &Incoming, c: &SendMessageCmd, room: &Room) -> Result<MessageDoc, String> {
     let id = parse_oid(&c.message_id).ok_or("messageId is not an ObjectId")?;
-    let conv = parse_oid(&c.conversation_id).ok_or("conversationId is not an ObjectId")?;
     if !matches!(c.message_type.as_str(), "text" | "image" | "document") {
         return Err(format!("messageType `{}` is not allowed", c.message_type));
     }
@@ -38,192 +31,139 @@ fn validate(inc: &Incoming, c: &SendMessageCmd) -> Result<(ObjectId, MessageDoc)
         return Err("content is empty or too long".into());
     }
     let sender = inc.envelope.actor;
-    Ok((
-        conv,
-        MessageDoc {
-            id,
-            content: c.content.clone(),
-            sender_id: sender.oid(),
-            conversation_id: Some(c.conversation_id.clone()),
-            group_id: None,
-            message_type: c.message_type.clone(),
-            status: "sent".into(),
-            read_by: vec![sender.hex()],
-            attachments: vec![],
-            created_at: inc.time,
-            updated_at: inc.time,
-            seq: inc.seq as i64,
-            client_msg_id: c.client_msg_id.clone(),
-        },
-    ))
+    let fields = natter_shared::v1::command::RoomFields::of(&room.room_ref());
+    Ok(MessageDoc {
+        id,
+        content: c.content.clone(),
+        sender_id: sender.oid(),
+        conversation_id: fields.conversation_id,
+        group_id: fields.group_id,
+        message_type: c.message_type.clone(),
+        status: "sent".into(),
+        read_by: vec![sender.hex()],
+        attachments: vec![],
+        created_at: inc.time,
+        updated_at: inc.time,
+        seq: inc.seq as i64,
+        client_msg_id: c.client_msg_id.clone(),
+        system: None,
+        deleted: false,
+        deleted_at: None,
+        deleted_by: None,
+    })
 }
 
-/// Applies the sends of a batch; returns a disposition per batch slot.
-pub(super) async fn apply(
-    store: &Store,
-    subjects: &Subjects,
-    sends: &[(usize, &Incoming)],
-) -> Result<Vec<(usize, Disposition)>, ApplyError> {
-    let mut out = Vec::with_capacity(sends.len());
-    let mut valid: Vec<Valid<'_>> = Vec::new();
-    for (slot, inc) in sends {
-        let Command::SendMessage(c) = &inc.envelope.command else {
-            continue;
-        };
-        match validate(inc, c) {
-            Ok((conv, doc)) => valid.push(Valid {
-                slot: *slot,
-                inc,
-                conv,
-                doc,
-            }),
-            Err(reason) => out.push((*slot, Disposition::Poison(reason))),
+/// Applies a run of sends (stream order) to `room`.
+pub(super) async fn apply_run(
+    ctx: &Ctx,
+    room: &mut Room,
+    run: &[&Incoming],
+    done: &mut Done,
+) -> Result<(), ApplyError> {
+    let key = room.room_ref();
+    let mut accepted: Vec<MessageDoc> = Vec::new();
+    for inc in run {
+        let Command::SendMessage(c) = &inc.envelope.command else { continue };
+        match validate(inc, c, room) {
+            Err(reason) => {
+                done.insert(inc.seq, Disposition::Poison(reason));
+            }
+            Ok(_) if room.deleted() || !room.is_member(inc.envelope.actor.oid()) => {
+                let detail = json!({"clientMsgId": c.client_msg_id, "messageId": c.message_id});
+                done.insert(
+                    inc.seq,
+                    refused(
+                        &ctx.subjects,
+                        inc,
+                        ErrorCode::NotAMember,
+                        "the sender is not a member of the room",
+                        detail,
+                    ),
+                );
+            }
+            Ok(doc) => accepted.push(doc),
         }
     }
-    if valid.is_empty() {
-        return Ok(out);
-    }
+    let last = room.last_seq;
+    let fresh: Vec<&MessageDoc> = accepted.iter().filter(|m| m.seq > last).collect();
+    let duplicates = insert(ctx, &fresh).await?;
 
-    let conv_ids: Vec<ObjectId> = valid
-        .iter()
-        .map(|v| v.conv)
-        .collect::<HashSet<_>>()
-        .into_iter()
-        .collect();
-    let mut convs: HashMap<ObjectId, ConversationDoc> = HashMap::new();
-    let mut cursor = store
-        .conversations()
-        .find(doc! {"_id": {"$in": &conv_ids}})
-        .await?;
-    while cursor.advance().await? {
-        let c = cursor.deserialize_current()?;
-        convs.insert(c.id, c);
-    }
-
-    let mut accepted: Vec<Valid<'_>> = Vec::new();
-    for v in valid {
-        match convs.get(&v.conv) {
-            None => out.push((v.slot, Disposition::Poison("conversation not found".into()))),
-            Some(c) if !c.participant_ids.contains(&v.doc.sender_id) => out.push((
-                v.slot,
-                Disposition::Refused("the sender is not a participant".into()),
-            )),
-            Some(_) => accepted.push(v),
+    // What is stored under each id we did not just insert.
+    let check: Vec<ObjectId> =
+        accepted.iter().filter(|m| m.seq <= last || duplicates.contains_key(&m.id)).map(|m| m.id).collect();
+    let mut stored: HashMap<ObjectId, (i64, bool)> = HashMap::new();
+    if !check.is_empty() {
+        let mut cur = ctx.store.messages().find(doc! {"_id": {"$in": &check}}).await?;
+        while cur.advance().await? {
+            let m = cur.deserialize_current()?;
+            stored.insert(m.id, (m.seq, m.deleted));
         }
     }
-    if accepted.is_empty() {
-        return Ok(out);
+    // Ours: created by this very command (now or in an earlier delivery) and
+    // not deleted since.
+    let ours = |m: &MessageDoc| match stored.get(&m.id) {
+        Some((seq, deleted)) => *seq == m.seq && !deleted,
+        None => true,
+    };
+
+    let mut inc_by: BTreeMap<String, i64> = BTreeMap::new();
+    let mut newest: Option<&MessageDoc> = None;
+    for m in accepted.iter().filter(|m| m.seq > last && ours(m)) {
+        for p in &room.members {
+            if *p != m.sender_id {
+                *inc_by.entry(p.to_hex()).or_default() += 1;
+            }
+        }
+        newest = Some(m);
+    }
+    let max_seq = run.iter().map(|i| i.seq).max().unwrap_or(0);
+    if max_seq as i64 > last {
+        let mut update = Document::new();
+        if !inc_by.is_empty() {
+            let incs: Document = inc_by.iter().map(|(u, n)| (format!("unreadCounts.{u}"), Bson::Int64(*n))).collect();
+            update.insert("$inc", incs);
+        }
+        if let Some(m) = newest {
+            update.insert("$set", doc! {"lastMessageId": m.id, "updatedAt": m.created_at});
+        }
+        room.commit(&ctx.store, max_seq, update).await?;
+        for (u, n) in inc_by {
+            *room.unread.entry(u).or_default() += n;
+        }
     }
 
-    let newly = insert(store, &accepted).await?;
-
-    let mut by_conv: BTreeMap<ObjectId, Vec<(usize, &Valid<'_>)>> = BTreeMap::new();
-    for (k, v) in accepted.iter().enumerate() {
-        by_conv.entry(v.conv).or_default().push((k, v));
+    for m in &accepted {
+        let events = if ours(m) { vec![message_received(&ctx.subjects, &key, m, 0)?] } else { vec![] };
+        done.insert(m.seq as u64, Disposition::Applied(events));
     }
-    for (conv_id, items) in by_conv {
-        let Some(conv) = convs.remove(&conv_id) else {
-            continue;
-        };
-        update_conversation(store, conv, &items, &newly).await?;
-    }
-
-    for v in &accepted {
-        let frame = EventFrame {
-            kind: EventKind::MessageReceived,
-            seq: v.inc.seq,
-            data: MessageView::from(&v.doc),
-        };
-        let payload = serde_json::to_vec(&frame).map_err(|e| ApplyError(e.to_string()))?;
-        let subject = subjects.room_events(RoomKind::Conversation, &v.conv.to_hex());
-        out.push((
-            v.slot,
-            Disposition::Applied(vec![Publication {
-                subject,
-                payload: payload.into(),
-            }]),
-        ));
-    }
-    Ok(out)
+    Ok(())
 }
 
-/// Inserts all messages; returns which (by index in `accepted`) were new.
-async fn insert(store: &Store, accepted: &[Valid<'_>]) -> Result<HashSet<usize>, ApplyError> {
-    let docs: Vec<&MessageDoc> = accepted.iter().map(|v| &v.doc).collect();
-    let mut newly: HashSet<usize> = (0..accepted.len()).collect();
-    match store.messages().insert_many(docs).ordered(false).await {
-        Ok(_) => {}
-        Err(e) => match *e.kind {
-            ErrorKind::InsertMany(ref ime) => {
-                if ime.write_concern_error.is_some() {
-                    return Err(ApplyError(e.to_string()));
-                }
+/// Inserts the messages; returns the ids that already existed.
+async fn insert(ctx: &Ctx, docs: &[&MessageDoc]) -> Result<HashMap<ObjectId, ()>, ApplyError> {
+    let mut dups = HashMap::new();
+    if docs.is_empty() {
+        return Ok(dups);
+    }
+    if let Err(e) = ctx.store.messages().insert_many(docs.iter().copied()).ordered(false).await {
+        match *e.kind {
+            ErrorKind::InsertMany(ref ime) if ime.write_concern_error.is_none() => {
                 for we in ime.write_errors.iter().flatten() {
                     if we.code != DUPLICATE_KEY {
                         return Err(ApplyError(format!("insert failed: {}", we.message)));
                     }
-                    newly.remove(&we.index);
-                }
-            }
-            _ => return Err(e.into()),
-        },
-    }
-    Ok(newly)
-}
-
-async fn update_conversation(
-    store: &Store,
-    mut conv: ConversationDoc,
-    items: &[(usize, &Valid<'_>)],
-    newly: &HashSet<usize>,
-) -> Result<(), ApplyError> {
-    for _ in 0..CAS_ATTEMPTS {
-        let last = conv.last_seq;
-        let mut inc: BTreeMap<String, i64> = BTreeMap::new();
-        let mut newest: Option<&MessageDoc> = None;
-        for (k, v) in items {
-            let seq = v.doc.seq;
-            if seq > last || newly.contains(k) {
-                for p in &conv.participant_ids {
-                    if *p != v.doc.sender_id {
-                        *inc.entry(format!("unreadCounts.{}", p.to_hex()))
-                            .or_default() += 1;
+                    if let Some(d) = docs.get(we.index) {
+                        dups.insert(d.id, ());
                     }
                 }
             }
-            if seq > last && newest.is_none_or(|n| seq > n.seq) {
-                newest = Some(&v.doc);
-            }
-        }
-        if inc.is_empty() && newest.is_none() {
-            return Ok(());
-        }
-        let mut update = Document::new();
-        if !inc.is_empty() {
-            update.insert(
-                "$inc",
-                inc.into_iter()
-                    .map(|(k, n)| (k, mongodb::bson::Bson::Int64(n)))
-                    .collect::<Document>(),
-            );
-        }
-        if let Some(m) = newest {
-            update.insert(
-                "$set",
-                doc! {"lastMessageId": m.id, "updatedAt": m.created_at, "lastSeq": m.seq},
-            );
-        }
-        let res = store
-            .conversations()
-            .update_one(doc! {"_id": conv.id, "lastSeq": last}, update)
-            .await?;
-        if res.matched_count == 1 {
-            return Ok(());
-        }
-        match store.conversation(conv.id).await? {
-            Some(c) => conv = c,
-            None => return Err(ApplyError("conversation vanished".into())),
+            _ => return Err(e.into()),
         }
     }
-    Err(ApplyError("conversation update kept conflicting".into()))
+    Ok(dups)
+}
+
+/// Inserts one message, ignoring a duplicate (already applied).
+pub(super) async fn insert_one(ctx: &Ctx, m: &MessageDoc) -> Result<(), ApplyError> {
+    insert(ctx, &[m]).await.map(|_| ())
 }

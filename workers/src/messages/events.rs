@@ -1,0 +1,93 @@
+//! Building the publications of applied commands.
+
+use crate::handler::{ApplyError, Disposition, Incoming, Publication};
+use mongodb::bson::{DateTime, doc, oid::ObjectId};
+use natter_nats::Subjects;
+use natter_shared::ids::{RoomRef, derived_oid};
+use natter_shared::model::{MessageDoc, MessageView};
+use natter_shared::v1::command::RoomFields;
+use natter_shared::v1::error::ErrorCode;
+use natter_shared::v1::event::{EventFrame, EventKind};
+use serde::Serialize;
+use serde_json::json;
+
+pub(super) fn publication<T: Serialize>(subject: String, frame: &EventFrame<T>) -> Result<Publication, ApplyError> {
+    let payload = serde_json::to_vec(frame).map_err(|e| ApplyError(format!("event encoding: {e}")))?;
+    Ok(Publication { subject, payload: payload.into() })
+}
+
+pub(super) fn room_subject(subjects: &Subjects, room: &RoomRef) -> String {
+    subjects.room_events(room.kind, &room.id)
+}
+
+/// `message_received` for a stored message, to its room.
+pub(super) fn message_received(
+    subjects: &Subjects,
+    room: &RoomRef,
+    m: &MessageDoc,
+    part: u32,
+) -> Result<Publication, ApplyError> {
+    let frame = EventFrame::new(EventKind::MessageReceived, m.seq as u64, MessageView::from(m))
+        .part(part)
+        .from(m.sender_id.to_hex());
+    publication(room_subject(subjects, room), &frame)
+}
+
+/// A refusal: nothing written; the actor hears why on their own subject.
+pub(super) fn refused(
+    subjects: &Subjects,
+    inc: &Incoming,
+    code: ErrorCode,
+    reason: &str,
+    detail: serde_json::Value,
+) -> Disposition {
+    let mut data = json!({
+        "action": inc.envelope.command.action(),
+        "code": code,
+        "reason": reason,
+        "seq": inc.seq,
+    });
+    if let (Some(d), serde_json::Value::Object(extra)) = (data.as_object_mut(), detail) {
+        d.extend(extra);
+    }
+    let frame = EventFrame::new(EventKind::CommandRefused, inc.seq, data);
+    let events = publication(subjects.user_events(&inc.envelope.actor.hex()), &frame).into_iter().collect();
+    Disposition::Refused { code, reason: reason.to_string(), events }
+}
+
+/// A `system` message recording a change in a room, with an id derived
+/// from the command's seq (so applying it again finds it).
+pub(super) fn system_message(
+    room: &RoomRef,
+    seq: u64,
+    time: DateTime,
+    actor: ObjectId,
+    action: &str,
+    user: Option<ObjectId>,
+    text: String,
+) -> MessageDoc {
+    let fields = RoomFields::of(room);
+    let mut system = doc! {"action": action, "actorId": actor.to_hex()};
+    if let Some(u) = user {
+        system.insert("userId", u.to_hex());
+    }
+    MessageDoc {
+        id: derived_oid("system", &[&seq.to_string()]),
+        content: text,
+        sender_id: actor,
+        conversation_id: fields.conversation_id,
+        group_id: fields.group_id,
+        message_type: "system".into(),
+        status: "sent".into(),
+        read_by: vec![],
+        attachments: vec![],
+        created_at: time,
+        updated_at: time,
+        seq: seq as i64,
+        client_msg_id: format!("system-{seq}"),
+        system: Some(system),
+        deleted: false,
+        deleted_at: None,
+        deleted_by: None,
+    }
+}
