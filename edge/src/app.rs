@@ -3,8 +3,10 @@
 //! cancelled, then closes sockets with "going away" and drains them within
 //! the grace period. Tests build edges on port 0.
 
+use crate::delivery::Deliveries;
 use crate::hub::Hub;
 use crate::membership::Membership;
+use crate::presence::Presence;
 use crate::state::{EdgeState, Lifecycle};
 use crate::{health, rest, ws};
 use axum::Router;
@@ -29,6 +31,8 @@ pub enum StartError {
     Mongo(#[from] mongodb::error::Error),
     #[error("NATS topology: {0}")]
     Topology(#[from] natter_nats::TopologyError),
+    #[error("presence: {0}")]
+    Presence(String),
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -57,10 +61,16 @@ impl Edge {
         natter_nats::apply(&js, &subjects, 1).await?;
         let store = Store::connect(&config.core.mongodb_uri, &config.core.mongodb_db).await?;
         store.ensure_indexes().await?;
+        let (hub, contacts_changed) = Hub::new(nats.clone(), subjects.clone());
+        let presence = Presence::start(&js, &subjects, store.clone(), contacts_changed, shutdown.clone())
+            .await
+            .map_err(StartError::Presence)?;
         let state = Arc::new(EdgeState {
             jwt: Jwt::new(&config.jwt_secret),
-            hub: Hub::new(nats.clone()),
+            hub,
             membership: Membership::default(),
+            presence,
+            deliveries: Deliveries::spawn(js.clone(), subjects.clone(), shutdown.clone()),
             lifecycle: Lifecycle { shutdown, tracker: TaskTracker::new() },
             config,
             store,

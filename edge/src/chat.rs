@@ -1,22 +1,24 @@
-//! Chat operations independent of the client protocol: authorization,
-//! id assignment, publishing commands and waiting for their outcome. The
+//! Chat operations independent of the client protocol: authorization, id
+//! assignment, publishing commands and waiting for their outcome. The
 //! WebSocket protocols and the REST routes call these; none of them
-//! re-implements a rule.
+//! re-implements a rule. The worker checks every command again at its
+//! `seq`; the checks here give the caller an immediate answer.
 
 use crate::error::ChatError;
 use crate::state::EdgeState;
 use bytes::Bytes;
 use futures::StreamExt;
-use mongodb::bson::oid::ObjectId;
-use natter_nats::RoomKind;
+use mongodb::bson::{doc, oid::ObjectId};
 use natter_nats::publish::{self, Stored};
 use natter_shared::auth::Identity;
-use natter_shared::ids::{UserId, conversation_id_for, message_id_for, parse_oid};
-use natter_shared::model::ConversationDoc;
+use natter_shared::ids::{RoomKind, RoomRef, UserId, conversation_id_for, message_id_for, parse_oid};
+use natter_shared::model::{ConversationDoc, GroupDoc, MessageDoc, Permissions};
 use natter_shared::v1::client::SendMessage;
 use natter_shared::v1::command::{
-    Command, CommandEnvelope, CreateConversationCmd, Outcome, OutcomeStatus, SendMessageCmd,
+    Command, CommandEnvelope, CreateConversationCmd, CreateGroupCmd, DeleteMessageCmd, GroupCmd, MarkReadCmd,
+    MemberCmd, Outcome, OutcomeStatus, RoomFields, SendMessageCmd, UpdateGroupCmd,
 };
+use natter_shared::v1::error::ErrorCode;
 use std::time::Duration;
 
 /// How long a REST write waits for a worker to apply its command.
@@ -26,55 +28,121 @@ pub const APPLY_WAIT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct Sent {
     pub message_id: String,
-    pub conversation_id: String,
+    pub room: RoomRef,
     pub client_msg_id: String,
     pub seq: u64,
     pub duplicate: bool,
 }
 
-pub fn conversation_oid(id: &str) -> Result<ObjectId, ChatError> {
-    parse_oid(id).ok_or_else(|| ChatError::InvalidPayload("conversationId is not a valid id".into()))
+/// Parses a room id given by a client.
+pub fn room(kind: RoomKind, id: &str) -> Result<(RoomRef, ObjectId), ChatError> {
+    let oid = parse_oid(id).ok_or_else(|| ChatError::InvalidPayload(format!("{} is not a valid id", kind.field())))?;
+    Ok((RoomRef::new(kind, oid.to_hex()), oid))
 }
 
-/// Fails unless `who` is a participant. A missing conversation answers the
+pub fn oid(id: &str, what: &str) -> Result<ObjectId, ChatError> {
+    parse_oid(id).ok_or_else(|| ChatError::InvalidPayload(format!("{what} is not a valid id")))
+}
+
+/// Fails unless `who` is a member of the room. A missing room answers the
 /// same as a foreign one, so ids cannot be probed.
-pub async fn require_participant(st: &EdgeState, who: &Identity, conv: ObjectId) -> Result<(), ChatError> {
-    if st.membership.is_participant(&st.store, conv, who.user).await? { Ok(()) } else { Err(ChatError::NotAMember) }
+pub async fn require_member(st: &EdgeState, who: &Identity, room: &RoomRef) -> Result<(), ChatError> {
+    let id = oid(&room.id, room.kind.field())?;
+    if st.membership.is_member(&st.store, room.kind, id, who.user).await? { Ok(()) } else { Err(ChatError::NotAMember) }
 }
 
 fn envelope(who: &Identity, command: Command) -> CommandEnvelope {
     CommandEnvelope { v: natter_shared::v1::VERSION, actor: who.user, roles: who.roles.clone(), reply: None, command }
 }
 
+/// Stores a command; the PubAck is the answer.
 async fn store_command(st: &EdgeState, env: &CommandEnvelope, msg_id: &str) -> Result<Stored, ChatError> {
-    let subject = st.subjects.command(RoomKind::Conversation, env.command.room(), env.command.action());
+    let room = env.command.room().map_err(|e| ChatError::InvalidPayload(e.into()))?;
+    let subject = st.subjects.command(room.kind, &room.id, env.command.action());
     let payload: Bytes = serde_json::to_vec(env).map_err(|e| ChatError::InvalidPayload(e.to_string()))?.into();
     publish::command(&st.js, subject, msg_id, payload).await.map_err(ChatError::unavailable)
 }
 
 /// `send_message`: checks membership, assigns the id, stores the command.
 pub async fn send_message(st: &EdgeState, who: &Identity, req: SendMessage) -> Result<Sent, ChatError> {
-    let conv = conversation_oid(&req.conversation_id)?;
-    require_participant(st, who, conv).await?;
+    let raw = RoomRef::from_fields(req.conversation_id.as_deref(), req.group_id.as_deref())
+        .map_err(|e| ChatError::InvalidPayload(e.into()))?;
+    let (room, _) = room(raw.kind, &raw.id)?;
+    require_member(st, who, &room).await?;
     let client_msg_id = req.client_msg_id.unwrap_or_else(|| ObjectId::new().to_hex());
     let message_id = message_id_for(who.user, &client_msg_id).to_hex();
-    let conversation_id = conv.to_hex();
     let env = envelope(
         who,
         Command::SendMessage(SendMessageCmd {
             message_id: message_id.clone(),
-            conversation_id: conversation_id.clone(),
+            room: RoomFields::of(&room),
             content: req.content,
             message_type: req.message_type.as_str().to_string(),
             client_msg_id: client_msg_id.clone(),
         }),
     );
     let stored = store_command(st, &env, &format!("msg:{}:{client_msg_id}", who.user)).await?;
-    Ok(Sent { message_id, conversation_id, client_msg_id, seq: stored.seq, duplicate: stored.duplicate })
+    Ok(Sent { message_id, room, client_msg_id, seq: stored.seq, duplicate: stored.duplicate })
 }
 
-/// `POST /conversations/with-user`: returns the conversation between the
-/// caller and `other`, creating it through the pipeline if needed.
+/// The message `id`, if it exists and is not deleted.
+pub async fn message(st: &EdgeState, id: &str) -> Result<MessageDoc, ChatError> {
+    let id = oid(id, "messageId")?;
+    st.store
+        .messages()
+        .find_one(doc! {"_id": id, "deleted": {"$ne": true}})
+        .await?
+        .ok_or(ChatError::NotFound("message"))
+}
+
+/// `mark_as_read`: that message and everything before it in its room.
+pub async fn mark_read(
+    st: &EdgeState,
+    who: &Identity,
+    message_id: &str,
+    wait: bool,
+) -> Result<(RoomRef, u64), ChatError> {
+    let m = message(st, message_id).await?;
+    let room = RoomRef::new(m.room_kind(), m.room_id());
+    require_member(st, who, &room).await.map_err(|_| ChatError::NotFound("message"))?;
+    let env = envelope(who, Command::MarkRead(MarkReadCmd { room: RoomFields::of(&room), message_id: m.id.to_hex() }));
+    let msg_id = format!("read:{}:{}", who.user, m.id.to_hex());
+    let seq = if wait { apply_and_wait(st, env, &msg_id).await? } else { store_command(st, &env, &msg_id).await?.seq };
+    Ok((room, seq))
+}
+
+/// `delete_message`: the sender, an Admin, or a group role allowed by
+/// `canDeleteMessages`.
+pub async fn delete_message(
+    st: &EdgeState,
+    who: &Identity,
+    message_id: &str,
+    wait: bool,
+) -> Result<(RoomRef, u64), ChatError> {
+    let m = message(st, message_id).await?;
+    let room = RoomRef::new(m.room_kind(), m.room_id());
+    require_member(st, who, &room).await.map_err(|_| ChatError::NotFound("message"))?;
+    let allowed = match room.kind {
+        RoomKind::Conversation => who.has_role("Admin") || m.sender_id == who.user.oid(),
+        RoomKind::Group => {
+            let g = st.membership.group(&st.store, oid(&room.id, "groupId")?).await?.ok_or(ChatError::NotAMember)?;
+            g.may_delete(who.user.oid(), &who.roles, m.sender_id)
+        }
+    };
+    if !allowed {
+        return Err(ChatError::Forbidden("only the sender, an Admin or a role in canDeleteMessages may delete".into()));
+    }
+    let env = envelope(
+        who,
+        Command::DeleteMessage(DeleteMessageCmd { room: RoomFields::of(&room), message_id: m.id.to_hex() }),
+    );
+    let msg_id = format!("del:{}", m.id.to_hex());
+    let seq = if wait { apply_and_wait(st, env, &msg_id).await? } else { store_command(st, &env, &msg_id).await?.seq };
+    Ok((room, seq))
+}
+
+/// `POST /api/chat/conversations/with-user`: returns the conversation between
+/// the caller and `other`, creating it through the pipeline if needed.
 pub async fn conversation_with(st: &EdgeState, who: &Identity, other: UserId) -> Result<ConversationDoc, ChatError> {
     if other == who.user {
         return Err(ChatError::InvalidPayload("cannot open a conversation with yourself".into()));
@@ -92,10 +160,18 @@ pub async fn conversation_with(st: &EdgeState, who: &Identity, other: UserId) ->
     );
     let seq = apply_and_wait(st, env, &format!("conv:{}", id.to_hex())).await?;
     // Applied by us, or stored by a concurrent request and applied soon.
+    poll(|| st.store.conversation(id), seq).await
+}
+
+async fn poll<T, F, Fut>(mut f: F, seq: u64) -> Result<T, ChatError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>, mongodb::error::Error>>,
+{
     let deadline = tokio::time::Instant::now() + APPLY_WAIT;
     loop {
-        if let Some(c) = st.store.conversation(id).await? {
-            return Ok(c);
+        if let Some(v) = f().await? {
+            return Ok(v);
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(ChatError::Pending { seq });
@@ -104,9 +180,110 @@ pub async fn conversation_with(st: &EdgeState, who: &Identity, other: UserId) ->
     }
 }
 
+/// The fields of `POST /api/chat/groups`, validated.
+pub struct NewGroup {
+    pub name: String,
+    pub description: Option<String>,
+    pub avatar: Option<String>,
+    pub group_type: String,
+    pub member_ids: Vec<UserId>,
+    pub permissions: Permissions,
+}
+
+fn require_role(who: &Identity, roles: &[&str]) -> Result<(), ChatError> {
+    if roles.iter().any(|r| who.has_role(r)) {
+        Ok(())
+    } else {
+        Err(ChatError::Forbidden(format!("needs the role {}", roles.join(" or "))))
+    }
+}
+
+/// A group the caller may see (a member, or an Admin).
+pub async fn visible_group(st: &EdgeState, who: &Identity, id: &str) -> Result<GroupDoc, ChatError> {
+    let gid = oid(id, "groupId")?;
+    let g = st.membership.group(&st.store, gid).await?;
+    match g {
+        Some(g) if g.is_member(who.user.oid()) || who.has_role("Admin") => Ok(g),
+        Some(_) => Err(ChatError::NotAMember),
+        None if who.has_role("Admin") => Err(ChatError::NotFound("group")),
+        None => Err(ChatError::NotAMember),
+    }
+}
+
+async fn group_after(st: &EdgeState, gid: ObjectId, seq: u64) -> Result<GroupDoc, ChatError> {
+    poll(|| async move { st.store.groups().find_one(doc! {"_id": gid}).await }, seq).await
+}
+
+pub async fn create_group(st: &EdgeState, who: &Identity, g: NewGroup) -> Result<GroupDoc, ChatError> {
+    require_role(who, &["Admin"])?;
+    let gid = ObjectId::new();
+    let env = envelope(
+        who,
+        Command::CreateGroup(CreateGroupCmd {
+            group_id: gid.to_hex(),
+            name: g.name,
+            description: g.description,
+            avatar: g.avatar,
+            group_type: g.group_type,
+            member_ids: g.member_ids,
+            permissions: g.permissions,
+        }),
+    );
+    let seq = apply_and_wait(st, env, &format!("grp:{}", gid.to_hex())).await?;
+    group_after(st, gid, seq).await
+}
+
+pub async fn update_group(st: &EdgeState, who: &Identity, c: UpdateGroupCmd) -> Result<GroupDoc, ChatError> {
+    require_role(who, &["Admin"])?;
+    let g = visible_group(st, who, &c.group_id).await?;
+    let env = envelope(who, Command::UpdateGroup(c));
+    let seq = apply_and_wait(st, env, &ObjectId::new().to_hex()).await?;
+    group_after(st, g.id, seq).await
+}
+
+pub async fn delete_group(st: &EdgeState, who: &Identity, id: &str) -> Result<GroupDoc, ChatError> {
+    require_role(who, &["Admin"])?;
+    let g = visible_group(st, who, id).await?;
+    let env = envelope(who, Command::DeleteGroup(GroupCmd { group_id: g.id.to_hex() }));
+    apply_and_wait(st, env, &format!("grpdel:{}", g.id.to_hex())).await?;
+    Ok(g)
+}
+
+pub async fn add_member(st: &EdgeState, who: &Identity, id: &str, user: UserId) -> Result<GroupDoc, ChatError> {
+    let g = visible_group(st, who, id).await?;
+    if !g.may_add(who.user.oid(), &who.roles) {
+        return Err(ChatError::Forbidden("adding members needs Admin, Supervisor or a role in canAddMembers".into()));
+    }
+    let env = envelope(who, Command::AddMember(MemberCmd { group_id: g.id.to_hex(), user_id: user }));
+    let seq = apply_and_wait(st, env, &ObjectId::new().to_hex()).await?;
+    group_after(st, g.id, seq).await
+}
+
+pub async fn remove_member(st: &EdgeState, who: &Identity, id: &str, user: UserId) -> Result<GroupDoc, ChatError> {
+    let g = visible_group(st, who, id).await?;
+    if !g.may_remove(who.user.oid(), &who.roles) {
+        return Err(ChatError::Forbidden("removing members needs Admin or a role in canRemoveMembers".into()));
+    }
+    if !g.members.contains(&user.oid()) {
+        return Err(ChatError::NotFound("member"));
+    }
+    let env = envelope(who, Command::RemoveMember(MemberCmd { group_id: g.id.to_hex(), user_id: user }));
+    let seq = apply_and_wait(st, env, &ObjectId::new().to_hex()).await?;
+    group_after(st, g.id, seq).await
+}
+
+pub async fn leave_group(st: &EdgeState, who: &Identity, id: &str) -> Result<GroupDoc, ChatError> {
+    let gid = oid(id, "groupId")?;
+    let g = st.membership.group(&st.store, gid).await?.filter(|g| g.is_member(who.user.oid()));
+    let g = g.ok_or(ChatError::NotAMember)?;
+    let env = envelope(who, Command::LeaveGroup(GroupCmd { group_id: g.id.to_hex() }));
+    let seq = apply_and_wait(st, env, &ObjectId::new().to_hex()).await?;
+    group_after(st, g.id, seq).await
+}
+
 /// Stores a command and waits until a worker reports it applied. When the
 /// store says it is a duplicate (another request stored it first), the
-/// worker will not report to us, so the result is read back instead.
+/// worker will not report to us; the caller reads the result back.
 async fn apply_and_wait(st: &EdgeState, mut env: CommandEnvelope, msg_id: &str) -> Result<u64, ChatError> {
     let inbox = st.nats.new_inbox();
     let mut sub = st.nats.subscribe(inbox.clone()).await.map_err(ChatError::unavailable)?;
@@ -120,8 +297,14 @@ async fn apply_and_wait(st: &EdgeState, mut env: CommandEnvelope, msg_id: &str) 
     match outcome {
         Ok(Some(msg)) => match serde_json::from_slice::<Outcome>(&msg.payload) {
             Ok(Outcome { status: OutcomeStatus::Applied, seq, .. }) => Ok(seq),
-            Ok(Outcome { status: OutcomeStatus::Refused, reason, .. }) => {
-                Err(ChatError::Refused(reason.unwrap_or_else(|| "refused".into())))
+            Ok(Outcome { status: OutcomeStatus::Refused, reason, code, .. }) => {
+                let reason = reason.unwrap_or_else(|| "refused".into());
+                Err(match code {
+                    Some(ErrorCode::Forbidden) => ChatError::Forbidden(reason),
+                    Some(ErrorCode::NotAMember) => ChatError::NotAMember,
+                    Some(ErrorCode::NotFound) => ChatError::NotFound("target"),
+                    _ => ChatError::Refused(reason),
+                })
             }
             Err(e) => Err(ChatError::unavailable(format!("bad outcome: {e}"))),
         },

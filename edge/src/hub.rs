@@ -1,37 +1,77 @@
 //! Fan-out from NATS to local sockets. One core NATS subscription per subject
-//! (room or user) that at least one local socket follows, reference counted:
-//! the first socket subscribes, the last one leaving unsubscribes. An edge
-//! only receives what its sockets may see.
+//! (a room, or a user) that at least one local socket follows, reference
+//! counted: the first socket subscribes, the last one leaving unsubscribes.
+//! An edge only receives what its sockets may see.
+//!
+//! Frames are forwarded untouched; the hub reads only their head:
+//! - `revoke`: after this frame, the named user (or everyone, `*`) stops
+//!   receiving the room, in stream order, so a removed member receives
+//!   nothing published after the removal;
+//! - `grant`: the receiving user's sockets start following that group;
+//! - ephemeral frames (no `seq`) never go back to their `from` user.
 //!
 //! Delivery to a socket never blocks the fan-out: a socket whose queue is
 //! full is told to close (slow consumer) instead of stalling the others.
 
 use bytes::Bytes;
 use futures::StreamExt;
+use natter_nats::{RoomKind, Subjects};
+use natter_shared::ids::{RoomRef, UserId};
 use natter_shared::v1::event::EventHead;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// A local connection's id.
 pub type ConnId = u64;
 
+/// What the writer needs to know about an event.
+#[derive(Debug)]
+pub struct Head {
+    pub kind: String,
+    pub seq: Option<u64>,
+    pub part: u32,
+    pub from: Option<String>,
+    /// The room the event belongs to (from its subject).
+    pub room: Option<RoomRef>,
+}
+
 /// What a connection's writer is given.
 #[derive(Debug)]
 pub enum Outbound {
-    /// A reply (ack, error, ready) to write as a text frame.
+    /// A reply (ack, error, ready) or a local frame, written as text.
     Text(String),
-    /// An event from `room`, written unless its `seq` was already written.
-    Event { room: Arc<str>, seq: u64, payload: Bytes },
+    /// An event from the subscription `subject`, written unless its
+    /// `(seq, part)` was already written for that subject.
+    Event { subject: Arc<str>, head: Arc<Head>, payload: Bytes },
 }
 
 /// The sending side of a connection, as the hub holds it.
 #[derive(Clone)]
 pub struct Sink {
+    pub conn: ConnId,
+    pub user: UserId,
     pub tx: mpsc::Sender<Outbound>,
     /// Cancelled when the connection cannot keep up.
     pub overflow: CancellationToken,
+    /// The subjects this connection follows, kept in step by the hub when it
+    /// revokes or grants.
+    pub followed: Arc<Mutex<HashSet<String>>>,
+}
+
+impl Sink {
+    fn followed(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.followed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Side effects the fan-out asks of the hub.
+enum Control {
+    Follow(String, Sink),
+    Unfollow(String, ConnId),
+    /// A user-subject event that changes who the user shares rooms with.
+    ContactsChanged(UserId),
 }
 
 struct Entry {
@@ -41,80 +81,168 @@ struct Entry {
 
 pub struct Hub {
     nats: async_nats::Client,
-    subjects: tokio::sync::Mutex<HashMap<String, Entry>>,
+    subjects: Subjects,
+    entries: tokio::sync::Mutex<HashMap<String, Entry>>,
+    control: mpsc::UnboundedSender<Control>,
+    /// Told when a user's contacts may have changed (presence uses it).
+    contacts: mpsc::UnboundedSender<UserId>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Event types on a user's subject that change who they share rooms with.
+const CONTACT_EVENTS: [&str; 5] =
+    ["member_added", "member_removed", "group_created", "group_deleted", "conversation_created"];
+
 impl Hub {
-    pub fn new(nats: async_nats::Client) -> Self {
-        Hub { nats, subjects: tokio::sync::Mutex::new(HashMap::new()) }
+    /// The hub and the receiver of "contacts changed" notices.
+    pub fn new(nats: async_nats::Client, subjects: Subjects) -> (Arc<Hub>, mpsc::UnboundedReceiver<UserId>) {
+        let (control, mut rx) = mpsc::unbounded_channel();
+        let (contacts, contacts_rx) = mpsc::unbounded_channel();
+        let hub = Arc::new(Hub { nats, subjects, entries: tokio::sync::Mutex::new(HashMap::new()), control, contacts });
+        let weak: Weak<Hub> = Arc::downgrade(&hub);
+        tokio::spawn(async move {
+            while let Some(c) = rx.recv().await {
+                let Some(hub) = weak.upgrade() else { break };
+                match c {
+                    Control::Follow(subject, sink) => {
+                        if let Err(e) = hub.follow(&subject, sink).await {
+                            tracing::warn!(error = %e, "cannot follow granted room");
+                        }
+                    }
+                    Control::Unfollow(subject, conn) => hub.unfollow(&subject, conn).await,
+                    Control::ContactsChanged(user) => {
+                        let _ = hub.contacts.send(user);
+                    }
+                }
+            }
+        });
+        (hub, contacts_rx)
     }
 
-    /// Adds `conn` to `subject`'s receivers. Returns once the subscription is
-    /// known to the server, so every event published after this returns is
-    /// delivered.
-    pub async fn follow(&self, subject: &str, conn: ConnId, sink: Sink) -> Result<(), async_nats::Error> {
-        let mut subjects = self.subjects.lock().await;
-        if let Some(e) = subjects.get(subject) {
-            lock(&e.sinks).insert(conn, sink);
+    /// The subject a room is followed on.
+    pub fn room_subject(&self, room: &RoomRef) -> String {
+        self.subjects.room_follow(room.kind, &room.id)
+    }
+
+    /// Adds the connection to `subject`'s receivers. Returns once the
+    /// subscription is known to the server, so every event published after
+    /// this returns is delivered.
+    pub async fn follow(&self, subject: &str, sink: Sink) -> Result<(), async_nats::Error> {
+        let mut entries = self.entries.lock().await;
+        sink.followed().insert(subject.to_string());
+        if let Some(e) = entries.get(subject) {
+            lock(&e.sinks).insert(sink.conn, sink);
             return Ok(());
         }
-        let sub = self.nats.subscribe(subject.to_string()).await?;
+        let conn = sink.conn;
+        let sub = match self.nats.subscribe(subject.to_string()).await {
+            Ok(s) => s,
+            Err(e) => {
+                sink.followed().remove(subject);
+                return Err(e.into());
+            }
+        };
         self.nats.flush().await?;
         let sinks = Arc::new(Mutex::new(HashMap::from([(conn, sink)])));
         let stop = CancellationToken::new();
-        tokio::spawn(fan_out(sub, Arc::from(subject), sinks.clone(), stop.clone()));
-        subjects.insert(subject.to_string(), Entry { sinks, stop });
+        let fan = FanOut {
+            subject: Arc::from(subject),
+            subjects: self.subjects.clone(),
+            sinks: sinks.clone(),
+            control: self.control.clone(),
+        };
+        tokio::spawn(fan.run(sub, stop.clone()));
+        entries.insert(subject.to_string(), Entry { sinks, stop });
         Ok(())
     }
 
-    /// Removes `conn` from `subject`; unsubscribes when nobody is left.
+    /// Removes the connection from `subject`; unsubscribes when nobody is left.
     pub async fn unfollow(&self, subject: &str, conn: ConnId) {
-        let mut subjects = self.subjects.lock().await;
-        let empty = match subjects.get(subject) {
+        let mut entries = self.entries.lock().await;
+        let empty = match entries.get(subject) {
             Some(e) => {
                 let mut s = lock(&e.sinks);
-                s.remove(&conn);
+                if let Some(sink) = s.remove(&conn) {
+                    sink.followed().remove(subject);
+                }
                 s.is_empty()
             }
             None => false,
         };
-        if empty && let Some(e) = subjects.remove(subject) {
+        if empty && let Some(e) = entries.remove(subject) {
             e.stop.cancel();
         }
     }
 
     /// Number of subjects this edge is subscribed to (for tests and metrics).
     pub async fn subscriptions(&self) -> usize {
-        self.subjects.lock().await.len()
+        self.entries.lock().await.len()
     }
 }
 
-async fn fan_out(
-    mut sub: async_nats::Subscriber,
-    room: Arc<str>,
+struct FanOut {
+    subject: Arc<str>,
+    subjects: Subjects,
     sinks: Arc<Mutex<HashMap<ConnId, Sink>>>,
-    stop: CancellationToken,
-) {
-    loop {
-        let msg = tokio::select! {
-            _ = stop.cancelled() => break,
-            m = sub.next() => match m { Some(m) => m, None => break },
-        };
-        let Ok(head) = serde_json::from_slice::<EventHead>(&msg.payload) else {
-            tracing::warn!(subject = %msg.subject, "event without seq dropped");
-            continue;
-        };
-        let targets: Vec<Sink> = lock(&sinks).values().cloned().collect();
-        for s in targets {
-            let out = Outbound::Event { room: room.clone(), seq: head.seq, payload: msg.payload.clone() };
+    control: mpsc::UnboundedSender<Control>,
+}
+
+impl FanOut {
+    async fn run(self, mut sub: async_nats::Subscriber, stop: CancellationToken) {
+        loop {
+            let msg = tokio::select! {
+                _ = stop.cancelled() => break,
+                m = sub.next() => match m { Some(m) => m, None => break },
+            };
+            let Ok(h) = serde_json::from_slice::<EventHead>(&msg.payload) else {
+                tracing::warn!(subject = %msg.subject, "frame without a type dropped");
+                continue;
+            };
+            self.deliver(&msg.subject, h, msg.payload);
+        }
+        let _ = sub.unsubscribe().await;
+    }
+
+    fn deliver(&self, subject: &str, h: EventHead, payload: Bytes) {
+        let head = Arc::new(Head {
+            kind: h.kind,
+            seq: h.seq,
+            part: h.part,
+            from: h.from,
+            room: self.subjects.parse_room(subject),
+        });
+        let targets: Vec<Sink> = lock(&self.sinks).values().cloned().collect();
+        for s in &targets {
+            if head.seq.is_none() && head.from.as_deref() == Some(s.user.hex().as_str()) {
+                continue;
+            }
+            let out = Outbound::Event { subject: self.subject.clone(), head: head.clone(), payload: payload.clone() };
             if s.tx.try_send(out).is_err() {
                 s.overflow.cancel();
             }
+            if let Some(group) = &h.grant {
+                let room = RoomRef::new(RoomKind::Group, group.clone());
+                let _ = self.control.send(Control::Follow(self.subjects.room_follow(room.kind, &room.id), s.clone()));
+            }
+            if CONTACT_EVENTS.contains(&head.kind.as_str()) {
+                let _ = self.control.send(Control::ContactsChanged(s.user));
+            }
+        }
+        if let Some(who) = &h.revoke {
+            let mut sinks = lock(&self.sinks);
+            let gone: Vec<ConnId> =
+                sinks.values().filter(|s| who == "*" || s.user.hex() == *who).map(|s| s.conn).collect();
+            for conn in gone {
+                // Out of the map now, so nothing after this frame reaches
+                // them; the hub then drops the subscription if it is unused.
+                if let Some(s) = sinks.remove(&conn) {
+                    s.followed().remove(&*self.subject);
+                }
+                let _ = self.control.send(Control::Unfollow(self.subject.to_string(), conn));
+            }
         }
     }
-    let _ = sub.unsubscribe().await;
 }

@@ -5,13 +5,16 @@
 
 pub mod app;
 pub mod chat;
+pub mod delivery;
 pub mod error;
 pub mod health;
 pub mod hub;
 pub mod membership;
+pub mod presence;
 pub mod rest;
 pub mod state;
 pub mod token;
+pub mod typing;
 pub mod ws;
 
 pub use app::{Edge, StartError};

@@ -1,9 +1,11 @@
-//! Who may see a conversation. Participants of a 1:1 conversation never
-//! change, so they are cached per conversation (bounded); a miss reads
-//! MongoDB.
+//! Who may see a room. Participants of a 1:1 conversation never change, so
+//! they are cached per conversation (bounded). Group membership changes, so
+//! it is read from MongoDB on every check (the worker re-checks each command
+//! at its `seq` anyway).
 
-use mongodb::bson::oid::ObjectId;
-use natter_shared::ids::UserId;
+use mongodb::bson::{doc, oid::ObjectId};
+use natter_shared::ids::{RoomKind, UserId};
+use natter_shared::model::GroupDoc;
 use natter_shared::store::Store;
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -25,9 +27,7 @@ impl Membership {
         if let Some(p) = self.lock().get(&conv) {
             return Ok(Some(p.clone()));
         }
-        let Some(doc) = store.conversation(conv).await? else {
-            return Ok(None);
-        };
+        let Some(doc) = store.conversation(conv).await? else { return Ok(None) };
         let mut map = self.lock();
         if map.len() >= MAX_CACHED {
             map.clear();
@@ -36,13 +36,22 @@ impl Membership {
         Ok(Some(doc.participant_ids))
     }
 
-    pub async fn is_participant(
+    /// A group that exists and is not deleted.
+    pub async fn group(&self, store: &Store, id: ObjectId) -> Result<Option<GroupDoc>, mongodb::error::Error> {
+        store.groups().find_one(doc! {"_id": id, "deleted": {"$ne": true}}).await
+    }
+
+    pub async fn is_member(
         &self,
         store: &Store,
-        conv: ObjectId,
+        kind: RoomKind,
+        room: ObjectId,
         user: UserId,
     ) -> Result<bool, mongodb::error::Error> {
-        Ok(self.participants(store, conv).await?.is_some_and(|p| p.contains(&user.oid())))
+        Ok(match kind {
+            RoomKind::Conversation => self.participants(store, room).await?.is_some_and(|p| p.contains(&user.oid())),
+            RoomKind::Group => self.group(store, room).await?.is_some_and(|g| g.is_member(user.oid())),
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectId, Vec<ObjectId>>> {

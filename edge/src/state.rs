@@ -1,11 +1,14 @@
 //! What every request handler shares.
 
+use crate::delivery::Deliveries;
 use crate::hub::Hub;
 use crate::membership::Membership;
+use crate::presence::Presence;
 use natter_nats::Subjects;
 use natter_shared::auth::Jwt;
 use natter_shared::config::EdgeConfig;
 use natter_shared::store::Store;
+use std::sync::Arc;
 
 pub struct EdgeState {
     pub config: EdgeConfig,
@@ -14,8 +17,10 @@ pub struct EdgeState {
     pub nats: async_nats::Client,
     pub js: async_nats::jetstream::Context,
     pub subjects: Subjects,
-    pub hub: Hub,
+    pub hub: Arc<Hub>,
     pub membership: Membership,
+    pub presence: Arc<Presence>,
+    pub deliveries: Deliveries,
     pub lifecycle: Lifecycle,
 }
 

@@ -63,6 +63,16 @@ impl Subjects {
         format!("{}_leases", self.ns.replace('-', "_"))
     }
 
+    /// KV bucket of who is online (keys `<user>.<edge>`, with a TTL).
+    pub fn presence_bucket(&self) -> String {
+        format!("{}_presence", self.ns.replace('-', "_"))
+    }
+
+    /// KV bucket of when each user was last seen.
+    pub fn last_seen_bucket(&self) -> String {
+        format!("{}_lastseen", self.ns.replace('-', "_"))
+    }
+
     pub fn cmd_all(&self) -> String {
         format!("{}.cmd.>", self.ns)
     }
@@ -104,6 +114,22 @@ impl Subjects {
     /// Membership changes of every group, for edges' caches.
     pub fn membership_changes(&self) -> String {
         format!("{}.eph.membership", self.ns)
+    }
+
+    /// The room of an event or ephemeral subject (`<ns>.evt.conv.<id>`).
+    pub fn parse_room(&self, subject: &str) -> Option<natter_shared::ids::RoomRef> {
+        let rest = subject.strip_prefix(&self.ns)?.strip_prefix('.')?;
+        let mut it = rest.split('.');
+        let (_, kind, id) = (it.next()?, it.next()?, it.next()?);
+        if it.next().is_some() {
+            return None;
+        }
+        let kind = match kind {
+            "conv" => RoomKind::Conversation,
+            "group" => RoomKind::Group,
+            _ => return None,
+        };
+        Some(natter_shared::ids::RoomRef::new(kind, id))
     }
 
     /// Events addressed to one user (all their devices).
@@ -150,6 +176,10 @@ mod tests {
         assert!(subj.ends_with(".conv.abc.send_message"));
         assert_eq!(s.room_events(RoomKind::Conversation, "abc"), "chat.evt.conv.abc");
         assert_eq!(s.partition(3), "chat.cmd.p3.>");
+        let r = s.parse_room("chat.evt.group.g1").unwrap();
+        assert_eq!((r.kind, r.id.as_str()), (RoomKind::Group, "g1"));
+        assert!(s.parse_room("chat.evt.user.u1").is_none());
+        assert!(s.parse_room("other.evt.conv.c").is_none());
     }
 
     #[test]

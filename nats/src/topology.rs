@@ -33,6 +33,10 @@ pub const MAX_DELIVER: i64 = 6;
 pub const MAX_BATCH: usize = 256;
 /// How long a partition lease lives without renewal.
 pub const LEASE_TTL: Duration = Duration::from_secs(15);
+/// How long a presence key lives without a heartbeat.
+pub const PRESENCE_TTL: Duration = Duration::from_secs(10);
+/// How long the marker left by an expired presence key is kept.
+pub const PRESENCE_MARKER_TTL: Duration = Duration::from_secs(60);
 /// How long the server remembers `Nats-Msg-Id`s: the client retry horizon.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// How long events are kept for reconnect catch-up.
@@ -121,6 +125,30 @@ pub fn leases_config(s: &Subjects, replicas: usize) -> kv::Config {
     }
 }
 
+pub fn presence_config(s: &Subjects, replicas: usize) -> kv::Config {
+    kv::Config {
+        bucket: s.presence_bucket(),
+        description: "natter presence: <user>.<edge> while the user has sockets on the edge".into(),
+        history: 1,
+        max_age: PRESENCE_TTL,
+        storage: stream::StorageType::Memory,
+        num_replicas: replicas,
+        limit_markers: Some(PRESENCE_MARKER_TTL),
+        ..Default::default()
+    }
+}
+
+pub fn last_seen_config(s: &Subjects, replicas: usize) -> kv::Config {
+    kv::Config {
+        bucket: s.last_seen_bucket(),
+        description: "natter presence: when each user was last seen".into(),
+        history: 1,
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        ..Default::default()
+    }
+}
+
 fn boxed<E: std::error::Error + Send + Sync + 'static>(e: E) -> Box<dyn std::error::Error + Send + Sync> {
     Box::new(e)
 }
@@ -143,8 +171,9 @@ pub async fn apply(js: &jetstream::Context, s: &Subjects, replicas: usize) -> Re
             }
         }
     }
-    let cfg = leases_config(s, replicas);
-    let name = cfg.bucket.clone();
-    js.create_or_update_key_value(cfg).await.map_err(|e| TopologyError::Bucket { name, source: boxed(e) })?;
+    for cfg in [leases_config(s, replicas), presence_config(s, replicas), last_seen_config(s, replicas)] {
+        let name = cfg.bucket.clone();
+        js.create_or_update_key_value(cfg).await.map_err(|e| TopologyError::Bucket { name, source: boxed(e) })?;
+    }
     Ok(())
 }

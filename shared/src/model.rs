@@ -155,6 +155,41 @@ pub struct GroupDoc {
     pub deleted: bool,
 }
 
+fn has(roles: &[String], role: &str) -> bool {
+    roles.iter().any(|r| r == role)
+}
+
+fn any_of(roles: &[String], allowed: &[String]) -> bool {
+    roles.iter().any(|r| allowed.contains(r))
+}
+
+/// The group rules, shared by the edge (to answer at once) and the worker
+/// (the authority, at the command's `seq`). `Admin` is the global role.
+impl GroupDoc {
+    pub fn is_member(&self, user: ObjectId) -> bool {
+        !self.deleted && self.members.contains(&user)
+    }
+
+    /// Adding members: Admin, Supervisor (the module's route guard), or a
+    /// role in `canAddMembers`; non-Admins must be members.
+    pub fn may_add(&self, actor: ObjectId, roles: &[String]) -> bool {
+        has(roles, "Admin")
+            || (self.is_member(actor) && (has(roles, "Supervisor") || any_of(roles, &self.permissions.can_add_members)))
+    }
+
+    /// Removing members: Admin, or a member with a role in `canRemoveMembers`.
+    pub fn may_remove(&self, actor: ObjectId, roles: &[String]) -> bool {
+        has(roles, "Admin") || (self.is_member(actor) && any_of(roles, &self.permissions.can_remove_members))
+    }
+
+    /// Deleting a message: Admin, its sender (a member), or a member with a
+    /// role in `canDeleteMessages`.
+    pub fn may_delete(&self, actor: ObjectId, roles: &[String], sender: ObjectId) -> bool {
+        has(roles, "Admin")
+            || (self.is_member(actor) && (sender == actor || any_of(roles, &self.permissions.can_delete_messages)))
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MessageView {

@@ -1,6 +1,7 @@
 //! The MongoDB store: connection, indexes and the read queries the edge
 //! serves. Writes belong to the workers (they use the typed collections).
 
+use crate::ids::RoomRef;
 use crate::model::{CONVERSATIONS, ConversationDoc, GROUPS, GroupDoc, MESSAGES, MessageDoc};
 use futures::TryStreamExt;
 use mongodb::bson::{Document, doc, oid::ObjectId};
@@ -84,6 +85,18 @@ impl Store {
         self.conversations().find_one(doc! {"_id": id}).await
     }
 
+    /// The user's groups (not deleted), most recent activity first.
+    pub async fn groups_for(&self, user: ObjectId, page: u64, limit: u64) -> Result<Vec<GroupDoc>, StoreError> {
+        self.groups()
+            .find(doc! {"members": user, "deleted": {"$ne": true}})
+            .sort(doc! {"updatedAt": -1, "_id": -1})
+            .skip(page.saturating_sub(1).saturating_mul(limit))
+            .limit(limit as i64)
+            .await?
+            .try_collect()
+            .await
+    }
+
     /// The user's conversations, most recent activity first.
     pub async fn conversations_for(
         &self,
@@ -111,8 +124,9 @@ impl Store {
     /// A page of a conversation's history, oldest first within the page.
     /// Counted and read up to the newest `seq` seen when the call starts, so
     /// `total`, `hasMore` and the page agree even while messages arrive.
-    pub async fn conversation_messages(&self, conversation: &str, by: PageBy) -> Result<Page, StoreError> {
-        let room = doc! {"conversationId": conversation};
+    /// Deleted messages are left out (their content is gone).
+    pub async fn room_messages(&self, room: &RoomRef, by: PageBy) -> Result<Page, StoreError> {
+        let room = doc! {room.kind.field(): &room.id, "deleted": {"$ne": true}};
         let Some(newest) = self.messages().find_one(room.clone()).sort(doc! {"seq": -1}).await? else {
             return Ok(Page { messages: vec![], total: 0, has_more: false });
         };

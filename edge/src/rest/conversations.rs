@@ -1,7 +1,7 @@
 //! `/api/chat/conversations...`: list, open with a user, get one, history.
 //! Only participants may read a conversation.
 
-use crate::chat::{self, conversation_oid};
+use crate::chat;
 use crate::error::ChatError;
 use crate::rest::paging;
 use crate::state::EdgeState;
@@ -9,8 +9,8 @@ use crate::token::AuthUser;
 use axum::Json;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
-use natter_shared::ids::UserId;
-use natter_shared::model::{ConversationView, MessagePage, MessageView};
+use natter_shared::ids::{RoomKind, UserId};
+use natter_shared::model::{ConversationView, MessagePage};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -40,7 +40,7 @@ pub async fn with_user(
     AuthUser(who): AuthUser,
     body: Result<Json<WithUser>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<ConversationView>), ChatError> {
-    let Json(body) = body.map_err(|e| ChatError::InvalidPayload(e.body_text()))?;
+    let body = super::body(body)?;
     let other: UserId = body.user_id.parse().map_err(ChatError::InvalidPayload)?;
     let conv = chat::conversation_with(&st, &who, other).await?;
     Ok((StatusCode::CREATED, Json(ConversationView::new(&conv, None))))
@@ -51,8 +51,8 @@ pub async fn get_one(
     AuthUser(who): AuthUser,
     Path(id): Path<String>,
 ) -> Result<Json<ConversationView>, ChatError> {
-    let oid = conversation_oid(&id)?;
-    chat::require_participant(&st, &who, oid).await?;
+    let (room, oid) = chat::room(RoomKind::Conversation, &id)?;
+    chat::require_member(&st, &who, &room).await?;
     let conv = st.store.conversation(oid).await?.ok_or(ChatError::NotFound("conversation"))?;
     Ok(Json(ConversationView::new(&conv, None)))
 }
@@ -63,15 +63,8 @@ pub async fn messages(
     Path(id): Path<String>,
     RawQuery(q): RawQuery,
 ) -> Result<Json<MessagePage>, ChatError> {
-    let oid = conversation_oid(&id)?;
-    let (by, page, limit) = paging::history(q.as_deref())?;
-    chat::require_participant(&st, &who, oid).await?;
-    let p = st.store.conversation_messages(&oid.to_hex(), by).await?;
-    Ok(Json(MessagePage {
-        messages: p.messages.iter().map(MessageView::from).collect(),
-        total: p.total,
-        page,
-        page_size: limit,
-        has_more: p.has_more,
-    }))
+    let (room, _) = chat::room(RoomKind::Conversation, &id)?;
+    paging::history(q.as_deref())?;
+    chat::require_member(&st, &who, &room).await?;
+    Ok(Json(super::history(&st.store, &room, q.as_deref()).await?))
 }

@@ -1,11 +1,18 @@
 //! The REST API under `/api/chat`, with the NestJS module's paths and JSON.
 
 pub mod conversations;
+pub mod groups;
+pub mod messages;
 pub mod paging;
+pub mod presence;
 
+use crate::error::ChatError;
 use crate::state::EdgeState;
 use axum::Router;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, patch, post};
+use natter_shared::ids::RoomRef;
+use natter_shared::model::{MessagePage, MessageView};
+use natter_shared::store::Store;
 use std::sync::Arc;
 
 pub fn router() -> Router<Arc<EdgeState>> {
@@ -14,4 +21,31 @@ pub fn router() -> Router<Arc<EdgeState>> {
         .route("/api/chat/conversations/with-user", post(conversations::with_user))
         .route("/api/chat/conversations/{id}", get(conversations::get_one))
         .route("/api/chat/conversations/{id}/messages", get(conversations::messages))
+        .route("/api/chat/groups", get(groups::list).post(groups::create))
+        .route("/api/chat/groups/{id}", get(groups::get_one).patch(groups::update).delete(groups::remove))
+        .route("/api/chat/groups/{id}/messages", get(groups::messages))
+        .route("/api/chat/groups/{id}/members", post(groups::add_member))
+        .route("/api/chat/groups/{id}/members/{user_id}", delete(groups::remove_member))
+        .route("/api/chat/groups/{id}/leave", post(groups::leave))
+        .route("/api/chat/messages/{id}", delete(messages::remove))
+        .route("/api/chat/messages/{id}/read", patch(messages::read))
+        .route("/api/chat/presence", get(presence::get))
+}
+
+/// A page of a room's history, as the module returned it.
+pub async fn history(store: &Store, room: &RoomRef, query: Option<&str>) -> Result<MessagePage, ChatError> {
+    let (by, page, limit) = paging::history(query)?;
+    let p = store.room_messages(room, by).await?;
+    Ok(MessagePage {
+        messages: p.messages.iter().map(MessageView::from).collect(),
+        total: p.total,
+        page,
+        page_size: limit,
+        has_more: p.has_more,
+    })
+}
+
+/// Parses a JSON body with the stable error code on failure.
+pub fn body<T>(b: Result<axum::Json<T>, axum::extract::rejection::JsonRejection>) -> Result<T, ChatError> {
+    b.map(|axum::Json(v)| v).map_err(|e| ChatError::InvalidPayload(e.body_text()))
 }

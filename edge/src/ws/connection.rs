@@ -5,12 +5,15 @@
 
 use super::limits::{MAX_FRAME_BYTES, QUEUE_LEN, close};
 use super::session::{Next, Session};
+use crate::delivery::Deliveries;
 use crate::hub::{Outbound, Sink};
 use crate::state::EdgeState;
+use crate::typing::TypingState;
 use fastwebsockets::{Frame, OpCode, Payload, WebSocket, WebSocketError, WebSocketRead};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use natter_shared::auth::Identity;
+use natter_shared::ids::UserId;
 use natter_shared::v1::server::{Ready, to_text};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,24 +48,36 @@ pub async fn run(ws: WebSocket<Io>, who: Identity, st: Arc<EdgeState>, cancel: C
         let (out_tx, out_rx) = mpsc::channel::<Outbound>(QUEUE_LEN);
         let (ctl_tx, ctl_rx) = mpsc::channel::<Control>(8);
         let overflow = CancellationToken::new();
-        let sink = Sink { tx: out_tx.clone(), overflow: overflow.clone() };
         let followed = Arc::new(Mutex::new(HashSet::new()));
+        let sink =
+            Sink { conn, user: who.user, tx: out_tx.clone(), overflow: overflow.clone(), followed: followed.clone() };
         let _ =
             out_tx.send(Outbound::Text(to_text("ready", None, Ready { user_id: &who.user.hex(), protocol: 1 }))).await;
-        let session = Session::new(st.clone(), who, conn, sink, followed.clone());
+        // The user's own subject: receipts for their messages, membership
+        // changes, refusals; then presence.
+        let own = st.subjects.user_events(&who.user.hex());
+        if let Err(e) = st.hub.follow(&own, sink.clone()).await {
+            tracing::warn!(error = %e, "cannot follow the user's subject");
+        }
+        st.presence.connect(&sink).await;
+        let typing = Arc::new(TypingState::default());
+        let session = Session::new(st.clone(), who.clone(), sink, typing.clone());
         let reader = tokio::spawn(read_loop(rx, session, ctl_tx).in_current_span());
         drop(out_tx);
-        write_loop(tx, out_rx, ctl_rx, &cancel, &overflow).await;
+        let writer = Writer { user: who.user, deliveries: st.deliveries.clone() };
+        writer.run(tx, out_rx, ctl_rx, &cancel, &overflow).await;
         // The writer is done (peer gone, close sent, or shutdown): give the
         // reader a moment to see the close, then stop it.
         let mut reader = reader;
         if tokio::time::timeout(Duration::from_secs(2), &mut reader).await.is_err() {
             reader.abort();
         }
-        let subjects: Vec<String> = followed.lock().unwrap_or_else(|e| e.into_inner()).drain().collect();
+        typing.stop_all(&st, &who).await;
+        let subjects: Vec<String> = followed.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect();
         for s in subjects {
             st.hub.unfollow(&s, conn).await;
         }
+        st.presence.disconnect(who.user, conn).await;
         debug!("disconnected");
     }
     .instrument(span)
@@ -139,41 +154,62 @@ async fn read_loop(mut rx: WebSocketRead<ReadHalf<Io>>, mut session: Session, ct
     }
 }
 
-async fn write_loop(
-    mut tx: fastwebsockets::WebSocketWrite<WriteHalf<Io>>,
-    mut out: mpsc::Receiver<Outbound>,
-    mut ctl: mpsc::Receiver<Control>,
-    cancel: &CancellationToken,
-    overflow: &CancellationToken,
-) {
-    let mut last_seq: HashMap<Arc<str>, u64> = HashMap::new();
-    loop {
-        let frame: Frame<'static> = tokio::select! {
-            biased;
-            _ = cancel.cancelled() => Frame::close(close::GOING_AWAY, b"server shutting down"),
-            _ = overflow.cancelled() => Frame::close(close::TRY_AGAIN_LATER, b"slow consumer"),
-            c = ctl.recv() => match c {
-                Some(Control::Obligated(op, payload)) => Frame::new(true, op, None, Payload::Owned(payload)),
-                Some(Control::Close(code, reason)) => Frame::close(code, reason.as_bytes()),
-                // The reader ended: the peer is gone.
-                None => break,
-            },
-            o = out.recv() => match o {
-                Some(Outbound::Text(s)) => Frame::text(Payload::Owned(s.into_bytes())),
-                Some(Outbound::Event { room, seq, payload }) => {
-                    let last = last_seq.entry(room).or_insert(0);
-                    if seq <= *last {
-                        continue;
+/// The write half's owner: frames from the queue, in order, each event at
+/// most once per subject; reports what reached the user's device.
+struct Writer {
+    user: UserId,
+    deliveries: Deliveries,
+}
+
+impl Writer {
+    async fn run(
+        self,
+        mut tx: fastwebsockets::WebSocketWrite<WriteHalf<Io>>,
+        mut out: mpsc::Receiver<Outbound>,
+        mut ctl: mpsc::Receiver<Control>,
+        cancel: &CancellationToken,
+        overflow: &CancellationToken,
+    ) {
+        let mut last: HashMap<Arc<str>, (u64, u32)> = HashMap::new();
+        let me = self.user.hex();
+        loop {
+            let mut delivered = None;
+            let frame: Frame<'static> = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => Frame::close(close::GOING_AWAY, b"server shutting down"),
+                _ = overflow.cancelled() => Frame::close(close::TRY_AGAIN_LATER, b"slow consumer"),
+                c = ctl.recv() => match c {
+                    Some(Control::Obligated(op, payload)) => Frame::new(true, op, None, Payload::Owned(payload)),
+                    Some(Control::Close(code, reason)) => Frame::close(code, reason.as_bytes()),
+                    // The reader ended: the peer is gone.
+                    None => break,
+                },
+                o = out.recv() => match o {
+                    Some(Outbound::Text(s)) => Frame::text(Payload::Owned(s.into_bytes())),
+                    Some(Outbound::Event { subject, head, payload }) => {
+                        if let Some(seq) = head.seq {
+                            let at = (seq, head.part);
+                            let seen = last.entry(subject).or_insert((0, 0));
+                            if at <= *seen {
+                                continue;
+                            }
+                            *seen = at;
+                            if head.kind == "message_received" && head.from.as_deref() != Some(me.as_str()) {
+                                delivered = head.room.clone().map(|r| (r, seq));
+                            }
+                        }
+                        Frame::text(Payload::Owned(payload.to_vec()))
                     }
-                    *last = seq;
-                    Frame::text(Payload::Owned(payload.to_vec()))
-                }
-                None => break,
-            },
-        };
-        let closing = frame.opcode == OpCode::Close;
-        if tx.write_frame(frame).await.is_err() || closing {
-            break;
+                    None => break,
+                },
+            };
+            let closing = frame.opcode == OpCode::Close;
+            if tx.write_frame(frame).await.is_err() || closing {
+                break;
+            }
+            if let Some((room, seq)) = delivered {
+                self.deliveries.report(self.user, room, seq);
+            }
         }
     }
 }

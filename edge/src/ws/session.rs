@@ -4,24 +4,23 @@
 use super::limits::{Bucket, MAX_STRIKES};
 use crate::chat;
 use crate::error::ChatError;
-use crate::hub::{ConnId, Outbound, Sink};
+use crate::hub::{Outbound, Sink};
 use crate::state::EdgeState;
-use natter_nats::RoomKind;
+use crate::typing::TypingState;
 use natter_shared::auth::Identity;
+use natter_shared::ids::{RoomKind, RoomRef};
 use natter_shared::v1::client::{self, ClientRequest};
+use natter_shared::v1::command::RoomFields;
 use natter_shared::v1::error::ErrorCode;
-use natter_shared::v1::server::{RoomAck, SendAck, error_text, to_text};
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use natter_shared::v1::server::{SendAck, error_text, to_text};
+use serde_json::json;
+use std::sync::Arc;
 
 pub struct Session {
     pub st: Arc<EdgeState>,
     pub who: Identity,
-    pub conn: ConnId,
     pub sink: Sink,
-    /// Subjects this connection follows; shared so the connection can
-    /// unfollow them even if the session task was aborted.
-    pub followed: Arc<Mutex<HashSet<String>>>,
+    pub typing: Arc<TypingState>,
     bucket: Bucket,
     strikes: u32,
 }
@@ -34,15 +33,9 @@ pub enum Next {
 }
 
 impl Session {
-    pub fn new(
-        st: Arc<EdgeState>,
-        who: Identity,
-        conn: ConnId,
-        sink: Sink,
-        followed: Arc<Mutex<HashSet<String>>>,
-    ) -> Self {
+    pub fn new(st: Arc<EdgeState>, who: Identity, sink: Sink, typing: Arc<TypingState>) -> Self {
         let bucket = Bucket::new(st.config.ws_rate_per_sec);
-        Session { st, who, conn, sink, followed, bucket, strikes: 0 }
+        Session { st, who, sink, typing, bucket, strikes: 0 }
     }
 
     async fn reply(&self, text: String) {
@@ -70,9 +63,7 @@ impl Session {
         }
         let (rid, req) = match client::parse(text) {
             Ok(x) => x,
-            Err(e) => {
-                return self.refuse(e.request_id.as_deref(), e.code, e.message).await;
-            }
+            Err(e) => return self.refuse(e.request_id.as_deref(), e.code, e.message).await,
         };
         match self.dispatch(rid.as_deref(), req).await {
             Ok(()) => Next::Continue,
@@ -83,35 +74,75 @@ impl Session {
         }
     }
 
+    fn ack_room(rid: Option<&str>, room: &RoomRef) -> String {
+        to_text("ack", rid, RoomFields::of(room))
+    }
+
+    async fn join(&mut self, rid: Option<&str>, kind: RoomKind, id: &str) -> Result<(), ChatError> {
+        let (room, _) = chat::room(kind, id)?;
+        chat::require_member(&self.st, &self.who, &room).await?;
+        let subject = self.st.hub.room_subject(&room);
+        self.st.hub.follow(&subject, self.sink.clone()).await.map_err(ChatError::unavailable)?;
+        self.reply(Self::ack_room(rid, &room)).await;
+        Ok(())
+    }
+
+    async fn leave(&mut self, rid: Option<&str>, kind: RoomKind, id: &str) -> Result<(), ChatError> {
+        let (room, _) = chat::room(kind, id)?;
+        let subject = self.st.hub.room_subject(&room);
+        self.st.hub.unfollow(&subject, self.sink.conn).await;
+        self.typing.stop(&self.st, &self.who, &room).await;
+        self.reply(Self::ack_room(rid, &room)).await;
+        Ok(())
+    }
+
     async fn dispatch(&mut self, rid: Option<&str>, req: ClientRequest) -> Result<(), ChatError> {
         match req {
             ClientRequest::SendMessage(m) => {
                 let sent = chat::send_message(&self.st, &self.who, m).await?;
+                let fields = RoomFields::of(&sent.room);
                 let ack = SendAck {
                     message_id: &sent.message_id,
-                    conversation_id: &sent.conversation_id,
+                    conversation_id: fields.conversation_id.as_deref(),
+                    group_id: fields.group_id.as_deref(),
                     client_msg_id: &sent.client_msg_id,
                     seq: sent.seq,
                     duplicate: sent.duplicate,
                 };
                 self.reply(to_text("ack", rid, ack)).await;
             }
-            ClientRequest::JoinConversation(r) => {
-                let conv = chat::conversation_oid(&r.conversation_id)?;
-                chat::require_participant(&self.st, &self.who, conv).await?;
-                let subject = self.st.subjects.room_events(RoomKind::Conversation, &conv.to_hex());
-                self.st.hub.follow(&subject, self.conn, self.sink.clone()).await.map_err(ChatError::unavailable)?;
-                self.followed.lock().unwrap_or_else(|e| e.into_inner()).insert(subject);
-                self.reply(to_text("ack", rid, RoomAck { conversation_id: &conv.to_hex() })).await;
-            }
-            ClientRequest::LeaveConversation(r) => {
-                let conv = chat::conversation_oid(&r.conversation_id)?;
-                let subject = self.st.subjects.room_events(RoomKind::Conversation, &conv.to_hex());
-                let was = self.followed.lock().unwrap_or_else(|e| e.into_inner()).remove(&subject);
-                if was {
-                    self.st.hub.unfollow(&subject, self.conn).await;
+            ClientRequest::JoinConversation(r) => self.join(rid, RoomKind::Conversation, &r.conversation_id).await?,
+            ClientRequest::LeaveConversation(r) => self.leave(rid, RoomKind::Conversation, &r.conversation_id).await?,
+            ClientRequest::JoinGroup(r) => self.join(rid, RoomKind::Group, &r.group_id).await?,
+            ClientRequest::LeaveGroup(r) => self.leave(rid, RoomKind::Group, &r.group_id).await?,
+            ClientRequest::Typing(t) => {
+                let raw = RoomRef::from_fields(t.conversation_id.as_deref(), t.group_id.as_deref())
+                    .map_err(|e| ChatError::InvalidPayload(e.into()))?;
+                let (room, _) = chat::room(raw.kind, &raw.id)?;
+                // A socket following the room was checked when it joined
+                // (and is cut off when removed); others are checked now.
+                let following = self.sink.followed.lock().is_ok_and(|f| f.contains(&self.st.hub.room_subject(&room)));
+                if !following {
+                    chat::require_member(&self.st, &self.who, &room).await?;
                 }
-                self.reply(to_text("ack", rid, RoomAck { conversation_id: &conv.to_hex() })).await;
+                if t.is_typing {
+                    self.typing.start(&self.st, &self.who, &room).await;
+                } else {
+                    self.typing.stop(&self.st, &self.who, &room).await;
+                }
+                self.reply(Self::ack_room(rid, &room)).await;
+            }
+            ClientRequest::MarkAsRead(r) => {
+                let (room, seq) = chat::mark_read(&self.st, &self.who, &r.message_id, false).await?;
+                let mut data = json!({"messageId": r.message_id, "seq": seq});
+                RoomFields::of(&room).merge_into(&mut data);
+                self.reply(to_text("ack", rid, data)).await;
+            }
+            ClientRequest::DeleteMessage(r) => {
+                let (room, seq) = chat::delete_message(&self.st, &self.who, &r.message_id, false).await?;
+                let mut data = json!({"messageId": r.message_id, "seq": seq});
+                RoomFields::of(&room).merge_into(&mut data);
+                self.reply(to_text("ack", rid, data)).await;
             }
         }
         Ok(())

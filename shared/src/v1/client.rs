@@ -37,10 +37,14 @@ impl ClientMessageType {
     }
 }
 
+/// `send_message`: to a conversation or a group (exactly one).
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct SendMessage {
-    pub conversation_id: String,
+    #[serde(default)]
+    pub conversation_id: Option<String>,
+    #[serde(default)]
+    pub group_id: Option<String>,
     pub content: String,
     #[serde(default = "default_type")]
     pub message_type: ClientMessageType,
@@ -53,17 +57,46 @@ fn default_type() -> ClientMessageType {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct RoomRef {
+#[serde(rename_all = "camelCase")]
+pub struct ConversationRef {
     pub conversation_id: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupRef {
+    pub group_id: String,
+}
+
+/// `typing`: the user id and name come from the token; payload fields of
+/// that name (the module's front end sends them) are ignored.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Typing {
+    #[serde(default)]
+    pub conversation_id: Option<String>,
+    #[serde(default)]
+    pub group_id: Option<String>,
+    pub is_typing: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageRef {
+    pub message_id: String,
 }
 
 /// A parsed client request.
 #[derive(Debug)]
 pub enum ClientRequest {
     SendMessage(SendMessage),
-    JoinConversation(RoomRef),
-    LeaveConversation(RoomRef),
+    JoinConversation(ConversationRef),
+    LeaveConversation(ConversationRef),
+    JoinGroup(GroupRef),
+    LeaveGroup(GroupRef),
+    Typing(Typing),
+    MarkAsRead(MessageRef),
+    DeleteMessage(MessageRef),
 }
 
 /// Why a frame could not be turned into a request.
@@ -75,7 +108,16 @@ pub struct FrameError {
 }
 
 /// Event names the server accepts on `/ws`.
-pub const CLIENT_EVENTS: &[&str] = &["send_message", "join_conversation", "leave_conversation"];
+pub const CLIENT_EVENTS: &[&str] = &[
+    "send_message",
+    "join_conversation",
+    "leave_conversation",
+    "join_group",
+    "leave_group",
+    "typing",
+    "mark_as_read",
+    "delete_message",
+];
 
 /// Parses one text frame into a request (with its id) or an error carrying
 /// whatever request id could be read.
@@ -90,6 +132,7 @@ pub fn parse(text: &str) -> Result<(Option<String>, ClientRequest), FrameError> 
     fn payload<'de, T: Deserialize<'de>>(data: &'de str) -> Result<T, String> {
         serde_json::from_str(data).map_err(|e| e.to_string())
     }
+    let bad = |m: String| err(ErrorCode::InvalidPayload, m);
     let req = match raw.kind.as_str() {
         "send_message" => {
             let m: SendMessage = payload(data).map_err(|m| err(ErrorCode::InvalidPayload, m))?;
@@ -110,14 +153,23 @@ pub fn parse(text: &str) -> Result<(Option<String>, ClientRequest), FrameError> 
                     format!("clientMsgId must be 1..={MAX_CLIENT_MSG_ID} bytes"),
                 ));
             }
+            if let Err(e) = crate::ids::RoomRef::from_fields(m.conversation_id.as_deref(), m.group_id.as_deref()) {
+                return Err(err(ErrorCode::InvalidPayload, e.into()));
+            }
             ClientRequest::SendMessage(m)
         }
-        "join_conversation" => {
-            ClientRequest::JoinConversation(payload(data).map_err(|m| err(ErrorCode::InvalidPayload, m))?)
+        "join_conversation" => ClientRequest::JoinConversation(payload(data).map_err(bad)?),
+        "leave_conversation" => ClientRequest::LeaveConversation(payload(data).map_err(bad)?),
+        "join_group" => ClientRequest::JoinGroup(payload(data).map_err(bad)?),
+        "leave_group" => ClientRequest::LeaveGroup(payload(data).map_err(bad)?),
+        "typing" => {
+            let t: Typing = payload(data).map_err(bad)?;
+            crate::ids::RoomRef::from_fields(t.conversation_id.as_deref(), t.group_id.as_deref())
+                .map_err(|e| bad(e.into()))?;
+            ClientRequest::Typing(t)
         }
-        "leave_conversation" => {
-            ClientRequest::LeaveConversation(payload(data).map_err(|m| err(ErrorCode::InvalidPayload, m))?)
-        }
+        "mark_as_read" => ClientRequest::MarkAsRead(payload(data).map_err(bad)?),
+        "delete_message" => ClientRequest::DeleteMessage(payload(data).map_err(bad)?),
         other => {
             let shown: String = other.chars().take(64).collect();
             return Err(err(ErrorCode::UnknownEvent, format!("unknown event `{shown}`")));
@@ -142,6 +194,23 @@ mod tests {
             }
             other => panic!("wrong request {other:?}"),
         }
+    }
+
+    #[test]
+    fn parses_the_other_events() {
+        let ok = |t: &str| parse(t).map(|(_, r)| format!("{r:?}")).unwrap();
+        assert!(ok(r#"{"type":"send_message","data":{"groupId":"g","content":"hi"}}"#).contains("group_id: Some"));
+        assert!(
+            ok(r#"{"type":"typing","data":{"groupId":"g","isTyping":true,"userId":"ignored"}}"#).starts_with("Typing")
+        );
+        assert!(ok(r#"{"type":"mark_as_read","data":{"messageId":"m"}}"#).starts_with("MarkAsRead"));
+        assert!(ok(r#"{"type":"delete_message","data":{"messageId":"m"}}"#).starts_with("DeleteMessage"));
+        assert!(ok(r#"{"type":"join_group","data":{"groupId":"g"}}"#).starts_with("JoinGroup"));
+        assert!(ok(r#"{"type":"leave_group","data":{"groupId":"g"}}"#).starts_with("LeaveGroup"));
+        let both = r#"{"type":"send_message","data":{"groupId":"g","conversationId":"c","content":"hi"}}"#;
+        assert_eq!(parse(both).unwrap_err().code, ErrorCode::InvalidPayload);
+        assert_eq!(parse(r#"{"type":"typing","data":{"isTyping":true}}"#).unwrap_err().code, ErrorCode::InvalidPayload);
+        assert_eq!(parse(r#"{"type":"typing","data":{"groupId":"g"}}"#).unwrap_err().code, ErrorCode::InvalidPayload);
     }
 
     #[test]

@@ -51,6 +51,13 @@ impl RoomFields {
     pub fn room(&self) -> Result<RoomRef, &'static str> {
         RoomRef::from_fields(self.conversation_id.as_deref(), self.group_id.as_deref())
     }
+
+    /// Adds `conversationId` / `groupId` to an event's JSON data.
+    pub fn merge_into(&self, data: &mut serde_json::Value) {
+        if let (Some(d), Ok(serde_json::Value::Object(r))) = (data.as_object_mut(), serde_json::to_value(self)) {
+            d.extend(r);
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -24,18 +24,14 @@ pub struct Ready<'a> {
 #[serde(rename_all = "camelCase")]
 pub struct SendAck<'a> {
     pub message_id: &'a str,
-    pub conversation_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conversation_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<&'a str>,
     pub client_msg_id: &'a str,
     pub seq: u64,
     /// True when this was a retry of an already stored send.
     pub duplicate: bool,
-}
-
-/// Ack of `join_conversation` / `leave_conversation`.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RoomAck<'a> {
-    pub conversation_id: &'a str,
 }
 
 pub fn to_text<T: Serialize>(kind: &str, request_id: Option<&str>, data: T) -> String {

@@ -44,7 +44,14 @@ fn server_frames_shape() {
     let ack = to_text(
         "ack",
         Some("r1"),
-        SendAck { message_id: "m", conversation_id: "c", client_msg_id: "k", seq: 7, duplicate: false },
+        SendAck {
+            message_id: "m",
+            conversation_id: Some("c"),
+            group_id: None,
+            client_msg_id: "k",
+            seq: 7,
+            duplicate: false,
+        },
     );
     assert_eq!(
         ack,

@@ -5,7 +5,6 @@
 
 use super::Ctx;
 use super::events::{publication, refused, room_subject};
-use super::receipts::merge;
 use super::room::Room;
 use crate::handler::{ApplyError, Disposition, Incoming};
 use mongodb::bson::{Bson, Document, doc};
@@ -34,13 +33,11 @@ pub(super) async fn apply(
         return Ok(refused(&ctx.subjects, inc, ErrorCode::NotFound, "no such message in the room", detail));
     };
     if !already {
-        let admin = inc.envelope.has_role("Admin");
-        let by_role = room
-            .group
-            .as_ref()
-            .is_some_and(|g| inc.envelope.roles.iter().any(|r| g.permissions.can_delete_messages.contains(r)));
-        let member = room.is_member(actor) && !room.deleted();
-        let allowed = admin || (member && (message.sender_id == actor || by_role));
+        let roles = &inc.envelope.roles;
+        let allowed = match &room.group {
+            Some(g) => g.may_delete(actor, roles, message.sender_id),
+            None => inc.envelope.has_role("Admin") || (room.is_member(actor) && message.sender_id == actor),
+        };
         if !allowed {
             return Ok(refused(
                 &ctx.subjects,
@@ -84,7 +81,7 @@ pub(super) async fn apply(
         }
     }
     let mut data = json!({"messageId": c.message_id, "deletedBy": actor.to_hex()});
-    merge(&mut data, &RoomFields::of(&key));
+    RoomFields::of(&key).merge_into(&mut data);
     let frame = EventFrame::new(EventKind::MessageDeleted, inc.seq, data).from(actor.to_hex());
     Ok(Disposition::Applied(vec![publication(room_subject(&ctx.subjects, &key), &frame)?]))
 }

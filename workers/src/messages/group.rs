@@ -25,21 +25,6 @@ pub const GROUP_TYPES: [&str; 3] = ["department", "custom", "operational"];
 pub const MAX_NAME: usize = 100;
 pub const MAX_DESCRIPTION: usize = 1000;
 
-/// Who may add members: Admin, Supervisor (the module's route), or a role
-/// the group's `canAddMembers` lists; non-Admins must be members.
-pub fn may_add(group: &GroupDoc, actor: ObjectId, roles: &[String]) -> bool {
-    let has = |r: &str| roles.iter().any(|x| x == r);
-    has("Admin")
-        || (group.members.contains(&actor)
-            && (has("Supervisor") || roles.iter().any(|r| group.permissions.can_add_members.contains(r))))
-}
-
-/// Who may remove members: Admin, or a member with a role in `canRemoveMembers`.
-pub fn may_remove(group: &GroupDoc, actor: ObjectId, roles: &[String]) -> bool {
-    roles.iter().any(|r| r == "Admin")
-        || (group.members.contains(&actor) && roles.iter().any(|r| group.permissions.can_remove_members.contains(r)))
-}
-
 fn forbidden(ctx: &Ctx, inc: &Incoming, reason: &str) -> Disposition {
     refused(&ctx.subjects, inc, ErrorCode::Forbidden, reason, json!({}))
 }
@@ -144,7 +129,7 @@ pub(super) async fn apply(ctx: &Ctx, room: &mut Room, inc: &Incoming) -> Result<
         }
         Command::AddMember(MemberCmd { user_id, .. }) => add(ctx, room, inc, &group, *user_id, already).await,
         Command::RemoveMember(MemberCmd { user_id, .. }) => {
-            if !already && !may_remove(&group, actor, &inc.envelope.roles) {
+            if !already && !group.may_remove(actor, &inc.envelope.roles) {
                 return Ok(forbidden(ctx, inc, "removing members needs Admin or a role in canRemoveMembers"));
             }
             remove(ctx, room, inc, &group, *user_id, "member_removed", already).await
@@ -231,7 +216,7 @@ async fn add(
     already: bool,
 ) -> Result<Disposition, ApplyError> {
     let actor = inc.envelope.actor.oid();
-    if !already && !may_add(group, actor, &inc.envelope.roles) {
+    if !already && !group.may_add(actor, &inc.envelope.roles) {
         return Ok(forbidden(ctx, inc, "adding members needs Admin, Supervisor or a role in canAddMembers"));
     }
     let u = user.oid();

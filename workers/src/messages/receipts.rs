@@ -70,7 +70,7 @@ pub(super) async fn read(
         "readAt": iso(inc.time),
         "upToSeq": upto,
     });
-    merge(&mut data, &RoomFields::of(&key));
+    RoomFields::of(&key).merge_into(&mut data);
     let frame = EventFrame::new(EventKind::MessageRead, inc.seq, data).from(u);
     Ok(Disposition::Applied(vec![publication(room_subject(&ctx.subjects, &key), &frame)?]))
 }
@@ -119,16 +119,9 @@ pub(super) async fn delivered(
     let mut events = Vec::with_capacity(changed.len());
     for (i, (id, sender)) in changed.iter().enumerate() {
         let mut data = json!({"messageId": id.to_hex(), "status": "delivered"});
-        merge(&mut data, &RoomFields::of(&key));
+        RoomFields::of(&key).merge_into(&mut data);
         let frame = EventFrame::new(EventKind::MessageStatusUpdated, inc.seq, data).part(i as u32);
         events.push(publication(ctx.subjects.user_events(&sender.to_hex()), &frame)?);
     }
     Ok(Disposition::Applied(events))
-}
-
-/// Adds `conversationId` / `groupId` to an event's data.
-pub(super) fn merge(data: &mut serde_json::Value, room: &RoomFields) {
-    if let (Some(d), Ok(serde_json::Value::Object(r))) = (data.as_object_mut(), serde_json::to_value(room)) {
-        d.extend(r);
-    }
 }

@@ -1,0 +1,263 @@
+//! Presence: who is online, across edges and devices.
+//!
+//! Each edge keeps a key `<user>.<edge>` in a KV bucket while the user has
+//! at least one socket on it, refreshed every `HEARTBEAT` and expiring after
+//! the bucket's TTL; the server leaves a delete marker when a key expires,
+//! so a dead edge's users go offline within `OFFLINE_BOUND`. Every edge
+//! watches the bucket: a user is online while any key of theirs exists. On
+//! a transition each edge tells its own sockets whose users share a
+//! conversation or group with that user, so nobody else learns it and no
+//! frame is sent twice.
+
+use crate::hub::{ConnId, Outbound, Sink};
+use async_nats::jetstream::kv::{self, Operation};
+use futures::{StreamExt, TryStreamExt};
+use mongodb::bson::{DateTime, doc};
+use natter_nats::Subjects;
+use natter_shared::ids::UserId;
+use natter_shared::store::Store;
+use natter_shared::timefmt::iso;
+use natter_shared::v1::event::{EventFrame, EventKind};
+use serde::Serialize;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+pub use natter_nats::topology::PRESENCE_TTL;
+/// How often an edge refreshes its users' keys.
+pub const HEARTBEAT: Duration = Duration::from_secs(3);
+/// Longest time from an edge's death to its users going offline.
+pub const OFFLINE_BOUND: Duration = Duration::from_secs(PRESENCE_TTL.as_secs() + 5);
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct UserPresence {
+    pub user_id: String,
+    pub is_online: bool,
+    pub last_seen: Option<String>,
+}
+
+#[derive(Default)]
+struct LocalUser {
+    sinks: HashMap<ConnId, Sink>,
+    contacts: HashSet<UserId>,
+}
+
+pub struct Presence {
+    kv: kv::Store,
+    seen: kv::Store,
+    edge: String,
+    store: Store,
+    local: Mutex<HashMap<UserId, LocalUser>>,
+    /// Edges each user has sockets on, as the bucket says.
+    online: Mutex<HashMap<UserId, HashSet<String>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn now() -> DateTime {
+    DateTime::now()
+}
+
+impl Presence {
+    pub async fn start(
+        js: &async_nats::jetstream::Context,
+        subjects: &Subjects,
+        store: Store,
+        mut contacts_changed: mpsc::UnboundedReceiver<UserId>,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Presence>, String> {
+        let kv = js.get_key_value(subjects.presence_bucket()).await.map_err(|e| e.to_string())?;
+        let seen = js.get_key_value(subjects.last_seen_bucket()).await.map_err(|e| e.to_string())?;
+        let edge = mongodb::bson::oid::ObjectId::new().to_hex();
+        let p = Arc::new(Presence {
+            kv,
+            seen,
+            edge,
+            store,
+            local: Mutex::new(HashMap::new()),
+            online: Mutex::new(HashMap::new()),
+        });
+        let mut watch = p.kv.watch_with_history(">").await.map_err(|e| e.to_string())?;
+        let w = Arc::downgrade(&p);
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                let entry = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    e = watch.next() => match e { Some(Ok(e)) => e, Some(Err(_)) => continue, None => break },
+                };
+                let Some(p) = w.upgrade() else { break };
+                p.observe(&entry.key, entry.operation == Operation::Put).await;
+            }
+        });
+        let w = Arc::downgrade(&p);
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(HEARTBEAT);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tick.tick() => {}
+                    u = contacts_changed.recv() => {
+                        if let (Some(u), Some(p)) = (u, w.upgrade()) {
+                            p.refresh_contacts(u).await;
+                        }
+                        continue;
+                    }
+                }
+                let Some(p) = w.upgrade() else { break };
+                let users: Vec<UserId> = lock(&p.local).keys().copied().collect();
+                for u in users {
+                    let _ = p.kv.put(p.key(u), "1".into()).await;
+                }
+            }
+            // Going away: our users are no longer online through this edge.
+            if let Some(p) = w.upgrade() {
+                let users: Vec<UserId> = lock(&p.local).keys().copied().collect();
+                for u in users {
+                    let _ = p.kv.delete(p.key(u)).await;
+                }
+            }
+        });
+        Ok(p)
+    }
+
+    fn key(&self, user: UserId) -> String {
+        format!("{}.{}", user.hex(), self.edge)
+    }
+
+    /// A socket of `sink.user` connected to this edge.
+    pub async fn connect(&self, sink: &Sink) {
+        let first = {
+            let mut local = lock(&self.local);
+            let e = local.entry(sink.user).or_default();
+            e.sinks.insert(sink.conn, sink.clone());
+            e.sinks.len() == 1
+        };
+        if first {
+            if let Err(e) = self.kv.put(self.key(sink.user), "1".into()).await {
+                tracing::warn!(error = %e, "presence not recorded");
+            }
+            self.refresh_contacts(sink.user).await;
+        }
+    }
+
+    /// A socket went away; the user's last one on this edge removes the key.
+    pub async fn disconnect(&self, user: UserId, conn: ConnId) {
+        let last = {
+            let mut local = lock(&self.local);
+            match local.get_mut(&user) {
+                Some(e) => {
+                    e.sinks.remove(&conn);
+                    if e.sinks.is_empty() {
+                        local.remove(&user);
+                        true
+                    } else {
+                        false
+                    }
+                }
+                None => false,
+            }
+        };
+        if last {
+            let _ = self.seen.put(user.hex(), iso(now()).into()).await;
+            if let Err(e) = self.kv.delete(self.key(user)).await {
+                tracing::warn!(error = %e, "presence not cleared; it will expire");
+            }
+        }
+    }
+
+    /// Applies a change seen in the bucket; tells local contacts on a transition.
+    async fn observe(&self, key: &str, present: bool) {
+        let Some((user, edge)) = key.split_once('.') else { return };
+        let Ok(user) = user.parse::<UserId>() else { return };
+        let changed = {
+            let mut online = lock(&self.online);
+            let edges = online.entry(user).or_default();
+            let was = !edges.is_empty();
+            if present {
+                edges.insert(edge.to_string());
+            } else {
+                edges.remove(edge);
+            }
+            let is = !edges.is_empty();
+            if !is {
+                online.remove(&user);
+            }
+            (was != is).then_some(is)
+        };
+        let Some(is_online) = changed else { return };
+        let at = iso(now());
+        if !is_online {
+            // Also when the edge died: record when the user was last seen.
+            let _ = self.seen.put(user.hex(), at.clone().into()).await;
+        }
+        let data = UserPresence { user_id: user.hex(), is_online, last_seen: Some(at) };
+        let kind = if is_online { EventKind::UserOnline } else { EventKind::UserOffline };
+        let Ok(text) = serde_json::to_string(&EventFrame::ephemeral(kind, data).from(user.hex())) else { return };
+        let targets: Vec<Sink> = lock(&self.local)
+            .iter()
+            .filter(|(u, l)| **u != user && l.contacts.contains(&user))
+            .flat_map(|(_, l)| l.sinks.values().cloned())
+            .collect();
+        for s in targets {
+            if s.tx.try_send(Outbound::Text(text.clone())).is_err() {
+                s.overflow.cancel();
+            }
+        }
+    }
+
+    async fn refresh_contacts(&self, user: UserId) {
+        if !lock(&self.local).contains_key(&user) {
+            return;
+        }
+        match contacts_of(&self.store, user).await {
+            Ok(c) => {
+                if let Some(l) = lock(&self.local).get_mut(&user) {
+                    l.contacts = c;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "contacts not refreshed"),
+        }
+    }
+
+    /// Presence of `users` as `who` may see it: only users who share a
+    /// conversation or group with `who` (and `who`).
+    pub async fn of(&self, who: UserId, users: &[UserId]) -> Result<Vec<UserPresence>, mongodb::error::Error> {
+        let contacts = contacts_of(&self.store, who).await?;
+        let mut out = Vec::new();
+        for u in users {
+            if *u != who && !contacts.contains(u) {
+                continue;
+            }
+            let is_online = lock(&self.online).get(u).is_some_and(|e| !e.is_empty());
+            let last_seen = match self.seen.get(u.hex()).await {
+                Ok(Some(v)) => Some(String::from_utf8_lossy(&v).to_string()),
+                _ => None,
+            };
+            out.push(UserPresence { user_id: u.hex(), is_online, last_seen });
+        }
+        Ok(out)
+    }
+}
+
+/// Everyone who shares a conversation or a group with `user`.
+pub async fn contacts_of(store: &Store, user: UserId) -> Result<HashSet<UserId>, mongodb::error::Error> {
+    let mut out = HashSet::new();
+    let convs: Vec<_> = store.conversations().find(doc! {"participantIds": user.oid()}).await?.try_collect().await?;
+    for c in convs {
+        out.extend(c.participant_ids.into_iter().map(UserId));
+    }
+    let groups: Vec<_> =
+        store.groups().find(doc! {"members": user.oid(), "deleted": {"$ne": true}}).await?.try_collect().await?;
+    for g in groups {
+        out.extend(g.members.into_iter().map(UserId));
+    }
+    out.remove(&user);
+    Ok(out)
+}

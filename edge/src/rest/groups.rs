@@ -1,0 +1,213 @@
+//! `/api/chat/groups...`: list, create, read, update, delete, members,
+//! leave, history. Writes go through JetStream and answer once applied.
+
+use super::{body, history, paging};
+use crate::chat::{self, NewGroup};
+use crate::error::ChatError;
+use crate::state::EdgeState;
+use crate::token::AuthUser;
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use natter_shared::ids::{RoomKind, UserId};
+use natter_shared::model::{GroupView, MessagePage, Permissions};
+use natter_shared::v1::command::UpdateGroupCmd;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+type St = State<Arc<EdgeState>>;
+
+const GROUP_TYPES: [&str; 3] = ["department", "custom", "operational"];
+const MAX_NAME: usize = 100;
+const MAX_TEXT: usize = 1000;
+const MAX_MEMBERS: usize = 1000;
+
+pub async fn list(
+    State(st): St,
+    AuthUser(who): AuthUser,
+    RawQuery(q): RawQuery,
+) -> Result<Json<Vec<GroupView>>, ChatError> {
+    let (page, limit) = paging::page_limit(q.as_deref(), 20)?;
+    let groups = st.store.groups_for(who.user.oid(), page, limit).await?;
+    let last_ids: Vec<_> = groups.iter().filter_map(|g| g.last_message_id).collect();
+    let last: HashMap<_, _> = st.store.messages_by_id(&last_ids).await?.into_iter().map(|m| (m.id, m)).collect();
+    Ok(Json(groups.iter().map(|g| GroupView::new(g, g.last_message_id.and_then(|id| last.get(&id)))).collect()))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateBody {
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    avatar: Option<String>,
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    member_ids: Vec<String>,
+    #[serde(default)]
+    permissions: Option<Permissions>,
+}
+
+fn check_text(name: &str, v: &Option<String>, max: usize) -> Result<(), ChatError> {
+    match v {
+        Some(s) if s.len() > max => Err(ChatError::InvalidPayload(format!("{name} is longer than {max} bytes"))),
+        _ => Ok(()),
+    }
+}
+
+fn check_name(name: &str) -> Result<String, ChatError> {
+    let n = name.trim();
+    if n.is_empty() || n.len() > MAX_NAME {
+        return Err(ChatError::InvalidPayload(format!("name must be 1 to {MAX_NAME} bytes")));
+    }
+    Ok(n.to_string())
+}
+
+fn check_type(t: &str) -> Result<(), ChatError> {
+    if GROUP_TYPES.contains(&t) {
+        Ok(())
+    } else {
+        Err(ChatError::InvalidPayload("type must be department, custom or operational".into()))
+    }
+}
+
+fn user_id(s: &str) -> Result<UserId, ChatError> {
+    s.parse().map_err(ChatError::InvalidPayload)
+}
+
+pub async fn create(
+    State(st): St,
+    AuthUser(who): AuthUser,
+    b: Result<Json<CreateBody>, JsonRejection>,
+) -> Result<(StatusCode, Json<GroupView>), ChatError> {
+    let b = body(b)?;
+    let name = check_name(&b.name)?;
+    check_text("description", &b.description, MAX_TEXT)?;
+    check_text("avatar", &b.avatar, MAX_TEXT)?;
+    let group_type = b.kind.unwrap_or_else(|| "custom".into());
+    check_type(&group_type)?;
+    if b.member_ids.len() > MAX_MEMBERS {
+        return Err(ChatError::InvalidPayload(format!("at most {MAX_MEMBERS} members")));
+    }
+    let member_ids = b.member_ids.iter().map(|m| user_id(m)).collect::<Result<Vec<_>, _>>()?;
+    let g = NewGroup {
+        name,
+        description: b.description,
+        avatar: b.avatar,
+        group_type,
+        member_ids,
+        permissions: b.permissions.unwrap_or_default(),
+    };
+    let created = chat::create_group(&st, &who, g).await?;
+    Ok((StatusCode::CREATED, Json(GroupView::new(&created, None))))
+}
+
+pub async fn get_one(
+    State(st): St,
+    AuthUser(who): AuthUser,
+    Path(id): Path<String>,
+) -> Result<Json<GroupView>, ChatError> {
+    let g = chat::visible_group(&st, &who, &id).await?;
+    Ok(Json(GroupView::new(&g, None)))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateBody {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    avatar: Option<String>,
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    permissions: Option<Permissions>,
+}
+
+pub async fn update(
+    State(st): St,
+    AuthUser(who): AuthUser,
+    Path(id): Path<String>,
+    b: Result<Json<UpdateBody>, JsonRejection>,
+) -> Result<Json<GroupView>, ChatError> {
+    let b = body(b)?;
+    let gid = chat::oid(&id, "groupId")?;
+    let name = b.name.as_deref().map(check_name).transpose()?;
+    check_text("description", &b.description, MAX_TEXT)?;
+    check_text("avatar", &b.avatar, MAX_TEXT)?;
+    if let Some(t) = &b.kind {
+        check_type(t)?;
+    }
+    let c = UpdateGroupCmd {
+        group_id: gid.to_hex(),
+        name,
+        description: b.description,
+        avatar: b.avatar,
+        group_type: b.kind,
+        permissions: b.permissions,
+    };
+    let g = chat::update_group(&st, &who, c).await?;
+    Ok(Json(GroupView::new(&g, None)))
+}
+
+pub async fn remove(
+    State(st): St,
+    AuthUser(who): AuthUser,
+    Path(id): Path<String>,
+) -> Result<Json<GroupView>, ChatError> {
+    let g = chat::delete_group(&st, &who, &id).await?;
+    Ok(Json(GroupView::new(&g, None)))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberBody {
+    user_id: String,
+}
+
+pub async fn add_member(
+    State(st): St,
+    AuthUser(who): AuthUser,
+    Path(id): Path<String>,
+    b: Result<Json<MemberBody>, JsonRejection>,
+) -> Result<(StatusCode, Json<GroupView>), ChatError> {
+    let user = user_id(&body(b)?.user_id)?;
+    let g = chat::add_member(&st, &who, &id, user).await?;
+    Ok((StatusCode::CREATED, Json(GroupView::new(&g, None))))
+}
+
+pub async fn remove_member(
+    State(st): St,
+    AuthUser(who): AuthUser,
+    Path((id, user)): Path<(String, String)>,
+) -> Result<Json<GroupView>, ChatError> {
+    let g = chat::remove_member(&st, &who, &id, user_id(&user)?).await?;
+    Ok(Json(GroupView::new(&g, None)))
+}
+
+pub async fn leave(
+    State(st): St,
+    AuthUser(who): AuthUser,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<GroupView>), ChatError> {
+    let g = chat::leave_group(&st, &who, &id).await?;
+    Ok((StatusCode::CREATED, Json(GroupView::new(&g, None))))
+}
+
+pub async fn messages(
+    State(st): St,
+    AuthUser(who): AuthUser,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Json<MessagePage>, ChatError> {
+    let (room, _) = chat::room(RoomKind::Group, &id)?;
+    paging::history(q.as_deref())?;
+    chat::require_member(&st, &who, &room).await?;
+    Ok(Json(history(&st.store, &room, q.as_deref()).await?))
+}

@@ -1,0 +1,34 @@
+//! `GET /api/chat/presence?userIds=a,b,c`: who is online, for the initial
+//! screen. Only users who share a conversation or group with the caller
+//! (and the caller) are reported; others are left out.
+
+use crate::error::ChatError;
+use crate::presence::UserPresence;
+use crate::state::EdgeState;
+use crate::token::AuthUser;
+use axum::Json;
+use axum::extract::{RawQuery, State};
+use natter_shared::ids::UserId;
+use std::sync::Arc;
+
+const MAX_USERS: usize = 500;
+
+pub async fn get(
+    State(st): State<Arc<EdgeState>>,
+    AuthUser(who): AuthUser,
+    RawQuery(q): RawQuery,
+) -> Result<Json<Vec<UserPresence>>, ChatError> {
+    let raw = url::form_urlencoded::parse(q.as_deref().unwrap_or("").as_bytes())
+        .find(|(k, _)| k == "userIds")
+        .map(|(_, v)| v.into_owned())
+        .ok_or_else(|| ChatError::InvalidPayload("userIds is required (comma-separated)".into()))?;
+    let users = raw
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.trim().parse::<UserId>().map_err(ChatError::InvalidPayload))
+        .collect::<Result<Vec<_>, _>>()?;
+    if users.len() > MAX_USERS {
+        return Err(ChatError::InvalidPayload(format!("at most {MAX_USERS} userIds")));
+    }
+    Ok(Json(st.presence.of(who.user, &users).await?))
+}

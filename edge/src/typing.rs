@@ -1,0 +1,76 @@
+//! Typing indicators: ephemeral frames on the room's `eph` subject (core
+//! NATS, never stored), with the user id and name from the token. A client
+//! that goes quiet stops "typing" after `TYPING_TTL`; leaving the room or
+//! disconnecting stops it at once.
+
+use crate::state::EdgeState;
+use natter_shared::auth::Identity;
+use natter_shared::ids::RoomRef;
+use natter_shared::v1::command::RoomFields;
+use natter_shared::v1::event::{EventFrame, EventKind};
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::task::JoinHandle;
+
+/// How long `isTyping: true` lasts without being repeated.
+pub const TYPING_TTL: Duration = Duration::from_secs(6);
+
+/// The rooms one connection is typing in, each with its expiry timer.
+#[derive(Default)]
+pub struct TypingState {
+    active: Mutex<HashMap<RoomRef, JoinHandle<()>>>,
+}
+
+async fn publish(st: &EdgeState, who: &Identity, room: &RoomRef, typing: bool) {
+    let mut data = json!({
+        "userId": who.user.hex(),
+        "username": who.name.clone().unwrap_or_default(),
+        "isTyping": typing,
+    });
+    RoomFields::of(room).merge_into(&mut data);
+    let frame = EventFrame::ephemeral(EventKind::UserTyping, data).from(who.user.hex());
+    if let Ok(body) = serde_json::to_vec(&frame) {
+        let subject = st.subjects.room_ephemeral(room.kind, &room.id);
+        if let Err(e) = st.nats.publish(subject, body.into()).await {
+            tracing::debug!(error = %e, "typing frame not published");
+        }
+    }
+}
+
+impl TypingState {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RoomRef, JoinHandle<()>>> {
+        self.active.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub async fn start(self: &Arc<Self>, st: &Arc<EdgeState>, who: &Identity, room: &RoomRef) {
+        publish(st, who, room, true).await;
+        let (me, st2, who2, room2) = (Arc::downgrade(self), st.clone(), who.clone(), room.clone());
+        let expiry = tokio::spawn(async move {
+            tokio::time::sleep(TYPING_TTL).await;
+            if let Some(me) = me.upgrade() {
+                me.lock().remove(&room2);
+            }
+            publish(&st2, &who2, &room2, false).await;
+        });
+        if let Some(old) = self.lock().insert(room.clone(), expiry) {
+            old.abort();
+        }
+    }
+
+    pub async fn stop(&self, st: &EdgeState, who: &Identity, room: &RoomRef) {
+        let was = self.lock().remove(room);
+        if let Some(h) = was {
+            h.abort();
+            publish(st, who, room, false).await;
+        }
+    }
+
+    pub async fn stop_all(&self, st: &EdgeState, who: &Identity) {
+        let rooms: Vec<RoomRef> = self.lock().keys().cloned().collect();
+        for r in rooms {
+            self.stop(st, who, &r).await;
+        }
+    }
+}
