@@ -259,3 +259,39 @@ impl TestApp {
         (status, resp.json().await.unwrap_or(serde_json::Value::Null))
     }
 }
+
+impl TestApp {
+    /// Any REST call with a token; status and JSON body (Null when none).
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        edge: SocketAddr,
+        path: &str,
+        token: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut req = self.http().request(method, format!("http://{edge}{path}")).bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    /// `POST /api/chat/groups` as an Admin; the group id.
+    pub async fn create_group(&self, edge: SocketAddr, admin: UserId, members: &[UserId]) -> String {
+        let ids: Vec<String> = members.iter().map(|m| m.hex()).collect();
+        let (status, v) = self
+            .call(
+                reqwest::Method::POST,
+                edge,
+                "/api/chat/groups",
+                &self.token(admin, &["Admin"]),
+                Some(serde_json::json!({"name": "team", "type": "operational", "memberIds": ids})),
+            )
+            .await;
+        assert_eq!(status, 201, "create group: {v}");
+        v["_id"].as_str().expect("_id").to_string()
+    }
+}
