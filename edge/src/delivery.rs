@@ -1,14 +1,14 @@
 //! Delivery receipts. When an edge writes a `message_received` frame to a
 //! recipient's socket, the message has reached a device: the edge reports it
 //! as a `mark_delivered` command. Reports are coalesced per user and room
-//! (the highest `seq` written) and flushed every `FLUSH_EVERY`, so a busy
+//! (the set of `seq`s written) and flushed every `FLUSH_EVERY`, so a busy
 //! room costs one command per recipient per flush, not one per message.
 
 use natter_nats::Subjects;
 use natter_nats::publish;
 use natter_shared::ids::{RoomRef, UserId};
-use natter_shared::v1::command::{Command, CommandEnvelope, MarkDeliveredCmd, RoomFields};
-use std::collections::HashMap;
+use natter_shared::v1::command::{Command, CommandEnvelope, MAX_DELIVERED_SEQS, MarkDeliveredCmd, RoomFields};
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -25,14 +25,13 @@ impl Deliveries {
     pub fn spawn(js: async_nats::jetstream::Context, subjects: Subjects, shutdown: CancellationToken) -> Self {
         let (tx, mut rx) = mpsc::channel::<(UserId, RoomRef, u64)>(QUEUE);
         tokio::spawn(async move {
-            let mut pending: HashMap<(UserId, RoomRef), u64> = HashMap::new();
+            let mut pending: HashMap<(UserId, RoomRef), BTreeSet<u64>> = HashMap::new();
             let mut tick = tokio::time::interval(FLUSH_EVERY);
             loop {
                 tokio::select! {
                     r = rx.recv() => match r {
                         Some((u, room, seq)) => {
-                            let e = pending.entry((u, room)).or_insert(0);
-                            *e = (*e).max(seq);
+                            pending.entry((u, room)).or_default().insert(seq);
                         }
                         None => break,
                     },
@@ -55,21 +54,24 @@ impl Deliveries {
 async fn flush(
     js: &async_nats::jetstream::Context,
     subjects: &Subjects,
-    pending: &mut HashMap<(UserId, RoomRef), u64>,
+    pending: &mut HashMap<(UserId, RoomRef), BTreeSet<u64>>,
 ) {
-    for ((user, room), seq) in pending.drain() {
-        let env = CommandEnvelope {
-            v: natter_shared::v1::VERSION,
-            actor: user,
-            roles: vec![],
-            reply: None,
-            command: Command::MarkDelivered(MarkDeliveredCmd { room: RoomFields::of(&room), up_to_seq: seq }),
-        };
-        let Ok(body) = serde_json::to_vec(&env) else { continue };
-        let subject = subjects.command(room.kind, &room.id, env.command.action());
-        let msg_id = format!("dlv:{user}:{}:{seq}", room.id);
-        if let Err(e) = publish::command(js, subject, &msg_id, body.into()).await {
-            tracing::warn!(error = %e, "delivery receipt not stored");
+    for ((user, room), seqs) in pending.drain() {
+        let seqs: Vec<u64> = seqs.into_iter().collect();
+        for chunk in seqs.chunks(MAX_DELIVERED_SEQS) {
+            let env = CommandEnvelope {
+                v: natter_shared::v1::VERSION,
+                actor: user,
+                roles: vec![],
+                reply: None,
+                command: Command::MarkDelivered(MarkDeliveredCmd { room: RoomFields::of(&room), seqs: chunk.to_vec() }),
+            };
+            let Ok(body) = serde_json::to_vec(&env) else { continue };
+            let subject = subjects.command(room.kind, &room.id, env.command.action());
+            let msg_id = format!("dlv:{user}:{}:{}:{}", room.id, chunk[0], chunk[chunk.len() - 1]);
+            if let Err(e) = publish::command(js, subject, &msg_id, body.into()).await {
+                tracing::warn!(error = %e, "delivery receipt not stored");
+            }
         }
     }
 }

@@ -88,10 +88,6 @@ pub struct ConversationDoc {
     /// Read cursor per user: every message up to this `seq` is read.
     #[serde(default)]
     pub read_cursors: PerUser,
-    /// Delivered cursor per user: every message up to this `seq` reached one
-    /// of the user's devices.
-    #[serde(default)]
-    pub delivered_cursors: PerUser,
 }
 
 /// Who may do what in a group, as lists of roles (the module's schema).
@@ -148,8 +144,6 @@ pub struct GroupDoc {
     pub last_seq: i64,
     #[serde(default)]
     pub read_cursors: PerUser,
-    #[serde(default)]
-    pub delivered_cursors: PerUser,
     /// Deleted groups stay as tombstones (hidden from every read).
     #[serde(default, skip_serializing_if = "is_false")]
     pub deleted: bool,

@@ -191,10 +191,13 @@ pub struct MarkReadCmd {
 pub struct MarkDeliveredCmd {
     #[serde(flatten)]
     pub room: RoomFields,
-    /// Every message of the room up to this `seq` reached one of the
-    /// actor's devices.
-    pub up_to_seq: u64,
+    /// The `seq`s of the room's messages that reached one of the actor's
+    /// devices (only those: a device that missed some does not mark them).
+    pub seqs: Vec<u64>,
 }
+
+/// Most message seqs one `mark_delivered` carries.
+pub const MAX_DELIVERED_SEQS: usize = 1000;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -43,7 +43,6 @@ pub(super) async fn apply(ctx: &Ctx, inc: &Incoming, c: &CreateConversationCmd) 
         updated_at: inc.time,
         last_seq: inc.seq as i64,
         read_cursors: Default::default(),
-        delivered_cursors: Default::default(),
     };
     if let Err(e) = ctx.store.conversations().insert_one(&doc).await
         && !super::is_duplicate(&e)

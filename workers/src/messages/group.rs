@@ -70,7 +70,6 @@ pub(super) async fn create(ctx: &Ctx, inc: &Incoming, c: &CreateGroupCmd) -> Res
         updated_at: inc.time,
         last_seq: seq,
         read_cursors: members.iter().map(|m| (m.to_hex(), seq)).collect(),
-        delivered_cursors: Default::default(),
         deleted: false,
     };
     if let Err(e) = ctx.store.groups().insert_one(&doc).await
@@ -279,14 +278,13 @@ async fn remove(
         let h = u.to_hex();
         let update = doc! {
             "$pull": {"members": u},
-            "$unset": {format!("readCursors.{h}"): "", format!("unreadCounts.{h}"): "", format!("deliveredCursors.{h}"): ""},
+            "$unset": {format!("readCursors.{h}"): "", format!("unreadCounts.{h}"): ""},
             "$set": {"lastMessageId": system.id, "updatedAt": inc.time},
         };
         room.commit(&ctx.store, inc.seq, update).await?;
         room.members.retain(|m| *m != u);
         room.read.remove(&h);
         room.unread.remove(&h);
-        room.delivered.remove(&h);
         if let Some(g) = room.group.as_mut() {
             g.members.retain(|m| *m != u);
         }

@@ -1,7 +1,8 @@
-//! Read and delivery receipts. Both move a per-user cursor by `seq` (only
-//! forward) and mark the messages in between: `readBy` and `status: read`,
-//! or `status: delivered`. A read recounts the reader's unread messages
-//! from the cursor, so the count is exact whatever happened before.
+//! Read and delivery receipts. A read moves the reader's cursor by `seq`
+//! (only forward) and marks the messages in between (`readBy`, `status:
+//! read`), then recounts the reader's unread messages from the cursor, so the
+//! count is exact whatever happened before. A delivery marks exactly the
+//! messages a device received (`status: delivered`).
 
 use super::Ctx;
 use super::events::{publication, refused, room_subject};
@@ -10,7 +11,7 @@ use crate::handler::{ApplyError, Disposition, Incoming};
 use mongodb::bson::doc;
 use natter_shared::ids::parse_oid;
 use natter_shared::timefmt::iso;
-use natter_shared::v1::command::{MarkDeliveredCmd, MarkReadCmd, RoomFields};
+use natter_shared::v1::command::{MAX_DELIVERED_SEQS, MarkDeliveredCmd, MarkReadCmd, RoomFields};
 use natter_shared::v1::error::ErrorCode;
 use natter_shared::v1::event::{EventFrame, EventKind};
 use serde_json::json;
@@ -75,33 +76,26 @@ pub(super) async fn read(
     Ok(Disposition::Applied(vec![publication(room_subject(&ctx.subjects, &key), &frame)?]))
 }
 
-pub(super) async fn delivered(
-    ctx: &Ctx,
-    room: &mut Room,
-    inc: &Incoming,
-    c: &MarkDeliveredCmd,
-) -> Result<Disposition, ApplyError> {
+pub(super) async fn delivered(ctx: &Ctx, room: &mut Room, inc: &Incoming, c: &MarkDeliveredCmd) -> Result<Disposition, ApplyError> {
     let user = inc.envelope.actor.oid();
-    let u = user.to_hex();
     if inc.seq as i64 <= room.last_seq {
         // Applied before; its status events are not rebuilt (the statuses
         // are already `delivered`, and clients converge on the next one).
         return Ok(Disposition::Applied(vec![]));
     }
-    let prev = room.delivered.get(&u).copied().unwrap_or(0);
-    let upto = (c.up_to_seq as i64).min(room.last_seq);
-    if !room.is_member(user) || upto <= prev {
+    if !room.is_member(user) || c.seqs.is_empty() || c.seqs.len() > MAX_DELIVERED_SEQS {
         room.commit(&ctx.store, inc.seq, doc! {}).await?;
         return Ok(Disposition::Applied(vec![]));
     }
+    let seqs: Vec<i64> = c.seqs.iter().map(|s| *s as i64).collect();
     let mut filter = room.messages_filter();
-    filter.insert("seq", doc! {"$gt": prev, "$lte": upto});
+    filter.insert("seq", doc! {"$in": &seqs});
     filter.insert("senderId", doc! {"$ne": user});
     filter.insert("status", "sent");
     filter.insert("deleted", doc! {"$ne": true});
     filter.insert("messageType", doc! {"$ne": "system"});
     let mut changed = Vec::new();
-    let mut cur = ctx.store.messages().find(filter.clone()).await?;
+    let mut cur = ctx.store.messages().find(filter).await?;
     while cur.advance().await? {
         let m = cur.deserialize_current()?;
         changed.push((m.id, m.sender_id));
@@ -113,8 +107,7 @@ pub(super) async fn delivered(
             .update_many(doc! {"_id": {"$in": ids}, "status": "sent"}, doc! {"$set": {"status": "delivered"}})
             .await?;
     }
-    room.commit(&ctx.store, inc.seq, doc! {"$set": {format!("deliveredCursors.{u}"): upto}}).await?;
-    room.delivered.insert(u, upto);
+    room.commit(&ctx.store, inc.seq, doc! {}).await?;
     let key = room.room_ref();
     let mut events = Vec::with_capacity(changed.len());
     for (i, (id, sender)) in changed.iter().enumerate() {

@@ -17,7 +17,6 @@ pub(super) struct Room {
     /// Highest command seq applied to the room.
     pub last_seq: i64,
     pub read: PerUser,
-    pub delivered: PerUser,
     pub unread: PerUser,
     /// The whole document, for groups (admin, permissions, tombstone).
     pub group: Option<GroupDoc>,
@@ -38,7 +37,6 @@ impl Room {
             members: c.participant_ids,
             last_seq: c.last_seq,
             read: c.read_cursors,
-            delivered: c.delivered_cursors,
             unread: c.unread_counts,
             group: None,
         }
@@ -51,7 +49,6 @@ impl Room {
             members: g.members.clone(),
             last_seq: g.last_seq,
             read: g.read_cursors.clone(),
-            delivered: g.delivered_cursors.clone(),
             unread: g.unread_counts.clone(),
             group: Some(g),
         }

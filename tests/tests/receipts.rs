@@ -1,0 +1,198 @@
+//! Delivered and read receipts, unread counts (exact under a killed worker
+//! and redelivery), and deletion tombstones that replay cannot undo.
+
+use async_nats::jetstream;
+use mongodb::bson::doc;
+use natter_nats::{RoomKind, Subjects};
+use natter_tests::{TestApp, WsClient};
+use reqwest::Method;
+use serde_json::json;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivered_when_a_device_gets_it_and_read_up_to_a_message() {
+    let mut app = TestApp::new().await;
+    let e1 = app.start_edge().await;
+    let e2 = app.start_edge().await;
+    app.start_worker();
+    let (a, b) = (app.user(), app.user());
+    let conv = app.open_conversation(e1, a, b).await;
+    let mut wa = WsClient::connect(e1, &app.token(a, &[])).await;
+    wa.request("join_conversation", json!({"conversationId": conv})).await;
+
+    // B is offline: the message stays `sent` (no timer pretends otherwise).
+    let r = wa.request("send_message", json!({"conversationId": conv, "content": "while away"})).await;
+    let first = r["data"]["messageId"].as_str().unwrap().to_string();
+    assert!(wa.events("message_status_updated", 1, Duration::from_millis(1500)).await.is_empty());
+    let m = app.store.messages().find_one(doc! {"_id": first.parse::<mongodb::bson::oid::ObjectId>().unwrap()}).await.unwrap().unwrap();
+    assert_eq!(m.status, "sent");
+
+    // B's device gets the next ones: A hears `delivered` for each.
+    let mut wb = WsClient::connect(e2, &app.token(b, &[])).await;
+    wb.request("join_conversation", json!({"conversationId": conv})).await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let r = wa.request("send_message", json!({"conversationId": conv, "content": format!("m{i}")})).await;
+        ids.push(r["data"]["messageId"].as_str().unwrap().to_string());
+    }
+    let ev = wa.events("message_status_updated", 3, Duration::from_secs(10)).await;
+    let mut got: Vec<String> = ev.iter().map(|e| e["data"]["messageId"].as_str().unwrap().to_string()).collect();
+    got.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(got, want, "delivered for exactly the messages B's device got");
+    assert!(ev.iter().all(|e| e["data"]["status"] == "delivered"));
+    assert!(wb.events("message_status_updated", 1, Duration::from_millis(500)).await.is_empty(), "only the sender hears it");
+    assert!(wa.events("message_status_updated", 1, Duration::from_millis(500)).await.is_empty(), "no status for the missed one");
+    let m = app.store.messages().find_one(doc! {"_id": first.parse::<mongodb::bson::oid::ObjectId>().unwrap()}).await.unwrap().unwrap();
+    assert_eq!(m.status, "sent", "the message B's device never got is not delivered");
+
+    // Unread before reading: 4 for B, 0 for A.
+    let (_, c) = app.get(e1, &format!("/api/chat/conversations/{conv}"), b).await;
+    assert_eq!((c["unreadCounts"][b.hex()].as_i64(), c["unreadCounts"][a.hex()].as_i64()), (Some(4), None));
+
+    // B reads up to the second of the three: it and everything before.
+    let r = wb.request("mark_as_read", json!({"messageId": ids[1]})).await;
+    assert_eq!(r["type"], "ack", "{r}");
+    let read = wa.events("message_read", 1, Duration::from_secs(5)).await;
+    assert_eq!(read[0]["data"]["userId"], b.hex());
+    assert_eq!(read[0]["data"]["messageId"], ids[1]);
+    assert_eq!(read[0]["data"]["conversationId"], conv);
+    natter_tests::eventually("read applied", Duration::from_secs(5), || async {
+        let (_, c) = app.get(e1, &format!("/api/chat/conversations/{conv}"), b).await;
+        (c["unreadCounts"][b.hex()] == 1).then_some(())
+    })
+    .await;
+    let (_, h) = app.get(e1, &format!("/api/chat/conversations/{conv}/messages"), a).await;
+    let msgs = h["messages"].as_array().unwrap();
+    for m in &msgs[..3] {
+        assert_eq!(m["status"], "read", "{m}");
+        assert!(m["readBy"].as_array().unwrap().contains(&json!(b.hex())), "{m}");
+    }
+    assert_eq!(msgs[3]["status"], "delivered");
+    assert!(!msgs[3]["readBy"].as_array().unwrap().contains(&json!(b.hex())));
+
+    // REST read of the last one: back to zero; returns the message.
+    let (s, v) = app.call(Method::PATCH, e2, &format!("/api/chat/messages/{}/read", ids[2]), &app.token(b, &[]), None).await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("read")), "{v}");
+    let (_, c) = app.get(e1, "/api/chat/conversations", b).await;
+    assert_eq!(c[0]["unreadCounts"][b.hex()], 0);
+    // Reading an older message later does not move the cursor back.
+    wb.request("mark_as_read", json!({"messageId": first})).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, c) = app.get(e1, &format!("/api/chat/conversations/{conv}"), b).await;
+    assert_eq!(c["unreadCounts"][b.hex()], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_counts_stay_exact_when_a_worker_dies_mid_stream() {
+    let mut app = TestApp::new().await;
+    let e = app.start_edge().await;
+    let w1 = app.start_worker_process();
+    app.start_worker_process();
+    let (a, b, c) = (app.user(), app.user(), app.user());
+    let conv = app.open_conversation(e, a, b).await;
+    let g = app.create_group(e, a, &[b, c]).await;
+    let mut wa = WsClient::connect(e, &app.token(a, &[])).await;
+    let mut wc = WsClient::connect(e, &app.token(c, &[])).await;
+    const N: usize = 600;
+    let mut read_at = None;
+    for i in 0..N {
+        if i == N / 2 {
+            app.processes[w1].kill9().await;
+            app.start_worker_process();
+        }
+        let r = wa.request("send_message", json!({"conversationId": conv, "content": format!("c{i}"), "clientMsgId": format!("c{i}")})).await;
+        assert_eq!(r["type"], "ack");
+        let r = wa.request("send_message", json!({"groupId": g, "content": format!("g{i}"), "clientMsgId": format!("g{i}")})).await;
+        assert_eq!(r["type"], "ack");
+        if i % 7 == 0 {
+            let r = wc.request("send_message", json!({"groupId": g, "content": format!("from c {i}")})).await;
+            assert_eq!(r["type"], "ack");
+        }
+        if i == 400 {
+            read_at = Some(r["data"]["messageId"].as_str().unwrap().to_string());
+        }
+    }
+    // C reads the group up to A's message 400 (a read cursor mid-stream).
+    let read_at = read_at.unwrap();
+    natter_tests::eventually("message 400 stored", Duration::from_secs(60), || async {
+        let (s, _) = app.get(e, &format!("/api/chat/groups/{g}"), c).await;
+        let n = app.store.messages().count_documents(doc! {"_id": read_at.parse::<mongodb::bson::oid::ObjectId>().unwrap()}).await.ok()?;
+        (s == 200 && n == 1).then_some(())
+    })
+    .await;
+    let r = wc.request("mark_as_read", json!({"messageId": read_at})).await;
+    assert_eq!(r["type"], "ack", "{r}");
+    let from_c = (0..N).filter(|i| i % 7 == 0).count();
+    natter_tests::eventually("every command applied", Duration::from_secs(90), || async {
+        let total = app.store.messages().count_documents(doc! {"groupId": &g, "messageType": "text"}).await.ok()?;
+        let read = app.store.groups().find_one(doc! {"_id": g.parse::<mongodb::bson::oid::ObjectId>().unwrap()}).await.ok()??;
+        (total as usize == N + from_c && read.read_cursors.get(&c.hex()).copied().unwrap_or(0) > 0).then_some(())
+    })
+    .await;
+    let conv_doc = app.store.conversation(conv.parse().unwrap()).await.unwrap().unwrap();
+    assert_eq!(conv_doc.unread_counts.get(&b.hex()).copied(), Some(N as i64), "B's unread in the conversation");
+    assert_eq!(conv_doc.unread_counts.get(&a.hex()).copied().unwrap_or(0), 0);
+    let group = app.store.groups().find_one(doc! {"_id": g.parse::<mongodb::bson::oid::ObjectId>().unwrap()}).await.unwrap().unwrap();
+    // B has read nothing: every message from A and C.
+    assert_eq!(group.unread_counts.get(&b.hex()).copied(), Some((N + from_c) as i64), "B's unread in the group");
+    // A has read nothing from C.
+    assert_eq!(group.unread_counts.get(&a.hex()).copied(), Some(from_c as i64), "A's unread in the group");
+    // C: A's messages after the cursor; C's own never count.
+    let cursor = group.read_cursors[&c.hex()];
+    let after = app
+        .store
+        .messages()
+        .count_documents(doc! {"groupId": &g, "seq": {"$gt": cursor}, "senderId": a.oid(), "messageType": "text"})
+        .await
+        .unwrap();
+    assert_eq!(group.unread_counts.get(&c.hex()).copied(), Some(after as i64), "C's unread after reading");
+    let distinct = app.store.messages().distinct("_id", doc! {"groupId": &g}).await.unwrap().len();
+    let total = app.store.messages().count_documents(doc! {"groupId": &g}).await.unwrap() as usize;
+    assert_eq!(distinct, total, "no duplicates");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_message_stays_deleted_when_its_send_is_replayed() {
+    let mut app = TestApp::new().await;
+    let e = app.start_edge().await;
+    app.start_worker();
+    let (a, b) = (app.user(), app.user());
+    let conv = app.open_conversation(e, a, b).await;
+    let mut wa = WsClient::connect(e, &app.token(a, &[])).await;
+    let mut wb = WsClient::connect(e, &app.token(b, &[])).await;
+    wb.request("join_conversation", json!({"conversationId": conv})).await;
+    let r = wa.request("send_message", json!({"conversationId": conv, "content": "regret", "clientMsgId": "k1"})).await;
+    let id = r["data"]["messageId"].as_str().unwrap().to_string();
+    let seq = r["data"]["seq"].as_u64().unwrap();
+    assert_eq!(wb.events("message_received", 1, Duration::from_secs(5)).await.len(), 1);
+    let r = wa.request("delete_message", json!({"messageId": id})).await;
+    assert_eq!(r["type"], "ack");
+    let del = wb.events("message_deleted", 1, Duration::from_secs(5)).await;
+    assert_eq!(del[0]["data"]["messageId"], id);
+
+    // Replay the original send command (same payload, a new stream entry).
+    let nats = async_nats::connect(&app.nats_url).await.unwrap();
+    let js = jetstream::new(nats);
+    let subjects = Subjects::new(&app.name);
+    let stream = js.get_stream(subjects.cmd_stream()).await.unwrap();
+    let original = stream.get_raw_message(seq).await.unwrap();
+    js.publish(subjects.command(RoomKind::Conversation, &conv, "send_message"), original.payload.clone())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let r = wa.request("send_message", json!({"conversationId": conv, "content": "after"})).await;
+    assert_eq!(r["type"], "ack");
+    let later = wb.events("message_received", 1, Duration::from_secs(5)).await;
+    assert_eq!(later[0]["data"]["content"], "after", "the replay published nothing");
+    let m = app.store.messages().find_one(doc! {"_id": id.parse::<mongodb::bson::oid::ObjectId>().unwrap()}).await.unwrap().unwrap();
+    assert!(m.deleted, "still a tombstone");
+    assert_eq!(m.content, "");
+    let (_, h) = app.get(e, &format!("/api/chat/conversations/{conv}/messages"), b).await;
+    assert_eq!(h["total"], 1);
+    assert_eq!(h["messages"][0]["content"], "after");
+    let (_, c) = app.get(e, &format!("/api/chat/conversations/{conv}"), b).await;
+    assert_eq!(c["unreadCounts"][b.hex()], 1, "the deleted message is not unread, and the replay did not count");
+}
