@@ -21,6 +21,8 @@ pub enum In {
 
 pub struct WsClient {
     tx: WebSocketWrite<WriteHalf<TcpStream>>,
+    /// Owns the read half; aborted on drop so the socket closes.
+    reader: tokio::task::JoinHandle<()>,
     rx: mpsc::UnboundedReceiver<In>,
     pending: VecDeque<In>,
     next_id: u64,
@@ -87,7 +89,7 @@ impl WsClient {
         let (mut r, w) = ws.split(tokio::io::split);
         r.set_max_message_size(64 << 20);
         let (in_tx, in_rx) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             let mut noop = |_f: Frame<'_>| async { Ok::<(), &'static str>(()) };
             loop {
                 match r.read_frame(&mut noop).await {
@@ -117,7 +119,7 @@ impl WsClient {
                 }
             }
         });
-        let mut c = WsClient { tx: w, rx: in_rx, pending: VecDeque::new(), next_id: 0 };
+        let mut c = WsClient { tx: w, reader, rx: in_rx, pending: VecDeque::new(), next_id: 0 };
         match c.next(Duration::from_secs(5)).await {
             Some(In::Json(v)) if v["type"] == "ready" => Ok(c),
             other => panic!("expected ready, got {other:?}"),
@@ -198,5 +200,11 @@ impl WsClient {
                 None => return None,
             }
         }
+    }
+}
+
+impl Drop for WsClient {
+    fn drop(&mut self) {
+        self.reader.abort();
     }
 }

@@ -18,7 +18,8 @@ async fn group_routes_and_events_follow_roles_and_membership() {
     let mut app = TestApp::new().await;
     let e = app.start_edge().await;
     app.start_worker();
-    let (admin, sup, member, other, outsider, moder) = (app.user(), app.user(), app.user(), app.user(), app.user(), app.user());
+    let (admin, sup, member, other, outsider, moder) =
+        (app.user(), app.user(), app.user(), app.user(), app.user(), app.user());
     let t_admin = app.token(admin, &["Admin"]);
     let t_sup = app.token(sup, &["Supervisor"]);
     let t_member = app.token(member, &[]);
@@ -27,14 +28,21 @@ async fn group_routes_and_events_follow_roles_and_membership() {
     let t_mod = app.token(moder, &["Moderator"]);
 
     // Create: Admin only.
-    let (s, v) = app.call(Method::POST, e, "/api/chat/groups", &t_member, Some(json!({"name": "x", "memberIds": []}))).await;
+    let (s, v) =
+        app.call(Method::POST, e, "/api/chat/groups", &t_member, Some(json!({"name": "x", "memberIds": []}))).await;
     assert_eq!((s, v["error"]["code"].as_str()), (403, Some("forbidden")));
-    let (s, v) = app.call(Method::POST, e, "/api/chat/groups", &t_admin, Some(json!({"name": "", "memberIds": []}))).await;
+    let (s, v) =
+        app.call(Method::POST, e, "/api/chat/groups", &t_admin, Some(json!({"name": "", "memberIds": []}))).await;
     assert_eq!((s, v["error"]["code"].as_str()), (400, Some("invalid_payload")));
-    let (s, v) = app.call(Method::POST, e, "/api/chat/groups", &t_admin, Some(json!({"name": "x", "type": "weird"}))).await;
+    let (s, v) =
+        app.call(Method::POST, e, "/api/chat/groups", &t_admin, Some(json!({"name": "x", "type": "weird"}))).await;
     assert_eq!((s, v["error"]["code"].as_str()), (400, Some("invalid_payload")));
     let g = app.create_group(e, admin, &[sup, member, moder]).await;
-    assert_eq!(app.store.groups().count_documents(mongodb::bson::doc! {}).await.unwrap(), 1, "only the Admin's group exists");
+    assert_eq!(
+        app.store.groups().count_documents(mongodb::bson::doc! {}).await.unwrap(),
+        1,
+        "only the Admin's group exists"
+    );
 
     let (s, v) = app.get(e, &format!("/api/chat/groups/{g}"), member).await;
     assert_eq!(s, 200);
@@ -54,11 +62,19 @@ async fn group_routes_and_events_follow_roles_and_membership() {
     assert_eq!(listen.request("join_group", json!({"groupId": g})).await["type"], "ack");
 
     // Update: Admin only; a rename leaves a system message.
-    let (s, _) = app.call(Method::PATCH, e, &format!("/api/chat/groups/{g}"), &t_sup, Some(json!({"name": "nope"}))).await;
+    let (s, _) =
+        app.call(Method::PATCH, e, &format!("/api/chat/groups/{g}"), &t_sup, Some(json!({"name": "nope"}))).await;
     assert_eq!(s, 403);
-    let perms = json!({"canAddMembers": ["Admin"], "canRemoveMembers": ["Admin"], "canDeleteMessages": ["Admin", "Moderator"]});
+    let perms =
+        json!({"canAddMembers": ["Admin"], "canRemoveMembers": ["Admin"], "canDeleteMessages": ["Admin", "Moderator"]});
     let (s, v) = app
-        .call(Method::PATCH, e, &format!("/api/chat/groups/{g}"), &t_admin, Some(json!({"name": "ops", "permissions": perms})))
+        .call(
+            Method::PATCH,
+            e,
+            &format!("/api/chat/groups/{g}"),
+            &t_admin,
+            Some(json!({"name": "ops", "permissions": perms})),
+        )
         .await;
     assert_eq!((s, v["name"].as_str()), (200, Some("ops")), "{v}");
     let ev = listen.events("group_updated", 1, Duration::from_secs(5)).await;
@@ -83,7 +99,9 @@ async fn group_routes_and_events_follow_roles_and_membership() {
 
     // Messages: members send; an outsider cannot send, join, type or read.
     let mut w_other = WsClient::connect(e, &t_other).await;
-    let r = w_other.request("send_message", json!({"groupId": g, "content": "hello from other", "clientMsgId": "o1"})).await;
+    let r = w_other
+        .request("send_message", json!({"groupId": g, "content": "hello from other", "clientMsgId": "o1"}))
+        .await;
     assert_eq!(r["type"], "ack", "{r}");
     let from_other = r["data"]["messageId"].as_str().unwrap().to_string();
     let mut w_out = WsClient::connect(e, &t_out).await;
@@ -126,7 +144,8 @@ async fn group_routes_and_events_follow_roles_and_membership() {
     let deleted = listen.events("message_deleted", 3, Duration::from_secs(5)).await;
     assert_eq!(deleted.len(), 3);
     let (_, hist) = app.get(e, &format!("/api/chat/groups/{g}/messages"), member).await;
-    let contents: Vec<&str> = hist["messages"].as_array().unwrap().iter().map(|m| m["content"].as_str().unwrap()).collect();
+    let contents: Vec<&str> =
+        hist["messages"].as_array().unwrap().iter().map(|m| m["content"].as_str().unwrap()).collect();
     assert!(!contents.iter().any(|c| c.starts_with('m')), "deleted content is gone: {contents:?}");
     assert!(contents.contains(&"hello from other"));
 
@@ -198,9 +217,9 @@ async fn twenty_members_on_two_edges_see_exactly_their_groups_events() {
 
     // Messages from three members; typing from one; a read and a delete.
     let mut sent = Vec::new();
-    for k in 0..3 {
+    for (k, ws) in socks.iter_mut().enumerate().take(3) {
         for i in 0..5 {
-            let r = socks[k].request("send_message", json!({"groupId": g, "content": format!("{k}-{i}")})).await;
+            let r = ws.request("send_message", json!({"groupId": g, "content": format!("{k}-{i}")})).await;
             sent.push(r["data"]["messageId"].as_str().unwrap().to_string());
         }
     }
@@ -257,7 +276,13 @@ async fn twenty_members_on_two_edges_see_exactly_their_groups_events() {
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (s, _) = app
-        .call(Method::DELETE, e1, &format!("/api/chat/groups/{g}/members/{}", everyone[victim].hex()), &app.token(admin, &["Admin"]), None)
+        .call(
+            Method::DELETE,
+            e1,
+            &format!("/api/chat/groups/{g}/members/{}", everyone[victim].hex()),
+            &app.token(admin, &["Admin"]),
+            None,
+        )
         .await;
     assert_eq!(s, 200);
     let acks = sender.await.unwrap();

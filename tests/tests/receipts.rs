@@ -24,7 +24,13 @@ async fn delivered_when_a_device_gets_it_and_read_up_to_a_message() {
     let r = wa.request("send_message", json!({"conversationId": conv, "content": "while away"})).await;
     let first = r["data"]["messageId"].as_str().unwrap().to_string();
     assert!(wa.events("message_status_updated", 1, Duration::from_millis(1500)).await.is_empty());
-    let m = app.store.messages().find_one(doc! {"_id": first.parse::<mongodb::bson::oid::ObjectId>().unwrap()}).await.unwrap().unwrap();
+    let m = app
+        .store
+        .messages()
+        .find_one(doc! {"_id": first.parse::<mongodb::bson::oid::ObjectId>().unwrap()})
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(m.status, "sent");
 
     // B's device gets the next ones: A hears `delivered` for each.
@@ -42,9 +48,21 @@ async fn delivered_when_a_device_gets_it_and_read_up_to_a_message() {
     want.sort();
     assert_eq!(got, want, "delivered for exactly the messages B's device got");
     assert!(ev.iter().all(|e| e["data"]["status"] == "delivered"));
-    assert!(wb.events("message_status_updated", 1, Duration::from_millis(500)).await.is_empty(), "only the sender hears it");
-    assert!(wa.events("message_status_updated", 1, Duration::from_millis(500)).await.is_empty(), "no status for the missed one");
-    let m = app.store.messages().find_one(doc! {"_id": first.parse::<mongodb::bson::oid::ObjectId>().unwrap()}).await.unwrap().unwrap();
+    assert!(
+        wb.events("message_status_updated", 1, Duration::from_millis(500)).await.is_empty(),
+        "only the sender hears it"
+    );
+    assert!(
+        wa.events("message_status_updated", 1, Duration::from_millis(500)).await.is_empty(),
+        "no status for the missed one"
+    );
+    let m = app
+        .store
+        .messages()
+        .find_one(doc! {"_id": first.parse::<mongodb::bson::oid::ObjectId>().unwrap()})
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(m.status, "sent", "the message B's device never got is not delivered");
 
     // Unread before reading: 4 for B, 0 for A.
@@ -73,7 +91,8 @@ async fn delivered_when_a_device_gets_it_and_read_up_to_a_message() {
     assert!(!msgs[3]["readBy"].as_array().unwrap().contains(&json!(b.hex())));
 
     // REST read of the last one: back to zero; returns the message.
-    let (s, v) = app.call(Method::PATCH, e2, &format!("/api/chat/messages/{}/read", ids[2]), &app.token(b, &[]), None).await;
+    let (s, v) =
+        app.call(Method::PATCH, e2, &format!("/api/chat/messages/{}/read", ids[2]), &app.token(b, &[]), None).await;
     assert_eq!((s, v["status"].as_str()), (200, Some("read")), "{v}");
     let (_, c) = app.get(e1, "/api/chat/conversations", b).await;
     assert_eq!(c[0]["unreadCounts"][b.hex()], 0);
@@ -102,9 +121,16 @@ async fn unread_counts_stay_exact_when_a_worker_dies_mid_stream() {
             app.processes[w1].kill9().await;
             app.start_worker_process();
         }
-        let r = wa.request("send_message", json!({"conversationId": conv, "content": format!("c{i}"), "clientMsgId": format!("c{i}")})).await;
+        let r = wa
+            .request(
+                "send_message",
+                json!({"conversationId": conv, "content": format!("c{i}"), "clientMsgId": format!("c{i}")}),
+            )
+            .await;
         assert_eq!(r["type"], "ack");
-        let r = wa.request("send_message", json!({"groupId": g, "content": format!("g{i}"), "clientMsgId": format!("g{i}")})).await;
+        let r = wa
+            .request("send_message", json!({"groupId": g, "content": format!("g{i}"), "clientMsgId": format!("g{i}")}))
+            .await;
         assert_eq!(r["type"], "ack");
         if i % 7 == 0 {
             let r = wc.request("send_message", json!({"groupId": g, "content": format!("from c {i}")})).await;
@@ -118,7 +144,12 @@ async fn unread_counts_stay_exact_when_a_worker_dies_mid_stream() {
     let read_at = read_at.unwrap();
     natter_tests::eventually("message 400 stored", Duration::from_secs(60), || async {
         let (s, _) = app.get(e, &format!("/api/chat/groups/{g}"), c).await;
-        let n = app.store.messages().count_documents(doc! {"_id": read_at.parse::<mongodb::bson::oid::ObjectId>().unwrap()}).await.ok()?;
+        let n = app
+            .store
+            .messages()
+            .count_documents(doc! {"_id": read_at.parse::<mongodb::bson::oid::ObjectId>().unwrap()})
+            .await
+            .ok()?;
         (s == 200 && n == 1).then_some(())
     })
     .await;
@@ -127,14 +158,25 @@ async fn unread_counts_stay_exact_when_a_worker_dies_mid_stream() {
     let from_c = (0..N).filter(|i| i % 7 == 0).count();
     natter_tests::eventually("every command applied", Duration::from_secs(90), || async {
         let total = app.store.messages().count_documents(doc! {"groupId": &g, "messageType": "text"}).await.ok()?;
-        let read = app.store.groups().find_one(doc! {"_id": g.parse::<mongodb::bson::oid::ObjectId>().unwrap()}).await.ok()??;
+        let read = app
+            .store
+            .groups()
+            .find_one(doc! {"_id": g.parse::<mongodb::bson::oid::ObjectId>().unwrap()})
+            .await
+            .ok()??;
         (total as usize == N + from_c && read.read_cursors.get(&c.hex()).copied().unwrap_or(0) > 0).then_some(())
     })
     .await;
     let conv_doc = app.store.conversation(conv.parse().unwrap()).await.unwrap().unwrap();
     assert_eq!(conv_doc.unread_counts.get(&b.hex()).copied(), Some(N as i64), "B's unread in the conversation");
     assert_eq!(conv_doc.unread_counts.get(&a.hex()).copied().unwrap_or(0), 0);
-    let group = app.store.groups().find_one(doc! {"_id": g.parse::<mongodb::bson::oid::ObjectId>().unwrap()}).await.unwrap().unwrap();
+    let group = app
+        .store
+        .groups()
+        .find_one(doc! {"_id": g.parse::<mongodb::bson::oid::ObjectId>().unwrap()})
+        .await
+        .unwrap()
+        .unwrap();
     // B has read nothing: every message from A and C.
     assert_eq!(group.unread_counts.get(&b.hex()).copied(), Some((N + from_c) as i64), "B's unread in the group");
     // A has read nothing from C.
@@ -187,7 +229,13 @@ async fn a_deleted_message_stays_deleted_when_its_send_is_replayed() {
     assert_eq!(r["type"], "ack");
     let later = wb.events("message_received", 1, Duration::from_secs(5)).await;
     assert_eq!(later[0]["data"]["content"], "after", "the replay published nothing");
-    let m = app.store.messages().find_one(doc! {"_id": id.parse::<mongodb::bson::oid::ObjectId>().unwrap()}).await.unwrap().unwrap();
+    let m = app
+        .store
+        .messages()
+        .find_one(doc! {"_id": id.parse::<mongodb::bson::oid::ObjectId>().unwrap()})
+        .await
+        .unwrap()
+        .unwrap();
     assert!(m.deleted, "still a tombstone");
     assert_eq!(m.content, "");
     let (_, h) = app.get(e, &format!("/api/chat/conversations/{conv}/messages"), b).await;

@@ -76,7 +76,12 @@ pub(super) async fn read(
     Ok(Disposition::Applied(vec![publication(room_subject(&ctx.subjects, &key), &frame)?]))
 }
 
-pub(super) async fn delivered(ctx: &Ctx, room: &mut Room, inc: &Incoming, c: &MarkDeliveredCmd) -> Result<Disposition, ApplyError> {
+pub(super) async fn delivered(
+    ctx: &Ctx,
+    room: &mut Room,
+    inc: &Incoming,
+    c: &MarkDeliveredCmd,
+) -> Result<Disposition, ApplyError> {
     let user = inc.envelope.actor.oid();
     if inc.seq as i64 <= room.last_seq {
         // Applied before; its status events are not rebuilt (the statuses

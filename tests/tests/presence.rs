@@ -1,0 +1,90 @@
+//! Presence across devices and edges: online while any device is connected,
+//! offline once when the last goes or its edge dies, seen only by contacts.
+
+use natter_tests::procs::{self, Owned};
+use natter_tests::ws::In;
+use natter_tests::{TestApp, WsClient};
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Presence frames about `user` that arrive within `wait`.
+async fn presence_of(ws: &mut WsClient, user: &str, wait: Duration) -> Vec<String> {
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match ws.next(left).await {
+            Some(In::Json(v)) => {
+                let t = v["type"].as_str().unwrap_or("");
+                if (t == "user_online" || t == "user_offline") && v["data"]["userId"] == user {
+                    out.push(t.to_string());
+                }
+            }
+            Some(_) => {}
+            None => return out,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_devices_two_edges_and_a_dead_edge() {
+    let mut app = TestApp::new().await;
+    let e1 = app.start_edge().await;
+    let e2 = app.start_edge().await;
+    app.start_worker();
+    let (u, contact, stranger) = (app.user(), app.user(), app.user());
+    app.open_conversation(e1, u, contact).await;
+    let uh = u.hex();
+
+    let mut c = WsClient::connect(e1, &app.token(contact, &[])).await;
+    let mut s = WsClient::connect(e2, &app.token(stranger, &[])).await;
+
+    // First device: online, once.
+    let d1 = WsClient::connect(e1, &app.token(u, &[])).await;
+    assert_eq!(presence_of(&mut c, &uh, Duration::from_secs(3)).await, ["user_online"]);
+    // Second device on the other edge: nothing new.
+    let d2 = WsClient::connect(e2, &app.token(u, &[])).await;
+    assert!(presence_of(&mut c, &uh, Duration::from_secs(2)).await.is_empty());
+    let (_, v) = app.get(e2, &format!("/api/chat/presence?userIds={uh},{}", stranger.hex()), contact).await;
+    assert_eq!(v.as_array().unwrap().len(), 1, "strangers are left out: {v}");
+    assert_eq!(v[0]["isOnline"], true);
+    // Closing one keeps the user online; closing both: offline, once.
+    drop(d1);
+    assert!(presence_of(&mut c, &uh, Duration::from_secs(2)).await.is_empty(), "still online on the other device");
+    drop(d2);
+    assert_eq!(presence_of(&mut c, &uh, Duration::from_secs(3)).await, ["user_offline"]);
+    let (_, v) = app.get(e1, &format!("/api/chat/presence?userIds={uh}"), contact).await;
+    assert_eq!(v[0]["isOnline"], false);
+    assert!(v[0]["lastSeen"].is_string(), "{v}");
+    // A stranger saw none of it.
+    assert!(presence_of(&mut s, &uh, Duration::from_millis(300)).await.is_empty());
+
+    // An edge killed with -9: its users go offline within the bound.
+    let port = procs::free_port();
+    let mut env = app.env();
+    env.push(("LISTEN_ADDR".into(), format!("127.0.0.1:{port}")));
+    let log = std::env::temp_dir().join(format!("{}-edge3.log", app.name)).display().to_string();
+    let mut e3 = Owned::spawn(&procs::workspace_bin("natter-edge"), &[], &env, &log);
+    procs::wait_for_port(port, Duration::from_secs(30)).await;
+    let e3_addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let _d3 = WsClient::connect(e3_addr, &app.token(u, &[])).await;
+    assert_eq!(presence_of(&mut c, &uh, Duration::from_secs(3)).await, ["user_online"]);
+    e3.kill9().await;
+    let started = std::time::Instant::now();
+    let bound = natter_edge::presence::OFFLINE_BOUND;
+    let first = loop {
+        match c.next(bound.saturating_sub(started.elapsed())).await {
+            Some(In::Json(v)) if v["data"]["userId"] == uh.as_str() => break Some(v),
+            Some(_) => {}
+            None => break None,
+        }
+    };
+    let first = first.unwrap_or_else(|| panic!("no presence frame within {bound:?}"));
+    assert_eq!(first["type"], "user_offline", "{first}");
+    let took = started.elapsed();
+    assert!(took > Duration::from_secs(1), "offline only by expiry ({took:?})");
+    assert!(presence_of(&mut c, &uh, Duration::from_secs(1)).await.is_empty(), "offline once");
+    let (_, v): (u16, Value) = app.get(e1, &format!("/api/chat/presence?userIds={uh}"), contact).await;
+    assert_eq!(v[0]["isOnline"], false);
+}
