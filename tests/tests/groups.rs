@@ -310,3 +310,39 @@ async fn twenty_members_on_two_edges_see_exactly_their_groups_events() {
     let texts = ev.iter().filter(|e| e["data"]["messageType"] == "text").count();
     assert_eq!(texts, 60);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_expires_when_the_client_goes_quiet_or_leaves() {
+    let mut app = TestApp::new().await;
+    let e1 = app.start_edge().await;
+    let e2 = app.start_edge().await;
+    app.start_worker();
+    let (a, b) = (app.user(), app.user());
+    let conv = app.open_conversation(e1, a, b).await;
+    let mut wa = WsClient::connect(e1, &app.token(a, &[])).await;
+    let mut wb = WsClient::connect(e2, &app.token(b, &[])).await;
+    wb.request("join_conversation", json!({"conversationId": conv})).await;
+    // The module's front end puts a user id and name in the payload: ignored.
+    let r = wa
+        .request("typing", json!({"conversationId": conv, "isTyping": true, "userId": b.hex(), "username": "forged"}))
+        .await;
+    assert_eq!(r["type"], "ack", "{r}");
+    let t = wb.events("user_typing", 1, Duration::from_secs(3)).await;
+    assert_eq!(t[0]["data"]["userId"], a.hex(), "identity from the token");
+    assert_eq!(t[0]["data"]["username"], format!("user-{a}"));
+    assert_eq!(t[0]["data"]["isTyping"], true);
+    assert_eq!(t[0]["data"]["conversationId"], conv);
+    // Quiet: it expires by itself.
+    let started = std::time::Instant::now();
+    let t = wb.events("user_typing", 1, natter_edge::typing::TYPING_TTL + Duration::from_secs(2)).await;
+    assert_eq!(t[0]["data"]["isTyping"], false);
+    assert!(started.elapsed() >= natter_edge::typing::TYPING_TTL - Duration::from_millis(500));
+    // Typing, then gone: stops at once.
+    wa.request("typing", json!({"conversationId": conv, "isTyping": true})).await;
+    assert_eq!(wb.events("user_typing", 1, Duration::from_secs(3)).await[0]["data"]["isTyping"], true);
+    drop(wa);
+    let t = wb.events("user_typing", 1, Duration::from_secs(3)).await;
+    assert_eq!(t[0]["data"]["isTyping"], false, "disconnect ends typing");
+    // Nothing was stored.
+    assert_eq!(app.store.messages().count_documents(mongodb::bson::doc! {}).await.unwrap(), 0);
+}
