@@ -63,6 +63,16 @@ impl Subjects {
         format!("{}_leases", self.ns.replace('-', "_"))
     }
 
+    /// Object store where the edge stages uploads for the attachments worker.
+    pub fn staging_bucket(&self) -> String {
+        format!("{}_staging", self.ns.replace('-', "_"))
+    }
+
+    /// Filter of one action's commands in one partition.
+    pub fn partition_action(&self, p: u32, action: &str) -> String {
+        format!("{}.cmd.p{}.*.*.{}", self.ns, p, action)
+    }
+
     /// KV bucket of who is online (keys `<user>.<edge>`, with a TTL).
     pub fn presence_bucket(&self) -> String {
         format!("{}_presence", self.ns.replace('-', "_"))

@@ -9,17 +9,30 @@ use std::time::Duration;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
     Messages,
+    Attachments,
 }
 
 impl Role {
-    pub const ALL: [Role; 1] = [Role::Messages];
+    pub const ALL: [Role; 2] = [Role::Messages, Role::Attachments];
 
     pub fn name(self) -> &'static str {
         match self {
             Role::Messages => "messages",
+            Role::Attachments => "attachments",
+        }
+    }
+
+    /// What the role's consumer on partition `p` receives.
+    pub fn filter(self, s: &Subjects, p: u32) -> String {
+        match self {
+            Role::Messages => s.partition(p),
+            Role::Attachments => s.partition_action(p, "upload_attachment"),
         }
     }
 }
+
+/// How long staged uploads wait for the attachments worker.
+pub const STAGING_TTL: Duration = Duration::from_secs(3600);
 
 /// Redelivery delays after a worker died holding a message (the worker
 /// retries transient failures itself, in place, to keep room order). The
@@ -100,7 +113,7 @@ pub fn consumer_config(s: &Subjects, role: Role, p: u32) -> consumer::pull::Conf
     consumer::pull::Config {
         durable_name: Some(s.consumer(role.name(), p)),
         description: Some(format!("{} worker, partition {p}", role.name())),
-        filter_subject: s.partition(p),
+        filter_subject: role.filter(s, p),
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: BACKOFF[0],
         max_deliver: MAX_DELIVER,
@@ -120,6 +133,17 @@ pub fn leases_config(s: &Subjects, replicas: usize) -> kv::Config {
         history: 1,
         max_age: LEASE_TTL,
         storage: stream::StorageType::Memory,
+        num_replicas: replicas,
+        ..Default::default()
+    }
+}
+
+pub fn staging_config(s: &Subjects, replicas: usize) -> async_nats::jetstream::object_store::Config {
+    async_nats::jetstream::object_store::Config {
+        bucket: s.staging_bucket(),
+        description: Some("natter uploads staged for the attachments worker".into()),
+        max_age: STAGING_TTL,
+        storage: stream::StorageType::File,
         num_replicas: replicas,
         ..Default::default()
     }
@@ -169,6 +193,15 @@ pub async fn apply(js: &jetstream::Context, s: &Subjects, replicas: usize) -> Re
                     .await
                     .map_err(|e| TopologyError::Consumer { name, source: boxed(e) })?;
             }
+        }
+    }
+    let staging = staging_config(s, replicas);
+    if js.get_object_store(&staging.bucket).await.is_err() {
+        let name = staging.bucket.clone();
+        if let Err(e) = js.create_object_store(staging).await
+            && js.get_object_store(&name).await.is_err()
+        {
+            return Err(TopologyError::Bucket { name, source: boxed(e) });
         }
     }
     for cfg in [leases_config(s, replicas), presence_config(s, replicas), last_seen_config(s, replicas)] {

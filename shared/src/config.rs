@@ -85,6 +85,12 @@ pub struct EdgeConfig {
     pub listen: SocketAddr,
     /// `S3_ENDPOINT`, `S3_BUCKET`, `S3_ACCESS_KEY`, `S3_SECRET_KEY`: all four or none.
     pub s3: Option<S3Config>,
+    /// `ATTACHMENT_URL_TTL` (default 300): seconds a presigned download URL
+    /// stays valid.
+    pub attachment_url_ttl: u64,
+    /// `ATTACHMENT_DOWNLOAD` (default `redirect`): `redirect` to a presigned
+    /// URL, or `proxy` to stream the bytes through the edge.
+    pub attachment_proxy: bool,
     /// `WS_RATE_PER_SEC` (default 100): requests per second one WebSocket
     /// connection may sustain; bursts of twice that are allowed.
     pub ws_rate_per_sec: u32,
@@ -186,7 +192,31 @@ impl EdgeConfig {
                 .filter(|n| *n > 0)
                 .ok_or_else(|| invalid("WS_RATE_PER_SEC", format!("`{v}` is not a positive number")))?,
         };
-        Ok(EdgeConfig { core, jwt_secret, frontend_urls, max_file_size, listen, s3, ws_rate_per_sec })
+        let attachment_url_ttl = match src.get("ATTACHMENT_URL_TTL") {
+            None => 300,
+            Some(v) => v
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|n| (1..=7 * 24 * 3600).contains(n))
+                .ok_or_else(|| invalid("ATTACHMENT_URL_TTL", format!("`{v}` is not 1..=604800 seconds")))?,
+        };
+        let attachment_proxy = match src.get("ATTACHMENT_DOWNLOAD").as_deref().map(str::trim) {
+            None | Some("redirect") => false,
+            Some("proxy") => true,
+            Some(v) => return Err(invalid("ATTACHMENT_DOWNLOAD", format!("`{v}` is not `redirect` or `proxy`"))),
+        };
+        Ok(EdgeConfig {
+            core,
+            jwt_secret,
+            frontend_urls,
+            max_file_size,
+            listen,
+            s3,
+            ws_rate_per_sec,
+            attachment_url_ttl,
+            attachment_proxy,
+        })
     }
 }
 

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod config;
 pub mod ids;
 pub mod model;
+pub mod s3;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 pub const MESSAGES: &str = "messages";
 pub const CONVERSATIONS: &str = "conversations";
 pub const GROUPS: &str = "groupchats";
+pub const ATTACHMENTS: &str = "attachments";
 
 /// Per-user counters and cursors of a room (user id hex → value).
 pub type PerUser = BTreeMap<String, i64>;
@@ -184,6 +185,106 @@ impl GroupDoc {
     }
 }
 
+/// An uploaded file, as the attachments worker recorded it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AttachmentDoc {
+    #[serde(rename = "_id")]
+    pub id: ObjectId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversation_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<String>,
+    pub uploader_id: ObjectId,
+    /// The original file name, sanitized; kept as metadata only.
+    pub name: String,
+    /// The content type detected from the bytes (for accepted files).
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub declared_type: String,
+    /// `image` or `document`.
+    pub category: String,
+    pub size: i64,
+    pub uploaded_at: DateTime,
+    /// `accepted` or `rejected`.
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Server-generated object key; never derived from the file name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thumbnail_key: Option<String>,
+    /// The command that produced this record.
+    pub seq: i64,
+}
+
+impl AttachmentDoc {
+    pub fn room_kind(&self) -> RoomKind {
+        if self.group_id.is_some() { RoomKind::Group } else { RoomKind::Conversation }
+    }
+
+    pub fn room_id(&self) -> &str {
+        self.group_id.as_deref().or(self.conversation_id.as_deref()).unwrap_or("")
+    }
+
+    pub fn accepted(&self) -> bool {
+        self.status == "accepted"
+    }
+}
+
+/// Where clients download an attachment (the edge authorizes, then
+/// redirects to a short-lived presigned URL): filled in at read time.
+pub fn attachment_url(id: &str) -> String {
+    format!("/api/chat/attachments/{id}")
+}
+
+/// An attachment as the module showed it (`id, url, type, name, size,
+/// uploadedAt`), inside messages and in `file_upload_response`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AttachmentView {
+    pub id: String,
+    pub url: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub name: String,
+    pub size: i64,
+    pub uploaded_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thumbnail_url: Option<String>,
+}
+
+impl From<&AttachmentDoc> for AttachmentView {
+    fn from(a: &AttachmentDoc) -> Self {
+        let id = a.id.to_hex();
+        AttachmentView {
+            url: attachment_url(&id),
+            thumbnail_url: a.thumbnail_key.as_ref().map(|_| format!("{}/thumbnail", attachment_url(&id))),
+            id,
+            kind: a.kind.clone(),
+            name: a.name.clone(),
+            size: a.size,
+            uploaded_at: iso(a.uploaded_at),
+        }
+    }
+}
+
+/// Adds the read-time `url` (and `thumbnailUrl`) to a stored attachment.
+fn attachment_json(d: &Document) -> serde_json::Value {
+    let mut v = json(d);
+    if let (Some(o), Some(id)) = (v.as_object_mut(), d.get_str("id").ok()) {
+        o.insert("url".into(), attachment_url(id).into());
+        if d.get_bool("thumbnail").unwrap_or(false) {
+            o.insert("thumbnailUrl".into(), format!("{}/thumbnail", attachment_url(id)).into());
+        }
+        o.remove("thumbnail");
+    }
+    v
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MessageView {
@@ -224,7 +325,7 @@ impl From<&MessageDoc> for MessageView {
             message_type: m.message_type.clone(),
             status: m.status.clone(),
             read_by: m.read_by.clone(),
-            attachments: m.attachments.iter().map(json).collect(),
+            attachments: m.attachments.iter().map(attachment_json).collect(),
             created_at: iso(m.created_at),
             updated_at: iso(m.updated_at),
             seq: m.seq,

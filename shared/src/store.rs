@@ -2,7 +2,7 @@
 //! serves. Writes belong to the workers (they use the typed collections).
 
 use crate::ids::RoomRef;
-use crate::model::{CONVERSATIONS, ConversationDoc, GROUPS, GroupDoc, MESSAGES, MessageDoc};
+use crate::model::{ATTACHMENTS, AttachmentDoc, CONVERSATIONS, ConversationDoc, GROUPS, GroupDoc, MESSAGES, MessageDoc};
 use futures::TryStreamExt;
 use mongodb::bson::{Document, doc, oid::ObjectId};
 use mongodb::options::{ClientOptions, IndexOptions};
@@ -58,6 +58,10 @@ impl Store {
 
     pub fn groups(&self) -> Collection<GroupDoc> {
         self.db.collection(GROUPS)
+    }
+
+    pub fn attachments(&self) -> Collection<AttachmentDoc> {
+        self.db.collection(ATTACHMENTS)
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {

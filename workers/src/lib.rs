@@ -2,6 +2,7 @@
 //! `runner`, which leases command partitions, fetches batches from the
 //! role's durable pull consumers, applies them, publishes events, and acks.
 
+pub mod attachments;
 pub mod handler;
 pub mod lease;
 pub mod messages;

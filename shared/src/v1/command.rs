@@ -74,6 +74,7 @@ pub enum Command {
     MarkRead(MarkReadCmd),
     MarkDelivered(MarkDeliveredCmd),
     DeleteMessage(DeleteMessageCmd),
+    UploadAttachment(UploadAttachmentCmd),
 }
 
 impl Command {
@@ -91,6 +92,7 @@ impl Command {
             Command::MarkRead(_) => "mark_read",
             Command::MarkDelivered(_) => "mark_delivered",
             Command::DeleteMessage(_) => "delete_message",
+            Command::UploadAttachment(_) => "upload_attachment",
         }
     }
 
@@ -107,6 +109,7 @@ impl Command {
             Command::MarkRead(c) => c.room.room(),
             Command::MarkDelivered(c) => c.room.room(),
             Command::DeleteMessage(c) => c.room.room(),
+            Command::UploadAttachment(c) => c.room.room(),
         }
     }
 }
@@ -121,6 +124,40 @@ pub struct SendMessageCmd {
     pub content: String,
     pub message_type: String,
     pub client_msg_id: String,
+    /// Accepted attachments, copied by the edge from their records so that
+    /// applying the message never depends on another role's progress.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<AttachmentMeta>,
+}
+
+/// An attachment as a message carries it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AttachmentMeta {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub name: String,
+    pub size: i64,
+    pub uploaded_at: String,
+    #[serde(default)]
+    pub thumbnail: bool,
+}
+
+/// A file staged by the edge (in the object store, under `staged`) for the
+/// attachments worker to check and store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UploadAttachmentCmd {
+    /// Assigned by the edge; also the staged object's name.
+    pub attachment_id: String,
+    #[serde(flatten)]
+    pub room: RoomFields,
+    /// As the client named it (sanitized by the worker).
+    pub filename: String,
+    /// The content type the client declared.
+    pub declared_type: String,
+    pub size: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -26,6 +26,9 @@ pub enum EventKind {
     /// A command the worker refused after the edge accepted it (a race with
     /// a membership change); sent to the actor only.
     CommandRefused,
+    /// The outcome of an upload, to the uploader: the attachment, or why
+    /// it was refused.
+    FileUploadResponse,
     UserTyping,
     UserOnline,
     UserOffline,

@@ -23,6 +23,7 @@ fn command_envelope_shape() {
             content: "hi".into(),
             message_type: "text".into(),
             client_msg_id: "k1".into(),
+            attachments: vec![],
         }),
     };
     assert_eq!(

@@ -54,6 +54,11 @@ impl Handler for MessagesHandler {
             if done.contains_key(&inc.seq) {
                 continue;
             }
+            // Uploads belong to the attachments role.
+            if matches!(inc.envelope.command, Command::UploadAttachment(_)) {
+                done.insert(inc.seq, Disposition::Applied(vec![]));
+                continue;
+            }
             match inc.envelope.command.room() {
                 Ok(r) => rooms.entry(r).or_default().push(inc),
                 Err(reason) => {
@@ -135,7 +140,7 @@ impl MessagesHandler {
                     let d = group::apply(ctx, r, inc).await?;
                     done.insert(inc.seq, d);
                 }
-                Command::CreateConversation(_) | Command::CreateGroup(_) => {}
+                Command::CreateConversation(_) | Command::CreateGroup(_) | Command::UploadAttachment(_) => {}
             }
             i += 1;
         }

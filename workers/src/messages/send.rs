@@ -11,7 +11,7 @@ use super::Ctx;
 use super::events::{message_received, refused};
 use super::room::Room;
 use crate::handler::{ApplyError, Disposition, Done, Incoming};
-use mongodb::bson::{Bson, Document, doc, oid::ObjectId};
+use mongodb::bson::{Bson, DateTime, Document, doc, oid::ObjectId};
 use mongodb::error::ErrorKind;
 use natter_shared::ids::parse_oid;
 use natter_shared::model::MessageDoc;
@@ -32,6 +32,13 @@ fn validate(inc: &Incoming, c: &SendMessageCmd, room: &Room) -> Result<MessageDo
     }
     let sender = inc.envelope.actor;
     let fields = natter_shared::v1::command::RoomFields::of(&room.room_ref());
+    let mut attachments = Vec::with_capacity(c.attachments.len());
+    for a in &c.attachments {
+        let at = DateTime::parse_rfc3339_str(&a.uploaded_at).map_err(|_| "attachment uploadedAt is not a date")?;
+        attachments.push(doc! {
+            "id": &a.id, "type": &a.kind, "name": &a.name, "size": a.size, "uploadedAt": at, "thumbnail": a.thumbnail,
+        });
+    }
     Ok(MessageDoc {
         id,
         content: c.content.clone(),
@@ -41,7 +48,7 @@ fn validate(inc: &Incoming, c: &SendMessageCmd, room: &Room) -> Result<MessageDo
         message_type: c.message_type.clone(),
         status: "sent".into(),
         read_by: vec![sender.hex()],
-        attachments: vec![],
+        attachments,
         created_at: inc.time,
         updated_at: inc.time,
         seq: inc.seq as i64,

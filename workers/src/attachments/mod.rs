@@ -1,0 +1,206 @@
+//! The `attachments` role: takes a staged upload from the object store,
+//! checks what it really is, stores it in S3 under a server-generated key
+//! (multipart when large; a thumbnail for images), records it, drops the
+//! staged copy, and tells the uploader (`file_upload_response`). Applying
+//! an upload again finds its record and only repeats the answer.
+
+pub mod check;
+mod s3put;
+mod thumb;
+
+use crate::handler::{ApplyError, Disposition, Done, Handler, Incoming, Publication};
+use crate::runner::{self, RunnerConfig};
+use async_nats::jetstream::object_store::{GetErrorKind, ObjectStore};
+use mongodb::bson::doc;
+use natter_nats::Subjects;
+use natter_nats::topology::Role;
+use natter_shared::config::{CoreConfig, S3Config};
+use natter_shared::ids::{RoomKind, RoomRef, parse_oid};
+use natter_shared::model::{AttachmentDoc, AttachmentView};
+use natter_shared::store::Store;
+use natter_shared::v1::command::{Command, RoomFields, UploadAttachmentCmd};
+use natter_shared::v1::event::{EventFrame, EventKind};
+use serde_json::json;
+use std::sync::Arc;
+use tokio::io::AsyncReadExt;
+use tokio_util::sync::CancellationToken;
+
+/// Bytes read to recognise a file.
+const HEAD: usize = 8192;
+
+pub struct AttachmentsHandler {
+    store: Store,
+    subjects: Subjects,
+    staging: ObjectStore,
+    s3: aws_sdk_s3::Client,
+    bucket: String,
+}
+
+impl AttachmentsHandler {
+    pub fn new(store: Store, subjects: Subjects, staging: ObjectStore, s3: aws_sdk_s3::Client, bucket: String) -> Self {
+        AttachmentsHandler { store, subjects, staging, s3, bucket }
+    }
+
+    fn respond(&self, inc: &Incoming, data: serde_json::Value) -> Result<Publication, ApplyError> {
+        let frame = EventFrame::new(EventKind::FileUploadResponse, inc.seq, data);
+        let payload = serde_json::to_vec(&frame).map_err(|e| ApplyError(e.to_string()))?;
+        Ok(Publication { subject: self.subjects.user_events(&inc.envelope.actor.hex()), payload: payload.into() })
+    }
+
+    fn answer(&self, inc: &Incoming, doc: &AttachmentDoc) -> Result<Disposition, ApplyError> {
+        let data = if doc.accepted() {
+            serde_json::to_value(AttachmentView::from(doc)).map_err(|e| ApplyError(e.to_string()))?
+        } else {
+            json!({"id": doc.id.to_hex(), "error": doc.reason, "code": doc.code})
+        };
+        Ok(Disposition::Applied(vec![self.respond(inc, data)?]))
+    }
+
+    async fn drop_staged(&self, name: &str) {
+        if let Err(e) = self.staging.delete(name).await {
+            tracing::debug!(error = %e, "staged copy already gone");
+        }
+    }
+
+    async fn process(&self, inc: &Incoming, c: &UploadAttachmentCmd) -> Result<Disposition, ApplyError> {
+        let Some(id) = parse_oid(&c.attachment_id) else {
+            return Ok(Disposition::Poison("attachmentId is not an ObjectId".into()));
+        };
+        let room = match c.room.room() {
+            Ok(r) => r,
+            Err(e) => return Ok(Disposition::Poison(e.into())),
+        };
+        let name = id.to_hex();
+        if let Some(existing) = self.store.attachments().find_one(doc! {"_id": id}).await? {
+            self.drop_staged(&name).await;
+            return self.answer(inc, &existing);
+        }
+        let mut record = AttachmentDoc {
+            id,
+            conversation_id: RoomFields::of(&room).conversation_id,
+            group_id: RoomFields::of(&room).group_id,
+            uploader_id: inc.envelope.actor.oid(),
+            name: check::sanitize(&c.filename),
+            kind: String::new(),
+            declared_type: check::normalize(&c.declared_type),
+            category: String::new(),
+            size: c.size as i64,
+            uploaded_at: inc.time,
+            status: "rejected".into(),
+            code: None,
+            reason: None,
+            key: None,
+            thumbnail_key: None,
+            seq: inc.seq as i64,
+        };
+        match self.staging.get(&name).await {
+            Err(e) if e.kind() == GetErrorKind::NotFound => {
+                record.code = Some("staging_expired".into());
+                record.reason = Some("the staged upload expired before it was processed".into());
+            }
+            Err(e) => return Err(ApplyError(format!("staging: {e}"))),
+            Ok(mut obj) => {
+                let mut head = Vec::with_capacity(HEAD);
+                (&mut obj).take(HEAD as u64).read_to_end(&mut head).await.map_err(|e| ApplyError(e.to_string()))?;
+                match check::inspect(&head, c.size, &c.declared_type) {
+                    Err(r) => {
+                        record.code = Some(r.code.into());
+                        record.reason = Some(r.reason);
+                    }
+                    Ok((kind, category)) => {
+                        let key = object_key(&room, &name);
+                        let rest = std::io::Cursor::new(head).chain(obj);
+                        let stored = s3put::upload(&self.s3, &self.bucket, &key, &kind, c.size, rest, category == "image").await?;
+                        if stored.size != c.size {
+                            return Err(ApplyError(format!("staged {} bytes, announced {}", stored.size, c.size)));
+                        }
+                        if let Some(image) = stored.image {
+                            match thumb::make(&image) {
+                                Ok(png) => {
+                                    let tkey = format!("{key}.thumb.png");
+                                    s3put::put(&self.s3, &self.bucket, &tkey, "image/png", png).await?;
+                                    record.thumbnail_key = Some(tkey);
+                                }
+                                Err(e) => tracing::info!(attachment = %name, error = %e, "no thumbnail"),
+                            }
+                        }
+                        record.kind = kind;
+                        record.category = category.into();
+                        record.status = "accepted".into();
+                        record.key = Some(key);
+                    }
+                }
+            }
+        }
+        if let Err(e) = self.store.attachments().insert_one(&record).await
+            && !crate::messages::is_duplicate(&e)
+        {
+            return Err(e.into());
+        }
+        self.drop_staged(&name).await;
+        tracing::info!(attachment = %name, status = %record.status, code = ?record.code, "upload processed");
+        self.answer(inc, &record)
+    }
+}
+
+/// Where an attachment's bytes live: generated from ids only.
+pub fn object_key(room: &RoomRef, id: &str) -> String {
+    let kind = match room.kind {
+        RoomKind::Conversation => "conversations",
+        RoomKind::Group => "groups",
+    };
+    format!("attachments/{kind}/{}/{id}", room.id)
+}
+
+impl Handler for AttachmentsHandler {
+    const ROLE: Role = Role::Attachments;
+
+    async fn apply(&self, batch: &[Incoming], done: &mut Done) -> Result<(), ApplyError> {
+        for inc in batch {
+            if done.contains_key(&inc.seq) {
+                continue;
+            }
+            let d = match &inc.envelope.command {
+                Command::UploadAttachment(c) => self.process(inc, c).await?,
+                _ => Disposition::Applied(vec![]),
+            };
+            done.insert(inc.seq, d);
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("NATS: {0}")]
+    Nats(String),
+    #[error("MongoDB: {0}")]
+    Mongo(#[from] mongodb::error::Error),
+    #[error("topology: {0}")]
+    Topology(#[from] natter_nats::TopologyError),
+    #[error("S3: {0}")]
+    S3(String),
+    #[error(transparent)]
+    Runner(#[from] runner::RunnerError),
+}
+
+/// Connects, applies topology and indexes, ensures the bucket, and runs the
+/// role until `cancel`.
+pub async fn serve(core: &CoreConfig, s3: &S3Config, cfg: RunnerConfig, cancel: CancellationToken) -> Result<(), StartError> {
+    let client = async_nats::ConnectOptions::new()
+        .name(format!("natter-worker-attachments-{}", cfg.instance))
+        .connect(core.nats_url.as_str())
+        .await
+        .map_err(|e| StartError::Nats(e.to_string()))?;
+    let subjects = Subjects::new(&core.nats_namespace);
+    let js = async_nats::jetstream::new(client.clone());
+    natter_nats::apply(&js, &subjects, 1).await?;
+    let staging = js.get_object_store(subjects.staging_bucket()).await.map_err(|e| StartError::Nats(e.to_string()))?;
+    let store = Store::connect(&core.mongodb_uri, &core.mongodb_db).await?;
+    store.ensure_indexes().await?;
+    let s3c = natter_shared::s3::client(s3);
+    natter_shared::s3::ensure_bucket(&s3c, &s3.bucket).await.map_err(StartError::S3)?;
+    let handler = Arc::new(AttachmentsHandler::new(store, subjects.clone(), staging, s3c, s3.bucket.clone()));
+    runner::run(handler, client, subjects, cfg, cancel).await?;
+    Ok(())
+}
