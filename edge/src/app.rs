@@ -31,6 +31,8 @@ pub enum StartError {
     Mongo(#[from] mongodb::error::Error),
     #[error("NATS topology: {0}")]
     Topology(#[from] natter_nats::TopologyError),
+    #[error("S3: {0}")]
+    S3(String),
     #[error("presence: {0}")]
     Presence(String),
     #[error("listener: {0}")]
@@ -65,7 +67,21 @@ impl Edge {
         let presence = Presence::start(&js, &subjects, store.clone(), contacts_changed, shutdown.clone())
             .await
             .map_err(StartError::Presence)?;
+        let staging = js
+            .get_object_store(subjects.staging_bucket())
+            .await
+            .map_err(|e| StartError::Nats { url: url.clone(), reason: e.to_string() })?;
+        let s3 = match &config.s3 {
+            Some(c) => {
+                let client = natter_shared::s3::client(c);
+                natter_shared::s3::ensure_bucket(&client, &c.bucket).await.map_err(StartError::S3)?;
+                Some((client, c.bucket.clone()))
+            }
+            None => None,
+        };
         let state = Arc::new(EdgeState {
+            staging,
+            s3,
             jwt: Jwt::new(&config.jwt_secret),
             hub,
             membership: Membership::default(),

@@ -55,6 +55,16 @@ fn envelope(who: &Identity, command: Command) -> CommandEnvelope {
     CommandEnvelope { v: natter_shared::v1::VERSION, actor: who.user, roles: who.roles.clone(), reply: None, command }
 }
 
+/// Stores `command` as `who`; the PubAck's seq.
+pub async fn store(st: &EdgeState, who: &Identity, command: Command, msg_id: &str) -> Result<u64, ChatError> {
+    Ok(store_command(st, &envelope(who, command), msg_id).await?.seq)
+}
+
+/// Stores `command` as `who` and waits for a worker to apply it.
+pub async fn store_and_wait(st: &EdgeState, who: &Identity, command: Command, msg_id: &str) -> Result<u64, ChatError> {
+    apply_and_wait(st, envelope(who, command), msg_id).await
+}
+
 /// Stores a command; the PubAck is the answer.
 async fn store_command(st: &EdgeState, env: &CommandEnvelope, msg_id: &str) -> Result<Stored, ChatError> {
     let room = env.command.room().map_err(|e| ChatError::InvalidPayload(e.into()))?;
@@ -69,6 +79,8 @@ pub async fn send_message(st: &EdgeState, who: &Identity, req: SendMessage) -> R
         .map_err(|e| ChatError::InvalidPayload(e.into()))?;
     let (room, _) = room(raw.kind, &raw.id)?;
     require_member(st, who, &room).await?;
+    let ids: Vec<String> = req.attachments.iter().map(|a| a.id().to_string()).collect();
+    let attachments = crate::attachments::for_message(st, who, &room, req.message_type.as_str(), &ids).await?;
     let client_msg_id = req.client_msg_id.unwrap_or_else(|| ObjectId::new().to_hex());
     let message_id = message_id_for(who.user, &client_msg_id).to_hex();
     let env = envelope(
@@ -79,6 +91,7 @@ pub async fn send_message(st: &EdgeState, who: &Identity, req: SendMessage) -> R
             content: req.content,
             message_type: req.message_type.as_str().to_string(),
             client_msg_id: client_msg_id.clone(),
+            attachments,
         }),
     );
     let stored = store_command(st, &env, &format!("msg:{}:{client_msg_id}", who.user)).await?;

@@ -29,6 +29,9 @@ pub enum ChatError {
     Pending { seq: u64 },
     #[error("{0}")]
     Refused(String),
+    /// An upload refused, with its stable code.
+    #[error("{1}")]
+    Upload(ErrorCode, String),
 }
 
 impl ChatError {
@@ -43,6 +46,7 @@ impl ChatError {
             ChatError::Unavailable(_) => ErrorCode::Unavailable,
             ChatError::Pending { .. } => ErrorCode::Pending,
             ChatError::Refused(_) => ErrorCode::Refused,
+            ChatError::Upload(code, _) => *code,
         }
     }
 
@@ -55,6 +59,10 @@ impl ChatError {
             ChatError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ChatError::Pending { .. } => StatusCode::ACCEPTED,
             ChatError::Refused(_) => StatusCode::CONFLICT,
+            ChatError::Upload(ErrorCode::FileTooLarge, _) => StatusCode::PAYLOAD_TOO_LARGE,
+            ChatError::Upload(ErrorCode::Unavailable, _) => StatusCode::SERVICE_UNAVAILABLE,
+            ChatError::Upload(ErrorCode::InvalidPayload | ErrorCode::EmptyFile, _) => StatusCode::BAD_REQUEST,
+            ChatError::Upload(_, _) => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }
 

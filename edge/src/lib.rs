@@ -4,6 +4,7 @@
 //! protocol at `/ws`, the REST API at `/api/chat`, `/healthz` and `/readyz`.
 
 pub mod app;
+pub mod attachments;
 pub mod chat;
 pub mod delivery;
 pub mod error;

@@ -21,6 +21,10 @@ pub struct EdgeState {
     pub membership: Membership,
     pub presence: Arc<Presence>,
     pub deliveries: Deliveries,
+    /// Where uploads wait for the attachments worker.
+    pub staging: async_nats::jetstream::object_store::ObjectStore,
+    /// S3 client and bucket, when attachments are configured.
+    pub s3: Option<(aws_sdk_s3::Client, String)>,
     pub lifecycle: Lifecycle,
 }
 

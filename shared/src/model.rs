@@ -281,6 +281,9 @@ fn attachment_json(d: &Document) -> serde_json::Value {
             o.insert("thumbnailUrl".into(), format!("{}/thumbnail", attachment_url(id)).into());
         }
         o.remove("thumbnail");
+        if let Ok(at) = d.get_datetime("uploadedAt") {
+            o.insert("uploadedAt".into(), iso(*at).into());
+        }
     }
     v
 }

@@ -2,7 +2,9 @@
 //! serves. Writes belong to the workers (they use the typed collections).
 
 use crate::ids::RoomRef;
-use crate::model::{ATTACHMENTS, AttachmentDoc, CONVERSATIONS, ConversationDoc, GROUPS, GroupDoc, MESSAGES, MessageDoc};
+use crate::model::{
+    ATTACHMENTS, AttachmentDoc, CONVERSATIONS, ConversationDoc, GROUPS, GroupDoc, MESSAGES, MessageDoc,
+};
 use futures::TryStreamExt;
 use mongodb::bson::{Document, doc, oid::ObjectId};
 use mongodb::options::{ClientOptions, IndexOptions};

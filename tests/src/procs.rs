@@ -25,6 +25,20 @@ pub fn tool(env: &str, name: &str) -> PathBuf {
     p
 }
 
+/// A tool installed with `cargo install` (`infra/install.sh --s3`), or
+/// from the variable `env` if set.
+pub fn cargo_tool(env: &str, name: &str) -> PathBuf {
+    if let Ok(p) = std::env::var(env) {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo"));
+    let p = home.join("bin").join(name);
+    assert!(p.exists(), "{} not found: run infra/install.sh --s3 (or set {env})", p.display());
+    p
+}
+
 /// A binary of this workspace (built by `cargo build` before the tests).
 pub fn workspace_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");

@@ -86,6 +86,41 @@ fn block_on_port(port: u16) {
     }
 }
 
+/// The S3 server (s3s-fs) shared by a test binary, started on first use.
+pub struct S3Server {
+    pub endpoint: String,
+    pub access_key: String,
+    pub secret_key: String,
+    _reaper: std::process::Child,
+}
+
+static S3: OnceLock<S3Server> = OnceLock::new();
+
+pub fn s3_server() -> &'static S3Server {
+    S3.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("natter-test-{}", std::process::id())).join("s3");
+        std::fs::create_dir_all(&dir).expect("s3 dir");
+        let port = procs::free_port();
+        let (access_key, secret_key) = ("natter-test".to_string(), "natter-test-secret".to_string());
+        let args = vec![
+            "--host".into(),
+            "127.0.0.1".into(),
+            "--port".into(),
+            port.to_string(),
+            "--access-key".into(),
+            access_key.clone(),
+            "--secret-key".into(),
+            secret_key.clone(),
+            dir.display().to_string(),
+        ];
+        let bin = procs::cargo_tool("NATTER_S3S_FS", "s3s-fs");
+        let log = dir.parent().unwrap().join("s3.log").display().to_string();
+        let reaper = procs::spawn_reaped(&bin, &args, &log);
+        block_on_port(port);
+        S3Server { endpoint: format!("http://127.0.0.1:{port}"), access_key, secret_key, _reaper: reaper }
+    })
+}
+
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// One test's world: its own NATS namespace and database on the shared
@@ -199,6 +234,48 @@ impl TestApp {
             }
         });
         token
+    }
+
+    /// Points this app's edges and workers at the S3 server, with a bucket
+    /// of its own.
+    pub fn with_s3(&mut self) -> &mut Self {
+        let s3 = s3_server();
+        for (k, v) in [
+            ("S3_ENDPOINT", s3.endpoint.clone()),
+            ("S3_BUCKET", self.name.to_lowercase()),
+            ("S3_ACCESS_KEY", s3.access_key.clone()),
+            ("S3_SECRET_KEY", s3.secret_key.clone()),
+        ] {
+            self.edge_env.insert(k.into(), v);
+        }
+        self
+    }
+
+    pub fn s3_config(&self) -> natter_shared::config::S3Config {
+        let src: HashMap<String, String> = self.env().into_iter().collect();
+        natter_shared::config::S3Config::load(&src).expect("s3 config").expect("with_s3 first")
+    }
+
+    /// Starts an attachments worker in this process.
+    pub fn start_attachments_worker(&self) -> CancellationToken {
+        let token = self.cancel.child_token();
+        let (core, s3) = (self.core(), self.s3_config());
+        let t = token.clone();
+        let cfg = RunnerConfig { fetch_wait: Duration::from_millis(500), ..RunnerConfig::default() };
+        tokio::spawn(async move {
+            if let Err(e) = natter_workers::attachments::serve(&core, &s3, cfg, t).await {
+                panic!("attachments worker failed: {e}");
+            }
+        });
+        token
+    }
+
+    /// Starts a worker binary (`natter-worker-<role>`); its index in `processes`.
+    pub fn start_role_process(&mut self, role: &str) -> usize {
+        let bin = procs::workspace_bin(&format!("natter-worker-{role}"));
+        let log = std::env::temp_dir().join(format!("{}-{role}-{}.log", self.name, self.processes.len()));
+        self.processes.push(Owned::spawn(&bin, &[], &self.env(), &log.display().to_string()));
+        self.processes.len() - 1
     }
 
     /// Starts the `natter-worker-messages` binary; returns its index in

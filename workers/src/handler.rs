@@ -35,6 +35,9 @@ pub enum Disposition {
     Refused { code: ErrorCode, reason: String, events: Vec<Publication> },
     /// Can never be applied; dead-lettered with this reason.
     Poison(String),
+    /// Another role's command (a partition carries every role's): acked,
+    /// and no outcome reported, which is the owner's to give.
+    NotMine,
 }
 
 /// Dispositions by stream sequence, filled as commands complete. It lives

@@ -308,6 +308,7 @@ async fn process<H: Handler>(
                             terminal[i] = true;
                             (Some(outcome(OutcomeStatus::Refused, Some(reason), None)), reply)
                         }
+                        Disposition::NotMine => (None, None),
                     }
                 }
             };

@@ -1,5 +1,6 @@
 //! The REST API under `/api/chat`, with the NestJS module's paths and JSON.
 
+pub mod attachments;
 pub mod conversations;
 pub mod groups;
 pub mod messages;
@@ -30,6 +31,9 @@ pub fn router() -> Router<Arc<EdgeState>> {
         .route("/api/chat/messages/{id}", delete(messages::remove))
         .route("/api/chat/messages/{id}/read", patch(messages::read))
         .route("/api/chat/presence", get(presence::get))
+        .route("/api/chat/attachments", post(attachments::upload).layer(axum::extract::DefaultBodyLimit::disable()))
+        .route("/api/chat/attachments/{id}", get(attachments::download))
+        .route("/api/chat/attachments/{id}/thumbnail", get(attachments::thumbnail))
 }
 
 /// A page of a room's history, as the module returned it.

@@ -14,6 +14,7 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use natter_shared::auth::Identity;
 use natter_shared::ids::UserId;
+use natter_shared::v1::client::MAX_UPLOAD_HEADER;
 use natter_shared::v1::server::{Ready, to_text};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,7 +43,10 @@ pub async fn run(ws: WebSocket<Io>, who: Identity, st: Arc<EdgeState>, cancel: C
     async move {
         debug!("connected");
         let (mut rx, tx) = ws.split(tokio::io::split);
-        rx.set_max_message_size(MAX_FRAME_BYTES);
+        // Binary messages carry uploads, up to MAX_FILE_SIZE plus a header;
+        // text frames stay within MAX_FRAME_BYTES (checked per message).
+        let max_binary = st.config.max_file_size as usize + 4 + MAX_UPLOAD_HEADER;
+        rx.set_max_message_size(max_binary.max(MAX_FRAME_BYTES) + 1);
         rx.set_auto_close(true);
         rx.set_auto_pong(true);
         let (out_tx, out_rx) = mpsc::channel::<Outbound>(QUEUE_LEN);
@@ -62,7 +66,7 @@ pub async fn run(ws: WebSocket<Io>, who: Identity, st: Arc<EdgeState>, cancel: C
         st.presence.connect(&sink).await;
         let typing = Arc::new(TypingState::default());
         let session = Session::new(st.clone(), who.clone(), sink, typing.clone());
-        let reader = tokio::spawn(read_loop(rx, session, ctl_tx).in_current_span());
+        let reader = tokio::spawn(read_loop(rx, session, ctl_tx, max_binary).in_current_span());
         drop(out_tx);
         let writer = Writer { user: who.user, deliveries: st.deliveries.clone() };
         writer.run(tx, out_rx, ctl_rx, &cancel, &overflow).await;
@@ -84,7 +88,13 @@ pub async fn run(ws: WebSocket<Io>, who: Identity, st: Arc<EdgeState>, cancel: C
     .await
 }
 
-async fn read_loop(mut rx: WebSocketRead<ReadHalf<Io>>, mut session: Session, ctl: mpsc::Sender<Control>) {
+async fn read_loop(
+    mut rx: WebSocketRead<ReadHalf<Io>>,
+    mut session: Session,
+    ctl: mpsc::Sender<Control>,
+    max_binary: usize,
+) {
+    let limit = |op: OpCode| if op == OpCode::Binary { max_binary } else { MAX_FRAME_BYTES };
     let obligated = ctl.clone();
     let mut send_fn = move |f: Frame<'_>| {
         let tx = obligated.clone();
@@ -115,13 +125,17 @@ async fn read_loop(mut rx: WebSocketRead<ReadHalf<Io>>, mut session: Session, ct
                 partial = p;
                 continue;
             }
+            (op @ (OpCode::Text | OpCode::Binary), None) if frame.payload.len() > limit(op) => {
+                let _ = ctl.send(Control::Close(close::TOO_BIG, "message too large")).await;
+                return;
+            }
             (OpCode::Text | OpCode::Binary, None) if frame.fin => (frame.opcode, frame.payload.to_vec()),
             (OpCode::Text | OpCode::Binary, None) => {
                 partial = Some((frame.opcode, frame.payload.to_vec()));
                 continue;
             }
             (OpCode::Continuation, Some((op, mut buf))) => {
-                if buf.len() + frame.payload.len() > MAX_FRAME_BYTES {
+                if buf.len() + frame.payload.len() > limit(op) {
                     let _ = ctl.send(Control::Close(close::TOO_BIG, "message too large")).await;
                     return;
                 }
@@ -145,7 +159,7 @@ async fn read_loop(mut rx: WebSocketRead<ReadHalf<Io>>, mut session: Session, ct
                     return;
                 }
             },
-            _ => session.binary().await,
+            (_, bytes) => session.binary(bytes).await,
         };
         if let Next::Close(reason) = next {
             let _ = ctl.send(Control::Close(close::POLICY_VIOLATION, reason)).await;

@@ -52,9 +52,40 @@ impl Session {
         }
     }
 
-    /// A binary frame: protocol v1 is text only.
-    pub async fn binary(&mut self) -> Next {
-        self.refuse(None, ErrorCode::InvalidFrame, "protocol v1 uses text frames").await
+    /// A binary message: a `file_upload` (`[u32 header length][JSON
+    /// header][file bytes]`). Acked once staged; the worker's verdict comes
+    /// as `file_upload_response`.
+    pub async fn binary(&mut self, msg: Vec<u8>) -> Next {
+        if !self.bucket.take() {
+            return self.refuse(None, ErrorCode::RateLimited, "too many requests").await;
+        }
+        let (rid, up, bytes) = match client::parse_upload(&msg) {
+            Ok(x) => x,
+            Err(e) => return self.refuse(e.request_id.as_deref(), e.code, e.message).await,
+        };
+        let result = async {
+            let raw = RoomRef::from_fields(up.conversation_id.as_deref(), up.group_id.as_deref())
+                .map_err(|e| ChatError::InvalidPayload(e.into()))?;
+            let (room, _) = chat::room(raw.kind, &raw.id)?;
+            let body = futures::stream::iter([Ok::<_, std::convert::Infallible>(bytes::Bytes::copy_from_slice(bytes))]);
+            let staged =
+                crate::attachments::upload(&self.st, &self.who, room.clone(), &up.filename, &up.kind, body, false)
+                    .await?;
+            let mut data = json!({"attachmentId": staged.id, "seq": staged.seq});
+            RoomFields::of(&room).merge_into(&mut data);
+            Ok::<_, ChatError>(data)
+        }
+        .await;
+        match result {
+            Ok(data) => {
+                self.reply(to_text("ack", rid.as_deref(), data)).await;
+                Next::Continue
+            }
+            Err(e) => {
+                let msg = e.public_message();
+                self.refuse(rid.as_deref(), e.code(), msg).await
+            }
+        }
     }
 
     pub async fn text(&mut self, text: &str) -> Next {

@@ -50,6 +50,79 @@ pub struct SendMessage {
     pub message_type: ClientMessageType,
     #[serde(default)]
     pub client_msg_id: Option<String>,
+    /// Ids of accepted uploads (strings, or the `file_upload_response`
+    /// objects, of which `id` is used).
+    #[serde(default)]
+    pub attachments: Vec<AttachmentRef>,
+}
+
+/// An attachment named in `send_message`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum AttachmentRef {
+    Id(String),
+    Object { id: String },
+}
+
+impl AttachmentRef {
+    pub fn id(&self) -> &str {
+        match self {
+            AttachmentRef::Id(s) | AttachmentRef::Object { id: s } => s,
+        }
+    }
+}
+
+/// Most attachments one message may carry.
+pub const MAX_ATTACHMENTS: usize = 10;
+
+/// The JSON header of a binary `file_upload` message:
+/// `[u32 big-endian header length][header][file bytes]`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FileUpload {
+    pub filename: String,
+    /// The declared content type (`type`).
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub conversation_id: Option<String>,
+    #[serde(default)]
+    pub group_id: Option<String>,
+}
+
+/// Largest header of a binary message.
+pub const MAX_UPLOAD_HEADER: usize = 16 * 1024;
+
+/// Splits a binary `file_upload` message into its request id, header and
+/// file bytes.
+pub fn parse_upload(msg: &[u8]) -> Result<(Option<String>, FileUpload, &[u8]), FrameError> {
+    let bad = |code, message: &str| FrameError { code, message: message.into(), request_id: None };
+    if msg.len() < 4 {
+        return Err(bad(ErrorCode::InvalidFrame, "a binary message starts with a 4-byte header length"));
+    }
+    let len = u32::from_be_bytes([msg[0], msg[1], msg[2], msg[3]]) as usize;
+    if len > MAX_UPLOAD_HEADER || 4 + len > msg.len() {
+        return Err(bad(ErrorCode::InvalidFrame, "bad header length"));
+    }
+    let header =
+        std::str::from_utf8(&msg[4..4 + len]).map_err(|_| bad(ErrorCode::InvalidFrame, "header is not UTF-8"))?;
+    let raw: RawFrame<'_> = serde_json::from_str(header).map_err(|e| {
+        let code = if e.is_data() { ErrorCode::InvalidFrame } else { ErrorCode::InvalidJson };
+        FrameError { code, message: e.to_string(), request_id: None }
+    })?;
+    let rid = raw.request_id.clone();
+    let err = |code, message: String| FrameError { code, message, request_id: rid.clone() };
+    if raw.kind != "file_upload" {
+        return Err(err(ErrorCode::UnknownEvent, "binary messages carry `file_upload` only".into()));
+    }
+    let up: FileUpload = serde_json::from_str(raw.data.map(|d| d.get()).unwrap_or("{}"))
+        .map_err(|e| err(ErrorCode::InvalidPayload, e.to_string()))?;
+    crate::ids::RoomRef::from_fields(up.conversation_id.as_deref(), up.group_id.as_deref())
+        .map_err(|e| err(ErrorCode::InvalidPayload, e.into()))?;
+    if up.filename.is_empty() || up.filename.len() > 1000 || up.kind.is_empty() || up.kind.len() > 200 {
+        return Err(err(ErrorCode::InvalidPayload, "filename and type are required".into()));
+    }
+    Ok((rid, up, &msg[4 + len..]))
 }
 
 fn default_type() -> ClientMessageType {
@@ -117,6 +190,7 @@ pub const CLIENT_EVENTS: &[&str] = &[
     "typing",
     "mark_as_read",
     "delete_message",
+    "file_upload",
 ];
 
 /// Parses one text frame into a request (with its id) or an error carrying
@@ -156,6 +230,9 @@ pub fn parse(text: &str) -> Result<(Option<String>, ClientRequest), FrameError> 
             if let Err(e) = crate::ids::RoomRef::from_fields(m.conversation_id.as_deref(), m.group_id.as_deref()) {
                 return Err(err(ErrorCode::InvalidPayload, e.into()));
             }
+            if m.attachments.len() > MAX_ATTACHMENTS {
+                return Err(err(ErrorCode::InvalidPayload, format!("at most {MAX_ATTACHMENTS} attachments")));
+            }
             ClientRequest::SendMessage(m)
         }
         "join_conversation" => ClientRequest::JoinConversation(payload(data).map_err(bad)?),
@@ -169,6 +246,9 @@ pub fn parse(text: &str) -> Result<(Option<String>, ClientRequest), FrameError> 
             ClientRequest::Typing(t)
         }
         "mark_as_read" => ClientRequest::MarkAsRead(payload(data).map_err(bad)?),
+        "file_upload" => {
+            return Err(bad("file_upload is a binary message: [u32 header length][JSON header][file bytes]".into()));
+        }
         "delete_message" => ClientRequest::DeleteMessage(payload(data).map_err(bad)?),
         other => {
             let shown: String = other.chars().take(64).collect();
@@ -211,6 +291,22 @@ mod tests {
         assert_eq!(parse(both).unwrap_err().code, ErrorCode::InvalidPayload);
         assert_eq!(parse(r#"{"type":"typing","data":{"isTyping":true}}"#).unwrap_err().code, ErrorCode::InvalidPayload);
         assert_eq!(parse(r#"{"type":"typing","data":{"groupId":"g"}}"#).unwrap_err().code, ErrorCode::InvalidPayload);
+    }
+
+    #[test]
+    fn parses_binary_uploads() {
+        let header =
+            br#"{"type":"file_upload","requestId":"u1","data":{"filename":"a.png","type":"image/png","groupId":"g"}}"#;
+        let mut msg = (header.len() as u32).to_be_bytes().to_vec();
+        msg.extend_from_slice(header);
+        msg.extend_from_slice(b"BYTES");
+        let (rid, up, bytes) = parse_upload(&msg).unwrap();
+        assert_eq!((rid.as_deref(), up.filename.as_str(), bytes), (Some("u1"), "a.png", &b"BYTES"[..]));
+        assert_eq!(parse_upload(&[0, 0]).unwrap_err().code, ErrorCode::InvalidFrame);
+        assert_eq!(parse_upload(&[0, 0, 0, 200, b'{']).unwrap_err().code, ErrorCode::InvalidFrame);
+        let mut no_room = 9u32.to_be_bytes().to_vec();
+        no_room.extend_from_slice(br#"{"type":1"#);
+        assert!(parse_upload(&no_room).is_err());
     }
 
     #[test]

@@ -39,6 +39,18 @@ pub enum ErrorCode {
     Pending,
     /// A worker refused the command.
     Refused,
+    /// The file is over `MAX_FILE_SIZE`.
+    FileTooLarge,
+    /// The file is empty.
+    EmptyFile,
+    /// The bytes are not what the declared type says.
+    ContentMismatch,
+    /// The content type is not on the allow-list.
+    TypeNotAllowed,
+    /// The content type cannot be recognised from the bytes.
+    UnknownType,
+    /// The staged upload expired before it was processed.
+    StagingExpired,
     /// A bug on our side.
     Internal,
 }
@@ -62,6 +74,12 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Pending => "pending",
             ErrorCode::Refused => "refused",
+            ErrorCode::FileTooLarge => "file_too_large",
+            ErrorCode::EmptyFile => "empty_file",
+            ErrorCode::ContentMismatch => "content_mismatch",
+            ErrorCode::TypeNotAllowed => "type_not_allowed",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::StagingExpired => "staging_expired",
             ErrorCode::Internal => "internal",
         }
     }
@@ -72,4 +90,11 @@ impl ErrorCode {
 pub struct ErrorBody {
     pub code: ErrorCode,
     pub message: String,
+}
+
+impl ErrorCode {
+    /// The code named by its wire string (for codes recorded as text).
+    pub fn parse(s: &str) -> Option<ErrorCode> {
+        serde_json::from_value(serde_json::Value::String(s.to_string())).ok()
+    }
 }

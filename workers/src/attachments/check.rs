@@ -61,12 +61,10 @@ pub fn inspect(head: &[u8], size: u64, declared: &str) -> Result<(String, &'stat
     };
     // Office documents are zip files; a declared one that sniffs as a plain
     // zip is accepted as declared only when infer recognised nothing finer.
-    let same = detected == declared || (detected == "application/zip" && declared.starts_with("application/vnd.openxmlformats"));
+    let same = detected == declared
+        || (detected == "application/zip" && declared.starts_with("application/vnd.openxmlformats"));
     if !same {
-        return Err(reject(
-            "content_mismatch",
-            format!("declared {declared} but the bytes are {detected}"),
-        ));
+        return Err(reject("content_mismatch", format!("declared {declared} but the bytes are {detected}")));
     }
     match category(&declared) {
         Some(c) => Ok((declared, c)),

@@ -110,7 +110,9 @@ impl AttachmentsHandler {
                     Ok((kind, category)) => {
                         let key = object_key(&room, &name);
                         let rest = std::io::Cursor::new(head).chain(obj);
-                        let stored = s3put::upload(&self.s3, &self.bucket, &key, &kind, c.size, rest, category == "image").await?;
+                        let stored =
+                            s3put::upload(&self.s3, &self.bucket, &key, &kind, c.size, rest, category == "image")
+                                .await?;
                         if stored.size != c.size {
                             return Err(ApplyError(format!("staged {} bytes, announced {}", stored.size, c.size)));
                         }
@@ -162,7 +164,7 @@ impl Handler for AttachmentsHandler {
             }
             let d = match &inc.envelope.command {
                 Command::UploadAttachment(c) => self.process(inc, c).await?,
-                _ => Disposition::Applied(vec![]),
+                _ => Disposition::NotMine,
             };
             done.insert(inc.seq, d);
         }
@@ -186,7 +188,12 @@ pub enum StartError {
 
 /// Connects, applies topology and indexes, ensures the bucket, and runs the
 /// role until `cancel`.
-pub async fn serve(core: &CoreConfig, s3: &S3Config, cfg: RunnerConfig, cancel: CancellationToken) -> Result<(), StartError> {
+pub async fn serve(
+    core: &CoreConfig,
+    s3: &S3Config,
+    cfg: RunnerConfig,
+    cancel: CancellationToken,
+) -> Result<(), StartError> {
     let client = async_nats::ConnectOptions::new()
         .name(format!("natter-worker-attachments-{}", cfg.instance))
         .connect(core.nats_url.as_str())

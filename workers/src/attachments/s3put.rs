@@ -25,7 +25,13 @@ fn s3err<E: std::error::Error>(what: &str, e: E) -> ApplyError {
     ApplyError(format!("S3 {what}: {}", DisplayErrorContext(e)))
 }
 
-pub async fn put(client: &Client, bucket: &str, key: &str, content_type: &str, body: Vec<u8>) -> Result<(), ApplyError> {
+pub async fn put(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    content_type: &str,
+    body: Vec<u8>,
+) -> Result<(), ApplyError> {
     client
         .put_object()
         .bucket(bucket)

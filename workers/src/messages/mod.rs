@@ -56,7 +56,7 @@ impl Handler for MessagesHandler {
             }
             // Uploads belong to the attachments role.
             if matches!(inc.envelope.command, Command::UploadAttachment(_)) {
-                done.insert(inc.seq, Disposition::Applied(vec![]));
+                done.insert(inc.seq, Disposition::NotMine);
                 continue;
             }
             match inc.envelope.command.room() {

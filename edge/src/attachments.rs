@@ -1,0 +1,178 @@
+//! Uploads and downloads. An upload is streamed into the staging object
+//! store (never more than `MAX_FILE_SIZE` read, in chunks) and announced to
+//! the attachments worker as an `upload_attachment` command; the worker
+//! checks and stores it. Downloads are for members of the room only, as a
+//! redirect to a short-lived presigned URL or streamed through the edge.
+
+use crate::chat;
+use crate::error::ChatError;
+use crate::state::EdgeState;
+use async_nats::jetstream::object_store::ObjectMetadata;
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use mongodb::bson::{doc, oid::ObjectId};
+use natter_shared::auth::Identity;
+use natter_shared::ids::RoomRef;
+use natter_shared::model::AttachmentDoc;
+use natter_shared::v1::command::{Command, RoomFields, UploadAttachmentCmd};
+use natter_shared::v1::error::ErrorCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// What the edge knows after staging: the id and the command's seq; and,
+/// when it waited for the worker, the record.
+pub struct Staged {
+    pub id: String,
+    pub seq: u64,
+    pub record: Option<AttachmentDoc>,
+}
+
+fn unconfigured() -> ChatError {
+    ChatError::Upload(ErrorCode::Unavailable, "attachments are not configured on this server (S3_*)".into())
+}
+
+/// Streams `body` into staging and stores the upload command. With `wait`,
+/// answers once the worker has accepted or refused the file.
+pub async fn upload<S, E>(
+    st: &EdgeState,
+    who: &Identity,
+    room: RoomRef,
+    filename: &str,
+    declared: &str,
+    body: S,
+    wait: bool,
+) -> Result<Staged, ChatError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    if st.s3.is_none() {
+        return Err(unconfigured());
+    }
+    chat::require_member(st, who, &room).await?;
+    if filename.is_empty() || filename.len() > 1000 || declared.is_empty() || declared.len() > 200 {
+        return Err(ChatError::InvalidPayload("filename and type are required".into()));
+    }
+    let limit = st.config.max_file_size;
+    let id = ObjectId::new().to_hex();
+    let seen = Arc::new(AtomicU64::new(0));
+    let over = Arc::new(AtomicBool::new(false));
+    let (s2, o2) = (seen.clone(), over.clone());
+    // Counts as it goes and fails the stream past the limit, so the staging
+    // put stops reading there.
+    let limited = body.map(move |chunk| {
+        let chunk = chunk.map_err(|e| std::io::Error::other(e.to_string()))?;
+        if s2.fetch_add(chunk.len() as u64, Ordering::Relaxed) + chunk.len() as u64 > limit {
+            o2.store(true, Ordering::Relaxed);
+            return Err(std::io::Error::other("file too large"));
+        }
+        Ok::<Bytes, std::io::Error>(chunk)
+    });
+    let mut reader = tokio_util::io::StreamReader::new(limited);
+    let meta = ObjectMetadata { name: id.clone(), ..Default::default() };
+    let put = st.staging.put(meta, &mut reader).await;
+    if over.load(Ordering::Relaxed) {
+        let _ = st.staging.delete(&id).await;
+        return Err(ChatError::Upload(ErrorCode::FileTooLarge, format!("files are limited to {limit} bytes")));
+    }
+    let info = match put {
+        Ok(i) => i,
+        Err(e) => {
+            let _ = st.staging.delete(&id).await;
+            return Err(ChatError::InvalidPayload(format!("upload interrupted: {e}")));
+        }
+    };
+    if info.size == 0 {
+        let _ = st.staging.delete(&id).await;
+        return Err(ChatError::Upload(ErrorCode::EmptyFile, "the file is empty".into()));
+    }
+    let cmd = Command::UploadAttachment(UploadAttachmentCmd {
+        attachment_id: id.clone(),
+        room: RoomFields::of(&room),
+        filename: filename.to_string(),
+        declared_type: declared.to_string(),
+        size: info.size as u64,
+    });
+    let msg_id = format!("upl:{id}");
+    if !wait {
+        let seq = chat::store(st, who, cmd, &msg_id).await?;
+        return Ok(Staged { id, seq, record: None });
+    }
+    let seq = chat::store_and_wait(st, who, cmd, &msg_id).await?;
+    let oid = chat::oid(&id, "attachmentId")?;
+    let record = st.store.attachments().find_one(doc! {"_id": oid}).await?.ok_or(ChatError::Pending { seq })?;
+    if !record.accepted() {
+        let code = record.code.as_deref().and_then(ErrorCode::parse).unwrap_or(ErrorCode::Refused);
+        return Err(ChatError::Upload(code, record.reason.clone().unwrap_or_default()));
+    }
+    Ok(Staged { id, seq, record: Some(record) })
+}
+
+/// An accepted attachment that `who` may download.
+pub async fn downloadable(st: &EdgeState, who: &Identity, id: &str) -> Result<AttachmentDoc, ChatError> {
+    let oid = chat::oid(id, "attachmentId")?;
+    let a = st
+        .store
+        .attachments()
+        .find_one(doc! {"_id": oid, "status": "accepted"})
+        .await?
+        .ok_or(ChatError::NotFound("attachment"))?;
+    chat::require_member(st, who, &RoomRef::new(a.room_kind(), a.room_id())).await?;
+    Ok(a)
+}
+
+/// A presigned GET for `key`, valid for the configured time.
+pub async fn presigned(st: &EdgeState, key: &str) -> Result<String, ChatError> {
+    let (client, bucket) = st.s3.as_ref().ok_or_else(unconfigured)?;
+    let ttl = std::time::Duration::from_secs(st.config.attachment_url_ttl);
+    let conf =
+        aws_sdk_s3::presigning::PresigningConfig::expires_in(ttl).map_err(|e| ChatError::unavailable(e.to_string()))?;
+    let req = client.get_object().bucket(bucket).key(key).presigned(conf).await.map_err(ChatError::unavailable)?;
+    Ok(req.uri().to_string())
+}
+
+/// The object's bytes as a stream, for proxied downloads.
+pub async fn fetch(st: &EdgeState, key: &str) -> Result<(Option<i64>, aws_sdk_s3::primitives::ByteStream), ChatError> {
+    let (client, bucket) = st.s3.as_ref().ok_or_else(unconfigured)?;
+    let out = client.get_object().bucket(bucket).key(key).send().await.map_err(ChatError::unavailable)?;
+    Ok((out.content_length(), out.body))
+}
+
+/// Checks the attachments a message names and copies what the message
+/// carries: each must be accepted, the sender's, in the same room, and an
+/// image for an image message, a document for a document message.
+pub async fn for_message(
+    st: &EdgeState,
+    who: &Identity,
+    room: &RoomRef,
+    message_type: &str,
+    ids: &[String],
+) -> Result<Vec<natter_shared::v1::command::AttachmentMeta>, ChatError> {
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        let oid = chat::oid(id, "attachment id")?;
+        let bad = |why: &str| ChatError::InvalidPayload(format!("attachment {id}: {why}"));
+        let a = st.store.attachments().find_one(doc! {"_id": oid}).await?.ok_or_else(|| bad("no such upload"))?;
+        if !a.accepted() {
+            return Err(bad("was not accepted"));
+        }
+        if a.uploader_id != who.user.oid() {
+            return Err(bad("was uploaded by someone else"));
+        }
+        if a.room_kind() != room.kind || a.room_id() != room.id {
+            return Err(bad("was uploaded to another room"));
+        }
+        if (message_type == "image" || message_type == "document") && a.category != message_type {
+            return Err(bad(&format!("is not a {message_type}")));
+        }
+        out.push(natter_shared::v1::command::AttachmentMeta {
+            id: a.id.to_hex(),
+            kind: a.kind.clone(),
+            name: a.name.clone(),
+            size: a.size,
+            uploaded_at: natter_shared::timefmt::iso(a.uploaded_at),
+            thumbnail: a.thumbnail_key.is_some(),
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,137 @@
+//! `/api/chat/attachments`: upload (raw body or multipart, streamed, bound
+//! by `MAX_FILE_SIZE`) and download (members of the room only).
+
+use crate::attachments;
+use crate::chat;
+use crate::error::ChatError;
+use crate::state::EdgeState;
+use crate::token::AuthUser;
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{FromRequest, Multipart, Path, RawQuery, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use natter_shared::ids::RoomRef;
+use natter_shared::model::AttachmentView;
+use std::sync::Arc;
+
+type St = State<Arc<EdgeState>>;
+
+fn param(q: Option<&str>, name: &str) -> Option<String> {
+    url::form_urlencoded::parse(q.unwrap_or("").as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+}
+
+fn room(conversation: Option<&str>, group: Option<&str>) -> Result<RoomRef, ChatError> {
+    let raw = RoomRef::from_fields(conversation, group).map_err(|e| ChatError::InvalidPayload(e.into()))?;
+    Ok(chat::room(raw.kind, &raw.id)?.0)
+}
+
+/// `POST /api/chat/attachments`. Raw body: `?conversationId=|groupId=`,
+/// `filename=`, and `type=` (or the `Content-Type`). Multipart: the fields
+/// `conversationId`/`groupId` (and optionally `type`) before the `file` part,
+/// whose file name and content type are used.
+pub async fn upload(
+    State(st): St,
+    AuthUser(who): AuthUser,
+    RawQuery(q): RawQuery,
+    req: Request,
+) -> Result<(StatusCode, Json<AttachmentView>), ChatError> {
+    let limit = st.config.max_file_size;
+    let declared_len =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let multipart = content_type.starts_with("multipart/form-data");
+    // Refused before a byte is read when the length says it is too big
+    // (a multipart envelope adds a little, allowed for).
+    if let Some(n) = declared_len
+        && n > limit + if multipart { 64 * 1024 } else { 0 }
+    {
+        return Err(ChatError::Upload(
+            natter_shared::v1::error::ErrorCode::FileTooLarge,
+            format!("files are limited to {limit} bytes"),
+        ));
+    }
+    let staged = if multipart {
+        let mut form = Multipart::from_request(req, &st).await.map_err(|e| ChatError::InvalidPayload(e.body_text()))?;
+        let (mut conv, mut group, mut kind) =
+            (param(q.as_deref(), "conversationId"), param(q.as_deref(), "groupId"), None);
+        loop {
+            let field = form.next_field().await.map_err(|e| ChatError::InvalidPayload(e.body_text()))?;
+            let Some(field) = field else {
+                return Err(ChatError::InvalidPayload("no `file` part".into()));
+            };
+            match field.name().unwrap_or("") {
+                "conversationId" => {
+                    conv = Some(field.text().await.map_err(|e| ChatError::InvalidPayload(e.body_text()))?)
+                }
+                "groupId" => group = Some(field.text().await.map_err(|e| ChatError::InvalidPayload(e.body_text()))?),
+                "type" => kind = Some(field.text().await.map_err(|e| ChatError::InvalidPayload(e.body_text()))?),
+                "file" => {
+                    let room = room(conv.as_deref(), group.as_deref())?;
+                    let filename = field.file_name().unwrap_or("file").to_string();
+                    let declared = kind
+                        .clone()
+                        .or_else(|| field.content_type().map(String::from))
+                        .unwrap_or_else(|| "application/octet-stream".into());
+                    break attachments::upload(&st, &who, room, &filename, &declared, field.boxed(), true).await?;
+                }
+                _ => {}
+            }
+        }
+    } else {
+        let room = room(param(q.as_deref(), "conversationId").as_deref(), param(q.as_deref(), "groupId").as_deref())?;
+        let filename =
+            param(q.as_deref(), "filename").ok_or_else(|| ChatError::InvalidPayload("filename is required".into()))?;
+        let declared = param(q.as_deref(), "type").unwrap_or(content_type);
+        let body = req.into_body().into_data_stream();
+        attachments::upload(&st, &who, room, &filename, &declared, body, true).await?
+    };
+    let record = staged.record.ok_or(ChatError::Pending { seq: staged.seq })?;
+    Ok((StatusCode::CREATED, Json(AttachmentView::from(&record))))
+}
+
+async fn serve(st: &EdgeState, key: &str, name: &str, kind: &str) -> Result<Response, ChatError> {
+    if !st.config.attachment_proxy {
+        let url = attachments::presigned(st, key).await?;
+        let mut resp = StatusCode::FOUND.into_response();
+        let h = resp.headers_mut();
+        h.insert(header::LOCATION, HeaderValue::from_str(&url).map_err(|e| ChatError::unavailable(e.to_string()))?);
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        return Ok(resp);
+    }
+    let (len, body) = attachments::fetch(st, key).await?;
+    let stream = tokio_util::io::ReaderStream::new(body.into_async_read());
+    let mut resp = Response::new(Body::from_stream(stream));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(kind).unwrap_or(HeaderValue::from_static("application/octet-stream")),
+    );
+    if let Some(n) = len {
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
+    let disposition = format!(
+        "attachment; filename*=UTF-8''{}",
+        url::form_urlencoded::byte_serialize(name.as_bytes()).collect::<String>()
+    );
+    if let Ok(v) = HeaderValue::from_str(&disposition) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-store"));
+    Ok(resp)
+}
+
+/// `GET /api/chat/attachments/:id`
+pub async fn download(State(st): St, AuthUser(who): AuthUser, Path(id): Path<String>) -> Result<Response, ChatError> {
+    let a = attachments::downloadable(&st, &who, &id).await?;
+    let key = a.key.clone().ok_or(ChatError::NotFound("attachment"))?;
+    serve(&st, &key, &a.name, &a.kind).await
+}
+
+/// `GET /api/chat/attachments/:id/thumbnail`
+pub async fn thumbnail(State(st): St, AuthUser(who): AuthUser, Path(id): Path<String>) -> Result<Response, ChatError> {
+    let a = attachments::downloadable(&st, &who, &id).await?;
+    let key = a.thumbnail_key.clone().ok_or(ChatError::NotFound("thumbnail"))?;
+    serve(&st, &key, &format!("{}.thumb.png", a.name), "image/png").await
+}
