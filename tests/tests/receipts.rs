@@ -116,6 +116,7 @@ async fn unread_counts_stay_exact_when_a_worker_dies_mid_stream() {
     let mut wc = WsClient::connect(e, &app.token(c, &[])).await;
     const N: usize = 600;
     let mut read_at = None;
+    let mut last_conv_seq = 0;
     for i in 0..N {
         if i == N / 2 {
             app.processes[w1].kill9().await;
@@ -128,6 +129,7 @@ async fn unread_counts_stay_exact_when_a_worker_dies_mid_stream() {
             )
             .await;
         assert_eq!(r["type"], "ack");
+        last_conv_seq = r["data"]["seq"].as_u64().unwrap();
         let r = wa
             .request("send_message", json!({"groupId": g, "content": format!("g{i}"), "clientMsgId": format!("g{i}")}))
             .await;
@@ -167,7 +169,14 @@ async fn unread_counts_stay_exact_when_a_worker_dies_mid_stream() {
         (total as usize == N + from_c && read.read_cursors.get(&c.hex()).copied().unwrap_or(0) > 0).then_some(())
     })
     .await;
-    let conv_doc = app.store.conversation(conv.parse().unwrap()).await.unwrap().unwrap();
+    // Partitions progress independently (the killed worker's resume once its
+    // leases expire): wait for the conversation's too.
+    let conv_doc = natter_tests::eventually("conversation applied", Duration::from_secs(90), || async {
+        let c = app.store.conversation(conv.parse().unwrap()).await.ok()??;
+        let n = app.store.messages().count_documents(doc! {"conversationId": &conv}).await.ok()?;
+        (n as usize == N && c.last_seq >= last_conv_seq as i64).then_some(c)
+    })
+    .await;
     assert_eq!(conv_doc.unread_counts.get(&b.hex()).copied(), Some(N as i64), "B's unread in the conversation");
     assert_eq!(conv_doc.unread_counts.get(&a.hex()).copied().unwrap_or(0), 0);
     let group = app
