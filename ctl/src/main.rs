@@ -46,6 +46,17 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// The audit trail.
+    Audit {
+        #[command(subcommand)]
+        cmd: AuditCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Walk the hash chain; exit 1 at the first record changed, removed or moved.
+    Verify,
 }
 
 #[derive(Subcommand)]
@@ -91,6 +102,22 @@ async fn main() -> anyhow::Result<()> {
             ));
         }
         Cmd::Status { json } => status(json).await?,
+        Cmd::Audit { cmd: AuditCmd::Verify } => {
+            let core = CoreConfig::load(&Env)?;
+            let store = natter_shared::store::Store::connect(&core.mongodb_uri, &core.mongodb_db).await?;
+            match natter_shared::audit::verify(&store.audit()).await? {
+                natter_shared::audit::Verdict::Intact { records, head } => {
+                    out(&format!("audit chain intact: {records} records, head {head}"));
+                }
+                natter_shared::audit::Verdict::Broken(b) => {
+                    out(&format!(
+                        "audit chain broken at record seq {} (chain position {}): it {}",
+                        b.seq, b.chain_seq, b.reason
+                    ));
+                    std::process::exit(1);
+                }
+            }
+        }
     }
     Ok(())
 }

@@ -53,6 +53,20 @@ impl Subjects {
         format!("{}_EVENTS", self.upper())
     }
 
+    /// Stream of outcome facts (what became of each command), for audit.
+    pub fn outcomes_stream(&self) -> String {
+        format!("{}_OUTCOMES", self.upper())
+    }
+
+    pub fn outcomes_all(&self) -> String {
+        format!("{}.out.>", self.ns)
+    }
+
+    /// Outcome facts of one role.
+    pub fn outcome(&self, role: &str) -> String {
+        format!("{}.out.{}", self.ns, role)
+    }
+
     /// Stream of dead-lettered commands.
     pub fn dlq_stream(&self) -> String {
         format!("{}_DLQ", self.upper())

@@ -10,15 +10,34 @@ use std::time::Duration;
 pub enum Role {
     Messages,
     Attachments,
+    Audit,
 }
 
 impl Role {
-    pub const ALL: [Role; 2] = [Role::Messages, Role::Attachments];
+    pub const ALL: [Role; 3] = [Role::Messages, Role::Attachments, Role::Audit];
 
     pub fn name(self) -> &'static str {
         match self {
             Role::Messages => "messages",
             Role::Attachments => "attachments",
+            Role::Audit => "audit",
+        }
+    }
+
+    /// How many partitions the role's input has. The audit trail is one
+    /// chain, so it is one partition, applied by one worker at a time.
+    pub fn partitions(self) -> u32 {
+        match self {
+            Role::Messages | Role::Attachments => PARTITIONS,
+            Role::Audit => 1,
+        }
+    }
+
+    /// The stream the role consumes.
+    pub fn stream(self, s: &Subjects) -> String {
+        match self {
+            Role::Messages | Role::Attachments => s.cmd_stream(),
+            Role::Audit => s.outcomes_stream(),
         }
     }
 
@@ -27,6 +46,7 @@ impl Role {
         match self {
             Role::Messages => s.partition(p),
             Role::Attachments => s.partition_action(p, "upload_attachment"),
+            Role::Audit => s.outcomes_all(),
         }
     }
 }
@@ -78,6 +98,20 @@ pub fn cmd_stream_config(s: &Subjects, replicas: usize) -> stream::Config {
         max_age: Duration::ZERO,
         num_replicas: replicas,
         allow_direct: true,
+        ..Default::default()
+    }
+}
+
+pub fn outcomes_stream_config(s: &Subjects, replicas: usize) -> stream::Config {
+    stream::Config {
+        name: s.outcomes_stream(),
+        description: Some("natter outcome facts: what became of each command, for the audit trail".into()),
+        subjects: vec![s.outcomes_all()],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        duplicate_window: DUPLICATE_WINDOW,
+        max_age: Duration::ZERO,
+        num_replicas: replicas,
         ..Default::default()
     }
 }
@@ -180,16 +214,21 @@ fn boxed<E: std::error::Error + Send + Sync + 'static>(e: E) -> Box<dyn std::err
 /// Creates or updates every stream, consumer and bucket. Safe to run any
 /// number of times, from any number of processes at once.
 pub async fn apply(js: &jetstream::Context, s: &Subjects, replicas: usize) -> Result<(), TopologyError> {
-    for cfg in [cmd_stream_config(s, replicas), evt_stream_config(s, replicas), dlq_stream_config(s, replicas)] {
+    for cfg in [
+        cmd_stream_config(s, replicas),
+        evt_stream_config(s, replicas),
+        dlq_stream_config(s, replicas),
+        outcomes_stream_config(s, replicas),
+    ] {
         let name = cfg.name.clone();
         js.create_or_update_stream(cfg).await.map_err(|e| TopologyError::Stream { name, source: boxed(e) })?;
     }
     for role in Role::ALL {
-        for p in 0..PARTITIONS {
+        for p in 0..role.partitions() {
             let cfg = consumer_config(s, role, p);
             let name = s.consumer(role.name(), p);
-            if js.create_consumer_on_stream(cfg.clone(), s.cmd_stream()).await.is_err() {
-                js.update_consumer_on_stream(cfg, s.cmd_stream())
+            if js.create_consumer_on_stream(cfg.clone(), role.stream(s)).await.is_err() {
+                js.update_consumer_on_stream(cfg, role.stream(s))
                     .await
                     .map_err(|e| TopologyError::Consumer { name, source: boxed(e) })?;
             }

@@ -4,6 +4,7 @@
 //! Everything here is used by more than one binary; nothing here talks to NATS
 //! (that is `natter-nats`).
 
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod ids;

@@ -66,6 +66,10 @@ impl Store {
         self.db.collection(ATTACHMENTS)
     }
 
+    pub fn audit(&self) -> Collection<crate::audit::AuditRecord> {
+        self.db.collection(crate::audit::AUDIT)
+    }
+
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.db.run_command(doc! {"ping": 1}).await.map(|_| ())
     }

@@ -270,6 +270,20 @@ impl TestApp {
         token
     }
 
+    /// Starts an audit worker in this process.
+    pub fn start_audit_worker(&self) -> CancellationToken {
+        let token = self.cancel.child_token();
+        let core = self.core();
+        let t = token.clone();
+        let cfg = RunnerConfig { fetch_wait: Duration::from_millis(500), ..RunnerConfig::default() };
+        tokio::spawn(async move {
+            if let Err(e) = natter_workers::audit::serve(&core, cfg, t).await {
+                panic!("audit worker failed: {e}");
+            }
+        });
+        token
+    }
+
     /// Starts a worker binary (`natter-worker-<role>`); its index in `processes`.
     pub fn start_role_process(&mut self, role: &str) -> usize {
         let bin = procs::workspace_bin(&format!("natter-worker-{role}"));

@@ -2,20 +2,57 @@
 
 use mongodb::bson::DateTime;
 use natter_nats::topology::Role;
+use natter_shared::audit::AuditFact;
 use natter_shared::v1::command::CommandEnvelope;
 use natter_shared::v1::error::ErrorCode;
+use serde::de::DeserializeOwned;
 use std::collections::HashMap;
 use std::future::Future;
 
-/// One command as fetched from the stream.
+/// One message as fetched from the role's stream.
 #[derive(Clone, Debug)]
-pub struct Incoming {
-    /// Stream sequence: the command's position and the room's order.
+pub struct Incoming<M = CommandEnvelope> {
+    /// Stream sequence: the message's position (for commands, the room's order).
     pub seq: u64,
-    /// When the stream stored the command: the only clock a worker uses.
+    /// When the stream stored it: the only clock a worker uses.
     pub time: DateTime,
     pub subject: String,
-    pub envelope: CommandEnvelope,
+    pub msg: M,
+}
+
+/// What a role consumes. Commands have a version, may want their outcome
+/// reported, and are audited; audit facts are none of that.
+pub trait Input: DeserializeOwned + Send + Sync + 'static {
+    /// `Err` with the reason when this worker cannot read this version.
+    fn check_version(&self) -> Result<(), String>;
+    /// Where a waiting REST call hears the outcome.
+    fn reply(&self) -> Option<&str>;
+    /// Whether the runner records an `AuditFact` for it.
+    const AUDITED: bool;
+}
+
+impl Input for CommandEnvelope {
+    fn check_version(&self) -> Result<(), String> {
+        if self.v == natter_shared::v1::VERSION {
+            Ok(())
+        } else {
+            Err(format!("unsupported command version {}", self.v))
+        }
+    }
+    fn reply(&self) -> Option<&str> {
+        self.reply.as_deref()
+    }
+    const AUDITED: bool = true;
+}
+
+impl Input for AuditFact {
+    fn check_version(&self) -> Result<(), String> {
+        if self.v == 1 { Ok(()) } else { Err(format!("unsupported fact version {}", self.v)) }
+    }
+    fn reply(&self) -> Option<&str> {
+        None
+    }
+    const AUDITED: bool = false;
 }
 
 /// A message to publish on core NATS once the batch is written.
@@ -62,8 +99,13 @@ impl From<mongodb::error::Error> for ApplyError {
 /// worker all converge to the same state.
 pub trait Handler: Send + Sync + 'static {
     const ROLE: Role;
+    type Msg: Input;
 
     /// Applies a batch (in stream order, all from one partition), recording
     /// a disposition per command in `done` and skipping those already there.
-    fn apply(&self, batch: &[Incoming], done: &mut Done) -> impl Future<Output = Result<(), ApplyError>> + Send;
+    fn apply(
+        &self,
+        batch: &[Incoming<Self::Msg>],
+        done: &mut Done,
+    ) -> impl Future<Output = Result<(), ApplyError>> + Send;
 }

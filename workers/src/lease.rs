@@ -5,7 +5,7 @@
 
 use async_nats::jetstream::kv::Store;
 use futures::TryStreamExt;
-use natter_nats::{PARTITIONS, Subjects};
+use natter_nats::Subjects;
 use std::collections::BTreeMap;
 
 /// How often leases are renewed and rebalanced.
@@ -16,6 +16,7 @@ pub struct Leases {
     subjects: Subjects,
     role: &'static str,
     instance: String,
+    partitions: u32,
     /// Partition → revision of our lease entry.
     owned: BTreeMap<u32, u64>,
 }
@@ -30,8 +31,8 @@ pub struct Changes {
 }
 
 impl Leases {
-    pub fn new(kv: Store, subjects: Subjects, role: &'static str, instance: String) -> Self {
-        Leases { kv, subjects, role, instance, owned: BTreeMap::new() }
+    pub fn new(kv: Store, subjects: Subjects, role: &'static str, instance: String, partitions: u32) -> Self {
+        Leases { kv, subjects, role, instance, partitions, owned: BTreeMap::new() }
     }
 
     pub fn owned(&self) -> impl Iterator<Item = u32> + '_ {
@@ -46,7 +47,7 @@ impl Leases {
             tracing::warn!(error = %e, "cannot announce worker liveness");
         }
         let live = self.live_members().await.max(1);
-        let target = PARTITIONS.div_ceil(live as u32) as usize;
+        let target = self.partitions.div_ceil(live as u32) as usize;
 
         for (p, rev) in std::mem::take(&mut self.owned) {
             let key = self.subjects.lease_key(self.role, p);
@@ -63,7 +64,7 @@ impl Leases {
         if self.owned.len() > target {
             changes.surplus = self.owned.keys().rev().take(self.owned.len() - target).copied().collect();
         } else {
-            for p in 0..PARTITIONS {
+            for p in 0..self.partitions {
                 if self.owned.len() >= target {
                     break;
                 }

@@ -3,6 +3,7 @@
 //! role's durable pull consumers, applies them, publishes events, and acks.
 
 pub mod attachments;
+pub mod audit;
 pub mod handler;
 pub mod lease;
 pub mod messages;

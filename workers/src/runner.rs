@@ -4,13 +4,15 @@
 //! place (with progress acks) so a room's commands are never applied out of
 //! order; a crash leaves the batch unacked for redelivery.
 
+use crate::handler::Input;
 use crate::handler::{Disposition, Done, Handler, Incoming, Publication};
 use crate::lease::{Leases, RENEW_EVERY};
 use async_nats::jetstream::{self, AckKind, Message, consumer::PullConsumer};
 use futures::StreamExt;
 use natter_nats::{Subjects, topology};
+use natter_shared::audit::AuditFact;
 use natter_shared::timefmt::from_offset;
-use natter_shared::v1::command::{CommandEnvelope, Outcome, OutcomeStatus};
+use natter_shared::v1::command::{CommandEnvelope, Outcome, OutcomeStatus, RoomFields};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,7 +71,7 @@ pub async fn run<H: Handler>(
     let js = jetstream::new(client.clone());
     let kv = js.get_key_value(subjects.leases_bucket()).await.map_err(|e| RunnerError::Bucket(e.to_string()))?;
     let role = H::ROLE.name();
-    let mut leases = Leases::new(kv, subjects.clone(), role, cfg.instance.clone());
+    let mut leases = Leases::new(kv, subjects.clone(), role, cfg.instance.clone(), H::ROLE.partitions());
     let mut tasks: HashMap<u32, PartitionTask> = HashMap::new();
     let mut tick = tokio::time::interval(RENEW_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -150,7 +152,7 @@ async fn partition_loop<H: Handler>(
 ) {
     let name = subjects.consumer(H::ROLE.name(), p);
     let consumer: PullConsumer = loop {
-        match js.get_consumer_from_stream(&name, subjects.cmd_stream()).await {
+        match js.get_consumer_from_stream(&name, H::ROLE.stream(&subjects)).await {
             Ok(c) => break c,
             Err(e) => {
                 warn!(consumer = %name, error = %e, "consumer unavailable; retrying");
@@ -213,7 +215,9 @@ where
     Ok(v)
 }
 
-/// Applies one fetched batch and settles every message in it.
+/// Applies one fetched batch and settles every message in it: events and
+/// outcome replies published, audit facts stored, poison dead-lettered,
+/// then acks.
 async fn process<H: Handler>(
     handler: &H,
     js: &jetstream::Context,
@@ -225,7 +229,7 @@ async fn process<H: Handler>(
     let span = info_span!("batch", size = msgs.len());
     async {
         // Decode; what cannot be decoded, or keeps coming back, is poison.
-        let mut incoming: Vec<Incoming> = Vec::with_capacity(msgs.len());
+        let mut incoming: Vec<Incoming<H::Msg>> = Vec::with_capacity(msgs.len());
         let mut slots: Vec<Result<usize, String>> = Vec::with_capacity(msgs.len());
         for m in &msgs {
             let Ok(info) = m.info() else {
@@ -236,27 +240,26 @@ async fn process<H: Handler>(
                 slots.push(Err(format!("delivered {} times without being applied", info.delivered)));
                 continue;
             }
-            match serde_json::from_slice::<CommandEnvelope>(&m.payload) {
-                Ok(env) if env.v == natter_shared::v1::VERSION => {
-                    slots.push(Ok(incoming.len()));
-                    incoming.push(Incoming {
-                        seq: info.stream_sequence,
-                        time: from_offset(info.published),
-                        subject: m.subject.to_string(),
-                        envelope: env,
-                    });
-                }
-                Ok(env) => slots.push(Err(format!("unsupported command version {}", env.v))),
-                Err(e) => slots.push(Err(format!("undecodable command: {e}"))),
+            match serde_json::from_slice::<H::Msg>(&m.payload) {
+                Ok(msg) => match msg.check_version() {
+                    Ok(()) => {
+                        slots.push(Ok(incoming.len()));
+                        incoming.push(Incoming {
+                            seq: info.stream_sequence,
+                            time: from_offset(info.published),
+                            subject: m.subject.to_string(),
+                            msg,
+                        });
+                    }
+                    Err(reason) => slots.push(Err(reason)),
+                },
+                Err(e) => slots.push(Err(format!("undecodable: {e}"))),
             }
         }
 
         let mut attempt: u32 = 0;
         let mut done = Done::new();
-        loop {
-            if incoming.is_empty() {
-                break;
-            }
+        while !incoming.is_empty() {
             match handler.apply(&incoming, &mut done).await {
                 Ok(()) => break,
                 Err(e) => {
@@ -280,44 +283,58 @@ async fn process<H: Handler>(
         }
 
         let mut publications: Vec<Publication> = Vec::new();
+        let mut facts: Vec<(u64, Vec<u8>)> = Vec::new();
         let mut terminal: Vec<bool> = vec![false; msgs.len()];
         for (i, (m, slot)) in msgs.iter().zip(&slots).enumerate() {
-            let (outcome, reply) = match slot {
+            let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
+            let (status, reason, code, inc) = match slot {
                 Err(reason) => {
                     dead_letter(js, subjects, H::ROLE.name(), m, reason).await;
                     terminal[i] = true;
-                    (None, None)
+                    ("dead_lettered", Some(reason.clone()), None, None)
                 }
                 Ok(k) => {
                     let inc = &incoming[*k];
-                    let reply = inc.envelope.reply.clone();
-                    let d = done.remove(&inc.seq).unwrap_or(Disposition::Poison("not handled by this role".into()));
-                    let outcome = |status, reason, code| Outcome { status, seq: inc.seq, reason, code };
-                    match d {
+                    match done.remove(&inc.seq).unwrap_or(Disposition::Poison("not handled by this role".into())) {
                         Disposition::Applied(pubs) => {
                             publications.extend(pubs);
-                            (Some(outcome(OutcomeStatus::Applied, None, None)), reply)
+                            ("applied", None, None, Some(inc))
                         }
                         Disposition::Refused { code, reason, events } => {
                             info!(seq = inc.seq, %reason, "command refused");
                             publications.extend(events);
-                            (Some(outcome(OutcomeStatus::Refused, Some(reason), Some(code))), reply)
+                            ("refused", Some(reason), Some(code), Some(inc))
                         }
                         Disposition::Poison(reason) => {
                             dead_letter(js, subjects, H::ROLE.name(), m, &reason).await;
                             terminal[i] = true;
-                            (Some(outcome(OutcomeStatus::Refused, Some(reason), None)), reply)
+                            ("dead_lettered", Some(reason), None, Some(inc))
                         }
-                        Disposition::NotMine => (None, None),
+                        Disposition::NotMine => continue,
                     }
                 }
             };
-            if let (Some(o), Some(r)) = (outcome, reply)
-                && let Ok(body) = serde_json::to_vec(&o)
-            {
-                publications.push(Publication { subject: r, payload: body.into() });
+            if let Some(r) = inc.and_then(|inc| inc.msg.reply()) {
+                let o = Outcome {
+                    status: if status == "applied" { OutcomeStatus::Applied } else { OutcomeStatus::Refused },
+                    seq,
+                    reason: reason.clone(),
+                    code,
+                };
+                if let Ok(body) = serde_json::to_vec(&o) {
+                    publications.push(Publication { subject: r.to_string(), payload: body.into() });
+                }
+            }
+            if <H::Msg as crate::handler::Input>::AUDITED {
+                let env = serde_json::from_slice::<CommandEnvelope>(&m.payload).ok();
+                let time = m.info().map(|i| from_offset(i.published).timestamp_millis()).unwrap_or(0);
+                let fact = audit_fact(H::ROLE.name(), seq, time, env.as_ref(), status, reason, code);
+                if let Ok(body) = serde_json::to_vec(&fact) {
+                    facts.push((seq, body));
+                }
             }
         }
+        store_facts(js, subjects, H::ROLE.name(), facts).await;
         for p in publications {
             if let Err(e) = client.publish(p.subject, p.payload).await {
                 warn!(error = %e, "event publish failed");
@@ -334,6 +351,56 @@ async fn process<H: Handler>(
     }
     .instrument(span)
     .await
+}
+
+fn audit_fact(
+    role: &str,
+    seq: u64,
+    time_ms: i64,
+    env: Option<&CommandEnvelope>,
+    status: &str,
+    reason: Option<String>,
+    code: Option<natter_shared::v1::error::ErrorCode>,
+) -> AuditFact {
+    AuditFact {
+        v: 1,
+        seq,
+        time_ms,
+        role: role.to_string(),
+        action: env.map(|e| e.command.action()).unwrap_or("unknown").to_string(),
+        actor: env.map(|e| e.actor),
+        roles: env.map(|e| e.roles.clone()).unwrap_or_default(),
+        room: env.and_then(|e| e.command.room().ok()).map(|r| RoomFields::of(&r)).unwrap_or_default(),
+        targets: env.map(|e| e.command.targets()).unwrap_or_default(),
+        status: status.to_string(),
+        reason,
+        code,
+    }
+}
+
+/// Stores the batch's audit facts, waiting for every PubAck before the
+/// batch is acked (a redelivered command's fact is deduplicated by id).
+async fn store_facts(js: &jetstream::Context, subjects: &Subjects, role: &str, facts: Vec<(u64, Vec<u8>)>) {
+    for (seq, body) in facts {
+        loop {
+            let publish = js
+                .send_publish(
+                    subjects.outcome(role),
+                    jetstream::message::PublishMessage::build()
+                        .payload(body.clone().into())
+                        .message_id(format!("out:{seq}")),
+                )
+                .await;
+            match publish {
+                Ok(ack) => match ack.await {
+                    Ok(_) => break,
+                    Err(e) => warn!(error = %e, "audit fact not acknowledged; retrying"),
+                },
+                Err(e) => warn!(error = %e, "audit fact not published; retrying"),
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
 }
 
 /// Copies a command to the dead-letter stream with its reason, waiting for

@@ -96,6 +96,43 @@ impl Command {
         }
     }
 
+    /// The ids the command acts on, for the audit trail.
+    pub fn targets(&self) -> std::collections::BTreeMap<String, String> {
+        let mut t = std::collections::BTreeMap::new();
+        let mut put = |k: &str, v: &str| {
+            t.insert(k.to_string(), v.to_string());
+        };
+        match self {
+            Command::SendMessage(c) => {
+                put("messageId", &c.message_id);
+                put("clientMsgId", &c.client_msg_id);
+                for (i, a) in c.attachments.iter().enumerate() {
+                    put(&format!("attachmentId.{i}"), &a.id);
+                }
+            }
+            Command::CreateConversation(c) => {
+                put("userId.0", &c.participant_ids[0].hex());
+                put("userId.1", &c.participant_ids[1].hex());
+            }
+            Command::CreateGroup(c) => {
+                for (i, m) in c.member_ids.iter().enumerate() {
+                    put(&format!("userId.{i}"), &m.hex());
+                }
+            }
+            Command::UpdateGroup(_) | Command::DeleteGroup(_) | Command::LeaveGroup(_) => {}
+            Command::AddMember(c) | Command::RemoveMember(c) => put("userId", &c.user_id.hex()),
+            Command::MarkRead(c) => put("messageId", &c.message_id),
+            Command::MarkDelivered(c) => {
+                if let (Some(first), Some(last)) = (c.seqs.first(), c.seqs.last()) {
+                    put("seqs", &format!("{first}..{last}"));
+                }
+            }
+            Command::DeleteMessage(c) => put("messageId", &c.message_id),
+            Command::UploadAttachment(c) => put("attachmentId", &c.attachment_id),
+        }
+        t
+    }
+
     /// The room the command belongs to: its ordering and partition key.
     pub fn room(&self) -> Result<RoomRef, &'static str> {
         let group = |id: &str| Ok(RoomRef::new(RoomKind::Group, id));

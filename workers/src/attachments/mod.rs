@@ -44,7 +44,7 @@ impl AttachmentsHandler {
     fn respond(&self, inc: &Incoming, data: serde_json::Value) -> Result<Publication, ApplyError> {
         let frame = EventFrame::new(EventKind::FileUploadResponse, inc.seq, data);
         let payload = serde_json::to_vec(&frame).map_err(|e| ApplyError(e.to_string()))?;
-        Ok(Publication { subject: self.subjects.user_events(&inc.envelope.actor.hex()), payload: payload.into() })
+        Ok(Publication { subject: self.subjects.user_events(&inc.msg.actor.hex()), payload: payload.into() })
     }
 
     fn answer(&self, inc: &Incoming, doc: &AttachmentDoc) -> Result<Disposition, ApplyError> {
@@ -79,7 +79,7 @@ impl AttachmentsHandler {
             id,
             conversation_id: RoomFields::of(&room).conversation_id,
             group_id: RoomFields::of(&room).group_id,
-            uploader_id: inc.envelope.actor.oid(),
+            uploader_id: inc.msg.actor.oid(),
             name: check::sanitize(&c.filename),
             kind: String::new(),
             declared_type: check::normalize(&c.declared_type),
@@ -156,13 +156,14 @@ pub fn object_key(room: &RoomRef, id: &str) -> String {
 
 impl Handler for AttachmentsHandler {
     const ROLE: Role = Role::Attachments;
+    type Msg = natter_shared::v1::command::CommandEnvelope;
 
     async fn apply(&self, batch: &[Incoming], done: &mut Done) -> Result<(), ApplyError> {
         for inc in batch {
             if done.contains_key(&inc.seq) {
                 continue;
             }
-            let d = match &inc.envelope.command {
+            let d = match &inc.msg.command {
                 Command::UploadAttachment(c) => self.process(inc, c).await?,
                 _ => Disposition::NotMine,
             };

@@ -23,7 +23,7 @@ pub(super) async fn apply(ctx: &Ctx, inc: &Incoming, c: &CreateConversationCmd) 
     if id != conversation_id_for(a, b) {
         return Ok(Disposition::Poison("conversationId does not match its participants".into()));
     }
-    if inc.envelope.actor != a && inc.envelope.actor != b {
+    if inc.msg.actor != a && inc.msg.actor != b {
         return Ok(super::events::refused(
             &ctx.subjects,
             inc,
@@ -53,7 +53,7 @@ pub(super) async fn apply(ctx: &Ctx, inc: &Incoming, c: &CreateConversationCmd) 
         return Err(ApplyError("conversation vanished after insert".into()));
     };
     let frame = EventFrame::new(EventKind::ConversationCreated, inc.seq, ConversationView::new(&conv, None))
-        .from(inc.envelope.actor.hex());
+        .from(inc.msg.actor.hex());
     Ok(Disposition::Applied(
         [a, b].iter().map(|u| publication(ctx.subjects.user_events(&u.hex()), &frame)).collect::<Result<_, _>>()?,
     ))

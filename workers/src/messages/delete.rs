@@ -21,7 +21,7 @@ pub(super) async fn apply(
     c: &DeleteMessageCmd,
 ) -> Result<Disposition, ApplyError> {
     let already = inc.seq as i64 <= room.last_seq;
-    let actor = inc.envelope.actor.oid();
+    let actor = inc.msg.actor.oid();
     let key = room.room_ref();
     let detail = json!({"messageId": c.message_id});
     let Some(mid) = parse_oid(&c.message_id) else {
@@ -33,10 +33,10 @@ pub(super) async fn apply(
         return Ok(refused(&ctx.subjects, inc, ErrorCode::NotFound, "no such message in the room", detail));
     };
     if !already {
-        let roles = &inc.envelope.roles;
+        let roles = &inc.msg.roles;
         let allowed = match &room.group {
             Some(g) => g.may_delete(actor, roles, message.sender_id),
-            None => inc.envelope.has_role("Admin") || (room.is_member(actor) && message.sender_id == actor),
+            None => inc.msg.has_role("Admin") || (room.is_member(actor) && message.sender_id == actor),
         };
         if !allowed {
             return Ok(refused(

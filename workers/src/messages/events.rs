@@ -42,7 +42,7 @@ pub(super) fn refused(
     detail: serde_json::Value,
 ) -> Disposition {
     let mut data = json!({
-        "action": inc.envelope.command.action(),
+        "action": inc.msg.command.action(),
         "code": code,
         "reason": reason,
         "seq": inc.seq,
@@ -51,7 +51,7 @@ pub(super) fn refused(
         d.extend(extra);
     }
     let frame = EventFrame::new(EventKind::CommandRefused, inc.seq, data);
-    let events = publication(subjects.user_events(&inc.envelope.actor.hex()), &frame).into_iter().collect();
+    let events = publication(subjects.user_events(&inc.msg.actor.hex()), &frame).into_iter().collect();
     Disposition::Refused { code, reason: reason.to_string(), events }
 }
 

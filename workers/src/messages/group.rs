@@ -41,13 +41,13 @@ pub(super) async fn create(ctx: &Ctx, inc: &Incoming, c: &CreateGroupCmd) -> Res
     let Some(id) = parse_oid(&c.group_id) else {
         return Ok(Disposition::Poison("groupId is not an ObjectId".into()));
     };
-    if !inc.envelope.has_role("Admin") {
+    if !inc.msg.has_role("Admin") {
         return Ok(forbidden(ctx, inc, "creating a group needs the Admin role"));
     }
     if c.name.trim().is_empty() || c.name.len() > MAX_NAME || !GROUP_TYPES.contains(&c.group_type.as_str()) {
         return Ok(Disposition::Poison("invalid group name or type".into()));
     }
-    let actor = inc.envelope.actor.oid();
+    let actor = inc.msg.actor.oid();
     let mut members: Vec<ObjectId> = vec![actor];
     for m in &c.member_ids {
         if !members.contains(&m.oid()) {
@@ -84,7 +84,7 @@ pub(super) async fn create(ctx: &Ctx, inc: &Incoming, c: &CreateGroupCmd) -> Res
         return Ok(Disposition::Poison("a group with this id already exists".into()));
     }
     let frame = EventFrame::new(EventKind::GroupCreated, inc.seq, GroupView::new(&stored, None))
-        .from(inc.envelope.actor.hex())
+        .from(inc.msg.actor.hex())
         .grant(id.to_hex());
     let events = stored.members.iter().map(|m| user_event(ctx, *m, &frame)).collect::<Result<_, _>>()?;
     Ok(Disposition::Applied(events))
@@ -105,12 +105,12 @@ pub(super) async fn apply(ctx: &Ctx, room: &mut Room, inc: &Incoming) -> Result<
             json!({"groupId": group.id.to_hex()}),
         ));
     }
-    let actor = inc.envelope.actor.oid();
+    let actor = inc.msg.actor.oid();
     let key = RoomRef::new(RoomKind::Group, group.id.to_hex());
-    match &inc.envelope.command {
+    match &inc.msg.command {
         Command::UpdateGroup(c) => update(ctx, room, inc, &group, c, already).await,
         Command::DeleteGroup(_) => {
-            if !already && !inc.envelope.has_role("Admin") {
+            if !already && !inc.msg.has_role("Admin") {
                 return Ok(forbidden(ctx, inc, "deleting a group needs the Admin role"));
             }
             if !already {
@@ -128,7 +128,7 @@ pub(super) async fn apply(ctx: &Ctx, room: &mut Room, inc: &Incoming) -> Result<
         }
         Command::AddMember(MemberCmd { user_id, .. }) => add(ctx, room, inc, &group, *user_id, already).await,
         Command::RemoveMember(MemberCmd { user_id, .. }) => {
-            if !already && !group.may_remove(actor, &inc.envelope.roles) {
+            if !already && !group.may_remove(actor, &inc.msg.roles) {
                 return Ok(forbidden(ctx, inc, "removing members needs Admin or a role in canRemoveMembers"));
             }
             remove(ctx, room, inc, &group, *user_id, "member_removed", already).await
@@ -143,7 +143,7 @@ pub(super) async fn apply(ctx: &Ctx, room: &mut Room, inc: &Incoming) -> Result<
                     json!({"groupId": group.id.to_hex()}),
                 ));
             }
-            remove(ctx, room, inc, &group, inc.envelope.actor, "member_left", already).await
+            remove(ctx, room, inc, &group, inc.msg.actor, "member_left", already).await
         }
         _ => Ok(Disposition::Poison("not a group command".into())),
     }
@@ -157,7 +157,7 @@ async fn update(
     c: &UpdateGroupCmd,
     already: bool,
 ) -> Result<Disposition, ApplyError> {
-    if !already && !inc.envelope.has_role("Admin") {
+    if !already && !inc.msg.has_role("Admin") {
         return Ok(forbidden(ctx, inc, "updating a group needs the Admin role"));
     }
     if c.name.as_ref().is_some_and(|n| n.trim().is_empty() || n.len() > MAX_NAME)
@@ -167,7 +167,7 @@ async fn update(
     }
     let renamed = c.name.as_ref().map(|n| n.trim().to_string()).filter(|n| *n != group.name);
     let key = room.room_ref();
-    let actor = inc.envelope.actor.oid();
+    let actor = inc.msg.actor.oid();
     let system = renamed.as_ref().map(|n| {
         system_message(&key, inc.seq, inc.time, actor, "group_renamed", None, format!("renamed the group to \"{n}\""))
     });
@@ -214,8 +214,8 @@ async fn add(
     user: UserId,
     already: bool,
 ) -> Result<Disposition, ApplyError> {
-    let actor = inc.envelope.actor.oid();
-    if !already && !group.may_add(actor, &inc.envelope.roles) {
+    let actor = inc.msg.actor.oid();
+    if !already && !group.may_add(actor, &inc.msg.roles) {
         return Ok(forbidden(ctx, inc, "adding members needs Admin, Supervisor or a role in canAddMembers"));
     }
     let u = user.oid();
@@ -265,7 +265,7 @@ async fn remove(
     action: &str,
     already: bool,
 ) -> Result<Disposition, ApplyError> {
-    let actor = inc.envelope.actor.oid();
+    let actor = inc.msg.actor.oid();
     let u = user.oid();
     let key = room.room_ref();
     if !already && !group.members.contains(&u) {

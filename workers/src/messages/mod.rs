@@ -47,6 +47,7 @@ pub(crate) fn is_duplicate(e: &mongodb::error::Error) -> bool {
 
 impl Handler for MessagesHandler {
     const ROLE: Role = Role::Messages;
+    type Msg = natter_shared::v1::command::CommandEnvelope;
 
     async fn apply(&self, batch: &[Incoming], done: &mut Done) -> Result<(), ApplyError> {
         let mut rooms: BTreeMap<RoomRef, Vec<&Incoming>> = BTreeMap::new();
@@ -55,11 +56,11 @@ impl Handler for MessagesHandler {
                 continue;
             }
             // Uploads belong to the attachments role.
-            if matches!(inc.envelope.command, Command::UploadAttachment(_)) {
+            if matches!(inc.msg.command, Command::UploadAttachment(_)) {
                 done.insert(inc.seq, Disposition::NotMine);
                 continue;
             }
-            match inc.envelope.command.room() {
+            match inc.msg.command.room() {
                 Ok(r) => rooms.entry(r).or_default().push(inc),
                 Err(reason) => {
                     done.insert(inc.seq, Disposition::Poison(reason.into()));
@@ -87,7 +88,7 @@ impl MessagesHandler {
         while i < cmds.len() {
             let inc = cmds[i];
             // Creations make the room; everything else needs it.
-            match &inc.envelope.command {
+            match &inc.msg.command {
                 Command::CreateConversation(c) => {
                     let d = conversation::apply(ctx, inc, c).await?;
                     done.insert(inc.seq, d);
@@ -110,11 +111,11 @@ impl MessagesHandler {
                 i += 1;
                 continue;
             };
-            match &inc.envelope.command {
+            match &inc.msg.command {
                 Command::SendMessage(_) => {
                     let end = cmds[i..]
                         .iter()
-                        .position(|c| !matches!(c.envelope.command, Command::SendMessage(_)))
+                        .position(|c| !matches!(c.msg.command, Command::SendMessage(_)))
                         .map_or(cmds.len(), |n| i + n);
                     send::apply_run(ctx, r, &cmds[i..end], done).await?;
                     i = end;

@@ -23,7 +23,7 @@ pub(super) async fn read(
     c: &MarkReadCmd,
 ) -> Result<Disposition, ApplyError> {
     let already = inc.seq as i64 <= room.last_seq;
-    let user = inc.envelope.actor.oid();
+    let user = inc.msg.actor.oid();
     let u = user.to_hex();
     let key = room.room_ref();
     let detail = json!({"messageId": c.message_id});
@@ -82,7 +82,7 @@ pub(super) async fn delivered(
     inc: &Incoming,
     c: &MarkDeliveredCmd,
 ) -> Result<Disposition, ApplyError> {
-    let user = inc.envelope.actor.oid();
+    let user = inc.msg.actor.oid();
     if inc.seq as i64 <= room.last_seq {
         // Applied before; its status events are not rebuilt (the statuses
         // are already `delivered`, and clients converge on the next one).

@@ -30,7 +30,7 @@ fn validate(inc: &Incoming, c: &SendMessageCmd, room: &Room) -> Result<MessageDo
     if c.content.is_empty() || c.content.len() > natter_shared::v1::MAX_CONTENT_BYTES {
         return Err("content is empty or too long".into());
     }
-    let sender = inc.envelope.actor;
+    let sender = inc.msg.actor;
     let fields = natter_shared::v1::command::RoomFields::of(&room.room_ref());
     let mut attachments = Vec::with_capacity(c.attachments.len());
     for a in &c.attachments {
@@ -70,12 +70,12 @@ pub(super) async fn apply_run(
     let key = room.room_ref();
     let mut accepted: Vec<MessageDoc> = Vec::new();
     for inc in run {
-        let Command::SendMessage(c) = &inc.envelope.command else { continue };
+        let Command::SendMessage(c) = &inc.msg.command else { continue };
         match validate(inc, c, room) {
             Err(reason) => {
                 done.insert(inc.seq, Disposition::Poison(reason));
             }
-            Ok(_) if room.deleted() || !room.is_member(inc.envelope.actor.oid()) => {
+            Ok(_) if room.deleted() || !room.is_member(inc.msg.actor.oid()) => {
                 let detail = json!({"clientMsgId": c.client_msg_id, "messageId": c.message_id});
                 done.insert(
                     inc.seq,

@@ -1,0 +1,243 @@
+//! The audit trail: one record per command, chained by hash.
+//!
+//! The applying roles publish an `AuditFact` for every command they own
+//! (what was asked, by whom, on what, and whether it was applied, refused or
+//! dead-lettered) to the outcomes stream. The audit role turns facts into
+//! `AuditRecord`s in that stream's order: each record's `hash` covers its
+//! content and the previous record's hash, so changing, removing or
+//! reordering a record breaks the chain at that point (`verify`).
+
+use crate::ids::UserId;
+use crate::timefmt::iso;
+use crate::v1::command::RoomFields;
+use crate::v1::error::ErrorCode;
+use futures::TryStreamExt;
+use mongodb::Collection;
+use mongodb::bson::{DateTime, doc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+
+pub const AUDIT: &str = "audit_logs";
+/// The `prevHash` of the first record.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// What happened to one command, as its applying role saw it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditFact {
+    pub v: u32,
+    /// The command's stream sequence.
+    pub seq: u64,
+    /// When the stream stored the command (ms since the epoch).
+    pub time_ms: i64,
+    pub role: String,
+    /// The command's action (`send_message`, ...); `unknown` if undecodable.
+    pub action: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<UserId>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
+    #[serde(default, flatten)]
+    pub room: RoomFields,
+    /// Ids the command acts on (`messageId`, `userId`, `attachmentId`, ...).
+    #[serde(default)]
+    pub targets: BTreeMap<String, String>,
+    /// `applied`, `refused` or `dead_lettered`.
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<ErrorCode>,
+}
+
+/// The audit action for a command action (the module's vocabulary).
+pub fn action_name(command_action: &str) -> &str {
+    match command_action {
+        "send_message" => "message_sent",
+        "delete_message" => "message_deleted",
+        "mark_read" => "message_read",
+        "mark_delivered" => "message_delivered",
+        "create_conversation" => "conversation_created",
+        "create_group" => "group_created",
+        "update_group" => "group_updated",
+        "delete_group" => "group_deleted",
+        "add_member" => "member_added",
+        "remove_member" => "member_removed",
+        "leave_group" => "member_left",
+        "upload_attachment" => "attachment_uploaded",
+        other => other,
+    }
+}
+
+/// One audit record, as stored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditRecord {
+    /// The command's stream sequence (one record per command).
+    #[serde(rename = "_id")]
+    pub seq: i64,
+    /// Position in the chain: the fact's sequence in the outcomes stream.
+    pub chain_seq: i64,
+    pub action: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversation_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<String>,
+    #[serde(default)]
+    pub targets: BTreeMap<String, String>,
+    pub time: DateTime,
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// The fields a hash covers, in a fixed order.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Hashed<'a> {
+    v: u32,
+    seq: i64,
+    chain_seq: i64,
+    action: &'a str,
+    actor: &'a Option<String>,
+    roles: &'a [String],
+    conversation_id: &'a Option<String>,
+    group_id: &'a Option<String>,
+    targets: &'a BTreeMap<String, String>,
+    time: String,
+    status: &'a str,
+    reason: &'a Option<String>,
+    code: &'a Option<String>,
+    prev_hash: &'a str,
+}
+
+impl AuditRecord {
+    pub fn from_fact(f: &AuditFact, chain_seq: u64, prev_hash: &str) -> AuditRecord {
+        let mut r = AuditRecord {
+            seq: f.seq as i64,
+            chain_seq: chain_seq as i64,
+            action: action_name(&f.action).to_string(),
+            actor: f.actor.map(|a| a.hex()),
+            roles: f.roles.clone(),
+            conversation_id: f.room.conversation_id.clone(),
+            group_id: f.room.group_id.clone(),
+            targets: f.targets.clone(),
+            time: DateTime::from_millis(f.time_ms),
+            status: f.status.clone(),
+            reason: f.reason.clone(),
+            code: f.code.map(|c| c.as_str().to_string()),
+            prev_hash: prev_hash.to_string(),
+            hash: String::new(),
+        };
+        r.hash = r.compute_hash();
+        r
+    }
+
+    /// SHA-256 over the canonical JSON of the content and `prevHash`.
+    pub fn compute_hash(&self) -> String {
+        let h = Hashed {
+            v: 1,
+            seq: self.seq,
+            chain_seq: self.chain_seq,
+            action: &self.action,
+            actor: &self.actor,
+            roles: &self.roles,
+            conversation_id: &self.conversation_id,
+            group_id: &self.group_id,
+            targets: &self.targets,
+            time: iso(self.time),
+            status: &self.status,
+            reason: &self.reason,
+            code: &self.code,
+            prev_hash: &self.prev_hash,
+        };
+        let bytes = serde_json::to_vec(&h).unwrap_or_default();
+        let digest = Sha256::digest(&bytes);
+        digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// Where the chain breaks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Broken {
+    pub chain_seq: i64,
+    pub seq: i64,
+    pub reason: &'static str,
+}
+
+/// What `verify` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Intact { records: u64, head: String },
+    Broken(Broken),
+}
+
+/// Walks the chain in order and reports the first record that was changed,
+/// or that does not follow its predecessor (one before it was removed,
+/// changed or moved).
+pub async fn verify(coll: &Collection<AuditRecord>) -> Result<Verdict, mongodb::error::Error> {
+    let mut cur = coll.find(doc! {}).sort(doc! {"chainSeq": 1}).await?;
+    let mut prev = GENESIS.to_string();
+    let mut n = 0u64;
+    while let Some(r) = cur.try_next().await? {
+        if r.prev_hash != prev {
+            return Ok(Verdict::Broken(Broken {
+                chain_seq: r.chain_seq,
+                seq: r.seq,
+                reason: "does not follow the record before it (a record was removed, changed or moved)",
+            }));
+        }
+        if r.compute_hash() != r.hash {
+            return Ok(Verdict::Broken(Broken { chain_seq: r.chain_seq, seq: r.seq, reason: "was changed" }));
+        }
+        prev = r.hash;
+        n += 1;
+    }
+    Ok(Verdict::Intact { records: n, head: prev })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fact(seq: u64) -> AuditFact {
+        AuditFact {
+            v: 1,
+            seq,
+            time_ms: 1_700_000_000_000 + seq as i64,
+            role: "messages".into(),
+            action: "send_message".into(),
+            actor: Some("64b7f0c2a1b2c3d4e5f60718".parse().unwrap()),
+            roles: vec![],
+            room: RoomFields { conversation_id: Some("c".into()), group_id: None },
+            targets: BTreeMap::from([("messageId".into(), format!("m{seq}"))]),
+            status: "applied".into(),
+            reason: None,
+            code: None,
+        }
+    }
+
+    #[test]
+    fn hashes_chain_and_detect_edits() {
+        let a = AuditRecord::from_fact(&fact(1), 1, GENESIS);
+        let b = AuditRecord::from_fact(&fact(2), 2, &a.hash);
+        assert_eq!(a.action, "message_sent");
+        assert_eq!(b.prev_hash, a.hash);
+        assert_eq!(a.hash, AuditRecord::from_fact(&fact(1), 1, GENESIS).hash, "deterministic");
+        let mut edited = b.clone();
+        edited.actor = Some("64b7f0c2a1b2c3d4e5f60719".into());
+        assert_ne!(edited.compute_hash(), b.hash);
+        let mut moved = b.clone();
+        moved.chain_seq = 7;
+        assert_ne!(moved.compute_hash(), b.hash);
+    }
+}

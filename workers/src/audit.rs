@@ -1,0 +1,96 @@
+//! The `audit` role: one tamper-evident record per command. It consumes the
+//! outcomes stream (one partition, so one worker at a time extends the one
+//! chain, in that stream's order) and appends a record per fact whose hash
+//! covers the previous record's. A fact seen again (redelivery, or a
+//! duplicate publish) finds its record and adds nothing.
+
+use crate::handler::{ApplyError, Disposition, Done, Handler, Incoming};
+use crate::runner::{self, RunnerConfig};
+use futures::TryStreamExt;
+use mongodb::bson::doc;
+use natter_nats::Subjects;
+use natter_nats::topology::Role;
+use natter_shared::audit::{AuditFact, AuditRecord, GENESIS};
+use natter_shared::config::CoreConfig;
+use natter_shared::store::Store;
+use std::collections::HashSet;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+pub struct AuditHandler {
+    store: Store,
+}
+
+impl AuditHandler {
+    pub fn new(store: Store) -> Self {
+        AuditHandler { store }
+    }
+}
+
+impl Handler for AuditHandler {
+    const ROLE: Role = Role::Audit;
+    type Msg = AuditFact;
+
+    async fn apply(&self, batch: &[Incoming<AuditFact>], done: &mut Done) -> Result<(), ApplyError> {
+        let coll = self.store.audit();
+        let seqs: Vec<i64> = batch.iter().map(|i| i.msg.seq as i64).collect();
+        let mut known: HashSet<i64> = coll
+            .find(doc! {"_id": {"$in": &seqs}})
+            .await?
+            .try_collect::<Vec<_>>()
+            .await?
+            .into_iter()
+            .map(|r| r.seq)
+            .collect();
+        let head = coll.find_one(doc! {}).sort(doc! {"chainSeq": -1}).await?;
+        let (mut head_seq, mut head_hash) = head.map(|r| (r.chain_seq, r.hash)).unwrap_or((0, GENESIS.to_string()));
+        for inc in batch {
+            if done.contains_key(&inc.seq) {
+                continue;
+            }
+            let fact = &inc.msg;
+            if known.contains(&(fact.seq as i64)) || inc.seq as i64 <= head_seq {
+                done.insert(inc.seq, Disposition::Applied(vec![]));
+                continue;
+            }
+            let record = AuditRecord::from_fact(fact, inc.seq, &head_hash);
+            if let Err(e) = coll.insert_one(&record).await {
+                // Another writer extended the chain (or wrote this record):
+                // retry the batch against the new head.
+                return Err(ApplyError(format!("audit chain moved: {e}")));
+            }
+            head_seq = record.chain_seq;
+            head_hash = record.hash.clone();
+            known.insert(record.seq);
+            done.insert(inc.seq, Disposition::Applied(vec![]));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("NATS: {0}")]
+    Nats(String),
+    #[error("MongoDB: {0}")]
+    Mongo(#[from] mongodb::error::Error),
+    #[error("topology: {0}")]
+    Topology(#[from] natter_nats::TopologyError),
+    #[error(transparent)]
+    Runner(#[from] runner::RunnerError),
+}
+
+/// Connects, applies topology and indexes, and runs the role until `cancel`.
+pub async fn serve(core: &CoreConfig, cfg: RunnerConfig, cancel: CancellationToken) -> Result<(), StartError> {
+    let client = async_nats::ConnectOptions::new()
+        .name(format!("natter-worker-audit-{}", cfg.instance))
+        .connect(core.nats_url.as_str())
+        .await
+        .map_err(|e| StartError::Nats(e.to_string()))?;
+    let subjects = Subjects::new(&core.nats_namespace);
+    natter_nats::apply(&async_nats::jetstream::new(client.clone()), &subjects, 1).await?;
+    let store = Store::connect(&core.mongodb_uri, &core.mongodb_db).await?;
+    store.ensure_indexes().await?;
+    runner::run(Arc::new(AuditHandler::new(store)), client, subjects, cfg, cancel).await?;
+    Ok(())
+}
