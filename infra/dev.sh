@@ -100,6 +100,7 @@ wait_port "$S3_PORT" s3
 "$BIN/natterctl" topology apply
 start worker-messages "$BIN/natter-worker-messages"
 start worker-attachments "$BIN/natter-worker-attachments"
+start worker-audit "$BIN/natter-worker-audit"
 start edge "$BIN/natter-edge"
 wait_port "$EDGE_PORT" edge
 

@@ -57,6 +57,34 @@ enum Cmd {
 enum AuditCmd {
     /// Walk the hash chain; exit 1 at the first record changed, removed or moved.
     Verify,
+    /// Export the trail (newest first) to a file, with a progress bar.
+    Export(Box<ExportArgs>),
+}
+
+#[derive(clap::Args)]
+struct ExportArgs {
+    /// pdf, csv or json.
+    #[arg(long, default_value = "csv")]
+    format: String,
+    /// Output file.
+    #[arg(long)]
+    out: std::path::PathBuf,
+    #[arg(long)]
+    action: Option<String>,
+    #[arg(long)]
+    actor: Option<String>,
+    #[arg(long)]
+    conversation_id: Option<String>,
+    #[arg(long)]
+    group_id: Option<String>,
+    #[arg(long)]
+    target: Option<String>,
+    /// ISO 8601 date-time.
+    #[arg(long)]
+    from: Option<String>,
+    /// ISO 8601 date-time.
+    #[arg(long)]
+    to: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -102,6 +130,7 @@ async fn main() -> anyhow::Result<()> {
             ));
         }
         Cmd::Status { json } => status(json).await?,
+        Cmd::Audit { cmd: AuditCmd::Export(args) } => audit_export(*args).await?,
         Cmd::Audit { cmd: AuditCmd::Verify } => {
             let core = CoreConfig::load(&Env)?;
             let store = natter_shared::store::Store::connect(&core.mongodb_uri, &core.mongodb_db).await?;
@@ -185,6 +214,69 @@ async fn status(json: bool) -> anyhow::Result<()> {
             ));
         }
     }
+    Ok(())
+}
+
+async fn audit_export(a: ExportArgs) -> anyhow::Result<()> {
+    let ExportArgs { format, out: path, action, actor, conversation_id, group_id, target, from, to } = a;
+    use natter_shared::export::{self, Format};
+    use std::io::Write;
+    let fmt = Format::parse(&format).ok_or_else(|| anyhow::anyhow!("--format must be pdf, csv or json"))?;
+    let date = |v: Option<String>, name: &str| -> anyhow::Result<Option<mongodb::bson::DateTime>> {
+        v.map(|s| {
+            mongodb::bson::DateTime::parse_rfc3339_str(&s).with_context(|| format!("--{name} is not a date-time"))
+        })
+        .transpose()
+    };
+    let filter = natter_shared::audit::Filter {
+        action,
+        actor,
+        conversation_id,
+        group_id,
+        target,
+        from: date(from, "from")?,
+        to: date(to, "to")?,
+    };
+    let core = CoreConfig::load(&Env)?;
+    let store = natter_shared::store::Store::connect(&core.mongodb_uri, &core.mongodb_db).await?;
+    let total = store.audit().count_documents(filter.to_doc()).await?;
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} records  {per_sec}  eta {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let rows = export::audit_rows(&store, &filter).await?;
+    let counted = {
+        let bar = bar.clone();
+        futures::StreamExt::inspect(rows, move |_| bar.inc(1))
+    };
+    let mut file =
+        std::io::BufWriter::new(std::fs::File::create(&path).with_context(|| format!("{}", path.display()))?);
+    let mut failed: Option<std::io::Error> = None;
+    let sink = |b: bytes::Bytes| {
+        let ok = match file.write_all(&b) {
+            Ok(()) => true,
+            Err(e) => {
+                failed = Some(e);
+                false
+            }
+        };
+        async move { ok }
+    };
+    let n = match fmt {
+        Format::Pdf => {
+            let subtitle = format!("Filters: {}", filter.describe());
+            natter_shared::pdf::write("natter audit trail", &subtitle, counted, sink).await
+        }
+        _ => export::write(fmt, counted, sink).await,
+    };
+    if let Some(e) = failed {
+        return Err(e).context("writing the export");
+    }
+    let n = n?;
+    file.flush()?;
+    bar.finish_and_clear();
+    out(&format!("exported {n} records to {}", path.display()));
     Ok(())
 }
 

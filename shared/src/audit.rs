@@ -90,6 +90,9 @@ pub struct AuditRecord {
     pub group_id: Option<String>,
     #[serde(default)]
     pub targets: BTreeMap<String, String>,
+    /// The target ids as a list, for filtering.
+    #[serde(default)]
+    pub target_ids: Vec<String>,
     pub time: DateTime,
     pub status: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -113,6 +116,7 @@ struct Hashed<'a> {
     conversation_id: &'a Option<String>,
     group_id: &'a Option<String>,
     targets: &'a BTreeMap<String, String>,
+    target_ids: &'a [String],
     time: String,
     status: &'a str,
     reason: &'a Option<String>,
@@ -131,6 +135,7 @@ impl AuditRecord {
             conversation_id: f.room.conversation_id.clone(),
             group_id: f.room.group_id.clone(),
             targets: f.targets.clone(),
+            target_ids: f.targets.values().cloned().collect(),
             time: DateTime::from_millis(f.time_ms),
             status: f.status.clone(),
             reason: f.reason.clone(),
@@ -154,6 +159,7 @@ impl AuditRecord {
             conversation_id: &self.conversation_id,
             group_id: &self.group_id,
             targets: &self.targets,
+            target_ids: &self.target_ids,
             time: iso(self.time),
             status: &self.status,
             reason: &self.reason,
@@ -163,6 +169,114 @@ impl AuditRecord {
         let bytes = serde_json::to_vec(&h).unwrap_or_default();
         let digest = Sha256::digest(&bytes);
         digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// A record on the wire (logs API and exports).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditView {
+    pub seq: i64,
+    pub chain_seq: i64,
+    pub action: String,
+    pub actor: Option<String>,
+    pub roles: Vec<String>,
+    pub conversation_id: Option<String>,
+    pub group_id: Option<String>,
+    pub targets: BTreeMap<String, String>,
+    pub time: String,
+    pub status: String,
+    pub reason: Option<String>,
+    pub code: Option<String>,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+impl From<&AuditRecord> for AuditView {
+    fn from(r: &AuditRecord) -> Self {
+        AuditView {
+            seq: r.seq,
+            chain_seq: r.chain_seq,
+            action: r.action.clone(),
+            actor: r.actor.clone(),
+            roles: r.roles.clone(),
+            conversation_id: r.conversation_id.clone(),
+            group_id: r.group_id.clone(),
+            targets: r.targets.clone(),
+            time: iso(r.time),
+            status: r.status.clone(),
+            reason: r.reason.clone(),
+            code: r.code.clone(),
+            prev_hash: r.prev_hash.clone(),
+            hash: r.hash.clone(),
+        }
+    }
+}
+
+/// Filters of the logs API and exports.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Filter {
+    pub action: Option<String>,
+    pub actor: Option<String>,
+    pub conversation_id: Option<String>,
+    pub group_id: Option<String>,
+    pub target: Option<String>,
+    pub from: Option<DateTime>,
+    pub to: Option<DateTime>,
+}
+
+impl Filter {
+    pub fn to_doc(&self) -> mongodb::bson::Document {
+        let mut d = doc! {};
+        if let Some(a) = &self.action {
+            d.insert("action", a);
+        }
+        if let Some(a) = &self.actor {
+            d.insert("actor", a);
+        }
+        if let Some(c) = &self.conversation_id {
+            d.insert("conversationId", c);
+        }
+        if let Some(g) = &self.group_id {
+            d.insert("groupId", g);
+        }
+        if let Some(t) = &self.target {
+            d.insert("targetIds", t);
+        }
+        let mut time = doc! {};
+        if let Some(f) = self.from {
+            time.insert("$gte", f);
+        }
+        if let Some(t) = self.to {
+            time.insert("$lte", t);
+        }
+        if !time.is_empty() {
+            d.insert("time", time);
+        }
+        d
+    }
+
+    /// As `key=value` pairs, for the title block of exports.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        for (k, v) in [
+            ("action", &self.action),
+            ("actor", &self.actor),
+            ("conversationId", &self.conversation_id),
+            ("groupId", &self.group_id),
+            ("target", &self.target),
+        ] {
+            if let Some(v) = v {
+                parts.push(format!("{k}={v}"));
+            }
+        }
+        if let Some(f) = self.from {
+            parts.push(format!("from={}", iso(f)));
+        }
+        if let Some(t) = self.to {
+            parts.push(format!("to={}", iso(t)));
+        }
+        if parts.is_empty() { "none".into() } else { parts.join(", ") }
     }
 }
 

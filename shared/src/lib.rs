@@ -7,8 +7,10 @@
 pub mod audit;
 pub mod auth;
 pub mod config;
+pub mod export;
 pub mod ids;
 pub mod model;
+pub mod pdf;
 pub mod s3;
 pub mod shutdown;
 pub mod store;

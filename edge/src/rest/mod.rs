@@ -1,6 +1,7 @@
 //! The REST API under `/api/chat`, with the NestJS module's paths and JSON.
 
 pub mod attachments;
+pub mod audit;
 pub mod conversations;
 pub mod groups;
 pub mod messages;
@@ -31,6 +32,10 @@ pub fn router() -> Router<Arc<EdgeState>> {
         .route("/api/chat/messages/{id}", delete(messages::remove))
         .route("/api/chat/messages/{id}/read", patch(messages::read))
         .route("/api/chat/presence", get(presence::get))
+        .route("/api/chat/audit/logs", get(audit::logs))
+        .route("/api/chat/audit/export", get(audit::export_logs))
+        .route("/api/chat/conversations/{id}/export", get(audit::export_conversation))
+        .route("/api/chat/groups/{id}/export", get(audit::export_group))
         .route("/api/chat/attachments", post(attachments::upload).layer(axum::extract::DefaultBodyLimit::disable()))
         .route("/api/chat/attachments/{id}", get(attachments::download))
         .route("/api/chat/attachments/{id}/thumbnail", get(attachments::thumbnail))

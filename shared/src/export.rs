@@ -1,0 +1,246 @@
+//! Streaming exports (audit records, room history) as CSV or JSON: rows are
+//! read from a cursor and handed out in chunks, so an export of any size
+//! never sits in memory.
+
+use bytes::Bytes;
+use futures::{Stream, TryStreamExt};
+use serde::Serialize;
+
+/// Rows per chunk.
+const CHUNK_ROWS: usize = 500;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Csv,
+    Json,
+    Pdf,
+}
+
+impl Format {
+    pub fn parse(s: &str) -> Option<Format> {
+        match s {
+            "csv" => Some(Format::Csv),
+            "json" => Some(Format::Json),
+            "pdf" => Some(Format::Pdf),
+            _ => None,
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Csv => "text/csv; charset=utf-8",
+            Format::Json => "application/json",
+            Format::Pdf => "application/pdf",
+        }
+    }
+
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Csv => "csv",
+            Format::Json => "json",
+            Format::Pdf => "pdf",
+        }
+    }
+}
+
+/// A row of a tabular export: a header and the cells.
+pub trait Row: Serialize {
+    fn header() -> &'static [&'static str];
+    fn cells(&self) -> Vec<String>;
+    /// The columns a PDF shows (name, relative width).
+    fn pdf_columns() -> &'static [(&'static str, f32)];
+    fn pdf_cells(&self) -> Vec<String>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("MongoDB: {0}")]
+    Mongo(#[from] mongodb::error::Error),
+    #[error("encoding: {0}")]
+    Encode(String),
+    #[error("the receiver went away")]
+    Closed,
+}
+
+/// Writes `rows` as CSV or JSON through `sink`, a chunk at a time; `sink`
+/// returns false to stop (the client went away). Returns the row count.
+pub async fn write<T, S, F, Fut>(format: Format, mut rows: S, mut sink: F) -> Result<u64, ExportError>
+where
+    T: Row,
+    S: Stream<Item = Result<T, mongodb::error::Error>> + Unpin,
+    F: FnMut(Bytes) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let mut n = 0u64;
+    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+    match format {
+        Format::Csv => {
+            let mut w = csv::Writer::from_writer(Vec::new());
+            w.write_record(T::header()).map_err(|e| ExportError::Encode(e.to_string()))?;
+            buf.extend(w.into_inner().map_err(|e| ExportError::Encode(e.to_string()))?);
+        }
+        Format::Json => buf.push(b'['),
+        Format::Pdf => return Err(ExportError::Encode("PDF is written by the pdf module".into())),
+    }
+    let mut in_chunk = 0;
+    while let Some(row) = rows.try_next().await? {
+        match format {
+            Format::Csv => {
+                let mut w = csv::Writer::from_writer(Vec::new());
+                w.write_record(row.cells()).map_err(|e| ExportError::Encode(e.to_string()))?;
+                buf.extend(w.into_inner().map_err(|e| ExportError::Encode(e.to_string()))?);
+            }
+            _ => {
+                if n > 0 {
+                    buf.push(b',');
+                }
+                serde_json::to_writer(&mut buf, &row).map_err(|e| ExportError::Encode(e.to_string()))?;
+            }
+        }
+        n += 1;
+        in_chunk += 1;
+        if in_chunk >= CHUNK_ROWS {
+            if !sink(Bytes::from(std::mem::take(&mut buf))).await {
+                return Err(ExportError::Closed);
+            }
+            in_chunk = 0;
+        }
+    }
+    if format == Format::Json {
+        buf.push(b']');
+    }
+    if !buf.is_empty() && !sink(Bytes::from(buf)).await {
+        return Err(ExportError::Closed);
+    }
+    Ok(n)
+}
+
+impl Row for crate::audit::AuditView {
+    fn header() -> &'static [&'static str] {
+        &[
+            "seq",
+            "chainSeq",
+            "time",
+            "action",
+            "actor",
+            "roles",
+            "conversationId",
+            "groupId",
+            "targets",
+            "status",
+            "reason",
+            "code",
+            "prevHash",
+            "hash",
+        ]
+    }
+
+    fn cells(&self) -> Vec<String> {
+        vec![
+            self.seq.to_string(),
+            self.chain_seq.to_string(),
+            self.time.clone(),
+            self.action.clone(),
+            self.actor.clone().unwrap_or_default(),
+            self.roles.join(" "),
+            self.conversation_id.clone().unwrap_or_default(),
+            self.group_id.clone().unwrap_or_default(),
+            self.targets.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "),
+            self.status.clone(),
+            self.reason.clone().unwrap_or_default(),
+            self.code.clone().unwrap_or_default(),
+            self.prev_hash.clone(),
+            self.hash.clone(),
+        ]
+    }
+
+    fn pdf_columns() -> &'static [(&'static str, f32)] {
+        &[
+            ("seq", 8.0),
+            ("time", 24.0),
+            ("action", 18.0),
+            ("actor", 22.0),
+            ("room", 22.0),
+            ("targets", 50.0),
+            ("status", 12.0),
+            ("reason", 30.0),
+        ]
+    }
+
+    fn pdf_cells(&self) -> Vec<String> {
+        vec![
+            self.seq.to_string(),
+            self.time.clone(),
+            self.action.clone(),
+            self.actor.clone().unwrap_or_default(),
+            self.conversation_id.clone().or(self.group_id.clone()).unwrap_or_default(),
+            self.targets.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "),
+            self.status.clone(),
+            self.reason.clone().unwrap_or_default(),
+        ]
+    }
+}
+
+impl Row for crate::model::MessageView {
+    fn header() -> &'static [&'static str] {
+        &["seq", "id", "createdAt", "senderId", "messageType", "content", "status", "readBy", "attachments"]
+    }
+
+    fn cells(&self) -> Vec<String> {
+        vec![
+            self.seq.to_string(),
+            self.id.clone(),
+            self.created_at.clone(),
+            self.sender_id.clone(),
+            self.message_type.clone(),
+            self.content.clone(),
+            self.status.clone(),
+            self.read_by.join(" "),
+            self.attachments.iter().filter_map(|a| a["name"].as_str().map(String::from)).collect::<Vec<_>>().join(" "),
+        ]
+    }
+
+    fn pdf_columns() -> &'static [(&'static str, f32)] {
+        &[("seq", 8.0), ("time", 24.0), ("sender", 22.0), ("type", 10.0), ("content", 100.0), ("status", 10.0)]
+    }
+
+    fn pdf_cells(&self) -> Vec<String> {
+        vec![
+            self.seq.to_string(),
+            self.created_at.clone(),
+            self.sender_id.clone(),
+            self.message_type.clone(),
+            self.content.clone(),
+            self.status.clone(),
+        ]
+    }
+}
+
+/// Audit records matching `filter`, newest first, as views.
+pub async fn audit_rows(
+    store: &crate::store::Store,
+    filter: &crate::audit::Filter,
+) -> Result<
+    impl Stream<Item = Result<crate::audit::AuditView, mongodb::error::Error>> + Unpin + use<>,
+    mongodb::error::Error,
+> {
+    let cur = store.audit().find(filter.to_doc()).sort(mongodb::bson::doc! {"_id": -1}).batch_size(1000).await?;
+    Ok(cur.map_ok(|r| crate::audit::AuditView::from(&r)))
+}
+
+/// A room's messages (not deleted), oldest first, as views.
+pub async fn history_rows(
+    store: &crate::store::Store,
+    room: &crate::ids::RoomRef,
+) -> Result<
+    impl Stream<Item = Result<crate::model::MessageView, mongodb::error::Error>> + Unpin + use<>,
+    mongodb::error::Error,
+> {
+    let cur = store
+        .messages()
+        .find(mongodb::bson::doc! {room.kind.field(): &room.id, "deleted": {"$ne": true}})
+        .sort(mongodb::bson::doc! {"seq": 1})
+        .batch_size(1000)
+        .await?;
+    Ok(cur.map_ok(|m| crate::model::MessageView::from(&m)))
+}
