@@ -19,7 +19,7 @@ const MARGIN: f32 = 10.0;
 const LINE: f32 = 4.2;
 const SIZE: f32 = 7.0;
 /// Average advance of a DejaVu Sans Condensed glyph, in ems.
-const EM_PER_CHAR: f32 = 0.52;
+const EM_PER_CHAR: f32 = 0.62;
 
 fn fit(text: &str, width_mm: f32) -> String {
     let width_pt = width_mm * 72.0 / 25.4;
