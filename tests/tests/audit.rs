@@ -187,6 +187,8 @@ async fn logs_api_filters_and_exports_agree() {
     let mut app = TestApp::new().await;
     let e = app.start_edge().await;
     app.start_worker();
+    // Two audit workers at once still make one chain.
+    app.start_audit_worker();
     app.start_audit_worker();
     let (admin, a, b) = (app.user(), app.user(), app.user());
     let conv = app.open_conversation(e, a, b).await;
@@ -285,6 +287,7 @@ async fn logs_api_filters_and_exports_agree() {
     assert!(pages >= 2, "the table continues across pages ({pages})");
     assert!(text.contains("natter audit trail"), "{text:.300}");
     assert!(text.contains("message_sent"));
+    assert!(matches!(verify(&app.store.audit()).await.unwrap(), Verdict::Intact { records, .. } if records == total));
     // History export of the conversation, in all three formats, with
     // non-Latin text rendered from the embedded font.
     let hist: Vec<Value> =
