@@ -116,6 +116,6 @@ async fn poison_commands_are_dead_lettered_and_do_not_block() {
     }
     reasons.sort();
     assert!(reasons[0].contains("conversation not found"), "{reasons:?}");
-    assert!(reasons[1].contains("undecodable command"), "{reasons:?}");
+    assert!(reasons[1].starts_with("undecodable"), "{reasons:?}");
     assert_eq!(app.store.messages().count_documents(mongodb::bson::doc! {"conversationId": &ghost}).await.unwrap(), 0);
 }

@@ -6,9 +6,9 @@
 
 use crate::handler::{ApplyError, Disposition, Done, Handler, Incoming};
 use crate::runner::{self, RunnerConfig};
+use crate::start::{self, StartError};
 use futures::TryStreamExt;
 use mongodb::bson::doc;
-use natter_nats::Subjects;
 use natter_nats::topology::Role;
 use natter_shared::audit::{AuditFact, AuditRecord, GENESIS};
 use natter_shared::config::CoreConfig;
@@ -68,29 +68,9 @@ impl Handler for AuditHandler {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error("NATS: {0}")]
-    Nats(String),
-    #[error("MongoDB: {0}")]
-    Mongo(#[from] mongodb::error::Error),
-    #[error("topology: {0}")]
-    Topology(#[from] natter_nats::TopologyError),
-    #[error(transparent)]
-    Runner(#[from] runner::RunnerError),
-}
-
 /// Connects, applies topology and indexes, and runs the role until `cancel`.
 pub async fn serve(core: &CoreConfig, cfg: RunnerConfig, cancel: CancellationToken) -> Result<(), StartError> {
-    let client = async_nats::ConnectOptions::new()
-        .name(format!("natter-worker-audit-{}", cfg.instance))
-        .connect(core.nats_url.as_str())
-        .await
-        .map_err(|e| StartError::Nats(e.to_string()))?;
-    let subjects = Subjects::new(&core.nats_namespace);
-    natter_nats::apply(&async_nats::jetstream::new(client.clone()), &subjects, 1).await?;
-    let store = Store::connect(&core.mongodb_uri, &core.mongodb_db).await?;
-    store.ensure_indexes().await?;
-    runner::run(Arc::new(AuditHandler::new(store)), client, subjects, cfg, cancel).await?;
+    let c = start::connect(core, "audit", &cfg).await?;
+    runner::run(Arc::new(AuditHandler::new(c.store)), c.client, c.subjects, cfg, cancel).await?;
     Ok(())
 }

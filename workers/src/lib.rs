@@ -8,6 +8,7 @@ pub mod handler;
 pub mod lease;
 pub mod messages;
 pub mod runner;
+pub mod start;
 
 pub use handler::{ApplyError, Disposition, Done, Handler, Incoming};
 pub use runner::{RunnerConfig, run};

@@ -10,6 +10,7 @@ mod thumb;
 
 use crate::handler::{ApplyError, Disposition, Done, Handler, Incoming, Publication};
 use crate::runner::{self, RunnerConfig};
+use crate::start::{self, StartError};
 use async_nats::jetstream::object_store::{GetErrorKind, ObjectStore};
 use mongodb::bson::doc;
 use natter_nats::Subjects;
@@ -173,20 +174,6 @@ impl Handler for AttachmentsHandler {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error("NATS: {0}")]
-    Nats(String),
-    #[error("MongoDB: {0}")]
-    Mongo(#[from] mongodb::error::Error),
-    #[error("topology: {0}")]
-    Topology(#[from] natter_nats::TopologyError),
-    #[error("S3: {0}")]
-    S3(String),
-    #[error(transparent)]
-    Runner(#[from] runner::RunnerError),
-}
-
 /// Connects, applies topology and indexes, ensures the bucket, and runs the
 /// role until `cancel`.
 pub async fn serve(
@@ -195,20 +182,12 @@ pub async fn serve(
     cfg: RunnerConfig,
     cancel: CancellationToken,
 ) -> Result<(), StartError> {
-    let client = async_nats::ConnectOptions::new()
-        .name(format!("natter-worker-attachments-{}", cfg.instance))
-        .connect(core.nats_url.as_str())
-        .await
-        .map_err(|e| StartError::Nats(e.to_string()))?;
-    let subjects = Subjects::new(&core.nats_namespace);
-    let js = async_nats::jetstream::new(client.clone());
-    natter_nats::apply(&js, &subjects, 1).await?;
-    let staging = js.get_object_store(subjects.staging_bucket()).await.map_err(|e| StartError::Nats(e.to_string()))?;
-    let store = Store::connect(&core.mongodb_uri, &core.mongodb_db).await?;
-    store.ensure_indexes().await?;
+    let c = start::connect(core, "attachments", &cfg).await?;
+    let staging =
+        c.js.get_object_store(c.subjects.staging_bucket()).await.map_err(|e| StartError::Nats(e.to_string()))?;
     let s3c = natter_shared::s3::client(s3);
     natter_shared::s3::ensure_bucket(&s3c, &s3.bucket).await.map_err(StartError::S3)?;
-    let handler = Arc::new(AttachmentsHandler::new(store, subjects.clone(), staging, s3c, s3.bucket.clone()));
-    runner::run(handler, client, subjects, cfg, cancel).await?;
+    let handler = Arc::new(AttachmentsHandler::new(c.store, c.subjects.clone(), staging, s3c, s3.bucket.clone()));
+    runner::run(handler, c.client, c.subjects, cfg, cancel).await?;
     Ok(())
 }

@@ -1,0 +1,43 @@
+//! What every role does before running: connect to NATS and MongoDB, apply
+//! the topology and the indexes. Errors name what failed.
+
+use crate::runner::{self, RunnerConfig};
+use natter_nats::Subjects;
+use natter_shared::config::CoreConfig;
+use natter_shared::store::Store;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("NATS: {0}")]
+    Nats(String),
+    #[error("MongoDB: {0}")]
+    Mongo(#[from] mongodb::error::Error),
+    #[error("topology: {0}")]
+    Topology(#[from] natter_nats::TopologyError),
+    #[error("S3: {0}")]
+    S3(String),
+    #[error(transparent)]
+    Runner(#[from] runner::RunnerError),
+}
+
+/// Connections a role runs with.
+pub struct Connected {
+    pub client: async_nats::Client,
+    pub js: async_nats::jetstream::Context,
+    pub subjects: Subjects,
+    pub store: Store,
+}
+
+pub async fn connect(core: &CoreConfig, role: &str, cfg: &RunnerConfig) -> Result<Connected, StartError> {
+    let client = async_nats::ConnectOptions::new()
+        .name(format!("natter-worker-{role}-{}", cfg.instance))
+        .connect(core.nats_url.as_str())
+        .await
+        .map_err(|e| StartError::Nats(e.to_string()))?;
+    let subjects = Subjects::new(&core.nats_namespace);
+    let js = async_nats::jetstream::new(client.clone());
+    natter_nats::apply(&js, &subjects, 1).await?;
+    let store = Store::connect(&core.mongodb_uri, &core.mongodb_db).await?;
+    store.ensure_indexes().await?;
+    Ok(Connected { client, js, subjects, store })
+}
