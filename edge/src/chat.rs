@@ -52,7 +52,14 @@ pub async fn require_member(st: &EdgeState, who: &Identity, room: &RoomRef) -> R
 }
 
 fn envelope(who: &Identity, command: Command) -> CommandEnvelope {
-    CommandEnvelope { v: natter_shared::v1::VERSION, actor: who.user, roles: who.roles.clone(), reply: None, command }
+    CommandEnvelope {
+        v: natter_shared::v1::VERSION,
+        actor: who.user,
+        roles: who.roles.clone(),
+        reply: None,
+        meta: crate::meta::current(),
+        command,
+    }
 }
 
 /// Stores `command` as `who`; the PubAck's seq.

@@ -64,6 +64,7 @@ async fn flush(
                 actor: user,
                 roles: vec![],
                 reply: None,
+                meta: Some(natter_shared::v1::command::RequestMeta { via: "edge".into(), ..Default::default() }),
                 command: Command::MarkDelivered(MarkDeliveredCmd { room: RoomFields::of(&room), seqs: chunk.to_vec() }),
             };
             let Ok(body) = serde_json::to_vec(&env) else { continue };

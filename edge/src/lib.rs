@@ -11,6 +11,7 @@ pub mod error;
 pub mod health;
 pub mod hub;
 pub mod membership;
+pub mod meta;
 pub mod presence;
 pub mod rest;
 pub mod state;

@@ -49,6 +49,9 @@ pub struct AuditFact {
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<ErrorCode>,
+    /// Request metadata (transport, request id, user agent, origin, route).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub meta: BTreeMap<String, String>,
 }
 
 /// The audit action for a command action (the module's vocabulary).
@@ -99,6 +102,8 @@ pub struct AuditRecord {
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
+    #[serde(default)]
+    pub meta: BTreeMap<String, String>,
     pub prev_hash: String,
     pub hash: String,
 }
@@ -121,6 +126,7 @@ struct Hashed<'a> {
     status: &'a str,
     reason: &'a Option<String>,
     code: &'a Option<String>,
+    meta: &'a BTreeMap<String, String>,
     prev_hash: &'a str,
 }
 
@@ -140,6 +146,7 @@ impl AuditRecord {
             status: f.status.clone(),
             reason: f.reason.clone(),
             code: f.code.map(|c| c.as_str().to_string()),
+            meta: f.meta.clone(),
             prev_hash: prev_hash.to_string(),
             hash: String::new(),
         };
@@ -164,6 +171,7 @@ impl AuditRecord {
             status: &self.status,
             reason: &self.reason,
             code: &self.code,
+            meta: &self.meta,
             prev_hash: &self.prev_hash,
         };
         let bytes = serde_json::to_vec(&h).unwrap_or_default();
@@ -188,6 +196,7 @@ pub struct AuditView {
     pub status: String,
     pub reason: Option<String>,
     pub code: Option<String>,
+    pub meta: BTreeMap<String, String>,
     pub prev_hash: String,
     pub hash: String,
 }
@@ -207,6 +216,7 @@ impl From<&AuditRecord> for AuditView {
             status: r.status.clone(),
             reason: r.reason.clone(),
             code: r.code.clone(),
+            meta: r.meta.clone(),
             prev_hash: r.prev_hash.clone(),
             hash: r.hash.clone(),
         }
@@ -337,6 +347,7 @@ mod tests {
             status: "applied".into(),
             reason: None,
             code: None,
+            meta: BTreeMap::from([("via".into(), "ws".into())]),
         }
     }
 

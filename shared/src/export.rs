@@ -130,6 +130,7 @@ impl Row for crate::audit::AuditView {
             "status",
             "reason",
             "code",
+            "meta",
             "prevHash",
             "hash",
         ]
@@ -149,6 +150,7 @@ impl Row for crate::audit::AuditView {
             self.status.clone(),
             self.reason.clone().unwrap_or_default(),
             self.code.clone().unwrap_or_default(),
+            self.meta.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "),
             self.prev_hash.clone(),
             self.hash.clone(),
         ]

@@ -96,9 +96,17 @@ async fn one_record_per_command_through_a_killed_audit_worker() {
     assert_eq!(deleted.targets.get("messageId"), Some(&ids[0]));
     assert_eq!(deleted.conversation_id.as_deref(), Some(conv.as_str()));
     assert_eq!(deleted.status, "applied");
+    assert_eq!(deleted.meta.get("via").map(String::as_str), Some("ws"), "{:?}", deleted.meta);
+    assert!(deleted.meta.contains_key("requestId"));
     let removed = recs.iter().find(|r| r.action == "member_removed").unwrap();
     assert_eq!((removed.actor.as_deref(), removed.targets.get("userId")), (Some(admin.hex().as_str()), Some(&b.hex())));
     assert_eq!(removed.roles, vec!["Admin".to_string()]);
+    assert_eq!(removed.meta.get("via").map(String::as_str), Some("rest"));
+    assert_eq!(
+        removed.meta.get("route").map(String::as_str),
+        Some("DELETE /api/chat/groups/{id}/members/{user_id}")
+    );
+    assert!(recs.iter().all(|r| r.meta.values().all(|v| !v.contains("eyJ"))), "no token in the trail");
     let read = recs.iter().find(|r| r.action == "message_read").unwrap();
     assert_eq!(read.actor.as_deref(), Some(b.hex().as_str()));
     let unique: std::collections::HashSet<i64> = recs.iter().map(|r| r.seq).collect();
@@ -344,6 +352,7 @@ async fn exporting_100k_records_streams_with_bounded_memory() {
             status: "applied".into(),
             reason: None,
             code: None,
+            meta: BTreeMap::new(),
         };
         let r = AuditRecord::from_fact(&fact, seq as u64, &prev);
         prev = r.hash.clone();

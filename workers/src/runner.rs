@@ -375,6 +375,7 @@ fn audit_fact(
         status: status.to_string(),
         reason,
         code,
+        meta: env.and_then(|e| e.meta.as_ref()).map(|m| m.to_map()).unwrap_or_default(),
     }
 }
 

@@ -36,6 +36,7 @@ pub fn router() -> Router<Arc<EdgeState>> {
         .route("/api/chat/audit/export", get(audit::export_logs))
         .route("/api/chat/conversations/{id}/export", get(audit::export_conversation))
         .route("/api/chat/groups/{id}/export", get(audit::export_group))
+        .route_layer(axum::middleware::from_fn(crate::meta::rest))
         .route("/api/chat/attachments", post(attachments::upload).layer(axum::extract::DefaultBodyLimit::disable()))
         .route("/api/chat/attachments/{id}", get(attachments::download))
         .route("/api/chat/attachments/{id}/thumbnail", get(attachments::thumbnail))

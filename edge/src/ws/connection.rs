@@ -15,6 +15,7 @@ use hyper_util::rt::TokioIo;
 use natter_shared::auth::Identity;
 use natter_shared::ids::UserId;
 use natter_shared::v1::client::MAX_UPLOAD_HEADER;
+use natter_shared::v1::command::RequestMeta;
 use natter_shared::v1::server::{Ready, to_text};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,7 +38,7 @@ enum Control {
     Close(u16, &'static str),
 }
 
-pub async fn run(ws: WebSocket<Io>, who: Identity, st: Arc<EdgeState>, cancel: CancellationToken) {
+pub async fn run(ws: WebSocket<Io>, who: Identity, meta: RequestMeta, st: Arc<EdgeState>, cancel: CancellationToken) {
     let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
     let span = info_span!("ws", conn, user = %who.user);
     async move {
@@ -65,7 +66,7 @@ pub async fn run(ws: WebSocket<Io>, who: Identity, st: Arc<EdgeState>, cancel: C
         }
         st.presence.connect(&sink).await;
         let typing = Arc::new(TypingState::default());
-        let session = Session::new(st.clone(), who.clone(), sink, typing.clone());
+        let session = Session::new(st.clone(), who.clone(), sink, typing.clone(), meta);
         let reader = tokio::spawn(read_loop(rx, session, ctl_tx, max_binary).in_current_span());
         drop(out_tx);
         let writer = Writer { user: who.user, deliveries: st.deliveries.clone() };

@@ -48,9 +48,10 @@ pub async fn handle(State(st): State<Arc<EdgeState>>, mut req: Request) -> Respo
     };
     let cancel = st.lifecycle.shutdown.child_token();
     let st2 = st.clone();
+    let meta = crate::meta::from_handshake(req.headers());
     st.lifecycle.tracker.spawn(async move {
         match upgrade.await {
-            Ok(ws) => connection::run(ws, who, st2, cancel).await,
+            Ok(ws) => connection::run(ws, who, meta, st2, cancel).await,
             Err(e) => tracing::debug!(error = %e, "upgrade failed"),
         }
     });

@@ -21,6 +21,8 @@ pub struct Session {
     pub who: Identity,
     pub sink: Sink,
     pub typing: Arc<TypingState>,
+    /// The handshake's metadata; each request adds its id.
+    meta: natter_shared::v1::command::RequestMeta,
     bucket: Bucket,
     strikes: u32,
 }
@@ -33,9 +35,15 @@ pub enum Next {
 }
 
 impl Session {
-    pub fn new(st: Arc<EdgeState>, who: Identity, sink: Sink, typing: Arc<TypingState>) -> Self {
+    pub fn new(
+        st: Arc<EdgeState>,
+        who: Identity,
+        sink: Sink,
+        typing: Arc<TypingState>,
+        meta: natter_shared::v1::command::RequestMeta,
+    ) -> Self {
         let bucket = Bucket::new(st.config.ws_rate_per_sec);
-        Session { st, who, sink, typing, bucket, strikes: 0 }
+        Session { st, who, sink, typing, meta, bucket, strikes: 0 }
     }
 
     async fn reply(&self, text: String) {
@@ -63,7 +71,8 @@ impl Session {
             Ok(x) => x,
             Err(e) => return self.refuse(e.request_id.as_deref(), e.code, e.message).await,
         };
-        let result = async {
+        let meta = natter_shared::v1::command::RequestMeta { request_id: rid.clone(), ..self.meta.clone() };
+        let result = crate::meta::scope(meta, async {
             let raw = RoomRef::from_fields(up.conversation_id.as_deref(), up.group_id.as_deref())
                 .map_err(|e| ChatError::InvalidPayload(e.into()))?;
             let (room, _) = chat::room(raw.kind, &raw.id)?;
@@ -74,7 +83,7 @@ impl Session {
             let mut data = json!({"attachmentId": staged.id, "seq": staged.seq});
             RoomFields::of(&room).merge_into(&mut data);
             Ok::<_, ChatError>(data)
-        }
+        })
         .await;
         match result {
             Ok(data) => {
@@ -96,7 +105,8 @@ impl Session {
             Ok(x) => x,
             Err(e) => return self.refuse(e.request_id.as_deref(), e.code, e.message).await,
         };
-        match self.dispatch(rid.as_deref(), req).await {
+        let meta = natter_shared::v1::command::RequestMeta { request_id: rid.clone(), ..self.meta.clone() };
+        match crate::meta::scope(meta, self.dispatch(rid.as_deref(), req)).await {
             Ok(()) => Next::Continue,
             Err(e) => {
                 let msg = e.public_message();

@@ -21,7 +21,45 @@ pub struct CommandEnvelope {
     /// writes that answer once the change is applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply: Option<String>,
+    /// How the request came in, for the audit trail (never secrets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<RequestMeta>,
     pub command: Command,
+}
+
+/// Request metadata recorded with a command: the transport, the client's
+/// request id, its user agent and origin. No token, no credentials.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestMeta {
+    /// `ws`, `rest` or `edge` (commands an edge makes itself).
+    pub via: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+    /// The REST method and route (`DELETE /api/chat/messages/{id}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+}
+
+impl RequestMeta {
+    pub fn to_map(&self) -> std::collections::BTreeMap<String, String> {
+        let mut m = std::collections::BTreeMap::from([("via".to_string(), self.via.clone())]);
+        for (k, v) in [
+            ("requestId", &self.request_id),
+            ("userAgent", &self.user_agent),
+            ("origin", &self.origin),
+            ("route", &self.route),
+        ] {
+            if let Some(v) = v {
+                m.insert(k.to_string(), v.chars().take(256).collect());
+            }
+        }
+        m
+    }
 }
 
 impl CommandEnvelope {

@@ -17,6 +17,7 @@ fn command_envelope_shape() {
         actor: uid("64b7f0c2a1b2c3d4e5f60718"),
         roles: vec!["Admin".into()],
         reply: None,
+        meta: None,
         command: Command::SendMessage(SendMessageCmd {
             message_id: "650000000000000000000001".into(),
             room: RoomFields { conversation_id: Some("650000000000000000000002".into()), group_id: None },

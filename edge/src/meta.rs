@@ -1,0 +1,51 @@
+//! Request metadata for the audit trail, carried in a task-local while a
+//! request is handled, so every command it stores records how it came in
+//! (transport, request id, user agent, origin, route) without threading it
+//! through every call. Tokens are never part of it.
+
+use axum::extract::{MatchedPath, Request};
+use axum::http::{HeaderMap, header};
+use axum::middleware::Next;
+use axum::response::Response;
+use natter_shared::v1::command::RequestMeta;
+
+tokio::task_local! {
+    static REQUEST: RequestMeta;
+}
+
+/// The metadata of the request being handled, if any.
+pub fn current() -> Option<RequestMeta> {
+    REQUEST.try_with(|m| m.clone()).ok()
+}
+
+fn header(headers: &HeaderMap, name: header::HeaderName) -> Option<String> {
+    headers.get(name).and_then(|v| v.to_str().ok()).map(|s| s.chars().take(256).collect())
+}
+
+/// The metadata of a WebSocket handshake, completed per request later.
+pub fn from_handshake(headers: &HeaderMap) -> RequestMeta {
+    RequestMeta {
+        via: "ws".into(),
+        user_agent: header(headers, header::USER_AGENT),
+        origin: header(headers, header::ORIGIN),
+        ..Default::default()
+    }
+}
+
+/// Runs `fut` with `meta` as the current request's metadata.
+pub async fn scope<F: std::future::Future>(meta: RequestMeta, fut: F) -> F::Output {
+    REQUEST.scope(meta, fut).await
+}
+
+/// Axum middleware for the REST routes.
+pub async fn rest(req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().map(|p| format!("{} {}", req.method(), p.as_str()));
+    let meta = RequestMeta {
+        via: "rest".into(),
+        user_agent: header(req.headers(), header::USER_AGENT),
+        origin: header(req.headers(), header::ORIGIN),
+        route,
+        ..Default::default()
+    };
+    scope(meta, next.run(req)).await
+}
