@@ -134,7 +134,13 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Audit { cmd: AuditCmd::Verify } => {
             let core = CoreConfig::load(&Env)?;
             let store = natter_shared::store::Store::connect(&core.mongodb_uri, &core.mongodb_db).await?;
-            match natter_shared::audit::verify(&store.audit()).await? {
+            let js = connect(&core).await?;
+            let kv = js.get_key_value(Subjects::new(&core.nats_namespace).audit_head_bucket()).await?;
+            let head: Option<natter_shared::audit::Head> = match kv.get("head").await? {
+                Some(v) => Some(serde_json::from_slice(&v).context("the recorded audit head")?),
+                None => None,
+            };
+            match natter_shared::audit::verify(&store.audit(), head.as_ref()).await? {
                 natter_shared::audit::Verdict::Intact { records, head } => {
                     out(&format!("audit chain intact: {records} records, head {head}"));
                 }

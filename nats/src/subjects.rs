@@ -87,6 +87,11 @@ impl Subjects {
         format!("{}.cmd.p{}.*.*.{}", self.ns, p, action)
     }
 
+    /// KV bucket holding the audit chain's head, to detect a cut-off tail.
+    pub fn audit_head_bucket(&self) -> String {
+        format!("{}_audit", self.ns.replace('-', "_"))
+    }
+
     /// KV bucket of who is online (keys `<user>.<edge>`, with a TTL).
     pub fn presence_bucket(&self) -> String {
         format!("{}_presence", self.ns.replace('-', "_"))

@@ -196,6 +196,17 @@ pub fn presence_config(s: &Subjects, replicas: usize) -> kv::Config {
     }
 }
 
+pub fn audit_head_config(s: &Subjects, replicas: usize) -> kv::Config {
+    kv::Config {
+        bucket: s.audit_head_bucket(),
+        description: "natter audit chain head (chainSeq and hash of the last record)".into(),
+        history: 1,
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        ..Default::default()
+    }
+}
+
 pub fn last_seen_config(s: &Subjects, replicas: usize) -> kv::Config {
     kv::Config {
         bucket: s.last_seen_bucket(),
@@ -243,7 +254,12 @@ pub async fn apply(js: &jetstream::Context, s: &Subjects, replicas: usize) -> Re
             return Err(TopologyError::Bucket { name, source: boxed(e) });
         }
     }
-    for cfg in [leases_config(s, replicas), presence_config(s, replicas), last_seen_config(s, replicas)] {
+    for cfg in [
+        leases_config(s, replicas),
+        presence_config(s, replicas),
+        last_seen_config(s, replicas),
+        audit_head_config(s, replicas),
+    ] {
         let name = cfg.bucket.clone();
         js.create_or_update_key_value(cfg).await.map_err(|e| TopologyError::Bucket { name, source: boxed(e) })?;
     }

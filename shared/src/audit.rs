@@ -305,14 +305,36 @@ pub enum Verdict {
     Broken(Broken),
 }
 
+/// The chain's head as the audit worker last recorded it (outside MongoDB),
+/// so that cutting records off the end is noticed too.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Head {
+    pub chain_seq: i64,
+    pub hash: String,
+}
+
 /// Walks the chain in order and reports the first record that was changed,
 /// or that does not follow its predecessor (one before it was removed,
-/// changed or moved).
-pub async fn verify(coll: &Collection<AuditRecord>) -> Result<Verdict, mongodb::error::Error> {
+/// changed or moved); with the recorded `head`, also records removed from
+/// the end.
+pub async fn verify(coll: &Collection<AuditRecord>, head: Option<&Head>) -> Result<Verdict, mongodb::error::Error> {
     let mut cur = coll.find(doc! {}).sort(doc! {"chainSeq": 1}).await?;
     let mut prev = GENESIS.to_string();
     let mut n = 0u64;
+    let mut last = (0i64, 0i64);
     while let Some(r) = cur.try_next().await? {
+        if let Some(h) = head
+            && r.chain_seq == h.chain_seq
+            && r.hash != h.hash
+        {
+            return Ok(Verdict::Broken(Broken {
+                chain_seq: r.chain_seq,
+                seq: r.seq,
+                reason: "differs from the recorded head of the chain",
+            }));
+        }
+        last = (r.chain_seq, r.seq);
         if r.prev_hash != prev {
             return Ok(Verdict::Broken(Broken {
                 chain_seq: r.chain_seq,
@@ -325,6 +347,15 @@ pub async fn verify(coll: &Collection<AuditRecord>) -> Result<Verdict, mongodb::
         }
         prev = r.hash;
         n += 1;
+    }
+    if let Some(h) = head
+        && h.chain_seq > last.0
+    {
+        return Ok(Verdict::Broken(Broken {
+            chain_seq: h.chain_seq,
+            seq: last.1,
+            reason: "ends early: records after this one were removed (the recorded head is later)",
+        }));
     }
     Ok(Verdict::Intact { records: n, head: prev })
 }

@@ -102,16 +102,13 @@ async fn one_record_per_command_through_a_killed_audit_worker() {
     assert_eq!((removed.actor.as_deref(), removed.targets.get("userId")), (Some(admin.hex().as_str()), Some(&b.hex())));
     assert_eq!(removed.roles, vec!["Admin".to_string()]);
     assert_eq!(removed.meta.get("via").map(String::as_str), Some("rest"));
-    assert_eq!(
-        removed.meta.get("route").map(String::as_str),
-        Some("DELETE /api/chat/groups/{id}/members/{user_id}")
-    );
+    assert_eq!(removed.meta.get("route").map(String::as_str), Some("DELETE /api/chat/groups/{id}/members/{user_id}"));
     assert!(recs.iter().all(|r| r.meta.values().all(|v| !v.contains("eyJ"))), "no token in the trail");
     let read = recs.iter().find(|r| r.action == "message_read").unwrap();
     assert_eq!(read.actor.as_deref(), Some(b.hex().as_str()));
     let unique: std::collections::HashSet<i64> = recs.iter().map(|r| r.seq).collect();
     assert_eq!(unique.len(), recs.len(), "one record per command seq");
-    assert!(matches!(verify(&app.store.audit()).await.unwrap(), Verdict::Intact { .. }));
+    assert!(matches!(verify(&app.store.audit(), None).await.unwrap(), Verdict::Intact { .. }));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,7 +130,7 @@ async fn tampering_breaks_the_chain_where_it_happened() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let coll = app.store.audit();
     let recs = records(&app).await;
-    match verify(&coll).await.unwrap() {
+    match verify(&coll, None).await.unwrap() {
         Verdict::Intact { records, head } => {
             assert_eq!(records as usize, recs.len());
             assert_eq!(head, recs.last().unwrap().hash);
@@ -153,7 +150,7 @@ async fn tampering_breaks_the_chain_where_it_happened() {
     // Edit: the record itself is reported.
     let victim = &recs[4];
     coll.update_one(doc! {"_id": victim.seq}, doc! {"$set": {"actor": b.hex()}}).await.unwrap();
-    match verify(&coll).await.unwrap() {
+    match verify(&coll, None).await.unwrap() {
         Verdict::Broken(x) => assert_eq!((x.seq, x.reason), (victim.seq, "was changed")),
         other => panic!("{other:?}"),
     }
@@ -161,23 +158,42 @@ async fn tampering_breaks_the_chain_where_it_happened() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("seq {}", victim.seq)));
     coll.update_one(doc! {"_id": victim.seq}, doc! {"$set": {"actor": a.hex()}}).await.unwrap();
-    assert!(matches!(verify(&coll).await.unwrap(), Verdict::Intact { .. }), "restored");
+    assert!(matches!(verify(&coll, None).await.unwrap(), Verdict::Intact { .. }), "restored");
 
     // Delete: the record after the gap is reported.
     coll.delete_one(doc! {"_id": recs[6].seq}).await.unwrap();
-    match verify(&coll).await.unwrap() {
+    match verify(&coll, None).await.unwrap() {
         Verdict::Broken(x) => assert_eq!(x.seq, recs[7].seq),
         other => panic!("{other:?}"),
     }
     coll.insert_one(&recs[6]).await.unwrap();
-    assert!(matches!(verify(&coll).await.unwrap(), Verdict::Intact { .. }), "restored");
+    assert!(matches!(verify(&coll, None).await.unwrap(), Verdict::Intact { .. }), "restored");
+
+    // Cut the last record off: only the recorded head shows it.
+    let head = {
+        let nats = async_nats::connect(&app.nats_url).await.unwrap();
+        let kv = jetstream::new(nats).get_key_value(Subjects::new(&app.name).audit_head_bucket()).await.unwrap();
+        let v = kv.get("head").await.unwrap().expect("the audit worker records its head");
+        serde_json::from_slice::<natter_shared::audit::Head>(&v).unwrap()
+    };
+    let last = recs.last().unwrap();
+    assert_eq!((head.chain_seq, head.hash.as_str()), (last.chain_seq, last.hash.as_str()));
+    assert!(matches!(verify(&coll, Some(&head)).await.unwrap(), Verdict::Intact { .. }));
+    coll.delete_one(doc! {"_id": last.seq}).await.unwrap();
+    match verify(&coll, Some(&head)).await.unwrap() {
+        Verdict::Broken(x) => assert_eq!(x.seq, recs[recs.len() - 2].seq, "{x:?}"),
+        other => panic!("a cut tail must be reported: {other:?}"),
+    }
+    assert_eq!(ctl(&app).status.code(), Some(1), "the CLI reads the head too");
+    coll.insert_one(last).await.unwrap();
+    assert!(ctl(&app).status.success());
 
     // Swap two records' places: the first moved one is reported.
     let (x, y) = (&recs[2], &recs[3]);
     coll.update_one(doc! {"_id": x.seq}, doc! {"$set": {"chainSeq": -1_i64}}).await.unwrap();
     coll.update_one(doc! {"_id": y.seq}, doc! {"$set": {"chainSeq": x.chain_seq}}).await.unwrap();
     coll.update_one(doc! {"_id": x.seq}, doc! {"$set": {"chainSeq": y.chain_seq}}).await.unwrap();
-    match verify(&coll).await.unwrap() {
+    match verify(&coll, None).await.unwrap() {
         Verdict::Broken(v) => assert_eq!(v.seq, y.seq, "{v:?}"),
         other => panic!("{other:?}"),
     }
@@ -295,7 +311,9 @@ async fn logs_api_filters_and_exports_agree() {
     assert!(pages >= 2, "the table continues across pages ({pages})");
     assert!(text.contains("natter audit trail"), "{text:.300}");
     assert!(text.contains("message_sent"));
-    assert!(matches!(verify(&app.store.audit()).await.unwrap(), Verdict::Intact { records, .. } if records == total));
+    assert!(
+        matches!(verify(&app.store.audit(), None).await.unwrap(), Verdict::Intact { records, .. } if records == total)
+    );
     // History export of the conversation, in all three formats, with
     // non-Latin text rendered from the embedded font.
     let hist: Vec<Value> =
@@ -382,6 +400,6 @@ async fn exporting_100k_records_streams_with_bounded_memory() {
     assert!(grew < 150 * 1024, "memory grew {grew} KiB while exporting {bytes} bytes");
     tracing::info!(bytes, secs = started.elapsed().as_secs_f64(), grew_kib = grew, "100k export");
     assert!(
-        matches!(verify(&app.store.audit()).await.unwrap(), Verdict::Intact { records, .. } if records == N as u64)
+        matches!(verify(&app.store.audit(), None).await.unwrap(), Verdict::Intact { records, .. } if records == N as u64)
     );
 }

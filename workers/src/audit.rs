@@ -19,11 +19,16 @@ use tokio_util::sync::CancellationToken;
 
 pub struct AuditHandler {
     store: Store,
+    /// Where the chain's head is recorded, outside MongoDB.
+    heads: async_nats::jetstream::kv::Store,
 }
 
+/// The key of the head in the bucket.
+pub const HEAD_KEY: &str = "head";
+
 impl AuditHandler {
-    pub fn new(store: Store) -> Self {
-        AuditHandler { store }
+    pub fn new(store: Store, heads: async_nats::jetstream::kv::Store) -> Self {
+        AuditHandler { store, heads }
     }
 }
 
@@ -64,6 +69,11 @@ impl Handler for AuditHandler {
             known.insert(record.seq);
             done.insert(inc.seq, Disposition::Applied(vec![]));
         }
+        if head_seq > 0 {
+            let head = natter_shared::audit::Head { chain_seq: head_seq, hash: head_hash };
+            let body = serde_json::to_vec(&head).map_err(|e| ApplyError(e.to_string()))?;
+            self.heads.put(HEAD_KEY, body.into()).await.map_err(|e| ApplyError(format!("audit head: {e}")))?;
+        }
         Ok(())
     }
 }
@@ -71,6 +81,8 @@ impl Handler for AuditHandler {
 /// Connects, applies topology and indexes, and runs the role until `cancel`.
 pub async fn serve(core: &CoreConfig, cfg: RunnerConfig, cancel: CancellationToken) -> Result<(), StartError> {
     let c = start::connect(core, "audit", &cfg).await?;
-    runner::run(Arc::new(AuditHandler::new(c.store)), c.client, c.subjects, cfg, cancel).await?;
+    let heads =
+        c.js.get_key_value(c.subjects.audit_head_bucket()).await.map_err(|e| StartError::Nats(e.to_string()))?;
+    runner::run(Arc::new(AuditHandler::new(c.store, heads)), c.client, c.subjects, cfg, cancel).await?;
     Ok(())
 }
