@@ -124,11 +124,17 @@ impl Store {
             .await
     }
 
-    pub async fn messages_by_id(&self, ids: &[ObjectId]) -> Result<Vec<MessageDoc>, StoreError> {
+    /// The messages with these ids, by id (for populating `lastMessageId`).
+    pub async fn messages_by_id(
+        &self,
+        ids: impl IntoIterator<Item = ObjectId>,
+    ) -> Result<std::collections::HashMap<ObjectId, MessageDoc>, StoreError> {
+        let ids: Vec<ObjectId> = ids.into_iter().collect();
         if ids.is_empty() {
-            return Ok(vec![]);
+            return Ok(Default::default());
         }
-        self.messages().find(doc! {"_id": {"$in": ids}}).await?.try_collect().await
+        let found: Vec<MessageDoc> = self.messages().find(doc! {"_id": {"$in": ids}}).await?.try_collect().await?;
+        Ok(found.into_iter().map(|m| (m.id, m)).collect())
     }
 
     /// A page of a conversation's history, oldest first within the page.

@@ -12,7 +12,6 @@ use axum::http::StatusCode;
 use natter_shared::ids::{RoomKind, UserId};
 use natter_shared::model::{ConversationView, MessagePage};
 use serde::Deserialize;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 type St = State<Arc<EdgeState>>;
@@ -24,8 +23,7 @@ pub async fn list(
 ) -> Result<Json<Vec<ConversationView>>, ChatError> {
     let (page, limit) = paging::page_limit(q.as_deref(), 20)?;
     let convs = st.store.conversations_for(who.user.oid(), page, limit).await?;
-    let last_ids: Vec<_> = convs.iter().filter_map(|c| c.last_message_id).collect();
-    let last: HashMap<_, _> = st.store.messages_by_id(&last_ids).await?.into_iter().map(|m| (m.id, m)).collect();
+    let last = st.store.messages_by_id(convs.iter().filter_map(|c| c.last_message_id)).await?;
     Ok(Json(convs.iter().map(|c| ConversationView::new(c, c.last_message_id.and_then(|id| last.get(&id)))).collect()))
 }
 

@@ -14,7 +14,6 @@ use natter_shared::ids::{RoomKind, UserId};
 use natter_shared::model::{GroupView, MessagePage, Permissions};
 use natter_shared::v1::command::UpdateGroupCmd;
 use serde::Deserialize;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 type St = State<Arc<EdgeState>>;
@@ -31,8 +30,7 @@ pub async fn list(
 ) -> Result<Json<Vec<GroupView>>, ChatError> {
     let (page, limit) = paging::page_limit(q.as_deref(), 20)?;
     let groups = st.store.groups_for(who.user.oid(), page, limit).await?;
-    let last_ids: Vec<_> = groups.iter().filter_map(|g| g.last_message_id).collect();
-    let last: HashMap<_, _> = st.store.messages_by_id(&last_ids).await?.into_iter().map(|m| (m.id, m)).collect();
+    let last = st.store.messages_by_id(groups.iter().filter_map(|g| g.last_message_id)).await?;
     Ok(Json(groups.iter().map(|g| GroupView::new(g, g.last_message_id.and_then(|id| last.get(&id)))).collect()))
 }
 
