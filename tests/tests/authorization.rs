@@ -35,15 +35,8 @@ async fn non_participant_cannot_join_send_read_or_receive() {
     let resp = http.get(format!("http://{e2}/api/chat/conversations")).send().await.unwrap();
     assert_eq!(resp.status().as_u16(), 401);
     // C's conversation list does not show it.
-    let v: Value = http
-        .get(format!("http://{e2}/api/chat/conversations"))
-        .bearer_auth(app.token(c, &[]))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (status, v) = app.get(e2, "/api/chat/conversations", c).await;
+    assert_eq!(status, 200, "{v}");
     assert_eq!(v, json!([]));
 
     // Participants talk; C (on the same edge as B) hears nothing.
@@ -61,15 +54,8 @@ async fn non_participant_cannot_join_send_read_or_receive() {
     );
 
     // Only A's legitimate 20 messages exist: the refused send wrote nothing.
-    let v: Value = http
-        .get(format!("http://{e1}/api/chat/conversations/{conv}/messages"))
-        .bearer_auth(app.token(a, &[]))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (status, v) = app.get(e1, &format!("/api/chat/conversations/{conv}/messages"), a).await;
+    assert_eq!(status, 200, "{v}");
     assert_eq!(v["total"], 20);
     assert!(v["messages"].as_array().unwrap().iter().all(|m| m["senderId"] == a.hex()));
 
@@ -90,15 +76,8 @@ async fn with_user_is_idempotent_and_validated() {
     let again = app.open_conversation(e, b, a).await;
     assert_eq!(first, again, "both sides get the same conversation");
     let http = app.http();
-    let v: Value = http
-        .get(format!("http://{e}/api/chat/conversations/{first}"))
-        .bearer_auth(app.token(b, &[]))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (status, v) = app.get(e, &format!("/api/chat/conversations/{first}"), b).await;
+    assert_eq!(status, 200, "{v}");
     let mut parts: Vec<String> =
         v["participantIds"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_string()).collect();
     parts.sort();

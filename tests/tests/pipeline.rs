@@ -65,19 +65,12 @@ async fn two_edges_two_workers_thousand_each_way() {
     }
 
     // History over REST matches, page by page, oldest first within a page.
-    let http = app.http();
     let mut from_rest: Vec<String> = Vec::new();
     let pages = (2 * N).div_ceil(100);
     for page in (1..=pages).rev() {
-        let v: Value = http
-            .get(format!("http://{e2}/api/chat/conversations/{conv}/messages?page={page}&limit=100"))
-            .bearer_auth(app.token(b, &[]))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let (status, v) =
+            app.get(e2, &format!("/api/chat/conversations/{conv}/messages?page={page}&limit=100"), b).await;
+        assert_eq!(status, 200, "{v}");
         assert_eq!(v["total"], 2 * N, "total");
         assert_eq!(v["hasMore"], page < pages, "hasMore on page {page}");
         from_rest.extend(v["messages"].as_array().unwrap().iter().map(|m| m["_id"].as_str().unwrap().to_string()));
@@ -85,15 +78,8 @@ async fn two_edges_two_workers_thousand_each_way() {
     assert_eq!(from_rest, expected, "REST history differs");
 
     // Unread counts: each side has the other's N messages unread.
-    let convs: Value = http
-        .get(format!("http://{e1}/api/chat/conversations"))
-        .bearer_auth(app.token(a, &[]))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (status, convs) = app.get(e1, "/api/chat/conversations", a).await;
+    assert_eq!(status, 200, "{convs}");
     assert_eq!(convs.as_array().unwrap().len(), 1);
     let c = &convs[0];
     assert_eq!(c["unreadCounts"][a.hex()], N as u64, "{c}");
