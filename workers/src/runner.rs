@@ -380,19 +380,31 @@ fn audit_fact(
 }
 
 /// Stores the batch's audit facts, waiting for every PubAck before the
-/// batch is acked (a redelivered command's fact is deduplicated by id).
+/// batch is acked (a redelivered command's fact is deduplicated by id). The
+/// publishes are pipelined; only a failed one is retried on its own.
 async fn store_facts(js: &jetstream::Context, subjects: &Subjects, role: &str, facts: Vec<(u64, Vec<u8>)>) {
+    let publish = |seq: u64, body: Vec<u8>| {
+        js.send_publish(
+            subjects.outcome(role),
+            jetstream::message::PublishMessage::build().payload(body.into()).message_id(format!("out:{seq}")),
+        )
+    };
+    let mut pending = Vec::with_capacity(facts.len());
+    let mut retry = Vec::new();
     for (seq, body) in facts {
+        match publish(seq, body.clone()).await {
+            Ok(ack) => pending.push((seq, body, ack)),
+            Err(_) => retry.push((seq, body)),
+        }
+    }
+    for (seq, body, ack) in pending {
+        if ack.await.is_err() {
+            retry.push((seq, body));
+        }
+    }
+    for (seq, body) in retry {
         loop {
-            let publish = js
-                .send_publish(
-                    subjects.outcome(role),
-                    jetstream::message::PublishMessage::build()
-                        .payload(body.clone().into())
-                        .message_id(format!("out:{seq}")),
-                )
-                .await;
-            match publish {
+            match publish(seq, body.clone()).await {
                 Ok(ack) => match ack.await {
                     Ok(_) => break,
                     Err(e) => warn!(error = %e, "audit fact not acknowledged; retrying"),

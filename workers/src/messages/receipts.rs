@@ -92,24 +92,41 @@ pub(super) async fn delivered(
         room.commit(&ctx.store, inc.seq, doc! {}).await?;
         return Ok(Disposition::Applied(vec![]));
     }
-    let seqs: Vec<i64> = c.seqs.iter().map(|s| *s as i64).collect();
+    // One index range over the room's messages, then the exact checks in
+    // memory: cheaper than `$in` and negations on every server.
+    let seqs: std::collections::HashSet<i64> = c.seqs.iter().map(|s| *s as i64).collect();
+    let (lo, hi) = (seqs.iter().min().copied().unwrap_or(0), seqs.iter().max().copied().unwrap_or(0));
     let mut filter = room.messages_filter();
-    filter.insert("seq", doc! {"$in": &seqs});
-    filter.insert("senderId", doc! {"$ne": user});
-    filter.insert("status", "sent");
-    filter.insert("deleted", doc! {"$ne": true});
-    filter.insert("messageType", doc! {"$ne": "system"});
+    filter.insert("seq", doc! {"$gte": lo, "$lte": hi});
     let mut changed = Vec::new();
-    let mut cur = ctx.store.messages().find(filter).await?;
+    let fields = doc! {"_id": 1, "seq": 1, "senderId": 1, "status": 1, "deleted": 1, "messageType": 1};
+    let raw = ctx.store.db().collection::<mongodb::bson::Document>(natter_shared::model::MESSAGES);
+    let mut cur = raw.find(filter).projection(fields).await?;
     while cur.advance().await? {
-        let m = cur.deserialize_current()?;
-        changed.push((m.id, m.sender_id));
+        let m = cur.current();
+        let seq = m.get_i64("seq").unwrap_or(0);
+        let (Ok(id), Ok(sender)) = (m.get_object_id("_id"), m.get_object_id("senderId")) else { continue };
+        let fresh = m.get_str("status").is_ok_and(|s| s == "sent")
+            && !m.get_bool("deleted").unwrap_or(false)
+            && m.get_str("messageType").is_ok_and(|t| t != "system");
+        if seqs.contains(&seq) && sender != user && fresh {
+            changed.push((id, sender));
+        }
     }
     if !changed.is_empty() {
         let ids: Vec<_> = changed.iter().map(|(id, _)| *id).collect();
         ctx.store
             .messages()
-            .update_many(doc! {"_id": {"$in": ids}, "status": "sent"}, doc! {"$set": {"status": "delivered"}})
+            .update_many(
+                {
+                    let mut f = room.messages_filter();
+                    f.insert("seq", doc! {"$gte": lo, "$lte": hi});
+                    f.insert("_id", doc! {"$in": ids});
+                    f.insert("status", "sent");
+                    f
+                },
+                doc! {"$set": {"status": "delivered"}},
+            )
             .await?;
     }
     room.commit(&ctx.store, inc.seq, doc! {}).await?;
