@@ -27,6 +27,10 @@ struct Args {
     /// Pause between a sender's messages, in milliseconds (0: as fast as acks come).
     #[arg(long, default_value_t = 0)]
     interval_ms: u64,
+    /// Seconds to let the workers share out the partitions before measuring
+    /// (0 measures through the start-up rebalancing).
+    #[arg(long, default_value_t = 6)]
+    settle_secs: u64,
 }
 
 fn now_micros() -> u128 {
@@ -53,6 +57,7 @@ async fn main() {
     for _ in 0..args.workers.max(1) {
         app.start_worker();
     }
+    tokio::time::sleep(Duration::from_secs(args.settle_secs)).await;
     let send_edge = edges[0];
     let recv_edge = *edges.last().unwrap();
 
