@@ -29,6 +29,8 @@ pub trait Input: DeserializeOwned + Send + Sync + 'static {
     fn reply(&self) -> Option<&str>;
     /// Whether the runner records an `AuditFact` for it.
     const AUDITED: bool;
+    /// The command itself, when the input is one.
+    fn command(&self) -> Option<&CommandEnvelope>;
 }
 
 impl Input for CommandEnvelope {
@@ -43,6 +45,9 @@ impl Input for CommandEnvelope {
         self.reply.as_deref()
     }
     const AUDITED: bool = true;
+    fn command(&self) -> Option<&CommandEnvelope> {
+        Some(self)
+    }
 }
 
 impl Input for AuditFact {
@@ -53,6 +58,9 @@ impl Input for AuditFact {
         None
     }
     const AUDITED: bool = false;
+    fn command(&self) -> Option<&CommandEnvelope> {
+        None
+    }
 }
 
 /// A message to publish on core NATS once the batch is written.

@@ -6,6 +6,7 @@ pub mod attachments;
 pub mod audit;
 pub mod handler;
 pub mod lease;
+pub mod main_support;
 pub mod messages;
 pub mod runner;
 pub mod start;

@@ -326,9 +326,20 @@ async fn process<H: Handler>(
                 }
             }
             if <H::Msg as crate::handler::Input>::AUDITED {
-                let env = serde_json::from_slice::<CommandEnvelope>(&m.payload).ok();
-                let time = m.info().map(|i| from_offset(i.published).timestamp_millis()).unwrap_or(0);
-                let fact = audit_fact(H::ROLE.name(), seq, time, env.as_ref(), status, reason, code);
+                // Decoded already, except what was dead-lettered before decoding.
+                let reparsed;
+                let env = match inc.and_then(|i| i.msg.command()) {
+                    Some(e) => Some(e),
+                    None => {
+                        reparsed = serde_json::from_slice::<CommandEnvelope>(&m.payload).ok();
+                        reparsed.as_ref()
+                    }
+                };
+                let time = match inc {
+                    Some(i) => i.time.timestamp_millis(),
+                    None => m.info().map(|i| from_offset(i.published).timestamp_millis()).unwrap_or(0),
+                };
+                let fact = audit_fact(H::ROLE.name(), seq, time, env, status, reason, code);
                 if let Ok(body) = serde_json::to_vec(&fact) {
                     facts.push((seq, body));
                 }
