@@ -4,6 +4,8 @@
 #           SecantusDB MongoDB wire server (secantusdb)
 #           and the websockets package for infra/demo.py
 #   s3s-fs  (with --s3) the S3 server, via cargo install
+#   tests/sio/node_modules  (with --node) the stock socket.io-client the
+#           integration tests drive the edge with, via npm ci (lockfile)
 # Idempotent: does nothing that is already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,10 +16,12 @@ WEBSOCKETS_VERSION="17.4"
 S3S_FS_VERSION="0.14.1"
 
 want_s3=0
+want_node=0
 for arg in "$@"; do
   case "$arg" in
     --s3) want_s3=1 ;;
-    *) echo "usage: $0 [--s3]" >&2; exit 2 ;;
+    --node) want_node=1 ;;
+    *) echo "usage: $0 [--s3] [--node]" >&2; exit 2 ;;
   esac
 done
 
@@ -35,4 +39,16 @@ fi
 if [ "$want_s3" = 1 ] && ! command -v s3s-fs >/dev/null 2>&1 && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs" ]; then
   echo "install: s3s-fs ${S3S_FS_VERSION} (cargo install, a few minutes)"
   cargo install "s3s-fs@${S3S_FS_VERSION}" --features binary --locked
+fi
+
+if [ "$want_node" = 1 ]; then
+  if ! command -v npm >/dev/null 2>&1; then
+    echo "install: nodejs and npm (apt)"
+    apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null
+  fi
+  # A copy of the lockfile npm ci installed from marks the install done.
+  if ! cmp -s tests/sio/package-lock.json tests/sio/node_modules/.installed-lock.json 2>/dev/null; then
+    echo "install: socket.io-client (npm ci in tests/sio)"
+    (cd tests/sio && npm ci --no-audit --no-fund --loglevel=error && cp package-lock.json node_modules/.installed-lock.json)
+  fi
 fi

@@ -8,9 +8,9 @@ use crate::hub::Hub;
 use crate::membership::Membership;
 use crate::presence::Presence;
 use crate::state::{EdgeState, Lifecycle};
-use crate::{health, rest, ws};
+use crate::{health, rest, sio, ws};
 use axum::Router;
-use axum::routing::get;
+use axum::routing::{any, get};
 use natter_nats::Subjects;
 use natter_shared::auth::Jwt;
 use natter_shared::config::EdgeConfig;
@@ -93,6 +93,7 @@ impl Edge {
             nats,
             js,
             subjects,
+            sio: Default::default(),
         });
         Ok(Edge { listener, state })
     }
@@ -106,12 +107,16 @@ impl Edge {
     }
 
     pub fn router(state: Arc<EdgeState>) -> Router {
+        let cors = cors(&state.config.frontend_urls);
         Router::new()
             .route("/ws", get(ws::handle))
+            .route("/socket.io/", any(sio::handle))
+            .route("/socket.io", any(sio::handle))
             .route("/healthz", get(health::healthz))
             .route("/readyz", get(health::readyz))
             .merge(rest::router())
             .fallback(|| async { crate::error::ChatError::NotFound("route") })
+            .layer(cors)
             .with_state(state)
     }
 
@@ -126,4 +131,17 @@ impl Edge {
         tracing::info!("edge stopped");
         Ok(())
     }
+}
+
+/// Browsers on the configured front-end origins may call the REST API and
+/// long-poll Socket.IO with credentials, as they could the NestJS module.
+fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
+    use axum::http::{HeaderValue, Method, header};
+    let origins: Vec<HeaderValue> = origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
+    tower_http::cors::CorsLayer::new()
+        .allow_origin(origins)
+        .allow_credentials(true)
+        .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE, Method::OPTIONS])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .max_age(Duration::from_secs(600))
 }

@@ -40,8 +40,12 @@ pub struct Head {
 /// What a connection's writer is given.
 #[derive(Debug)]
 pub enum Outbound {
-    /// A reply (ack, error, ready) or a local frame, written as text.
-    Text(String),
+    /// A reply to this connection (ack, error, ready), already encoded in
+    /// the connection's protocol.
+    Reply(String),
+    /// An event frame (the native JSON shape, as published) made on this
+    /// edge for this connection, not from a subscription: presence.
+    Local(String),
     /// An event from the subscription `subject`, written unless its
     /// `(seq, part)` was already written for that subject.
     Event { subject: Arc<str>, head: Arc<Head>, payload: Bytes },

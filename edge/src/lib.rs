@@ -14,9 +14,12 @@ pub mod membership;
 pub mod meta;
 pub mod presence;
 pub mod rest;
+pub mod session;
+pub mod sio;
 pub mod state;
 pub mod token;
 pub mod typing;
 pub mod ws;
+pub mod wsconn;
 
 pub use app::{Edge, StartError};

@@ -26,6 +26,8 @@ pub struct EdgeState {
     /// S3 client and bucket, when attachments are configured.
     pub s3: Option<(aws_sdk_s3::Client, String)>,
     pub lifecycle: Lifecycle,
+    /// Socket.IO (Engine.IO) sessions held by this edge.
+    pub sio: crate::sio::Registry,
 }
 
 /// Lifecycle handles shared by the server and its connections.

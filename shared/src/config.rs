@@ -94,6 +94,11 @@ pub struct EdgeConfig {
     /// `WS_RATE_PER_SEC` (default 100): requests per second one WebSocket
     /// connection may sustain; bursts of twice that are allowed.
     pub ws_rate_per_sec: u32,
+    /// `SIO_PING_INTERVAL_MS` (default 25000) and `SIO_PING_TIMEOUT_MS`
+    /// (default 20000): the Engine.IO heartbeat. A client that does not
+    /// answer a ping within the timeout is disconnected.
+    pub sio_ping_interval: std::time::Duration,
+    pub sio_ping_timeout: std::time::Duration,
 }
 
 /// S3-compatible storage for attachments.
@@ -192,6 +197,18 @@ impl EdgeConfig {
                 .filter(|n| *n > 0)
                 .ok_or_else(|| invalid("WS_RATE_PER_SEC", format!("`{v}` is not a positive number")))?,
         };
+        let millis = |name: &'static str, default: u64| match src.get(name) {
+            None => Ok(std::time::Duration::from_millis(default)),
+            Some(v) => v
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|n| (100..=600_000).contains(n))
+                .map(std::time::Duration::from_millis)
+                .ok_or_else(|| invalid(name, format!("`{v}` is not a number of milliseconds in 100..=600000"))),
+        };
+        let sio_ping_interval = millis("SIO_PING_INTERVAL_MS", 25_000)?;
+        let sio_ping_timeout = millis("SIO_PING_TIMEOUT_MS", 20_000)?;
         let attachment_url_ttl = match src.get("ATTACHMENT_URL_TTL") {
             None => 300,
             Some(v) => v
@@ -216,6 +233,8 @@ impl EdgeConfig {
             ws_rate_per_sec,
             attachment_url_ttl,
             attachment_proxy,
+            sio_ping_interval,
+            sio_ping_timeout,
         })
     }
 }

@@ -2,12 +2,14 @@
 //! JetStream, the SecantusDB MongoDB wire server) once per test binary, and
 //! gives each test its own namespace (subjects, streams) and database, plus
 //! helpers to run edges and workers in-process or as processes, mint tokens,
-//! and drive the WebSocket protocol.
+//! and drive the WebSocket protocol and a real socket.io-client.
 
 pub mod procs;
+pub mod sio;
 pub mod stack;
 pub mod ws;
 
+pub use sio::SioClient;
 pub use stack::{TestApp, servers};
 pub use ws::WsClient;
 

@@ -214,12 +214,22 @@ impl TestApp {
 
     /// Starts an edge in this process; returns its address.
     pub async fn start_edge(&mut self) -> SocketAddr {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let edge = Edge::build(self.edge_config(), listener, self.cancel.child_token()).await.expect("edge");
+        self.start_edge_at("127.0.0.1:0", self.cancel.child_token()).await.0
+    }
+
+    /// Starts an edge on `listen` that stops when `shutdown` is cancelled;
+    /// its address and its run (ends once it has drained).
+    pub async fn start_edge_at(
+        &mut self,
+        listen: &str,
+        shutdown: CancellationToken,
+    ) -> (SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>) {
+        let listener = tokio::net::TcpListener::bind(listen).await.expect("bind");
+        let edge = Edge::build(self.edge_config(), listener, shutdown).await.expect("edge");
         let addr = edge.local_addr().expect("addr");
-        tokio::spawn(edge.run());
+        let run = tokio::spawn(edge.run());
         self.edges.push(addr);
-        addr
+        (addr, run)
     }
 
     /// Starts a messages worker in this process; cancel the token to stop it.
@@ -314,6 +324,14 @@ impl TestApp {
             },
             3600,
         )
+    }
+
+    /// A well-signed token of `user` that expired ten minutes ago.
+    pub fn expired_token(&self, user: UserId) -> String {
+        use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+        let claims = serde_json::json!({"id": user.hex(), "exp": now - 600});
+        encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(JWT_SECRET.as_bytes())).expect("sign")
     }
 
     pub fn http(&self) -> reqwest::Client {

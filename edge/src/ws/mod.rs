@@ -3,7 +3,7 @@
 //! allowed front end or the token is missing, invalid or expired.
 
 mod connection;
-mod limits;
+pub mod limits;
 mod session;
 
 use crate::error::ChatError;

@@ -90,6 +90,18 @@ pub struct FileUpload {
     pub group_id: Option<String>,
 }
 
+impl FileUpload {
+    /// One room, a file name and a declared type of sane lengths.
+    pub fn validate(&self) -> Result<(), String> {
+        crate::ids::RoomRef::from_fields(self.conversation_id.as_deref(), self.group_id.as_deref())
+            .map_err(String::from)?;
+        if self.filename.is_empty() || self.filename.len() > 1000 || self.kind.is_empty() || self.kind.len() > 200 {
+            return Err("filename and type are required".into());
+        }
+        Ok(())
+    }
+}
+
 /// Largest header of a binary message.
 pub const MAX_UPLOAD_HEADER: usize = 16 * 1024;
 
@@ -117,11 +129,7 @@ pub fn parse_upload(msg: &[u8]) -> Result<(Option<String>, FileUpload, &[u8]), F
     }
     let up: FileUpload = serde_json::from_str(raw.data.map(|d| d.get()).unwrap_or("{}"))
         .map_err(|e| err(ErrorCode::InvalidPayload, e.to_string()))?;
-    crate::ids::RoomRef::from_fields(up.conversation_id.as_deref(), up.group_id.as_deref())
-        .map_err(|e| err(ErrorCode::InvalidPayload, e.into()))?;
-    if up.filename.is_empty() || up.filename.len() > 1000 || up.kind.is_empty() || up.kind.len() > 200 {
-        return Err(err(ErrorCode::InvalidPayload, "filename and type are required".into()));
-    }
+    up.validate().map_err(|m| err(ErrorCode::InvalidPayload, m))?;
     Ok((rid, up, &msg[4 + len..]))
 }
 
@@ -203,35 +211,36 @@ pub fn parse(text: &str) -> Result<(Option<String>, ClientRequest), FrameError> 
     let rid = raw.request_id.clone();
     let err = |code, message: String| FrameError { code, message, request_id: rid.clone() };
     let data = raw.data.map(|d| d.get()).unwrap_or("{}");
+    let req = parse_request(&raw.kind, data).map_err(|(code, message)| err(code, message))?;
+    Ok((rid, req))
+}
+
+/// Interprets the payload `data` (JSON text) of the event `kind`: the same
+/// rules for every client protocol. The error is a code and a message.
+pub fn parse_request(kind: &str, data: &str) -> Result<ClientRequest, (ErrorCode, String)> {
     fn payload<'de, T: Deserialize<'de>>(data: &'de str) -> Result<T, String> {
         serde_json::from_str(data).map_err(|e| e.to_string())
     }
-    let bad = |m: String| err(ErrorCode::InvalidPayload, m);
-    let req = match raw.kind.as_str() {
+    let bad = |m: String| (ErrorCode::InvalidPayload, m);
+    let req = match kind {
         "send_message" => {
-            let m: SendMessage = payload(data).map_err(|m| err(ErrorCode::InvalidPayload, m))?;
+            let m: SendMessage = payload(data).map_err(|m| (ErrorCode::InvalidPayload, m))?;
             if m.content.trim().is_empty() {
-                return Err(err(ErrorCode::InvalidPayload, "content must not be empty".into()));
+                return Err((ErrorCode::InvalidPayload, "content must not be empty".into()));
             }
             if m.content.len() > MAX_CONTENT_BYTES {
-                return Err(err(
-                    ErrorCode::InvalidPayload,
-                    format!("content is longer than {MAX_CONTENT_BYTES} bytes"),
-                ));
+                return Err((ErrorCode::InvalidPayload, format!("content is longer than {MAX_CONTENT_BYTES} bytes")));
             }
             if let Some(c) = &m.client_msg_id
                 && (c.is_empty() || c.len() > MAX_CLIENT_MSG_ID)
             {
-                return Err(err(
-                    ErrorCode::InvalidPayload,
-                    format!("clientMsgId must be 1..={MAX_CLIENT_MSG_ID} bytes"),
-                ));
+                return Err((ErrorCode::InvalidPayload, format!("clientMsgId must be 1..={MAX_CLIENT_MSG_ID} bytes")));
             }
             if let Err(e) = crate::ids::RoomRef::from_fields(m.conversation_id.as_deref(), m.group_id.as_deref()) {
-                return Err(err(ErrorCode::InvalidPayload, e.into()));
+                return Err((ErrorCode::InvalidPayload, e.into()));
             }
             if m.attachments.len() > MAX_ATTACHMENTS {
-                return Err(err(ErrorCode::InvalidPayload, format!("at most {MAX_ATTACHMENTS} attachments")));
+                return Err((ErrorCode::InvalidPayload, format!("at most {MAX_ATTACHMENTS} attachments")));
             }
             ClientRequest::SendMessage(m)
         }
@@ -247,15 +256,17 @@ pub fn parse(text: &str) -> Result<(Option<String>, ClientRequest), FrameError> 
         }
         "mark_as_read" => ClientRequest::MarkAsRead(payload(data).map_err(bad)?),
         "file_upload" => {
-            return Err(bad("file_upload is a binary message: [u32 header length][JSON header][file bytes]".into()));
+            return Err(bad(
+                "file_upload carries a file: on /ws a binary message, on Socket.IO a binary argument".into()
+            ));
         }
         "delete_message" => ClientRequest::DeleteMessage(payload(data).map_err(bad)?),
         other => {
             let shown: String = other.chars().take(64).collect();
-            return Err(err(ErrorCode::UnknownEvent, format!("unknown event `{shown}`")));
+            return Err((ErrorCode::UnknownEvent, format!("unknown event `{shown}`")));
         }
     };
-    Ok((rid, req))
+    Ok(req)
 }
 
 #[cfg(test)]

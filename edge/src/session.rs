@@ -1,0 +1,225 @@
+//! One authenticated client, whatever protocol it speaks (native `/ws` or
+//! Socket.IO): opening (its own subject, presence), every client request
+//! turned into the same chat operations and the data its ack carries, the
+//! request rate and abuse limits, and closing. The protocols only decode
+//! frames into [`ClientRequest`]s and encode answers.
+
+use crate::chat;
+use crate::error::ChatError;
+use crate::hub::{ConnId, Outbound, Sink};
+use crate::state::EdgeState;
+use crate::typing::TypingState;
+use crate::ws::limits::{Bucket, MAX_STRIKES, close};
+use natter_shared::auth::Identity;
+use natter_shared::ids::{RoomKind, RoomRef};
+use natter_shared::v1::client::{ClientRequest, FileUpload};
+use natter_shared::v1::command::{RequestMeta, RoomFields};
+use natter_shared::v1::server::SendAck;
+use serde_json::{Value, json};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+
+/// A new connection id, unique within this edge.
+pub fn next_conn() -> ConnId {
+    NEXT_CONN.fetch_add(1, Ordering::Relaxed)
+}
+
+/// What the reader should do after a frame.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next {
+    Continue,
+    /// Close with this WebSocket close code and reason.
+    Close(u16, &'static str),
+}
+
+/// Ends what a session started: typing, subscriptions, presence.
+pub struct Closer {
+    st: Arc<EdgeState>,
+    who: Identity,
+    conn: ConnId,
+    followed: Arc<Mutex<HashSet<String>>>,
+    typing: Arc<TypingState>,
+}
+
+impl Closer {
+    pub async fn close(self) {
+        self.typing.stop_all(&self.st, &self.who).await;
+        let subjects: Vec<String> = self.followed.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect();
+        for s in subjects {
+            self.st.hub.unfollow(&s, self.conn).await;
+        }
+        self.st.presence.disconnect(self.who.user, self.conn).await;
+    }
+}
+
+pub struct Session {
+    pub st: Arc<EdgeState>,
+    pub who: Identity,
+    pub sink: Sink,
+    typing: Arc<TypingState>,
+    /// The handshake's metadata; each request adds its id.
+    meta: RequestMeta,
+    bucket: Bucket,
+    strikes: u32,
+}
+
+impl Session {
+    /// Opens the session: the connection follows the user's own subject
+    /// (receipts for their messages, membership changes, refusals) and
+    /// counts for presence. Events and replies go to `tx`.
+    pub async fn open(
+        st: Arc<EdgeState>,
+        who: Identity,
+        meta: RequestMeta,
+        conn: ConnId,
+        tx: mpsc::Sender<Outbound>,
+        overflow: CancellationToken,
+    ) -> Session {
+        let followed = Arc::new(Mutex::new(HashSet::new()));
+        let sink = Sink { conn, user: who.user, tx, overflow, followed };
+        let own = st.subjects.user_events(&who.user.hex());
+        if let Err(e) = st.hub.follow(&own, sink.clone()).await {
+            tracing::warn!(error = %e, "cannot follow the user's subject");
+        }
+        st.presence.connect(&sink).await;
+        let bucket = Bucket::new(st.config.ws_rate_per_sec);
+        Session { st, who, sink, typing: Arc::new(TypingState::default()), meta, bucket, strikes: 0 }
+    }
+
+    /// What ends the session, held apart so that the session can be
+    /// dropped with the task that reads for it.
+    pub fn closer(&self) -> Closer {
+        Closer {
+            st: self.st.clone(),
+            who: self.who.clone(),
+            conn: self.sink.conn,
+            followed: self.sink.followed.clone(),
+            typing: self.typing.clone(),
+        }
+    }
+
+    /// Queues a reply, already encoded in the connection's protocol.
+    pub async fn reply(&self, text: String) {
+        let _ = self.sink.tx.send(Outbound::Reply(text)).await;
+    }
+
+    /// Takes a token from the request rate bucket.
+    pub fn admit(&mut self) -> bool {
+        self.bucket.take()
+    }
+
+    /// Counts a refused request; too many close the connection.
+    pub fn strike(&mut self) -> Next {
+        self.strikes += 1;
+        if self.strikes > MAX_STRIKES {
+            Next::Close(close::POLICY_VIOLATION, "too many invalid or rate-limited requests")
+        } else {
+            Next::Continue
+        }
+    }
+
+    fn meta(&self, rid: Option<&str>) -> RequestMeta {
+        RequestMeta { request_id: rid.map(str::to_string), ..self.meta.clone() }
+    }
+
+    /// Applies one request; the answer is the data its ack carries.
+    pub async fn request(&mut self, rid: Option<&str>, req: ClientRequest) -> Result<Value, ChatError> {
+        let meta = self.meta(rid);
+        crate::meta::scope(meta, self.dispatch(req)).await
+    }
+
+    /// A `file_upload`: staged, then a command; acked once staged, the
+    /// worker's verdict comes as `file_upload_response`.
+    pub async fn upload(&mut self, rid: Option<&str>, up: FileUpload, bytes: bytes::Bytes) -> Result<Value, ChatError> {
+        let meta = self.meta(rid);
+        crate::meta::scope(meta, async {
+            let raw = RoomRef::from_fields(up.conversation_id.as_deref(), up.group_id.as_deref())
+                .map_err(|e| ChatError::InvalidPayload(e.into()))?;
+            let (room, _) = chat::room(raw.kind, &raw.id)?;
+            let body = futures::stream::iter([Ok::<_, std::convert::Infallible>(bytes)]);
+            let staged =
+                crate::attachments::upload(&self.st, &self.who, room.clone(), &up.filename, &up.kind, body, false)
+                    .await?;
+            let mut data = json!({"attachmentId": staged.id, "seq": staged.seq});
+            RoomFields::of(&room).merge_into(&mut data);
+            Ok(data)
+        })
+        .await
+    }
+
+    fn room_data(room: &RoomRef) -> Value {
+        serde_json::to_value(RoomFields::of(room)).unwrap_or(Value::Null)
+    }
+
+    async fn join(&mut self, kind: RoomKind, id: &str) -> Result<Value, ChatError> {
+        let (room, _) = chat::room(kind, id)?;
+        chat::require_member(&self.st, &self.who, &room).await?;
+        let subject = self.st.hub.room_subject(&room);
+        self.st.hub.follow(&subject, self.sink.clone()).await.map_err(ChatError::unavailable)?;
+        Ok(Self::room_data(&room))
+    }
+
+    async fn leave(&mut self, kind: RoomKind, id: &str) -> Result<Value, ChatError> {
+        let (room, _) = chat::room(kind, id)?;
+        let subject = self.st.hub.room_subject(&room);
+        self.st.hub.unfollow(&subject, self.sink.conn).await;
+        self.typing.stop(&self.st, &self.who, &room).await;
+        Ok(Self::room_data(&room))
+    }
+
+    async fn dispatch(&mut self, req: ClientRequest) -> Result<Value, ChatError> {
+        match req {
+            ClientRequest::SendMessage(m) => {
+                let sent = chat::send_message(&self.st, &self.who, m).await?;
+                let fields = RoomFields::of(&sent.room);
+                let ack = SendAck {
+                    message_id: &sent.message_id,
+                    conversation_id: fields.conversation_id.as_deref(),
+                    group_id: fields.group_id.as_deref(),
+                    client_msg_id: &sent.client_msg_id,
+                    seq: sent.seq,
+                    duplicate: sent.duplicate,
+                };
+                Ok(serde_json::to_value(ack).unwrap_or(Value::Null))
+            }
+            ClientRequest::JoinConversation(r) => self.join(RoomKind::Conversation, &r.conversation_id).await,
+            ClientRequest::LeaveConversation(r) => self.leave(RoomKind::Conversation, &r.conversation_id).await,
+            ClientRequest::JoinGroup(r) => self.join(RoomKind::Group, &r.group_id).await,
+            ClientRequest::LeaveGroup(r) => self.leave(RoomKind::Group, &r.group_id).await,
+            ClientRequest::Typing(t) => {
+                let raw = RoomRef::from_fields(t.conversation_id.as_deref(), t.group_id.as_deref())
+                    .map_err(|e| ChatError::InvalidPayload(e.into()))?;
+                let (room, _) = chat::room(raw.kind, &raw.id)?;
+                // A socket following the room was checked when it joined
+                // (and is cut off when removed); others are checked now.
+                let following = self.sink.followed.lock().is_ok_and(|f| f.contains(&self.st.hub.room_subject(&room)));
+                if !following {
+                    chat::require_member(&self.st, &self.who, &room).await?;
+                }
+                if t.is_typing {
+                    self.typing.start(&self.st, &self.who, &room).await;
+                } else {
+                    self.typing.stop(&self.st, &self.who, &room).await;
+                }
+                Ok(Self::room_data(&room))
+            }
+            ClientRequest::MarkAsRead(r) => {
+                let (room, seq) = chat::mark_read(&self.st, &self.who, &r.message_id, false).await?;
+                let mut data = json!({"messageId": r.message_id, "seq": seq});
+                RoomFields::of(&room).merge_into(&mut data);
+                Ok(data)
+            }
+            ClientRequest::DeleteMessage(r) => {
+                let (room, seq) = chat::delete_message(&self.st, &self.who, &r.message_id, false).await?;
+                let mut data = json!({"messageId": r.message_id, "seq": seq});
+                RoomFields::of(&room).merge_into(&mut data);
+                Ok(data)
+            }
+        }
+    }
+}

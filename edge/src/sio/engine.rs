@@ -1,0 +1,435 @@
+//! One Engine.IO session: its transports (long-polling, WebSocket, the
+//! upgrade from the first to the second), its heartbeat and its downlink.
+//!
+//! Everything the client sends goes, in order, to the session's Socket.IO
+//! task through one bounded queue (a slow task slows the client down, it
+//! never grows memory). Everything sent to the client (replies, events,
+//! pings) is taken from one downlink by whichever transport is active: a
+//! pending long-poll GET, or the WebSocket writer once the upgrade is done.
+
+use super::socket;
+use super::{EioError, Transport};
+use crate::hub::Outbound;
+use crate::session::Next;
+use crate::state::EdgeState;
+use crate::ws::limits::{MAX_FRAME_BYTES, QUEUE_LEN, close};
+use crate::wsconn::{self, Control, Delivered, EventGate, Io, Message, Source};
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use engineioxide_core::{OpenPacket, Packet, PacketParseError, ProtocolVersion, Sid, Str, TransportType};
+use fastwebsockets::{Frame, OpCode, Payload, WebSocket};
+use futures::StreamExt;
+use natter_shared::ids::UserId;
+use natter_shared::v1::client::MAX_UPLOAD_HEADER;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug};
+
+/// What the client sent, for the Socket.IO task.
+pub enum Inbound {
+    Text(Str),
+    Binary(Bytes),
+}
+
+/// Most bytes one long-poll response carries (more waits for the next poll).
+const MAX_POLL_BODY: usize = 1 << 20;
+/// Client packets queued for the Socket.IO task before the client waits.
+const INBOUND_LEN: usize = 32;
+
+/// Why a client packet was refused; either ends the session.
+#[derive(Debug)]
+enum Refusal {
+    TooLarge,
+    Bad,
+}
+
+pub struct Engine {
+    pub sid: Sid,
+    inbound: mpsc::Sender<Inbound>,
+    /// Replies and events for the client; the session's sink sends here.
+    pub out: mpsc::Sender<Outbound>,
+    /// Engine.IO packets of our own (open, ping, noop).
+    ctl: mpsc::UnboundedSender<Packet>,
+    down: tokio::sync::Mutex<Downlink>,
+    transport: Mutex<Transport>,
+    upgrading: std::sync::atomic::AtomicBool,
+    posting: tokio::sync::Mutex<()>,
+    last_pong: Mutex<Instant>,
+    /// The user, once the Socket.IO CONNECT is accepted.
+    user: Arc<OnceLock<UserId>>,
+    /// Cancelled when the session ends, for whatever reason (a child of
+    /// the edge's shutdown token).
+    pub closed: CancellationToken,
+    /// Cancelled when the client cannot keep up with its events.
+    pub overflow: CancellationToken,
+    ping_interval: Duration,
+    ping_timeout: Duration,
+    /// Largest binary message or attachment (an upload).
+    pub max_binary: usize,
+    /// Largest polling request body (`maxPayload`): an upload in base64.
+    max_payload: u64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Engine {
+    pub fn new(st: &EdgeState, transport: Transport) -> (Arc<Engine>, mpsc::Receiver<Inbound>) {
+        let (in_tx, in_rx) = mpsc::channel(INBOUND_LEN);
+        let (out_tx, out_rx) = mpsc::channel(QUEUE_LEN);
+        let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+        let user = Arc::new(OnceLock::new());
+        let max_binary = st.config.max_file_size as usize + MAX_UPLOAD_HEADER;
+        let engine = Engine {
+            sid: Sid::new(),
+            inbound: in_tx,
+            out: out_tx,
+            ctl: ctl_tx,
+            down: tokio::sync::Mutex::new(Downlink { out: out_rx, ctl: ctl_rx, gate: None, user: user.clone() }),
+            transport: Mutex::new(transport),
+            upgrading: false.into(),
+            posting: tokio::sync::Mutex::new(()),
+            last_pong: Mutex::new(Instant::now()),
+            user,
+            closed: st.lifecycle.shutdown.child_token(),
+            overflow: CancellationToken::new(),
+            ping_interval: st.config.sio_ping_interval,
+            ping_timeout: st.config.sio_ping_timeout,
+            max_binary,
+            max_payload: (max_binary.div_ceil(3) * 4 + MAX_FRAME_BYTES + 64) as u64,
+        };
+        (Arc::new(engine), in_rx)
+    }
+
+    pub fn open_packet_fields(&self) -> OpenPacket {
+        let polling = *lock(&self.transport) == Transport::Polling;
+        OpenPacket {
+            sid: self.sid,
+            upgrades: if polling { vec![TransportType::Websocket].into() } else { Vec::new().into() },
+            ping_interval: self.ping_interval,
+            ping_timeout: self.ping_timeout,
+            max_payload: self.max_payload,
+        }
+    }
+
+    pub fn open_packet(&self) -> String {
+        String::from(Packet::Open(self.open_packet_fields()))
+    }
+
+    /// Queues an Engine.IO packet of our own.
+    pub fn push(&self, p: Packet) {
+        let _ = self.ctl.send(p);
+    }
+
+    pub fn set_user(&self, user: UserId) {
+        let _ = self.user.set(user);
+    }
+
+    /// Ends the session: transports close, the Socket.IO task stops.
+    pub fn close(&self) {
+        self.closed.cancel();
+    }
+
+    fn transport(&self) -> Transport {
+        *lock(&self.transport)
+    }
+
+    /// A packet from the client, on either transport.
+    async fn receive(&self, p: Packet) -> Result<(), Refusal> {
+        match p {
+            Packet::Pong => *lock(&self.last_pong) = Instant::now(),
+            Packet::Message(s) if s.len() > MAX_FRAME_BYTES => return Err(Refusal::TooLarge),
+            Packet::Message(s) => self.inbound.send(Inbound::Text(s)).await.map_err(|_| Refusal::Bad)?,
+            Packet::Binary(b) if b.len() > self.max_binary => return Err(Refusal::TooLarge),
+            Packet::Binary(b) => self.inbound.send(Inbound::Binary(b)).await.map_err(|_| Refusal::Bad)?,
+            Packet::Close => self.close(),
+            _ => return Err(Refusal::Bad),
+        }
+        Ok(())
+    }
+
+    /// A long-poll GET: waits for something to send (a ping comes every
+    /// `pingInterval`), then sends all that is queued.
+    pub async fn poll(&self, st: &EdgeState) -> Result<Response, EioError> {
+        if self.transport() != Transport::Polling {
+            return Err(EioError::BadRequest);
+        }
+        // Two polls at once break the protocol: Engine.IO closes the session.
+        let Ok(mut down) = self.down.try_lock() else {
+            self.close();
+            return Err(EioError::BadRequest);
+        };
+        let first = tokio::select! {
+            biased;
+            _ = self.closed.cancelled() => None,
+            n = down.next() => n,
+        };
+        let Some((p, d)) = first else { return Ok(text_response(String::from(Packet::Close))) };
+        let mut body = String::from(p);
+        let mut delivered: Vec<Delivered> = d.into_iter().collect();
+        while body.len() < MAX_POLL_BODY {
+            let Some((p, d)) = down.try_next() else { break };
+            body.push('\u{1e}');
+            body.push_str(&String::from(p));
+            delivered.extend(d);
+        }
+        drop(down);
+        for (user, room, seq) in delivered {
+            st.deliveries.report(user, room, seq);
+        }
+        Ok(text_response(body))
+    }
+
+    /// A polling POST: the packets of its body, in order.
+    pub async fn post(&self, body: Body) -> Result<Response, EioError> {
+        if self.transport() != Transport::Polling {
+            return Err(EioError::BadRequest);
+        }
+        let Ok(_one) = self.posting.try_lock() else {
+            self.close();
+            return Err(EioError::BadRequest);
+        };
+        let packets = engineioxide_core::payload::decoder(body, None, ProtocolVersion::V4, self.max_payload);
+        let mut packets = std::pin::pin!(packets);
+        while let Some(p) = packets.next().await {
+            let result = match p {
+                Ok(p) => self.receive(p).await,
+                Err(PacketParseError::PayloadTooLarge { .. }) => Err(Refusal::TooLarge),
+                Err(_) => Err(Refusal::Bad),
+            };
+            match result {
+                Ok(()) => {}
+                Err(Refusal::TooLarge) => {
+                    self.close();
+                    return Ok((StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large").into_response());
+                }
+                Err(Refusal::Bad) => {
+                    self.close();
+                    return Err(EioError::BadRequest);
+                }
+            }
+        }
+        Ok(text_response("ok".to_string()))
+    }
+
+    /// A WebSocket for a session that polls so far: the upgrade.
+    pub fn upgrade_to_websocket(self: Arc<Self>, st: Arc<EdgeState>, req: Request) -> Result<Response, EioError> {
+        if self.transport() != Transport::Polling || self.upgrading.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Err(EioError::BadRequest);
+        }
+        Ok(websocket(self, st, req, true))
+    }
+
+    async fn run_ws(self: Arc<Self>, ws: WebSocket<Io>, st: Arc<EdgeState>, upgrade: bool) {
+        let (rx, mut tx) = ws.split(tokio::io::split);
+        let (ctl_tx, mut ctl_rx) = mpsc::channel::<Control>(8);
+        let (up_tx, mut up_rx) = oneshot::channel::<()>();
+        let mut inbound =
+            WsInbound { engine: self.clone(), probing: upgrade, upgraded: Some(up_tx), ctl: ctl_tx.clone() };
+        let max_binary = self.max_binary;
+        let reader = tokio::spawn(
+            async move { wsconn::read_messages(rx, ctl_tx, MAX_FRAME_BYTES + 1, max_binary, &mut inbound).await }
+                .in_current_span(),
+        );
+        if upgrade {
+            // Until the client confirms the upgrade only the probe's answer
+            // goes this way; the session's packets still go by polling.
+            loop {
+                tokio::select! {
+                    _ = self.closed.cancelled() => break,
+                    c = ctl_rx.recv() => match c {
+                        Some(Control::Frame(op, payload)) => {
+                            if tx.write_frame(Frame::new(true, op, None, Payload::Owned(payload))).await.is_err() {
+                                break;
+                            }
+                        }
+                        Some(Control::Close(code, reason)) => {
+                            let _ = tx.write_frame(Frame::close(code, reason.as_bytes())).await;
+                            break;
+                        }
+                        None => break,
+                    },
+                    _ = &mut up_rx => break,
+                }
+            }
+            if self.transport() != Transport::Websocket {
+                // The probe failed or the session ended: polling goes on
+                // (or stops with the session).
+                self.upgrading.store(false, std::sync::atomic::Ordering::SeqCst);
+                reader.abort();
+                return;
+            }
+        }
+        {
+            let down = self.down.lock().await;
+            let source = DownSource { down };
+            wsconn::write_loop(tx, source, &mut ctl_rx, &self.closed, &self.overflow, &st.deliveries).await;
+        }
+        self.close();
+        let mut reader = reader;
+        if tokio::time::timeout(Duration::from_secs(2), &mut reader).await.is_err() {
+            reader.abort();
+        }
+    }
+}
+
+/// Engine.IO packets from a WebSocket: first the upgrade's probe (when the
+/// session polled so far), then the session's packets.
+struct WsInbound {
+    engine: Arc<Engine>,
+    probing: bool,
+    upgraded: Option<oneshot::Sender<()>>,
+    ctl: mpsc::Sender<Control>,
+}
+
+impl wsconn::Handler for WsInbound {
+    async fn on(&mut self, m: Message) -> Next {
+        let p = match m {
+            Message::Text(t) => match Packet::parse(ProtocolVersion::V4, t) {
+                Ok(p) => p,
+                Err(_) => return Next::Close(close::PROTOCOL_ERROR, "bad Engine.IO packet"),
+            },
+            Message::Binary(b) => Packet::Binary(b.into()),
+        };
+        match (self.probing, p) {
+            (true, Packet::PingUpgrade) => {
+                let _ = self.ctl.send(Control::Frame(OpCode::Text, b"3probe".to_vec())).await;
+                // Ends the pending poll, so that the client can finish the upgrade.
+                self.engine.push(Packet::Noop);
+                Next::Continue
+            }
+            (true, Packet::Upgrade) => {
+                self.probing = false;
+                *lock(&self.engine.transport) = Transport::Websocket;
+                if let Some(t) = self.upgraded.take() {
+                    let _ = t.send(());
+                }
+                Next::Continue
+            }
+            (true, _) => Next::Close(close::PROTOCOL_ERROR, "expected the upgrade probe"),
+            (false, p) => match self.engine.receive(p).await {
+                Ok(()) => Next::Continue,
+                Err(Refusal::TooLarge) => Next::Close(close::TOO_BIG, "message too large"),
+                Err(Refusal::Bad) => Next::Close(close::PROTOCOL_ERROR, "bad Engine.IO packet"),
+            },
+        }
+    }
+}
+
+/// Upgrades `req` and runs the WebSocket transport of `engine` on it.
+pub fn websocket(engine: Arc<Engine>, st: Arc<EdgeState>, mut req: Request, upgrade: bool) -> Response {
+    let (resp, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
+        Ok(x) => x,
+        Err(_) => return EioError::BadRequest.into_response(),
+    };
+    let tracker = st.lifecycle.tracker.clone();
+    tracker.spawn(
+        async move {
+            match fut.await {
+                Ok(ws) => engine.run_ws(ws, st, upgrade).await,
+                Err(e) => {
+                    debug!(error = %e, "upgrade failed");
+                    if !upgrade {
+                        engine.close();
+                    }
+                }
+            }
+        }
+        .in_current_span(),
+    );
+    resp.map(Body::new)
+}
+
+pub fn text_response(body: String) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; charset=UTF-8")], body).into_response()
+}
+
+/// Pings every `interval`; a client that does not answer within `timeout`
+/// is gone.
+pub async fn heartbeat(engine: Arc<Engine>, interval: Duration, timeout: Duration) {
+    loop {
+        tokio::select! {
+            _ = engine.closed.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let sent = Instant::now();
+        engine.push(Packet::Ping);
+        tokio::select! {
+            _ = engine.closed.cancelled() => return,
+            _ = tokio::time::sleep(timeout) => {}
+        }
+        if *lock(&engine.last_pong) < sent {
+            debug!(sid = %engine.sid, "ping timeout");
+            engine.close();
+            return;
+        }
+    }
+}
+
+/// Everything for the client, as Engine.IO packets: our own packets first,
+/// then replies and events (each event at most once per subject).
+struct Downlink {
+    out: mpsc::Receiver<Outbound>,
+    ctl: mpsc::UnboundedReceiver<Packet>,
+    gate: Option<EventGate>,
+    user: Arc<OnceLock<UserId>>,
+}
+
+impl Downlink {
+    fn convert(&mut self, o: Outbound) -> Option<(Packet, Option<Delivered>)> {
+        match o {
+            Outbound::Reply(s) => Some((Packet::Message(s.into()), None)),
+            Outbound::Local(s) => socket::event_from_native(s.as_bytes()).map(|m| (Packet::Message(m), None)),
+            Outbound::Event { subject, head, payload } => {
+                if self.gate.is_none() {
+                    self.gate = Some(EventGate::new(*self.user.get()?));
+                }
+                let delivered = self.gate.as_mut()?.admit(&subject, &head)?;
+                socket::event_from_native(&payload).map(|m| (Packet::Message(m), delivered))
+            }
+        }
+    }
+
+    async fn next(&mut self) -> Option<(Packet, Option<Delivered>)> {
+        loop {
+            let o = tokio::select! {
+                biased;
+                p = self.ctl.recv() => return p.map(|p| (p, None)),
+                o = self.out.recv() => o?,
+            };
+            if let Some(x) = self.convert(o) {
+                return Some(x);
+            }
+        }
+    }
+
+    fn try_next(&mut self) -> Option<(Packet, Option<Delivered>)> {
+        if let Ok(p) = self.ctl.try_recv() {
+            return Some((p, None));
+        }
+        loop {
+            let o = self.out.try_recv().ok()?;
+            if let Some(x) = self.convert(o) {
+                return Some(x);
+            }
+        }
+    }
+}
+
+/// The downlink as WebSocket text frames.
+struct DownSource<'a> {
+    down: tokio::sync::MutexGuard<'a, Downlink>,
+}
+
+impl Source for DownSource<'_> {
+    async fn next(&mut self) -> Option<(Frame<'static>, Option<Delivered>)> {
+        let (p, d) = self.down.next().await?;
+        Some((Frame::text(Payload::Owned(String::from(p).into_bytes())), d))
+    }
+}

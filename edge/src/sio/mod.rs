@@ -1,0 +1,194 @@
+//! Socket.IO v4 at `/socket.io/`: Engine.IO protocol 4 (handshake,
+//! heartbeats, HTTP long-polling, WebSocket, the upgrade from one to the
+//! other) carrying Socket.IO protocol 5 (the default namespace, `auth` in
+//! CONNECT, events, acknowledgements, binary attachments), so that a stock
+//! `socket.io-client` front end connects unchanged.
+//!
+//! Packets are encoded and decoded by `engineioxide-core` (Engine.IO
+//! packets, polling payloads) and `socketioxide-parser-common` (Socket.IO
+//! packets, binary attachments): the codec crates of socketioxide, which
+//! carry no transport and no adapter. Transports, queues and fan-out are the
+//! edge's own: a socket's WebSocket is fastwebsockets, its queue and NATS
+//! subscriptions are those of the native protocol, and its requests go
+//! through the same [`Session`](crate::session::Session).
+//!
+//! Long-polling keeps a session's state on the edge that created it: behind
+//! several edges the load balancer must route a session's requests to one
+//! edge (sticky sessions). A request for a session this edge does not know
+//! gets Engine.IO's `Session ID unknown` error.
+
+mod engine;
+mod socket;
+
+use crate::state::EdgeState;
+use crate::token;
+use axum::extract::{Request, State};
+use axum::http::{Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+pub use engine::Engine;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Engine.IO's error codes, answered as `{"code": n, "message": ...}` with
+/// status 400 (403 for `Forbidden`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EioError {
+    UnknownTransport = 0,
+    UnknownSid = 1,
+    BadHandshakeMethod = 2,
+    BadRequest = 3,
+    Forbidden = 4,
+    UnsupportedProtocolVersion = 5,
+}
+
+impl EioError {
+    fn message(self) -> &'static str {
+        match self {
+            EioError::UnknownTransport => "Transport unknown",
+            EioError::UnknownSid => "Session ID unknown",
+            EioError::BadHandshakeMethod => "Bad handshake method",
+            EioError::BadRequest => "Bad request",
+            EioError::Forbidden => "Forbidden",
+            EioError::UnsupportedProtocolVersion => "Unsupported protocol version",
+        }
+    }
+}
+
+impl IntoResponse for EioError {
+    fn into_response(self) -> Response {
+        let status = if self == EioError::Forbidden { StatusCode::FORBIDDEN } else { StatusCode::BAD_REQUEST };
+        let body = serde_json::json!({"code": self as u8, "message": self.message()});
+        (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+    }
+}
+
+/// The Engine.IO sessions this edge holds.
+#[derive(Default)]
+pub struct Registry {
+    sessions: Mutex<HashMap<String, Arc<Engine>>>,
+}
+
+impl Registry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Engine>>> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn get(&self, sid: &str) -> Option<Arc<Engine>> {
+        self.lock().get(sid).cloned()
+    }
+
+    fn insert(&self, engine: Arc<Engine>) {
+        self.lock().insert(engine.sid.to_string(), engine);
+    }
+
+    fn remove(&self, sid: &str) {
+        self.lock().remove(sid);
+    }
+
+    /// How many sessions are open.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The query of an Engine.IO request.
+#[derive(Debug, Default)]
+struct Query {
+    eio: Option<String>,
+    transport: Option<String>,
+    sid: Option<String>,
+}
+
+impl Query {
+    fn parse(q: Option<&str>) -> Query {
+        let mut out = Query::default();
+        for (k, v) in url::form_urlencoded::parse(q.unwrap_or("").as_bytes()) {
+            match k.as_ref() {
+                "EIO" => out.eio = Some(v.into_owned()),
+                "transport" => out.transport = Some(v.into_owned()),
+                "sid" => out.sid = Some(v.into_owned()),
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Polling,
+    Websocket,
+}
+
+pub async fn handle(State(st): State<Arc<EdgeState>>, req: Request) -> Response {
+    match route(st, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn route(st: Arc<EdgeState>, req: Request) -> Result<Response, EioError> {
+    let q = Query::parse(req.uri().query());
+    if q.eio.as_deref() != Some("4") {
+        return Err(EioError::UnsupportedProtocolVersion);
+    }
+    let transport = match q.transport.as_deref() {
+        Some("polling") => Transport::Polling,
+        Some("websocket") => Transport::Websocket,
+        _ => return Err(EioError::UnknownTransport),
+    };
+    if !crate::ws::origin_allowed(&st, req.headers()) {
+        return Err(EioError::Forbidden);
+    }
+    let is_upgrade = fastwebsockets::upgrade::is_upgrade_request(&req);
+    match (q.sid, req.method().clone(), transport) {
+        (None, Method::GET, Transport::Polling) => {
+            let engine = open(&st, &req, Transport::Polling);
+            Ok(engine::text_response(engine.open_packet()))
+        }
+        (None, Method::GET, Transport::Websocket) if is_upgrade => {
+            let engine = open(&st, &req, Transport::Websocket);
+            engine.push(engineioxide_core::Packet::Open(engine.open_packet_fields()));
+            Ok(engine::websocket(engine, st, req, false))
+        }
+        (None, _, _) => Err(EioError::BadHandshakeMethod),
+        (Some(sid), method, transport) => {
+            let engine = st.sio.get(&sid).ok_or(EioError::UnknownSid)?;
+            match (method, transport) {
+                (Method::GET, Transport::Polling) => engine.poll(&st).await,
+                (Method::POST, Transport::Polling) => engine.post(req.into_body()).await,
+                (Method::GET, Transport::Websocket) if is_upgrade => engine.upgrade_to_websocket(st, req),
+                _ => Err(EioError::BadRequest),
+            }
+        }
+    }
+}
+
+/// A new session: registered, its Socket.IO task and heartbeat started.
+fn open(st: &Arc<EdgeState>, req: &Request, transport: Transport) -> Arc<Engine> {
+    let handshake = socket::Handshake {
+        meta: natter_shared::v1::command::RequestMeta {
+            via: "socketio".into(),
+            ..crate::meta::from_handshake(req.headers())
+        },
+        token: token::bearer(req.headers()).or_else(|| token::from_query(req.uri().query())),
+    };
+    let (engine, inbound) = Engine::new(st, transport);
+    st.sio.insert(engine.clone());
+    let (st2, e2) = (st.clone(), engine.clone());
+    st.lifecycle.tracker.spawn(async move {
+        socket::run(e2.clone(), inbound, st2.clone(), handshake).await;
+        e2.close();
+        st2.sio.remove(&e2.sid.to_string());
+    });
+    st.lifecycle.tracker.spawn(engine::heartbeat(
+        engine.clone(),
+        st.config.sio_ping_interval,
+        st.config.sio_ping_timeout,
+    ));
+    engine
+}

@@ -1,0 +1,283 @@
+//! The Socket.IO layer of one Engine.IO session: the CONNECT to the default
+//! namespace (the JWT in `auth.token`), then events in, mapped onto the same
+//! [`Session`] as the native protocol, and acknowledgements, `error` events
+//! and the fanned-out events (the native frames' `type` and `data`) out.
+
+use super::engine::{Engine, Inbound};
+use crate::error::ChatError;
+use crate::session::{Next, Session, next_conn};
+use crate::state::EdgeState;
+use engineioxide_core::Str;
+use natter_shared::auth::Identity;
+use natter_shared::v1::client::{self, FileUpload};
+use natter_shared::v1::command::RequestMeta;
+use natter_shared::v1::error::ErrorCode;
+use serde::Deserialize;
+use serde_json::json;
+use serde_json::value::RawValue;
+use socketioxide_core::Value;
+use socketioxide_core::packet::{Packet, PacketData};
+use socketioxide_core::parser::{Parse, ParseConfig, ParseError, ParserState};
+use socketioxide_parser_common::CommonParser;
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tracing::{Instrument, debug, info_span};
+
+/// Time a client has to CONNECT after the Engine.IO handshake.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(45);
+/// Refused CONNECTs (bad tokens) before the session is closed.
+const MAX_CONNECT_ATTEMPTS: u32 = 5;
+
+/// What the Engine.IO handshake told about the client.
+pub struct Handshake {
+    pub meta: RequestMeta,
+    /// A token from the handshake's `Authorization` header or `?token=`,
+    /// used when the CONNECT's `auth` has none.
+    pub token: Option<String>,
+}
+
+fn encode(p: Packet) -> String {
+    match CommonParser.encode(p) {
+        Value::Str(s, _) => s.as_str().to_owned(),
+        // The common parser encodes every packet as text.
+        Value::Bytes(_) => String::new(),
+    }
+}
+
+fn args_value(json: String) -> Value {
+    Value::Str(Str::from(json), None)
+}
+
+/// An event packet `["<name>", <data>]` with `data` as JSON text.
+fn event_packet(name: &str, data: &str) -> Str {
+    let name = serde_json::to_string(name).unwrap_or_else(|_| "\"\"".into());
+    Str::from(encode(Packet::event("/", args_value(format!("[{name},{data}]")))))
+}
+
+/// A native event frame (`{"type": .., "data": ..}`) as a Socket.IO event of
+/// the same name with `data` as its argument: the NestJS module's shape.
+pub fn event_from_native(frame: &[u8]) -> Option<Str> {
+    #[derive(Deserialize)]
+    struct Native<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: Cow<'a, str>,
+        #[serde(borrow)]
+        data: &'a RawValue,
+    }
+    let f: Native<'_> = serde_json::from_slice(frame).ok()?;
+    Some(event_packet(&f.kind, f.data.get()))
+}
+
+/// `file_upload`'s argument: the file as a binary attachment.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UploadArg {
+    file: bytes::Bytes,
+    filename: String,
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    conversation_id: Option<String>,
+    #[serde(default)]
+    group_id: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct Auth {
+    #[serde(default)]
+    token: Option<String>,
+}
+
+pub async fn run(engine: Arc<Engine>, mut inbound: mpsc::Receiver<Inbound>, st: Arc<EdgeState>, hs: Handshake) {
+    let conn = next_conn();
+    let span = info_span!("sio", conn, sid = %engine.sid);
+    async move {
+        let state = ParserState::default();
+        let config = ParseConfig {
+            max_incoming_binary_buf_size: engine.max_binary,
+            max_incoming_binaries: 1,
+            packet_completion_timeout: Duration::from_secs(60),
+        };
+        let mut socket: Option<Socket> = None;
+        let mut refused = 0;
+        let connect_by = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+        loop {
+            let item = tokio::select! {
+                _ = engine.closed.cancelled() => break,
+                _ = tokio::time::sleep_until(connect_by), if socket.is_none() => {
+                    debug!("no CONNECT in time");
+                    break;
+                }
+                i = inbound.recv() => match i {
+                    Some(i) => i,
+                    None => break,
+                },
+            };
+            let decoded = match item {
+                Inbound::Text(s) => CommonParser.decode_str(&config, &state, s),
+                Inbound::Binary(b) => CommonParser.decode_bin(&config, &state, b),
+            };
+            let packet = match decoded {
+                Ok(p) => p,
+                Err(ParseError::NeedsMoreBinaryData) => continue,
+                Err(e) => {
+                    // Socket.IO's answer to a packet it cannot parse: disconnect.
+                    debug!(error = %e, "bad Socket.IO packet");
+                    break;
+                }
+            };
+            if packet.ns != "/" {
+                if matches!(packet.inner, PacketData::Connect(_)) {
+                    let err = connect_error(&packet.ns, "Invalid namespace", None);
+                    let _ = engine.out.send(crate::hub::Outbound::Reply(err)).await;
+                }
+                continue;
+            }
+            match packet.inner {
+                PacketData::Connect(auth) => {
+                    if socket.is_some() {
+                        continue;
+                    }
+                    match authenticate(&st, auth.as_ref(), hs.token.as_deref()) {
+                        Ok(who) => {
+                            engine.set_user(who.user);
+                            let meta = hs.meta.clone();
+                            let out = engine.out.clone();
+                            let session =
+                                Session::open(st.clone(), who, meta, conn, out, engine.overflow.clone()).await;
+                            let sid = engineioxide_core::Sid::new();
+                            let ok = encode(Packet::connect("/", Some(args_value(json!({"sid": sid}).to_string()))));
+                            session.reply(ok).await;
+                            socket = Some(Socket { session });
+                        }
+                        Err(e) => {
+                            let err = connect_error("/", &e.public_message(), Some(e.code()));
+                            let _ = engine.out.send(crate::hub::Outbound::Reply(err)).await;
+                            refused += 1;
+                            if refused >= MAX_CONNECT_ATTEMPTS {
+                                break;
+                            }
+                        }
+                    }
+                }
+                PacketData::Disconnect => break,
+                PacketData::Event(v, ack) | PacketData::BinaryEvent(v, ack) => {
+                    // Events before CONNECT belong to no socket: ignored.
+                    let Some(s) = socket.as_mut() else { continue };
+                    if let Next::Close(..) = s.event(v, ack).await {
+                        break;
+                    }
+                }
+                // The server asks for no acknowledgements.
+                PacketData::EventAck(..) | PacketData::BinaryAck(..) => {}
+                PacketData::ConnectError(_) => break,
+            }
+        }
+        if let Some(s) = socket {
+            s.session.closer().close().await;
+        }
+        engine.close();
+        debug!("disconnected");
+    }
+    .instrument(span)
+    .await
+}
+
+/// `CONNECT_ERROR`: `{"message": .., "data": {"code": ..}}`, which
+/// socket.io-client raises as `connect_error` with `err.message` and
+/// `err.data.code`. (The codec crate's packet carries a message only.)
+fn connect_error(ns: &str, message: &str, code: Option<ErrorCode>) -> String {
+    let body = match code {
+        Some(c) => json!({"message": message, "data": {"code": c}}),
+        None => json!({"message": message}),
+    };
+    if ns == "/" { format!("4{body}") } else { format!("4{ns},{body}") }
+}
+
+fn authenticate(st: &EdgeState, auth: Option<&Value>, fallback: Option<&str>) -> Result<Identity, ChatError> {
+    let auth: Auth =
+        auth.and_then(|v| v.as_str()).and_then(|s| serde_json::from_str(s.as_str()).ok()).unwrap_or_default();
+    let token = auth.token.as_deref().or(fallback).ok_or(natter_shared::auth::AuthError::Missing)?;
+    Ok(st.jwt.verify(token)?)
+}
+
+/// A connected socket.
+struct Socket {
+    session: Session,
+}
+
+impl Socket {
+    /// Answers one event: its acknowledgement (when the client asked for
+    /// one) carries the data of the native protocol's `ack`, or
+    /// `{"error": {"code", "message"}}`; a refusal is also emitted as an
+    /// `error` event, as the NestJS module did.
+    async fn event(&mut self, mut v: Value, ack: Option<i64>) -> Next {
+        let name = match CommonParser.read_event(&v) {
+            Ok(n) => n.to_string(),
+            Err(_) => return self.refuse("", ack, ErrorCode::InvalidFrame, "an event starts with its name").await,
+        };
+        if !self.session.admit() {
+            return self.refuse(&name, ack, ErrorCode::RateLimited, "too many requests").await;
+        }
+        let rid = ack.map(|a| a.to_string());
+        let result = if name == "file_upload" {
+            match CommonParser.decode_value::<UploadArg>(&mut v, true) {
+                Ok(a) => {
+                    let up = FileUpload {
+                        filename: a.filename,
+                        kind: a.kind,
+                        conversation_id: a.conversation_id,
+                        group_id: a.group_id,
+                    };
+                    match up.validate() {
+                        Ok(()) => self.session.upload(rid.as_deref(), up, a.file).await.map_err(chat_error),
+                        Err(m) => Err((ErrorCode::InvalidPayload, m)),
+                    }
+                }
+                Err(e) => Err((
+                    ErrorCode::InvalidPayload,
+                    format!("file_upload wants {{file: <binary>, filename, type, conversationId | groupId}}: {e}"),
+                )),
+            }
+        } else {
+            let data = first_arg(&v);
+            match client::parse_request(&name, data.as_deref().unwrap_or("{}")) {
+                Ok(req) => self.session.request(rid.as_deref(), req).await.map_err(chat_error),
+                Err(e) => Err(e),
+            }
+        };
+        match result {
+            Ok(data) => {
+                if let Some(id) = ack {
+                    let args = serde_json::to_string(&[data]).unwrap_or_else(|_| "[null]".into());
+                    self.session.reply(encode(Packet::ack("/", args_value(args), id))).await;
+                }
+                Next::Continue
+            }
+            Err((code, message)) => self.refuse(&name, ack, code, &message).await,
+        }
+    }
+
+    async fn refuse(&mut self, event: &str, ack: Option<i64>, code: ErrorCode, message: &str) -> Next {
+        let body = json!({"code": code, "message": message, "event": event}).to_string();
+        self.session.reply(event_packet("error", &body).as_str().to_owned()).await;
+        if let Some(id) = ack {
+            let args = json!([{"error": {"code": code, "message": message}}]).to_string();
+            self.session.reply(encode(Packet::ack("/", args_value(args), id))).await;
+        }
+        self.session.strike()
+    }
+}
+
+fn chat_error(e: ChatError) -> (ErrorCode, String) {
+    (e.code(), e.public_message())
+}
+
+/// The event's first argument as JSON text (`None` when it has none).
+fn first_arg(v: &Value) -> Option<String> {
+    let text = v.as_str()?;
+    let args: Vec<&RawValue> = serde_json::from_str(text.as_str()).ok()?;
+    args.get(1).map(|a| a.get().to_owned())
+}

@@ -1,0 +1,153 @@
+//! A stock socket.io-client v4 (from npm, `tests/sio/`) in a Node process,
+//! driven over stdin/stdout: see `tests/sio/client.js`.
+
+use serde_json::{Value, json};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::mpsc;
+
+pub const WAIT: Duration = Duration::from_secs(15);
+
+pub struct SioClient {
+    _child: Child,
+    stdin: ChildStdin,
+    rx: mpsc::UnboundedReceiver<Value>,
+    pending: VecDeque<Value>,
+    next_id: u64,
+}
+
+/// The client's connect options.
+#[derive(Clone, Copy, Debug)]
+pub enum Transports {
+    /// socket.io-client's default: long-polling, then the upgrade.
+    Default,
+    WebsocketOnly,
+    PollingOnly,
+}
+
+impl SioClient {
+    pub async fn spawn() -> SioClient {
+        let script = crate::procs::root().join("tests/sio/client.js");
+        let mut child = Command::new("node")
+            .arg(script)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("node (run ./infra/install.sh --node)");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                match serde_json::from_str::<Value>(&line) {
+                    Ok(v) => {
+                        if tx.send(v).is_err() {
+                            break;
+                        }
+                    }
+                    Err(_) => eprintln!("sio client: {line}"),
+                }
+            }
+        });
+        SioClient { _child: child, stdin, rx, pending: VecDeque::new(), next_id: 1 }
+    }
+
+    async fn command(&mut self, c: Value) {
+        let mut line = c.to_string();
+        line.push('\n');
+        self.stdin.write_all(line.as_bytes()).await.expect("write to node");
+        self.stdin.flush().await.expect("flush");
+    }
+
+    /// Starts connecting; see [`SioClient::connect`] to wait for it.
+    pub async fn start(&mut self, addr: SocketAddr, token: Option<&str>, t: Transports) {
+        let transports = match t {
+            Transports::Default => Value::Null,
+            Transports::WebsocketOnly => json!(["websocket"]),
+            Transports::PollingOnly => json!(["polling"]),
+        };
+        let mut c = json!({"op": "connect", "url": format!("http://{addr}"), "token": token});
+        if !transports.is_null() {
+            c["transports"] = transports;
+        }
+        self.command(c).await;
+    }
+
+    /// A connected client.
+    pub async fn connect(addr: SocketAddr, token: &str, t: Transports) -> SioClient {
+        let mut c = SioClient::spawn().await;
+        c.start(addr, Some(token), t).await;
+        let v = c.wait(|v| v["kind"] == "connect" || v["kind"] == "connect_error", WAIT).await;
+        assert_eq!(v["kind"], "connect", "connect: {v}");
+        c
+    }
+
+    /// The next output matching `pred` (others stay queued), or `None`
+    /// after `timeout`.
+    pub async fn find(&mut self, mut pred: impl FnMut(&Value) -> bool, timeout: Duration) -> Option<Value> {
+        if let Some(i) = self.pending.iter().position(&mut pred) {
+            return self.pending.remove(i);
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let v = tokio::time::timeout_at(deadline, self.rx.recv()).await.ok()??;
+            if pred(&v) {
+                return Some(v);
+            }
+            self.pending.push_back(v);
+        }
+    }
+
+    pub async fn wait(&mut self, pred: impl FnMut(&Value) -> bool, timeout: Duration) -> Value {
+        self.find(pred, timeout).await.expect("timed out waiting for the socket.io client")
+    }
+
+    /// Emits `event` with one argument and waits for its acknowledgement;
+    /// the ack's first argument.
+    pub async fn request(&mut self, event: &str, arg: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.command(json!({"op": "emit", "id": id, "event": event, "args": [arg], "ack": true})).await;
+        let v = self.wait(|v| v["kind"] == "ack" && v["id"] == id, WAIT).await;
+        assert!(v["err"].is_null(), "ack of {event}: {v}");
+        v["args"][0].clone()
+    }
+
+    /// Emits `event` with these arguments, no acknowledgement asked.
+    pub async fn emit(&mut self, event: &str, args: Value) {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.command(json!({"op": "emit", "id": id, "event": event, "args": args, "ack": false})).await;
+        self.wait(|v| v["kind"] == "sent" && v["id"] == id, WAIT).await;
+    }
+
+    /// The first arguments of the next `n` events named `name`.
+    pub async fn events(&mut self, name: &str, n: usize, timeout: Duration) -> Vec<Value> {
+        let mut out = Vec::new();
+        let deadline = tokio::time::Instant::now() + timeout;
+        while out.len() < n {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.find(|v| v["kind"] == "event" && v["event"] == name, left).await {
+                Some(v) => out.push(v["args"][0].clone()),
+                None => break,
+            }
+        }
+        out
+    }
+
+    /// Every `name` event that arrives within `within`.
+    pub async fn no_more(&mut self, name: &str, within: Duration) -> Vec<Value> {
+        self.events(name, usize::MAX, within).await
+    }
+
+    pub async fn disconnect(&mut self) {
+        self.command(json!({"op": "disconnect"})).await;
+    }
+}
