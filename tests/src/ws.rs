@@ -49,22 +49,32 @@ impl WsClient {
     }
 
     pub async fn handshake(addr: SocketAddr, h: Handshake<'_>) -> Result<WsClient, Refused> {
-        let mut stream = TcpStream::connect(addr).await.expect("connect");
         let path = match (h.token, h.in_query) {
             (Some(t), true) => format!("/ws?token={t}"),
             _ => "/ws".to_string(),
         };
-        let mut req = format!(
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {}\r\nSec-WebSocket-Version: 13\r\n",
-            fastwebsockets::handshake::generate_key()
-        );
+        let mut headers = String::new();
         if let (Some(t), false) = (h.token, h.in_query) {
-            req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+            headers.push_str(&format!("Authorization: Bearer {t}\r\n"));
         }
         if let Some(o) = h.origin {
-            req.push_str(&format!("Origin: {o}\r\n"));
+            headers.push_str(&format!("Origin: {o}\r\n"));
         }
-        req.push_str("\r\n");
+        let mut c = Self::open(addr, &path, &headers).await?;
+        match c.next(Duration::from_secs(5)).await {
+            Some(In::Json(v)) if v["type"] == "ready" => Ok(c),
+            other => panic!("expected ready, got {other:?}"),
+        }
+    }
+
+    /// A WebSocket to `path` (with its query), with extra header lines;
+    /// no protocol is assumed.
+    pub async fn open(addr: SocketAddr, path: &str, headers: &str) -> Result<WsClient, Refused> {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {}\r\nSec-WebSocket-Version: 13\r\n{headers}\r\n",
+            fastwebsockets::handshake::generate_key()
+        );
         stream.write_all(req.as_bytes()).await.expect("write handshake");
         // Read the response head byte by byte: frames may follow at once.
         let mut head = Vec::new();
@@ -119,11 +129,7 @@ impl WsClient {
                 }
             }
         });
-        let mut c = WsClient { tx: w, reader, rx: in_rx, pending: VecDeque::new(), next_id: 0 };
-        match c.next(Duration::from_secs(5)).await {
-            Some(In::Json(v)) if v["type"] == "ready" => Ok(c),
-            other => panic!("expected ready, got {other:?}"),
-        }
+        Ok(WsClient { tx: w, reader, rx: in_rx, pending: VecDeque::new(), next_id: 0 })
     }
 
     pub async fn send_text(&mut self, text: &str) {

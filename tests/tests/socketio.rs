@@ -20,19 +20,19 @@ async fn connect_with_a_token_and_refuse_bad_ones() {
     for t in [Transports::WebsocketOnly, Transports::PollingOnly, Transports::Default] {
         let mut c = SioClient::spawn().await;
         c.start(e, Some("not.a.token"), t).await;
-        let v = c.wait(|v| v["kind"] != "event", WAIT).await;
+        let v = c.wait(|v| v["kind"] == "connect" || v["kind"] == "connect_error", WAIT).await;
         assert_eq!(v["kind"], "connect_error", "{t:?}: {v}");
         assert_eq!(v["data"]["code"], "invalid_token", "{t:?}: {v}");
 
         let mut c = SioClient::spawn().await;
         c.start(e, None, t).await;
-        let v = c.wait(|v| v["kind"] != "event", WAIT).await;
+        let v = c.wait(|v| v["kind"] == "connect" || v["kind"] == "connect_error", WAIT).await;
         assert_eq!((v["kind"].as_str(), v["data"]["code"].as_str()), (Some("connect_error"), Some("missing_token")));
 
         let expired = app.expired_token(a);
         let mut c = SioClient::spawn().await;
         c.start(e, Some(&expired), t).await;
-        let v = c.wait(|v| v["kind"] != "event", WAIT).await;
+        let v = c.wait(|v| v["kind"] == "connect" || v["kind"] == "connect_error", WAIT).await;
         assert_eq!(v["data"]["code"], "token_expired", "{v}");
 
         let mut c = SioClient::connect(e, &app.token(a, &[]), t).await;
@@ -178,4 +178,275 @@ async fn socketio_and_native_users_see_each_other() {
     drop(ws);
     let off = sio.events("user_offline", 1, WAIT).await;
     assert_eq!((off[0]["userId"].as_str(), off[0]["isOnline"].as_bool()), (Some(b.hex().as_str()), Some(false)));
+}
+
+fn png(side: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(side, side, |x, y| image::Rgb([(x * 5) as u8, (y * 9) as u8, (x ^ y) as u8]));
+    let mut out = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png).unwrap();
+    out
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// `file_upload` with the file as a binary attachment, over WebSocket and
+/// over long-polling; the file then travels in a message and downloads
+/// byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_upload_with_a_binary_payload() {
+    let mut app = TestApp::new().await;
+    app.with_s3();
+    let e = app.start_edge().await;
+    app.start_worker();
+    app.start_attachments_worker();
+    let (a, b) = (app.user(), app.user());
+    let conv = app.open_conversation(e, a, b).await;
+    let mut ca = SioClient::connect(e, &app.token(a, &[]), Transports::WebsocketOnly).await;
+    let mut cb = SioClient::connect(e, &app.token(b, &[]), Transports::PollingOnly).await;
+    cb.request("join_conversation", json!({"conversationId": conv})).await;
+    let image = png(200);
+    let doc = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n".to_vec();
+
+    let mut ids = Vec::new();
+    for (cl, name, kind, bytes) in
+        [(&mut ca, "p.png", "image/png", &image), (&mut cb, "d.pdf", "application/pdf", &doc)]
+    {
+        let arg = json!({"file": {"$binary": b64(bytes)}, "filename": name, "type": kind, "conversationId": conv});
+        let ack = cl.request("file_upload", arg).await;
+        let id = ack["attachmentId"].as_str().unwrap_or_else(|| panic!("{name}: {ack}")).to_string();
+        let resp = cl.events("file_upload_response", 1, WAIT).await;
+        assert_eq!((resp[0]["id"].as_str(), resp[0]["type"].as_str()), (Some(id.as_str()), Some(kind)), "{resp:?}");
+        assert_eq!(resp[0]["size"], bytes.len());
+        ids.push(id);
+    }
+    // Not what it claims to be: refused by the worker, told to the uploader.
+    let exe = std::fs::read("/bin/true").unwrap();
+    let arg =
+        json!({"file": {"$binary": b64(&exe)}, "filename": "cat.png", "type": "image/png", "conversationId": conv});
+    ca.request("file_upload", arg).await;
+    assert_eq!(ca.events("file_upload_response", 1, WAIT).await[0]["code"], "content_mismatch");
+    // Without a file: refused at once.
+    let r = ca.request("file_upload", json!({"filename": "x.png", "type": "image/png", "conversationId": conv})).await;
+    assert_eq!(r["error"]["code"], "invalid_payload", "{r}");
+
+    let m =
+        ca.request("send_message", json!({"conversationId": conv, "content": "pic", "attachments": [ids[0]]})).await;
+    let got = cb.events("message_received", 1, WAIT).await;
+    assert_eq!(got[0]["_id"], m["messageId"]);
+    assert_eq!(got[0]["attachments"][0]["id"], ids[0]);
+    let tb = app.token(b, &[]);
+    for (id, bytes) in [(&ids[0], &image), (&ids[1], &doc)] {
+        let r = app.http().get(format!("http://{e}/api/chat/attachments/{id}")).bearer_auth(&tb).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 200, "followed the redirect");
+        assert_eq!(&r.bytes().await.unwrap().to_vec(), bytes);
+    }
+}
+
+/// The edge goes away and comes back on the same address: clients on both
+/// transports reconnect by themselves and chat again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_reconnect_after_the_edge_restarts() {
+    let mut app = TestApp::new().await;
+    let port = natter_tests::procs::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let first = tokio_util::sync::CancellationToken::new();
+    let (e, run) = app.start_edge_at(&listen, first.clone()).await;
+    app.start_worker();
+    let (a, b) = (app.user(), app.user());
+    let conv = app.open_conversation(e, a, b).await;
+    let mut ca = SioClient::connect(e, &app.token(a, &[]), Transports::Default).await;
+    let mut cb = SioClient::connect(e, &app.token(b, &[]), Transports::PollingOnly).await;
+    for cl in [&mut ca, &mut cb] {
+        cl.request("join_conversation", json!({"conversationId": conv})).await;
+    }
+    ca.request("send_message", json!({"conversationId": conv, "content": "before"})).await;
+    for cl in [&mut ca, &mut cb] {
+        assert_eq!(cl.events("message_received", 1, WAIT).await[0]["content"], "before");
+    }
+
+    first.cancel();
+    run.await.unwrap().unwrap();
+    for cl in [&mut ca, &mut cb] {
+        let d = cl.wait(|v| v["kind"] == "disconnect", WAIT).await;
+        // The transport went (not "io server disconnect"): the client reconnects.
+        assert!(d["reason"] == "transport close" || d["reason"] == "transport error", "{d}");
+    }
+    let (e2, _run) = app.start_edge_at(&listen, app.cancel.child_token()).await;
+    assert_eq!(e2, e);
+    for cl in [&mut ca, &mut cb] {
+        cl.wait(|v| v["kind"] == "connect", Duration::from_secs(30)).await;
+        // The front end joins its rooms again on connect.
+        cl.request("join_conversation", json!({"conversationId": conv})).await;
+    }
+    let m = cb.request("send_message", json!({"conversationId": conv, "content": "after"})).await;
+    let got = ca.events("message_received", 1, WAIT).await;
+    assert_eq!((got[0]["_id"].clone(), got[0]["content"].as_str()), (m["messageId"].clone(), Some("after")));
+}
+
+/// The error body of an Engine.IO request.
+async fn eio(app: &TestApp, method: reqwest::Method, url: String, body: Option<String>) -> (u16, String) {
+    let mut r = app.http().request(method, url);
+    if let Some(b) = body {
+        r = r.header("content-type", "text/plain;charset=UTF-8").body(b);
+    }
+    let r = r.send().await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// A raw long-polling session: its sid, after the handshake and (with a
+/// token) the Socket.IO CONNECT.
+async fn raw_session(app: &TestApp, base: &str, token: Option<&str>) -> String {
+    let (s, open) = eio(app, reqwest::Method::GET, format!("{base}&transport=polling"), None).await;
+    assert_eq!(s, 200);
+    let open: serde_json::Value = serde_json::from_str(open.strip_prefix('0').expect("open packet")).unwrap();
+    let sid = open["sid"].as_str().unwrap().to_string();
+    if let Some(t) = token {
+        let url = format!("{base}&transport=polling&sid={sid}");
+        let (s, ok) = eio(app, reqwest::Method::POST, url.clone(), Some(format!("40{}", json!({"token": t})))).await;
+        assert_eq!((s, ok.as_str()), (200, "ok"));
+        let (_, reply) = eio(app, reqwest::Method::GET, url, None).await;
+        assert!(reply.starts_with("40{\"sid\":"), "{reply}");
+    }
+    sid
+}
+
+/// Once a session is closed, its sid is unknown.
+async fn gone(app: &TestApp, base: &str, sid: &str) {
+    let url = format!("{base}&transport=polling&sid={sid}");
+    natter_tests::eventually("the session to close", WAIT, || async {
+        let (s, body) = eio(app, reqwest::Method::GET, url.clone(), None).await;
+        (s == 400 && body.contains("\"code\":1")).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_errors_get_the_protocols_answers() {
+    let mut app = TestApp::new().await;
+    let e = app.start_edge().await;
+    app.start_worker();
+    let (a, b) = (app.user(), app.user());
+    let conv = app.open_conversation(e, a, b).await;
+    // Bystanders who must keep chatting through all of this.
+    let mut ca = SioClient::connect(e, &app.token(a, &[]), Transports::Default).await;
+    let mut cb = SioClient::connect(e, &app.token(b, &[]), Transports::PollingOnly).await;
+    cb.request("join_conversation", json!({"conversationId": conv})).await;
+    let base = format!("http://{e}/socket.io/?EIO=4");
+    let get = reqwest::Method::GET;
+    let post = reqwest::Method::POST;
+
+    // Engine.IO's errors: code and message, status 400.
+    for (url, code, message) in [
+        (format!("{base}&transport=polling&sid=unknown"), 1, "Session ID unknown"),
+        (format!("http://{e}/socket.io/?EIO=3&transport=polling"), 5, "Unsupported protocol version"),
+        (format!("{base}&transport=carrier-pigeon"), 0, "Transport unknown"),
+    ] {
+        let (s, body) = eio(&app, get.clone(), url, None).await;
+        assert_eq!(s, 400);
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&body).unwrap(),
+            json!({"code": code, "message": message})
+        );
+    }
+    let (s, body) = eio(&app, post.clone(), format!("{base}&transport=polling"), Some("40".into())).await;
+    assert_eq!((s, body.contains("\"code\":2")), (400, true), "{body}");
+    let (s, body) = eio(&app, post.clone(), format!("{base}&transport=polling&sid=unknown"), Some("3".into())).await;
+    assert_eq!((s, body.contains("\"code\":1")), (400, true), "{body}");
+
+    // The handshake advertises the heartbeat, the upgrade and maxPayload.
+    let (_, open) = eio(&app, get.clone(), format!("{base}&transport=polling"), None).await;
+    let open: serde_json::Value = serde_json::from_str(&open[1..]).unwrap();
+    assert_eq!((open["pingInterval"].as_u64(), open["pingTimeout"].as_u64()), (Some(25000), Some(20000)));
+    assert_eq!(open["upgrades"], json!(["websocket"]));
+    let max_payload = open["maxPayload"].as_u64().unwrap() as usize;
+
+    // A packet Engine.IO does not know: 400, and the session is closed.
+    let token = app.token(a, &[]);
+    let sid = raw_session(&app, &base, Some(&token)).await;
+    let (s, _) = eio(&app, post.clone(), format!("{base}&transport=polling&sid={sid}"), Some("x".into())).await;
+    assert_eq!(s, 400);
+    gone(&app, &base, &sid).await;
+
+    // A Socket.IO packet that does not parse: the socket is disconnected.
+    let sid = raw_session(&app, &base, Some(&token)).await;
+    let (s, _) = eio(&app, post.clone(), format!("{base}&transport=polling&sid={sid}"), Some("49garbage".into())).await;
+    assert_eq!(s, 200, "a well-formed Engine.IO message");
+    gone(&app, &base, &sid).await;
+
+    // An event that is not an array: an `error` event, the socket stays.
+    let sid = raw_session(&app, &base, Some(&token)).await;
+    let url = format!("{base}&transport=polling&sid={sid}");
+    eio(&app, post.clone(), url.clone(), Some(r#"42{"no":"array"}"#.into())).await;
+    let (_, reply) = eio(&app, get.clone(), url.clone(), None).await;
+    assert!(reply.starts_with(r#"42["error",{"code":"invalid_frame""#), "{reply}");
+    // Events before CONNECT or on another namespace are not served.
+    let sid2 = raw_session(&app, &base, None).await;
+    let url2 = format!("{base}&transport=polling&sid={sid2}");
+    eio(&app, post.clone(), url2.clone(), Some(format!("40/admin,{}", json!({"token": token})))).await;
+    let (_, reply) = eio(&app, get.clone(), url2, None).await;
+    assert_eq!(reply, r#"44/admin,{"message":"Invalid namespace"}"#);
+
+    // Over maxPayload: 413, the session is closed.
+    let (s, _) =
+        eio(&app, post.clone(), url.clone(), Some(format!("42[\"typing\",\"{}\"]", "x".repeat(max_payload)))).await;
+    assert_eq!(s, 413);
+    gone(&app, &base, &sid).await;
+    // A text packet over 64 KiB (uploads go as binary attachments): 413.
+    let sid = raw_session(&app, &base, Some(&token)).await;
+    let url = format!("{base}&transport=polling&sid={sid}");
+    let (s, _) = eio(&app, post.clone(), url, Some(format!("42[\"typing\",\"{}\"]", "x".repeat(70_000)))).await;
+    assert_eq!(s, 413);
+    gone(&app, &base, &sid).await;
+
+    // Over WebSocket: the open packet first, then a bad packet closes with 1002
+    // and an oversized one with 1009.
+    use natter_tests::ws::In;
+    for (send, code) in [("zzz".to_string(), 1002), (format!("42[\"typing\",\"{}\"]", "x".repeat(70_000)), 1009)] {
+        let mut ws = WsClient::open(e, "/socket.io/?EIO=4&transport=websocket", "").await.unwrap();
+        match ws.next(WAIT).await {
+            Some(In::Text(t)) => assert!(t.starts_with("0{\"sid\""), "{t}"),
+            other => panic!("expected the open packet, got {other:?}"),
+        }
+        ws.send_text(&format!("40{}", json!({"token": token}))).await;
+        match ws.next(WAIT).await {
+            Some(In::Text(t)) => assert!(t.starts_with("40{\"sid\""), "{t}"),
+            other => panic!("expected the CONNECT reply, got {other:?}"),
+        }
+        ws.send_text(&send).await;
+        assert_eq!(ws.closed(WAIT).await, Some(code));
+    }
+
+    // Through all of it, the bystanders were served.
+    let m = ca.request("send_message", json!({"conversationId": conv, "content": "still here"})).await;
+    let got = cb.events("message_received", 1, WAIT).await;
+    assert_eq!(got[0]["_id"], m["messageId"]);
+    assert!(ca.find(|v| v["kind"] == "disconnect", Duration::ZERO).await.is_none());
+}
+
+/// Clients answer pings and stay; a session that does not answer is
+/// closed after the ping timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_keep_clients_and_drop_the_silent() {
+    let mut app = TestApp::new().await;
+    app.edge_env.insert("SIO_PING_INTERVAL_MS".into(), "300".into());
+    app.edge_env.insert("SIO_PING_TIMEOUT_MS".into(), "300".into());
+    let e = app.start_edge().await;
+    app.start_worker();
+    let (a, b) = (app.user(), app.user());
+    let conv = app.open_conversation(e, a, b).await;
+    let mut ca = SioClient::connect(e, &app.token(a, &[]), Transports::PollingOnly).await;
+    let mut cb = SioClient::connect(e, &app.token(b, &[]), Transports::WebsocketOnly).await;
+    let base = format!("http://{e}/socket.io/?EIO=4");
+    let silent = raw_session(&app, &base, Some(&app.token(a, &[]))).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    gone(&app, &base, &silent).await;
+    for cl in [&mut ca, &mut cb] {
+        assert!(cl.find(|v| v["kind"] == "disconnect", Duration::ZERO).await.is_none(), "answered every ping");
+        cl.request("join_conversation", json!({"conversationId": conv})).await;
+    }
+    let m = ca.request("send_message", json!({"conversationId": conv, "content": "alive"})).await;
+    assert_eq!(cb.events("message_received", 1, WAIT).await[0]["_id"], m["messageId"]);
 }

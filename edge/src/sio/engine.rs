@@ -60,6 +60,7 @@ pub struct Engine {
     upgrading: std::sync::atomic::AtomicBool,
     posting: tokio::sync::Mutex<()>,
     last_pong: Mutex<Instant>,
+    pong: tokio::sync::Notify,
     /// The user, once the Socket.IO CONNECT is accepted.
     user: Arc<OnceLock<UserId>>,
     /// Cancelled when the session ends, for whatever reason (a child of
@@ -96,6 +97,7 @@ impl Engine {
             upgrading: false.into(),
             posting: tokio::sync::Mutex::new(()),
             last_pong: Mutex::new(Instant::now()),
+            pong: tokio::sync::Notify::new(),
             user,
             closed: st.lifecycle.shutdown.child_token(),
             overflow: CancellationToken::new(),
@@ -143,7 +145,10 @@ impl Engine {
     /// A packet from the client, on either transport.
     async fn receive(&self, p: Packet) -> Result<(), Refusal> {
         match p {
-            Packet::Pong => *lock(&self.last_pong) = Instant::now(),
+            Packet::Pong => {
+                *lock(&self.last_pong) = Instant::now();
+                self.pong.notify_one();
+            }
             Packet::Message(s) if s.len() > MAX_FRAME_BYTES => return Err(Refusal::TooLarge),
             Packet::Message(s) => self.inbound.send(Inbound::Text(s)).await.map_err(|_| Refusal::Bad)?,
             Packet::Binary(b) if b.len() > self.max_binary => return Err(Refusal::TooLarge),
@@ -350,8 +355,9 @@ pub fn text_response(body: String) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; charset=UTF-8")], body).into_response()
 }
 
-/// Pings every `interval`; a client that does not answer within `timeout`
-/// is gone.
+/// Pings `interval` after the last pong; a client that does not answer
+/// within `timeout` is gone (socket.io-client, for its part, gives up when
+/// no ping comes within `interval + timeout`).
 pub async fn heartbeat(engine: Arc<Engine>, interval: Duration, timeout: Duration) {
     loop {
         tokio::select! {
@@ -360,14 +366,21 @@ pub async fn heartbeat(engine: Arc<Engine>, interval: Duration, timeout: Duratio
         }
         let sent = Instant::now();
         engine.push(Packet::Ping);
-        tokio::select! {
-            _ = engine.closed.cancelled() => return,
-            _ = tokio::time::sleep(timeout) => {}
-        }
-        if *lock(&engine.last_pong) < sent {
-            debug!(sid = %engine.sid, "ping timeout");
-            engine.close();
-            return;
+        let deadline = tokio::time::Instant::from_std(sent + timeout);
+        loop {
+            tokio::select! {
+                _ = engine.closed.cancelled() => return,
+                _ = engine.pong.notified() => {
+                    if *lock(&engine.last_pong) >= sent {
+                        break;
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    debug!(sid = %engine.sid, "ping timeout");
+                    engine.close();
+                    return;
+                }
+            }
         }
     }
 }
