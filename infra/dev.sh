@@ -115,7 +115,7 @@ ENV
 cat <<INFO
 
 natter is running
-  edge        http://127.0.0.1:$EDGE_PORT   (WebSocket: ws://127.0.0.1:$EDGE_PORT/ws, REST: /api/chat/...)
+  edge        http://127.0.0.1:$EDGE_PORT   (WebSocket: ws://127.0.0.1:$EDGE_PORT/ws, Socket.IO: /socket.io/, REST: /api/chat/...)
   NATS        $NATS_URL
   MongoDB     $MONGODB_URI
   S3          $S3_ENDPOINT (bucket $S3_BUCKET)
@@ -125,6 +125,7 @@ Get a token (the settings are in .dev/env):
   source .dev/env && target/debug/natterctl token --roles Admin --json
 Connect with it:
   ws://127.0.0.1:$EDGE_PORT/ws?token=<token>      or the header  Authorization: Bearer <token>
+  io("http://127.0.0.1:$EDGE_PORT", { auth: { token } })   a socket.io-client v4 front end (docs/socketio.md)
 Two users chatting, end to end:
   .venv/bin/python infra/demo.py
 
