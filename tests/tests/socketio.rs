@@ -356,6 +356,39 @@ async fn protocol_errors_get_the_protocols_answers() {
     let (s, body) = eio(&app, post.clone(), format!("{base}&transport=polling&sid=unknown"), Some("3".into())).await;
     assert_eq!((s, body.contains("\"code\":1")), (400, true), "{body}");
 
+    // Browsers: a foreign Origin is Forbidden; the front end's origin gets
+    // CORS with credentials (polling from another origin).
+    let r = app
+        .http()
+        .get(format!("{base}&transport=polling"))
+        .header("origin", "http://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap(), json!({"code": 4, "message": "Forbidden"}));
+    let r = app
+        .http()
+        .request(reqwest::Method::OPTIONS, format!("{base}&transport=polling"))
+        .header("origin", "http://localhost:3000")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["access-control-allow-origin"], "http://localhost:3000");
+    assert_eq!(r.headers()["access-control-allow-credentials"], "true");
+    let r = app
+        .http()
+        .get(format!("{base}&transport=polling"))
+        .header("origin", "http://localhost:3000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status().as_u16(), r.headers()["access-control-allow-origin"].to_str().unwrap()),
+        (200, "http://localhost:3000")
+    );
+
     // The handshake advertises the heartbeat, the upgrade and maxPayload.
     let (_, open) = eio(&app, get.clone(), format!("{base}&transport=polling"), None).await;
     let open: serde_json::Value = serde_json::from_str(&open[1..]).unwrap();
