@@ -60,7 +60,7 @@ impl Edge {
         .map_err(|e| StartError::Nats { url: url.clone(), reason: e.to_string() })?;
         let js = async_nats::jetstream::new(nats.clone());
         let subjects = Subjects::new(&config.core.nats_namespace);
-        natter_nats::apply(&js, &subjects, 1).await?;
+        natter_nats::apply(&js, &subjects, config.core.nats_replicas).await?;
         let store = Store::connect(&config.core.mongodb_uri, &config.core.mongodb_db).await?;
         store.ensure_indexes().await?;
         let (hub, contacts_changed) = Hub::new(nats.clone(), subjects.clone());

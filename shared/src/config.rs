@@ -68,6 +68,9 @@ pub struct CoreConfig {
     pub mongodb_uri: String,
     /// The database: the path of `MONGODB_URI`, else `MONGODB_DB`, else `natter`.
     pub mongodb_db: String,
+    /// `NATS_REPLICAS` (default 1): replicas of the streams and buckets
+    /// this process declares on start; 3 on a three-node cluster.
+    pub nats_replicas: usize,
 }
 
 /// Settings of the edge server.
@@ -146,7 +149,16 @@ impl CoreConfig {
             return Err(invalid("MONGODB_URI", "must start with mongodb:// or mongodb+srv://"));
         }
         let mongodb_db = db_from_uri(&mongodb_uri).or_else(|| src.get("MONGODB_DB")).unwrap_or_else(|| "natter".into());
-        Ok(CoreConfig { nats_url, nats_namespace, mongodb_uri, mongodb_db })
+        let nats_replicas = match src.get("NATS_REPLICAS") {
+            None => 1,
+            Some(v) => v
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=5).contains(n))
+                .ok_or_else(|| invalid("NATS_REPLICAS", format!("`{v}` is not a replica count in 1..=5")))?,
+        };
+        Ok(CoreConfig { nats_url, nats_namespace, mongodb_uri, mongodb_db, nats_replicas })
     }
 }
 

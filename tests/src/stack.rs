@@ -136,6 +136,8 @@ pub struct TestApp {
     pub store: Store,
     pub processes: Vec<Owned>,
     pub edge_env: HashMap<String, String>,
+    /// Stream replicas the edges and workers declare (3 on a cluster).
+    pub nats_replicas: usize,
 }
 
 impl Drop for TestApp {
@@ -179,6 +181,7 @@ impl TestApp {
             store,
             processes: vec![],
             edge_env: HashMap::new(),
+            nats_replicas: 1,
         }
     }
 
@@ -188,6 +191,7 @@ impl TestApp {
             nats_namespace: self.name.clone(),
             mongodb_uri: self.mongodb_uri.clone(),
             mongodb_db: self.db.clone(),
+            nats_replicas: self.nats_replicas,
         }
     }
 
@@ -199,6 +203,7 @@ impl TestApp {
             ("MONGODB_URI".to_string(), self.mongodb_uri.clone()),
             ("JWT_SECRET".to_string(), JWT_SECRET.to_string()),
             ("RUST_LOG".to_string(), "info".to_string()),
+            ("NATS_REPLICAS".to_string(), self.nats_replicas.to_string()),
         ];
         v.extend(self.edge_env.iter().map(|(k, v)| (k.clone(), v.clone())));
         v

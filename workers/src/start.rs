@@ -36,7 +36,7 @@ pub async fn connect(core: &CoreConfig, role: &str, cfg: &RunnerConfig) -> Resul
         .map_err(|e| StartError::Nats(e.to_string()))?;
     let subjects = Subjects::new(&core.nats_namespace);
     let js = async_nats::jetstream::new(client.clone());
-    natter_nats::apply(&js, &subjects, 1).await?;
+    natter_nats::apply(&js, &subjects, core.nats_replicas).await?;
     let store = Store::connect(&core.mongodb_uri, &core.mongodb_db).await?;
     store.ensure_indexes().await?;
     Ok(Connected { client, js, subjects, store })
