@@ -1,11 +1,15 @@
 //! `natterctl`: operator CLI. `topology apply` declares streams, consumers
-//! and buckets; `token` mints a development JWT; `status` shows the streams
-//! and consumers.
+//! and buckets; `token` mints a development JWT; `status` shows the
+//! pipeline's health; `dlq` handles dead letters; `replay` rebuilds state
+//! from the command stream; `audit` verifies and exports the trail.
+
+mod dlq;
+mod status;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use mongodb::bson::oid::ObjectId;
-use natter_nats::{PARTITIONS, Subjects, topology::Role};
+use natter_nats::{PARTITIONS, Subjects};
 use natter_shared::auth::{Identity, Jwt};
 use natter_shared::config::{CoreConfig, Env, jwt_secret};
 
@@ -41,15 +45,44 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Streams and consumers at a glance.
+    /// Streams, consumers and dead letters at a glance.
     Status {
         #[arg(long)]
         json: bool,
+    },
+    /// Dead-lettered commands.
+    Dlq {
+        #[command(subcommand)]
+        cmd: DlqCmd,
     },
     /// The audit trail.
     Audit {
         #[command(subcommand)]
         cmd: AuditCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCmd {
+    /// Every dead letter with its role, action, original seq and reason.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// One dead letter with its payload.
+    Show { id: u64 },
+    /// Publish dead letters again on their original subjects (after fixing
+    /// the cause) and remove them from the dead letters.
+    Retry {
+        ids: Vec<u64>,
+        #[arg(long)]
+        all: bool,
+    },
+    /// Discard dead letters.
+    Drop {
+        ids: Vec<u64>,
+        #[arg(long)]
+        all: bool,
     },
 }
 
@@ -129,7 +162,19 @@ async fn main() -> anyhow::Result<()> {
                 subjects.leases_bucket()
             ));
         }
-        Cmd::Status { json } => status(json).await?,
+        Cmd::Status { json } => {
+            let (js, s) = nats().await?;
+            status::run(&js, &s, json).await?
+        }
+        Cmd::Dlq { cmd } => {
+            let (js, s) = nats().await?;
+            match cmd {
+                DlqCmd::List { json } => dlq::list(&js, &s, json).await?,
+                DlqCmd::Show { id } => dlq::show(&js, &s, id).await?,
+                DlqCmd::Retry { ids, all } => dlq::retry(&js, &s, dlq::select(&js, &s, &ids, all).await?).await?,
+                DlqCmd::Drop { ids, all } => dlq::drop(&js, &s, dlq::select(&js, &s, &ids, all).await?).await?,
+            }
+        }
         Cmd::Audit { cmd: AuditCmd::Export(args) } => audit_export(*args).await?,
         Cmd::Audit { cmd: AuditCmd::Verify } => {
             let core = CoreConfig::load(&Env)?;
@@ -164,63 +209,11 @@ async fn connect(core: &CoreConfig) -> anyhow::Result<async_nats::jetstream::Con
     Ok(async_nats::jetstream::new(client))
 }
 
-async fn status(json: bool) -> anyhow::Result<()> {
+/// NATS (from the environment) and the namespace's names.
+async fn nats() -> anyhow::Result<(async_nats::jetstream::Context, Subjects)> {
     let core = CoreConfig::load(&Env)?;
     let js = connect(&core).await?;
-    let s = Subjects::new(&core.nats_namespace);
-    let mut streams = Vec::new();
-    for name in [s.cmd_stream(), s.evt_stream(), s.dlq_stream()] {
-        let mut stream = js.get_stream(&name).await.with_context(|| format!("stream {name}"))?;
-        let info = stream.info().await?;
-        streams.push(serde_json::json!({
-            "name": name,
-            "messages": info.state.messages,
-            "bytes": info.state.bytes,
-            "firstSeq": info.state.first_sequence,
-            "lastSeq": info.state.last_sequence,
-        }));
-    }
-    let mut consumers = Vec::new();
-    let cmd = js.get_stream(s.cmd_stream()).await?;
-    for role in Role::ALL {
-        for p in 0..PARTITIONS {
-            let name = s.consumer(role.name(), p);
-            let mut c: async_nats::jetstream::consumer::PullConsumer =
-                cmd.get_consumer(&name).await.map_err(|e| anyhow::anyhow!("consumer {name}: {e}"))?;
-            let info = c.info().await?;
-            consumers.push(serde_json::json!({
-                "name": name,
-                "pending": info.num_pending,
-                "ackPending": info.num_ack_pending,
-                "redelivered": info.num_redelivered,
-            }));
-        }
-    }
-    let report = serde_json::json!({"streams": streams, "consumers": consumers});
-    if json {
-        out(&report.to_string());
-    } else {
-        for st in &streams {
-            out(&format!(
-                "stream {:<16} messages {:>10} bytes {:>12} seq {}..{}",
-                st["name"].as_str().unwrap_or(""),
-                st["messages"],
-                st["bytes"],
-                st["firstSeq"],
-                st["lastSeq"]
-            ));
-        }
-        for c in &consumers {
-            out(&format!(
-                "consumer {:<14} pending {:>8} ack-pending {:>6} redelivered {:>6}",
-                c["name"].as_str().unwrap_or(""),
-                c["pending"],
-                c["ackPending"],
-                c["redelivered"]
-            ));
-        }
-    }
-    Ok(())
+    Ok((js, Subjects::new(&core.nats_namespace)))
 }
 
 async fn audit_export(a: ExportArgs) -> anyhow::Result<()> {
@@ -288,6 +281,6 @@ async fn audit_export(a: ExportArgs) -> anyhow::Result<()> {
 
 /// The CLI's output goes to stdout, for scripts.
 #[allow(clippy::print_stdout)]
-fn out(s: &str) {
+pub(crate) fn out(s: &str) {
     println!("{s}");
 }

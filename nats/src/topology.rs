@@ -51,6 +51,12 @@ impl Role {
     }
 }
 
+/// Headers of a dead letter: why it was dead-lettered, and the sequence and
+/// subject it had in its stream.
+pub const DLQ_REASON: &str = "Natter-Reason";
+pub const DLQ_SEQ: &str = "Natter-Seq";
+pub const DLQ_SUBJECT: &str = "Natter-Subject";
+
 /// How long staged uploads wait for the attachments worker.
 pub const STAGING_TTL: Duration = Duration::from_secs(3600);
 

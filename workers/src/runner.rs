@@ -20,10 +20,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
-/// Header names on dead letters.
-pub const DLQ_REASON: &str = "Natter-Reason";
-pub const DLQ_SEQ: &str = "Natter-Seq";
-pub const DLQ_SUBJECT: &str = "Natter-Subject";
+pub use natter_nats::topology::{DLQ_REASON, DLQ_SEQ, DLQ_SUBJECT};
 
 #[derive(Clone, Debug)]
 pub struct RunnerConfig {
