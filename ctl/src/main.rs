@@ -4,6 +4,7 @@
 //! from the command stream; `audit` verifies and exports the trail.
 
 mod dlq;
+mod replay;
 mod status;
 
 use anyhow::Context;
@@ -50,6 +51,10 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Rebuild state from the command stream through the workers' apply
+    /// code: into the live database (a no-op for what is applied) or a
+    /// fresh one.
+    Replay(Box<replay::ReplayArgs>),
     /// Dead-lettered commands.
     Dlq {
         #[command(subcommand)]
@@ -166,6 +171,7 @@ async fn main() -> anyhow::Result<()> {
             let (js, s) = nats().await?;
             status::run(&js, &s, json).await?
         }
+        Cmd::Replay(args) => replay::run(*args).await?,
         Cmd::Dlq { cmd } => {
             let (js, s) = nats().await?;
             match cmd {

@@ -33,10 +33,8 @@ pub async fn run(js: &async_nats::jetstream::Context, s: &Subjects, as_json: boo
         ));
     }
     let dl = &report["deadLetters"];
-    let by_role: Vec<String> = dl["byRole"]
-        .as_object()
-        .map(|m| m.iter().map(|(k, v)| format!("{k} {v}")).collect())
-        .unwrap_or_default();
+    let by_role: Vec<String> =
+        dl["byRole"].as_object().map(|m| m.iter().map(|(k, v)| format!("{k} {v}")).collect()).unwrap_or_default();
     let detail = if by_role.is_empty() { String::new() } else { format!(" ({})", by_role.join(", ")) };
     out(&format!("dead letters {}{detail}", dl["total"]));
     Ok(())

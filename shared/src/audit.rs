@@ -69,6 +69,7 @@ pub fn action_name(command_action: &str) -> &str {
         "remove_member" => "member_removed",
         "leave_group" => "member_left",
         "upload_attachment" => "attachment_uploaded",
+        "record_attachment" => "attachment_recorded",
         other => other,
     }
 }

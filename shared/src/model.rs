@@ -222,6 +222,52 @@ pub struct AttachmentDoc {
 }
 
 impl AttachmentDoc {
+    /// The record a `record_attachment` fact describes (uploaded by the
+    /// fact's actor).
+    pub fn from_fact(uploader: ObjectId, f: &crate::v1::command::RecordAttachmentCmd) -> Option<AttachmentDoc> {
+        Some(AttachmentDoc {
+            id: crate::ids::parse_oid(&f.attachment_id)?,
+            conversation_id: f.room.conversation_id.clone(),
+            group_id: f.room.group_id.clone(),
+            uploader_id: uploader,
+            name: f.name.clone(),
+            kind: f.detected_type.clone(),
+            declared_type: f.declared_type.clone(),
+            category: f.category.clone(),
+            size: f.size,
+            uploaded_at: DateTime::from_millis(f.uploaded_at_ms),
+            status: f.status.clone(),
+            code: f.code.clone(),
+            reason: f.reason.clone(),
+            key: f.key.clone(),
+            thumbnail_key: f.thumbnail_key.clone(),
+            seq: f.upload_seq as i64,
+        })
+    }
+
+    /// The fact that records this attachment.
+    pub fn to_fact(&self) -> crate::v1::command::RecordAttachmentCmd {
+        crate::v1::command::RecordAttachmentCmd {
+            attachment_id: self.id.to_hex(),
+            room: crate::v1::command::RoomFields {
+                conversation_id: self.conversation_id.clone(),
+                group_id: self.group_id.clone(),
+            },
+            upload_seq: self.seq as u64,
+            uploaded_at_ms: self.uploaded_at.timestamp_millis(),
+            name: self.name.clone(),
+            detected_type: self.kind.clone(),
+            declared_type: self.declared_type.clone(),
+            category: self.category.clone(),
+            size: self.size,
+            status: self.status.clone(),
+            code: self.code.clone(),
+            reason: self.reason.clone(),
+            key: self.key.clone(),
+            thumbnail_key: self.thumbnail_key.clone(),
+        }
+    }
+
     pub fn room_kind(&self) -> RoomKind {
         if self.group_id.is_some() { RoomKind::Group } else { RoomKind::Conversation }
     }

@@ -7,6 +7,7 @@
 pub mod procs;
 pub mod sio;
 pub mod stack;
+pub mod state;
 pub mod ws;
 
 pub use sio::SioClient;

@@ -19,15 +19,16 @@ use tokio_util::sync::CancellationToken;
 
 pub struct AuditHandler {
     store: Store,
-    /// Where the chain's head is recorded, outside MongoDB.
-    heads: async_nats::jetstream::kv::Store,
+    /// Where the chain's head is recorded, outside MongoDB (not when
+    /// replaying into another database).
+    heads: Option<async_nats::jetstream::kv::Store>,
 }
 
 /// The key of the head in the bucket.
 pub const HEAD_KEY: &str = "head";
 
 impl AuditHandler {
-    pub fn new(store: Store, heads: async_nats::jetstream::kv::Store) -> Self {
+    pub fn new(store: Store, heads: Option<async_nats::jetstream::kv::Store>) -> Self {
         AuditHandler { store, heads }
     }
 }
@@ -69,10 +70,10 @@ impl Handler for AuditHandler {
             known.insert(record.seq);
             done.insert(inc.seq, Disposition::Applied(vec![]));
         }
-        if head_seq > 0 {
+        if let (true, Some(heads)) = (head_seq > 0, &self.heads) {
             let head = natter_shared::audit::Head { chain_seq: head_seq, hash: head_hash };
             let body = serde_json::to_vec(&head).map_err(|e| ApplyError(e.to_string()))?;
-            self.heads.put(HEAD_KEY, body.into()).await.map_err(|e| ApplyError(format!("audit head: {e}")))?;
+            heads.put(HEAD_KEY, body.into()).await.map_err(|e| ApplyError(format!("audit head: {e}")))?;
         }
         Ok(())
     }
@@ -83,6 +84,6 @@ pub async fn serve(core: &CoreConfig, cfg: RunnerConfig, cancel: CancellationTok
     let c = start::connect(core, "audit", &cfg).await?;
     let heads =
         c.js.get_key_value(c.subjects.audit_head_bucket()).await.map_err(|e| StartError::Nats(e.to_string()))?;
-    runner::run(Arc::new(AuditHandler::new(c.store, heads)), c.client, c.subjects, cfg, cancel).await?;
+    runner::run(Arc::new(AuditHandler::new(c.store, Some(heads))), c.client, c.subjects, cfg, cancel).await?;
     Ok(())
 }

@@ -113,6 +113,7 @@ pub enum Command {
     MarkDelivered(MarkDeliveredCmd),
     DeleteMessage(DeleteMessageCmd),
     UploadAttachment(UploadAttachmentCmd),
+    RecordAttachment(RecordAttachmentCmd),
 }
 
 impl Command {
@@ -131,6 +132,7 @@ impl Command {
             Command::MarkDelivered(_) => "mark_delivered",
             Command::DeleteMessage(_) => "delete_message",
             Command::UploadAttachment(_) => "upload_attachment",
+            Command::RecordAttachment(_) => "record_attachment",
         }
     }
 
@@ -167,6 +169,7 @@ impl Command {
             }
             Command::DeleteMessage(c) => put("messageId", &c.message_id),
             Command::UploadAttachment(c) => put("attachmentId", &c.attachment_id),
+            Command::RecordAttachment(c) => put("attachmentId", &c.attachment_id),
         }
         t
     }
@@ -185,6 +188,7 @@ impl Command {
             Command::MarkDelivered(c) => c.room.room(),
             Command::DeleteMessage(c) => c.room.room(),
             Command::UploadAttachment(c) => c.room.room(),
+            Command::RecordAttachment(c) => c.room.room(),
         }
     }
 }
@@ -233,6 +237,39 @@ pub struct UploadAttachmentCmd {
     /// The content type the client declared.
     pub declared_type: String,
     pub size: u64,
+}
+
+/// A fact, published by the attachments worker after checking and storing
+/// an upload: what it learned from outside the command (the detected type,
+/// the size, the object keys, or why the file was refused). Applying it
+/// records the attachment, so a rebuild from the stream never needs the
+/// staged bytes (long expired) or S3.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordAttachmentCmd {
+    pub attachment_id: String,
+    #[serde(flatten)]
+    pub room: RoomFields,
+    /// The `upload_attachment` command's seq and time.
+    pub upload_seq: u64,
+    pub uploaded_at_ms: i64,
+    pub name: String,
+    /// Detected from the bytes (empty when refused). (Not `type`: that is
+    /// the command's tag.)
+    pub detected_type: String,
+    pub declared_type: String,
+    pub category: String,
+    pub size: i64,
+    /// `accepted` or `rejected`.
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thumbnail_key: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

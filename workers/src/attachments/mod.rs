@@ -19,7 +19,7 @@ use natter_shared::config::{CoreConfig, S3Config};
 use natter_shared::ids::{RoomKind, RoomRef, parse_oid};
 use natter_shared::model::{AttachmentDoc, AttachmentView};
 use natter_shared::store::Store;
-use natter_shared::v1::command::{Command, RoomFields, UploadAttachmentCmd};
+use natter_shared::v1::command::{Command, CommandEnvelope, RequestMeta, RoomFields, UploadAttachmentCmd};
 use natter_shared::v1::event::{EventFrame, EventKind};
 use serde_json::json;
 use std::sync::Arc;
@@ -31,6 +31,7 @@ const HEAD: usize = 8192;
 
 pub struct AttachmentsHandler {
     store: Store,
+    js: async_nats::jetstream::Context,
     subjects: Subjects,
     staging: ObjectStore,
     s3: aws_sdk_s3::Client,
@@ -38,8 +39,15 @@ pub struct AttachmentsHandler {
 }
 
 impl AttachmentsHandler {
-    pub fn new(store: Store, subjects: Subjects, staging: ObjectStore, s3: aws_sdk_s3::Client, bucket: String) -> Self {
-        AttachmentsHandler { store, subjects, staging, s3, bucket }
+    pub fn new(
+        store: Store,
+        js: async_nats::jetstream::Context,
+        subjects: Subjects,
+        staging: ObjectStore,
+        s3: aws_sdk_s3::Client,
+        bucket: String,
+    ) -> Self {
+        AttachmentsHandler { store, js, subjects, staging, s3, bucket }
     }
 
     fn respond(&self, inc: &Incoming, data: serde_json::Value) -> Result<Publication, ApplyError> {
@@ -55,6 +63,23 @@ impl AttachmentsHandler {
             json!({"id": doc.id.to_hex(), "error": doc.reason, "code": doc.code})
         };
         Ok(Disposition::Applied(vec![self.respond(inc, data)?]))
+    }
+
+    async fn record_fact(&self, inc: &Incoming, room: &RoomRef, record: &AttachmentDoc) -> Result<(), ApplyError> {
+        let env = CommandEnvelope {
+            v: natter_shared::v1::VERSION,
+            actor: inc.msg.actor,
+            roles: vec![],
+            reply: None,
+            meta: Some(RequestMeta { via: "worker".into(), ..Default::default() }),
+            command: Command::RecordAttachment(record.to_fact()),
+        };
+        let body = serde_json::to_vec(&env).map_err(|e| ApplyError(e.to_string()))?;
+        let subject = self.subjects.command(room.kind, &room.id, "record_attachment");
+        natter_nats::publish::command(&self.js, subject, &format!("att:{}", record.id.to_hex()), body.into())
+            .await
+            .map_err(|e| ApplyError(format!("attachment fact: {e}")))?;
+        Ok(())
     }
 
     async fn drop_staged(&self, name: &str) {
@@ -135,11 +160,10 @@ impl AttachmentsHandler {
                 }
             }
         }
-        if let Err(e) = self.store.attachments().insert_one(&record).await
-            && !crate::messages::is_duplicate(&e)
-        {
-            return Err(e.into());
-        }
+        // What was learned here goes on the stream first: a rebuild
+        // replays it instead of the upload.
+        self.record_fact(inc, &room, &record).await?;
+        crate::messages::insert_attachment(&self.store, &record).await?;
         self.drop_staged(&name).await;
         tracing::info!(attachment = %name, status = %record.status, code = ?record.code, "upload processed");
         self.answer(inc, &record)
@@ -187,7 +211,8 @@ pub async fn serve(
         c.js.get_object_store(c.subjects.staging_bucket()).await.map_err(|e| StartError::Nats(e.to_string()))?;
     let s3c = natter_shared::s3::client(s3);
     natter_shared::s3::ensure_bucket(&s3c, &s3.bucket).await.map_err(StartError::S3)?;
-    let handler = Arc::new(AttachmentsHandler::new(c.store, c.subjects.clone(), staging, s3c, s3.bucket.clone()));
+    let handler =
+        Arc::new(AttachmentsHandler::new(c.store, c.js.clone(), c.subjects.clone(), staging, s3c, s3.bucket.clone()));
     runner::run(handler, c.client, c.subjects, cfg, cancel).await?;
     Ok(())
 }

@@ -104,6 +104,11 @@ impl MessagesHandler {
                     i += 1;
                     continue;
                 }
+                Command::RecordAttachment(c) => {
+                    done.insert(inc.seq, record_attachment(ctx, inc, c).await?);
+                    i += 1;
+                    continue;
+                }
                 _ => {}
             }
             let Some(r) = room.as_mut() else {
@@ -142,11 +147,39 @@ impl MessagesHandler {
                     let d = group::apply(ctx, r, inc).await?;
                     done.insert(inc.seq, d);
                 }
-                Command::CreateConversation(_) | Command::CreateGroup(_) | Command::UploadAttachment(_) => {}
+                Command::CreateConversation(_)
+                | Command::CreateGroup(_)
+                | Command::UploadAttachment(_)
+                | Command::RecordAttachment(_) => {}
             }
             i += 1;
         }
         Ok(())
+    }
+}
+
+/// Records an attachment from the attachments worker's fact (which usually
+/// recorded it already, the same way).
+async fn record_attachment(
+    ctx: &Ctx,
+    inc: &Incoming,
+    c: &natter_shared::v1::command::RecordAttachmentCmd,
+) -> Result<Disposition, ApplyError> {
+    let Some(doc) = natter_shared::model::AttachmentDoc::from_fact(inc.msg.actor.oid(), c) else {
+        return Ok(Disposition::Poison("attachmentId is not an ObjectId".into()));
+    };
+    insert_attachment(&ctx.store, &doc).await?;
+    Ok(Disposition::Applied(vec![]))
+}
+
+/// Inserts an attachment record once (a second insert finds it).
+pub(crate) async fn insert_attachment(
+    store: &Store,
+    doc: &natter_shared::model::AttachmentDoc,
+) -> Result<(), mongodb::error::Error> {
+    match store.attachments().insert_one(doc).await {
+        Err(e) if !is_duplicate(&e) => Err(e),
+        _ => Ok(()),
     }
 }
 

@@ -1,0 +1,80 @@
+//! The canonical state of a database, to compare a live one with a rebuild:
+//! every collection's documents in `_id` order, keys sorted, hashed.
+
+use futures::TryStreamExt;
+use mongodb::bson::{Bson, Document, doc};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct State {
+    /// SHA-256 over every collection's name and documents.
+    pub hash: String,
+    /// Documents per collection.
+    pub counts: BTreeMap<String, usize>,
+    /// Each collection's documents as canonical extended JSON, for showing
+    /// where two states differ.
+    pub docs: BTreeMap<String, Vec<String>>,
+}
+
+impl State {
+    /// The first document that differs between two states, if any.
+    pub fn first_difference(&self, other: &State) -> Option<String> {
+        for (name, mine) in &self.docs {
+            let theirs = other.docs.get(name).cloned().unwrap_or_default();
+            for (i, d) in mine.iter().enumerate() {
+                if theirs.get(i) != Some(d) {
+                    return Some(format!("{name}[{i}]:\n  {d}\n  {}", theirs.get(i).map_or("(none)", |s| s.as_str())));
+                }
+            }
+        }
+        None
+    }
+}
+
+/// JSON with every object's keys in order: the order in which a map's keys
+/// were first written is not part of the state.
+fn sorted(v: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match v {
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            let parts: Vec<String> =
+                keys.iter().map(|k| format!("{}:{}", Value::String((*k).clone()), sorted(&m[k.as_str()]))).collect();
+            format!("{{{}}}", parts.join(","))
+        }
+        Value::Array(a) => format!("[{}]", a.iter().map(sorted).collect::<Vec<_>>().join(",")),
+        other => other.to_string(),
+    }
+}
+
+pub async fn canonical(db: &mongodb::Database) -> State {
+    let mut names = db.list_collection_names().await.expect("collections");
+    names.sort();
+    let mut h = Sha256::new();
+    let mut counts = BTreeMap::new();
+    let mut all = BTreeMap::new();
+    for name in names {
+        let docs: Vec<Document> = db
+            .collection::<Document>(&name)
+            .find(doc! {})
+            .sort(doc! {"_id": 1})
+            .await
+            .expect("find")
+            .try_collect()
+            .await
+            .expect("documents");
+        h.update(name.as_bytes());
+        let mut texts = Vec::with_capacity(docs.len());
+        for d in &docs {
+            let json = sorted(&Bson::Document(d.clone()).into_canonical_extjson());
+            h.update(json.as_bytes());
+            h.update(b"\n");
+            texts.push(json);
+        }
+        counts.insert(name.clone(), docs.len());
+        all.insert(name, texts);
+    }
+    State { hash: format!("{:x}", h.finalize()), counts, docs: all }
+}

@@ -1,0 +1,221 @@
+//! Recovery from the streams: `natterctl replay` rebuilds MongoDB exactly
+//! (messages, groups and members, reads, deliveries, deletes, attachments,
+//! the audit chain), on top of itself and in parallel; dead letters are
+//! listed, retried once their cause is fixed, and dropped.
+
+use natter_tests::procs;
+use natter_tests::state::canonical;
+use natter_tests::{TestApp, WsClient};
+use reqwest::Method;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Runs `natterctl args` with the app's environment; its stdout.
+async fn natterctl(app: &TestApp, args: &[&str]) -> String {
+    let bin = procs::workspace_bin("natterctl");
+    let out = tokio::process::Command::new(bin).args(args).envs(app.env()).output().await.expect("natterctl");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "natterctl {args:?}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    stdout
+}
+
+/// Waits until every consumer has nothing pending and the state stops
+/// changing.
+async fn settled(app: &TestApp) -> natter_tests::state::State {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut last = None;
+    loop {
+        let status: Value = serde_json::from_str(&natterctl(app, &["status", "--json"]).await).unwrap();
+        let busy = status["consumers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["pending"].as_u64() != Some(0) || c["ackPending"].as_u64() != Some(0));
+        let now = canonical(app.store.db()).await;
+        if !busy && last.as_ref() == Some(&now) {
+            return now;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the pipeline did not settle: {status}");
+        last = Some(now);
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+}
+
+fn png() -> Vec<u8> {
+    let img = image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([x as u8, y as u8, 7]));
+    let mut out = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png).unwrap();
+    out
+}
+
+/// Messages, reads, deliveries, deletes, a group whose members change, an
+/// attachment in a message.
+async fn scenario(app: &mut TestApp) {
+    let e = app.start_edge().await;
+    let (a, b, c, d) = (app.user(), app.user(), app.user(), app.user());
+    let conv = app.open_conversation(e, a, b).await;
+    let mut wa = WsClient::connect(e, &app.token(a, &[])).await;
+    let mut wb = WsClient::connect(e, &app.token(b, &[])).await;
+    for w in [&mut wa, &mut wb] {
+        w.request("join_conversation", json!({"conversationId": conv})).await;
+    }
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        let (w, text) = if i % 3 == 2 { (&mut wb, format!("b{i}")) } else { (&mut wa, format!("a{i}")) };
+        let r = w.request("send_message", json!({"conversationId": conv, "content": text})).await;
+        ids.push(r["data"]["messageId"].as_str().unwrap().to_string());
+    }
+    wb.events("message_received", 30, WAIT).await;
+    wb.request("mark_as_read", json!({"messageId": ids[20]})).await;
+    wa.request("delete_message", json!({"messageId": ids[3]})).await;
+
+    // An attachment, sent in a message.
+    let header = json!({"type": "file_upload", "requestId": "up", "data": {"filename": "p.png", "type": "image/png", "conversationId": conv}}).to_string();
+    let mut frame = (header.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(header.as_bytes());
+    frame.extend_from_slice(&png());
+    wa.send_frame(fastwebsockets::Frame::binary(fastwebsockets::Payload::Owned(frame))).await;
+    let ack = wa.reply_to("up", WAIT).await;
+    let att = ack["data"]["attachmentId"].as_str().unwrap().to_string();
+    assert_eq!(wa.events("file_upload_response", 1, WAIT).await[0]["data"]["id"], att);
+    wa.request("send_message", json!({"conversationId": conv, "content": "pic", "attachments": [att]})).await;
+
+    // A group: created, a member added, one removed, one leaving, messages.
+    let g = app.create_group(e, a, &[b, c]).await;
+    let admin = app.token(a, &["Admin"]);
+    let (s, _) = app
+        .call(Method::POST, e, &format!("/api/chat/groups/{g}/members"), &admin, Some(json!({"userId": d.hex()})))
+        .await;
+    assert_eq!(s, 201);
+    wa.request("join_group", json!({"groupId": g})).await;
+    for i in 0..5 {
+        wa.request("send_message", json!({"groupId": g, "content": format!("g{i}")})).await;
+    }
+    let (s, _) = app.call(Method::DELETE, e, &format!("/api/chat/groups/{g}/members/{}", c.hex()), &admin, None).await;
+    assert_eq!(s, 200);
+    let (s, _) = app.call(Method::POST, e, &format!("/api/chat/groups/{g}/leave"), &app.token(d, &[]), None).await;
+    assert_eq!(s, 201);
+    let (s, _) =
+        app.call(Method::PATCH, e, &format!("/api/chat/groups/{g}"), &admin, Some(json!({"name": "renamed"}))).await;
+    assert_eq!(s, 200);
+    wa.request("send_message", json!({"groupId": g, "content": "last"})).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_rebuilds_the_same_state() {
+    let mut app = TestApp::new().await;
+    app.with_s3();
+    // Two messages workers share the partitions live.
+    app.start_worker();
+    app.start_worker();
+    app.start_attachments_worker();
+    app.start_audit_worker();
+    scenario(&mut app).await;
+    let live = settled(&app).await;
+    let letters = natterctl(&app, &["dlq", "list", "--json"]).await;
+    assert_eq!(letters.trim(), "[]", "nothing was dead-lettered");
+    for coll in ["messages", "conversations", "groupchats", "attachments", "audit_logs"] {
+        assert!(live.counts.get(coll).copied().unwrap_or(0) > 0, "{coll} is part of the scenario: {:?}", live.counts);
+    }
+
+    // Wipe the database and rebuild it with one command.
+    app.store.db().drop().await.unwrap();
+    let dir = std::env::temp_dir().join(format!("{}-replay", app.name));
+    std::fs::create_dir_all(&dir).unwrap();
+    let state = dir.join("live.json").display().to_string();
+    let said = natterctl(&app, &["replay", "--quiet", "--state", &state]).await;
+    assert!(said.contains("replayed commands"), "{said}");
+    let rebuilt = canonical(app.store.db()).await;
+    assert_eq!(rebuilt.counts, live.counts);
+    assert_eq!(rebuilt.hash, live.hash, "the same state; {}", live.first_difference(&rebuilt).unwrap_or_default());
+
+    // Again, on top of it: nothing changes, nothing is doubled.
+    natterctl(&app, &["replay", "--quiet", "--restart", "--state", &state]).await;
+    assert_eq!(canonical(app.store.db()).await, live);
+    // Resuming a finished replay has nothing left to do.
+    let said = natterctl(&app, &["replay", "--quiet", "--state", &state]).await;
+    assert!(said.contains("0 applied"), "{said}");
+
+    // Into a fresh database, two tasks in parallel, another batch size.
+    let fresh = format!("{}_rebuild", app.db);
+    let state2 = dir.join("fresh.json").display().to_string();
+    natterctl(&app, &["replay", "--quiet", "--into-db", &fresh, "--workers", "2", "--batch", "7", "--state", &state2])
+        .await;
+    let other = mongodb::Client::with_uri_str(&app.mongodb_uri).await.unwrap().database(&fresh);
+    assert_eq!(canonical(&other).await, live, "a rebuild elsewhere is the same");
+    // A fresh database must be empty to start a rebuild.
+    let out = tokio::process::Command::new(procs::workspace_bin("natterctl"))
+        .args(["replay", "--quiet", "--into-db", &fresh, "--state", &dir.join("x.json").display().to_string()])
+        .envs(app.env())
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"));
+    other.drop().await.unwrap();
+}
+
+/// A send to a conversation that does not exist (yet): dead-lettered with
+/// its reason at once, later commands go on; `dlq retry` applies it once
+/// the conversation exists; `dlq drop` discards another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_commands_are_dead_lettered_and_retried() {
+    let mut app = TestApp::new().await;
+    let e = app.start_edge().await;
+    app.start_worker();
+    let (a, b, c) = (app.user(), app.user(), app.user());
+    let live_conv = app.open_conversation(e, a, c).await;
+    // The conversation a and b would have; nobody created it.
+    let missing = natter_shared::ids::conversation_id_for(a, b).to_hex();
+    let js = async_nats::jetstream::new(async_nats::connect(&app.nats_url).await.unwrap());
+    let subjects = natter_nats::Subjects::new(&app.name);
+    let poison = |n: u32, room: &str| {
+        let id = natter_shared::ids::message_id_for(a, &format!("poison-{n}")).to_hex();
+        let env = json!({"v": 1, "actor": a.hex(), "command": {"type": "send_message", "messageId": id,
+            "conversationId": room, "content": format!("poison {n}"), "messageType": "text", "clientMsgId": format!("poison-{n}")}});
+        (id, serde_json::to_vec(&env).unwrap())
+    };
+    let (first, body) = poison(1, &missing);
+    let subject = subjects.command(natter_nats::RoomKind::Conversation, &missing, "send_message");
+    natter_nats::publish::command(&js, subject.clone(), "poison-1", body.into()).await.unwrap();
+    let (_, body) = poison(2, &missing);
+    natter_nats::publish::command(&js, subject, "poison-2", body.into()).await.unwrap();
+    // Commands after them are applied.
+    let mut wa = WsClient::connect(e, &app.token(a, &[])).await;
+    let ok = wa.request("send_message", json!({"conversationId": live_conv, "content": "after poison"})).await;
+    assert_eq!(ok["type"], "ack");
+
+    let list: Vec<Value> = natter_tests::eventually("two dead letters", WAIT, || async {
+        let v: Vec<Value> = serde_json::from_str(&natterctl(&app, &["dlq", "list", "--json"]).await).unwrap();
+        (v.len() == 2).then_some(v)
+    })
+    .await;
+    assert!(list.iter().all(|l| l["reason"] == "conversation not found" && l["role"] == "messages"), "{list:?}");
+    assert!(list.iter().all(|l| l["action"] == "send_message" && l["originalSeq"].as_u64().is_some()));
+    let status: Value = serde_json::from_str(&natterctl(&app, &["status", "--json"]).await).unwrap();
+    assert_eq!(status["deadLetters"]["total"], 2, "{status}");
+    let shown = natterctl(&app, &["dlq", "show", &list[0]["id"].to_string()]).await;
+    assert!(shown.contains("poison 1") && shown.contains("conversation not found"), "{shown}");
+    natter_tests::eventually("the later message applied", WAIT, || async {
+        let (_, h) = app.get(e, &format!("/api/chat/conversations/{live_conv}/messages"), a).await;
+        (h["total"] == 1).then_some(())
+    })
+    .await;
+
+    // Fix the cause: the conversation now exists. Retry one, drop the other.
+    assert_eq!(app.open_conversation(e, a, b).await, missing);
+    let said = natterctl(&app, &["dlq", "retry", &list[0]["id"].to_string()]).await;
+    assert!(said.contains("stored again at seq"), "{said}");
+    natterctl(&app, &["dlq", "drop", &list[1]["id"].to_string()]).await;
+    natter_tests::eventually("the retried message applied", WAIT, || async {
+        let (_, h) = app.get(e, &format!("/api/chat/conversations/{missing}/messages"), a).await;
+        (h["total"] == 1).then_some(h)
+    })
+    .await;
+    let (_, h) = app.get(e, &format!("/api/chat/conversations/{missing}/messages"), b).await;
+    assert_eq!(h["messages"][0]["_id"], first, "{h}");
+    let left: Vec<Value> = serde_json::from_str(&natterctl(&app, &["dlq", "list", "--json"]).await).unwrap();
+    assert!(left.is_empty(), "{left:?}");
+}
