@@ -208,8 +208,10 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn connect(core: &CoreConfig) -> anyhow::Result<async_nats::jetstream::Context> {
-    let client = async_nats::connect(core.nats_url.as_str())
+pub(crate) async fn connect(core: &CoreConfig) -> anyhow::Result<async_nats::jetstream::Context> {
+    // A list of servers (a cluster): every one is a way in.
+    let servers: Vec<&str> = core.nats_url.split(',').map(str::trim).collect();
+    let client = async_nats::connect(servers)
         .await
         .with_context(|| format!("connecting to NATS at {}", core.nats_url))?;
     Ok(async_nats::jetstream::new(client))

@@ -153,10 +153,7 @@ fn filters(a: &ReplayArgs, s: &Subjects) -> anyhow::Result<Vec<Vec<String>>> {
 
 pub async fn run(a: ReplayArgs) -> anyhow::Result<()> {
     let core = CoreConfig::load(&Env)?;
-    let client = async_nats::connect(core.nats_url.as_str())
-        .await
-        .with_context(|| format!("connecting to NATS at {}", core.nats_url))?;
-    let js = jetstream::new(client);
+    let js = crate::connect(&core).await?;
     let s = Subjects::new(&core.nats_namespace);
     let db = a.into_db.clone().unwrap_or_else(|| core.mongodb_db.clone());
     let store = Store::connect(&core.mongodb_uri, &db).await?;
