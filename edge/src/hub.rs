@@ -181,6 +181,20 @@ impl Hub {
         }
     }
 
+    /// An event frame as the fan-out sees it: its head (with the room of
+    /// the subject it was published on), and the frame's routing fields.
+    pub fn head(&self, published_on: &str, payload: &[u8]) -> Option<(Arc<Head>, EventHead)> {
+        let h: EventHead = serde_json::from_slice(payload).ok()?;
+        let head = Head {
+            kind: h.kind.clone(),
+            seq: h.seq,
+            part: h.part,
+            from: h.from.clone(),
+            room: self.subjects.parse_room(published_on),
+        };
+        Some((Arc::new(head), h))
+    }
+
     /// Number of subjects this edge is subscribed to (for tests and metrics).
     pub async fn subscriptions(&self) -> usize {
         self.entries.lock().await.len()

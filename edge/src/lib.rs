@@ -5,6 +5,7 @@
 
 pub mod app;
 pub mod attachments;
+pub mod catchup;
 pub mod chat;
 pub mod delivery;
 pub mod error;

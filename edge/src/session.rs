@@ -156,12 +156,30 @@ impl Session {
         serde_json::to_value(RoomFields::of(room)).unwrap_or(Value::Null)
     }
 
-    async fn join(&mut self, kind: RoomKind, id: &str) -> Result<Value, ChatError> {
+    /// Follows the room; with `last_seq`, first sends what the client
+    /// missed after it (see `catchup`), and says how that went in the ack.
+    async fn join(&mut self, kind: RoomKind, id: &str, last_seq: Option<u64>) -> Result<Value, ChatError> {
         let (room, _) = chat::room(kind, id)?;
         chat::require_member(&self.st, &self.who, &room).await?;
-        let subject = self.st.hub.room_subject(&room);
-        self.st.hub.follow(&subject, self.sink.clone()).await.map_err(ChatError::unavailable)?;
-        Ok(Self::room_data(&room))
+        let mut data = Self::room_data(&room);
+        match last_seq {
+            None => {
+                let subject = self.st.hub.room_subject(&room);
+                self.st.hub.follow(&subject, self.sink.clone()).await.map_err(ChatError::unavailable)?;
+            }
+            Some(seq) => {
+                let caught =
+                    crate::catchup::follow(&self.st, &self.sink, &room, seq).await.map_err(ChatError::Unavailable)?;
+                let report = match caught {
+                    crate::catchup::CatchUp::Complete(n) => json!({"lastSeq": seq, "events": n, "complete": true}),
+                    crate::catchup::CatchUp::Resync(reason) => {
+                        json!({"lastSeq": seq, "complete": false, "reason": reason})
+                    }
+                };
+                data["catchUp"] = report;
+            }
+        }
+        Ok(data)
     }
 
     async fn leave(&mut self, kind: RoomKind, id: &str) -> Result<Value, ChatError> {
@@ -187,9 +205,11 @@ impl Session {
                 };
                 Ok(serde_json::to_value(ack).unwrap_or(Value::Null))
             }
-            ClientRequest::JoinConversation(r) => self.join(RoomKind::Conversation, &r.conversation_id).await,
+            ClientRequest::JoinConversation(r) => {
+                self.join(RoomKind::Conversation, &r.conversation_id, r.last_seq).await
+            }
             ClientRequest::LeaveConversation(r) => self.leave(RoomKind::Conversation, &r.conversation_id).await,
-            ClientRequest::JoinGroup(r) => self.join(RoomKind::Group, &r.group_id).await,
+            ClientRequest::JoinGroup(r) => self.join(RoomKind::Group, &r.group_id, r.last_seq).await,
             ClientRequest::LeaveGroup(r) => self.leave(RoomKind::Group, &r.group_id).await,
             ClientRequest::Typing(t) => {
                 let raw = RoomRef::from_fields(t.conversation_id.as_deref(), t.group_id.as_deref())

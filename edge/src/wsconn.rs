@@ -126,16 +126,45 @@ pub type Delivered = (UserId, RoomRef, u64);
 
 /// Decides which events reach a connection: each `(seq, part)` at most once
 /// per subject (an edge may see an event twice around a reconnect of its
-/// subscription), and notes messages from others as delivered.
+/// subscription, and a catch-up overlaps the live events), and notes
+/// messages from others as delivered. A room's events come in seq order, so
+/// the last one written is enough to know; a user's subject mixes rooms
+/// applied by different workers, so there the recent ones are remembered.
 pub struct EventGate {
     user: UserId,
     me: String,
     last: HashMap<Arc<str>, (u64, u32)>,
+    recent: HashMap<Arc<str>, Recent>,
+}
+
+/// The last few `(seq, part)` seen on a subject whose seqs are not ordered.
+#[derive(Default)]
+struct Recent {
+    order: std::collections::VecDeque<(u64, u32)>,
+    seen: std::collections::HashSet<(u64, u32)>,
+}
+
+const RECENT: usize = 4096;
+
+impl Recent {
+    /// False when `at` was seen.
+    fn admit(&mut self, at: (u64, u32)) -> bool {
+        if !self.seen.insert(at) {
+            return false;
+        }
+        self.order.push_back(at);
+        if self.order.len() > RECENT
+            && let Some(old) = self.order.pop_front()
+        {
+            self.seen.remove(&old);
+        }
+        true
+    }
 }
 
 impl EventGate {
     pub fn new(me: UserId) -> Self {
-        EventGate { user: me, me: me.hex(), last: HashMap::new() }
+        EventGate { user: me, me: me.hex(), last: HashMap::new(), recent: HashMap::new() }
     }
 
     /// `None` when the event was already written; otherwise whether writing
@@ -143,11 +172,15 @@ impl EventGate {
     pub fn admit(&mut self, subject: &Arc<str>, head: &Head) -> Option<Option<Delivered>> {
         let Some(seq) = head.seq else { return Some(None) };
         let at = (seq, head.part);
-        let seen = self.last.entry(subject.clone()).or_insert((0, 0));
-        if at <= *seen {
+        if head.room.is_some() {
+            let seen = self.last.entry(subject.clone()).or_insert((0, 0));
+            if at <= *seen {
+                return None;
+            }
+            *seen = at;
+        } else if !self.recent.entry(subject.clone()).or_default().admit(at) {
             return None;
         }
-        *seen = at;
         let from_other = head.from.as_deref() != Some(self.me.as_str());
         Some(
             (head.kind == "message_received" && from_other)
@@ -202,5 +235,29 @@ pub async fn write_loop(
         if let Some((user, room, seq)) = delivered {
             deliveries.report(user, room, seq);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use natter_shared::ids::{RoomKind, RoomRef};
+
+    fn head(seq: u64, room: Option<RoomRef>) -> Head {
+        Head { kind: "message_read".into(), seq: Some(seq), part: 0, from: None, room }
+    }
+
+    #[test]
+    fn room_events_once_in_order_user_events_once_in_any_order() {
+        let mut g = EventGate::new(UserId(mongodb::bson::oid::ObjectId::new()));
+        let room: Arc<str> = Arc::from("chat.*.conv.r");
+        let r = Some(RoomRef::new(RoomKind::Conversation, "r"));
+        let admitted: Vec<u64> =
+            [1, 2, 2, 5, 3, 6].into_iter().filter(|s| g.admit(&room, &head(*s, r.clone())).is_some()).collect();
+        assert_eq!(admitted, [1, 2, 5, 6]);
+        let user: Arc<str> = Arc::from("chat.evt.user.u");
+        let admitted: Vec<u64> =
+            [9, 4, 9, 7, 4, 12].into_iter().filter(|s| g.admit(&user, &head(*s, None)).is_some()).collect();
+        assert_eq!(admitted, [9, 4, 7, 12], "other rooms' older seqs still pass, repeats do not");
     }
 }

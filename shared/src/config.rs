@@ -102,6 +102,10 @@ pub struct EdgeConfig {
     /// answer a ping within the timeout is disconnected.
     pub sio_ping_interval: std::time::Duration,
     pub sio_ping_timeout: std::time::Duration,
+    /// `CATCHUP_MAX_EVENTS` (default 1000): most events a reconnecting
+    /// client is sent for one room; beyond that it is told to refetch the
+    /// history over REST.
+    pub catchup_max_events: u64,
 }
 
 /// S3-compatible storage for attachments.
@@ -221,6 +225,15 @@ impl EdgeConfig {
         };
         let sio_ping_interval = millis("SIO_PING_INTERVAL_MS", 25_000)?;
         let sio_ping_timeout = millis("SIO_PING_TIMEOUT_MS", 20_000)?;
+        let catchup_max_events = match src.get("CATCHUP_MAX_EVENTS") {
+            None => 1000,
+            Some(v) => v
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|n| (1..=100_000).contains(n))
+                .ok_or_else(|| invalid("CATCHUP_MAX_EVENTS", format!("`{v}` is not a number in 1..=100000")))?,
+        };
         let attachment_url_ttl = match src.get("ATTACHMENT_URL_TTL") {
             None => 300,
             Some(v) => v
@@ -247,6 +260,7 @@ impl EdgeConfig {
             attachment_proxy,
             sio_ping_interval,
             sio_ping_timeout,
+            catchup_max_events,
         })
     }
 }

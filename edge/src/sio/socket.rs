@@ -50,24 +50,33 @@ fn args_value(json: String) -> Value {
     Value::Str(Str::from(json), None)
 }
 
-/// An event packet `["<name>", <data>]` with `data` as JSON text.
-fn event_packet(name: &str, data: &str) -> Str {
+/// An event packet `["<name>", <data>, ...more]` with `data` as JSON text.
+fn event_packet(name: &str, data: &str, more: Option<&str>) -> Str {
     let name = serde_json::to_string(name).unwrap_or_else(|_| "\"\"".into());
-    Str::from(encode(Packet::event("/", args_value(format!("[{name},{data}]")))))
+    let args = match more {
+        Some(m) => format!("[{name},{data},{m}]"),
+        None => format!("[{name},{data}]"),
+    };
+    Str::from(encode(Packet::event("/", args_value(args))))
 }
 
-/// A native event frame (`{"type": .., "data": ..}`) as a Socket.IO event of
-/// the same name with `data` as its argument: the NestJS module's shape.
+/// A native event frame (`{"type": .., "seq": .., "data": ..}`) as a
+/// Socket.IO event of the same name with `data` as its argument, the NestJS
+/// module's shape; events from the stream add a second argument `{"seq"}`,
+/// the position a reconnecting client gives back as `lastSeq`.
 pub fn event_from_native(frame: &[u8]) -> Option<Str> {
     #[derive(Deserialize)]
     struct Native<'a> {
         #[serde(rename = "type", borrow)]
         kind: Cow<'a, str>,
+        #[serde(default)]
+        seq: Option<u64>,
         #[serde(borrow)]
         data: &'a RawValue,
     }
     let f: Native<'_> = serde_json::from_slice(frame).ok()?;
-    Some(event_packet(&f.kind, f.data.get()))
+    let meta = f.seq.map(|s| format!("{{\"seq\":{s}}}"));
+    Some(event_packet(&f.kind, f.data.get(), meta.as_deref()))
 }
 
 /// `file_upload`'s argument: the file as a binary attachment.
@@ -262,7 +271,7 @@ impl Socket {
 
     async fn refuse(&mut self, event: &str, ack: Option<i64>, code: ErrorCode, message: &str) -> Next {
         let body = json!({"code": code, "message": message, "event": event}).to_string();
-        self.session.reply(event_packet("error", &body).as_str().to_owned()).await;
+        self.session.reply(event_packet("error", &body, None).as_str().to_owned()).await;
         if let Some(id) = ack {
             let args = json!([{"error": {"code": code, "message": message}}]).to_string();
             self.session.reply(encode(Packet::ack("/", args_value(args), id))).await;

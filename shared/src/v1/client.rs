@@ -137,16 +137,23 @@ fn default_type() -> ClientMessageType {
     ClientMessageType::Text
 }
 
+/// `join_conversation` / `leave_conversation`. `lastSeq`, on a join: the
+/// last `seq` the client saw in the room; what it missed is sent first.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ConversationRef {
     pub conversation_id: String,
+    #[serde(default)]
+    pub last_seq: Option<u64>,
 }
 
+/// `join_group` / `leave_group`, with `lastSeq` as for conversations.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct GroupRef {
     pub group_id: String,
+    #[serde(default)]
+    pub last_seq: Option<u64>,
 }
 
 /// `typing`: the user id and name come from the token; payload fields of

@@ -32,6 +32,10 @@ pub enum EventKind {
     UserTyping,
     UserOnline,
     UserOffline,
+    /// A reconnecting client missed more than can be sent again (or events
+    /// it missed have expired): it should refetch the room's history over
+    /// REST. Live events follow.
+    ResyncRequired,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -1,0 +1,124 @@
+//! Reconnect catch-up. A client joining a room with the last `seq` it saw
+//! there gets the room's events it missed, from the events stream, in
+//! order, and then the live ones, with no gap and no duplicate:
+//!
+//! 1. the connection follows the room through a holding queue, so live
+//!    events from now on are kept;
+//! 2. the events published since the command at `lastSeq` are read from
+//!    `CHAT_EVENTS` (an ephemeral ordered consumer from that command's
+//!    time) and queued for the connection, skipping those at or before
+//!    `lastSeq`;
+//! 3. the held live events follow; the connection's gate drops those the
+//!    catch-up already sent.
+//!
+//! When more than `CATCHUP_MAX_EVENTS` were missed, or events the client
+//! missed have expired from the stream (24 h), the client is told to
+//! refetch the history over REST (`resync_required`) and gets live events.
+
+use crate::hub::{Outbound, Sink};
+use crate::state::EdgeState;
+use async_nats::jetstream::consumer;
+use futures::StreamExt;
+use natter_shared::ids::RoomRef;
+use natter_shared::v1::command::RoomFields;
+use natter_shared::v1::event::{EventFrame, EventKind};
+use serde_json::json;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// What a catch-up did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CatchUp {
+    /// Every missed event was sent (this many).
+    Complete(u64),
+    /// Too much was missed, or has expired: the client must refetch.
+    Resync(&'static str),
+}
+
+/// Follows `room` for `sink`'s connection with catch-up after `last_seq`.
+pub async fn follow(st: &Arc<EdgeState>, sink: &Sink, room: &RoomRef, last_seq: u64) -> Result<CatchUp, String> {
+    let subject = st.hub.room_subject(room);
+    let (hold_tx, mut hold_rx) = mpsc::channel::<Outbound>(crate::ws::QUEUE_LEN);
+    let holding = Sink { tx: hold_tx, ..sink.clone() };
+    st.hub.follow(&subject, holding).await.map_err(|e| e.to_string())?;
+    let result = missed(st, sink, room, &subject, last_seq).await;
+    if let Ok(CatchUp::Resync(reason)) = &result {
+        let mut data = json!({"lastSeq": last_seq, "reason": reason});
+        RoomFields::of(room).merge_into(&mut data);
+        if let Ok(text) = serde_json::to_string(&EventFrame::ephemeral(EventKind::ResyncRequired, data)) {
+            let _ = sink.tx.send(Outbound::Local(text)).await;
+        }
+    }
+    // Then the held live events, and every later one, in order.
+    let tx = sink.tx.clone();
+    tokio::spawn(async move {
+        while let Some(o) = hold_rx.recv().await {
+            if tx.send(o).await.is_err() {
+                break;
+            }
+        }
+    });
+    result
+}
+
+async fn missed(st: &EdgeState, sink: &Sink, room: &RoomRef, subject: &str, last_seq: u64) -> Result<CatchUp, String> {
+    let mut events = st.js.get_stream(st.subjects.evt_stream()).await.map_err(|e| e.to_string())?;
+    let evt_state = events.info().await.map_err(|e| e.to_string())?.state.clone();
+    let deliver = if last_seq == 0 {
+        if evt_state.first_sequence > 1 {
+            return Ok(CatchUp::Resync("the room's first events have expired"));
+        }
+        consumer::DeliverPolicy::All
+    } else {
+        let cmds = st.js.get_stream(st.subjects.cmd_stream()).await.map_err(|e| e.to_string())?;
+        let Ok(at) = cmds.direct_get(last_seq).await else {
+            return Ok(CatchUp::Resync("lastSeq is not a stored command"));
+        };
+        if evt_state.first_sequence > 1 && evt_state.first_timestamp > at.time {
+            return Ok(CatchUp::Resync("events after lastSeq have expired"));
+        }
+        consumer::DeliverPolicy::ByStartTime { start_time: at.time }
+    };
+    let published_on = st.subjects.room_events(room.kind, &room.id);
+    let mut c = events
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: published_on.clone(),
+            deliver_policy: deliver,
+            description: Some("edge catch-up".into()),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let pending = c.info().await.map_err(|e| e.to_string())?.num_pending;
+    if pending > st.config.catchup_max_events {
+        return Ok(CatchUp::Resync("too many events were missed"));
+    }
+    if pending == 0 {
+        return Ok(CatchUp::Complete(0));
+    }
+    let me = sink.user.hex();
+    let shared: Arc<str> = Arc::from(subject);
+    let mut msgs = c.messages().await.map_err(|e| e.to_string())?;
+    let mut sent = 0;
+    while let Some(m) = msgs.next().await {
+        let m = m.map_err(|e| e.to_string())?;
+        let remaining = m.info().map(|i| i.pending).unwrap_or(0);
+        if let Some((head, h)) = st.hub.head(&published_on, &m.payload)
+            && head.seq.is_some_and(|s| s > last_seq)
+        {
+            if h.revoke.as_deref().is_some_and(|r| r == "*" || r == me) {
+                // The client was out of the room for a while since.
+                return Ok(CatchUp::Resync("membership changed since lastSeq"));
+            }
+            let out = Outbound::Event { subject: shared.clone(), head, payload: m.payload.clone() };
+            if sink.tx.send(out).await.is_err() {
+                break;
+            }
+            sent += 1;
+        }
+        if remaining == 0 {
+            break;
+        }
+    }
+    Ok(CatchUp::Complete(sent))
+}
