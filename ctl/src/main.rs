@@ -211,9 +211,8 @@ async fn main() -> anyhow::Result<()> {
 pub(crate) async fn connect(core: &CoreConfig) -> anyhow::Result<async_nats::jetstream::Context> {
     // A list of servers (a cluster): every one is a way in.
     let servers: Vec<&str> = core.nats_url.split(',').map(str::trim).collect();
-    let client = async_nats::connect(servers)
-        .await
-        .with_context(|| format!("connecting to NATS at {}", core.nats_url))?;
+    let client =
+        async_nats::connect(servers).await.with_context(|| format!("connecting to NATS at {}", core.nats_url))?;
     Ok(async_nats::jetstream::new(client))
 }
 
