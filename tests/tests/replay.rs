@@ -155,6 +155,42 @@ async fn replay_rebuilds_the_same_state() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"));
     other.drop().await.unwrap();
+
+    // Only one room: its conversation and messages, nothing of the group.
+    let conv = live.docs["conversations"][0].clone();
+    let conv_id = serde_json::from_str::<Value>(&conv).unwrap()["_id"]["$oid"].as_str().unwrap().to_string();
+    let one = format!("{}_room", app.db);
+    let state3 = dir.join("room.json").display().to_string();
+    let room = format!("conversation:{conv_id}");
+    let said = natterctl(&app, &["replay", "--quiet", "--into-db", &one, "--room", &room, "--state", &state3]).await;
+    assert!(said.contains("audit trail not replayed"), "{said}");
+    let only = mongodb::Client::with_uri_str(&app.mongodb_uri).await.unwrap().database(&one);
+    let st = canonical(&only).await;
+    assert_eq!(st.docs["conversations"], live.docs["conversations"]);
+    assert!(!st.counts.contains_key("groupchats"), "{:?}", st.counts);
+    let conv_messages = live.docs["messages"].iter().filter(|m| m.contains(&conv_id)).count();
+    assert_eq!(st.counts["messages"], conv_messages);
+    only.drop().await.unwrap();
+
+    // Resuming: a state file that says the first half was applied makes
+    // replay apply only the rest.
+    app.store.db().drop().await.unwrap();
+    let subjects = natter_nats::Subjects::new(&app.name);
+    let key: Vec<String> = (0..natter_nats::PARTITIONS).map(|p| subjects.partition(p)).collect();
+    let js = async_nats::jetstream::new(async_nats::connect(&app.nats_url).await.unwrap());
+    let last = js.get_stream(subjects.cmd_stream()).await.unwrap().info().await.unwrap().state.last_sequence;
+    let half = last / 2;
+    let partial = json!({"database": app.db, "commands": {key.join(","): half}, "outcomes": 0});
+    let state4 = dir.join("resume.json");
+    std::fs::write(&state4, partial.to_string()).unwrap();
+    let said = natterctl(&app, &["replay", "--quiet", "--no-audit", "--state", &state4.display().to_string()]).await;
+    let applied: u64 = said.split(": ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap().parse().unwrap();
+    assert!(applied < last - half + 1 && applied > 0, "resumed after seq {half} of {last}: {said}");
+    let resumed = canonical(app.store.db()).await;
+    assert!(
+        resumed.counts.get("messages").copied().unwrap_or(0) < live.counts["messages"],
+        "the first half was skipped"
+    );
 }
 
 /// A send to a conversation that does not exist (yet): dead-lettered with
