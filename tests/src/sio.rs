@@ -151,3 +151,78 @@ impl SioClient {
         self.command(json!({"op": "disconnect"})).await;
     }
 }
+
+/// A Socket.IO client over one WebSocket (Engine.IO 4, Socket.IO 5), in
+/// Rust, for the benchmark: the stock client's framing without Node.
+pub struct RawSio {
+    ws: crate::WsClient,
+    next_ack: u64,
+    /// Events that arrived while waiting for an ack.
+    pending: VecDeque<(String, Value)>,
+}
+
+impl RawSio {
+    pub async fn connect(addr: SocketAddr, token: &str) -> RawSio {
+        let mut ws = crate::WsClient::open(addr, "/socket.io/?EIO=4&transport=websocket", "").await.expect("upgrade");
+        match ws.next(WAIT).await {
+            Some(crate::ws::In::Text(t)) if t.starts_with('0') => {}
+            other => panic!("expected the open packet, got {other:?}"),
+        }
+        ws.send_text(&format!("40{}", json!({"token": token}))).await;
+        match ws.next(WAIT).await {
+            Some(crate::ws::In::Text(t)) if t.starts_with("40") => {}
+            other => panic!("expected the CONNECT reply, got {other:?}"),
+        }
+        RawSio { ws, next_ack: 0, pending: VecDeque::new() }
+    }
+
+    /// The next packet as (event name or `ack:<id>`, first argument);
+    /// answers pings on the way.
+    async fn packet(&mut self, timeout: Duration) -> Option<(String, Value)> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let text = match self.ws.next(left).await? {
+                crate::ws::In::Text(t) => t,
+                crate::ws::In::Json(v) => v.to_string(),
+                crate::ws::In::Close(_) => return None,
+            };
+            if text == "2" {
+                self.ws.send_text("3").await;
+                continue;
+            }
+            if let Some(rest) = text.strip_prefix("43") {
+                let at = rest.find('[').unwrap_or(rest.len());
+                let args: Value = serde_json::from_str(&rest[at..]).unwrap_or(Value::Null);
+                return Some((format!("ack:{}", &rest[..at]), args[0].clone()));
+            }
+            if let Some(rest) = text.strip_prefix("42") {
+                let args: Value = serde_json::from_str(rest).unwrap_or(Value::Null);
+                return Some((args[0].as_str().unwrap_or("").to_string(), args[1].clone()));
+            }
+        }
+    }
+
+    /// Emits `event` with an ack callback; the ack's first argument.
+    pub async fn request(&mut self, event: &str, arg: Value) -> Value {
+        self.next_ack += 1;
+        let id = self.next_ack;
+        self.ws.send_text(&format!("42{id}{}", json!([event, arg]))).await;
+        let want = format!("ack:{id}");
+        loop {
+            let (name, arg) = self.packet(WAIT).await.expect("no ack");
+            if name == want {
+                return arg;
+            }
+            self.pending.push_back((name, arg));
+        }
+    }
+
+    /// The next event: its name and first argument.
+    pub async fn event(&mut self, timeout: Duration) -> Option<(String, Value)> {
+        if let Some(e) = self.pending.pop_front() {
+            return Some(e);
+        }
+        self.packet(timeout).await
+    }
+}

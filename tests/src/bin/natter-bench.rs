@@ -3,9 +3,10 @@
 //! in-process edges and workers. Prints figures; compare runs made on the
 //! same machine in one sitting.
 //!
-//! cargo run --release -p natter-tests --bin natter-bench -- --pairs 8 --messages 500
+//! cargo run --release -p natter-tests --bin natter-bench -- --pairs 8 --messages 500 [--protocol socketio]
 
 use clap::Parser;
+use natter_tests::sio::RawSio;
 use natter_tests::{TestApp, WsClient};
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -31,6 +32,57 @@ struct Args {
     /// (0 measures through the start-up rebalancing).
     #[arg(long, default_value_t = 6)]
     settle_secs: u64,
+    /// `native` (/ws) or `socketio` (/socket.io/ over WebSocket).
+    #[arg(long, default_value = "native")]
+    protocol: String,
+}
+
+/// A client of either protocol.
+enum Client {
+    Native(WsClient),
+    Sio(RawSio),
+}
+
+impl Client {
+    async fn connect(sio: bool, addr: std::net::SocketAddr, token: &str) -> Client {
+        if sio {
+            Client::Sio(RawSio::connect(addr, token).await)
+        } else {
+            Client::Native(WsClient::connect(addr, token).await)
+        }
+    }
+
+    /// The request's ack data, or panics on an error.
+    async fn request(&mut self, kind: &str, data: serde_json::Value) -> serde_json::Value {
+        match self {
+            Client::Native(w) => {
+                let r = w.request(kind, data).await;
+                assert_eq!(r["type"], "ack", "{r}");
+                r["data"].clone()
+            }
+            Client::Sio(s) => {
+                let r = s.request(kind, data).await;
+                assert!(r["error"].is_null(), "{r}");
+                r
+            }
+        }
+    }
+
+    /// The content of the next `message_received`, skipping other events.
+    async fn next_content(&mut self, timeout: Duration) -> Option<Option<String>> {
+        match self {
+            Client::Native(w) => match w.next(timeout).await? {
+                natter_tests::ws::In::Json(v) if v["type"] == "message_received" => {
+                    Some(v["data"]["content"].as_str().map(str::to_string))
+                }
+                _ => Some(None),
+            },
+            Client::Sio(s) => {
+                let (name, arg) = s.event(timeout).await?;
+                Some((name == "message_received").then(|| arg["content"].as_str().map(str::to_string)).flatten())
+            }
+        }
+    }
 }
 
 fn now_micros() -> u128 {
@@ -49,6 +101,11 @@ fn pct(sorted: &[u128], p: f64) -> f64 {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
+    let sio = match args.protocol.as_str() {
+        "native" => false,
+        "socketio" => true,
+        other => panic!("--protocol is native or socketio, not {other}"),
+    };
     let mut app = TestApp::new().await;
     let mut edges = Vec::new();
     for _ in 0..args.edges.max(1) {
@@ -66,9 +123,9 @@ async fn main() {
     for _ in 0..args.pairs {
         let (a, b) = (app.user(), app.user());
         let conv = app.open_conversation(send_edge, a, b).await;
-        let mut rb = WsClient::connect(recv_edge, &app.token(b, &[])).await;
+        let mut rb = Client::connect(sio, recv_edge, &app.token(b, &[])).await;
         rb.request("join_conversation", json!({"conversationId": conv})).await;
-        let wa = WsClient::connect(send_edge, &app.token(a, &[])).await;
+        let wa = Client::connect(sio, send_edge, &app.token(a, &[])).await;
         receivers.push(rb);
         senders.push((wa, conv));
     }
@@ -83,13 +140,13 @@ async fn main() {
                 let mut lat = Vec::with_capacity(n);
                 let deadline = Instant::now() + Duration::from_secs(300);
                 while lat.len() < n && Instant::now() < deadline {
-                    match rb.next(Duration::from_secs(30)).await {
-                        Some(natter_tests::ws::In::Json(v)) if v["type"] == "message_received" => {
-                            if let Some(sent) = v["data"]["content"].as_str().and_then(|c| c.parse::<u128>().ok()) {
+                    match rb.next_content(Duration::from_secs(30)).await {
+                        Some(Some(content)) => {
+                            if let Ok(sent) = content.parse::<u128>() {
                                 lat.push(now_micros().saturating_sub(sent));
                             }
                         }
-                        Some(_) => {}
+                        Some(None) => {}
                         None => break,
                     }
                 }
@@ -105,10 +162,8 @@ async fn main() {
                 let mut ack_lat = Vec::with_capacity(n);
                 for i in 0..n {
                     let t0 = Instant::now();
-                    let r = wa
-                        .request("send_message", json!({"conversationId": conv, "content": now_micros().to_string(), "clientMsgId": format!("b{i}")}))
+                    wa.request("send_message", json!({"conversationId": conv, "content": now_micros().to_string(), "clientMsgId": format!("b{i}")}))
                         .await;
-                    assert_eq!(r["type"], "ack", "{r}");
                     ack_lat.push(t0.elapsed().as_micros());
                     if !pause.is_zero() {
                         tokio::time::sleep(pause).await;
@@ -133,8 +188,8 @@ async fn main() {
     ack_lat.sort_unstable();
     let total = args.pairs * n;
     println!(
-        "natter-bench: {} pairs x {} messages, {} edges, {} workers, {} ms between sends",
-        args.pairs, n, args.edges, args.workers, args.interval_ms
+        "natter-bench: {} pairs x {} messages, {} edges, {} workers, {} ms between sends, protocol {}",
+        args.pairs, n, args.edges, args.workers, args.interval_ms, args.protocol
     );
     println!(
         "  acked      {total} in {:.2}s = {:.0} msg/s",
