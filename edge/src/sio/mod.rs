@@ -155,6 +155,7 @@ async fn route(st: Arc<EdgeState>, req: Request) -> Result<Response, EioError> {
             engine.push(engineioxide_core::Packet::Open(engine.open_packet_fields()));
             Ok(engine::websocket(engine, st, req, false))
         }
+        (None, Method::GET, Transport::Websocket) => Err(EioError::BadRequest),
         (None, _, _) => Err(EioError::BadHandshakeMethod),
         (Some(sid), method, transport) => {
             let engine = st.sio.get(&sid).ok_or(EioError::UnknownSid)?;

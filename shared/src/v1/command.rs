@@ -32,7 +32,8 @@ pub struct CommandEnvelope {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RequestMeta {
-    /// `ws`, `rest` or `edge` (commands an edge makes itself).
+    /// `ws`, `socketio`, `rest`, `edge` (commands an edge makes itself) or
+    /// `worker` (facts a worker records).
     pub via: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
