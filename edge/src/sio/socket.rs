@@ -290,3 +290,37 @@ fn first_arg(v: &Value) -> Option<String> {
     let args: Vec<&RawValue> = serde_json::from_str(text.as_str()).ok()?;
     args.get(1).map(|a| a.get().to_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn native_frames_become_module_events() {
+        let native = br#"{"type":"message_received","seq":42,"from":"u1","data":{"_id":"m1","content":"hi"}}"#;
+        let p = event_from_native(native).unwrap();
+        assert_eq!(p.as_str(), r#"2["message_received",{"_id":"m1","content":"hi"},{"seq":42}]"#);
+        let ephemeral = br#"{"type":"user_typing","from":"u1","data":{"userId":"u1","isTyping":true}}"#;
+        assert_eq!(
+            event_from_native(ephemeral).unwrap().as_str(),
+            r#"2["user_typing",{"userId":"u1","isTyping":true}]"#
+        );
+        assert!(event_from_native(b"not json").is_none());
+    }
+
+    #[test]
+    fn connect_errors_carry_the_code() {
+        assert_eq!(
+            connect_error("/", "token expired", Some(ErrorCode::TokenExpired)),
+            r#"4{"message":"token expired","data":{"code":"token_expired"}}"#
+        );
+        assert_eq!(connect_error("/admin", "Invalid namespace", None), r#"4/admin,{"message":"Invalid namespace"}"#);
+    }
+
+    #[test]
+    fn first_argument_of_an_event() {
+        let v = args_value(r#"["send_message",{"content":"x"},"extra"]"#.to_string());
+        assert_eq!(first_arg(&v).as_deref(), Some(r#"{"content":"x"}"#));
+        assert_eq!(first_arg(&args_value(r#"["typing"]"#.to_string())), None);
+    }
+}
