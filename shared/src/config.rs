@@ -127,6 +127,24 @@ fn required(src: &dyn Source, var: &'static str) -> Result<String, ConfigError> 
     src.get(var).ok_or(ConfigError::Missing(var))
 }
 
+/// The number in `name`, within `range`, or `default` when it is unset.
+fn number<T>(
+    src: &dyn Source,
+    name: &'static str,
+    default: T,
+    range: std::ops::RangeInclusive<T>,
+    what: &str,
+) -> Result<T, ConfigError>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display,
+{
+    let Some(v) = src.get(name) else { return Ok(default) };
+    match v.trim().parse::<T>() {
+        Ok(n) if range.contains(&n) => Ok(n),
+        _ => Err(invalid(name, format!("`{v}` is not {what} in {}..={}", range.start(), range.end()))),
+    }
+}
+
 fn invalid(var: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { var, reason: reason.into() }
 }
@@ -153,15 +171,7 @@ impl CoreConfig {
             return Err(invalid("MONGODB_URI", "must start with mongodb:// or mongodb+srv://"));
         }
         let mongodb_db = db_from_uri(&mongodb_uri).or_else(|| src.get("MONGODB_DB")).unwrap_or_else(|| "natter".into());
-        let nats_replicas = match src.get("NATS_REPLICAS") {
-            None => 1,
-            Some(v) => v
-                .trim()
-                .parse::<usize>()
-                .ok()
-                .filter(|n| (1..=5).contains(n))
-                .ok_or_else(|| invalid("NATS_REPLICAS", format!("`{v}` is not a replica count in 1..=5")))?,
-        };
+        let nats_replicas = number(src, "NATS_REPLICAS", 1usize, 1..=5, "a replica count")?;
         Ok(CoreConfig { nats_url, nats_namespace, mongodb_uri, mongodb_db, nats_replicas })
     }
 }
@@ -190,59 +200,20 @@ impl EdgeConfig {
                 return Err(invalid("FRONTEND_URL", format!("`{u}` is not a URL")));
             }
         }
-        let max_file_size = match src.get("MAX_FILE_SIZE") {
-            None => 10 * 1024 * 1024,
-            Some(v) => v
-                .trim()
-                .parse::<u64>()
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| invalid("MAX_FILE_SIZE", format!("`{v}` is not a positive number of bytes")))?,
-        };
+        let max_file_size = number(src, "MAX_FILE_SIZE", 10 * 1024 * 1024u64, 1..=u64::MAX, "a number of bytes")?;
         let listen = match src.get("LISTEN_ADDR") {
             None => SocketAddr::from(([127, 0, 0, 1], 8080)),
             Some(v) => v.parse().map_err(|_| invalid("LISTEN_ADDR", format!("`{v}` is not host:port")))?,
         };
         let s3 = S3Config::load(src)?;
-        let ws_rate_per_sec = match src.get("WS_RATE_PER_SEC") {
-            None => 100,
-            Some(v) => v
-                .trim()
-                .parse::<u32>()
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| invalid("WS_RATE_PER_SEC", format!("`{v}` is not a positive number")))?,
-        };
-        let millis = |name: &'static str, default: u64| match src.get(name) {
-            None => Ok(std::time::Duration::from_millis(default)),
-            Some(v) => v
-                .trim()
-                .parse::<u64>()
-                .ok()
-                .filter(|n| (100..=600_000).contains(n))
-                .map(std::time::Duration::from_millis)
-                .ok_or_else(|| invalid(name, format!("`{v}` is not a number of milliseconds in 100..=600000"))),
+        let ws_rate_per_sec = number(src, "WS_RATE_PER_SEC", 100u32, 1..=u32::MAX, "a number of requests")?;
+        let millis = |name: &'static str, default: u64| {
+            number(src, name, default, 100..=600_000, "a number of milliseconds").map(std::time::Duration::from_millis)
         };
         let sio_ping_interval = millis("SIO_PING_INTERVAL_MS", 25_000)?;
         let sio_ping_timeout = millis("SIO_PING_TIMEOUT_MS", 20_000)?;
-        let catchup_max_events = match src.get("CATCHUP_MAX_EVENTS") {
-            None => 1000,
-            Some(v) => v
-                .trim()
-                .parse::<u64>()
-                .ok()
-                .filter(|n| (1..=100_000).contains(n))
-                .ok_or_else(|| invalid("CATCHUP_MAX_EVENTS", format!("`{v}` is not a number in 1..=100000")))?,
-        };
-        let attachment_url_ttl = match src.get("ATTACHMENT_URL_TTL") {
-            None => 300,
-            Some(v) => v
-                .trim()
-                .parse::<u64>()
-                .ok()
-                .filter(|n| (1..=7 * 24 * 3600).contains(n))
-                .ok_or_else(|| invalid("ATTACHMENT_URL_TTL", format!("`{v}` is not 1..=604800 seconds")))?,
-        };
+        let catchup_max_events = number(src, "CATCHUP_MAX_EVENTS", 1000u64, 1..=100_000, "a number of events")?;
+        let attachment_url_ttl = number(src, "ATTACHMENT_URL_TTL", 300u64, 1..=7 * 24 * 3600, "a number of seconds")?;
         let attachment_proxy = match src.get("ATTACHMENT_DOWNLOAD").as_deref().map(str::trim) {
             None | Some("redirect") => false,
             Some("proxy") => true,
