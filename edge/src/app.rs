@@ -53,7 +53,10 @@ impl Edge {
         let url = config.core.nats_url.clone();
         let nats = tokio::time::timeout(
             Duration::from_secs(10),
-            async_nats::ConnectOptions::new().name("natter-edge").connect(url.as_str()),
+            // async-nats parses a `&str` as one address: split the list.
+            async_nats::ConnectOptions::new()
+                .name("natter-edge")
+                .connect(url.split(',').map(str::trim).collect::<Vec<_>>()),
         )
         .await
         .map_err(|_| StartError::Nats { url: url.clone(), reason: "timed out".into() })?

@@ -4,6 +4,7 @@
 //! helpers to run edges and workers in-process or as processes, mint tokens,
 //! and drive the WebSocket protocol and a real socket.io-client.
 
+pub mod cluster;
 pub mod procs;
 pub mod sio;
 pub mod stack;

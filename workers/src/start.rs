@@ -31,7 +31,8 @@ pub struct Connected {
 pub async fn connect(core: &CoreConfig, role: &str, cfg: &RunnerConfig) -> Result<Connected, StartError> {
     let client = async_nats::ConnectOptions::new()
         .name(format!("natter-worker-{role}-{}", cfg.instance))
-        .connect(core.nats_url.as_str())
+        // async-nats parses a `&str` as one address: split the list.
+        .connect(core.nats_url.split(',').map(str::trim).collect::<Vec<_>>())
         .await
         .map_err(|e| StartError::Nats(e.to_string()))?;
     let subjects = Subjects::new(&core.nats_namespace);
