@@ -56,6 +56,7 @@ async fn flush(
     subjects: &Subjects,
     pending: &mut HashMap<(UserId, RoomRef), BTreeSet<u64>>,
 ) {
+    let mut failed: Vec<((UserId, RoomRef), u64)> = Vec::new();
     for ((user, room), seqs) in pending.drain() {
         let seqs: Vec<u64> = seqs.into_iter().collect();
         for chunk in seqs.chunks(MAX_DELIVERED_SEQS) {
@@ -71,8 +72,13 @@ async fn flush(
             let subject = subjects.command(room.kind, &room.id, env.command.action());
             let msg_id = format!("dlv:{user}:{}:{}:{}", room.id, chunk[0], chunk[chunk.len() - 1]);
             if let Err(e) = publish::command(js, subject, &msg_id, body.into()).await {
-                tracing::warn!(error = %e, "delivery receipt not stored");
+                // Kept for the next flush (JetStream may be electing a leader).
+                tracing::warn!(error = %e, "delivery receipt not stored; retrying");
+                failed.extend(chunk.iter().map(|s| ((user, room.clone()), *s)));
             }
         }
+    }
+    for (k, seq) in failed {
+        pending.entry(k).or_default().insert(seq);
     }
 }

@@ -326,8 +326,20 @@ async fn killing_a_nats_node_loses_no_acknowledged_message() {
         *by_id.entry(id).or_default() += 1;
     }
     let stored_total: usize = by_id.values().sum();
-    // Not asserted: delivery receipts are best effort (see edge/src/delivery.rs).
     println!("message status in MongoDB: {statuses:?}");
+    // Delivery receipts that could not be stored during the election are
+    // retried: every message whose event reached the other side's socket
+    // ends up delivered. (An event published on core NATS through the node
+    // that died can be lost; a client recovers those by joining with its
+    // last seq, see tests/tests/catchup.rs.)
+    let missed = (2 * N).saturating_sub(ta.events) + (2 * N).saturating_sub(tb.events);
+    let undelivered =
+        natter_tests::eventually("receipts for what reached a device", Duration::from_secs(30), || async {
+            let n = docs.count_documents(doc! {"conversationId": &conv, "status": "sent"}).await.ok()? as usize;
+            (n <= missed).then_some(n)
+        })
+        .await;
+    println!("{undelivered} messages not marked delivered; {missed} message_received events missed by the sockets");
     let twice: Vec<_> = by_content.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "stored more than once: {twice:?}");
     let unacked: Vec<_> = by_id.keys().filter(|id| !ids.contains(id.as_str())).collect();

@@ -10,6 +10,11 @@ use std::collections::BTreeMap;
 
 /// How often leases are renewed and rebalanced.
 pub const RENEW_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long a lease is kept through failed renewals (the bucket electing a
+/// leader, a NATS node restarting): well inside the lease TTL, counted from
+/// the last renewal that succeeded, so nobody else can have taken it yet.
+const KEEP_THROUGH_FAILURES: std::time::Duration =
+    natter_nats::topology::LEASE_TTL.saturating_sub(std::time::Duration::from_secs(4));
 
 pub struct Leases {
     kv: Store,
@@ -17,8 +22,8 @@ pub struct Leases {
     role: &'static str,
     instance: String,
     partitions: u32,
-    /// Partition → revision of our lease entry.
-    owned: BTreeMap<u32, u64>,
+    /// Partition → revision of our lease entry and when it was last renewed.
+    owned: BTreeMap<u32, (u64, std::time::Instant)>,
 }
 
 /// What changed in one tick.
@@ -49,14 +54,24 @@ impl Leases {
         let live = self.live_members().await.max(1);
         let target = self.partitions.div_ceil(live as u32) as usize;
 
-        for (p, rev) in std::mem::take(&mut self.owned) {
+        for (p, (rev, renewed)) in std::mem::take(&mut self.owned) {
             let key = self.subjects.lease_key(self.role, p);
             match self.kv.update(&key, self.instance.clone().into(), rev).await {
                 Ok(new_rev) => {
-                    self.owned.insert(p, new_rev);
+                    self.owned.insert(p, (new_rev, std::time::Instant::now()));
+                }
+                // Someone else's now (ours expired and was taken).
+                Err(e) if e.kind() == async_nats::jetstream::kv::UpdateErrorKind::WrongLastRevision => {
+                    tracing::warn!(partition = p, error = %e, "lease lost");
+                    changes.lost.push(p);
+                }
+                // The bucket cannot answer now: ours for a while yet.
+                Err(e) if renewed.elapsed() < KEEP_THROUGH_FAILURES => {
+                    tracing::warn!(partition = p, error = %e, "lease not renewed; keeping it for now");
+                    self.owned.insert(p, (rev, renewed));
                 }
                 Err(e) => {
-                    tracing::warn!(partition = p, error = %e, "lease lost");
+                    tracing::warn!(partition = p, error = %e, "lease not renewed in time; giving it up");
                     changes.lost.push(p);
                 }
             }
@@ -73,7 +88,7 @@ impl Leases {
                 }
                 let key = self.subjects.lease_key(self.role, p);
                 if let Ok(rev) = self.kv.create(&key, self.instance.clone().into()).await {
-                    self.owned.insert(p, rev);
+                    self.owned.insert(p, (rev, std::time::Instant::now()));
                     changes.gained.push(p);
                 }
             }
@@ -83,7 +98,7 @@ impl Leases {
 
     /// Gives a partition back (after its task has stopped).
     pub async fn release(&mut self, p: u32) {
-        if let Some(rev) = self.owned.remove(&p) {
+        if let Some((rev, _)) = self.owned.remove(&p) {
             let key = self.subjects.lease_key(self.role, p);
             if let Err(e) = self.kv.purge_expect_revision(&key, Some(rev)).await {
                 tracing::warn!(partition = p, error = %e, "cannot release lease; it will expire");
