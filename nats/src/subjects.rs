@@ -110,6 +110,11 @@ impl Subjects {
         format!("{}.evt.>", self.ns)
     }
 
+    /// Whether a subject is one the events stream keeps.
+    pub fn is_stored_event(&self, subject: &str) -> bool {
+        subject.strip_prefix(self.ns.as_str()).is_some_and(|r| r.starts_with(".evt."))
+    }
+
     pub fn dlq_all(&self) -> String {
         format!("{}.dlq.>", self.ns)
     }

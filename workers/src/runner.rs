@@ -343,9 +343,16 @@ async fn process<H: Handler>(
             }
         }
         store_facts(js, subjects, H::ROLE.name(), facts).await;
-        for p in publications {
+        // Events are stored (PubAck) before the commands are acked, so a
+        // NATS node dying now loses none: live sockets get them through the
+        // publish, reconnecting ones from the events stream. Replies to
+        // waiting REST calls are plain core messages.
+        let (events, replies): (Vec<Publication>, Vec<Publication>) =
+            publications.into_iter().partition(|p| subjects.is_stored_event(&p.subject));
+        store_events(js, events).await;
+        for p in replies {
             if let Err(e) = client.publish(p.subject, p.payload).await {
-                warn!(error = %e, "event publish failed");
+                warn!(error = %e, "reply publish failed");
             }
         }
         let _ = client.flush().await;
@@ -418,6 +425,46 @@ async fn store_facts(js: &jetstream::Context, subjects: &Subjects, role: &str, f
                     Err(e) => warn!(error = %e, "audit fact not acknowledged; retrying"),
                 },
                 Err(e) => warn!(error = %e, "audit fact not published; retrying"),
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+/// Publishes events to the events stream, pipelined, waiting for every
+/// PubAck. From the first that fails on, they are published again one by
+/// one, in order (a subject's events must stay in seq order; the edges drop
+/// the repeats by their `seq`).
+async fn store_events(js: &jetstream::Context, events: Vec<Publication>) {
+    let mut acks = Vec::with_capacity(events.len());
+    for p in &events {
+        match js.publish(p.subject.clone(), p.payload.clone()).await {
+            Ok(ack) => acks.push(Some(ack)),
+            Err(_) => {
+                acks.push(None);
+                break;
+            }
+        }
+    }
+    let mut from = events.len();
+    for (i, ack) in acks.into_iter().enumerate() {
+        let ok = match ack {
+            Some(a) => a.await.is_ok(),
+            None => false,
+        };
+        if !ok {
+            from = i;
+            break;
+        }
+    }
+    for p in &events[from..] {
+        loop {
+            match js.publish(p.subject.clone(), p.payload.clone()).await {
+                Ok(ack) => match ack.await {
+                    Ok(_) => break,
+                    Err(e) => warn!(error = %e, "event not acknowledged; retrying"),
+                },
+                Err(e) => warn!(error = %e, "event not published; retrying"),
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
