@@ -84,15 +84,6 @@ impl Registry {
     fn remove(&self, sid: &str) {
         self.lock().remove(sid);
     }
-
-    /// How many sessions are open.
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// The query of an Engine.IO request.
