@@ -5,9 +5,10 @@
 //! 1. the connection follows the room through a holding queue, so live
 //!    events from now on are kept;
 //! 2. the events published since the command at `lastSeq` are read from
-//!    `CHAT_EVENTS` (an ephemeral ordered consumer from that command's
-//!    time) and queued for the connection, skipping those at or before
-//!    `lastSeq`;
+//!    `CHAT_EVENTS` (ephemeral ordered consumers from that command's time):
+//!    the room's, and those on the user's own subject about the room
+//!    (`message_status_updated` for their messages); those after `lastSeq`
+//!    are queued for the connection in seq order;
 //! 3. the held live events follow; the connection's gate drops those the
 //!    catch-up already sent.
 //!
@@ -62,8 +63,8 @@ pub async fn follow(st: &Arc<EdgeState>, sink: &Sink, room: &RoomRef, last_seq: 
 }
 
 async fn missed(st: &EdgeState, sink: &Sink, room: &RoomRef, subject: &str, last_seq: u64) -> Result<CatchUp, String> {
-    let mut events = st.js.get_stream(st.subjects.evt_stream()).await.map_err(|e| e.to_string())?;
-    let evt_state = events.info().await.map_err(|e| e.to_string())?.state.clone();
+    let events = st.js.get_stream(st.subjects.evt_stream()).await.map_err(|e| e.to_string())?;
+    let evt_state = events.cached_info().state.clone();
     let deliver = if last_seq == 0 {
         if evt_state.first_sequence > 1 {
             return Ok(CatchUp::Resync("the room's first events have expired"));
@@ -79,10 +80,66 @@ async fn missed(st: &EdgeState, sink: &Sink, room: &RoomRef, subject: &str, last
         }
         consumer::DeliverPolicy::ByStartTime { start_time: at.time }
     };
-    let published_on = st.subjects.room_events(room.kind, &room.id);
+    let me = sink.user.hex();
+    let max = st.config.catchup_max_events;
+    // The room's events, and the user's own about this room (receipts for
+    // their messages), each as the connection follows them.
+    let room_on = st.subjects.room_events(room.kind, &room.id);
+    let Some(mut missed) = read(st, &events, &room_on, subject, deliver, last_seq, max, |_| true).await? else {
+        return Ok(CatchUp::Resync("too many events were missed"));
+    };
+    if missed.iter().any(|(_, h)| h.revoke.as_deref().is_some_and(|r| r == "*" || r == me)) {
+        // The client was out of the room for a while since.
+        return Ok(CatchUp::Resync("membership changed since lastSeq"));
+    }
+    let fields = RoomFields::of(room);
+    let user_on = st.subjects.user_events(&me);
+    let about_room = |payload: &[u8]| serde_json::from_slice::<Data>(payload).is_ok_and(|d| d.data == fields);
+    // A user's subject carries every room's: read further, keep this room's.
+    let Some(own) = read(st, &events, &user_on, &user_on, deliver, last_seq, max * 10, about_room).await? else {
+        return Ok(CatchUp::Resync("too many events were missed"));
+    };
+    missed.extend(own);
+    missed.sort_by_key(|(o, _)| match o {
+        Outbound::Event { head, .. } => (head.seq.unwrap_or(0), head.part),
+        _ => (0, 0),
+    });
+    if missed.len() as u64 > max {
+        return Ok(CatchUp::Resync("too many events were missed"));
+    }
+    let mut sent = 0;
+    for (out, _) in missed {
+        if sink.tx.send(out).await.is_err() {
+            break;
+        }
+        sent += 1;
+    }
+    Ok(CatchUp::Complete(sent))
+}
+
+/// The `data` of an event, for its room.
+#[derive(serde::Deserialize)]
+struct Data {
+    data: RoomFields,
+}
+
+/// The events on `published_on` from `deliver` with a seq after `last_seq`
+/// that `keep` accepts, as the connection's frames on `followed`; `None`
+/// when more than `limit` would have to be read.
+#[allow(clippy::too_many_arguments)]
+async fn read(
+    st: &EdgeState,
+    events: &async_nats::jetstream::stream::Stream,
+    published_on: &str,
+    followed: &str,
+    deliver: consumer::DeliverPolicy,
+    last_seq: u64,
+    limit: u64,
+    keep: impl Fn(&[u8]) -> bool,
+) -> Result<Option<Vec<(Outbound, natter_shared::v1::event::EventHead)>>, String> {
     let mut c = events
         .create_consumer(consumer::pull::OrderedConfig {
-            filter_subject: published_on.clone(),
+            filter_subject: published_on.to_string(),
             deliver_policy: deliver,
             description: Some("edge catch-up".into()),
             ..Default::default()
@@ -90,35 +147,27 @@ async fn missed(st: &EdgeState, sink: &Sink, room: &RoomRef, subject: &str, last
         .await
         .map_err(|e| e.to_string())?;
     let pending = c.info().await.map_err(|e| e.to_string())?.num_pending;
-    if pending > st.config.catchup_max_events {
-        return Ok(CatchUp::Resync("too many events were missed"));
+    if pending > limit {
+        return Ok(None);
     }
+    let mut out = Vec::new();
     if pending == 0 {
-        return Ok(CatchUp::Complete(0));
+        return Ok(Some(out));
     }
-    let me = sink.user.hex();
-    let shared: Arc<str> = Arc::from(subject);
+    let shared: Arc<str> = Arc::from(followed);
     let mut msgs = c.messages().await.map_err(|e| e.to_string())?;
-    let mut sent = 0;
     while let Some(m) = msgs.next().await {
         let m = m.map_err(|e| e.to_string())?;
         let remaining = m.info().map(|i| i.pending).unwrap_or(0);
-        if let Some((head, h)) = st.hub.head(&published_on, &m.payload)
+        if let Some((head, h)) = st.hub.head(published_on, &m.payload)
             && head.seq.is_some_and(|s| s > last_seq)
+            && keep(&m.payload)
         {
-            if h.revoke.as_deref().is_some_and(|r| r == "*" || r == me) {
-                // The client was out of the room for a while since.
-                return Ok(CatchUp::Resync("membership changed since lastSeq"));
-            }
-            let out = Outbound::Event { subject: shared.clone(), head, payload: m.payload.clone() };
-            if sink.tx.send(out).await.is_err() {
-                break;
-            }
-            sent += 1;
+            out.push((Outbound::Event { subject: shared.clone(), head, payload: m.payload.clone() }, h));
         }
         if remaining == 0 {
             break;
         }
     }
-    Ok(CatchUp::Complete(sent))
+    Ok(Some(out))
 }

@@ -178,3 +178,51 @@ async fn too_far_behind_is_told_to_refetch() {
     let got = wb.events("message_received", 1, WAIT).await;
     assert_eq!(got[0]["data"]["_id"], live["data"]["messageId"]);
 }
+
+/// The sender is away while the recipient's device gets its messages: back,
+/// it gets the delivery receipts it missed (they travel on its own subject).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_back_gets_the_receipts_it_missed() {
+    let mut app = TestApp::new().await;
+    let e1 = app.start_edge().await;
+    let e2 = app.start_edge().await;
+    app.start_worker();
+    let (a, b) = (app.user(), app.user());
+    let conv = app.open_conversation(e1, a, b).await;
+    let mut wa = WsClient::connect(e1, &app.token(a, &[])).await;
+    wa.request("join_conversation", json!({"conversationId": conv})).await;
+    let mut ids = Vec::new();
+    let mut last_seq = 0;
+    for i in 0..5 {
+        let r = wa.request("send_message", json!({"conversationId": conv, "content": format!("m{i}")})).await;
+        ids.push(r["data"]["messageId"].as_str().unwrap().to_string());
+        last_seq = r["data"]["seq"].as_u64().unwrap();
+    }
+    drop(wa);
+
+    // B was not connected: it catches up from the start of the room, and
+    // its device getting them makes them delivered.
+    let mut wb = WsClient::connect(e2, &app.token(b, &[])).await;
+    let ack = wb.request("join_conversation", json!({"conversationId": conv, "lastSeq": 0})).await;
+    assert_eq!(ack["data"]["catchUp"]["complete"], true, "{ack}");
+    let got = wb.events("message_received", 5, WAIT).await;
+    assert_eq!(got.iter().map(|m| m["data"]["_id"].as_str().unwrap()).collect::<Vec<_>>(), ids);
+    natter_tests::eventually("delivered in MongoDB", WAIT, || async {
+        let (_, h) = app.get(e2, &format!("/api/chat/conversations/{conv}/messages"), b).await;
+        h["messages"].as_array()?.iter().all(|m| m["status"] == "delivered").then_some(())
+    })
+    .await;
+
+    // A comes back with the seq of its last send.
+    let mut wa = WsClient::connect(e2, &app.token(a, &[])).await;
+    let ack = wa.request("join_conversation", json!({"conversationId": conv, "lastSeq": last_seq})).await;
+    assert_eq!(ack["data"]["catchUp"]["complete"], true, "{ack}");
+    let st = wa.events("message_status_updated", 5, WAIT).await;
+    let mut got: Vec<String> = st.iter().map(|e| e["data"]["messageId"].as_str().unwrap().to_string()).collect();
+    got.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(got, want, "a receipt for each of its messages");
+    assert!(st.iter().all(|e| e["data"]["status"] == "delivered"));
+    assert!(wa.events("message_status_updated", 1, Duration::from_millis(700)).await.is_empty(), "once each");
+}
