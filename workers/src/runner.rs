@@ -280,7 +280,7 @@ async fn process<H: Handler>(
         }
 
         let mut publications: Vec<Publication> = Vec::new();
-        let mut facts: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut facts: Vec<ToStore> = Vec::new();
         let mut terminal: Vec<bool> = vec![false; msgs.len()];
         for (i, (m, slot)) in msgs.iter().zip(&slots).enumerate() {
             let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
@@ -338,18 +338,23 @@ async fn process<H: Handler>(
                 };
                 let fact = audit_fact(H::ROLE.name(), seq, time, env, status, reason, code);
                 if let Ok(body) = serde_json::to_vec(&fact) {
-                    facts.push((seq, body));
+                    facts.push(ToStore {
+                        subject: subjects.outcome(H::ROLE.name()),
+                        payload: body.into(),
+                        msg_id: Some(format!("out:{seq}")),
+                    });
                 }
             }
         }
-        store_facts(js, subjects, H::ROLE.name(), facts).await;
+        store(js, "audit fact", facts).await;
         // Events are stored (PubAck) before the commands are acked, so a
         // NATS node dying now loses none: live sockets get them through the
         // publish, reconnecting ones from the events stream. Replies to
         // waiting REST calls are plain core messages.
         let (events, replies): (Vec<Publication>, Vec<Publication>) =
             publications.into_iter().partition(|p| subjects.is_stored_event(&p.subject));
-        store_events(js, events).await;
+        let events = events.into_iter().map(|p| ToStore { subject: p.subject, payload: p.payload, msg_id: None });
+        store(js, "event", events.collect()).await;
         for p in replies {
             if let Err(e) = client.publish(p.subject, p.payload).await {
                 warn!(error = %e, "reply publish failed");
@@ -394,51 +399,29 @@ fn audit_fact(
     }
 }
 
-/// Stores the batch's audit facts, waiting for every PubAck before the
-/// batch is acked (a redelivered command's fact is deduplicated by id). The
-/// publishes are pipelined; only a failed one is retried on its own.
-async fn store_facts(js: &jetstream::Context, subjects: &Subjects, role: &str, facts: Vec<(u64, Vec<u8>)>) {
-    let publish = |seq: u64, body: Vec<u8>| {
-        js.send_publish(
-            subjects.outcome(role),
-            jetstream::message::PublishMessage::build().payload(body.into()).message_id(format!("out:{seq}")),
-        )
-    };
-    let mut pending = Vec::with_capacity(facts.len());
-    let mut retry = Vec::new();
-    for (seq, body) in facts {
-        match publish(seq, body.clone()).await {
-            Ok(ack) => pending.push((seq, body, ack)),
-            Err(_) => retry.push((seq, body)),
-        }
-    }
-    for (seq, body, ack) in pending {
-        if ack.await.is_err() {
-            retry.push((seq, body));
-        }
-    }
-    for (seq, body) in retry {
-        loop {
-            match publish(seq, body.clone()).await {
-                Ok(ack) => match ack.await {
-                    Ok(_) => break,
-                    Err(e) => warn!(error = %e, "audit fact not acknowledged; retrying"),
-                },
-                Err(e) => warn!(error = %e, "audit fact not published; retrying"),
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }
+/// A message for a stream, with its `Nats-Msg-Id` when it has one.
+struct ToStore {
+    subject: String,
+    payload: bytes::Bytes,
+    msg_id: Option<String>,
 }
 
-/// Publishes events to the events stream, pipelined, waiting for every
-/// PubAck. From the first that fails on, they are published again one by
-/// one, in order (a subject's events must stay in seq order; the edges drop
-/// the repeats by their `seq`).
-async fn store_events(js: &jetstream::Context, events: Vec<Publication>) {
-    let mut acks = Vec::with_capacity(events.len());
-    for p in &events {
-        match js.publish(p.subject.clone(), p.payload.clone()).await {
+/// Stores messages in their streams before the batch is acked: publishes
+/// them pipelined and waits for every PubAck; from the first that fails on,
+/// they are published again one by one, in order (a subject's events must
+/// stay in seq order; edges drop repeated events by `seq`, and a repeated
+/// audit fact is deduplicated by its id).
+async fn store(js: &jetstream::Context, what: &str, items: Vec<ToStore>) {
+    let publish = |t: &ToStore| {
+        let mut m = jetstream::message::PublishMessage::build().payload(t.payload.clone());
+        if let Some(id) = &t.msg_id {
+            m = m.message_id(id);
+        }
+        js.send_publish(t.subject.clone(), m)
+    };
+    let mut acks = Vec::with_capacity(items.len());
+    for t in &items {
+        match publish(t).await {
             Ok(ack) => acks.push(Some(ack)),
             Err(_) => {
                 acks.push(None);
@@ -446,7 +429,7 @@ async fn store_events(js: &jetstream::Context, events: Vec<Publication>) {
             }
         }
     }
-    let mut from = events.len();
+    let mut from = items.len();
     for (i, ack) in acks.into_iter().enumerate() {
         let ok = match ack {
             Some(a) => a.await.is_ok(),
@@ -457,14 +440,14 @@ async fn store_events(js: &jetstream::Context, events: Vec<Publication>) {
             break;
         }
     }
-    for p in &events[from..] {
+    for t in &items[from..] {
         loop {
-            match js.publish(p.subject.clone(), p.payload.clone()).await {
+            match publish(t).await {
                 Ok(ack) => match ack.await {
                     Ok(_) => break,
-                    Err(e) => warn!(error = %e, "event not acknowledged; retrying"),
+                    Err(e) => warn!(error = %e, "{what} not acknowledged; retrying"),
                 },
-                Err(e) => warn!(error = %e, "event not published; retrying"),
+                Err(e) => warn!(error = %e, "{what} not published; retrying"),
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
