@@ -334,15 +334,9 @@ impl Replay {
         self.state.save()
     }
 
-    /// Applies a batch as a worker would, retrying transient failures.
+    /// Applies a batch and counts what became of each command.
     async fn apply(&self, batch: &mut Vec<Incoming>, counts: &mut Counts) {
-        let mut done = Done::new();
-        let mut attempt = 0u32;
-        while let Err(e) = self.handler.apply(batch, &mut done).await {
-            attempt += 1;
-            tracing::warn!(attempt, error = %e, "batch failed; retrying");
-            tokio::time::sleep(Duration::from_millis(100u64 << attempt.min(6)).min(Duration::from_secs(5))).await;
-        }
+        let mut done = apply_retrying(&*self.handler, batch).await;
         for inc in batch.drain(..) {
             match done.remove(&inc.seq) {
                 Some(Disposition::Applied(_)) => counts.applied += 1,
@@ -352,6 +346,19 @@ impl Replay {
             }
         }
     }
+}
+
+/// Applies a batch as a worker would, retrying transient failures (MongoDB
+/// away) until it goes through; what became of each message.
+async fn apply_retrying<H: Handler>(handler: &H, batch: &[Incoming<H::Msg>]) -> Done {
+    let mut done = Done::new();
+    let mut attempt = 0u32;
+    while let Err(e) = handler.apply(batch, &mut done).await {
+        attempt += 1;
+        tracing::warn!(role = H::ROLE.name(), attempt, error = %e, "batch failed; retrying");
+        tokio::time::sleep(Duration::from_millis(100u64 << attempt.min(6)).min(Duration::from_secs(5))).await;
+    }
+    done
 }
 
 /// Replays the outcome facts through the audit role, resuming after the
@@ -388,13 +395,7 @@ async fn audit(
     let mut batch: Vec<Incoming<natter_shared::audit::AuditFact>> = Vec::new();
     let mut n = 0;
     let flush = async |batch: &mut Vec<Incoming<natter_shared::audit::AuditFact>>| -> anyhow::Result<()> {
-        let mut done = Done::new();
-        let mut attempt = 0u32;
-        while let Err(e) = handler.apply(batch, &mut done).await {
-            attempt += 1;
-            tracing::warn!(attempt, error = %e, "audit batch failed; retrying");
-            tokio::time::sleep(Duration::from_millis(100u64 << attempt.min(6)).min(Duration::from_secs(5))).await;
-        }
+        apply_retrying(&handler, batch).await;
         if let Some(last) = batch.last() {
             state.progress.lock().unwrap_or_else(|e| e.into_inner()).outcomes = last.seq;
             state.save()?;
