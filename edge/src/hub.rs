@@ -37,6 +37,19 @@ pub struct Head {
     pub room: Option<RoomRef>,
 }
 
+impl Head {
+    /// The head of an event frame published on `subject`.
+    fn of(subjects: &Subjects, subject: &str, h: &EventHead) -> Head {
+        Head {
+            kind: h.kind.clone(),
+            seq: h.seq,
+            part: h.part,
+            from: h.from.clone(),
+            room: subjects.parse_room(subject),
+        }
+    }
+}
+
 /// What a connection's writer is given.
 #[derive(Debug)]
 pub enum Outbound {
@@ -185,14 +198,7 @@ impl Hub {
     /// the subject it was published on), and the frame's routing fields.
     pub fn head(&self, published_on: &str, payload: &[u8]) -> Option<(Arc<Head>, EventHead)> {
         let h: EventHead = serde_json::from_slice(payload).ok()?;
-        let head = Head {
-            kind: h.kind.clone(),
-            seq: h.seq,
-            part: h.part,
-            from: h.from.clone(),
-            room: self.subjects.parse_room(published_on),
-        };
-        Some((Arc::new(head), h))
+        Some((Arc::new(Head::of(&self.subjects, published_on, &h)), h))
     }
 
     /// Number of subjects this edge is subscribed to (for tests and metrics).
@@ -225,13 +231,7 @@ impl FanOut {
     }
 
     fn deliver(&self, subject: &str, h: EventHead, payload: Bytes) {
-        let head = Arc::new(Head {
-            kind: h.kind,
-            seq: h.seq,
-            part: h.part,
-            from: h.from,
-            room: self.subjects.parse_room(subject),
-        });
+        let head = Arc::new(Head::of(&self.subjects, subject, &h));
         let targets: Vec<Sink> = lock(&self.sinks).values().cloned().collect();
         for s in &targets {
             if head.seq.is_none() && head.from.as_deref() == Some(s.user.hex().as_str()) {
