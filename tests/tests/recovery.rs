@@ -152,3 +152,62 @@ async fn binaries_refuse_bad_config_before_binding() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("MAX_FILE_SIZE"));
 }
+
+/// A worker that dies with a batch in hand leaves those commands pending
+/// until their ack wait runs out. The worker that takes the partition over
+/// must not apply the later commands first: the sockets would get the later
+/// events first and drop the earlier ones as old. It holds them back until
+/// the earlier ones come back, then applies all in stream order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_a_dead_worker_had_in_hand_are_applied_before_later_ones() {
+    use async_nats::jetstream::{self, consumer::PullConsumer};
+    use futures::StreamExt;
+    use natter_nats::Subjects;
+
+    let mut app = TestApp::new().await;
+    let e = app.start_edge().await;
+    let first = app.start_worker();
+    let (a, b) = (app.user(), app.user());
+    let conv = app.open_conversation(e, a, b).await;
+    let mut wa = WsClient::connect(e, &app.token(a, &[])).await;
+    let mut wb = WsClient::connect(e, &app.token(b, &[])).await;
+    for ws in [&mut wa, &mut wb] {
+        let r = ws.request("join_conversation", json!({"conversationId": conv})).await;
+        assert_eq!(r["type"], "ack", "{r}");
+    }
+    first.cancel();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let mut seqs = Vec::new();
+    let send = async |ws: &mut WsClient, i: usize| {
+        let r = ws.request("send_message", json!({"conversationId": conv, "content": format!("m{i}")})).await;
+        assert_eq!(r["type"], "ack", "{r}");
+        r["data"]["seq"].as_u64().expect("seq")
+    };
+    for i in 0..3 {
+        seqs.push(send(&mut wa, i).await);
+    }
+    // Taken by a worker that dies before acking them.
+    let s = Subjects::new(&app.name);
+    let js = jetstream::new(async_nats::connect(&app.nats_url).await.expect("nats"));
+    let p = natter_nats::subjects::partition_of(&conv);
+    let consumer: PullConsumer =
+        js.get_consumer_from_stream(s.consumer("messages", p), s.cmd_stream()).await.expect("consumer");
+    let mut taken = consumer.fetch().max_messages(10).messages().await.expect("fetch");
+    let mut in_hand = Vec::new();
+    while let Some(m) = taken.next().await {
+        in_hand.push(m.expect("message").info().expect("info").stream_sequence);
+    }
+    assert_eq!(in_hand, seqs, "the dead worker's batch");
+    for i in 3..6 {
+        seqs.push(send(&mut wa, i).await);
+    }
+
+    app.start_worker();
+    let got = wb.events("message_received", 6, Duration::from_secs(30)).await;
+    let order: Vec<u64> = got.iter().map(|e| e["seq"].as_u64().expect("seq")).collect();
+    assert_eq!(order, seqs, "message_received events at the other socket, in order");
+    let (total, ids) = stored(&app, &conv).await;
+    assert_eq!((total, ids), (6, 6), "stored messages");
+    assert!(wb.events("message_received", 1, Duration::from_millis(500)).await.is_empty(), "a repeated event");
+}

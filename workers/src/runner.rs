@@ -160,51 +160,145 @@ async fn partition_loop<H: Handler>(
             }
         }
     };
+    let mut consumer = consumer;
+    // The delivery (consumer) sequence of the last message applied here, and
+    // messages fetched but held back until what was delivered before them
+    // and went astray comes back.
+    let mut last_delivery: Option<u64> = None;
+    let mut held: Vec<Message> = Vec::new();
+    let mut held_since: Option<tokio::time::Instant> = None;
     while !cancel.is_cancelled() {
         // Not raced with `cancel`: an abandoned pull request could still be
         // handed a message, which would then wait out its ack deadline while
         // later ones are applied. `fetch_wait` bounds the delay.
         match fetch(&consumer, cfg.batch, cfg.fetch_wait).await {
-            Ok(msgs) if msgs.is_empty() => {}
-            Ok(msgs) => process(&*handler, &js, &client, &subjects, msgs, &cancel).await,
+            Ok(msgs) => held.extend(msgs),
             Err(e) => {
                 warn!(error = %e, "fetch failed");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
+        if held.is_empty() {
+            continue;
+        }
+        // Deliveries this loop did not see (a pull reply lost with a NATS
+        // node, or the batch a crashed worker had in hand) come back only
+        // after the ack wait; applying the later commands first would send
+        // their events ahead of the earlier ones', and sockets drop events
+        // older than the last they got. So unless the deliveries follow on
+        // from the last one, wait (a while at most) until nothing but the
+        // held messages is pending, then apply all in stream order.
+        if !follows_on(last_delivery, &held) {
+            let since = *held_since.get_or_insert_with(tokio::time::Instant::now);
+            if since.elapsed() < OUTSTANDING_WAIT && outstanding(&mut consumer, &held).await {
+                for m in &held {
+                    let _ = m.ack_with(AckKind::Progress).await;
+                }
+                continue;
+            }
+            if since.elapsed() >= OUTSTANDING_WAIT {
+                warn!("earlier deliveries still pending after {OUTSTANDING_WAIT:?}; applying what is in hand");
+            }
+        }
+        held_since = None;
+        let batch = in_stream_order(std::mem::take(&mut held));
+        last_delivery = batch.iter().filter_map(|m| m.info().ok().map(|i| i.consumer_sequence)).max();
+        process(&*handler, &js, &client, &subjects, batch, &cancel).await;
+    }
+    for m in &held {
+        let _ = m.ack_with(AckKind::Nak(None)).await;
     }
 }
+
+/// How long fetched messages are held back waiting for earlier deliveries
+/// to come back: twice the first ack wait, after which they are redelivered.
+const OUTSTANDING_WAIT: Duration = Duration::from_secs(topology::BACKOFF[0].as_secs() * 2);
+
+/// Whether `msgs` are the deliveries right after `last` and nothing else.
+fn follows_on(last: Option<u64>, msgs: &[Message]) -> bool {
+    let Some(mut next) = last.map(|l| l + 1) else { return false };
+    let mut seqs: Vec<u64> = msgs.iter().filter_map(|m| m.info().ok().map(|i| i.consumer_sequence)).collect();
+    if seqs.len() != msgs.len() {
+        return false;
+    }
+    seqs.sort_unstable();
+    for s in seqs {
+        if s != next {
+            return false;
+        }
+        next += 1;
+    }
+    true
+}
+
+/// Whether the consumer has deliveries pending besides `held` (when it
+/// cannot tell, it is assumed to).
+async fn outstanding(consumer: &mut PullConsumer, held: &[Message]) -> bool {
+    let mut distinct: Vec<u64> = held.iter().filter_map(|m| m.info().ok().map(|i| i.stream_sequence)).collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    match consumer.info().await {
+        Ok(info) => info.num_ack_pending > distinct.len(),
+        Err(e) => {
+            warn!(error = %e, "consumer info unavailable");
+            true
+        }
+    }
+}
+
+/// Sorts messages by stream sequence, keeping the latest delivery of each.
+fn in_stream_order(mut msgs: Vec<Message>) -> Vec<Message> {
+    let key = |m: &Message| m.info().map(|i| (i.stream_sequence, i.consumer_sequence)).unwrap_or((0, 0));
+    msgs.sort_by_key(|m| std::cmp::Reverse(key(m)));
+    msgs.dedup_by(|a, b| key(a).0 != 0 && key(a).0 == key(b).0);
+    msgs.reverse();
+    msgs
+}
+
+/// How long after its expiry a pull request's reply may still come. A no-wait
+/// pull gets its reply at once from a healthy server; one sent through a
+/// node that died has none coming (the reply went down with the route), and
+/// async-nats waits for a no-wait pull without a deadline of its own.
+const PULL_REPLY_GRACE: Duration = Duration::from_secs(5);
 
 /// Takes what is available now, up to `max`; if nothing is, waits up to
 /// `wait` for one message and then takes what followed it. Each pull request
 /// is complete when this returns, so no message is left delivered to a
-/// subscription nobody reads (which would reorder it behind later ones).
+/// subscription nobody reads (which would reorder it behind later ones),
+/// unless its reply was lost with a NATS node: then it ends `PULL_REPLY_GRACE`
+/// later with what arrived, and what went astray is redelivered after the
+/// ack wait (applying it late is safe: every write is guarded by seq).
 async fn fetch(consumer: &PullConsumer, max: usize, wait: Duration) -> Result<Vec<Message>, String> {
-    let mut out = drain(consumer.fetch().max_messages(max).messages().await.map_err(|e| e.to_string())?).await?;
+    let now = consumer.fetch().max_messages(max).messages().await.map_err(|e| e.to_string())?;
+    let mut out = drain(now, PULL_REPLY_GRACE).await?;
     if out.is_empty() {
         let first = consumer.batch().max_messages(1).expires(wait).messages().await.map_err(|e| e.to_string())?;
-        out = drain(first).await?;
+        out = drain(first, wait + PULL_REPLY_GRACE).await?;
         if !out.is_empty() && max > 1 {
             let more = consumer.fetch().max_messages(max - 1).messages().await.map_err(|e| e.to_string())?;
-            out.extend(drain(more).await?);
+            out.extend(drain(more, PULL_REPLY_GRACE).await?);
         }
     }
     Ok(out)
 }
 
-async fn drain<S, E>(mut s: S) -> Result<Vec<Message>, String>
+/// Collects one pull request's messages until it ends, or until `limit`
+/// passes without its end (what arrived is kept; with nothing, an error).
+async fn drain<S, E>(mut s: S, limit: Duration) -> Result<Vec<Message>, String>
 where
     S: futures::Stream<Item = Result<Message, E>> + Unpin,
     E: std::fmt::Display,
 {
+    let deadline = tokio::time::Instant::now() + limit;
     let mut v = Vec::new();
-    while let Some(m) = s.next().await {
-        match m {
-            Ok(m) => v.push(m),
-            Err(e) => {
-                if v.is_empty() {
-                    return Err(e.to_string());
-                }
+    loop {
+        match tokio::time::timeout_at(deadline, s.next()).await {
+            Ok(Some(Ok(m))) => v.push(m),
+            Ok(Some(Err(e))) if v.is_empty() => return Err(e.to_string()),
+            Ok(Some(Err(_)) | None) => break,
+            Err(_) if v.is_empty() => return Err(format!("no reply to the pull request in {limit:?}")),
+            Err(_) => {
+                warn!(received = v.len(), "pull request unfinished after {limit:?}; keeping what arrived");
                 break;
             }
         }
