@@ -173,6 +173,9 @@ pub async fn run(a: ReplayArgs) -> anyhow::Result<()> {
         path,
         progress: Mutex::new(saved.unwrap_or_else(|| Progress { database: db.clone(), ..Default::default() })),
     });
+    // Written before anything is applied: a replay interrupted at any point
+    // resumes with it (a non-empty database without it is refused).
+    state.save()?;
 
     let since = time_arg(&a.since, "since")?;
     let until = time_arg(&a.until, "until")?;

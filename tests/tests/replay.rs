@@ -156,6 +156,46 @@ async fn replay_rebuilds_the_same_state() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"));
     other.drop().await.unwrap();
 
+    // Killed with -9 halfway through a rebuild, then resumed with its state
+    // file: the same state.
+    let killed = format!("{}_killed", app.db);
+    let state5 = dir.join("killed.json");
+    let _ = std::fs::remove_file(&state5);
+    let mut child = tokio::process::Command::new(procs::workspace_bin("natterctl"))
+        .args(["replay", "--quiet", "--into-db", &killed, "--batch", "1", "--state", &state5.display().to_string()])
+        .envs(app.env())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let applied_up_to = |path: &std::path::Path| -> u64 {
+        let Ok(body) = std::fs::read(path) else { return 0 };
+        let v: Value = serde_json::from_slice(&body).unwrap_or_default();
+        v["commands"].as_object().map(|m| m.values().filter_map(Value::as_u64).max().unwrap_or(0)).unwrap_or(0)
+    };
+    let last_cmd = live_last_cmd(&app).await;
+    for _ in 0..20_000 {
+        if applied_up_to(&state5) > last_cmd / 2 || child.try_wait().unwrap().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    child.start_kill().unwrap();
+    let status = child.wait().await.unwrap();
+    let at_kill = applied_up_to(&state5);
+    assert!(!status.success() && at_kill > 0 && at_kill < last_cmd, "killed at seq {at_kill} of {last_cmd}: {status}");
+    let said =
+        natterctl(&app, &["replay", "--quiet", "--into-db", &killed, "--state", &state5.display().to_string()]).await;
+    assert!(said.contains("replayed commands"), "{said}");
+    let other = mongodb::Client::with_uri_str(&app.mongodb_uri).await.unwrap().database(&killed);
+    let resumed = canonical(&other).await;
+    assert_eq!(
+        resumed.hash,
+        live.hash,
+        "resumed after seq {at_kill}; {}",
+        live.first_difference(&resumed).unwrap_or_default()
+    );
+    other.drop().await.unwrap();
+
     // Only one room: its conversation and messages, nothing of the group.
     let conv = live.docs["conversations"][0].clone();
     let conv_id = serde_json::from_str::<Value>(&conv).unwrap()["_id"]["$oid"].as_str().unwrap().to_string();
@@ -177,8 +217,7 @@ async fn replay_rebuilds_the_same_state() {
     app.store.db().drop().await.unwrap();
     let subjects = natter_nats::Subjects::new(&app.name);
     let key: Vec<String> = (0..natter_nats::PARTITIONS).map(|p| subjects.partition(p)).collect();
-    let js = async_nats::jetstream::new(async_nats::connect(&app.nats_url).await.unwrap());
-    let last = js.get_stream(subjects.cmd_stream()).await.unwrap().info().await.unwrap().state.last_sequence;
+    let last = live_last_cmd(&app).await;
     let half = last / 2;
     let partial = json!({"database": app.db, "commands": {key.join(","): half}, "outcomes": 0});
     let state4 = dir.join("resume.json");
@@ -191,6 +230,13 @@ async fn replay_rebuilds_the_same_state() {
         resumed.counts.get("messages").copied().unwrap_or(0) < live.counts["messages"],
         "the first half was skipped"
     );
+}
+
+/// The command stream's last sequence.
+async fn live_last_cmd(app: &TestApp) -> u64 {
+    let subjects = natter_nats::Subjects::new(&app.name);
+    let js = async_nats::jetstream::new(async_nats::connect(&app.nats_url).await.unwrap());
+    js.get_stream(subjects.cmd_stream()).await.unwrap().info().await.unwrap().state.last_sequence
 }
 
 /// A send to a conversation that does not exist (yet): dead-lettered with
