@@ -12,7 +12,7 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use mongodb::bson::{doc, oid::ObjectId};
 use natter_shared::auth::Identity;
-use natter_shared::ids::RoomRef;
+use natter_shared::ids::{RoomKind, RoomRef};
 use natter_shared::model::AttachmentDoc;
 use natter_shared::v1::command::{Command, RoomFields, UploadAttachmentCmd};
 use natter_shared::v1::error::ErrorCode;
@@ -36,7 +36,7 @@ fn unconfigured() -> ChatError {
 pub async fn upload<S, E>(
     st: &EdgeState,
     who: &Identity,
-    room: RoomRef,
+    room: Option<RoomRef>,
     filename: &str,
     declared: &str,
     body: S,
@@ -49,7 +49,9 @@ where
     if st.s3.is_none() {
         return Err(unconfigured());
     }
-    chat::require_member(st, who, &room).await?;
+    if let Some(room) = &room {
+        chat::require_member(st, who, room).await?;
+    }
     if filename.is_empty() || filename.len() > 1000 || declared.is_empty() || declared.len() > 200 {
         return Err(ChatError::InvalidPayload("filename and type are required".into()));
     }
@@ -88,7 +90,7 @@ where
     }
     let cmd = Command::UploadAttachment(UploadAttachmentCmd {
         attachment_id: id.clone(),
-        room: RoomFields::of(&room),
+        room: RoomFields::of_optional(room.as_ref()),
         filename: filename.to_string(),
         declared_type: declared.to_string(),
         size: info.size as u64,
@@ -108,7 +110,9 @@ where
     Ok(Staged { id, seq, record: Some(record) })
 }
 
-/// An accepted attachment that `who` may download.
+/// An accepted attachment that `who` may download: a member of the room
+/// it was uploaded to; for an upload made outside any room, its uploader or
+/// a member of a room where a message carries it.
 pub async fn downloadable(st: &EdgeState, who: &Identity, id: &str) -> Result<AttachmentDoc, ChatError> {
     let oid = chat::oid(id, "attachmentId")?;
     let a = st
@@ -117,8 +121,27 @@ pub async fn downloadable(st: &EdgeState, who: &Identity, id: &str) -> Result<At
         .find_one(doc! {"_id": oid, "status": "accepted"})
         .await?
         .ok_or(ChatError::NotFound("attachment"))?;
-    chat::require_member(st, who, &RoomRef::new(a.room_kind(), a.room_id())).await?;
-    Ok(a)
+    if let Some(room) = a.room() {
+        chat::require_member(st, who, &room).await?;
+        return Ok(a);
+    }
+    if a.uploader_id == who.user.oid() {
+        return Ok(a);
+    }
+    // The rooms whose messages carry it (deleted ones included: their
+    // members saw it), each checked until one lets `who` in.
+    let messages = st.store.messages();
+    for (field, kind) in [("conversationId", RoomKind::Conversation), ("groupId", RoomKind::Group)] {
+        for r in messages.distinct(field, doc! {"attachments.id": id, field: {"$exists": true}}).await? {
+            let Some(room_id) = r.as_str() else { continue };
+            match chat::require_member(st, who, &RoomRef::new(kind, room_id)).await {
+                Ok(()) => return Ok(a),
+                Err(ChatError::NotAMember) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Err(ChatError::NotAMember)
 }
 
 /// A presigned GET for `key`, valid for the configured time.
@@ -159,7 +182,7 @@ pub async fn for_message(
         if a.uploader_id != who.user.oid() {
             return Err(bad("was uploaded by someone else"));
         }
-        if a.room_kind() != room.kind || a.room_id() != room.id {
+        if a.room().is_some_and(|r| r != *room) {
             return Err(bad("was uploaded to another room"));
         }
         if (message_type == "image" || message_type == "document") && a.category != message_type {

@@ -74,8 +74,8 @@ pub async fn store_and_wait(st: &EdgeState, who: &Identity, command: Command, ms
 
 /// Stores a command; the PubAck is the answer.
 async fn store_command(st: &EdgeState, env: &CommandEnvelope, msg_id: &str) -> Result<Stored, ChatError> {
-    let room = env.command.room().map_err(|e| ChatError::InvalidPayload(e.into()))?;
-    let subject = st.subjects.command(room.kind, &room.id, env.command.action());
+    let route = env.route().map_err(|e| ChatError::InvalidPayload(e.into()))?;
+    let subject = st.subjects.routed_command(&route, env.command.action());
     let payload: Bytes = serde_json::to_vec(env).map_err(|e| ChatError::InvalidPayload(e.to_string()))?.into();
     publish::command(&st.js, subject, msg_id, payload).await.map_err(ChatError::unavailable)
 }

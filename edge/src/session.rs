@@ -138,15 +138,18 @@ impl Session {
     pub async fn upload(&mut self, rid: Option<&str>, up: FileUpload, bytes: bytes::Bytes) -> Result<Value, ChatError> {
         let meta = self.meta(rid);
         crate::meta::scope(meta, async {
-            let raw = RoomRef::from_fields(up.conversation_id.as_deref(), up.group_id.as_deref())
+            let raw = RoomRef::optional(up.conversation_id.as_deref(), up.group_id.as_deref())
                 .map_err(|e| ChatError::InvalidPayload(e.into()))?;
-            let (room, _) = chat::room(raw.kind, &raw.id)?;
+            let room = match raw {
+                Some(r) => Some(chat::room(r.kind, &r.id)?.0),
+                None => None,
+            };
             let body = futures::stream::iter([Ok::<_, std::convert::Infallible>(bytes)]);
             let staged =
                 crate::attachments::upload(&self.st, &self.who, room.clone(), &up.filename, &up.kind, body, false)
                     .await?;
             let mut data = json!({"attachmentId": staged.id, "seq": staged.seq});
-            RoomFields::of(&room).merge_into(&mut data);
+            RoomFields::of_optional(room.as_ref()).merge_into(&mut data);
             Ok(data)
         })
         .await

@@ -124,6 +124,18 @@ impl Subjects {
         format!("{}.cmd.p{}.{}.{}.{}", self.ns, partition_of(room), token(kind), room, action)
     }
 
+    /// Subject of a command routed by `route` (its room, or its uploader).
+    pub fn routed_command(&self, route: &natter_shared::v1::command::Route, action: &str) -> String {
+        use natter_shared::v1::command::Route;
+        match route {
+            Route::Room(r) => self.command(r.kind, &r.id, action),
+            Route::User(u) => {
+                let u = u.hex();
+                format!("{}.cmd.p{}.user.{}.{}", self.ns, partition_of(&u), u, action)
+            }
+        }
+    }
+
     /// Filter of one partition's commands.
     pub fn partition(&self, p: u32) -> String {
         format!("{}.cmd.p{}.>", self.ns, p)

@@ -87,6 +87,14 @@ impl RoomRef {
             (None, None) => Err("conversationId or groupId is required"),
         }
     }
+
+    /// At most one room: `None` when neither field is set.
+    pub fn optional(conversation: Option<&str>, group: Option<&str>) -> Result<Option<RoomRef>, &'static str> {
+        match (conversation, group) {
+            (None, None) => Ok(None),
+            _ => RoomRef::from_fields(conversation, group).map(Some),
+        }
+    }
 }
 
 /// Parses a 24-hex ObjectId given by a client, as a string field or path segment.

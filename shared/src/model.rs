@@ -3,7 +3,7 @@
 //! returned on the wire (`*View`: what Mongoose's `toJSON` printed, ids as hex
 //! strings and dates as ISO strings).
 
-use crate::ids::RoomKind;
+use crate::ids::{RoomKind, RoomRef};
 use crate::timefmt::iso;
 use mongodb::bson::{DateTime, Document, oid::ObjectId};
 use serde::{Deserialize, Serialize};
@@ -268,12 +268,10 @@ impl AttachmentDoc {
         }
     }
 
-    pub fn room_kind(&self) -> RoomKind {
-        if self.group_id.is_some() { RoomKind::Group } else { RoomKind::Conversation }
-    }
-
-    pub fn room_id(&self) -> &str {
-        self.group_id.as_deref().or(self.conversation_id.as_deref()).unwrap_or("")
+    /// The room it was uploaded to; `None` for an upload made outside any
+    /// room (its uploader's, until sent in a message).
+    pub fn room(&self) -> Option<RoomRef> {
+        RoomRef::optional(self.conversation_id.as_deref(), self.group_id.as_deref()).ok().flatten()
     }
 
     pub fn accepted(&self) -> bool {

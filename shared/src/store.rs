@@ -83,6 +83,8 @@ impl Store {
             .create_indexes([
                 idx(doc! {"conversationId": 1, "seq": -1}, "conversation_seq"),
                 idx(doc! {"groupId": 1, "seq": -1}, "group_seq"),
+                // Who may download an upload made outside any room.
+                idx(doc! {"attachments.id": 1}, "attachment_id"),
             ])
             .await?;
         self.conversations()

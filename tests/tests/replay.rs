@@ -71,16 +71,21 @@ async fn scenario(app: &mut TestApp) {
     wb.request("mark_as_read", json!({"messageId": ids[20]})).await;
     wa.request("delete_message", json!({"messageId": ids[3]})).await;
 
-    // An attachment, sent in a message.
-    let header = json!({"type": "file_upload", "requestId": "up", "data": {"filename": "p.png", "type": "image/png", "conversationId": conv}}).to_string();
-    let mut frame = (header.len() as u32).to_be_bytes().to_vec();
-    frame.extend_from_slice(header.as_bytes());
-    frame.extend_from_slice(&png());
-    wa.send_frame(fastwebsockets::Frame::binary(fastwebsockets::Payload::Owned(frame))).await;
-    let ack = wa.reply_to("up", WAIT).await;
-    let att = ack["data"]["attachmentId"].as_str().unwrap().to_string();
-    assert_eq!(wa.events("file_upload_response", 1, WAIT).await[0]["data"]["id"], att);
-    wa.request("send_message", json!({"conversationId": conv, "content": "pic", "attachments": [att]})).await;
+    // Attachments, uploaded to the room and outside any room, sent in messages.
+    for data in [
+        json!({"filename": "p.png", "type": "image/png", "conversationId": conv}),
+        json!({"filename": "q.png", "type": "image/png"}),
+    ] {
+        let header = json!({"type": "file_upload", "requestId": "up", "data": data}).to_string();
+        let mut frame = (header.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(header.as_bytes());
+        frame.extend_from_slice(&png());
+        wa.send_frame(fastwebsockets::Frame::binary(fastwebsockets::Payload::Owned(frame))).await;
+        let ack = wa.reply_to("up", WAIT).await;
+        let att = ack["data"]["attachmentId"].as_str().unwrap().to_string();
+        assert_eq!(wa.events("file_upload_response", 1, WAIT).await[0]["data"]["id"], att);
+        wa.request("send_message", json!({"conversationId": conv, "content": "pic", "attachments": [att]})).await;
+    }
 
     // A group: created, a member added, one removed, one leaving, messages.
     let g = app.create_group(e, a, &[b, c]).await;
@@ -116,6 +121,7 @@ async fn replay_rebuilds_the_same_state() {
     let live = settled(&app).await;
     let letters = natterctl(&app, &["dlq", "list", "--json"]).await;
     assert_eq!(letters.trim(), "[]", "nothing was dead-lettered");
+    assert_eq!(live.counts.get("attachments"), Some(&2), "one upload to the room, one outside any");
     for coll in ["messages", "conversations", "groupchats", "attachments", "audit_logs"] {
         assert!(live.counts.get(coll).copied().unwrap_or(0) > 0, "{coll} is part of the scenario: {:?}", live.counts);
     }

@@ -243,6 +243,35 @@ async fn file_upload_with_a_binary_payload() {
         assert_eq!(r.status().as_u16(), 200, "followed the redirect");
         assert_eq!(&r.bytes().await.unwrap().to_vec(), bytes);
     }
+
+    // The module's front end names no room and wants no ack: the upload is
+    // the uploader's until sent in a message; then the room's members (and
+    // only they) may download it.
+    let c = app.user();
+    let get = async |user, id: &str| {
+        let r = app.http().get(format!("http://{e}/api/chat/attachments/{id}")).bearer_auth(app.token(user, &[]));
+        let r = r.send().await.unwrap();
+        (r.status().as_u16(), r.bytes().await.unwrap().to_vec())
+    };
+    let arg = json!({"file": {"$binary": b64(&image)}, "filename": "mine.png", "type": "image/png"});
+    ca.emit("file_upload", json!([arg])).await;
+    let resp = ca.events("file_upload_response", 1, WAIT).await;
+    let mine = resp[0]["id"].as_str().unwrap_or_else(|| panic!("{resp:?}")).to_string();
+    assert_eq!((resp[0]["type"].as_str(), resp[0]["size"].as_u64()), (Some("image/png"), Some(image.len() as u64)));
+    assert_eq!(get(a, &mine).await, (200, image.clone()), "the uploader downloads it");
+    assert_eq!(get(b, &mine).await.0, 403, "not sent anywhere yet");
+    let mut cc = SioClient::connect(e, &app.token(c, &[]), Transports::WebsocketOnly).await;
+    let cd = app.open_conversation(e, c, a).await;
+    let r = cc.request("send_message", json!({"conversationId": cd, "content": "x", "attachments": [&mine]})).await;
+    assert_eq!(r["error"]["code"], "invalid_payload", "someone else's upload: {r}");
+    // Sent as the module sends it: the file_upload_response object.
+    let m = ca
+        .request("send_message", json!({"conversationId": conv, "content": "mine", "attachments": [resp[0].clone()]}))
+        .await;
+    let got = cb.events("message_received", 1, WAIT).await;
+    assert_eq!((&got[0]["_id"], &got[0]["attachments"][0]["id"]), (&m["messageId"], &json!(mine)), "{got:?}");
+    assert_eq!(get(b, &mine).await, (200, image.clone()), "a member of the room it was sent to");
+    assert_eq!(get(c, &mine).await.0, 403, "not a member of that room");
 }
 
 /// The edge goes away and comes back on the same address: clients on both

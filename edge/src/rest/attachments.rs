@@ -22,15 +22,19 @@ fn param(q: Option<&str>, name: &str) -> Option<String> {
     url::form_urlencoded::parse(q.unwrap_or("").as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
 }
 
-fn room(conversation: Option<&str>, group: Option<&str>) -> Result<RoomRef, ChatError> {
-    let raw = RoomRef::from_fields(conversation, group).map_err(|e| ChatError::InvalidPayload(e.into()))?;
-    Ok(chat::room(raw.kind, &raw.id)?.0)
+/// The room named (at most one); none makes the upload the uploader's until
+/// it is sent in a message.
+fn room(conversation: Option<&str>, group: Option<&str>) -> Result<Option<RoomRef>, ChatError> {
+    match RoomRef::optional(conversation, group).map_err(|e| ChatError::InvalidPayload(e.into()))? {
+        Some(raw) => Ok(Some(chat::room(raw.kind, &raw.id)?.0)),
+        None => Ok(None),
+    }
 }
 
-/// `POST /api/chat/attachments`. Raw body: `?conversationId=|groupId=`,
-/// `filename=`, and `type=` (or the `Content-Type`). Multipart: the fields
-/// `conversationId`/`groupId` (and optionally `type`) before the `file` part,
-/// whose file name and content type are used.
+/// `POST /api/chat/attachments`. Raw body: `?conversationId=|groupId=`
+/// (optional), `filename=`, and `type=` (or the `Content-Type`). Multipart:
+/// the fields `conversationId`/`groupId` (optional) and `type` (optional)
+/// before the `file` part, whose file name and content type are used.
 pub async fn upload(
     State(st): St,
     AuthUser(who): AuthUser,

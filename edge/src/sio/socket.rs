@@ -247,7 +247,7 @@ impl Socket {
                 }
                 Err(e) => Err((
                     ErrorCode::InvalidPayload,
-                    format!("file_upload wants {{file: <binary>, filename, type, conversationId | groupId}}: {e}"),
+                    format!("file_upload wants {{file: <binary>, filename, type[, conversationId | groupId]}}: {e}"),
                 )),
             }
         } else {

@@ -91,9 +91,11 @@ pub struct FileUpload {
 }
 
 impl FileUpload {
-    /// One room, a file name and a declared type of sane lengths.
+    /// At most one room (without one, the upload is the uploader's until
+    /// they send it in a message), a file name and a declared type of sane
+    /// lengths.
     pub fn validate(&self) -> Result<(), String> {
-        crate::ids::RoomRef::from_fields(self.conversation_id.as_deref(), self.group_id.as_deref())
+        crate::ids::RoomRef::optional(self.conversation_id.as_deref(), self.group_id.as_deref())
             .map_err(String::from)?;
         if self.filename.is_empty() || self.filename.len() > 1000 || self.kind.is_empty() || self.kind.len() > 200 {
             return Err("filename and type are required".into());
@@ -322,9 +324,22 @@ mod tests {
         assert_eq!((rid.as_deref(), up.filename.as_str(), bytes), (Some("u1"), "a.png", &b"BYTES"[..]));
         assert_eq!(parse_upload(&[0, 0]).unwrap_err().code, ErrorCode::InvalidFrame);
         assert_eq!(parse_upload(&[0, 0, 0, 200, b'{']).unwrap_err().code, ErrorCode::InvalidFrame);
-        let mut no_room = 9u32.to_be_bytes().to_vec();
-        no_room.extend_from_slice(br#"{"type":1"#);
-        assert!(parse_upload(&no_room).is_err());
+        let mut truncated = 9u32.to_be_bytes().to_vec();
+        truncated.extend_from_slice(br#"{"type":1"#);
+        assert!(parse_upload(&truncated).is_err());
+        let with = |data: &str| {
+            let header = format!(r#"{{"type":"file_upload","data":{data}}}"#);
+            let mut msg = (header.len() as u32).to_be_bytes().to_vec();
+            msg.extend_from_slice(header.as_bytes());
+            msg.push(1);
+            parse_upload(&msg).map(|(_, up, _)| up)
+        };
+        // Without a room (as the module's front end sends it): the uploader's.
+        let up = with(r#"{"filename":"a.png","type":"image/png"}"#).unwrap();
+        assert_eq!((up.conversation_id, up.group_id), (None, None));
+        let both = with(r#"{"filename":"a.png","type":"image/png","conversationId":"c","groupId":"g"}"#);
+        assert_eq!(both.unwrap_err().code, ErrorCode::InvalidPayload);
+        assert_eq!(with(r#"{"filename":"","type":"image/png"}"#).unwrap_err().code, ErrorCode::InvalidPayload);
     }
 
     #[test]

@@ -67,6 +67,24 @@ impl CommandEnvelope {
     pub fn has_role(&self, role: &str) -> bool {
         self.roles.iter().any(|r| r == role)
     }
+
+    /// Where the command is ordered: its room, or for an upload made
+    /// outside any room, its uploader.
+    pub fn route(&self) -> Result<Route, &'static str> {
+        match &self.command {
+            Command::UploadAttachment(c) if c.room == RoomFields::default() => Ok(Route::User(self.actor)),
+            Command::RecordAttachment(c) if c.room == RoomFields::default() => Ok(Route::User(self.actor)),
+            c => c.room().map(Route::Room),
+        }
+    }
+}
+
+/// The ordering (and partition) key of a command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Route {
+    Room(RoomRef),
+    /// An upload outside any room, ordered with its uploader's.
+    User(UserId),
 }
 
 /// Names a room in a payload, as the module's events do.
@@ -80,6 +98,11 @@ pub struct RoomFields {
 }
 
 impl RoomFields {
+    /// The fields of a room, or none.
+    pub fn of_optional(room: Option<&RoomRef>) -> Self {
+        room.map(RoomFields::of).unwrap_or_default()
+    }
+
     pub fn of(room: &RoomRef) -> Self {
         match room.kind {
             RoomKind::Conversation => RoomFields { conversation_id: Some(room.id.clone()), group_id: None },

@@ -65,7 +65,9 @@ impl AttachmentsHandler {
         Ok(Disposition::Applied(vec![self.respond(inc, data)?]))
     }
 
-    async fn record_fact(&self, inc: &Incoming, room: &RoomRef, record: &AttachmentDoc) -> Result<(), ApplyError> {
+    /// Publishes the fact on the upload's own route (its room, or its
+    /// uploader), so it is ordered after the upload.
+    async fn record_fact(&self, inc: &Incoming, record: &AttachmentDoc) -> Result<(), ApplyError> {
         let env = CommandEnvelope {
             v: natter_shared::v1::VERSION,
             actor: inc.msg.actor,
@@ -74,8 +76,9 @@ impl AttachmentsHandler {
             meta: Some(RequestMeta { via: "worker".into(), ..Default::default() }),
             command: Command::RecordAttachment(record.to_fact()),
         };
+        let route = env.route().map_err(|e| ApplyError(e.into()))?;
         let body = serde_json::to_vec(&env).map_err(|e| ApplyError(e.to_string()))?;
-        let subject = self.subjects.command(room.kind, &room.id, "record_attachment");
+        let subject = self.subjects.routed_command(&route, "record_attachment");
         natter_nats::publish::command(&self.js, subject, &format!("att:{}", record.id.to_hex()), body.into())
             .await
             .map_err(|e| ApplyError(format!("attachment fact: {e}")))?;
@@ -92,7 +95,7 @@ impl AttachmentsHandler {
         let Some(id) = parse_oid(&c.attachment_id) else {
             return Ok(Disposition::Poison("attachmentId is not an ObjectId".into()));
         };
-        let room = match c.room.room() {
+        let room = match RoomRef::optional(c.room.conversation_id.as_deref(), c.room.group_id.as_deref()) {
             Ok(r) => r,
             Err(e) => return Ok(Disposition::Poison(e.into())),
         };
@@ -103,8 +106,8 @@ impl AttachmentsHandler {
         }
         let mut record = AttachmentDoc {
             id,
-            conversation_id: RoomFields::of(&room).conversation_id,
-            group_id: RoomFields::of(&room).group_id,
+            conversation_id: RoomFields::of_optional(room.as_ref()).conversation_id,
+            group_id: RoomFields::of_optional(room.as_ref()).group_id,
             uploader_id: inc.msg.actor.oid(),
             name: check::sanitize(&c.filename),
             kind: String::new(),
@@ -134,7 +137,7 @@ impl AttachmentsHandler {
                         record.reason = Some(r.reason);
                     }
                     Ok((kind, category)) => {
-                        let key = object_key(&room, &name);
+                        let key = object_key(room.as_ref(), &inc.msg.actor.hex(), &name);
                         let rest = std::io::Cursor::new(head).chain(obj);
                         let stored =
                             s3put::upload(&self.s3, &self.bucket, &key, &kind, c.size, rest, category == "image")
@@ -162,7 +165,7 @@ impl AttachmentsHandler {
         }
         // What was learned here goes on the stream first: a rebuild
         // replays it instead of the upload.
-        self.record_fact(inc, &room, &record).await?;
+        self.record_fact(inc, &record).await?;
         crate::messages::insert_attachment(&self.store, &record).await?;
         self.drop_staged(&name).await;
         tracing::info!(attachment = %name, status = %record.status, code = ?record.code, "upload processed");
@@ -170,13 +173,15 @@ impl AttachmentsHandler {
     }
 }
 
-/// Where an attachment's bytes live: generated from ids only.
-pub fn object_key(room: &RoomRef, id: &str) -> String {
-    let kind = match room.kind {
-        RoomKind::Conversation => "conversations",
-        RoomKind::Group => "groups",
+/// Where an attachment's bytes live: generated from ids only (the room's,
+/// or the uploader's for an upload made outside any room).
+pub fn object_key(room: Option<&RoomRef>, uploader: &str, id: &str) -> String {
+    let (kind, owner) = match room {
+        Some(r) if r.kind == RoomKind::Conversation => ("conversations", r.id.as_str()),
+        Some(r) => ("groups", r.id.as_str()),
+        None => ("users", uploader),
     };
-    format!("attachments/{kind}/{}/{id}", room.id)
+    format!("attachments/{kind}/{owner}/{id}")
 }
 
 impl Handler for AttachmentsHandler {

@@ -20,7 +20,7 @@ use natter_nats::topology::Role;
 use natter_shared::config::CoreConfig;
 use natter_shared::ids::{RoomKind, RoomRef, parse_oid};
 use natter_shared::store::Store;
-use natter_shared::v1::command::Command;
+use natter_shared::v1::command::{Command, Route};
 use room::Room;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -61,8 +61,17 @@ impl Handler for MessagesHandler {
                 done.insert(inc.seq, Disposition::NotMine);
                 continue;
             }
-            match inc.msg.command.room() {
-                Ok(r) => rooms.entry(r).or_default().push(inc),
+            match inc.msg.route() {
+                Ok(Route::Room(r)) => rooms.entry(r).or_default().push(inc),
+                // An upload made outside any room needs no room to record.
+                Ok(Route::User(_)) => match &inc.msg.command {
+                    Command::RecordAttachment(c) => {
+                        done.insert(inc.seq, record_attachment(&self.ctx, inc, c).await?);
+                    }
+                    _ => {
+                        done.insert(inc.seq, Disposition::Poison("a room is required".into()));
+                    }
+                },
                 Err(reason) => {
                     done.insert(inc.seq, Disposition::Poison(reason.into()));
                 }
