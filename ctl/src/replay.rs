@@ -26,7 +26,6 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 #[derive(clap::Args, Debug)]
 pub struct ReplayArgs {
@@ -351,16 +350,16 @@ impl Replay {
     }
 }
 
-/// Applies a batch as a worker would, retrying transient failures (MongoDB
-/// away) until it goes through; what became of each message.
+/// Applies a batch as a worker would (`settle`: transient failures retried
+/// until they pass, a command MongoDB keeps refusing is not applicable);
+/// what became of each message.
 async fn apply_retrying<H: Handler>(handler: &H, batch: &[Incoming<H::Msg>]) -> Done {
     let mut done = Done::new();
-    let mut attempt = 0u32;
-    while let Err(e) = handler.apply(batch, &mut done).await {
-        attempt += 1;
-        tracing::warn!(role = H::ROLE.name(), attempt, error = %e, "batch failed; retrying");
-        tokio::time::sleep(Duration::from_millis(100u64 << attempt.min(6)).min(Duration::from_secs(5))).await;
-    }
+    natter_workers::handler::settle(handler, batch, &mut done, |attempt| async move {
+        tokio::time::sleep(natter_workers::runner::backoff(attempt)).await;
+        true
+    })
+    .await;
     done
 }
 

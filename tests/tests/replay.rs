@@ -307,3 +307,48 @@ async fn poison_commands_are_dead_lettered_and_retried() {
     let left: Vec<Value> = serde_json::from_str(&natterctl(&app, &["dlq", "list", "--json"]).await).unwrap();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// MongoDB refuses one message (here a validator the operator added):
+/// retried, then dead-lettered with MongoDB's reason, while the messages
+/// before and after it in the same room are applied and delivered. Once
+/// the cause is removed, `dlq retry` applies it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_mongodb_keeps_refusing_is_dead_lettered_after_its_retries() {
+    let mut app = TestApp::new().await;
+    let e = app.start_edge().await;
+    app.start_worker();
+    let (a, b) = (app.user(), app.user());
+    let conv = app.open_conversation(e, a, b).await;
+    let mut wa = WsClient::connect(e, &app.token(a, &[])).await;
+    let mut wb = WsClient::connect(e, &app.token(b, &[])).await;
+    wb.request("join_conversation", json!({"conversationId": conv})).await;
+    let db = app.store.db();
+    let validator = |v: mongodb::bson::Document| mongodb::bson::doc! {"collMod": "messages", "validator": v};
+    db.run_command(validator(mongodb::bson::doc! {"content": {"$not": {"$regex": "^poison"}}})).await.unwrap();
+
+    let mut sent = Vec::new();
+    for text in ["before", "poison pill", "after 1", "after 2"] {
+        let r = wa.request("send_message", json!({"conversationId": conv, "content": text})).await;
+        assert_eq!(r["type"], "ack", "{r}");
+        sent.push(r["data"]["messageId"].as_str().unwrap().to_string());
+    }
+    let got = wb.events("message_received", 3, WAIT).await;
+    let contents: Vec<&str> = got.iter().map(|m| m["data"]["content"].as_str().unwrap_or("?")).collect();
+    assert_eq!(contents, ["before", "after 1", "after 2"], "the room goes on past the refused message");
+    let letters: Vec<Value> = serde_json::from_str(&natterctl(&app, &["dlq", "list", "--json"]).await).unwrap();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let reason = letters[0]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("MongoDB refused the write (121)"), "{reason}");
+    assert!(wb.events("message_received", 1, Duration::from_millis(300)).await.is_empty());
+
+    // The cause removed, the letter is retried and applied.
+    db.run_command(validator(mongodb::bson::doc! {})).await.unwrap();
+    let said = natterctl(&app, &["dlq", "retry", &letters[0]["id"].to_string()]).await;
+    assert!(said.contains("retried"), "{said}");
+    let got = wb.events("message_received", 1, WAIT).await;
+    assert_eq!(got.first().map(|m| &m["data"]["_id"]), Some(&json!(sent[1])), "{got:?}");
+    let stored = app.store.messages().count_documents(mongodb::bson::doc! {"conversationId": &conv}).await.unwrap();
+    assert_eq!(stored, 4);
+    let left: Vec<Value> = serde_json::from_str(&natterctl(&app, &["dlq", "list", "--json"]).await).unwrap();
+    assert!(left.is_empty(), "{left:?}");
+}

@@ -63,7 +63,7 @@ impl Handler for AuditHandler {
             if let Err(e) = coll.insert_one(&record).await {
                 // Another writer extended the chain (or wrote this record):
                 // retry the batch against the new head.
-                return Err(ApplyError(format!("audit chain moved: {e}")));
+                return Err(ApplyError::transient(format!("audit chain moved: {e}")));
             }
             head_seq = record.chain_seq;
             head_hash = record.hash.clone();
@@ -72,8 +72,8 @@ impl Handler for AuditHandler {
         }
         if let (true, Some(heads)) = (head_seq > 0, &self.heads) {
             let head = natter_shared::audit::Head { chain_seq: head_seq, hash: head_hash };
-            let body = serde_json::to_vec(&head).map_err(|e| ApplyError(e.to_string()))?;
-            heads.put(HEAD_KEY, body.into()).await.map_err(|e| ApplyError(format!("audit head: {e}")))?;
+            let body = serde_json::to_vec(&head).map_err(|e| ApplyError::transient(e.to_string()))?;
+            heads.put(HEAD_KEY, body.into()).await.map_err(|e| ApplyError::transient(format!("audit head: {e}")))?;
         }
         Ok(())
     }

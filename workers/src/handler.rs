@@ -90,16 +90,136 @@ pub enum Disposition {
 /// nor forgets the events of what the failed attempt already committed.
 pub type Done = HashMap<u64, Disposition>;
 
-/// A failure of the whole batch that may pass (MongoDB unreachable, a
-/// timeout): the runner retries the batch in place, keeping the room order.
+/// A failure of a batch. Transient ones (MongoDB unreachable, a timeout,
+/// S3 down) are retried in place for as long as they last, keeping the room
+/// order. Permanent ones (MongoDB refusing a document) are retried a few
+/// times; then the batch is applied one command at a time, and the command
+/// that still fails is dead-lettered with the reason (see `settle`).
 #[derive(Debug, thiserror::Error)]
-#[error("transient: {0}")]
-pub struct ApplyError(pub String);
+#[error("{reason}")]
+pub struct ApplyError {
+    pub reason: String,
+    pub permanent: bool,
+}
+
+impl ApplyError {
+    pub fn transient(reason: impl Into<String>) -> Self {
+        ApplyError { reason: reason.into(), permanent: false }
+    }
+
+    /// A MongoDB write error: permanent unless its code says the server
+    /// was busy, stepping down or going away.
+    pub fn write(code: i32, message: &str) -> Self {
+        ApplyError {
+            reason: format!("MongoDB refused the write ({code}): {message}"),
+            permanent: !transient_code(code),
+        }
+    }
+}
+
+/// Write error codes that pass: network, shutdown, elections, time limits,
+/// lock and write conflicts.
+fn transient_code(code: i32) -> bool {
+    matches!(
+        code,
+        6 | 7
+            | 24
+            | 46
+            | 50
+            | 63
+            | 89
+            | 91
+            | 112
+            | 133
+            | 150
+            | 189
+            | 234
+            | 262
+            | 9001
+            | 10107
+            | 11600
+            | 11602
+            | 13388
+            | 13435
+            | 13436
+    )
+}
 
 impl From<mongodb::error::Error> for ApplyError {
     fn from(e: mongodb::error::Error) -> Self {
-        ApplyError(e.to_string())
+        use mongodb::error::{ErrorKind, WriteFailure};
+        match &*e.kind {
+            ErrorKind::Write(WriteFailure::WriteError(we)) => ApplyError::write(we.code, &we.message),
+            ErrorKind::InsertMany(ime) if ime.write_concern_error.is_none() => {
+                match ime.write_errors.iter().flatten().find(|we| !transient_code(we.code)) {
+                    Some(we) => ApplyError::write(we.code, &we.message),
+                    None => ApplyError::transient(e.to_string()),
+                }
+            }
+            ErrorKind::BsonSerialization(_) => ApplyError { reason: e.to_string(), permanent: true },
+            _ => ApplyError::transient(e.to_string()),
+        }
     }
+}
+
+/// Attempts, of a batch and then of one command alone, before a permanent
+/// failure dead-letters the command.
+pub const PERMANENT_ATTEMPTS: u32 = 3;
+
+/// Applies `batch` until every command has a disposition. Between failed
+/// attempts, logged here, `pause(attempt)` runs (it backs off; `false` gives
+/// up, and so does this). Transient failures are retried for as long as they
+/// last; after `PERMANENT_ATTEMPTS` permanent ones the commands are applied
+/// one at a time, in stream order, and one that fails permanently that many
+/// times alone is poison (the others are applied as usual).
+pub async fn settle<H: Handler, F: Future<Output = bool>>(
+    handler: &H,
+    batch: &[Incoming<H::Msg>],
+    done: &mut Done,
+    mut pause: impl FnMut(u32) -> F,
+) -> bool {
+    let role = H::ROLE.name();
+    let mut attempt = 0u32;
+    let mut permanent = 0u32;
+    loop {
+        match handler.apply(batch, done).await {
+            Ok(()) => return true,
+            Err(e) => {
+                attempt += 1;
+                permanent += u32::from(e.permanent);
+                if permanent >= PERMANENT_ATTEMPTS {
+                    tracing::warn!(role, attempt, error = %e, "batch keeps failing; applying its commands one by one");
+                    break;
+                }
+                tracing::warn!(role, attempt, error = %e, permanent = e.permanent, "batch failed; retrying in place");
+                if !pause(attempt).await {
+                    return false;
+                }
+            }
+        }
+    }
+    for inc in batch {
+        let mut permanent = 0u32;
+        while !done.contains_key(&inc.seq) {
+            match handler.apply(std::slice::from_ref(inc), done).await {
+                Ok(()) => break,
+                Err(e) => {
+                    attempt += 1;
+                    permanent += u32::from(e.permanent);
+                    if permanent >= PERMANENT_ATTEMPTS {
+                        tracing::warn!(role, seq = inc.seq, error = %e, "command fails on its own; dead-lettering it");
+                        done.insert(inc.seq, Disposition::Poison(e.reason));
+                        break;
+                    }
+                    tracing::warn!(role, seq = inc.seq, attempt, error = %e, "command failed; retrying");
+                    if !pause(attempt).await {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+    true
 }
 
 /// A worker role. `apply` must be idempotent and depend only on the

@@ -348,29 +348,26 @@ async fn process<H: Handler>(
             }
         }
 
-        let mut attempt: u32 = 0;
         let mut done = Done::new();
-        while !incoming.is_empty() {
-            match handler.apply(&incoming, &mut done).await {
-                Ok(()) => break,
-                Err(e) => {
-                    attempt += 1;
-                    warn!(attempt, error = %e, "batch failed; retrying in place");
-                    for m in &msgs {
+        let settled = incoming.is_empty()
+            || crate::handler::settle(handler, &incoming, &mut done, |attempt| {
+                let msgs = &msgs;
+                async move {
+                    for m in msgs {
                         let _ = m.ack_with(AckKind::Progress).await;
                     }
-                    let delay = Duration::from_millis(100u64 << attempt.min(6)).min(Duration::from_secs(5));
                     tokio::select! {
-                        _ = cancel.cancelled() => {
-                            for m in &msgs {
-                                let _ = m.ack_with(AckKind::Nak(None)).await;
-                            }
-                            return;
-                        }
-                        _ = tokio::time::sleep(delay) => {}
+                        _ = cancel.cancelled() => false,
+                        _ = tokio::time::sleep(backoff(attempt)) => true,
                     }
                 }
+            })
+            .await;
+        if !settled {
+            for m in &msgs {
+                let _ = m.ack_with(AckKind::Nak(None)).await;
             }
+            return;
         }
 
         let mut publications: Vec<Publication> = Vec::new();
@@ -465,6 +462,11 @@ async fn process<H: Handler>(
     }
     .instrument(span)
     .await
+}
+
+/// The pause before retry `attempt`: doubling from 200 ms, at most 5 s.
+pub fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(100u64 << attempt.min(6)).min(Duration::from_secs(5))
 }
 
 fn audit_fact(

@@ -52,13 +52,13 @@ impl AttachmentsHandler {
 
     fn respond(&self, inc: &Incoming, data: serde_json::Value) -> Result<Publication, ApplyError> {
         let frame = EventFrame::new(EventKind::FileUploadResponse, inc.seq, data);
-        let payload = serde_json::to_vec(&frame).map_err(|e| ApplyError(e.to_string()))?;
+        let payload = serde_json::to_vec(&frame).map_err(|e| ApplyError::transient(e.to_string()))?;
         Ok(Publication { subject: self.subjects.user_events(&inc.msg.actor.hex()), payload: payload.into() })
     }
 
     fn answer(&self, inc: &Incoming, doc: &AttachmentDoc) -> Result<Disposition, ApplyError> {
         let data = if doc.accepted() {
-            serde_json::to_value(AttachmentView::from(doc)).map_err(|e| ApplyError(e.to_string()))?
+            serde_json::to_value(AttachmentView::from(doc)).map_err(|e| ApplyError::transient(e.to_string()))?
         } else {
             json!({"id": doc.id.to_hex(), "error": doc.reason, "code": doc.code})
         };
@@ -76,12 +76,12 @@ impl AttachmentsHandler {
             meta: Some(RequestMeta { via: "worker".into(), ..Default::default() }),
             command: Command::RecordAttachment(record.to_fact()),
         };
-        let route = env.route().map_err(|e| ApplyError(e.into()))?;
-        let body = serde_json::to_vec(&env).map_err(|e| ApplyError(e.to_string()))?;
+        let route = env.route().map_err(ApplyError::transient)?;
+        let body = serde_json::to_vec(&env).map_err(|e| ApplyError::transient(e.to_string()))?;
         let subject = self.subjects.routed_command(&route, "record_attachment");
         natter_nats::publish::command(&self.js, subject, &format!("att:{}", record.id.to_hex()), body.into())
             .await
-            .map_err(|e| ApplyError(format!("attachment fact: {e}")))?;
+            .map_err(|e| ApplyError::transient(format!("attachment fact: {e}")))?;
         Ok(())
     }
 
@@ -127,10 +127,14 @@ impl AttachmentsHandler {
                 record.code = Some("staging_expired".into());
                 record.reason = Some("the staged upload expired before it was processed".into());
             }
-            Err(e) => return Err(ApplyError(format!("staging: {e}"))),
+            Err(e) => return Err(ApplyError::transient(format!("staging: {e}"))),
             Ok(mut obj) => {
                 let mut head = Vec::with_capacity(HEAD);
-                (&mut obj).take(HEAD as u64).read_to_end(&mut head).await.map_err(|e| ApplyError(e.to_string()))?;
+                (&mut obj)
+                    .take(HEAD as u64)
+                    .read_to_end(&mut head)
+                    .await
+                    .map_err(|e| ApplyError::transient(e.to_string()))?;
                 match check::inspect(&head, c.size, &c.declared_type) {
                     Err(r) => {
                         record.code = Some(r.code.into());
@@ -143,7 +147,10 @@ impl AttachmentsHandler {
                             s3put::upload(&self.s3, &self.bucket, &key, &kind, c.size, rest, category == "image")
                                 .await?;
                         if stored.size != c.size {
-                            return Err(ApplyError(format!("staged {} bytes, announced {}", stored.size, c.size)));
+                            return Err(ApplyError::transient(format!(
+                                "staged {} bytes, announced {}",
+                                stored.size, c.size
+                            )));
                         }
                         if let Some(image) = stored.image {
                             match thumb::make(&image) {

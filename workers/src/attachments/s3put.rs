@@ -22,7 +22,7 @@ pub struct Stored {
 }
 
 fn s3err<E: std::error::Error>(what: &str, e: E) -> ApplyError {
-    ApplyError(format!("S3 {what}: {}", DisplayErrorContext(e)))
+    ApplyError::transient(format!("S3 {what}: {}", DisplayErrorContext(e)))
 }
 
 pub async fn put(
@@ -47,7 +47,7 @@ pub async fn put(
 /// Reads up to `PART` bytes.
 async fn part<R: AsyncRead + Unpin>(r: &mut R) -> Result<Vec<u8>, ApplyError> {
     let mut buf = Vec::with_capacity(PART);
-    r.take(PART as u64).read_to_end(&mut buf).await.map_err(|e| ApplyError(format!("staging read: {e}")))?;
+    r.take(PART as u64).read_to_end(&mut buf).await.map_err(|e| ApplyError::transient(format!("staging read: {e}")))?;
     Ok(buf)
 }
 
@@ -62,7 +62,7 @@ pub async fn upload<R: AsyncRead + Unpin>(
 ) -> Result<Stored, ApplyError> {
     if size <= MULTIPART_ABOVE {
         let mut all = Vec::with_capacity(size as usize);
-        body.read_to_end(&mut all).await.map_err(|e| ApplyError(format!("staging read: {e}")))?;
+        body.read_to_end(&mut all).await.map_err(|e| ApplyError::transient(format!("staging read: {e}")))?;
         let n = all.len() as u64;
         let image = keep.then(|| all.clone());
         put(client, bucket, key, content_type, all).await?;

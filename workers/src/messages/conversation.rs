@@ -50,7 +50,7 @@ pub(super) async fn apply(ctx: &Ctx, inc: &Incoming, c: &CreateConversationCmd) 
         return Err(e.into());
     }
     let Some(conv) = ctx.store.conversation(id).await? else {
-        return Err(ApplyError("conversation vanished after insert".into()));
+        return Err(ApplyError::transient("conversation vanished after insert"));
     };
     let frame = EventFrame::new(EventKind::ConversationCreated, inc.seq, ConversationView::new(&conv, None))
         .from(inc.msg.actor.hex());

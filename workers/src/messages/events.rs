@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde_json::json;
 
 pub(super) fn publication<T: Serialize>(subject: String, frame: &EventFrame<T>) -> Result<Publication, ApplyError> {
-    let payload = serde_json::to_vec(frame).map_err(|e| ApplyError(format!("event encoding: {e}")))?;
+    let payload = serde_json::to_vec(frame).map_err(|e| ApplyError::transient(format!("event encoding: {e}")))?;
     Ok(Publication { subject, payload: payload.into() })
 }
 

@@ -78,7 +78,7 @@ pub(super) async fn create(ctx: &Ctx, inc: &Incoming, c: &CreateGroupCmd) -> Res
         return Err(e.into());
     }
     let Some(stored) = ctx.store.groups().find_one(doc! {"_id": id}).await? else {
-        return Err(ApplyError("group vanished after insert".into()));
+        return Err(ApplyError::transient("group vanished after insert"));
     };
     if stored.last_seq != seq && stored.created_at != inc.time {
         return Ok(Disposition::Poison("a group with this id already exists".into()));
@@ -186,7 +186,7 @@ async fn update(
             set.insert("type", t);
         }
         if let Some(p) = &c.permissions {
-            set.insert("permissions", to_bson::<Permissions>(p).map_err(|e| ApplyError(e.to_string()))?);
+            set.insert("permissions", to_bson::<Permissions>(p).map_err(|e| ApplyError::transient(e.to_string()))?);
         }
         if let Some(m) = &system {
             insert_one(ctx, m).await?;
@@ -195,7 +195,7 @@ async fn update(
         room.commit(&ctx.store, inc.seq, doc! {"$set": set}).await?;
     }
     let Some(now) = ctx.store.groups().find_one(doc! {"_id": group.id}).await? else {
-        return Err(ApplyError("group vanished".into()));
+        return Err(ApplyError::transient("group vanished"));
     };
     room.group = Some(now.clone());
     let frame = EventFrame::new(EventKind::GroupUpdated, inc.seq, GroupView::new(&now, None)).from(actor.to_hex());

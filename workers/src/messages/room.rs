@@ -90,7 +90,7 @@ impl Room {
         let res =
             collection(store, self.kind).update_one(doc! {"_id": self.id, "lastSeq": self.last_seq}, update).await?;
         if res.matched_count != 1 {
-            return Err(ApplyError(format!("room {} changed under us; retrying", self.id)));
+            return Err(ApplyError::transient(format!("room {} changed under us; retrying", self.id)));
         }
         self.last_seq = seq;
         Ok(())

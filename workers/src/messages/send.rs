@@ -157,7 +157,7 @@ async fn insert(ctx: &Ctx, docs: &[&MessageDoc]) -> Result<HashMap<ObjectId, ()>
             ErrorKind::InsertMany(ref ime) if ime.write_concern_error.is_none() => {
                 for we in ime.write_errors.iter().flatten() {
                     if we.code != DUPLICATE_KEY {
-                        return Err(ApplyError(format!("insert failed: {}", we.message)));
+                        return Err(ApplyError::write(we.code, &we.message));
                     }
                     if let Some(d) = docs.get(we.index) {
                         dups.insert(d.id, ());
