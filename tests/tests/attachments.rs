@@ -189,6 +189,35 @@ async fn upload_over_both_paths_send_and_download() {
     // Nor upload into a room they are not in.
     let (s, v) = http_raw(&app, e, c, &conv, "x.png", "image/png", image.clone()).await;
     assert_eq!((s, v["error"]["code"].as_str()), (403, Some("not_a_member")));
+
+    // Outside any room: C's own until sent; then A (in that room) may
+    // download it, B still may not.
+    let r = app
+        .http()
+        .post(format!("http://{e}/api/chat/attachments"))
+        .query(&[("filename", "own.pdf"), ("type", "application/pdf")])
+        .bearer_auth(&tc)
+        .body(doc.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let own: Value = r.json().await.unwrap();
+    let own_url = format!("/api/chat/attachments/{}", own["id"].as_str().unwrap());
+    let ta = app.token(a, &[]);
+    assert_eq!(download(e, &own_url, &tc).await.as_ref(), Ok(&doc), "the uploader");
+    assert_eq!(download(e, &own_url, &ta).await, Err(403), "not sent yet");
+    let r =
+        wc.request("send_message", json!({"conversationId": conv_c, "content": "mine", "attachments": [own]})).await;
+    assert_eq!(r["type"], "ack", "{r}");
+    let sent = natter_tests::eventually("the message stored", Duration::from_secs(10), || async {
+        let n = app.store.messages().count_documents(mongodb::bson::doc! {"conversationId": &conv_c}).await.ok()?;
+        (n == 1).then_some(n)
+    })
+    .await;
+    assert_eq!(sent, 1);
+    assert_eq!(download(e, &own_url, &ta).await.as_ref(), Ok(&doc), "a member of the room it was sent to");
+    assert_eq!(download(e, &own_url, &tb).await, Err(403), "not in that room");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
