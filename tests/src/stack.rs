@@ -357,6 +357,29 @@ impl TestApp {
         let v: serde_json::Value = resp.json().await.expect("json");
         v["_id"].as_str().expect("_id").to_string()
     }
+
+    /// Two new users in a conversation, each with a socket on `edge` that
+    /// has joined it.
+    pub async fn chatting_pair(&self, edge: SocketAddr) -> Pair {
+        let (a, b) = (self.user(), self.user());
+        let conv = self.open_conversation(edge, a, b).await;
+        let mut wa = crate::WsClient::connect(edge, &self.token(a, &[])).await;
+        let mut wb = crate::WsClient::connect(edge, &self.token(b, &[])).await;
+        for ws in [&mut wa, &mut wb] {
+            let r = ws.request("join_conversation", serde_json::json!({"conversationId": conv})).await;
+            assert_eq!(r["type"], "ack", "join: {r}");
+        }
+        Pair { a, b, conv, wa, wb }
+    }
+}
+
+/// See `TestApp::chatting_pair`.
+pub struct Pair {
+    pub a: UserId,
+    pub b: UserId,
+    pub conv: String,
+    pub wa: crate::WsClient,
+    pub wb: crate::WsClient,
 }
 
 impl TestApp {

@@ -4,6 +4,7 @@
 //! refetch over REST.
 
 use natter_tests::sio::{Transports, WAIT};
+use natter_tests::stack::Pair;
 use natter_tests::ws::In;
 use natter_tests::{SioClient, TestApp, WsClient};
 use serde_json::{Value, json};
@@ -26,12 +27,7 @@ async fn a_client_back_on_another_edge_misses_nothing() {
     let e1 = app.start_edge().await;
     let e2 = app.start_edge().await;
     app.start_worker();
-    let (a, b) = (app.user(), app.user());
-    let conv = app.open_conversation(e1, a, b).await;
-    let mut wa = WsClient::connect(e1, &app.token(a, &[])).await;
-    let mut wb = WsClient::connect(e1, &app.token(b, &[])).await;
-    wa.request("join_conversation", json!({"conversationId": conv})).await;
-    wb.request("join_conversation", json!({"conversationId": conv})).await;
+    let Pair { a, b, conv, mut wa, mut wb } = app.chatting_pair(e1).await;
     let from_b = wb.request("send_message", json!({"conversationId": conv, "content": "from b"})).await;
     for i in 0..10 {
         wa.request("send_message", json!({"conversationId": conv, "content": format!("before {i}")})).await;

@@ -134,6 +134,13 @@ async fn group_routes_and_events_follow_roles_and_membership() {
         let r = w_other.request("send_message", json!({"groupId": g, "content": format!("m{i}")})).await;
         ids.push(r["data"]["messageId"].as_str().unwrap().to_string());
     }
+    // Deleting needs the messages applied: the listener has them then.
+    let mut seen = Vec::new();
+    while !ids.iter().all(|id| seen.contains(id)) {
+        let got = listen.events("message_received", 1, Duration::from_secs(10)).await;
+        assert_eq!(got.len(), 1, "{ids:?} applied; seen {seen:?}");
+        seen.push(got[0]["data"]["_id"].as_str().unwrap_or_default().to_string());
+    }
     let r = w_other.request("delete_message", json!({"messageId": ids[0]})).await;
     assert_eq!(r["type"], "ack", "sender deletes: {r}");
     let (s, v) = app.call(Method::DELETE, e, &format!("/api/chat/messages/{}", ids[1]), &t_mod, None).await;

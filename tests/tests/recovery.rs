@@ -167,14 +167,7 @@ async fn commands_a_dead_worker_had_in_hand_are_applied_before_later_ones() {
     let mut app = TestApp::new().await;
     let e = app.start_edge().await;
     let first = app.start_worker();
-    let (a, b) = (app.user(), app.user());
-    let conv = app.open_conversation(e, a, b).await;
-    let mut wa = WsClient::connect(e, &app.token(a, &[])).await;
-    let mut wb = WsClient::connect(e, &app.token(b, &[])).await;
-    for ws in [&mut wa, &mut wb] {
-        let r = ws.request("join_conversation", json!({"conversationId": conv})).await;
-        assert_eq!(r["type"], "ack", "{r}");
-    }
+    let natter_tests::stack::Pair { conv, mut wa, mut wb, .. } = app.chatting_pair(e).await;
     first.cancel();
     tokio::time::sleep(Duration::from_secs(2)).await;
 

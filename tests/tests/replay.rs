@@ -4,6 +4,7 @@
 //! listed, retried once their cause is fixed, and dropped.
 
 use natter_tests::procs;
+use natter_tests::stack::Pair;
 use natter_tests::state::canonical;
 use natter_tests::{TestApp, WsClient};
 use reqwest::Method;
@@ -317,11 +318,7 @@ async fn a_command_mongodb_keeps_refusing_is_dead_lettered_after_its_retries() {
     let mut app = TestApp::new().await;
     let e = app.start_edge().await;
     app.start_worker();
-    let (a, b) = (app.user(), app.user());
-    let conv = app.open_conversation(e, a, b).await;
-    let mut wa = WsClient::connect(e, &app.token(a, &[])).await;
-    let mut wb = WsClient::connect(e, &app.token(b, &[])).await;
-    wb.request("join_conversation", json!({"conversationId": conv})).await;
+    let Pair { conv, mut wa, mut wb, .. } = app.chatting_pair(e).await;
     let db = app.store.db();
     let validator = |v: mongodb::bson::Document| mongodb::bson::doc! {"collMod": "messages", "validator": v};
     db.run_command(validator(mongodb::bson::doc! {"content": {"$not": {"$regex": "^poison"}}})).await.unwrap();
