@@ -117,6 +117,7 @@ async fn a_socketio_client_catches_up_from_the_seq_it_was_given() {
     let (a, b) = (app.user(), app.user());
     let conv = app.open_conversation(e, a, b).await;
     let mut wa = WsClient::connect(e, &app.token(a, &[])).await;
+    wa.request("join_conversation", json!({"conversationId": conv})).await;
     let mut cb = SioClient::connect(e, &app.token(b, &[]), Transports::Default).await;
     cb.request("join_conversation", json!({"conversationId": conv})).await;
     wa.request("send_message", json!({"conversationId": conv, "content": "seen"})).await;
@@ -130,6 +131,9 @@ async fn a_socketio_client_catches_up_from_the_seq_it_was_given() {
         let r = wa.request("send_message", json!({"conversationId": conv, "content": format!("missed {i}")})).await;
         missed.push(r["data"]["messageId"].as_str().unwrap().to_string());
     }
+    // All applied (so all in the events stream) before B comes back.
+    let echoed = wa.events("message_received", 16, WAIT).await;
+    assert_eq!(echoed.last().map(|m| &m["data"]["_id"]), Some(&json!(missed[14])));
     let mut cb = SioClient::connect(e, &app.token(b, &[]), Transports::WebsocketOnly).await;
     let ack = cb.request("join_conversation", json!({"conversationId": conv, "lastSeq": last_seq})).await;
     assert_eq!(ack["catchUp"]["events"], 15, "{ack}");

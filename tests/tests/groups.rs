@@ -104,6 +104,14 @@ async fn group_routes_and_events_follow_roles_and_membership() {
         .await;
     assert_eq!(r["type"], "ack", "{r}");
     let from_other = r["data"]["messageId"].as_str().unwrap().to_string();
+    // Applied once the listener has it (a system message may come first).
+    loop {
+        let got = listen.events("message_received", 1, Duration::from_secs(10)).await;
+        assert_eq!(got.len(), 1, "{from_other} never applied");
+        if got[0]["data"]["_id"] == from_other {
+            break;
+        }
+    }
     let mut w_out = WsClient::connect(e, &t_out).await;
     for (kind, data) in [
         ("join_group", json!({"groupId": g})),

@@ -23,6 +23,8 @@ async fn delivered_when_a_device_gets_it_and_read_up_to_a_message() {
     // B is offline: the message stays `sent` (no timer pretends otherwise).
     let r = wa.request("send_message", json!({"conversationId": conv, "content": "while away"})).await;
     let first = r["data"]["messageId"].as_str().unwrap().to_string();
+    let echoed = wa.events("message_received", 1, Duration::from_secs(10)).await;
+    assert_eq!(echoed.first().map(|m| &m["data"]["_id"]), Some(&serde_json::json!(first)), "applied");
     assert!(wa.events("message_status_updated", 1, Duration::from_millis(1500)).await.is_empty());
     let m = app
         .store
