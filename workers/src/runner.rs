@@ -167,6 +167,7 @@ async fn partition_loop<H: Handler>(
     let mut last_delivery: Option<u64> = None;
     let mut held: Vec<Message> = Vec::new();
     let mut held_since: Option<tokio::time::Instant> = None;
+    let mut checked_at: Option<tokio::time::Instant> = None;
     while !cancel.is_cancelled() {
         // Not raced with `cancel`: an abandoned pull request could still be
         // handed a message, which would then wait out its ack deadline while
@@ -188,19 +189,28 @@ async fn partition_loop<H: Handler>(
         // older than the last they got. So unless the deliveries follow on
         // from the last one, wait (a while at most) until nothing but the
         // held messages is pending, then apply all in stream order.
+        // The consumer is asked (and the held messages kept with progress
+        // acks) once a second at most, however fast new ones arrive.
         if !follows_on(last_delivery, &held) {
-            let since = *held_since.get_or_insert_with(tokio::time::Instant::now);
-            if since.elapsed() < OUTSTANDING_WAIT && outstanding(&mut consumer, &held).await {
-                for m in &held {
-                    let _ = m.ack_with(AckKind::Progress).await;
+            let now = tokio::time::Instant::now();
+            let since = *held_since.get_or_insert(now);
+            if now - since < OUTSTANDING_WAIT {
+                let due = checked_at.is_none_or(|t| now - t >= Duration::from_secs(1));
+                if !due {
+                    continue;
                 }
-                continue;
-            }
-            if since.elapsed() >= OUTSTANDING_WAIT {
+                checked_at = Some(now);
+                if outstanding(&mut consumer, &held).await {
+                    for m in &held {
+                        let _ = m.ack_with(AckKind::Progress).await;
+                    }
+                    continue;
+                }
+            } else {
                 warn!("earlier deliveries still pending after {OUTSTANDING_WAIT:?}; applying what is in hand");
             }
         }
-        held_since = None;
+        (held_since, checked_at) = (None, None);
         let batch = in_stream_order(std::mem::take(&mut held));
         last_delivery = batch.iter().filter_map(|m| m.info().ok().map(|i| i.consumer_sequence)).max();
         process(&*handler, &js, &client, &subjects, batch, &cancel).await;
