@@ -228,9 +228,30 @@ fn boxed<E: std::error::Error + Send + Sync + 'static>(e: E) -> Box<dyn std::err
     Box::new(e)
 }
 
+/// How long `apply` keeps trying: a cluster that has just formed (or lost
+/// its meta leader) times out or refuses JetStream requests for a while.
+const APPLY_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Creates or updates every stream, consumer and bucket. Safe to run any
-/// number of times, from any number of processes at once.
+/// number of times, from any number of processes at once. A failure is
+/// retried for `APPLY_PATIENCE` before it is returned.
 pub async fn apply(js: &jetstream::Context, s: &Subjects, replicas: usize) -> Result<(), TopologyError> {
+    let deadline = tokio::time::Instant::now() + APPLY_PATIENCE;
+    let mut pause = std::time::Duration::from_millis(250);
+    loop {
+        match apply_once(js, s, replicas).await {
+            Ok(()) => return Ok(()),
+            Err(e) if tokio::time::Instant::now() + pause < deadline => {
+                tracing::warn!(error = %e, "topology not applied yet; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(2));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn apply_once(js: &jetstream::Context, s: &Subjects, replicas: usize) -> Result<(), TopologyError> {
     for cfg in [
         cmd_stream_config(s, replicas),
         evt_stream_config(s, replicas),
