@@ -40,6 +40,15 @@ pub fn room(kind: RoomKind, id: &str) -> Result<(RoomRef, ObjectId), ChatError> 
     Ok((RoomRef::new(kind, oid.to_hex()), oid))
 }
 
+/// The room a payload's `conversationId` / `groupId` names, if any (at most
+/// one may be given).
+pub fn optional_room(conversation: Option<&str>, group: Option<&str>) -> Result<Option<RoomRef>, ChatError> {
+    match RoomRef::optional(conversation, group).map_err(|e| ChatError::InvalidPayload(e.into()))? {
+        Some(raw) => Ok(Some(room(raw.kind, &raw.id)?.0)),
+        None => Ok(None),
+    }
+}
+
 pub fn oid(id: &str, what: &str) -> Result<ObjectId, ChatError> {
     parse_oid(id).ok_or_else(|| ChatError::InvalidPayload(format!("{what} is not a valid id")))
 }

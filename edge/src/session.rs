@@ -138,12 +138,7 @@ impl Session {
     pub async fn upload(&mut self, rid: Option<&str>, up: FileUpload, bytes: bytes::Bytes) -> Result<Value, ChatError> {
         let meta = self.meta(rid);
         crate::meta::scope(meta, async {
-            let raw = RoomRef::optional(up.conversation_id.as_deref(), up.group_id.as_deref())
-                .map_err(|e| ChatError::InvalidPayload(e.into()))?;
-            let room = match raw {
-                Some(r) => Some(chat::room(r.kind, &r.id)?.0),
-                None => None,
-            };
+            let room = chat::optional_room(up.conversation_id.as_deref(), up.group_id.as_deref())?;
             let body = futures::stream::iter([Ok::<_, std::convert::Infallible>(bytes)]);
             let staged =
                 crate::attachments::upload(&self.st, &self.who, room.clone(), &up.filename, &up.kind, body, false)

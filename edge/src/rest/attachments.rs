@@ -12,7 +12,6 @@ use axum::extract::{FromRequest, Multipart, Path, RawQuery, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
-use natter_shared::ids::RoomRef;
 use natter_shared::model::AttachmentView;
 use std::sync::Arc;
 
@@ -20,15 +19,6 @@ type St = State<Arc<EdgeState>>;
 
 fn param(q: Option<&str>, name: &str) -> Option<String> {
     url::form_urlencoded::parse(q.unwrap_or("").as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
-}
-
-/// The room named (at most one); none makes the upload the uploader's until
-/// it is sent in a message.
-fn room(conversation: Option<&str>, group: Option<&str>) -> Result<Option<RoomRef>, ChatError> {
-    match RoomRef::optional(conversation, group).map_err(|e| ChatError::InvalidPayload(e.into()))? {
-        Some(raw) => Ok(Some(chat::room(raw.kind, &raw.id)?.0)),
-        None => Ok(None),
-    }
 }
 
 /// `POST /api/chat/attachments`. Raw body: `?conversationId=|groupId=`
@@ -72,7 +62,7 @@ pub async fn upload(
                 "groupId" => group = Some(field.text().await.map_err(|e| ChatError::InvalidPayload(e.body_text()))?),
                 "type" => kind = Some(field.text().await.map_err(|e| ChatError::InvalidPayload(e.body_text()))?),
                 "file" => {
-                    let room = room(conv.as_deref(), group.as_deref())?;
+                    let room = chat::optional_room(conv.as_deref(), group.as_deref())?;
                     let filename = field.file_name().unwrap_or("file").to_string();
                     let declared = kind
                         .clone()
@@ -84,7 +74,10 @@ pub async fn upload(
             }
         }
     } else {
-        let room = room(param(q.as_deref(), "conversationId").as_deref(), param(q.as_deref(), "groupId").as_deref())?;
+        let room = chat::optional_room(
+            param(q.as_deref(), "conversationId").as_deref(),
+            param(q.as_deref(), "groupId").as_deref(),
+        )?;
         let filename =
             param(q.as_deref(), "filename").ok_or_else(|| ChatError::InvalidPayload("filename is required".into()))?;
         let declared = param(q.as_deref(), "type").unwrap_or(content_type);
