@@ -133,7 +133,13 @@ impl WsClient {
     }
 
     pub async fn send_text(&mut self, text: &str) {
-        self.tx.write_frame(Frame::text(Payload::Owned(text.as_bytes().to_vec()))).await.expect("send");
+        assert!(self.try_send_text(text).await, "send");
+    }
+
+    /// Sends a text frame; `false` once the connection is gone (a server
+    /// that closed on us resets a connection still being written to).
+    pub async fn try_send_text(&mut self, text: &str) -> bool {
+        self.tx.write_frame(Frame::text(Payload::Owned(text.as_bytes().to_vec()))).await.is_ok()
     }
 
     pub async fn send_frame(&mut self, f: Frame<'_>) {

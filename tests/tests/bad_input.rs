@@ -109,7 +109,8 @@ async fn oversized_frames_close_with_1009_and_others_keep_working() {
     let conv = app.open_conversation(e, a, b).await;
 
     let mut big = WsClient::connect(e, &app.token(a, &[])).await;
-    big.send_text(&"x".repeat(200 * 1024)).await;
+    // The edge may close before the whole frame is written.
+    let _ = big.try_send_text(&"x".repeat(200 * 1024)).await;
     assert_eq!(big.closed(Duration::from_secs(5)).await, Some(1009));
 
     // Fragments that add up past the limit are refused too.
@@ -202,9 +203,12 @@ async fn floods_are_rate_limited_then_closed() {
     let limited = codes.iter().filter(|c| *c == "rate_limited").count();
     assert!(limited >= 15, "expected most of a 30-frame burst limited at 5/s (burst 10), got {limited}: {codes:?}");
     assert!(codes.iter().any(|c| c == "not_a_member"), "the first requests are served");
-    // Keep flooding with garbage: the edge closes with policy violation.
+    // Keep flooding with garbage: the edge closes with policy violation
+    // (writing on after that fails once the edge has dropped the connection).
     for _ in 0..200 {
-        ws.send_text("{").await;
+        if !ws.try_send_text("{").await {
+            break;
+        }
     }
     assert_eq!(ws.closed(Duration::from_secs(10)).await, Some(1008));
 }
