@@ -180,46 +180,67 @@ pub async fn settle<H: Handler, F: Future<Output = bool>>(
 ) -> bool {
     let role = H::ROLE.name();
     let mut attempt = 0u32;
-    let mut permanent = 0u32;
-    loop {
-        match handler.apply(batch, done).await {
-            Ok(()) => return true,
-            Err(e) => {
-                attempt += 1;
-                permanent += u32::from(e.permanent);
-                if permanent >= PERMANENT_ATTEMPTS {
-                    tracing::warn!(role, attempt, error = %e, "batch keeps failing; applying its commands one by one");
-                    break;
-                }
-                tracing::warn!(role, attempt, error = %e, permanent = e.permanent, "batch failed; retrying in place");
-                if !pause(attempt).await {
-                    return false;
-                }
-            }
+    match retry(handler, batch, done, &mut pause, &mut attempt).await {
+        Tried::Applied => return true,
+        Tried::GaveUp => return false,
+        Tried::Permanent(e) => {
+            tracing::warn!(role, attempt, error = %e, "batch keeps failing; applying its commands one by one")
         }
     }
     for inc in batch {
-        let mut permanent = 0u32;
-        while !done.contains_key(&inc.seq) {
-            match handler.apply(std::slice::from_ref(inc), done).await {
-                Ok(()) => break,
-                Err(e) => {
-                    attempt += 1;
-                    permanent += u32::from(e.permanent);
-                    if permanent >= PERMANENT_ATTEMPTS {
-                        tracing::warn!(role, seq = inc.seq, error = %e, "command fails on its own; dead-lettering it");
-                        done.insert(inc.seq, Disposition::Poison(e.reason));
-                        break;
-                    }
-                    tracing::warn!(role, seq = inc.seq, attempt, error = %e, "command failed; retrying");
-                    if !pause(attempt).await {
-                        return false;
-                    }
-                }
+        if done.contains_key(&inc.seq) {
+            continue;
+        }
+        match retry(handler, std::slice::from_ref(inc), done, &mut pause, &mut attempt).await {
+            Tried::Applied => {}
+            Tried::GaveUp => return false,
+            Tried::Permanent(e) => {
+                tracing::warn!(role, seq = inc.seq, error = %e, "command fails on its own; dead-lettering it");
+                done.insert(inc.seq, Disposition::Poison(e.reason));
             }
         }
     }
     true
+}
+
+/// How retrying some commands ended.
+enum Tried {
+    Applied,
+    /// `PERMANENT_ATTEMPTS` permanent failures; the last one.
+    Permanent(ApplyError),
+    /// `pause` said to stop.
+    GaveUp,
+}
+
+/// Applies `cmds` until it goes through, `pause` gives up, or it has failed
+/// permanently `PERMANENT_ATTEMPTS` times; `attempt` counts every failure.
+async fn retry<H: Handler, F: Future<Output = bool>>(
+    handler: &H,
+    cmds: &[Incoming<H::Msg>],
+    done: &mut Done,
+    pause: &mut impl FnMut(u32) -> F,
+    attempt: &mut u32,
+) -> Tried {
+    let mut permanent = 0u32;
+    loop {
+        let Err(e) = handler.apply(cmds, done).await else { return Tried::Applied };
+        *attempt += 1;
+        permanent += u32::from(e.permanent);
+        if permanent >= PERMANENT_ATTEMPTS {
+            return Tried::Permanent(e);
+        }
+        tracing::warn!(
+            role = H::ROLE.name(),
+            commands = cmds.len(),
+            attempt = *attempt,
+            error = %e,
+            permanent = e.permanent,
+            "apply failed; retrying in place"
+        );
+        if !pause(*attempt).await {
+            return Tried::GaveUp;
+        }
+    }
 }
 
 /// A worker role. `apply` must be idempotent and depend only on the
