@@ -19,7 +19,7 @@ use natter_shared::config::{CoreConfig, S3Config};
 use natter_shared::ids::{RoomKind, RoomRef, parse_oid};
 use natter_shared::model::{AttachmentDoc, AttachmentView};
 use natter_shared::store::Store;
-use natter_shared::v1::command::{Command, CommandEnvelope, RequestMeta, RoomFields, UploadAttachmentCmd};
+use natter_shared::v1::command::{Command, CommandEnvelope, RequestMeta, UploadAttachmentCmd};
 use natter_shared::v1::event::{EventFrame, EventKind};
 use serde_json::json;
 use std::sync::Arc;
@@ -106,8 +106,8 @@ impl AttachmentsHandler {
         }
         let mut record = AttachmentDoc {
             id,
-            conversation_id: RoomFields::of_optional(room.as_ref()).conversation_id,
-            group_id: RoomFields::of_optional(room.as_ref()).group_id,
+            conversation_id: c.room.conversation_id.clone(),
+            group_id: c.room.group_id.clone(),
             uploader_id: inc.msg.actor.oid(),
             name: check::sanitize(&c.filename),
             kind: String::new(),
