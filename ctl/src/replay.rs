@@ -21,7 +21,7 @@ use natter_shared::store::Store;
 use natter_shared::timefmt::from_offset;
 use natter_workers::audit::AuditHandler;
 use natter_workers::handler::{Disposition, Done, Handler, Incoming, Input};
-use natter_workers::messages::MessagesHandler;
+use natter_workers::messages::{MessagesHandler, Rooms};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -292,6 +292,7 @@ impl Replay {
         if pending == 0 {
             return Ok(counts);
         }
+        let mut rooms = Rooms::default();
         let mut msgs = c.messages().await.context("reading the command stream")?;
         let mut batch: Vec<Incoming> = Vec::with_capacity(self.batch);
         let mut last = 0;
@@ -317,7 +318,7 @@ impl Replay {
             self.bar.inc(1);
             let done = remaining == 0 || seq >= self.end;
             if batch.len() >= self.batch || done {
-                self.apply(&mut batch, &mut counts).await;
+                self.apply(&mut rooms, &mut batch, &mut counts).await;
                 self.mark(&key, last)?;
             }
             if done {
@@ -325,7 +326,7 @@ impl Replay {
             }
         }
         if !batch.is_empty() {
-            self.apply(&mut batch, &mut counts).await;
+            self.apply(&mut rooms, &mut batch, &mut counts).await;
             self.mark(&key, last)?;
         }
         Ok(counts)
@@ -337,8 +338,8 @@ impl Replay {
     }
 
     /// Applies a batch and counts what became of each command.
-    async fn apply(&self, batch: &mut Vec<Incoming>, counts: &mut Counts) {
-        let mut done = apply_retrying(&*self.handler, batch).await;
+    async fn apply(&self, rooms: &mut Rooms, batch: &mut Vec<Incoming>, counts: &mut Counts) {
+        let mut done = apply_retrying(&*self.handler, rooms, batch).await;
         for inc in batch.drain(..) {
             match done.remove(&inc.seq) {
                 Some(Disposition::Applied(_)) => counts.applied += 1,
@@ -353,9 +354,9 @@ impl Replay {
 /// Applies a batch as a worker would (`settle`: transient failures retried
 /// until they pass, a command MongoDB keeps refusing is not applicable);
 /// what became of each message.
-async fn apply_retrying<H: Handler>(handler: &H, batch: &[Incoming<H::Msg>]) -> Done {
+async fn apply_retrying<H: Handler>(handler: &H, state: &mut H::State, batch: &[Incoming<H::Msg>]) -> Done {
     let mut done = Done::new();
-    natter_workers::handler::settle(handler, batch, &mut done, |attempt| async move {
+    natter_workers::handler::settle(handler, state, batch, &mut done, |attempt| async move {
         tokio::time::sleep(natter_workers::runner::backoff(attempt)).await;
         true
     })
@@ -396,8 +397,9 @@ async fn audit(
     let mut msgs = c.messages().await?;
     let mut batch: Vec<Incoming<natter_shared::audit::AuditFact>> = Vec::new();
     let mut n = 0;
-    let flush = async |batch: &mut Vec<Incoming<natter_shared::audit::AuditFact>>| -> anyhow::Result<()> {
-        apply_retrying(&handler, batch).await;
+    let mut chain = natter_workers::audit::Chain::default();
+    let mut flush = async |batch: &mut Vec<Incoming<natter_shared::audit::AuditFact>>| -> anyhow::Result<()> {
+        apply_retrying(&handler, &mut chain, batch).await;
         if let Some(last) = batch.last() {
             state.progress.lock().unwrap_or_else(|e| e.into_inner()).outcomes = last.seq;
             state.save()?;

@@ -1,14 +1,15 @@
 //! Delivery receipts. When an edge writes a `message_received` frame to a
 //! recipient's socket, the message has reached a device: the edge reports it
-//! as a `mark_delivered` command. Reports are coalesced per user and room
-//! (the set of `seq`s written) and flushed every `FLUSH_EVERY`, so a busy
-//! room costs one command per recipient per flush, not one per message.
+//! as a `mark_delivered` command, which moves the user's delivery cursor in
+//! the room. Reports are coalesced per user and room (the newest `seq`
+//! written) and flushed every `FLUSH_EVERY`, so a busy room costs one
+//! command per recipient per flush, not one per message.
 
 use natter_nats::Subjects;
 use natter_nats::publish;
 use natter_shared::ids::{RoomRef, UserId};
-use natter_shared::v1::command::{Command, CommandEnvelope, MAX_DELIVERED_SEQS, MarkDeliveredCmd, RoomFields};
-use std::collections::{BTreeSet, HashMap};
+use natter_shared::v1::command::{Command, CommandEnvelope, MarkDeliveredCmd, RoomFields};
+use std::collections::HashMap;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -25,13 +26,14 @@ impl Deliveries {
     pub fn spawn(js: async_nats::jetstream::Context, subjects: Subjects, shutdown: CancellationToken) -> Self {
         let (tx, mut rx) = mpsc::channel::<(UserId, RoomRef, u64)>(QUEUE);
         tokio::spawn(async move {
-            let mut pending: HashMap<(UserId, RoomRef), BTreeSet<u64>> = HashMap::new();
+            let mut pending: HashMap<(UserId, RoomRef), u64> = HashMap::new();
             let mut tick = tokio::time::interval(FLUSH_EVERY);
             loop {
                 tokio::select! {
                     r = rx.recv() => match r {
                         Some((u, room, seq)) => {
-                            pending.entry((u, room)).or_default().insert(seq);
+                            let newest = pending.entry((u, room)).or_default();
+                            *newest = (*newest).max(seq);
                         }
                         None => break,
                     },
@@ -54,31 +56,29 @@ impl Deliveries {
 async fn flush(
     js: &async_nats::jetstream::Context,
     subjects: &Subjects,
-    pending: &mut HashMap<(UserId, RoomRef), BTreeSet<u64>>,
+    pending: &mut HashMap<(UserId, RoomRef), u64>,
 ) {
     let mut failed: Vec<((UserId, RoomRef), u64)> = Vec::new();
-    for ((user, room), seqs) in pending.drain() {
-        let seqs: Vec<u64> = seqs.into_iter().collect();
-        for chunk in seqs.chunks(MAX_DELIVERED_SEQS) {
-            let env = CommandEnvelope {
-                v: natter_shared::v1::VERSION,
-                actor: user,
-                roles: vec![],
-                reply: None,
-                meta: Some(natter_shared::v1::command::RequestMeta { via: "edge".into(), ..Default::default() }),
-                command: Command::MarkDelivered(MarkDeliveredCmd { room: RoomFields::of(&room), seqs: chunk.to_vec() }),
-            };
-            let Ok(body) = serde_json::to_vec(&env) else { continue };
-            let subject = subjects.command(room.kind, &room.id, env.command.action());
-            let msg_id = format!("dlv:{user}:{}:{}:{}", room.id, chunk[0], chunk[chunk.len() - 1]);
-            if let Err(e) = publish::command(js, subject, &msg_id, body.into()).await {
-                // Kept for the next flush (JetStream may be electing a leader).
-                tracing::warn!(error = %e, "delivery receipt not stored; retrying");
-                failed.extend(chunk.iter().map(|s| ((user, room.clone()), *s)));
-            }
+    for ((user, room), seq) in pending.drain() {
+        let env = CommandEnvelope {
+            v: natter_shared::v1::VERSION,
+            actor: user,
+            roles: vec![],
+            reply: None,
+            meta: Some(natter_shared::v1::command::RequestMeta { via: "edge".into(), ..Default::default() }),
+            command: Command::MarkDelivered(MarkDeliveredCmd { room: RoomFields::of(&room), seqs: vec![seq] }),
+        };
+        let Ok(body) = serde_json::to_vec(&env) else { continue };
+        let subject = subjects.command(room.kind, &room.id, env.command.action());
+        let msg_id = format!("dlv:{user}:{}:{seq}", room.id);
+        if let Err(e) = publish::command(js, subject, &msg_id, body.into()).await {
+            // Kept for the next flush (JetStream may be electing a leader).
+            tracing::warn!(error = %e, "delivery receipt not stored; retrying");
+            failed.push(((user, room), seq));
         }
     }
     for (k, seq) in failed {
-        pending.entry(k).or_default().insert(seq);
+        let newest = pending.entry(k).or_default();
+        *newest = (*newest).max(seq);
     }
 }

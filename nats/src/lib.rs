@@ -6,5 +6,5 @@ pub mod publish;
 pub mod subjects;
 pub mod topology;
 
-pub use subjects::{PARTITIONS, RoomKind, Subjects};
+pub use subjects::{LeaseKey, PARTITIONS, RoomKind, Subjects};
 pub use topology::{Role, TopologyError, apply};

@@ -207,6 +207,29 @@ impl Subjects {
     pub fn member_prefix(&self, role: &str) -> String {
         format!("{role}.member.")
     }
+
+    /// Every lease and liveness key of a role, to watch.
+    pub fn lease_keys(&self, role: &str) -> String {
+        format!("{role}.>")
+    }
+
+    /// What a key of `lease_keys(role)` names.
+    pub fn parse_lease_key(&self, role: &str, key: &str) -> Option<LeaseKey> {
+        let rest = key.strip_prefix(role)?.strip_prefix('.')?;
+        if let Some(instance) = rest.strip_prefix("member.") {
+            return Some(LeaseKey::Member(instance.to_string()));
+        }
+        rest.strip_prefix('p')?.parse().ok().map(LeaseKey::Partition)
+    }
+}
+
+/// A key of the leases bucket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeaseKey {
+    /// A live worker instance of the role.
+    Member(String),
+    /// The lease of a partition.
+    Partition(u32),
 }
 
 #[cfg(test)]
@@ -226,6 +249,17 @@ mod tests {
         assert_eq!((r.kind, r.id.as_str()), (RoomKind::Group, "g1"));
         assert!(s.parse_room("chat.evt.user.u1").is_none());
         assert!(s.parse_room("other.evt.conv.c").is_none());
+    }
+
+    #[test]
+    fn lease_keys_round_trip() {
+        let s = Subjects::new("chat");
+        assert_eq!(s.parse_lease_key("messages", &s.lease_key("messages", 7)), Some(LeaseKey::Partition(7)));
+        let member = s.member_key("messages", "123-abc");
+        assert_eq!(s.parse_lease_key("messages", &member), Some(LeaseKey::Member("123-abc".into())));
+        assert!(member.starts_with(&s.member_prefix("messages")));
+        assert_eq!(s.parse_lease_key("audit", &s.lease_key("messages", 1)), None);
+        assert_eq!(s.parse_lease_key("messages", "messages.px"), None);
     }
 
     #[test]

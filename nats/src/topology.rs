@@ -61,17 +61,22 @@ pub const DLQ_SUBJECT: &str = "Natter-Subject";
 pub const STAGING_TTL: Duration = Duration::from_secs(3600);
 
 /// Redelivery delays after a worker died holding a message (the worker
-/// retries transient failures itself, in place, to keep room order). The
-/// first must stay below the lease TTL minus the renewal interval, so that a
-/// dead worker's messages are redelivered before its partitions move.
+/// retries transient failures itself, in place, to keep room order, and
+/// keeps what it holds from redelivery with progress acks). The first is
+/// about the lease TTL, so that a dead worker's batch comes back by the
+/// time its partitions have moved.
 pub const BACKOFF: [Duration; 4] =
-    [Duration::from_secs(8), Duration::from_secs(15), Duration::from_secs(30), Duration::from_secs(60)];
+    [Duration::from_secs(3), Duration::from_secs(10), Duration::from_secs(30), Duration::from_secs(60)];
 /// Deliveries before a command is dead-lettered.
 pub const MAX_DELIVER: i64 = 6;
 /// Largest batch a worker fetches.
 pub const MAX_BATCH: usize = 256;
-/// How long a partition lease lives without renewal.
-pub const LEASE_TTL: Duration = Duration::from_secs(15);
+/// How long a partition lease lives without renewal: how long a dead
+/// worker's partitions wait before another takes them.
+pub const LEASE_TTL: Duration = Duration::from_secs(3);
+/// How long the marker an expired lease leaves is kept (watchers learn of
+/// the expiry from it).
+pub const LEASE_MARKER_TTL: Duration = Duration::from_secs(60);
 /// How long a presence key lives without a heartbeat.
 pub const PRESENCE_TTL: Duration = Duration::from_secs(10);
 /// How long the marker left by an expired presence key is kept.
@@ -174,6 +179,7 @@ pub fn leases_config(s: &Subjects, replicas: usize) -> kv::Config {
         max_age: LEASE_TTL,
         storage: stream::StorageType::Memory,
         num_replicas: replicas,
+        limit_markers: Some(LEASE_MARKER_TTL),
         ..Default::default()
     }
 }

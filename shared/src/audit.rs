@@ -43,8 +43,7 @@ pub struct AuditFact {
     /// Ids the command acts on (`messageId`, `userId`, `attachmentId`, ...).
     #[serde(default)]
     pub targets: BTreeMap<String, String>,
-    /// `applied`, `refused` or `dead_lettered`.
-    pub status: String,
+    pub status: FactStatus,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -52,6 +51,55 @@ pub struct AuditFact {
     /// Request metadata (transport, request id, user agent, origin, route).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub meta: BTreeMap<String, String>,
+}
+
+/// What became of a command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FactStatus {
+    Applied,
+    Refused,
+    DeadLettered,
+}
+
+impl FactStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FactStatus::Applied => "applied",
+            FactStatus::Refused => "refused",
+            FactStatus::DeadLettered => "dead_lettered",
+        }
+    }
+}
+
+impl AuditFact {
+    /// The fact about the command at `seq` in the role's stream (`env` is
+    /// `None` when it could not be decoded).
+    pub fn of(
+        role: &str,
+        seq: u64,
+        time_ms: i64,
+        env: Option<&crate::v1::command::CommandEnvelope>,
+        status: FactStatus,
+        reason: Option<String>,
+        code: Option<ErrorCode>,
+    ) -> AuditFact {
+        AuditFact {
+            v: 1,
+            seq,
+            time_ms,
+            role: role.to_string(),
+            action: env.map(|e| e.command.action()).unwrap_or("unknown").to_string(),
+            actor: env.map(|e| e.actor),
+            roles: env.map(|e| e.roles.clone()).unwrap_or_default(),
+            room: env.and_then(|e| e.command.room().ok()).map(|r| RoomFields::of(&r)).unwrap_or_default(),
+            targets: env.map(|e| e.command.targets()).unwrap_or_default(),
+            status,
+            reason,
+            code,
+            meta: env.and_then(|e| e.meta.as_ref()).map(|m| m.to_map()).unwrap_or_default(),
+        }
+    }
 }
 
 /// The audit action for a command action (the module's vocabulary).
@@ -144,7 +192,7 @@ impl AuditRecord {
             targets: f.targets.clone(),
             target_ids: f.targets.values().cloned().collect(),
             time: DateTime::from_millis(f.time_ms),
-            status: f.status.clone(),
+            status: f.status.as_str().to_string(),
             reason: f.reason.clone(),
             code: f.code.map(|c| c.as_str().to_string()),
             meta: f.meta.clone(),
@@ -376,7 +424,7 @@ mod tests {
             roles: vec![],
             room: RoomFields { conversation_id: Some("c".into()), group_id: None },
             targets: BTreeMap::from([("messageId".into(), format!("m{seq}"))]),
-            status: "applied".into(),
+            status: FactStatus::Applied,
             reason: None,
             code: None,
             meta: BTreeMap::from([("via".into(), "ws".into())]),

@@ -238,11 +238,12 @@ pub async fn history_rows(
     impl Stream<Item = Result<crate::model::MessageView, mongodb::error::Error>> + Unpin + use<>,
     mongodb::error::Error,
 > {
+    let cursors = store.cursors(room).await?;
     let cur = store
         .messages()
         .find(mongodb::bson::doc! {room.kind.field(): &room.id, "deleted": {"$ne": true}})
         .sort(mongodb::bson::doc! {"seq": 1})
         .batch_size(1000)
         .await?;
-    Ok(cur.map_ok(|m| crate::model::MessageView::from(&m)))
+    Ok(cur.map_ok(move |m| cursors.receipts().view(&m)))
 }

@@ -89,6 +89,10 @@ pub struct ConversationDoc {
     /// Read cursor per user: every message up to this `seq` is read.
     #[serde(default)]
     pub read_cursors: PerUser,
+    /// Delivery cursor per user: every message up to this `seq` has reached
+    /// one of the user's devices.
+    #[serde(default)]
+    pub delivered_cursors: PerUser,
 }
 
 /// Who may do what in a group, as lists of roles (the module's schema).
@@ -145,6 +149,8 @@ pub struct GroupDoc {
     pub last_seq: i64,
     #[serde(default)]
     pub read_cursors: PerUser,
+    #[serde(default)]
+    pub delivered_cursors: PerUser,
     /// Deleted groups stay as tombstones (hidden from every read).
     #[serde(default, skip_serializing_if = "is_false")]
     pub deleted: bool,
@@ -357,6 +363,66 @@ pub struct MessageView {
     pub deleted: bool,
 }
 
+/// A room's receipt cursors, from which a message's `status` and `readBy`
+/// are derived where a client reads them: the worker moves one cursor per
+/// reader instead of updating every message read or received.
+#[derive(Clone, Copy, Debug)]
+pub struct Receipts<'a> {
+    pub read: &'a PerUser,
+    pub delivered: &'a PerUser,
+}
+
+impl<'a> Receipts<'a> {
+    pub fn of_conversation(c: &'a ConversationDoc) -> Self {
+        Receipts { read: &c.read_cursors, delivered: &c.delivered_cursors }
+    }
+
+    pub fn of_group(g: &'a GroupDoc) -> Self {
+        Receipts { read: &g.read_cursors, delivered: &g.delivered_cursors }
+    }
+
+    /// `status` and `readBy` of the message at `seq` sent by `sender`:
+    /// `read` once another member's read cursor reaches it, `delivered` once
+    /// another member's delivery (or read) cursor does; `readBy` is the
+    /// sender and every member who has read it. What the document stores is
+    /// kept if it says more (documents written before the cursors existed).
+    pub fn apply(&self, view: &mut MessageView) {
+        if view.message_type == "system" {
+            return;
+        }
+        let (sender, seq) = (view.sender_id.clone(), view.seq);
+        let reached = |m: &'a PerUser| m.iter().filter(|(u, at)| **u != sender && **at >= seq).map(|(u, _)| u);
+        let readers: Vec<&String> = reached(self.read).collect();
+        let derived = if !readers.is_empty() {
+            "read"
+        } else if reached(self.delivered).next().is_some() {
+            "delivered"
+        } else {
+            "sent"
+        };
+        let rank = |s: &str| match s {
+            "read" => 2,
+            "delivered" => 1,
+            _ => 0,
+        };
+        if rank(derived) > rank(&view.status) {
+            view.status = derived.to_string();
+        }
+        for r in readers {
+            if !view.read_by.contains(r) {
+                view.read_by.push(r.clone());
+            }
+        }
+    }
+
+    /// The view of `m` with its derived receipts.
+    pub fn view(&self, m: &MessageDoc) -> MessageView {
+        let mut v = MessageView::from(m);
+        self.apply(&mut v);
+        v
+    }
+}
+
 fn json(d: &Document) -> serde_json::Value {
     mongodb::bson::Bson::Document(d.clone()).into_relaxed_extjson()
 }
@@ -392,9 +458,9 @@ pub enum LastMessage {
     Message(Box<MessageView>),
 }
 
-fn last(id: Option<ObjectId>, populated: Option<&MessageDoc>) -> Option<LastMessage> {
+fn last(id: Option<ObjectId>, populated: Option<&MessageDoc>, receipts: Receipts) -> Option<LastMessage> {
     match (populated, id) {
-        (Some(m), _) => Some(LastMessage::Message(Box::new(m.into()))),
+        (Some(m), _) => Some(LastMessage::Message(Box::new(receipts.view(m)))),
         (None, Some(id)) => Some(LastMessage::Id(id.to_hex())),
         (None, None) => None,
     }
@@ -418,7 +484,7 @@ impl ConversationView {
         ConversationView {
             id: c.id.to_hex(),
             participant_ids: c.participant_ids.iter().map(|p| p.to_hex()).collect(),
-            last_message_id: last(c.last_message_id, populated),
+            last_message_id: last(c.last_message_id, populated, Receipts::of_conversation(c)),
             unread_counts: c.unread_counts.clone(),
             created_at: iso(c.created_at),
             updated_at: iso(c.updated_at),
@@ -458,7 +524,7 @@ impl GroupView {
             members: g.members.iter().map(|m| m.to_hex()).collect(),
             admin: g.admin.to_hex(),
             kind: g.kind.clone(),
-            last_message_id: last(g.last_message_id, populated),
+            last_message_id: last(g.last_message_id, populated, Receipts::of_group(g)),
             permissions: g.permissions.clone(),
             unread_counts: g.unread_counts.clone(),
             created_at: iso(g.created_at),

@@ -3,7 +3,8 @@
 
 use crate::ids::RoomRef;
 use crate::model::{
-    ATTACHMENTS, AttachmentDoc, CONVERSATIONS, ConversationDoc, GROUPS, GroupDoc, MESSAGES, MessageDoc,
+    ATTACHMENTS, AttachmentDoc, CONVERSATIONS, ConversationDoc, GROUPS, GroupDoc, MESSAGES, MessageDoc, PerUser,
+    Receipts,
 };
 use futures::TryStreamExt;
 use mongodb::bson::{Document, doc, oid::ObjectId};
@@ -25,6 +26,22 @@ pub enum PageBy {
     Page { page: u64, limit: u64 },
     /// The newest `limit` messages with `seq` below `before`.
     Before { before: i64, limit: u64 },
+}
+
+/// A room's receipt cursors (see `model::Receipts`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Cursors {
+    #[serde(default)]
+    pub read_cursors: PerUser,
+    #[serde(default)]
+    pub delivered_cursors: PerUser,
+}
+
+impl Cursors {
+    pub fn receipts(&self) -> Receipts<'_> {
+        Receipts { read: &self.read_cursors, delivered: &self.delivered_cursors }
+    }
 }
 
 /// One page of messages, oldest first, with the totals the module returned.
@@ -90,7 +107,52 @@ impl Store {
         self.conversations()
             .create_indexes([idx(doc! {"participantIds": 1, "updatedAt": -1}, "participant_activity")])
             .await?;
+        self.groups().create_indexes([idx(doc! {"members": 1, "updatedAt": -1}, "member_activity")]).await?;
+        // The audit chain: one record per position (a second writer cannot
+        // fork it), and an index per filter of the logs API, each in the
+        // order the API returns (newest first), so no query sorts or scans.
+        let room = |field: &str| {
+            IndexModel::builder()
+                .keys(doc! {field: 1, "time": -1, "_id": -1})
+                .options(
+                    IndexOptions::builder()
+                        .name(format!("{field}_time"))
+                        .partial_filter_expression(doc! {field: {"$exists": true}})
+                        .build(),
+                )
+                .build()
+        };
+        self.audit()
+            .create_indexes([
+                IndexModel::builder()
+                    .keys(doc! {"chainSeq": 1})
+                    .options(IndexOptions::builder().name("chain_seq".to_string()).unique(true).build())
+                    .build(),
+                idx(doc! {"time": -1, "_id": -1}, "time"),
+                idx(doc! {"action": 1, "time": -1, "_id": -1}, "action_time"),
+                idx(doc! {"actor": 1, "time": -1, "_id": -1}, "actor_time"),
+                idx(doc! {"targetIds": 1, "time": -1, "_id": -1}, "target_time"),
+                room("conversationId"),
+                room("groupId"),
+            ])
+            .await?;
         Ok(())
+    }
+
+    /// The receipt cursors of a room (none if it does not exist).
+    pub async fn cursors(&self, room: &RoomRef) -> Result<Cursors, StoreError> {
+        let coll = match room.kind {
+            crate::ids::RoomKind::Conversation => CONVERSATIONS,
+            crate::ids::RoomKind::Group => GROUPS,
+        };
+        let Ok(id) = room.id.parse::<ObjectId>() else { return Ok(Cursors::default()) };
+        Ok(self
+            .db
+            .collection::<Cursors>(coll)
+            .find_one(doc! {"_id": id})
+            .projection(doc! {"readCursors": 1, "deliveredCursors": 1})
+            .await?
+            .unwrap_or_default())
     }
 
     pub async fn conversation(&self, id: ObjectId) -> Result<Option<ConversationDoc>, StoreError> {

@@ -367,7 +367,7 @@ async fn exporting_100k_records_streams_with_bounded_memory() {
             roles: vec![],
             room: Default::default(),
             targets: BTreeMap::from([("messageId".to_string(), format!("{seq:024x}"))]),
-            status: "applied".into(),
+            status: natter_shared::audit::FactStatus::Applied,
             reason: None,
             code: None,
             meta: BTreeMap::new(),

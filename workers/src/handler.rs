@@ -174,13 +174,14 @@ pub const PERMANENT_ATTEMPTS: u32 = 3;
 /// times alone is poison (the others are applied as usual).
 pub async fn settle<H: Handler, F: Future<Output = bool>>(
     handler: &H,
+    state: &mut H::State,
     batch: &[Incoming<H::Msg>],
     done: &mut Done,
     mut pause: impl FnMut(u32) -> F,
 ) -> bool {
     let role = H::ROLE.name();
     let mut attempt = 0u32;
-    match retry(handler, batch, done, &mut pause, &mut attempt).await {
+    match retry(handler, state, batch, done, &mut pause, &mut attempt).await {
         Tried::Applied => return true,
         Tried::GaveUp => return false,
         Tried::Permanent(e) => {
@@ -191,7 +192,7 @@ pub async fn settle<H: Handler, F: Future<Output = bool>>(
         if done.contains_key(&inc.seq) {
             continue;
         }
-        match retry(handler, std::slice::from_ref(inc), done, &mut pause, &mut attempt).await {
+        match retry(handler, state, std::slice::from_ref(inc), done, &mut pause, &mut attempt).await {
             Tried::Applied => {}
             Tried::GaveUp => return false,
             Tried::Permanent(e) => {
@@ -216,6 +217,7 @@ enum Tried {
 /// permanently `PERMANENT_ATTEMPTS` times; `attempt` counts every failure.
 async fn retry<H: Handler, F: Future<Output = bool>>(
     handler: &H,
+    state: &mut H::State,
     cmds: &[Incoming<H::Msg>],
     done: &mut Done,
     pause: &mut impl FnMut(u32) -> F,
@@ -223,7 +225,7 @@ async fn retry<H: Handler, F: Future<Output = bool>>(
 ) -> Tried {
     let mut permanent = 0u32;
     loop {
-        let Err(e) = handler.apply(cmds, done).await else { return Tried::Applied };
+        let Err(e) = handler.apply(state, cmds, done).await else { return Tried::Applied };
         *attempt += 1;
         permanent += u32::from(e.permanent);
         if permanent >= PERMANENT_ATTEMPTS {
@@ -249,11 +251,21 @@ async fn retry<H: Handler, F: Future<Output = bool>>(
 pub trait Handler: Send + Sync + 'static {
     const ROLE: Role;
     type Msg: Input;
+    /// What the worker keeps about a partition between batches, so that it
+    /// need not read back what it wrote: made empty when it takes the
+    /// partition, dropped when it lets it go. A failed `apply` must leave
+    /// it as if the batch had not been applied (dropping what it is unsure
+    /// of), because the batch is applied again.
+    type State: Default + Send + 'static;
+    /// After the first message of an idle spell, how long a fetch waits for
+    /// more (roles nobody waits on trade latency for fewer writes).
+    const LINGER: std::time::Duration = std::time::Duration::ZERO;
 
     /// Applies a batch (in stream order, all from one partition), recording
     /// a disposition per command in `done` and skipping those already there.
     fn apply(
         &self,
+        state: &mut Self::State,
         batch: &[Incoming<Self::Msg>],
         done: &mut Done,
     ) -> impl Future<Output = Result<(), ApplyError>> + Send;

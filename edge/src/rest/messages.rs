@@ -17,7 +17,8 @@ type St = State<Arc<EdgeState>>;
 async fn reread(st: &EdgeState, id: &str) -> Result<MessageView, ChatError> {
     let oid = chat::oid(id, "messageId")?;
     let m = st.store.messages().find_one(doc! {"_id": oid}).await?.ok_or(ChatError::NotFound("message"))?;
-    Ok(MessageView::from(&m))
+    let room = natter_shared::ids::RoomRef::new(m.room_kind(), m.room_id());
+    Ok(st.store.cursors(&room).await?.receipts().view(&m))
 }
 
 pub async fn read(

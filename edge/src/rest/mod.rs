@@ -13,7 +13,7 @@ use crate::state::EdgeState;
 use axum::Router;
 use axum::routing::{delete, get, patch, post};
 use natter_shared::ids::RoomRef;
-use natter_shared::model::{MessagePage, MessageView};
+use natter_shared::model::MessagePage;
 use natter_shared::store::Store;
 use std::sync::Arc;
 
@@ -46,8 +46,9 @@ pub fn router() -> Router<Arc<EdgeState>> {
 pub async fn history(store: &Store, room: &RoomRef, query: Option<&str>) -> Result<MessagePage, ChatError> {
     let (by, page, limit) = paging::history(query)?;
     let p = store.room_messages(room, by).await?;
+    let cursors = store.cursors(room).await?;
     Ok(MessagePage {
-        messages: p.messages.iter().map(MessageView::from).collect(),
+        messages: p.messages.iter().map(|m| cursors.receipts().view(m)).collect(),
         total: p.total,
         page,
         page_size: limit,

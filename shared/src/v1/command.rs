@@ -364,8 +364,9 @@ pub struct MarkReadCmd {
 pub struct MarkDeliveredCmd {
     #[serde(flatten)]
     pub room: RoomFields,
-    /// The `seq`s of the room's messages that reached one of the actor's
-    /// devices (only those: a device that missed some does not mark them).
+    /// `seq`s of the room's messages that reached one of the actor's
+    /// devices; the newest moves the actor's delivery cursor (edges send
+    /// just that one; earlier versions sent every one).
     pub seqs: Vec<u64>,
 }
 

@@ -192,10 +192,12 @@ pub fn object_key(room: Option<&RoomRef>, uploader: &str, id: &str) -> String {
 }
 
 impl Handler for AttachmentsHandler {
+    /// Each upload stands alone.
+    type State = ();
     const ROLE: Role = Role::Attachments;
     type Msg = natter_shared::v1::command::CommandEnvelope;
 
-    async fn apply(&self, batch: &[Incoming], done: &mut Done) -> Result<(), ApplyError> {
+    async fn apply(&self, _: &mut (), batch: &[Incoming], done: &mut Done) -> Result<(), ApplyError> {
         for inc in batch {
             if done.contains_key(&inc.seq) {
                 continue;

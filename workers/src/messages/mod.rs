@@ -1,8 +1,12 @@
 //! The `messages` role: conversations, groups, messages, receipts and
-//! deletions. A batch is split by room; each room's commands are applied in
-//! stream order against the room's state (consecutive sends in one bulk
-//! write), so every check and counter sees the room exactly as it was at the
-//! command's `seq`, whichever worker applies it and however often.
+//! deletions. The worker holding a partition is the only writer of its
+//! rooms, so it keeps them in memory (`rooms`): a batch is applied command
+//! by command, in stream order, against each room as it is at the
+//! command's `seq`, and everything the batch changes goes to MongoDB in one
+//! round trip (`writes`), guarded by each room's `lastSeq`. MongoDB is read
+//! only for rooms not in memory yet (one query per collection for a whole
+//! batch) and for what is older than a room's tail (a read or delete of an
+//! old message).
 
 mod conversation;
 mod delete;
@@ -10,21 +14,30 @@ mod events;
 pub mod group;
 mod receipts;
 mod room;
+mod rooms;
 mod send;
+mod tail;
+mod writes;
 
 use crate::handler::{ApplyError, Disposition, Done, Handler, Incoming};
 use crate::runner::{self, RunnerConfig};
 use crate::start::{self, StartError};
+use futures::TryStreamExt;
+use mongodb::bson::{doc, oid::ObjectId};
 use natter_nats::Subjects;
 use natter_nats::topology::Role;
 use natter_shared::config::CoreConfig;
 use natter_shared::ids::{RoomKind, RoomRef, parse_oid};
+use natter_shared::model::AttachmentDoc;
 use natter_shared::store::Store;
-use natter_shared::v1::command::{Command, Route};
+use natter_shared::v1::command::{Command, RecordAttachmentCmd, Route};
 use room::Room;
-use std::collections::BTreeMap;
+pub use rooms::Rooms;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
+use writes::{WriteError, Writes};
 
 /// What every command handler of the role needs.
 pub(crate) struct Ctx {
@@ -34,162 +47,269 @@ pub(crate) struct Ctx {
 
 pub struct MessagesHandler {
     ctx: Ctx,
+    /// Whether the server has `bulkWrite` (asked once).
+    bulk: OnceCell<bool>,
 }
 
 impl MessagesHandler {
     pub fn new(store: Store, subjects: Subjects) -> Self {
-        MessagesHandler { ctx: Ctx { store, subjects } }
+        MessagesHandler { ctx: Ctx { store, subjects }, bulk: OnceCell::new() }
+    }
+
+    /// Writes with one command per collection, as on servers before 8.0
+    /// (which lack `bulkWrite`), whatever the server.
+    pub fn per_collection_writes(self) -> Self {
+        MessagesHandler { bulk: OnceCell::new_with(Some(false)), ..self }
     }
 }
 
-pub(crate) fn is_duplicate(e: &mongodb::error::Error) -> bool {
-    matches!(*e.kind, mongodb::error::ErrorKind::Write(mongodb::error::WriteFailure::WriteError(ref w)) if w.code == 11000)
+/// A message as read from the database for a batch (older than the tails).
+#[derive(Clone, Debug)]
+struct Known {
+    pub room: RoomRef,
+    pub seq: i64,
+    pub sender: ObjectId,
+    /// Counts toward unread (not a `system` message).
+    pub counts: bool,
+    pub deleted: bool,
+}
+
+/// What the commands of one batch share while they are applied.
+struct Batch<'a> {
+    pub ctx: &'a Ctx,
+    pub writes: Writes,
+    /// Messages read from the database for this batch, by id.
+    pub known: HashMap<ObjectId, Known>,
+}
+
+impl Batch<'_> {
+    /// A message of `room`: from its tail, or as read for this batch.
+    pub fn lookup(&self, room: &Room, id: ObjectId) -> Option<Known> {
+        if let Some(e) = room.tail.get(id) {
+            return Some(Known {
+                room: room.key.clone(),
+                seq: e.seq,
+                sender: e.sender,
+                counts: e.counts,
+                deleted: e.deleted,
+            });
+        }
+        self.known.get(&id).filter(|k| k.room == room.key).cloned()
+    }
+
+    /// Notes that the message was deleted by this batch.
+    pub fn deleted(&mut self, room: &mut Room, id: ObjectId) {
+        if let Some(e) = room.tail.get_mut(id) {
+            e.deleted = true;
+        }
+        if let Some(k) = self.known.get_mut(&id) {
+            k.deleted = true;
+        }
+    }
 }
 
 impl Handler for MessagesHandler {
     const ROLE: Role = Role::Messages;
     type Msg = natter_shared::v1::command::CommandEnvelope;
+    type State = Rooms;
 
-    async fn apply(&self, batch: &[Incoming], done: &mut Done) -> Result<(), ApplyError> {
-        let mut rooms: BTreeMap<RoomRef, Vec<&Incoming>> = BTreeMap::new();
+    async fn apply(&self, rooms: &mut Rooms, batch: &[Incoming], done: &mut Done) -> Result<(), ApplyError> {
+        let mut b = Batch { ctx: &self.ctx, writes: Writes::default(), known: HashMap::new() };
+        let mut attempt = Done::new();
+        let mut order: Vec<RoomRef> = Vec::new();
+        let mut by_room: HashMap<RoomRef, Vec<&Incoming>> = HashMap::new();
         for inc in batch {
             if done.contains_key(&inc.seq) {
                 continue;
             }
             // Uploads belong to the attachments role.
             if matches!(inc.msg.command, Command::UploadAttachment(_)) {
-                done.insert(inc.seq, Disposition::NotMine);
+                attempt.insert(inc.seq, Disposition::NotMine);
                 continue;
             }
             match inc.msg.route() {
-                Ok(Route::Room(r)) => rooms.entry(r).or_default().push(inc),
+                Ok(Route::Room(r)) => {
+                    let cmds = by_room.entry(r.clone()).or_default();
+                    if cmds.is_empty() {
+                        order.push(r);
+                    }
+                    cmds.push(inc);
+                }
                 // An upload made outside any room needs no room to record.
-                Ok(Route::User(_)) => match &inc.msg.command {
-                    Command::RecordAttachment(c) => {
-                        done.insert(inc.seq, record_attachment(&self.ctx, inc, c).await?);
-                    }
-                    _ => {
-                        done.insert(inc.seq, Disposition::Poison("a room is required".into()));
-                    }
-                },
+                Ok(Route::User(_)) => {
+                    let d = match &inc.msg.command {
+                        Command::RecordAttachment(c) => record_attachment(&mut b, inc, c),
+                        _ => Disposition::Poison("a room is required".into()),
+                    };
+                    attempt.insert(inc.seq, d);
+                }
                 Err(reason) => {
-                    done.insert(inc.seq, Disposition::Poison(reason.into()));
+                    attempt.insert(inc.seq, Disposition::Poison(reason.into()));
                 }
             }
         }
-        for (key, cmds) in rooms {
-            self.apply_room(&key, &cmds, done).await?;
+        let keys: BTreeSet<RoomRef> = order.iter().cloned().collect();
+        let applied = async {
+            rooms.load(&self.ctx.store, &keys).await?;
+            b.known = prefetch(&self.ctx.store, rooms, &order, &by_room).await?;
+            for key in &order {
+                apply_room(&mut b, rooms, key, &by_room[key], &mut attempt).await?;
+            }
+            self.write(rooms, b, &order).await
         }
-        Ok(())
+        .await;
+        match applied {
+            Ok(()) => {
+                for key in &order {
+                    if let Some(r) = rooms.get_mut(key) {
+                        r.written();
+                    }
+                }
+                done.extend(attempt);
+                Ok(())
+            }
+            Err(e) => {
+                rooms.forget(&keys);
+                Err(e)
+            }
+        }
     }
 }
 
 impl MessagesHandler {
-    async fn apply_room(&self, key: &RoomRef, cmds: &[&Incoming], done: &mut Done) -> Result<(), ApplyError> {
-        let ctx = &self.ctx;
-        let Some(id) = parse_oid(&key.id) else {
-            for c in cmds {
-                done.insert(c.seq, Disposition::Poison(format!("room id `{}` is not an ObjectId", key.id)));
+    /// Commits the batch: what it staged, then every changed room.
+    async fn write(&self, rooms: &mut Rooms, mut b: Batch<'_>, order: &[RoomRef]) -> Result<(), ApplyError> {
+        for key in order {
+            let Some(room) = rooms.get_mut(key) else { continue };
+            let write = room.take_write().map_err(|e| ApplyError { reason: e.to_string(), permanent: true })?;
+            if let Some(w) = write {
+                b.writes.room(room.kind(), room.id(), w);
             }
-            return Ok(());
-        };
-        let mut room = Room::load(&ctx.store, key, id).await?;
-        let mut i = 0;
-        while i < cmds.len() {
-            let inc = cmds[i];
-            // Creations make the room; everything else needs it.
-            match &inc.msg.command {
-                Command::CreateConversation(c) => {
-                    let d = conversation::apply(ctx, inc, c).await?;
-                    done.insert(inc.seq, d);
-                    room = Room::load(&ctx.store, key, id).await?;
-                    i += 1;
-                    continue;
-                }
-                Command::CreateGroup(c) => {
-                    let d = group::create(ctx, inc, c).await?;
-                    done.insert(inc.seq, d);
-                    room = Room::load(&ctx.store, key, id).await?;
-                    i += 1;
-                    continue;
-                }
-                Command::RecordAttachment(c) => {
-                    done.insert(inc.seq, record_attachment(ctx, inc, c).await?);
-                    i += 1;
-                    continue;
-                }
-                _ => {}
-            }
-            let Some(r) = room.as_mut() else {
-                let what = if key.kind == RoomKind::Group { "group" } else { "conversation" };
-                done.insert(inc.seq, Disposition::Poison(format!("{what} not found")));
-                i += 1;
-                continue;
-            };
-            match &inc.msg.command {
-                Command::SendMessage(_) => {
-                    let end = cmds[i..]
-                        .iter()
-                        .position(|c| !matches!(c.msg.command, Command::SendMessage(_)))
-                        .map_or(cmds.len(), |n| i + n);
-                    send::apply_run(ctx, r, &cmds[i..end], done).await?;
-                    i = end;
-                    continue;
-                }
-                Command::MarkRead(c) => {
-                    let d = receipts::read(ctx, r, inc, c).await?;
-                    done.insert(inc.seq, d);
-                }
-                Command::MarkDelivered(c) => {
-                    let d = receipts::delivered(ctx, r, inc, c).await?;
-                    done.insert(inc.seq, d);
-                }
-                Command::DeleteMessage(c) => {
-                    let d = delete::apply(ctx, r, inc, c).await?;
-                    done.insert(inc.seq, d);
-                }
-                Command::UpdateGroup(_)
-                | Command::DeleteGroup(_)
-                | Command::AddMember(_)
-                | Command::RemoveMember(_)
-                | Command::LeaveGroup(_) => {
-                    let d = group::apply(ctx, r, inc).await?;
-                    done.insert(inc.seq, d);
-                }
-                Command::CreateConversation(_)
-                | Command::CreateGroup(_)
-                | Command::UploadAttachment(_)
-                | Command::RecordAttachment(_) => {}
-            }
-            i += 1;
         }
-        Ok(())
+        let bulk = *self.bulk.get_or_try_init(|| writes::has_bulk_write(&self.ctx.store)).await?;
+        b.writes.execute(&self.ctx.store, bulk).await.map_err(|e| match e {
+            WriteError::Conflict(why) => ApplyError::transient(format!("applying again from the database: {why}")),
+            WriteError::Apply(e) => e,
+        })
     }
+}
+
+/// Applies one room's commands of the batch, in stream order.
+async fn apply_room(
+    b: &mut Batch<'_>,
+    rooms: &mut Rooms,
+    key: &RoomRef,
+    cmds: &[&Incoming],
+    attempt: &mut Done,
+) -> Result<(), ApplyError> {
+    for inc in cmds {
+        if parse_oid(&key.id).is_none() {
+            attempt.insert(inc.seq, Disposition::Poison(format!("room id `{}` is not an ObjectId", key.id)));
+            continue;
+        }
+        let d = match &inc.msg.command {
+            // Creations make the room; everything else needs it.
+            Command::CreateConversation(c) => conversation::create(b, rooms, key, inc, c)?,
+            Command::CreateGroup(c) => group::create(b, rooms, key, inc, c)?,
+            Command::RecordAttachment(c) => record_attachment(b, inc, c),
+            command => match rooms.get_mut(key) {
+                None => {
+                    let what = if key.kind == RoomKind::Group { "group" } else { "conversation" };
+                    Disposition::Poison(format!("{what} not found"))
+                }
+                Some(room) => match command {
+                    Command::SendMessage(c) => send::apply(b, room, inc, c)?,
+                    Command::MarkRead(c) => receipts::read(b, room, inc, c).await?,
+                    Command::MarkDelivered(c) => receipts::delivered(b, room, inc, c).await?,
+                    Command::DeleteMessage(c) => delete::apply(b, room, inc, c)?,
+                    Command::UpdateGroup(_)
+                    | Command::DeleteGroup(_)
+                    | Command::AddMember(_)
+                    | Command::RemoveMember(_)
+                    | Command::LeaveGroup(_) => group::apply(b, room, inc)?,
+                    Command::CreateConversation(_)
+                    | Command::CreateGroup(_)
+                    | Command::UploadAttachment(_)
+                    | Command::RecordAttachment(_) => Disposition::NotMine,
+                },
+            },
+        };
+        attempt.insert(inc.seq, d);
+    }
+    Ok(())
+}
+
+/// Reads, in one query, the messages the batch needs that no room's tail
+/// holds: the targets of reads and deletes, and the sends of rooms just
+/// read from the database (a dead worker may have stored them without
+/// moving the room's `lastSeq`).
+async fn prefetch(
+    store: &Store,
+    rooms: &mut Rooms,
+    order: &[RoomRef],
+    by_room: &HashMap<RoomRef, Vec<&Incoming>>,
+) -> Result<HashMap<ObjectId, Known>, mongodb::error::Error> {
+    let mut ids: Vec<ObjectId> = Vec::new();
+    for key in order {
+        let Some(room) = rooms.get_mut(key) else { continue };
+        for inc in &by_room[key] {
+            let id = match &inc.msg.command {
+                Command::MarkRead(c) => parse_oid(&c.message_id).filter(|id| room.tail.get(*id).is_none()),
+                Command::DeleteMessage(c) => parse_oid(&c.message_id).filter(|id| room.tail.get(*id).is_none()),
+                Command::SendMessage(c) if room.fresh => parse_oid(&c.message_id),
+                _ => None,
+            };
+            ids.extend(id);
+        }
+    }
+    let mut known = HashMap::new();
+    if ids.is_empty() {
+        return Ok(known);
+    }
+    let fields = doc! {"seq": 1, "senderId": 1, "conversationId": 1, "groupId": 1, "messageType": 1, "deleted": 1};
+    let raw = store.db().collection::<mongodb::bson::Document>(natter_shared::model::MESSAGES);
+    let mut cur = raw.find(doc! {"_id": {"$in": ids}}).projection(fields).await?;
+    while let Some(m) = cur.try_next().await? {
+        let (Ok(id), Ok(sender)) = (m.get_object_id("_id"), m.get_object_id("senderId")) else { continue };
+        let room = match (m.get_str("conversationId"), m.get_str("groupId")) {
+            (Ok(c), _) => RoomRef::new(RoomKind::Conversation, c),
+            (_, Ok(g)) => RoomRef::new(RoomKind::Group, g),
+            _ => continue,
+        };
+        known.insert(
+            id,
+            Known {
+                room,
+                seq: m.get_i64("seq").unwrap_or(0),
+                sender,
+                counts: m.get_str("messageType").is_ok_and(|t| t != "system"),
+                deleted: m.get_bool("deleted").unwrap_or(false),
+            },
+        );
+    }
+    Ok(known)
 }
 
 /// Records an attachment from the attachments worker's fact (which usually
 /// recorded it already, the same way).
-async fn record_attachment(
-    ctx: &Ctx,
-    inc: &Incoming,
-    c: &natter_shared::v1::command::RecordAttachmentCmd,
-) -> Result<Disposition, ApplyError> {
-    let Some(doc) = natter_shared::model::AttachmentDoc::from_fact(inc.msg.actor.oid(), c) else {
-        return Ok(Disposition::Poison("attachmentId is not an ObjectId".into()));
+fn record_attachment(b: &mut Batch<'_>, inc: &Incoming, c: &RecordAttachmentCmd) -> Disposition {
+    let Some(doc) = AttachmentDoc::from_fact(inc.msg.actor.oid(), c) else {
+        return Disposition::Poison("attachmentId is not an ObjectId".into());
     };
-    insert_attachment(&ctx.store, &doc).await?;
-    Ok(Disposition::Applied(vec![]))
+    b.writes.attachment(doc);
+    Disposition::Applied(vec![])
 }
 
 /// Inserts an attachment record once (a second insert finds it).
-pub(crate) async fn insert_attachment(
-    store: &Store,
-    doc: &natter_shared::model::AttachmentDoc,
-) -> Result<(), mongodb::error::Error> {
+pub(crate) async fn insert_attachment(store: &Store, doc: &AttachmentDoc) -> Result<(), mongodb::error::Error> {
     match store.attachments().insert_one(doc).await {
         Err(e) if !is_duplicate(&e) => Err(e),
         _ => Ok(()),
     }
+}
+
+pub(crate) fn is_duplicate(e: &mongodb::error::Error) -> bool {
+    matches!(*e.kind, mongodb::error::ErrorKind::Write(mongodb::error::WriteFailure::WriteError(ref w)) if w.code == writes::DUPLICATE_KEY)
 }
 
 /// Connects, applies indexes and topology, and runs the role until `cancel`.

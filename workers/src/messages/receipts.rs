@@ -1,14 +1,17 @@
-//! Read and delivery receipts. A read moves the reader's cursor by `seq`
-//! (only forward) and marks the messages in between (`readBy`, `status:
-//! read`), then recounts the reader's unread messages from the cursor, so the
-//! count is exact whatever happened before. A delivery marks exactly the
-//! messages a device received (`status: delivered`).
+//! Read and delivery receipts, as per-user cursors. A read moves the
+//! reader's read cursor (only forward) to the message read; a delivery
+//! moves the device owner's delivery cursor to the newest message a device
+//! got. Nothing is written per message: the module's per-message `status`
+//! and `readBy` are derived from the cursors where a client reads them
+//! (`Receipts`). The reader's unread count is recounted from the cursor
+//! over the room's tail, so it is exact whatever happened before; only a
+//! cursor older than the tail makes it count in MongoDB.
 
-use super::Ctx;
+use super::Batch;
 use super::events::{publication, refused, room_subject};
-use super::room::Room;
+use super::room::{Cursor, Room};
 use crate::handler::{ApplyError, Disposition, Incoming};
-use mongodb::bson::doc;
+use mongodb::bson::{doc, oid::ObjectId};
 use natter_shared::ids::parse_oid;
 use natter_shared::timefmt::iso;
 use natter_shared::v1::command::{MAX_DELIVERED_SEQS, MarkDeliveredCmd, MarkReadCmd, RoomFields};
@@ -16,127 +19,156 @@ use natter_shared::v1::error::ErrorCode;
 use natter_shared::v1::event::{EventFrame, EventKind};
 use serde_json::json;
 
+/// Most `message_status_updated` events one delivery receipt produces (the
+/// newest messages it passes); clients read the rest from the history.
+const MAX_STATUS_EVENTS: usize = 1000;
+
 pub(super) async fn read(
-    ctx: &Ctx,
+    b: &mut Batch<'_>,
     room: &mut Room,
     inc: &Incoming,
     c: &MarkReadCmd,
 ) -> Result<Disposition, ApplyError> {
-    let already = inc.seq as i64 <= room.last_seq;
+    let already = inc.seq as i64 <= room.last_seq();
     let user = inc.msg.actor.oid();
-    let u = user.to_hex();
-    let key = room.room_ref();
     let detail = json!({"messageId": c.message_id});
-    if !already && (room.deleted() || !room.is_member(user)) {
-        return Ok(refused(&ctx.subjects, inc, ErrorCode::NotAMember, "not a member of the room", detail));
+    if !already {
+        room.advance(inc.seq);
+        if room.deleted() || !room.is_member(user) {
+            return Ok(refused(&b.ctx.subjects, inc, ErrorCode::NotAMember, "not a member of the room", detail));
+        }
     }
     let Some(mid) = parse_oid(&c.message_id) else {
         return Ok(Disposition::Poison("messageId is not an ObjectId".into()));
     };
-    let mut filter = room.messages_filter();
-    filter.insert("_id", mid);
-    let Some(message) = ctx.store.messages().find_one(filter).await? else {
-        return Ok(refused(&ctx.subjects, inc, ErrorCode::NotFound, "no such message in the room", detail));
+    let Some(message) = b.lookup(room, mid) else {
+        return Ok(refused(&b.ctx.subjects, inc, ErrorCode::NotFound, "no such message in the room", detail));
     };
-    let prev = room.read.get(&u).copied().unwrap_or(0);
+    let prev = room.get(Cursor::Read, user);
     let upto = prev.max(message.seq);
-    if !already {
-        if message.seq > prev {
-            let mut marked = room.messages_filter();
-            marked.insert("seq", doc! {"$gt": prev, "$lte": message.seq});
-            marked.insert("senderId", doc! {"$ne": user});
-            ctx.store
-                .messages()
-                .update_many(marked, doc! {"$addToSet": {"readBy": &u}, "$set": {"status": "read"}})
-                .await?;
-        }
-        let mut unread = room.messages_filter();
-        unread.insert("seq", doc! {"$gt": upto});
-        unread.insert("senderId", doc! {"$ne": user});
-        unread.insert("deleted", doc! {"$ne": true});
-        unread.insert("messageType", doc! {"$ne": "system"});
-        let n = ctx.store.messages().count_documents(unread).await? as i64;
-        room.commit(
-            &ctx.store,
-            inc.seq,
-            doc! {"$set": {format!("readCursors.{u}"): upto, format!("unreadCounts.{u}"): n}},
-        )
-        .await?;
-        room.read.insert(u.clone(), upto);
-        room.unread.insert(u.clone(), n);
+    if !already && upto > prev {
+        let unread = unread_after(b, room, user, upto).await?;
+        room.put(Cursor::Read, user, upto);
+        room.put(Cursor::Unread, user, unread);
     }
-    let mut data = json!({
-        "messageId": c.message_id,
-        "userId": u,
-        "readAt": iso(inc.time),
-        "upToSeq": upto,
-    });
-    RoomFields::of(&key).merge_into(&mut data);
+    let u = user.to_hex();
+    let mut data = json!({"messageId": c.message_id, "userId": u, "readAt": iso(inc.time), "upToSeq": upto});
+    RoomFields::of(&room.key).merge_into(&mut data);
     let frame = EventFrame::new(EventKind::MessageRead, inc.seq, data).from(u);
-    Ok(Disposition::Applied(vec![publication(room_subject(&ctx.subjects, &key), &frame)?]))
+    Ok(Disposition::Applied(vec![publication(room_subject(&b.ctx.subjects, &room.key), &frame)?]))
+}
+
+/// How many messages from others, not deleted and not `system`, the room
+/// has after `upto`.
+async fn unread_after(b: &Batch<'_>, room: &Room, user: ObjectId, upto: i64) -> Result<i64, ApplyError> {
+    let from = room.tail.from();
+    let newer = room.tail.between(upto.max(from), i64::MAX).filter(|e| e.counts && !e.deleted && e.sender != user);
+    let newer = newer.count() as i64;
+    if room.tail.covers(upto) {
+        return Ok(newer);
+    }
+    // Older than the tail: what MongoDB holds up to the tail (everything
+    // there is stored), less what this batch deleted there.
+    let mut f = doc! {room.kind().field(): &room.key.id};
+    f.insert("seq", doc! {"$gt": upto, "$lte": from});
+    f.insert("senderId", doc! {"$ne": user});
+    f.insert("deleted", doc! {"$ne": true});
+    f.insert("messageType", doc! {"$ne": "system"});
+    let stored = b.ctx.store.messages().count_documents(f).await? as i64;
+    let gone = b.writes.tombstones(&room.key).filter(|t| t.seq > upto && t.seq <= from && t.counts && t.sender != user);
+    Ok(newer + stored - gone.count() as i64)
 }
 
 pub(super) async fn delivered(
-    ctx: &Ctx,
+    b: &mut Batch<'_>,
     room: &mut Room,
     inc: &Incoming,
     c: &MarkDeliveredCmd,
 ) -> Result<Disposition, ApplyError> {
     let user = inc.msg.actor.oid();
-    if inc.seq as i64 <= room.last_seq {
-        // Applied before; its status events are not rebuilt (the statuses
-        // are already `delivered`, and clients converge on the next one).
+    if inc.seq as i64 <= room.last_seq() {
+        // Applied before; its status events are not rebuilt (clients read
+        // the status from the history).
         return Ok(Disposition::Applied(vec![]));
     }
-    if !room.is_member(user) || c.seqs.is_empty() || c.seqs.len() > MAX_DELIVERED_SEQS {
-        room.commit(&ctx.store, inc.seq, doc! {}).await?;
+    // A device cannot have got a message the room does not have yet.
+    let newest = room.last_seq();
+    room.advance(inc.seq);
+    let upto = c.seqs.iter().max().map_or(0, |s| (*s as i64).min(newest));
+    if !room.is_member(user) || c.seqs.len() > MAX_DELIVERED_SEQS || upto <= room.get(Cursor::Delivered, user) {
         return Ok(Disposition::Applied(vec![]));
     }
-    // One index range over the room's messages, then the exact checks in
-    // memory: cheaper than `$in` and negations on every server.
-    let seqs: std::collections::HashSet<i64> = c.seqs.iter().map(|s| *s as i64).collect();
-    let (lo, hi) = (seqs.iter().min().copied().unwrap_or(0), seqs.iter().max().copied().unwrap_or(0));
-    let mut filter = room.messages_filter();
-    filter.insert("seq", doc! {"$gte": lo, "$lte": hi});
-    let mut changed = Vec::new();
-    let fields = doc! {"_id": 1, "seq": 1, "senderId": 1, "status": 1, "deleted": 1, "messageType": 1};
-    let raw = ctx.store.db().collection::<mongodb::bson::Document>(natter_shared::model::MESSAGES);
-    let mut cur = raw.find(filter).projection(fields).await?;
-    while cur.advance().await? {
-        let m = cur.current();
-        let seq = m.get_i64("seq").unwrap_or(0);
-        let (Ok(id), Ok(sender)) = (m.get_object_id("_id"), m.get_object_id("senderId")) else { continue };
-        let fresh = m.get_str("status").is_ok_and(|s| s == "sent")
-            && !m.get_bool("deleted").unwrap_or(false)
-            && m.get_str("messageType").is_ok_and(|t| t != "system");
-        if seqs.contains(&seq) && sender != user && fresh {
-            changed.push((id, sender));
+    let seen = room.seen(user);
+    // Who else had received each message already: the three furthest
+    // members are enough to find, for any sender, the furthest other one.
+    let mut furthest: Vec<(i64, ObjectId)> =
+        room.members().iter().filter(|m| **m != user).map(|m| (room.seen(*m), *m)).collect();
+    furthest.sort_unstable_by(|a, b| b.cmp(a));
+    furthest.truncate(3);
+    room.put(Cursor::Delivered, user, upto);
+    if upto <= seen {
+        return Ok(Disposition::Applied(vec![]));
+    }
+    let passed = passed(b, room, user, seen, upto).await?;
+    let mut events = Vec::new();
+    for (id, sender, seq) in passed {
+        let other = furthest.iter().find(|(_, m)| *m != sender).map_or(0, |(s, _)| *s);
+        if other >= seq {
+            continue;
         }
-    }
-    if !changed.is_empty() {
-        let ids: Vec<_> = changed.iter().map(|(id, _)| *id).collect();
-        ctx.store
-            .messages()
-            .update_many(
-                {
-                    let mut f = room.messages_filter();
-                    f.insert("seq", doc! {"$gte": lo, "$lte": hi});
-                    f.insert("_id", doc! {"$in": ids});
-                    f.insert("status", "sent");
-                    f
-                },
-                doc! {"$set": {"status": "delivered"}},
-            )
-            .await?;
-    }
-    room.commit(&ctx.store, inc.seq, doc! {}).await?;
-    let key = room.room_ref();
-    let mut events = Vec::with_capacity(changed.len());
-    for (i, (id, sender)) in changed.iter().enumerate() {
         let mut data = json!({"messageId": id.to_hex(), "status": "delivered"});
-        RoomFields::of(&key).merge_into(&mut data);
-        let frame = EventFrame::new(EventKind::MessageStatusUpdated, inc.seq, data).part(i as u32);
-        events.push(publication(ctx.subjects.user_events(&sender.to_hex()), &frame)?);
+        RoomFields::of(&room.key).merge_into(&mut data);
+        let frame = EventFrame::new(EventKind::MessageStatusUpdated, inc.seq, data).part(events.len() as u32);
+        events.push(publication(b.ctx.subjects.user_events(&sender.to_hex()), &frame)?);
     }
     Ok(Disposition::Applied(events))
+}
+
+/// The messages from others (not deleted, not `system`) with a seq in
+/// `(lo, hi]`, oldest first, at most `MAX_STATUS_EVENTS` (the newest).
+async fn passed(
+    b: &Batch<'_>,
+    room: &Room,
+    user: ObjectId,
+    lo: i64,
+    hi: i64,
+) -> Result<Vec<(ObjectId, ObjectId, i64)>, ApplyError> {
+    let wanted = |sender: ObjectId, counts: bool, deleted: bool| sender != user && counts && !deleted;
+    let mut out: Vec<(ObjectId, ObjectId, i64)> = room
+        .tail
+        .between(lo, hi)
+        .filter(|e| wanted(e.sender, e.counts, e.deleted))
+        .map(|e| (e.id, e.sender, e.seq))
+        .collect();
+    let from = room.tail.from();
+    if lo < from && out.len() < MAX_STATUS_EVENTS {
+        let mut f = doc! {room.kind().field(): &room.key.id};
+        f.insert("seq", doc! {"$gt": lo, "$lte": hi.min(from)});
+        f.insert("senderId", doc! {"$ne": user});
+        f.insert("deleted", doc! {"$ne": true});
+        f.insert("messageType", doc! {"$ne": "system"});
+        let raw = b.ctx.store.db().collection::<mongodb::bson::Document>(natter_shared::model::MESSAGES);
+        let mut cur = raw
+            .find(f)
+            .projection(doc! {"_id": 1, "senderId": 1, "seq": 1})
+            .sort(doc! {"seq": -1})
+            .limit((MAX_STATUS_EVENTS - out.len()) as i64)
+            .await?;
+        let gone: Vec<ObjectId> = b.writes.tombstones(&room.key).map(|t| t.id).collect();
+        let mut older = Vec::new();
+        while cur.advance().await? {
+            let m = cur.current();
+            if let (Ok(id), Ok(sender), Ok(seq)) =
+                (m.get_object_id("_id"), m.get_object_id("senderId"), m.get_i64("seq"))
+                && !gone.contains(&id)
+            {
+                older.push((id, sender, seq));
+            }
+        }
+        older.reverse();
+        older.append(&mut out);
+        out = older;
+    }
+    let skip = out.len().saturating_sub(MAX_STATUS_EVENTS);
+    Ok(out.split_off(skip))
 }

@@ -1,98 +1,261 @@
-//! A room (conversation or group) as the messages role sees it while it
-//! applies the room's commands in stream order: members, cursors and
-//! counters in memory, committed to the room's document with a
-//! compare-and-set on `lastSeq`.
+//! A room (conversation or group) as the worker holding its partition keeps
+//! it in memory between batches: the document, its newest messages
+//! (`Tail`), and what changed since it was last written. One write per
+//! batch commits the changes, guarded by the `lastSeq` MongoDB holds, so a
+//! stale owner's write matches nothing.
 
-use crate::handler::ApplyError;
-use mongodb::Collection;
-use mongodb::bson::{Document, doc, oid::ObjectId};
+use super::tail::Tail;
+use mongodb::bson::{Bson, DateTime, Document, doc, oid::ObjectId, to_document};
 use natter_shared::ids::{RoomKind, RoomRef};
-use natter_shared::model::{CONVERSATIONS, ConversationDoc, GROUPS, GroupDoc, PerUser};
-use natter_shared::store::Store;
+use natter_shared::model::{ConversationDoc, GroupDoc, PerUser};
 
-pub(super) struct Room {
-    pub kind: RoomKind,
-    pub id: ObjectId,
-    pub members: Vec<ObjectId>,
-    /// Highest command seq applied to the room.
-    pub last_seq: i64,
-    pub read: PerUser,
-    pub unread: PerUser,
-    /// The whole document, for groups (admin, permissions, tombstone).
-    pub group: Option<GroupDoc>,
+#[derive(Clone, Debug)]
+pub(super) enum Doc {
+    Conversation(ConversationDoc),
+    Group(GroupDoc),
 }
 
-pub(super) fn collection(store: &Store, kind: RoomKind) -> Collection<Document> {
-    store.db().collection(match kind {
-        RoomKind::Conversation => CONVERSATIONS,
-        RoomKind::Group => GROUPS,
-    })
+/// The per-user maps of a room document.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Cursor {
+    Read,
+    Delivered,
+    Unread,
+}
+
+impl Cursor {
+    fn field(self) -> &'static str {
+        match self {
+            Cursor::Read => "readCursors",
+            Cursor::Delivered => "deliveredCursors",
+            Cursor::Unread => "unreadCounts",
+        }
+    }
+}
+
+pub(super) struct Room {
+    pub key: RoomRef,
+    pub doc: Doc,
+    pub tail: Tail,
+    /// `lastSeq` as MongoDB holds it; `None` until the document is inserted.
+    stored_seq: Option<i64>,
+    set: Document,
+    unset: Document,
+    /// Read from the database in this batch: MongoDB may hold messages of
+    /// it that the worker has not seen (a dead worker's last batch).
+    pub fresh: bool,
+}
+
+/// A write of a room document.
+#[derive(Clone, Debug)]
+pub(super) enum RoomWrite {
+    Insert(Document),
+    /// Applies `update` if `lastSeq` is still `expect`.
+    Update {
+        expect: i64,
+        update: Document,
+    },
 }
 
 impl Room {
-    pub fn from_conversation(c: ConversationDoc) -> Room {
+    /// A room as read from the database.
+    pub fn loaded(doc: Doc) -> Room {
+        let last = doc.last_seq();
         Room {
-            kind: RoomKind::Conversation,
-            id: c.id,
-            members: c.participant_ids,
-            last_seq: c.last_seq,
-            read: c.read_cursors,
-            unread: c.unread_counts,
-            group: None,
+            key: doc.key(),
+            doc,
+            tail: Tail::new(last),
+            stored_seq: Some(last),
+            set: Document::new(),
+            unset: Document::new(),
+            fresh: true,
         }
     }
 
-    pub fn from_group(g: GroupDoc) -> Room {
+    /// A room created by a command of this batch.
+    pub fn created(doc: Doc) -> Room {
+        let last = doc.last_seq();
         Room {
-            kind: RoomKind::Group,
-            id: g.id,
-            members: g.members.clone(),
-            last_seq: g.last_seq,
-            read: g.read_cursors.clone(),
-            unread: g.unread_counts.clone(),
-            group: Some(g),
+            key: doc.key(),
+            doc,
+            tail: Tail::new(last),
+            stored_seq: None,
+            set: Document::new(),
+            unset: Document::new(),
+            fresh: false,
         }
     }
 
-    pub async fn load(store: &Store, room: &RoomRef, id: ObjectId) -> Result<Option<Room>, ApplyError> {
-        Ok(match room.kind {
-            RoomKind::Conversation => store.conversation(id).await?.map(Room::from_conversation),
-            RoomKind::Group => store.groups().find_one(doc! {"_id": id}).await?.map(Room::from_group),
-        })
+    pub fn kind(&self) -> RoomKind {
+        self.key.kind
     }
 
-    pub fn room_ref(&self) -> RoomRef {
-        RoomRef::new(self.kind, self.id.to_hex())
+    pub fn id(&self) -> ObjectId {
+        match &self.doc {
+            Doc::Conversation(c) => c.id,
+            Doc::Group(g) => g.id,
+        }
+    }
+
+    pub fn members(&self) -> &[ObjectId] {
+        match &self.doc {
+            Doc::Conversation(c) => &c.participant_ids,
+            Doc::Group(g) => &g.members,
+        }
     }
 
     pub fn is_member(&self, user: ObjectId) -> bool {
-        self.members.contains(&user)
+        self.members().contains(&user)
+    }
+
+    pub fn group(&self) -> Option<&GroupDoc> {
+        match &self.doc {
+            Doc::Group(g) => Some(g),
+            Doc::Conversation(_) => None,
+        }
     }
 
     /// A deleted group accepts nothing more.
     pub fn deleted(&self) -> bool {
-        self.group.as_ref().is_some_and(|g| g.deleted)
+        self.group().is_some_and(|g| g.deleted)
     }
 
-    /// The filter that selects this room's messages.
-    pub fn messages_filter(&self) -> Document {
-        doc! {self.kind.field(): self.id.to_hex()}
+    /// Highest command seq applied to the room.
+    pub fn last_seq(&self) -> i64 {
+        self.doc.last_seq()
     }
 
-    /// Applies `update` to the room document unless a later command was
-    /// applied meanwhile (then the batch is retried and finds it applied),
-    /// and advances `lastSeq` to `seq`.
-    pub async fn commit(&mut self, store: &Store, seq: u64, mut update: Document) -> Result<(), ApplyError> {
+    /// Marks the command at `seq` applied.
+    pub fn advance(&mut self, seq: u64) {
         let seq = seq as i64;
-        let mut set = update.get_document("$set").cloned().unwrap_or_default();
-        set.insert("lastSeq", seq);
-        update.insert("$set", set);
-        let res =
-            collection(store, self.kind).update_one(doc! {"_id": self.id, "lastSeq": self.last_seq}, update).await?;
-        if res.matched_count != 1 {
-            return Err(ApplyError::transient(format!("room {} changed under us; retrying", self.id)));
+        match &mut self.doc {
+            Doc::Conversation(c) => c.last_seq = c.last_seq.max(seq),
+            Doc::Group(g) => g.last_seq = g.last_seq.max(seq),
         }
-        self.last_seq = seq;
-        Ok(())
+    }
+
+    fn map(&self, c: Cursor) -> &PerUser {
+        match (&self.doc, c) {
+            (Doc::Conversation(d), Cursor::Read) => &d.read_cursors,
+            (Doc::Conversation(d), Cursor::Delivered) => &d.delivered_cursors,
+            (Doc::Conversation(d), Cursor::Unread) => &d.unread_counts,
+            (Doc::Group(d), Cursor::Read) => &d.read_cursors,
+            (Doc::Group(d), Cursor::Delivered) => &d.delivered_cursors,
+            (Doc::Group(d), Cursor::Unread) => &d.unread_counts,
+        }
+    }
+
+    fn map_mut(&mut self, c: Cursor) -> &mut PerUser {
+        match (&mut self.doc, c) {
+            (Doc::Conversation(d), Cursor::Read) => &mut d.read_cursors,
+            (Doc::Conversation(d), Cursor::Delivered) => &mut d.delivered_cursors,
+            (Doc::Conversation(d), Cursor::Unread) => &mut d.unread_counts,
+            (Doc::Group(d), Cursor::Read) => &mut d.read_cursors,
+            (Doc::Group(d), Cursor::Delivered) => &mut d.delivered_cursors,
+            (Doc::Group(d), Cursor::Unread) => &mut d.unread_counts,
+        }
+    }
+
+    pub fn get(&self, c: Cursor, user: ObjectId) -> i64 {
+        self.map(c).get(&user.to_hex()).copied().unwrap_or(0)
+    }
+
+    pub fn put(&mut self, c: Cursor, user: ObjectId, value: i64) {
+        let u = user.to_hex();
+        self.map_mut(c).insert(u.clone(), value);
+        self.stage(format!("{}.{u}", c.field()), Bson::Int64(value));
+    }
+
+    /// Removes a user's entries from every per-user map.
+    pub fn drop_user(&mut self, user: ObjectId) {
+        let u = user.to_hex();
+        for c in [Cursor::Read, Cursor::Delivered, Cursor::Unread] {
+            self.map_mut(c).remove(&u);
+            let path = format!("{}.{u}", c.field());
+            self.set.remove(&path);
+            self.unset.insert(path, "");
+        }
+    }
+
+    /// How far `user` has read or received (reading implies receiving).
+    pub fn seen(&self, user: ObjectId) -> i64 {
+        self.get(Cursor::Read, user).max(self.get(Cursor::Delivered, user))
+    }
+
+    /// Records the room's newest message.
+    pub fn set_last_message(&mut self, id: ObjectId, at: DateTime) {
+        match &mut self.doc {
+            Doc::Conversation(c) => (c.last_message_id, c.updated_at) = (Some(id), at),
+            Doc::Group(g) => (g.last_message_id, g.updated_at) = (Some(id), at),
+        }
+        self.stage("lastMessageId".into(), Bson::ObjectId(id));
+        self.stage("updatedAt".into(), Bson::DateTime(at));
+    }
+
+    /// Changes the group document through `f`, staging the fields it names.
+    pub fn update_group(&mut self, f: impl FnOnce(&mut GroupDoc) -> Vec<(&'static str, Bson)>) {
+        let Doc::Group(g) = &mut self.doc else { return };
+        for (field, value) in f(g) {
+            self.stage(field.into(), value);
+        }
+    }
+
+    /// Notes a changed field for the next write.
+    fn stage(&mut self, path: String, value: Bson) {
+        self.unset.remove(&path);
+        self.set.insert(path, value);
+    }
+
+    /// The write that commits what changed since the last one, if anything
+    /// did; afterwards the room counts as written.
+    pub fn take_write(&mut self) -> Result<Option<RoomWrite>, mongodb::bson::ser::Error> {
+        let last = self.last_seq();
+        let write = match self.stored_seq {
+            None => Some(RoomWrite::Insert(self.doc.to_document()?)),
+            Some(stored) if stored != last || !self.set.is_empty() || !self.unset.is_empty() => {
+                let mut set = std::mem::take(&mut self.set);
+                set.insert("lastSeq", last);
+                let mut update = doc! {"$set": set};
+                let unset = std::mem::take(&mut self.unset);
+                if !unset.is_empty() {
+                    update.insert("$unset", unset);
+                }
+                Some(RoomWrite::Update { expect: stored, update })
+            }
+            Some(_) => None,
+        };
+        self.stored_seq = Some(last);
+        Ok(write)
+    }
+
+    /// After a successful write: what every member has passed can be
+    /// forgotten from the tail.
+    pub fn written(&mut self) {
+        self.fresh = false;
+        let floor = self.members().iter().map(|m| self.seen(*m)).min().unwrap_or(0);
+        self.tail.trim(floor);
+    }
+}
+
+impl Doc {
+    pub fn last_seq(&self) -> i64 {
+        match self {
+            Doc::Conversation(c) => c.last_seq,
+            Doc::Group(g) => g.last_seq,
+        }
+    }
+
+    pub fn key(&self) -> RoomRef {
+        match self {
+            Doc::Conversation(c) => RoomRef::new(RoomKind::Conversation, c.id.to_hex()),
+            Doc::Group(g) => RoomRef::new(RoomKind::Group, g.id.to_hex()),
+        }
+    }
+
+    fn to_document(&self) -> Result<Document, mongodb::bson::ser::Error> {
+        match self {
+            Doc::Conversation(c) => to_document(c),
+            Doc::Group(g) => to_document(g),
+        }
     }
 }

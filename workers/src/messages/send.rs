@@ -1,26 +1,22 @@
-//! `send_message` runs: consecutive sends of one room applied with one bulk
-//! insert and one room update. The `_id` is derived from sender and
-//! `clientMsgId`, so a repeat is a duplicate key, never a second message.
+//! `send_message`. The `_id` is derived from sender and `clientMsgId`, so a
+//! repeat is the same id, never a second message.
 //!
 //! A message counts as unread for the other members only when this command
 //! created it (the stored copy carries this command's `seq`) and the room
 //! had not applied the command yet (`seq > lastSeq`): exact under
 //! redelivery, replay, a retry beyond the dedupe window, and a tombstone.
 
-use super::Ctx;
 use super::events::{message_received, refused};
-use super::room::Room;
-use crate::handler::{ApplyError, Disposition, Done, Incoming};
-use mongodb::bson::{Bson, DateTime, Document, doc, oid::ObjectId};
-use mongodb::error::ErrorKind;
+use super::room::{Cursor, Room};
+use super::tail::Entry;
+use super::{Batch, Known};
+use crate::handler::{ApplyError, Disposition, Incoming};
+use mongodb::bson::{DateTime, doc};
 use natter_shared::ids::parse_oid;
 use natter_shared::model::MessageDoc;
-use natter_shared::v1::command::{Command, SendMessageCmd};
+use natter_shared::v1::command::{RoomFields, SendMessageCmd};
 use natter_shared::v1::error::ErrorCode;
 use serde_json::json;
-use std::collections::{BTreeMap, HashMap};
-
-const DUPLICATE_KEY: i32 = 11000;
 
 fn validate(inc: &Incoming, c: &SendMessageCmd, room: &Room) -> Result<MessageDoc, String> {
     let id = parse_oid(&c.message_id).ok_or("messageId is not an ObjectId")?;
@@ -31,7 +27,7 @@ fn validate(inc: &Incoming, c: &SendMessageCmd, room: &Room) -> Result<MessageDo
         return Err("content is empty or too long".into());
     }
     let sender = inc.msg.actor;
-    let fields = natter_shared::v1::command::RoomFields::of(&room.room_ref());
+    let fields = RoomFields::of(&room.key);
     let mut attachments = Vec::with_capacity(c.attachments.len());
     for a in &c.attachments {
         let at = DateTime::parse_rfc3339_str(&a.uploaded_at).map_err(|_| "attachment uploadedAt is not a date")?;
@@ -60,117 +56,55 @@ fn validate(inc: &Incoming, c: &SendMessageCmd, room: &Room) -> Result<MessageDo
     })
 }
 
-/// Applies a run of sends (stream order) to `room`.
-pub(super) async fn apply_run(
-    ctx: &Ctx,
+pub(super) fn apply(
+    b: &mut Batch<'_>,
     room: &mut Room,
-    run: &[&Incoming],
-    done: &mut Done,
-) -> Result<(), ApplyError> {
-    let key = room.room_ref();
-    let mut accepted: Vec<MessageDoc> = Vec::new();
-    for inc in run {
-        let Command::SendMessage(c) = &inc.msg.command else { continue };
-        match validate(inc, c, room) {
-            Err(reason) => {
-                done.insert(inc.seq, Disposition::Poison(reason));
-            }
-            Ok(_) if room.deleted() || !room.is_member(inc.msg.actor.oid()) => {
-                let detail = json!({"clientMsgId": c.client_msg_id, "messageId": c.message_id});
-                done.insert(
-                    inc.seq,
-                    refused(
-                        &ctx.subjects,
-                        inc,
-                        ErrorCode::NotAMember,
-                        "the sender is not a member of the room",
-                        detail,
-                    ),
-                );
-            }
-            Ok(doc) => accepted.push(doc),
-        }
-    }
-    let last = room.last_seq;
-    let fresh: Vec<&MessageDoc> = accepted.iter().filter(|m| m.seq > last).collect();
-    let duplicates = insert(ctx, &fresh).await?;
-
-    // What is stored under each id we did not just insert.
-    let check: Vec<ObjectId> =
-        accepted.iter().filter(|m| m.seq <= last || duplicates.contains_key(&m.id)).map(|m| m.id).collect();
-    let mut stored: HashMap<ObjectId, (i64, bool)> = HashMap::new();
-    if !check.is_empty() {
-        let mut cur = ctx.store.messages().find(doc! {"_id": {"$in": &check}}).await?;
-        while cur.advance().await? {
-            let m = cur.deserialize_current()?;
-            stored.insert(m.id, (m.seq, m.deleted));
-        }
-    }
-    // Ours: created by this very command (now or in an earlier delivery) and
-    // not deleted since.
-    let ours = |m: &MessageDoc| match stored.get(&m.id) {
-        Some((seq, deleted)) => *seq == m.seq && !deleted,
-        None => true,
+    inc: &Incoming,
+    c: &SendMessageCmd,
+) -> Result<Disposition, ApplyError> {
+    let m = match validate(inc, c, room) {
+        Ok(m) => m,
+        Err(reason) => return Ok(Disposition::Poison(reason)),
     };
-
-    let mut inc_by: BTreeMap<String, i64> = BTreeMap::new();
-    let mut newest: Option<&MessageDoc> = None;
-    for m in accepted.iter().filter(|m| m.seq > last && ours(m)) {
-        for p in &room.members {
-            if *p != m.sender_id {
-                *inc_by.entry(p.to_hex()).or_default() += 1;
-            }
-        }
-        newest = Some(m);
+    let stored: Option<Known> = b.lookup(room, m.id);
+    // Created by this very command (now or in an earlier delivery) and not
+    // deleted since.
+    let ours = |k: &Option<Known>| k.as_ref().is_none_or(|k| k.seq == m.seq && !k.deleted);
+    if inc.seq as i64 <= room.last_seq() {
+        // Applied before: its event again, if it is still ours.
+        let events = if stored.is_some() && ours(&stored) {
+            vec![message_received(&b.ctx.subjects, &room.key, &m, 0)?]
+        } else {
+            vec![]
+        };
+        return Ok(Disposition::Applied(events));
     }
-    let max_seq = run.iter().map(|i| i.seq).max().unwrap_or(0);
-    if max_seq as i64 > last {
-        let mut update = Document::new();
-        if !inc_by.is_empty() {
-            let incs: Document = inc_by.iter().map(|(u, n)| (format!("unreadCounts.{u}"), Bson::Int64(*n))).collect();
-            update.insert("$inc", incs);
-        }
-        if let Some(m) = newest {
-            update.insert("$set", doc! {"lastMessageId": m.id, "updatedAt": m.created_at});
-        }
-        room.commit(&ctx.store, max_seq, update).await?;
-        for (u, n) in inc_by {
-            *room.unread.entry(u).or_default() += n;
-        }
+    room.advance(inc.seq);
+    let sender = inc.msg.actor.oid();
+    if room.deleted() || !room.is_member(sender) {
+        let detail = json!({"clientMsgId": c.client_msg_id, "messageId": c.message_id});
+        return Ok(refused(
+            &b.ctx.subjects,
+            inc,
+            ErrorCode::NotAMember,
+            "the sender is not a member of the room",
+            detail,
+        ));
     }
-
-    for m in &accepted {
-        let events = if ours(m) { vec![message_received(&ctx.subjects, &key, m, 0)?] } else { vec![] };
-        done.insert(m.seq as u64, Disposition::Applied(events));
+    if !ours(&stored) {
+        // The id of an earlier message (its `clientMsgId` sent again after
+        // the dedupe window), or one deleted since.
+        return Ok(Disposition::Applied(vec![]));
     }
-    Ok(())
-}
-
-/// Inserts the messages; returns the ids that already existed.
-async fn insert(ctx: &Ctx, docs: &[&MessageDoc]) -> Result<HashMap<ObjectId, ()>, ApplyError> {
-    let mut dups = HashMap::new();
-    if docs.is_empty() {
-        return Ok(dups);
+    if stored.is_none() {
+        b.writes.message(m.clone());
     }
-    if let Err(e) = ctx.store.messages().insert_many(docs.iter().copied()).ordered(false).await {
-        match *e.kind {
-            ErrorKind::InsertMany(ref ime) if ime.write_concern_error.is_none() => {
-                for we in ime.write_errors.iter().flatten() {
-                    if we.code != DUPLICATE_KEY {
-                        return Err(ApplyError::write(we.code, &we.message));
-                    }
-                    if let Some(d) = docs.get(we.index) {
-                        dups.insert(d.id, ());
-                    }
-                }
-            }
-            _ => return Err(e.into()),
-        }
+    let others: Vec<_> = room.members().iter().copied().filter(|p| *p != sender).collect();
+    for p in others {
+        let n = room.get(Cursor::Unread, p) + 1;
+        room.put(Cursor::Unread, p, n);
     }
-    Ok(dups)
-}
-
-/// Inserts one message, ignoring a duplicate (already applied).
-pub(super) async fn insert_one(ctx: &Ctx, m: &MessageDoc) -> Result<(), ApplyError> {
-    insert(ctx, &[m]).await.map(|_| ())
+    room.set_last_message(m.id, m.created_at);
+    room.tail.push(Entry { seq: m.seq, id: m.id, sender, counts: true, deleted: false });
+    Ok(Disposition::Applied(vec![message_received(&b.ctx.subjects, &room.key, &m, 0)?]))
 }

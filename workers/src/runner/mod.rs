@@ -1,0 +1,142 @@
+//! The one runner every role uses: leases partitions (`lease`), runs one
+//! loop per leased partition (`partition`: pulling with `fetch`, keeping
+//! stream order), applies each batch through the role's `Handler` and
+//! settles it (`batch`: events and audit facts stored with `publish`,
+//! poison dead-lettered, then acks). Transient failures are retried in place
+//! (with progress acks) so a room's commands are never applied out of
+//! order; a crash leaves the batch unacked for redelivery.
+
+mod batch;
+mod fetch;
+mod partition;
+mod publish;
+
+pub use batch::backoff;
+pub use natter_nats::topology::{DLQ_REASON, DLQ_SEQ, DLQ_SUBJECT};
+
+use crate::handler::Handler;
+use crate::lease::{Leases, RENEW_EVERY};
+use async_nats::jetstream;
+use natter_nats::{Subjects, topology};
+use partition::Partition;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info, info_span};
+
+#[derive(Clone, Debug)]
+pub struct RunnerConfig {
+    /// Most commands applied in one batch.
+    pub batch: usize,
+    /// How long one pull request waits for the first message.
+    pub fetch_wait: Duration,
+    /// This instance's name in the lease bucket.
+    pub instance: String,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        RunnerConfig {
+            batch: topology::MAX_BATCH,
+            fetch_wait: Duration::from_secs(1),
+            instance: format!("{}-{}", std::process::id(), mongodb::bson::oid::ObjectId::new().to_hex()),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    #[error("lease bucket unavailable: {0}")]
+    Bucket(#[source] async_nats::jetstream::context::KeyValueError),
+}
+
+/// How long a tick waits for a surplus partition's loop to stop.
+const HANDOFF_WAIT: Duration = Duration::from_millis(1500);
+
+struct PartitionTask {
+    cancel: CancellationToken,
+    handle: JoinHandle<()>,
+}
+
+/// Runs `handler` until `cancel` fires, then finishes the batches in hand and
+/// gives the leases back.
+pub async fn run<H: Handler>(
+    handler: Arc<H>,
+    client: async_nats::Client,
+    subjects: Subjects,
+    cfg: RunnerConfig,
+    cancel: CancellationToken,
+) -> Result<(), RunnerError> {
+    let js = jetstream::new(client.clone());
+    let kv = js.get_key_value(subjects.leases_bucket()).await.map_err(RunnerError::Bucket)?;
+    let role = H::ROLE.name();
+    let mut leases = Leases::new(kv, subjects.clone(), role, cfg.instance.clone(), H::ROLE.partitions());
+    let mut tasks: HashMap<u32, PartitionTask> = HashMap::new();
+    let mut tick = tokio::time::interval(RENEW_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    info!(role, instance = %cfg.instance, "worker running");
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tick.tick() => {}
+            _ = leases.changed() => {}
+        }
+        let changes = leases.tick().await;
+        for p in changes.lost {
+            if let Some(t) = tasks.remove(&p) {
+                t.cancel.cancel();
+            }
+        }
+        for p in changes.surplus {
+            // Stop the loop (it finishes the batch in hand), then hand the
+            // partition back at once so another worker can take it. A loop
+            // still busy (MongoDB down) keeps the lease and is asked again.
+            let done = match tasks.get_mut(&p) {
+                Some(t) => {
+                    t.cancel.cancel();
+                    tokio::time::timeout(HANDOFF_WAIT, &mut t.handle).await.is_ok()
+                }
+                None => true,
+            };
+            if done {
+                tasks.remove(&p);
+                leases.release(p).await;
+                info!(role, partition = p, "partition handed back");
+            }
+        }
+        // Start gained partitions, and restart any loop that ended on its own
+        // (a panic in a handler must not leave a partition unserved).
+        let owned: Vec<u32> = leases.owned().collect();
+        for p in owned {
+            let restart = match tasks.get(&p) {
+                None => true,
+                Some(t) => t.handle.is_finished() && !t.cancel.is_cancelled(),
+            };
+            if restart {
+                let token = cancel.child_token();
+                let part = Partition {
+                    js: js.clone(),
+                    client: client.clone(),
+                    subjects: subjects.clone(),
+                    p,
+                    cfg: cfg.clone(),
+                };
+                let fut =
+                    partition::run(handler.clone(), part, token.clone()).instrument(info_span!("partition", role, p));
+                tasks.insert(p, PartitionTask { cancel: token, handle: tokio::spawn(fut) });
+                info!(role, partition = p, "partition taken");
+            }
+        }
+    }
+    for t in tasks.values() {
+        t.cancel.cancel();
+    }
+    for (_, t) in tasks.drain() {
+        let _ = t.handle.await;
+    }
+    leases.release_all().await;
+    info!(role, "worker stopped");
+    Ok(())
+}
