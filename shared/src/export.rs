@@ -218,6 +218,11 @@ impl Row for crate::model::MessageView {
     }
 }
 
+/// The order of audit listings: newest first (every logs filter has an
+/// index in this order).
+pub static AUDIT_ORDER: std::sync::LazyLock<mongodb::bson::Document> =
+    std::sync::LazyLock::new(|| mongodb::bson::doc! {"time": -1, "_id": -1});
+
 /// Audit records matching `filter`, newest first, as views.
 pub async fn audit_rows(
     store: &crate::store::Store,
@@ -226,7 +231,7 @@ pub async fn audit_rows(
     impl Stream<Item = Result<crate::audit::AuditView, mongodb::error::Error>> + Unpin + use<>,
     mongodb::error::Error,
 > {
-    let cur = store.audit().find(filter.to_doc()).sort(mongodb::bson::doc! {"_id": -1}).batch_size(1000).await?;
+    let cur = store.audit().find(filter.to_doc()).sort(AUDIT_ORDER.clone()).batch_size(1000).await?;
     Ok(cur.map_ok(|r| crate::audit::AuditView::from(&r)))
 }
 

@@ -39,13 +39,15 @@ pub fn cargo_tool(env: &str, name: &str) -> PathBuf {
     p
 }
 
-/// A binary of this workspace (built by `cargo build` before the tests).
+/// A binary of this workspace from the same build as the running one (a
+/// test in `target/<profile>/deps/`, or a binary beside it).
 pub fn workspace_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let p = dir.join(name);
-    assert!(p.exists(), "{} not built: run `cargo build --workspace --bins` first", p.display());
-    p
+    let beside = exe.parent().expect("target dir");
+    let p = [beside.join(name), beside.parent().map(|d| d.join(name)).unwrap_or_default()]
+        .into_iter()
+        .find(|p| p.exists() && p != &exe);
+    p.unwrap_or_else(|| panic!("{name} not built: run `cargo build --workspace --bins` first"))
 }
 
 pub fn free_port() -> u16 {

@@ -218,6 +218,12 @@ impl RawSio {
         }
     }
 
+    /// The WebSocket under the Socket.IO framing (for a client that reads
+    /// and writes packets itself).
+    pub fn into_ws(self) -> crate::WsClient {
+        self.ws
+    }
+
     /// The next event: its name and first argument.
     pub async fn event(&mut self, timeout: Duration) -> Option<(String, Value)> {
         if let Some(e) = self.pending.pop_front() {

@@ -26,6 +26,14 @@ pub struct Servers {
 }
 
 static SERVERS: OnceLock<Servers> = OnceLock::new();
+static DB_STORAGE: OnceLock<String> = OnceLock::new();
+
+/// Keeps the MongoDB server's data in `dir` instead of memory (the
+/// benchmark does, as a deployment would); call before `servers()`.
+/// `NATTER_DB_STORAGE` does the same from the environment.
+pub fn use_db_storage(dir: &str) {
+    let _ = DB_STORAGE.set(dir.to_string());
+}
 
 /// Starts nats-server and the MongoDB server on first use. `NATS_URL` and
 /// `MONGODB_URI` in the environment point the tests at existing servers
@@ -64,7 +72,11 @@ pub fn servers() -> &'static Servers {
                     "--port".into(),
                     port.to_string(),
                     "--storage-path".into(),
-                    ":memory:".into(),
+                    DB_STORAGE
+                        .get()
+                        .cloned()
+                        .or_else(|| std::env::var("NATTER_DB_STORAGE").ok())
+                        .unwrap_or_else(|| ":memory:".into()),
                     "--log-level".into(),
                     "WARNING".into(),
                 ];
@@ -305,6 +317,24 @@ impl TestApp {
         let log = std::env::temp_dir().join(format!("{}-{role}-{}.log", self.name, self.processes.len()));
         self.processes.push(Owned::spawn(&bin, &[], &self.env(), &log.display().to_string()));
         self.processes.len() - 1
+    }
+
+    /// Starts the `natter-edge` binary on a free port; its address.
+    pub async fn start_edge_process(&mut self) -> SocketAddr {
+        let port = procs::free_port();
+        let mut env = self.env();
+        env.push(("LISTEN_ADDR".into(), format!("127.0.0.1:{port}")));
+        env.push(("FRONTEND_URL".into(), "http://localhost:3000".into()));
+        if !self.edge_env.contains_key("WS_RATE_PER_SEC") {
+            env.push(("WS_RATE_PER_SEC".into(), "100000".into()));
+        }
+        let bin = procs::workspace_bin("natter-edge");
+        let log = std::env::temp_dir().join(format!("{}-edge-{}.log", self.name, self.processes.len()));
+        self.processes.push(Owned::spawn(&bin, &[], &env, &log.display().to_string()));
+        procs::wait_for_port(port, Duration::from_secs(60)).await;
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
+        self.edges.push(addr);
+        addr
     }
 
     /// Starts the `natter-worker-messages` binary; returns its index in

@@ -62,30 +62,54 @@ fn format(q: Option<&str>) -> Result<Format, ChatError> {
 #[serde(rename_all = "camelCase")]
 pub struct LogsPage {
     logs: Vec<AuditView>,
+    /// Matching records, counted up to `TOTAL_CAP` (then `totalCapped`).
     total: u64,
+    total_capped: bool,
     page: u64,
     page_size: u64,
     has_more: bool,
 }
 
-/// `GET /api/chat/audit/logs`
+/// Most records counted for `total`: counting every match of a filter
+/// would cost more the longer the trail, and a page should not.
+pub const TOTAL_CAP: u64 = 1000;
+
+/// `GET /api/chat/audit/logs`: newest first (by time, then seq), every
+/// filter served by an index in that order. `before=<seq>` continues after
+/// a page's last record without skipping.
 pub async fn logs(State(st): St, AuthUser(who): AuthUser, RawQuery(q): RawQuery) -> Result<Json<LogsPage>, ChatError> {
     admin(&who)?;
     let f = filter(q.as_deref())?;
     let (page, limit) = paging::page_limit(q.as_deref(), 50)?;
-    let query = f.to_doc();
-    let total = st.store.audit().count_documents(query.clone()).await?;
+    let mut query = f.to_doc();
     let skip = (page - 1) * limit;
-    let recs: Vec<_> = futures::TryStreamExt::try_collect(
-        st.store.audit().find(query).sort(doc! {"_id": -1}).skip(skip).limit(limit as i64).await?,
+    if let Some(before) = param(q.as_deref(), "before") {
+        let seq: i64 = before.parse().map_err(|_| ChatError::InvalidPayload("before must be a record's seq".into()))?;
+        let Some(at) = st.store.audit().find_one(doc! {"_id": seq}).await? else {
+            return Err(ChatError::NotFound("audit record"));
+        };
+        // Records are in seq order in time too (both are the command
+        // stream's): bounding the time starts the index scan there.
+        let mut time = query.get_document("time").cloned().unwrap_or_default();
+        let upto = time.get_datetime("$lte").map_or(at.time, |t| (*t).min(at.time));
+        time.insert("$lte", upto);
+        query.insert("time", time);
+        query.insert("_id", doc! {"$lt": seq});
+    }
+    let counted = st.store.audit().count_documents(query.clone()).limit(TOTAL_CAP + 1).await?;
+    let mut recs: Vec<_> = futures::TryStreamExt::try_collect(
+        st.store.audit().find(query).sort(export::AUDIT_ORDER.clone()).skip(skip).limit(limit as i64 + 1).await?,
     )
     .await?;
+    let has_more = recs.len() as u64 > limit;
+    recs.truncate(limit as usize);
     Ok(Json(LogsPage {
         logs: recs.iter().map(AuditView::from).collect(),
-        total,
+        total: counted.min(TOTAL_CAP),
+        total_capped: counted > TOTAL_CAP,
         page,
         page_size: limit,
-        has_more: skip + limit < total,
+        has_more,
     }))
 }
 
