@@ -245,7 +245,8 @@ async fn audit_export(a: ExportArgs) -> anyhow::Result<()> {
     };
     let core = CoreConfig::load(&Env)?;
     let store = natter_shared::store::Store::connect(&core.mongodb_uri, &core.mongodb_db).await?;
-    let total = store.audit().count_documents(filter.to_doc()).await?;
+    // The whole trail's length bounds what a filter can match.
+    let total = natter_shared::audit::head(&store.audit()).await?.map_or(0, |(last, _)| last.max(0) as u64);
     let bar = indicatif::ProgressBar::new(total);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} records  {per_sec}  eta {eta}")

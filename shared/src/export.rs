@@ -218,11 +218,6 @@ impl Row for crate::model::MessageView {
     }
 }
 
-/// The order of audit listings: newest first (every logs filter has an
-/// index in this order).
-pub static AUDIT_ORDER: std::sync::LazyLock<mongodb::bson::Document> =
-    std::sync::LazyLock::new(|| mongodb::bson::doc! {"time": -1, "_id": -1});
-
 /// Audit records matching `filter`, newest first, as views.
 pub async fn audit_rows(
     store: &crate::store::Store,
@@ -231,8 +226,9 @@ pub async fn audit_rows(
     impl Stream<Item = Result<crate::audit::AuditView, mongodb::error::Error>> + Unpin + use<>,
     mongodb::error::Error,
 > {
-    let cur = store.audit().find(filter.to_doc()).sort(AUDIT_ORDER.clone()).batch_size(1000).await?;
-    Ok(cur.map_ok(|r| crate::audit::AuditView::from(&r)))
+    let window = crate::audit::Window { filter: filter.clone(), before: None };
+    let records = crate::audit::records(&store.audit(), window).await?;
+    Ok(records.map_ok(|r| crate::audit::AuditView::from(&r)))
 }
 
 /// A room's messages (not deleted), oldest first, as views.
@@ -246,7 +242,11 @@ pub async fn history_rows(
     let cursors = store.cursors(room).await?;
     let cur = store
         .messages()
-        .find(mongodb::bson::doc! {room.kind.field(): &room.id, "deleted": {"$ne": true}})
+        .find({
+            let mut f = room.messages();
+            f.insert("deleted", mongodb::bson::doc! {"$ne": true});
+            f
+        })
         .sort(mongodb::bson::doc! {"seq": 1})
         .batch_size(1000)
         .await?;

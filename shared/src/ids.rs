@@ -88,6 +88,17 @@ impl RoomRef {
         }
     }
 
+    /// The filter selecting the room's messages. Both room fields are
+    /// named (one equal to the id, the other absent), so that one index,
+    /// `{conversationId, groupId, seq}`, serves conversations and groups
+    /// alike, in `seq` order.
+    pub fn messages(&self) -> mongodb::bson::Document {
+        match self.kind {
+            RoomKind::Conversation => mongodb::bson::doc! {"conversationId": &self.id, "groupId": null},
+            RoomKind::Group => mongodb::bson::doc! {"conversationId": null, "groupId": &self.id},
+        }
+    }
+
     /// At most one room: `None` when neither field is set.
     pub fn optional(conversation: Option<&str>, group: Option<&str>) -> Result<Option<RoomRef>, &'static str> {
         match (conversation, group) {

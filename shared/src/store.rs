@@ -83,7 +83,7 @@ impl Store {
         self.db.collection(ATTACHMENTS)
     }
 
-    pub fn audit(&self) -> Collection<crate::audit::AuditRecord> {
+    pub fn audit(&self) -> Collection<crate::audit::AuditPage> {
         self.db.collection(crate::audit::AUDIT)
     }
 
@@ -98,42 +98,30 @@ impl Store {
         };
         self.messages()
             .create_indexes([
-                idx(doc! {"conversationId": 1, "seq": -1}, "conversation_seq"),
-                idx(doc! {"groupId": 1, "seq": -1}, "group_seq"),
+                // A room's messages in order (`RoomRef::messages`).
+                idx(doc! {"conversationId": 1, "groupId": 1, "seq": -1}, "room_seq"),
                 // Who may download an upload made outside any room.
                 idx(doc! {"attachments.id": 1}, "attachment_id"),
             ])
             .await?;
+        // Indexes earlier versions made, replaced by the ones above.
+        for retired in ["conversation_seq", "group_seq"] {
+            if let Err(e) = self.messages().drop_index(retired).await
+                && !matches!(*e.kind, mongodb::error::ErrorKind::Command(ref c) if c.code == 27)
+            {
+                return Err(e);
+            }
+        }
         self.conversations()
             .create_indexes([idx(doc! {"participantIds": 1, "updatedAt": -1}, "participant_activity")])
             .await?;
         self.groups().create_indexes([idx(doc! {"members": 1, "updatedAt": -1}, "member_activity")]).await?;
-        // The audit chain: one record per position (a second writer cannot
-        // fork it), and an index per filter of the logs API, each in the
-        // order the API returns (newest first), so no query sorts or scans.
-        let room = |field: &str| {
-            IndexModel::builder()
-                .keys(doc! {field: 1, "time": -1, "_id": -1})
-                .options(
-                    IndexOptions::builder()
-                        .name(format!("{field}_time"))
-                        .partial_filter_expression(doc! {field: {"$exists": true}})
-                        .build(),
-                )
-                .build()
-        };
+        // The audit trail's pages: by filter key, and by end time (for time
+        // ranges); `_id` is the chain position (see `audit::trail`).
         self.audit()
             .create_indexes([
-                IndexModel::builder()
-                    .keys(doc! {"chainSeq": 1})
-                    .options(IndexOptions::builder().name("chain_seq".to_string()).unique(true).build())
-                    .build(),
-                idx(doc! {"time": -1, "_id": -1}, "time"),
-                idx(doc! {"action": 1, "time": -1, "_id": -1}, "action_time"),
-                idx(doc! {"actor": 1, "time": -1, "_id": -1}, "actor_time"),
-                idx(doc! {"targetIds": 1, "time": -1, "_id": -1}, "target_time"),
-                room("conversationId"),
-                room("groupId"),
+                idx(doc! {"keys": 1, "_id": -1}, "keys"),
+                idx(doc! {"to": 1}, "to"),
             ])
             .await?;
         Ok(())
@@ -206,7 +194,8 @@ impl Store {
     /// `total`, `hasMore` and the page agree even while messages arrive.
     /// Deleted messages are left out (their content is gone).
     pub async fn room_messages(&self, room: &RoomRef, by: PageBy) -> Result<Page, StoreError> {
-        let room = doc! {room.kind.field(): &room.id, "deleted": {"$ne": true}};
+        let mut room = room.messages();
+        room.insert("deleted", doc! {"$ne": true});
         let Some(newest) = self.messages().find_one(room.clone()).sort(doc! {"seq": -1}).await? else {
             return Ok(Page { messages: vec![], total: 0, has_more: false });
         };

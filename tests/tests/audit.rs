@@ -4,7 +4,7 @@
 use async_nats::jetstream;
 use mongodb::bson::doc;
 use natter_nats::Subjects;
-use natter_shared::audit::{AuditRecord, Verdict, verify};
+use natter_shared::audit::{AuditPage, AuditRecord, Verdict, verify};
 use natter_tests::procs;
 use natter_tests::{TestApp, WsClient};
 use reqwest::Method;
@@ -19,9 +19,34 @@ async fn commands_in_stream(app: &TestApp) -> u64 {
     s.info().await.unwrap().state.messages
 }
 
-async fn records(app: &TestApp) -> Vec<AuditRecord> {
+async fn pages(app: &TestApp) -> Vec<AuditPage> {
     use futures::TryStreamExt;
-    app.store.audit().find(doc! {}).sort(doc! {"chainSeq": 1}).await.unwrap().try_collect().await.unwrap()
+    app.store.audit().find(doc! {}).sort(doc! {"_id": 1}).await.unwrap().try_collect().await.unwrap()
+}
+
+/// Every record, in chain order.
+async fn records(app: &TestApp) -> Vec<AuditRecord> {
+    pages(app).await.into_iter().flat_map(|p| p.records).collect()
+}
+
+async fn record_count(app: &TestApp) -> u64 {
+    records(app).await.len() as u64
+}
+
+/// Rewrites the stored trail through `f`, which gets every record in chain
+/// order with the page it is stored in (as an attacker with write access
+/// to the database could).
+async fn tamper(app: &TestApp, f: impl FnOnce(&mut Vec<(usize, AuditRecord)>)) {
+    let mut pages = pages(app).await;
+    let mut flat: Vec<(usize, AuditRecord)> =
+        pages.iter_mut().enumerate().flat_map(|(i, p)| std::mem::take(&mut p.records).into_iter().map(move |r| (i, r))).collect();
+    f(&mut flat);
+    for (i, r) in flat {
+        pages[i].records.push(r);
+    }
+    for p in pages {
+        app.store.audit().replace_one(doc! {"_id": p.first}, &p).await.unwrap();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -70,7 +95,7 @@ async fn one_record_per_command_through_a_killed_audit_worker() {
     // kill and the redelivery did.
     let total = natter_tests::eventually("every command audited", Duration::from_secs(60), || async {
         let cmds = commands_in_stream(&app).await;
-        let n = app.store.audit().count_documents(doc! {}).await.ok()?;
+        let n = record_count(&app).await;
         (n == cmds).then_some(n)
     })
     .await;
@@ -124,7 +149,7 @@ async fn tampering_breaks_the_chain_where_it_happened() {
         wa.request("send_message", json!({"conversationId": conv, "content": format!("m{i}")})).await;
     }
     natter_tests::eventually("11 records", Duration::from_secs(30), || async {
-        (app.store.audit().count_documents(doc! {}).await.ok()? >= 11).then_some(())
+        (record_count(&app).await >= 11).then_some(())
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -148,8 +173,8 @@ async fn tampering_breaks_the_chain_where_it_happened() {
     assert!(ctl(&app).status.success());
 
     // Edit: the record itself is reported.
-    let victim = &recs[4];
-    coll.update_one(doc! {"_id": victim.seq}, doc! {"$set": {"actor": b.hex()}}).await.unwrap();
+    let victim = recs[4].clone();
+    tamper(&app, |r| r[4].1.actor = Some(b.hex())).await;
     match verify(&coll, None).await.unwrap() {
         Verdict::Broken(x) => assert_eq!((x.seq, x.reason), (victim.seq, "was changed")),
         other => panic!("{other:?}"),
@@ -157,16 +182,17 @@ async fn tampering_breaks_the_chain_where_it_happened() {
     let out = ctl(&app);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("seq {}", victim.seq)));
-    coll.update_one(doc! {"_id": victim.seq}, doc! {"$set": {"actor": a.hex()}}).await.unwrap();
+    tamper(&app, |r| r[4].1.actor = Some(a.hex())).await;
     assert!(matches!(verify(&coll, None).await.unwrap(), Verdict::Intact { .. }), "restored");
 
     // Delete: the record after the gap is reported.
-    coll.delete_one(doc! {"_id": recs[6].seq}).await.unwrap();
+    let mut removed = None;
+    tamper(&app, |r| removed = Some(r.remove(6))).await;
     match verify(&coll, None).await.unwrap() {
         Verdict::Broken(x) => assert_eq!(x.seq, recs[7].seq),
         other => panic!("{other:?}"),
     }
-    coll.insert_one(&recs[6]).await.unwrap();
+    tamper(&app, |r| r.insert(6, removed.take().unwrap())).await;
     assert!(matches!(verify(&coll, None).await.unwrap(), Verdict::Intact { .. }), "restored");
 
     // Cut the last record off: only the recorded head shows it.
@@ -179,20 +205,23 @@ async fn tampering_breaks_the_chain_where_it_happened() {
     let last = recs.last().unwrap();
     assert_eq!((head.chain_seq, head.hash.as_str()), (last.chain_seq, last.hash.as_str()));
     assert!(matches!(verify(&coll, Some(&head)).await.unwrap(), Verdict::Intact { .. }));
-    coll.delete_one(doc! {"_id": last.seq}).await.unwrap();
+    let mut cut = None;
+    tamper(&app, |r| cut = r.pop()).await;
     match verify(&coll, Some(&head)).await.unwrap() {
         Verdict::Broken(x) => assert_eq!(x.seq, recs[recs.len() - 2].seq, "{x:?}"),
         other => panic!("a cut tail must be reported: {other:?}"),
     }
     assert_eq!(ctl(&app).status.code(), Some(1), "the CLI reads the head too");
-    coll.insert_one(last).await.unwrap();
+    tamper(&app, |r| r.push(cut.take().unwrap())).await;
     assert!(ctl(&app).status.success());
 
     // Swap two records' places: the first moved one is reported.
-    let (x, y) = (&recs[2], &recs[3]);
-    coll.update_one(doc! {"_id": x.seq}, doc! {"$set": {"chainSeq": -1_i64}}).await.unwrap();
-    coll.update_one(doc! {"_id": y.seq}, doc! {"$set": {"chainSeq": x.chain_seq}}).await.unwrap();
-    coll.update_one(doc! {"_id": x.seq}, doc! {"$set": {"chainSeq": y.chain_seq}}).await.unwrap();
+    let y = recs[3].clone();
+    tamper(&app, |r| {
+        let (x, y) = (r[2].1.clone(), r[3].1.clone());
+        (r[2].1, r[3].1) = (y, x);
+    })
+    .await;
     match verify(&coll, None).await.unwrap() {
         Verdict::Broken(v) => assert_eq!(v.seq, y.seq, "{v:?}"),
         other => panic!("{other:?}"),
@@ -227,7 +256,7 @@ async fn logs_api_filters_and_exports_agree() {
     }
     let total = natter_tests::eventually("all audited", Duration::from_secs(60), || async {
         let cmds = commands_in_stream(&app).await;
-        let n = app.store.audit().count_documents(doc! {}).await.ok()?;
+        let n = record_count(&app).await;
         (n == cmds && n >= 121).then_some(n)
     })
     .await;
@@ -376,7 +405,12 @@ async fn exporting_100k_records_streams_with_bounded_memory() {
         prev = r.hash.clone();
         batch.push(r);
         if batch.len() == 5000 {
-            app.store.audit().insert_many(std::mem::take(&mut batch)).await.unwrap();
+            // Pages of 256 records, as the audit role writes them.
+            let pages: Vec<AuditPage> = std::mem::take(&mut batch)
+                .chunks(256)
+                .map(|c| AuditPage::new(c[0].chain_seq, c[c.len() - 1].chain_seq, c.to_vec()))
+                .collect();
+            app.store.audit().insert_many(pages).await.unwrap();
         }
     }
     let before = rss_kib();

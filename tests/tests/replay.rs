@@ -123,7 +123,7 @@ async fn replay_rebuilds_the_same_state() {
     let letters = natterctl(&app, &["dlq", "list", "--json"]).await;
     assert_eq!(letters.trim(), "[]", "nothing was dead-lettered");
     assert_eq!(live.counts.get("attachments"), Some(&2), "one upload to the room, one outside any");
-    for coll in ["messages", "conversations", "groupchats", "attachments", "audit_logs"] {
+    for coll in ["messages", "conversations", "groupchats", "attachments", "audit_trail"] {
         assert!(live.counts.get(coll).copied().unwrap_or(0) > 0, "{coll} is part of the scenario: {:?}", live.counts);
     }
 

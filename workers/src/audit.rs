@@ -2,21 +2,20 @@
 //! outcomes stream (one partition, so one worker at a time extends the one
 //! chain, in that stream's order) and appends a record per fact whose hash
 //! covers the previous record's. The worker holding the chain keeps its
-//! head in memory and appends a batch with one insert; a unique index on
-//! `chainSeq` makes a fork impossible (a second writer's insert fails, it
-//! reads the head again and finds the facts recorded). A fact seen again
-//! (redelivery, or a duplicate publish) finds its record and adds nothing.
+//! head in memory and appends a batch as one page (`audit::trail`); pages
+//! are keyed by the chain position they start at, so a second writer's
+//! append collides and it reads the head again. A fact seen again (a
+//! redelivery: its position is at or below the head; or a command's fact
+//! published twice) adds nothing.
 
 use crate::handler::{ApplyError, Disposition, Done, Handler, Incoming};
 use crate::runner::{self, RunnerConfig};
 use crate::start::{self, StartError};
-use futures::TryStreamExt;
-use mongodb::bson::doc;
 use natter_nats::topology::Role;
-use natter_shared::audit::{AuditFact, AuditRecord, GENESIS};
+use natter_shared::audit::{self, AuditFact, AuditPage, AuditRecord, GENESIS};
 use natter_shared::config::CoreConfig;
 use natter_shared::store::Store;
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -40,9 +39,29 @@ impl AuditHandler {
 /// The chain as the worker holding it knows it.
 #[derive(Default)]
 pub struct Chain {
-    /// `chainSeq` and hash of the last record; read from MongoDB when the
-    /// worker takes the chain and after a failed append.
+    /// The last chain position and the hash of the last record; read from
+    /// MongoDB when the worker takes the chain and after a failed append.
     head: Option<(i64, String)>,
+    /// Commands recorded lately, newest last: a command's fact published
+    /// twice (beyond the outcomes stream's dedupe window) gets one record.
+    recent: VecDeque<i64>,
+    recorded: HashSet<i64>,
+}
+
+/// Commands whose records the chain remembers, to skip a repeated fact.
+const RECENT: usize = 100_000;
+
+impl Chain {
+    fn remember(&mut self, seq: i64) {
+        if self.recorded.insert(seq) {
+            self.recent.push_back(seq);
+        }
+        while self.recent.len() > RECENT {
+            if let Some(old) = self.recent.pop_front() {
+                self.recorded.remove(&old);
+            }
+        }
+    }
 }
 
 impl Handler for AuditHandler {
@@ -50,64 +69,60 @@ impl Handler for AuditHandler {
     type Msg = AuditFact;
     type State = Chain;
     /// Nobody waits on the trail: collect facts for a while, append them
-    /// with one insert.
+    /// as one page.
     const LINGER: Duration = Duration::from_millis(250);
 
     async fn apply(&self, chain: &mut Chain, batch: &[Incoming<AuditFact>], done: &mut Done) -> Result<(), ApplyError> {
         let coll = self.store.audit();
-        // Taking the chain (or after a failure): where it ends, and which
-        // of these facts are recorded already.
-        let mut known: HashSet<i64> = HashSet::new();
-        let (mut head_seq, mut head_hash) = match chain.head.take() {
+        let (head_pos, head_hash) = match chain.head.take() {
             Some(h) => h,
-            None => {
-                let seqs: Vec<i64> = batch.iter().map(|i| i.msg.seq as i64).collect();
-                let raw = coll.clone_with_type::<mongodb::bson::Document>();
-                let mut cur = raw.find(doc! {"_id": {"$in": &seqs}}).projection(doc! {"_id": 1}).await?;
-                while let Some(r) = cur.try_next().await? {
-                    known.insert(r.get_i64("_id").unwrap_or_default());
-                }
-                let head = coll.find_one(doc! {}).sort(doc! {"chainSeq": -1}).await?;
-                head.map(|r| (r.chain_seq, r.hash)).unwrap_or((0, GENESIS.to_string()))
-            }
+            None => audit::head(&coll).await?.unwrap_or((0, GENESIS.to_string())),
         };
-        let mut records = Vec::new();
+        let (mut pos, mut hash) = (head_pos, head_hash.clone());
+        let mut records: Vec<AuditRecord> = Vec::new();
+        let mut commands: HashSet<i64> = HashSet::new();
         let mut attempt = Done::new();
         for inc in batch {
             if done.contains_key(&inc.seq) {
                 continue;
             }
-            let fact = &inc.msg;
-            if !known.contains(&(fact.seq as i64)) && inc.seq as i64 > head_seq {
-                let record = AuditRecord::from_fact(fact, inc.seq, &head_hash);
-                head_seq = record.chain_seq;
-                head_hash = record.hash.clone();
-                known.insert(record.seq);
-                records.push(record);
+            // Positions up to the head are recorded (a redelivery).
+            if inc.seq as i64 > pos {
+                pos = inc.seq as i64;
+                let command = inc.msg.seq as i64;
+                if !chain.recorded.contains(&command) && commands.insert(command) {
+                    let record = AuditRecord::from_fact(&inc.msg, inc.seq, &hash);
+                    hash.clone_from(&record.hash);
+                    records.push(record);
+                }
             }
             attempt.insert(inc.seq, Disposition::Applied(vec![]));
         }
-        if !records.is_empty() {
-            // Ordered: what precedes a failure is stored, and the retry
-            // reads the head again.
-            if let Err(e) = coll.insert_many(&records).ordered(true).await {
-                let duplicate = matches!(*e.kind, mongodb::error::ErrorKind::InsertMany(ref ime)
-                    if ime.write_errors.iter().flatten().any(|w| w.code == 11000));
-                return Err(if duplicate {
-                    // Another writer extended the chain, or a fact was
-                    // recorded under another outcome: read the head again.
+        // Without a record to store, the next page starts where this one
+        // would have: pages stay contiguous.
+        let wrote = !records.is_empty();
+        if wrote {
+            let seqs: Vec<i64> = records.iter().map(|r| r.seq).collect();
+            let page = AuditPage::new(head_pos + 1, pos, records);
+            if let Err(e) = coll.insert_one(&page).await {
+                // Another writer extended the chain from this head: read
+                // it again (its facts are then found recorded).
+                return Err(if super::messages::is_duplicate(&e) {
                     ApplyError::transient(format!("audit chain moved: {e}"))
                 } else {
                     e.into()
                 });
             }
+            for s in seqs {
+                chain.remember(s);
+            }
+            if let Some(heads) = &self.heads {
+                let head = audit::Head { chain_seq: page.records.last().map_or(0, |r| r.chain_seq), hash: hash.clone() };
+                let body = serde_json::to_vec(&head).map_err(|e| ApplyError::transient(e.to_string()))?;
+                heads.put(HEAD_KEY, body.into()).await.map_err(|e| ApplyError::transient(format!("audit head: {e}")))?;
+            }
         }
-        if let (true, Some(heads)) = (!records.is_empty(), &self.heads) {
-            let head = natter_shared::audit::Head { chain_seq: head_seq, hash: head_hash.clone() };
-            let body = serde_json::to_vec(&head).map_err(|e| ApplyError::transient(e.to_string()))?;
-            heads.put(HEAD_KEY, body.into()).await.map_err(|e| ApplyError::transient(format!("audit head: {e}")))?;
-        }
-        chain.head = Some((head_seq, head_hash));
+        chain.head = Some(if wrote { (pos, hash) } else { (head_pos, head_hash) });
         done.extend(attempt);
         Ok(())
     }

@@ -14,7 +14,7 @@ use axum::http::{HeaderValue, header};
 use axum::response::Response;
 use bytes::Bytes;
 use mongodb::bson::{DateTime, doc};
-use natter_shared::audit::{AuditView, Filter};
+use natter_shared::audit::{self, AuditView, Filter};
 use natter_shared::auth::Identity;
 use natter_shared::export::{self, Format, Row};
 use natter_shared::ids::{RoomKind, RoomRef};
@@ -62,7 +62,8 @@ fn format(q: Option<&str>) -> Result<Format, ChatError> {
 #[serde(rename_all = "camelCase")]
 pub struct LogsPage {
     logs: Vec<AuditView>,
-    /// Matching records, counted up to `TOTAL_CAP` (then `totalCapped`).
+    /// Matching records counted, at most `audit::TOTAL_CAP`, reading a
+    /// bounded part of the trail; `totalCapped` when there may be more.
     total: u64,
     total_capped: bool,
     page: u64,
@@ -70,46 +71,25 @@ pub struct LogsPage {
     has_more: bool,
 }
 
-/// Most records counted for `total`: counting every match of a filter
-/// would cost more the longer the trail, and a page should not.
-pub const TOTAL_CAP: u64 = 1000;
-
-/// `GET /api/chat/audit/logs`: newest first (by time, then seq), every
-/// filter served by an index in that order. `before=<seq>` continues after
-/// a page's last record without skipping.
+/// `GET /api/chat/audit/logs`: newest first. `before=<chainSeq>` continues
+/// after a page's last record without skipping; whatever the trail's
+/// length, a page reads a bounded number of its pages.
 pub async fn logs(State(st): St, AuthUser(who): AuthUser, RawQuery(q): RawQuery) -> Result<Json<LogsPage>, ChatError> {
     admin(&who)?;
-    let f = filter(q.as_deref())?;
+    let filter = filter(q.as_deref())?;
     let (page, limit) = paging::page_limit(q.as_deref(), 50)?;
-    let mut query = f.to_doc();
-    let skip = (page - 1) * limit;
-    if let Some(before) = param(q.as_deref(), "before") {
-        let seq: i64 = before.parse().map_err(|_| ChatError::InvalidPayload("before must be a record's seq".into()))?;
-        let Some(at) = st.store.audit().find_one(doc! {"_id": seq}).await? else {
-            return Err(ChatError::NotFound("audit record"));
-        };
-        // Records are in seq order in time too (both are the command
-        // stream's): bounding the time starts the index scan there.
-        let mut time = query.get_document("time").cloned().unwrap_or_default();
-        let upto = time.get_datetime("$lte").map_or(at.time, |t| (*t).min(at.time));
-        time.insert("$lte", upto);
-        query.insert("time", time);
-        query.insert("_id", doc! {"$lt": seq});
-    }
-    let counted = st.store.audit().count_documents(query.clone()).limit(TOTAL_CAP + 1).await?;
-    let mut recs: Vec<_> = futures::TryStreamExt::try_collect(
-        st.store.audit().find(query).sort(export::AUDIT_ORDER.clone()).skip(skip).limit(limit as i64 + 1).await?,
-    )
-    .await?;
-    let has_more = recs.len() as u64 > limit;
-    recs.truncate(limit as usize);
+    let before = param(q.as_deref(), "before")
+        .map(|b| b.parse::<i64>().map_err(|_| ChatError::InvalidPayload("before must be a record's chainSeq".into())))
+        .transpose()?;
+    let window = audit::Window { filter, before };
+    let listing = audit::page(&st.store.audit(), &window, (page - 1) * limit, limit).await?;
     Ok(Json(LogsPage {
-        logs: recs.iter().map(AuditView::from).collect(),
-        total: counted.min(TOTAL_CAP),
-        total_capped: counted > TOTAL_CAP,
+        logs: listing.records.iter().map(AuditView::from).collect(),
+        total: listing.total,
+        total_capped: listing.capped,
         page,
         page_size: limit,
-        has_more,
+        has_more: listing.has_more,
     }))
 }
 

@@ -69,7 +69,7 @@ async fn unread_after(b: &Batch<'_>, room: &Room, user: ObjectId, upto: i64) -> 
     }
     // Older than the tail: what MongoDB holds up to the tail (everything
     // there is stored), less what this batch deleted there.
-    let mut f = doc! {room.kind().field(): &room.key.id};
+    let mut f = room.key.messages();
     f.insert("seq", doc! {"$gt": upto, "$lte": from});
     f.insert("senderId", doc! {"$ne": user});
     f.insert("deleted", doc! {"$ne": true});
@@ -142,7 +142,7 @@ async fn passed(
         .collect();
     let from = room.tail.from();
     if lo < from && out.len() < MAX_STATUS_EVENTS {
-        let mut f = doc! {room.kind().field(): &room.key.id};
+        let mut f = room.key.messages();
         f.insert("seq", doc! {"$gt": lo, "$lte": hi.min(from)});
         f.insert("senderId", doc! {"$ne": user});
         f.insert("deleted", doc! {"$ne": true});

@@ -20,6 +20,8 @@ use natter_shared::store::Store;
 
 /// The duplicate key error.
 pub const DUPLICATE_KEY: i32 = 11000;
+/// From how many new messages a batch inserts them with their own command.
+const SEPARATE_INSERT_FROM: usize = 8;
 /// The first wire version of MongoDB 8.0, which has `bulkWrite`.
 const BULK_WRITE_WIRE_VERSION: i32 = 25;
 
@@ -91,12 +93,20 @@ impl Writes {
     }
 
     /// Sends everything, in order, in as few round trips as the server
-    /// allows.
-    pub async fn execute(self, store: &Store, bulk: bool) -> Result<(), WriteError> {
-        if self.ops.is_empty() {
-            return Ok(());
+    /// allows. Many new messages go first as one `insert` (a server stores
+    /// a plain insert of many documents for less than the same documents
+    /// in a `bulkWrite`), the rest in one `bulkWrite`.
+    pub async fn execute(mut self, store: &Store, bulk: bool) -> Result<(), WriteError> {
+        if !bulk {
+            return self.per_collection(store).await;
         }
-        if bulk { self.bulk_write(store).await } else { self.per_collection(store).await }
+        let messages = self.ops.iter().filter(|op| matches!(op, Op::Message(_))).count();
+        if messages >= SEPARATE_INSERT_FROM {
+            let (inserts, rest): (Vec<Op>, Vec<Op>) = self.ops.into_iter().partition(|op| matches!(op, Op::Message(_)));
+            Writes { ops: inserts }.per_collection(store).await?;
+            self.ops = rest;
+        }
+        if self.ops.is_empty() { Ok(()) } else { self.bulk_write(store).await }
     }
 
     async fn bulk_write(self, store: &Store) -> Result<(), WriteError> {

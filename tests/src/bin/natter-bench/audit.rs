@@ -3,7 +3,7 @@
 //! takes the chain, and with the head in memory) and how long each filter
 //! of the logs API answers, with 1,000 records and then with `--records`.
 
-use natter_shared::audit::{AuditFact, AuditRecord, FactStatus, GENESIS};
+use natter_shared::audit::{AuditFact, AuditPage, AuditRecord, FactStatus, GENESIS};
 use natter_shared::v1::command::RoomFields;
 use natter_tests::TestApp;
 use natter_workers::Handler;
@@ -68,16 +68,23 @@ fn fact(seq: u64) -> AuditFact {
     }
 }
 
-/// Appends records `from..=to` straight to the collection (a valid chain).
-async fn fill(app: &TestApp, from: u64, to: u64, prev: &mut String) {
-    let mut batch = Vec::with_capacity(5000);
+/// Appends records `from..=to` straight to the trail (a valid chain, in
+/// pages of `page` records as the audit role would have written them).
+async fn fill(app: &TestApp, from: u64, to: u64, page: usize, prev: &mut String) {
+    let mut records = Vec::with_capacity(page);
+    let mut pages = Vec::new();
+    let mut first = from as i64;
     let started = Instant::now();
     for seq in from..=to {
         let r = AuditRecord::from_fact(&fact(seq), seq, prev);
         prev.clone_from(&r.hash);
-        batch.push(r);
-        if batch.len() == 5000 || seq == to {
-            app.store.audit().insert_many(std::mem::take(&mut batch)).await.expect("insert records");
+        records.push(r);
+        if records.len() == page || seq == to {
+            pages.push(AuditPage::new(first, seq as i64, std::mem::take(&mut records)));
+            first = seq as i64 + 1;
+        }
+        if pages.len() == 20 || seq == to {
+            app.store.audit().insert_many(std::mem::take(&mut pages)).await.expect("insert pages");
         }
         if seq % 100_000 == 0 {
             eprintln!("  {seq} records ({:.0} s)", started.elapsed().as_secs_f64());
@@ -178,22 +185,15 @@ pub async fn run(args: AuditArgs) {
     let mut app = TestApp::new().await;
     let edge = app.start_edge_process().await;
     let mut prev = GENESIS.to_string();
-    fill(&app, 1, 1000, &mut prev).await;
+    fill(&app, 1, 1000, args.batch, &mut prev).await;
     let mut last = 1000u64;
     let small = measure(&app, edge, &args, &mut last).await;
     // The measurement appended through the chain: continue from its head.
-    let head = app
-        .store
-        .audit()
-        .find_one(mongodb::bson::doc! {})
-        .sort(mongodb::bson::doc! {"chainSeq": -1})
-        .await
-        .expect("head")
-        .expect("records");
-    prev = head.hash;
+    let (pos, hash) = natter_shared::audit::head(&app.store.audit()).await.expect("head").expect("records");
+    (last, prev) = (pos as u64, hash);
     let target = args.records.max(last + 1);
     eprintln!("filling the trail to {target} records");
-    fill(&app, last + 1, target, &mut prev).await;
+    fill(&app, last + 1, target, args.batch, &mut prev).await;
     last = target;
     let large = measure(&app, edge, &args, &mut last).await;
     println!("natter-bench audit: median of {} (ms)", args.repeat);

@@ -11,14 +11,19 @@ use crate::ids::UserId;
 use crate::timefmt::iso;
 use crate::v1::command::RoomFields;
 use crate::v1::error::ErrorCode;
-use futures::TryStreamExt;
-use mongodb::Collection;
 use mongodb::bson::{DateTime, doc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
-pub const AUDIT: &str = "audit_logs";
+mod trail;
+
+pub use trail::{
+    AuditPage, Broken, Filter, Head, LOOKAHEAD, Listing, TOTAL_CAP, Verdict, Window, head, page, records, verify,
+};
+
+/// The collection of the trail's pages (see `trail`).
+pub const AUDIT: &str = "audit_trail";
 /// The `prevHash` of the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -122,12 +127,11 @@ pub fn action_name(command_action: &str) -> &str {
     }
 }
 
-/// One audit record, as stored.
+/// One audit record, as stored (in a page of the trail).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AuditRecord {
     /// The command's stream sequence (one record per command).
-    #[serde(rename = "_id")]
     pub seq: i64,
     /// Position in the chain: the fact's sequence in the outcomes stream.
     pub chain_seq: i64,
@@ -270,143 +274,6 @@ impl From<&AuditRecord> for AuditView {
             hash: r.hash.clone(),
         }
     }
-}
-
-/// Filters of the logs API and exports.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Filter {
-    pub action: Option<String>,
-    pub actor: Option<String>,
-    pub conversation_id: Option<String>,
-    pub group_id: Option<String>,
-    pub target: Option<String>,
-    pub from: Option<DateTime>,
-    pub to: Option<DateTime>,
-}
-
-impl Filter {
-    pub fn to_doc(&self) -> mongodb::bson::Document {
-        let mut d = doc! {};
-        if let Some(a) = &self.action {
-            d.insert("action", a);
-        }
-        if let Some(a) = &self.actor {
-            d.insert("actor", a);
-        }
-        if let Some(c) = &self.conversation_id {
-            d.insert("conversationId", c);
-        }
-        if let Some(g) = &self.group_id {
-            d.insert("groupId", g);
-        }
-        if let Some(t) = &self.target {
-            d.insert("targetIds", t);
-        }
-        let mut time = doc! {};
-        if let Some(f) = self.from {
-            time.insert("$gte", f);
-        }
-        if let Some(t) = self.to {
-            time.insert("$lte", t);
-        }
-        if !time.is_empty() {
-            d.insert("time", time);
-        }
-        d
-    }
-
-    /// As `key=value` pairs, for the title block of exports.
-    pub fn describe(&self) -> String {
-        let mut parts = Vec::new();
-        for (k, v) in [
-            ("action", &self.action),
-            ("actor", &self.actor),
-            ("conversationId", &self.conversation_id),
-            ("groupId", &self.group_id),
-            ("target", &self.target),
-        ] {
-            if let Some(v) = v {
-                parts.push(format!("{k}={v}"));
-            }
-        }
-        if let Some(f) = self.from {
-            parts.push(format!("from={}", iso(f)));
-        }
-        if let Some(t) = self.to {
-            parts.push(format!("to={}", iso(t)));
-        }
-        if parts.is_empty() { "none".into() } else { parts.join(", ") }
-    }
-}
-
-/// Where the chain breaks.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Broken {
-    pub chain_seq: i64,
-    pub seq: i64,
-    pub reason: &'static str,
-}
-
-/// What `verify` found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
-    Intact { records: u64, head: String },
-    Broken(Broken),
-}
-
-/// The chain's head as the audit worker last recorded it (outside MongoDB),
-/// so that cutting records off the end is noticed too.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Head {
-    pub chain_seq: i64,
-    pub hash: String,
-}
-
-/// Walks the chain in order and reports the first record that was changed,
-/// or that does not follow its predecessor (one before it was removed,
-/// changed or moved); with the recorded `head`, also records removed from
-/// the end.
-pub async fn verify(coll: &Collection<AuditRecord>, head: Option<&Head>) -> Result<Verdict, mongodb::error::Error> {
-    let mut cur = coll.find(doc! {}).sort(doc! {"chainSeq": 1}).await?;
-    let mut prev = GENESIS.to_string();
-    let mut n = 0u64;
-    let mut last = (0i64, 0i64);
-    while let Some(r) = cur.try_next().await? {
-        if let Some(h) = head
-            && r.chain_seq == h.chain_seq
-            && r.hash != h.hash
-        {
-            return Ok(Verdict::Broken(Broken {
-                chain_seq: r.chain_seq,
-                seq: r.seq,
-                reason: "differs from the recorded head of the chain",
-            }));
-        }
-        last = (r.chain_seq, r.seq);
-        if r.prev_hash != prev {
-            return Ok(Verdict::Broken(Broken {
-                chain_seq: r.chain_seq,
-                seq: r.seq,
-                reason: "does not follow the record before it (a record was removed, changed or moved)",
-            }));
-        }
-        if r.compute_hash() != r.hash {
-            return Ok(Verdict::Broken(Broken { chain_seq: r.chain_seq, seq: r.seq, reason: "was changed" }));
-        }
-        prev = r.hash;
-        n += 1;
-    }
-    if let Some(h) = head
-        && h.chain_seq > last.0
-    {
-        return Ok(Verdict::Broken(Broken {
-            chain_seq: h.chain_seq,
-            seq: last.1,
-            reason: "ends early: records after this one were removed (the recorded head is later)",
-        }));
-    }
-    Ok(Verdict::Intact { records: n, head: prev })
 }
 
 #[cfg(test)]
