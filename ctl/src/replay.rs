@@ -85,11 +85,11 @@ struct StateFile {
 }
 
 impl StateFile {
+    /// Writes the progress (under its lock: replay tasks save concurrently,
+    /// and each save replaces the file through the same temporary one).
     fn save(&self) -> anyhow::Result<()> {
-        let body = {
-            let p = self.progress.lock().unwrap_or_else(|e| e.into_inner());
-            serde_json::to_vec_pretty(&*p)?
-        };
+        let p = self.progress.lock().unwrap_or_else(|e| e.into_inner());
+        let body = serde_json::to_vec_pretty(&*p)?;
         let tmp = self.path.with_extension("tmp");
         std::fs::write(&tmp, body).with_context(|| format!("writing {}", tmp.display()))?;
         std::fs::rename(&tmp, &self.path).with_context(|| format!("writing {}", self.path.display()))?;
@@ -355,13 +355,12 @@ impl Replay {
 /// until they pass, a command MongoDB keeps refusing is not applicable);
 /// what became of each message.
 async fn apply_retrying<H: Handler>(handler: &H, state: &mut H::State, batch: &[Incoming<H::Msg>]) -> Done {
-    let mut done = Done::new();
-    natter_workers::handler::settle(handler, state, batch, &mut done, |attempt| async move {
+    natter_workers::handler::settle(handler, state, batch, |attempt| async move {
         tokio::time::sleep(natter_workers::runner::backoff(attempt)).await;
         true
     })
-    .await;
-    done
+    .await
+    .unwrap_or_default()
 }
 
 /// Replays the outcome facts through the audit role, resuming after the

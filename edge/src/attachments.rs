@@ -129,19 +129,24 @@ pub async fn downloadable(st: &EdgeState, who: &Identity, id: &str) -> Result<At
         return Ok(a);
     }
     // The rooms whose messages carry it (deleted ones included: their
-    // members saw it), each checked until one lets `who` in.
-    let messages = st.store.messages();
-    for (field, kind) in [("conversationId", RoomKind::Conversation), ("groupId", RoomKind::Group)] {
-        for r in messages.distinct(field, doc! {"attachments.id": id, field: {"$exists": true}}).await? {
-            let Some(room_id) = r.as_str() else { continue };
-            match chat::require_member(st, who, &RoomRef::new(kind, room_id)).await {
-                Ok(()) => return Ok(a),
-                Err(ChatError::NotAMember) => {}
-                Err(e) => return Err(e),
+    // members saw it), each checked until one lets `who` in; a message
+    // just received may not be written yet.
+    let allowed = chat::written(|| async {
+        let messages = st.store.messages();
+        for (field, kind) in [("conversationId", RoomKind::Conversation), ("groupId", RoomKind::Group)] {
+            for r in messages.distinct(field, doc! {"attachments.id": id, field: {"$exists": true}}).await? {
+                let Some(room_id) = r.as_str() else { continue };
+                match chat::require_member(st, who, &RoomRef::new(kind, room_id)).await {
+                    Ok(()) => return Ok(Some(())),
+                    Err(ChatError::NotAMember) => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
-    }
-    Err(ChatError::NotAMember)
+        Ok(None)
+    })
+    .await?;
+    allowed.map(|()| a).ok_or(ChatError::NotAMember)
 }
 
 /// A presigned GET for `key`, valid for the configured time.

@@ -5,6 +5,7 @@
 //! `seq`; the checks here give the caller an immediate answer.
 
 use crate::error::ChatError;
+use crate::recent::Known;
 use crate::state::EdgeState;
 use bytes::Bytes;
 use futures::StreamExt;
@@ -12,7 +13,7 @@ use mongodb::bson::{doc, oid::ObjectId};
 use natter_nats::publish::{self, Stored};
 use natter_shared::auth::Identity;
 use natter_shared::ids::{RoomKind, RoomRef, UserId, conversation_id_for, message_id_for, parse_oid};
-use natter_shared::model::{ConversationDoc, GroupDoc, MessageDoc, Permissions};
+use natter_shared::model::{ConversationDoc, GroupDoc, Permissions};
 use natter_shared::v1::client::SendMessage;
 use natter_shared::v1::command::{
     Command, CommandEnvelope, CreateConversationCmd, CreateGroupCmd, DeleteMessageCmd, GroupCmd, MarkReadCmd,
@@ -111,17 +112,49 @@ pub async fn send_message(st: &EdgeState, who: &Identity, req: SendMessage) -> R
         }),
     );
     let stored = store_command(st, &env, &format!("msg:{}:{client_msg_id}", who.user)).await?;
+    if let Ok(id) = message_id.parse() {
+        st.hub.recent().remember(Known { id, room: room.clone(), sender: who.user.oid() });
+    }
     Ok(Sent { message_id, room, client_msg_id, seq: stored.seq, duplicate: stored.duplicate })
 }
 
-/// The message `id`, if it exists and is not deleted.
-pub async fn message(st: &EdgeState, id: &str) -> Result<MessageDoc, ChatError> {
+/// How long a message a client names may take to be written after its
+/// event (the workers' write-behind) before it is reported missing.
+const WRITTEN_WITHIN: Duration = Duration::from_millis(500);
+
+/// Where the message `id` is: as this edge relayed or stored it lately, or
+/// as MongoDB has it (not deleted), waiting a little for a message whose
+/// event came before its write.
+pub async fn message(st: &EdgeState, id: &str) -> Result<Known, ChatError> {
     let id = oid(id, "messageId")?;
-    st.store
-        .messages()
-        .find_one(doc! {"_id": id, "deleted": {"$ne": true}})
-        .await?
-        .ok_or(ChatError::NotFound("message"))
+    if let Some(k) = st.hub.recent().get(id) {
+        return Ok(k);
+    }
+    let found = written(|| async {
+        let m = st.store.messages().find_one(doc! {"_id": id, "deleted": {"$ne": true}}).await?;
+        Ok(m.map(|m| Known { id, room: RoomRef::new(m.room_kind(), m.room_id()), sender: m.sender_id }))
+    })
+    .await?;
+    found.ok_or(ChatError::NotFound("message"))
+}
+
+/// Reads until `read` finds something or `WRITTEN_WITHIN` has passed: for
+/// what a client may ask about right after its event, before it is written.
+pub async fn written<T, F, Fut>(mut read: F) -> Result<Option<T>, ChatError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>, ChatError>>,
+{
+    let deadline = tokio::time::Instant::now() + WRITTEN_WITHIN;
+    loop {
+        if let Some(v) = read().await? {
+            return Ok(Some(v));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// `mark_as_read`: that message and everything before it in its room.
@@ -132,7 +165,7 @@ pub async fn mark_read(
     wait: bool,
 ) -> Result<(RoomRef, u64), ChatError> {
     let m = message(st, message_id).await?;
-    let room = RoomRef::new(m.room_kind(), m.room_id());
+    let room = m.room.clone();
     require_member(st, who, &room).await.map_err(|_| ChatError::NotFound("message"))?;
     let env = envelope(who, Command::MarkRead(MarkReadCmd { room: RoomFields::of(&room), message_id: m.id.to_hex() }));
     let msg_id = format!("read:{}:{}", who.user, m.id.to_hex());
@@ -149,13 +182,13 @@ pub async fn delete_message(
     wait: bool,
 ) -> Result<(RoomRef, u64), ChatError> {
     let m = message(st, message_id).await?;
-    let room = RoomRef::new(m.room_kind(), m.room_id());
+    let room = m.room.clone();
     require_member(st, who, &room).await.map_err(|_| ChatError::NotFound("message"))?;
     let allowed = match room.kind {
-        RoomKind::Conversation => who.has_role("Admin") || m.sender_id == who.user.oid(),
+        RoomKind::Conversation => who.has_role("Admin") || m.sender == who.user.oid(),
         RoomKind::Group => {
             let g = st.membership.group(&st.store, oid(&room.id, "groupId")?).await?.ok_or(ChatError::NotAMember)?;
-            g.may_delete(who.user.oid(), &who.roles, m.sender_id)
+            g.may_delete(who.user.oid(), &who.roles, m.sender)
         }
     };
     if !allowed {

@@ -13,6 +13,7 @@
 //! Delivery to a socket never blocks the fan-out: a socket whose queue is
 //! full is told to close (slow consumer) instead of stalling the others.
 
+use crate::recent::Recent;
 use bytes::Bytes;
 use futures::StreamExt;
 use natter_nats::{RoomKind, Subjects};
@@ -103,6 +104,7 @@ pub struct Hub {
     control: mpsc::UnboundedSender<Control>,
     /// Told when a user's contacts may have changed (presence uses it).
     contacts: mpsc::UnboundedSender<UserId>,
+    recent: Arc<Recent>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -118,7 +120,14 @@ impl Hub {
     pub fn new(nats: async_nats::Client, subjects: Subjects) -> (Arc<Hub>, mpsc::UnboundedReceiver<UserId>) {
         let (control, mut rx) = mpsc::unbounded_channel();
         let (contacts, contacts_rx) = mpsc::unbounded_channel();
-        let hub = Arc::new(Hub { nats, subjects, entries: tokio::sync::Mutex::new(HashMap::new()), control, contacts });
+        let hub = Arc::new(Hub {
+            nats,
+            subjects,
+            entries: tokio::sync::Mutex::new(HashMap::new()),
+            control,
+            contacts,
+            recent: Arc::default(),
+        });
         let weak: Weak<Hub> = Arc::downgrade(&hub);
         tokio::spawn(async move {
             while let Some(c) = rx.recv().await {
@@ -137,6 +146,11 @@ impl Hub {
             }
         });
         (hub, contacts_rx)
+    }
+
+    /// Messages relayed or stored lately.
+    pub fn recent(&self) -> &Recent {
+        &self.recent
     }
 
     /// The subject a room is followed on.
@@ -170,6 +184,7 @@ impl Hub {
             subjects: self.subjects.clone(),
             sinks: sinks.clone(),
             control: self.control.clone(),
+            recent: self.recent.clone(),
         };
         tokio::spawn(fan.run(sub, stop.clone()));
         entries.insert(subject.to_string(), Entry { sinks, stop });
@@ -212,6 +227,7 @@ struct FanOut {
     subjects: Subjects,
     sinks: Arc<Mutex<HashMap<ConnId, Sink>>>,
     control: mpsc::UnboundedSender<Control>,
+    recent: Arc<Recent>,
 }
 
 impl FanOut {
@@ -232,6 +248,11 @@ impl FanOut {
 
     fn deliver(&self, subject: &str, h: EventHead, payload: Bytes) {
         let head = Arc::new(Head::of(&self.subjects, subject, &h));
+        if head.kind == "message_received"
+            && let Some(room) = &head.room
+        {
+            self.recent.relayed(room, &payload);
+        }
         let targets: Vec<Sink> = lock(&self.sinks).values().cloned().collect();
         for s in &targets {
             if head.seq.is_none() && head.from.as_deref() == Some(s.user.hex().as_str()) {

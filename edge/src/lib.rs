@@ -14,6 +14,7 @@ pub mod hub;
 pub mod membership;
 pub mod meta;
 pub mod presence;
+pub mod recent;
 pub mod rest;
 pub mod session;
 pub mod sio;

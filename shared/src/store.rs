@@ -118,12 +118,7 @@ impl Store {
         self.groups().create_indexes([idx(doc! {"members": 1, "updatedAt": -1}, "member_activity")]).await?;
         // The audit trail's pages: by filter key, and by end time (for time
         // ranges); `_id` is the chain position (see `audit::trail`).
-        self.audit()
-            .create_indexes([
-                idx(doc! {"keys": 1, "_id": -1}, "keys"),
-                idx(doc! {"to": 1}, "to"),
-            ])
-            .await?;
+        self.audit().create_indexes([idx(doc! {"keys": 1, "_id": -1}, "keys"), idx(doc! {"to": 1}, "to")]).await?;
         Ok(())
     }
 

@@ -38,8 +38,11 @@ async fn record_count(app: &TestApp) -> u64 {
 /// to the database could).
 async fn tamper(app: &TestApp, f: impl FnOnce(&mut Vec<(usize, AuditRecord)>)) {
     let mut pages = pages(app).await;
-    let mut flat: Vec<(usize, AuditRecord)> =
-        pages.iter_mut().enumerate().flat_map(|(i, p)| std::mem::take(&mut p.records).into_iter().map(move |r| (i, r))).collect();
+    let mut flat: Vec<(usize, AuditRecord)> = pages
+        .iter_mut()
+        .enumerate()
+        .flat_map(|(i, p)| std::mem::take(&mut p.records).into_iter().map(move |r| (i, r)))
+        .collect();
     f(&mut flat);
     for (i, r) in flat {
         pages[i].records.push(r);

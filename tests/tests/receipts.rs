@@ -243,13 +243,15 @@ async fn a_deleted_message_stays_deleted_when_its_send_is_replayed() {
     assert_eq!(r["type"], "ack");
     let later = wb.events("message_received", 1, Duration::from_secs(5)).await;
     assert_eq!(later[0]["data"]["content"], "after", "the replay published nothing");
-    let m = app
-        .store
-        .messages()
-        .find_one(doc! {"_id": id.parse::<mongodb::bson::oid::ObjectId>().unwrap()})
-        .await
-        .unwrap()
-        .unwrap();
+    // Written behind the events: wait for "after" to be stored.
+    let oid = id.parse::<mongodb::bson::oid::ObjectId>().unwrap();
+    let m = natter_tests::eventually("written", Duration::from_secs(5), || async {
+        let after =
+            app.store.messages().count_documents(doc! {"conversationId": &conv, "content": "after"}).await.ok()?;
+        let m = app.store.messages().find_one(doc! {"_id": oid}).await.ok()??;
+        (after == 1).then_some(m)
+    })
+    .await;
     assert!(m.deleted, "still a tombstone");
     assert_eq!(m.content, "");
     let (_, h) = app.get(e, &format!("/api/chat/conversations/{conv}/messages"), b).await;

@@ -9,10 +9,25 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 /// Counts stored messages and distinct ids of a conversation.
-async fn stored(app: &TestApp, conv: &str) -> (u64, usize) {
+async fn stored_now(app: &TestApp, conv: &str) -> (u64, usize) {
     let total = app.store.messages().count_documents(doc! {"conversationId": conv}).await.unwrap_or(0);
     let ids = app.store.messages().distinct("_id", doc! {"conversationId": conv}).await.map(|v| v.len()).unwrap_or(0);
     (total, ids)
+}
+
+/// Messages stored and distinct ids, once `want` are stored (writes follow
+/// the events clients get) or after a while; a few more would show too.
+async fn stored(app: &TestApp, conv: &str, want: u64) -> (u64, usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (total, _) = stored_now(app, conv).await;
+        if total >= want || tokio::time::Instant::now() >= deadline {
+            // Settled: anything extra would have been written by now.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            return stored_now(app, conv).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -43,12 +58,12 @@ async fn worker_killed_mid_stream_loses_and_duplicates_nothing() {
     }
     assert_eq!(acked.len(), N);
     natter_tests::eventually("all messages stored", Duration::from_secs(90), || async {
-        let (total, _) = stored(&app, &conv).await;
+        let (total, _) = stored_now(&app, &conv).await;
         (total as usize >= N).then_some(())
     })
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (total, distinct) = stored(&app, &conv).await;
+    let (total, distinct) = stored_now(&app, &conv).await;
     assert_eq!((total as usize, distinct), (N, N), "stored exactly once each");
     let c = app.store.conversation(conv.parse().unwrap()).await.unwrap().unwrap();
     assert_eq!(c.unread_counts.get(&b.hex()).copied(), Some(N as i64), "unread count exact after redelivery");
@@ -120,7 +135,7 @@ async fn mongodb_stopped_under_traffic_loses_nothing() {
     assert_eq!(ev.len(), N, "b received every message once MongoDB was back");
     let got: Vec<&str> = ev.iter().map(|v| v["data"]["_id"].as_str().unwrap()).collect();
     assert_eq!(got, acked.iter().map(String::as_str).collect::<Vec<_>>(), "in order");
-    let (total, distinct) = stored(&app, &conv).await;
+    let (total, distinct) = stored(&app, &conv, N as u64).await;
     assert_eq!((total as usize, distinct), (N, N));
     drop(mongo);
 }
@@ -200,7 +215,7 @@ async fn commands_a_dead_worker_had_in_hand_are_applied_before_later_ones() {
     let got = wb.events("message_received", 6, Duration::from_secs(30)).await;
     let order: Vec<u64> = got.iter().map(|e| e["seq"].as_u64().expect("seq")).collect();
     assert_eq!(order, seqs, "message_received events at the other socket, in order");
-    let (total, ids) = stored(&app, &conv).await;
+    let (total, ids) = stored(&app, &conv, 6).await;
     assert_eq!((total, ids), (6, 6), "stored messages");
     assert!(wb.events("message_received", 1, Duration::from_millis(500)).await.is_empty(), "a repeated event");
 }

@@ -329,9 +329,24 @@ async fn a_command_mongodb_keeps_refusing_is_dead_lettered_after_its_retries() {
         assert_eq!(r["type"], "ack", "{r}");
         sent.push(r["data"]["messageId"].as_str().unwrap().to_string());
     }
-    let got = wb.events("message_received", 3, WAIT).await;
-    let contents: Vec<&str> = got.iter().map(|m| m["data"]["content"].as_str().unwrap_or("?")).collect();
-    assert_eq!(contents, ["before", "after 1", "after 2"], "the room goes on past the refused message");
+    // Events go out before the write: the refused message reached the
+    // socket, and is withdrawn once it is dead-lettered.
+    let mut received = Vec::new();
+    let mut withdrawn = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while withdrawn.is_empty() && tokio::time::Instant::now() < deadline {
+        match wb.next(Duration::from_millis(200)).await {
+            Some(natter_tests::ws::In::Json(v)) if v["type"] == "message_received" => {
+                received.push(v["data"]["content"].as_str().unwrap_or("?").to_string())
+            }
+            Some(natter_tests::ws::In::Json(v)) if v["type"] == "message_deleted" => withdrawn.push(v),
+            _ => {}
+        }
+    }
+    assert_eq!(received, ["before", "poison pill", "after 1", "after 2"], "the room goes on past the refused message");
+    assert_eq!(withdrawn.len(), 1, "the refused message is withdrawn");
+    assert_eq!(withdrawn[0]["data"]["messageId"], json!(sent[1]));
+    assert_eq!(withdrawn[0]["data"]["retracted"], true);
     let letters: Vec<Value> = serde_json::from_str(&natterctl(&app, &["dlq", "list", "--json"]).await).unwrap();
     assert_eq!(letters.len(), 1, "{letters:?}");
     let reason = letters[0]["reason"].as_str().unwrap_or_default();
@@ -344,7 +359,11 @@ async fn a_command_mongodb_keeps_refusing_is_dead_lettered_after_its_retries() {
     assert!(said.contains("retried"), "{said}");
     let got = wb.events("message_received", 1, WAIT).await;
     assert_eq!(got.first().map(|m| &m["data"]["_id"]), Some(&json!(sent[1])), "{got:?}");
-    let stored = app.store.messages().count_documents(mongodb::bson::doc! {"conversationId": &conv}).await.unwrap();
+    let stored = natter_tests::eventually("the retried message written", WAIT, || async {
+        let n = app.store.messages().count_documents(mongodb::bson::doc! {"conversationId": &conv}).await.ok()?;
+        (n == 4).then_some(n)
+    })
+    .await;
     assert_eq!(stored, 4);
     let left: Vec<Value> = serde_json::from_str(&natterctl(&app, &["dlq", "list", "--json"]).await).unwrap();
     assert!(left.is_empty(), "{left:?}");

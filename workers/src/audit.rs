@@ -68,6 +68,8 @@ impl Handler for AuditHandler {
     const ROLE: Role = Role::Audit;
     type Msg = AuditFact;
     type State = Chain;
+    /// A page is written as it is applied.
+    type Writes = ();
     /// Nobody waits on the trail: collect facts for a while, append them
     /// as one page.
     const LINGER: Duration = Duration::from_millis(250);
@@ -117,14 +119,30 @@ impl Handler for AuditHandler {
                 chain.remember(s);
             }
             if let Some(heads) = &self.heads {
-                let head = audit::Head { chain_seq: page.records.last().map_or(0, |r| r.chain_seq), hash: hash.clone() };
+                let head =
+                    audit::Head { chain_seq: page.records.last().map_or(0, |r| r.chain_seq), hash: hash.clone() };
                 let body = serde_json::to_vec(&head).map_err(|e| ApplyError::transient(e.to_string()))?;
-                heads.put(HEAD_KEY, body.into()).await.map_err(|e| ApplyError::transient(format!("audit head: {e}")))?;
+                heads
+                    .put(HEAD_KEY, body.into())
+                    .await
+                    .map_err(|e| ApplyError::transient(format!("audit head: {e}")))?;
             }
         }
         chain.head = Some(if wrote { (pos, hash) } else { (head_pos, head_hash) });
         done.extend(attempt);
         Ok(())
+    }
+
+    fn take(&self, _: &mut Chain) {}
+
+    async fn write(&self, _: ()) -> Result<(), ApplyError> {
+        Ok(())
+    }
+
+    fn written(&self, chain: &mut Chain, ok: bool) {
+        if !ok {
+            chain.head = None;
+        }
     }
 }
 

@@ -22,7 +22,7 @@ pub struct Incoming<M = CommandEnvelope> {
 
 /// What a role consumes. Commands have a version, may want their outcome
 /// reported, and are audited; audit facts are none of that.
-pub trait Input: DeserializeOwned + Send + Sync + 'static {
+pub trait Input: DeserializeOwned + Clone + Send + Sync + 'static {
     /// `Err` with the reason when this worker cannot read this version.
     fn check_version(&self) -> Result<(), String>;
     /// Where a waiting REST call hears the outcome.
@@ -85,9 +85,9 @@ pub enum Disposition {
     NotMine,
 }
 
-/// Dispositions by stream sequence, filled as commands complete. It lives
-/// across the in-place retries of one batch, so a retry neither re-applies
-/// nor forgets the events of what the failed attempt already committed.
+/// Dispositions by stream sequence. A failed attempt's are dropped: the
+/// retry applies its commands again against what the database holds, and
+/// finds applied what the failed attempt wrote.
 pub type Done = HashMap<u64, Disposition>;
 
 /// A failure of a batch. Transient ones (MongoDB unreachable, a timeout,
@@ -166,66 +166,67 @@ impl From<mongodb::error::Error> for ApplyError {
 /// failure dead-letters the command.
 pub const PERMANENT_ATTEMPTS: u32 = 3;
 
-/// Applies `batch` until every command has a disposition. Between failed
-/// attempts, logged here, `pause(attempt)` runs (it backs off; `false` gives
-/// up, and so does this). Transient failures are retried for as long as they
-/// last; after `PERMANENT_ATTEMPTS` permanent ones the commands are applied
-/// one at a time, in stream order, and one that fails permanently that many
-/// times alone is poison (the others are applied as usual).
+/// Applies `batch` and writes it until it goes through, returning every
+/// command's disposition. Between failed attempts, logged here,
+/// `pause(attempt)` runs (it backs off; `false` gives up, and so does
+/// this). Transient failures are retried for as long as they last; after
+/// `PERMANENT_ATTEMPTS` permanent ones the commands are applied one at a
+/// time, in stream order, and one that fails permanently that many times
+/// alone is poison (the others are applied as usual).
 pub async fn settle<H: Handler, F: Future<Output = bool>>(
     handler: &H,
     state: &mut H::State,
     batch: &[Incoming<H::Msg>],
-    done: &mut Done,
     mut pause: impl FnMut(u32) -> F,
-) -> bool {
+) -> Option<Done> {
     let role = H::ROLE.name();
     let mut attempt = 0u32;
-    match retry(handler, state, batch, done, &mut pause, &mut attempt).await {
-        Tried::Applied => return true,
-        Tried::GaveUp => return false,
+    match retry(handler, state, batch, &mut pause, &mut attempt).await {
+        Tried::Applied(done) => return Some(done),
+        Tried::GaveUp => return None,
         Tried::Permanent(e) => {
             tracing::warn!(role, attempt, error = %e, "batch keeps failing; applying its commands one by one")
         }
     }
+    let mut done = Done::new();
     for inc in batch {
-        if done.contains_key(&inc.seq) {
-            continue;
-        }
-        match retry(handler, state, std::slice::from_ref(inc), done, &mut pause, &mut attempt).await {
-            Tried::Applied => {}
-            Tried::GaveUp => return false,
+        match retry(handler, state, std::slice::from_ref(inc), &mut pause, &mut attempt).await {
+            Tried::Applied(d) => done.extend(d),
+            Tried::GaveUp => return None,
             Tried::Permanent(e) => {
                 tracing::warn!(role, seq = inc.seq, error = %e, "command fails on its own; dead-lettering it");
                 done.insert(inc.seq, Disposition::Poison(e.reason));
             }
         }
     }
-    true
+    Some(done)
 }
 
 /// How retrying some commands ended.
 enum Tried {
-    Applied,
+    Applied(Done),
     /// `PERMANENT_ATTEMPTS` permanent failures; the last one.
     Permanent(ApplyError),
     /// `pause` said to stop.
     GaveUp,
 }
 
-/// Applies `cmds` until it goes through, `pause` gives up, or it has failed
-/// permanently `PERMANENT_ATTEMPTS` times; `attempt` counts every failure.
+/// Applies and writes `cmds` until it goes through, `pause` gives up, or it
+/// has failed permanently `PERMANENT_ATTEMPTS` times; `attempt` counts
+/// every failure.
 async fn retry<H: Handler, F: Future<Output = bool>>(
     handler: &H,
     state: &mut H::State,
     cmds: &[Incoming<H::Msg>],
-    done: &mut Done,
     pause: &mut impl FnMut(u32) -> F,
     attempt: &mut u32,
 ) -> Tried {
     let mut permanent = 0u32;
     loop {
-        let Err(e) = handler.apply(state, cmds, done).await else { return Tried::Applied };
+        let e = match commit(handler, state, cmds).await {
+            Ok(done) => return Tried::Applied(done),
+            Err(e) => e,
+        };
         *attempt += 1;
         permanent += u32::from(e.permanent);
         if permanent >= PERMANENT_ATTEMPTS {
@@ -245,28 +246,74 @@ async fn retry<H: Handler, F: Future<Output = bool>>(
     }
 }
 
-/// A worker role. `apply` must be idempotent and depend only on the
+/// Applies `cmds` and writes what they staged, at once.
+pub async fn commit<H: Handler>(
+    handler: &H,
+    state: &mut H::State,
+    cmds: &[Incoming<H::Msg>],
+) -> Result<Done, ApplyError> {
+    let mut done = Done::new();
+    let result = match handler.apply(state, cmds, &mut done).await {
+        Ok(()) => handler.write(handler.take(state)).await,
+        Err(e) => Err(e),
+    };
+    handler.written(state, result.is_ok());
+    result.map(|()| done)
+}
+
+/// A worker role. Applying must be idempotent and depend only on the
 /// commands (with their seq and time): redelivery, replay and a parallel
 /// worker all converge to the same state.
+///
+/// A batch is applied in memory (`apply`, which records every command's
+/// disposition and stages what to write in the state), then written
+/// (`take`, `write`, `written`). Roles that write as they apply stage
+/// nothing. With `WRITE_BEHIND`, the runner publishes a batch's events
+/// once it is applied, lets the writes of several batches gather, and
+/// acks the commands once they are written; a write that fails makes it
+/// apply them all again.
 pub trait Handler: Send + Sync + 'static {
     const ROLE: Role;
     type Msg: Input;
     /// What the worker keeps about a partition between batches, so that it
     /// need not read back what it wrote: made empty when it takes the
-    /// partition, dropped when it lets it go. A failed `apply` must leave
-    /// it as if the batch had not been applied (dropping what it is unsure
-    /// of), because the batch is applied again.
+    /// partition, dropped when it lets it go.
     type State: Default + Send + 'static;
+    /// What `take` hands to `write`.
+    type Writes: Send + 'static;
     /// After the first message of an idle spell, how long a fetch waits for
     /// more (roles nobody waits on trade latency for fewer writes).
     const LINGER: std::time::Duration = std::time::Duration::ZERO;
+    /// How long applied batches' writes may gather before they are written
+    /// (zero: each batch is written before the next is applied).
+    const WRITE_BEHIND: std::time::Duration = std::time::Duration::ZERO;
 
-    /// Applies a batch (in stream order, all from one partition), recording
-    /// a disposition per command in `done` and skipping those already there.
+    /// Applies a batch (in stream order, all from one partition) to the
+    /// state, recording a disposition per command in `done`.
     fn apply(
         &self,
         state: &mut Self::State,
         batch: &[Incoming<Self::Msg>],
         done: &mut Done,
     ) -> impl Future<Output = Result<(), ApplyError>> + Send;
+
+    /// Takes what the batches applied since the last take staged.
+    fn take(&self, state: &mut Self::State) -> Self::Writes;
+
+    /// Writes it (while later batches may be applied).
+    fn write(&self, writes: Self::Writes) -> impl Future<Output = Result<(), ApplyError>> + Send;
+
+    /// After the write of the oldest take in flight: on success what it
+    /// wrote can be relied on; on failure (or a failed `apply`) the state
+    /// must forget what may be wrong, everything staged since included,
+    /// because all of it is applied again.
+    fn written(&self, state: &mut Self::State, ok: bool);
+
+    /// What tells clients that a command whose events went out was
+    /// dead-lettered after all (its write refused for good, an operator's
+    /// validator say), as an event with this `seq` and `part` (after every
+    /// event they may have got); `None` when nothing needs withdrawing.
+    fn withdraw(&self, _inc: &Incoming<Self::Msg>, _seq: u64, _part: u32) -> Option<Publication> {
+        None
+    }
 }

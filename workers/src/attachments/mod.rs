@@ -192,8 +192,18 @@ pub fn object_key(room: Option<&RoomRef>, uploader: &str, id: &str) -> String {
 }
 
 impl Handler for AttachmentsHandler {
-    /// Each upload stands alone.
+    /// Each upload stands alone, written as it is applied.
     type State = ();
+    type Writes = ();
+
+    fn take(&self, _: &mut ()) {}
+
+    async fn write(&self, _: ()) -> Result<(), ApplyError> {
+        Ok(())
+    }
+
+    fn written(&self, _: &mut (), _: bool) {}
+
     const ROLE: Role = Role::Attachments;
     type Msg = natter_shared::v1::command::CommandEnvelope;
 

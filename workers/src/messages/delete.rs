@@ -46,15 +46,18 @@ pub(super) fn apply(
             ));
         }
         if !message.deleted {
-            b.writes.tombstone(Tombstone {
+            let tombstone = Tombstone {
                 id: mid,
-                room: room.key.clone(),
                 seq: message.seq,
                 sender: message.sender,
                 counts: message.counts,
                 at: inc.time,
                 by: actor,
-            });
+            };
+            if !room.tail.covers(message.seq) {
+                room.tombstoned(b.generation, tombstone.clone());
+            }
+            b.writes.tombstone(tombstone);
             b.deleted(room, mid);
             if message.counts {
                 let unread: Vec<_> = room

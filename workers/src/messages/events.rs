@@ -55,6 +55,28 @@ pub(super) fn refused(
     Disposition::Refused { code, reason: reason.to_string(), events }
 }
 
+/// The withdrawal of a command whose events went out before its write was
+/// refused for good: a message as `message_deleted` with `retracted`, to
+/// its room; anything else as `command_refused`, to its actor.
+pub(super) fn withdrawal(subjects: &Subjects, inc: &Incoming, seq: u64, part: u32) -> Result<Publication, ApplyError> {
+    if let natter_shared::v1::command::Command::SendMessage(c) = &inc.msg.command
+        && let Ok(room) = inc.msg.command.room()
+    {
+        let mut data = json!({"messageId": c.message_id, "deletedBy": null, "retracted": true});
+        RoomFields::of(&room).merge_into(&mut data);
+        let frame = EventFrame::new(EventKind::MessageDeleted, seq, data).part(part);
+        return publication(room_subject(subjects, &room), &frame);
+    }
+    let data = json!({
+        "action": inc.msg.command.action(),
+        "code": ErrorCode::Unavailable,
+        "reason": "not applied: the database refused it (dead-lettered)",
+        "seq": inc.seq,
+    });
+    let frame = EventFrame::new(EventKind::CommandRefused, seq, data).part(part);
+    publication(subjects.user_events(&inc.msg.actor.hex()), &frame)
+}
+
 /// A `system` message recording a change in a room, with an id derived
 /// from the command's seq (so applying it again finds it).
 pub(super) fn system_message(

@@ -37,7 +37,14 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
-use writes::{WriteError, Writes};
+use writes::WriteError;
+pub use writes::Writes;
+
+/// How long applied batches' writes gather before they are written: a
+/// write costs the database per room it touches, so under load fewer,
+/// larger writes cost less per message; clients do not wait on it (events
+/// go out once a batch is applied).
+const WRITE_BEHIND: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// What every command handler of the role needs.
 pub(crate) struct Ctx {
@@ -80,6 +87,8 @@ struct Batch<'a> {
     pub writes: Writes,
     /// Messages read from the database for this batch, by id.
     pub known: HashMap<ObjectId, Known>,
+    /// The take its writes go out with.
+    pub generation: u64,
 }
 
 impl Batch<'_> {
@@ -112,9 +121,12 @@ impl Handler for MessagesHandler {
     const ROLE: Role = Role::Messages;
     type Msg = natter_shared::v1::command::CommandEnvelope;
     type State = Rooms;
+    type Writes = Writes;
+    const WRITE_BEHIND: std::time::Duration = WRITE_BEHIND;
 
     async fn apply(&self, rooms: &mut Rooms, batch: &[Incoming], done: &mut Done) -> Result<(), ApplyError> {
-        let mut b = Batch { ctx: &self.ctx, writes: Writes::default(), known: HashMap::new() };
+        let generation = rooms.generation();
+        let mut b = Batch { ctx: &self.ctx, writes: Writes::default(), known: HashMap::new(), generation };
         let mut attempt = Done::new();
         let mut order: Vec<RoomRef> = Vec::new();
         let mut by_room: HashMap<RoomRef, Vec<&Incoming>> = HashMap::new();
@@ -155,42 +167,43 @@ impl Handler for MessagesHandler {
             for key in &order {
                 apply_room(&mut b, rooms, key, &by_room[key], &mut attempt).await?;
             }
-            self.write(rooms, b, &order).await
+            Ok::<(), ApplyError>(())
         }
         .await;
         match applied {
             Ok(()) => {
-                for key in &order {
-                    if let Some(r) = rooms.get_mut(key) {
-                        r.written();
-                    }
-                }
+                rooms.stage(b.writes, &order);
                 done.extend(attempt);
                 Ok(())
             }
             Err(e) => {
+                // Half applied: these rooms are read again.
                 rooms.forget(&keys);
                 Err(e)
             }
         }
     }
-}
 
-impl MessagesHandler {
-    /// Commits the batch: what it staged, then every changed room.
-    async fn write(&self, rooms: &mut Rooms, mut b: Batch<'_>, order: &[RoomRef]) -> Result<(), ApplyError> {
-        for key in order {
-            let Some(room) = rooms.get_mut(key) else { continue };
-            let write = room.take_write().map_err(|e| ApplyError { reason: e.to_string(), permanent: true })?;
-            if let Some(w) = write {
-                b.writes.room(room.kind(), room.id(), w);
-            }
-        }
+    fn take(&self, rooms: &mut Rooms) -> Writes {
+        rooms.take()
+    }
+
+    async fn write(&self, writes: Writes) -> Result<(), ApplyError> {
         let bulk = *self.bulk.get_or_try_init(|| writes::has_bulk_write(&self.ctx.store)).await?;
-        b.writes.execute(&self.ctx.store, bulk).await.map_err(|e| match e {
+        writes.execute(&self.ctx.store, bulk).await.map_err(|e| match e {
             WriteError::Conflict(why) => ApplyError::transient(format!("applying again from the database: {why}")),
             WriteError::Apply(e) => e,
         })
+    }
+
+    fn written(&self, rooms: &mut Rooms, ok: bool) {
+        rooms.written(ok);
+    }
+
+    /// A message clients got that was never stored is withdrawn as deleted
+    /// (`retracted`); anything else is told to its actor as refused.
+    fn withdraw(&self, inc: &Incoming, seq: u64, part: u32) -> Option<crate::handler::Publication> {
+        events::withdrawal(&self.ctx.subjects, inc, seq, part).ok()
     }
 }
 

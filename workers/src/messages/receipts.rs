@@ -68,14 +68,14 @@ async fn unread_after(b: &Batch<'_>, room: &Room, user: ObjectId, upto: i64) -> 
         return Ok(newer);
     }
     // Older than the tail: what MongoDB holds up to the tail (everything
-    // there is stored), less what this batch deleted there.
+    // there is stored), less what is deleted there but not written yet.
     let mut f = room.key.messages();
     f.insert("seq", doc! {"$gt": upto, "$lte": from});
     f.insert("senderId", doc! {"$ne": user});
     f.insert("deleted", doc! {"$ne": true});
     f.insert("messageType", doc! {"$ne": "system"});
     let stored = b.ctx.store.messages().count_documents(f).await? as i64;
-    let gone = b.writes.tombstones(&room.key).filter(|t| t.seq > upto && t.seq <= from && t.counts && t.sender != user);
+    let gone = room.unwritten().filter(|t| t.seq > upto && t.seq <= from && t.counts && t.sender != user);
     Ok(newer + stored - gone.count() as i64)
 }
 
@@ -154,7 +154,7 @@ async fn passed(
             .sort(doc! {"seq": -1})
             .limit((MAX_STATUS_EVENTS - out.len()) as i64)
             .await?;
-        let gone: Vec<ObjectId> = b.writes.tombstones(&room.key).map(|t| t.id).collect();
+        let gone: Vec<ObjectId> = room.unwritten().map(|t| t.id).collect();
         let mut older = Vec::new();
         while cur.advance().await? {
             let m = cur.current();

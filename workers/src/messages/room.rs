@@ -5,6 +5,7 @@
 //! stale owner's write matches nothing.
 
 use super::tail::Tail;
+use super::writes::Tombstone;
 use mongodb::bson::{Bson, DateTime, Document, doc, oid::ObjectId, to_document};
 use natter_shared::ids::{RoomKind, RoomRef};
 use natter_shared::model::{ConversationDoc, GroupDoc, PerUser};
@@ -44,12 +45,16 @@ pub(super) struct Room {
     /// Read from the database in this batch: MongoDB may hold messages of
     /// it that the worker has not seen (a dead worker's last batch).
     pub fresh: bool,
+    /// Tombstones of messages older than the tail that are not written
+    /// yet, with the take they go out with (reads of the database must
+    /// discount them).
+    unwritten: Vec<(u64, Tombstone)>,
 }
 
 /// A write of a room document.
 #[derive(Clone, Debug)]
 pub(super) enum RoomWrite {
-    Insert(Document),
+    Insert(Box<Doc>),
     /// Applies `update` if `lastSeq` is still `expect`.
     Update {
         expect: i64,
@@ -69,6 +74,7 @@ impl Room {
             set: Document::new(),
             unset: Document::new(),
             fresh: true,
+            unwritten: Vec::new(),
         }
     }
 
@@ -83,6 +89,7 @@ impl Room {
             set: Document::new(),
             unset: Document::new(),
             fresh: false,
+            unwritten: Vec::new(),
         }
     }
 
@@ -206,12 +213,23 @@ impl Room {
         self.set.insert(path, value);
     }
 
+    /// Notes a tombstone of a message older than the tail, going out with
+    /// take `generation`.
+    pub fn tombstoned(&mut self, generation: u64, t: Tombstone) {
+        self.unwritten.push((generation, t));
+    }
+
+    /// Tombstones not written yet.
+    pub fn unwritten(&self) -> impl Iterator<Item = &Tombstone> {
+        self.unwritten.iter().map(|(_, t)| t)
+    }
+
     /// The write that commits what changed since the last one, if anything
     /// did; afterwards the room counts as written.
-    pub fn take_write(&mut self) -> Result<Option<RoomWrite>, mongodb::bson::ser::Error> {
+    pub fn take_write(&mut self) -> Option<RoomWrite> {
         let last = self.last_seq();
         let write = match self.stored_seq {
-            None => Some(RoomWrite::Insert(self.doc.to_document()?)),
+            None => Some(RoomWrite::Insert(Box::new(self.doc.clone()))),
             Some(stored) if stored != last || !self.set.is_empty() || !self.unset.is_empty() => {
                 let mut set = std::mem::take(&mut self.set);
                 set.insert("lastSeq", last);
@@ -225,13 +243,14 @@ impl Room {
             Some(_) => None,
         };
         self.stored_seq = Some(last);
-        Ok(write)
+        write
     }
 
-    /// After a successful write: what every member has passed can be
-    /// forgotten from the tail.
-    pub fn written(&mut self) {
-        self.fresh = false;
+    /// After take `generation` was written: its tombstones are in the
+    /// database, and what every member has passed can be forgotten from
+    /// the tail.
+    pub fn written(&mut self, generation: u64) {
+        self.unwritten.retain(|(g, _)| *g > generation);
         let floor = self.members().iter().map(|m| self.seen(*m)).min().unwrap_or(0);
         self.tail.trim(floor);
     }
@@ -252,7 +271,7 @@ impl Doc {
         }
     }
 
-    fn to_document(&self) -> Result<Document, mongodb::bson::ser::Error> {
+    pub fn to_document(&self) -> Result<Document, mongodb::bson::ser::Error> {
         match self {
             Doc::Conversation(c) => to_document(c),
             Doc::Group(g) => to_document(g),

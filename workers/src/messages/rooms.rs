@@ -5,6 +5,7 @@
 //! batch is applied again against what the database holds.
 
 use super::room::{Doc, Room};
+use super::writes::Writes;
 use futures::TryStreamExt;
 use mongodb::bson::{doc, oid::ObjectId};
 use natter_shared::ids::{RoomKind, RoomRef};
@@ -14,11 +15,20 @@ use std::collections::{BTreeSet, HashMap};
 /// Rooms kept per partition; the least recently used go beyond it.
 const MAX_ROOMS: usize = 4096;
 
+/// Also what applied batches staged: writes are taken (with a write of
+/// every room changed since the last take) and written behind.
 #[derive(Default)]
 pub struct Rooms {
     map: HashMap<RoomRef, (Room, u64)>,
     /// Batches applied, to tell which rooms were used last.
     clock: u64,
+    staged: Writes,
+    /// Rooms changed since the last take.
+    dirty: BTreeSet<RoomRef>,
+    /// Takes so far; and the rooms of the take being written, with its
+    /// number.
+    generation: u64,
+    writing: Option<(u64, BTreeSet<RoomRef>)>,
 }
 
 impl Rooms {
@@ -32,6 +42,59 @@ impl Rooms {
 
     pub(super) fn insert(&mut self, room: Room) {
         self.map.insert(room.key.clone(), (room, self.clock));
+    }
+
+    /// The number of the take what is applied now goes out with.
+    pub(super) fn generation(&self) -> u64 {
+        self.generation + 1
+    }
+
+    /// Keeps what a batch applied to `rooms` staged, for the next take.
+    pub(super) fn stage(&mut self, writes: Writes, rooms: &[RoomRef]) {
+        self.staged.append(writes);
+        for key in rooms {
+            if let Some((room, _)) = self.map.get_mut(key) {
+                room.fresh = false;
+                self.dirty.insert(key.clone());
+            }
+        }
+    }
+
+    /// Everything staged, then a write of each room changed since the last
+    /// take (messages before rooms: a room's `lastSeq` never moves past a
+    /// message that is not stored).
+    pub(super) fn take(&mut self) -> Writes {
+        self.generation += 1;
+        let mut writes = std::mem::take(&mut self.staged);
+        let dirty = std::mem::take(&mut self.dirty);
+        for key in &dirty {
+            let Some((room, _)) = self.map.get_mut(key) else { continue };
+            if let Some(w) = room.take_write() {
+                writes.room(room.kind(), room.id(), w);
+            }
+        }
+        self.writing = Some((self.generation, dirty));
+        writes
+    }
+
+    /// After the oldest take in flight was written (`ok`), or failed (or an
+    /// apply did): then every room changed since is read again.
+    pub(super) fn written(&mut self, ok: bool) {
+        let writing = self.writing.take();
+        if ok {
+            if let Some((generation, rooms)) = writing {
+                for key in rooms {
+                    if let Some((room, _)) = self.map.get_mut(&key) {
+                        room.written(generation);
+                    }
+                }
+            }
+            return;
+        }
+        let mut gone: BTreeSet<RoomRef> = std::mem::take(&mut self.dirty);
+        gone.extend(writing.into_iter().flat_map(|(_, rooms)| rooms));
+        self.forget(&gone);
+        self.staged = Writes::default();
     }
 
     /// Drops rooms whose state may be wrong (a failed or partial write).
@@ -76,6 +139,9 @@ impl Rooms {
         let mut ages: Vec<u64> = self.map.values().map(|(_, used)| *used).collect();
         ages.sort_unstable();
         let cut = ages[self.map.len() / 10];
-        self.map.retain(|_, (_, used)| *used > cut);
+        let writing = self.writing.as_ref().map(|(_, r)| r);
+        // A room with changes not yet written stays.
+        let (dirty, writing) = (&self.dirty, writing);
+        self.map.retain(|k, (_, used)| *used > cut || dirty.contains(k) || writing.is_some_and(|w| w.contains(k)));
     }
 }

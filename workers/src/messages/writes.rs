@@ -14,7 +14,7 @@ use crate::handler::ApplyError;
 use mongodb::bson::{DateTime, Document, doc, oid::ObjectId, to_document};
 use mongodb::error::ErrorKind;
 use mongodb::options::{InsertOneModel, UpdateOneModel, WriteModel};
-use natter_shared::ids::{RoomKind, RoomRef};
+use natter_shared::ids::RoomKind;
 use natter_shared::model::{ATTACHMENTS, AttachmentDoc, CONVERSATIONS, GROUPS, MESSAGES, MessageDoc};
 use natter_shared::store::Store;
 
@@ -29,7 +29,6 @@ const BULK_WRITE_WIRE_VERSION: i32 = 25;
 #[derive(Clone, Debug)]
 pub(super) struct Tombstone {
     pub id: ObjectId,
-    pub room: RoomRef,
     pub seq: i64,
     pub sender: ObjectId,
     pub counts: bool,
@@ -45,9 +44,9 @@ enum Op {
     Room(RoomKind, ObjectId, RoomWrite),
 }
 
-/// What a batch writes, in order.
+/// What a batch (or several) writes, in order.
 #[derive(Default, Debug)]
-pub(super) struct Writes {
+pub struct Writes {
     ops: Vec<Op>,
 }
 
@@ -66,37 +65,34 @@ impl From<mongodb::error::Error> for WriteError {
 }
 
 impl Writes {
-    pub fn message(&mut self, m: MessageDoc) {
+    pub(super) fn message(&mut self, m: MessageDoc) {
         self.ops.push(Op::Message(Box::new(m)));
     }
 
-    pub fn tombstone(&mut self, t: Tombstone) {
+    pub(super) fn tombstone(&mut self, t: Tombstone) {
         self.ops.push(Op::Tombstone(t));
     }
 
     /// Records an attachment (unless recorded already: the attachments
     /// worker usually has).
-    pub fn attachment(&mut self, a: AttachmentDoc) {
+    pub(super) fn attachment(&mut self, a: AttachmentDoc) {
         self.ops.push(Op::Attachment(Box::new(a)));
     }
 
-    pub fn room(&mut self, kind: RoomKind, id: ObjectId, w: RoomWrite) {
+    pub(super) fn room(&mut self, kind: RoomKind, id: ObjectId, w: RoomWrite) {
         self.ops.push(Op::Room(kind, id, w));
     }
 
-    /// Tombstones staged for `room`.
-    pub fn tombstones<'a>(&'a self, room: &'a RoomRef) -> impl Iterator<Item = &'a Tombstone> {
-        self.ops.iter().filter_map(move |op| match op {
-            Op::Tombstone(t) if &t.room == room => Some(t),
-            _ => None,
-        })
+    /// Appends `more`, in order.
+    pub(super) fn append(&mut self, mut more: Writes) {
+        self.ops.append(&mut more.ops);
     }
 
     /// Sends everything, in order, in as few round trips as the server
     /// allows. Many new messages go first as one `insert` (a server stores
     /// a plain insert of many documents for less than the same documents
     /// in a `bulkWrite`), the rest in one `bulkWrite`.
-    pub async fn execute(mut self, store: &Store, bulk: bool) -> Result<(), WriteError> {
+    pub(super) async fn execute(mut self, store: &Store, bulk: bool) -> Result<(), WriteError> {
         if !bulk {
             return self.per_collection(store).await;
         }
@@ -265,7 +261,7 @@ impl Op {
                     RoomKind::Group => GROUPS,
                 };
                 match w {
-                    RoomWrite::Insert(d) => (coll, Model::Insert(d.clone())),
+                    RoomWrite::Insert(d) => (coll, Model::Insert(d.to_document().map_err(ser)?)),
                     RoomWrite::Update { expect, update } => (
                         coll,
                         Model::Update {

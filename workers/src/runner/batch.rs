@@ -1,68 +1,157 @@
-//! Settling one fetched batch: decode, apply through the role (retrying in
-//! place), then store the audit facts and the events, answer waiting REST
-//! calls, dead-letter poison, and ack. A crash anywhere before the acks
-//! leaves the batch for redelivery, where applying it again is a no-op.
+//! One fetched batch on its way through: decoded, applied (its events go
+//! out as soon as it is), then, once what it staged is written, finished:
+//! audit facts stored, waiting REST calls answered, poison dead-lettered,
+//! every message acked. A crash anywhere before the acks leaves the batch
+//! for redelivery, where applying it again is a no-op.
 
 use super::partition::Partition;
 use super::publish::{ToStore, dead_letter, store};
-use crate::handler::{Disposition, Done, Handler, Incoming, Input, Publication, settle};
+use crate::handler::{Disposition, Done, Incoming, Input, Publication};
 use async_nats::jetstream::{AckKind, Message};
 use natter_nats::topology;
 use natter_shared::audit::{AuditFact, FactStatus};
 use natter_shared::timefmt::from_offset;
 use natter_shared::v1::command::{CommandEnvelope, Outcome, OutcomeStatus};
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, info, info_span, warn};
-
-/// How often messages in hand are kept from redelivery while their batch
-/// is applied (well inside the first ack wait).
-const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+use tracing::{info, warn};
 
 /// The pause before retry `attempt`: doubling from 200 ms, at most 5 s.
 pub fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(100u64 << attempt.min(6)).min(Duration::from_secs(5))
 }
 
-/// Applies one fetched batch and settles every message in it.
-pub(super) async fn process<H: Handler>(
-    handler: &H,
-    state: &mut H::State,
-    part: &Partition,
-    msgs: Vec<Message>,
-    cancel: &CancellationToken,
-) {
-    let span = info_span!("batch", size = msgs.len());
-    async {
-        let (incoming, slots) = decode::<H::Msg>(&msgs);
-        let mut done = Done::new();
-        if !incoming.is_empty() && !apply(handler, state, &incoming, &mut done, &msgs, cancel).await {
-            for m in &msgs {
-                let _ = m.ack_with(AckKind::Nak(None)).await;
+pub(super) struct Batch<M> {
+    pub msgs: Vec<Message>,
+    pub incoming: Vec<Incoming<M>>,
+    /// Per message: its index in `incoming`, or why it is poison.
+    slots: Vec<Result<usize, String>>,
+    pub done: Done,
+    /// Whether its events went out.
+    announced: bool,
+}
+
+impl<M: Input> Batch<M> {
+    /// Decodes the batch; what cannot be decoded, or keeps coming back, is
+    /// poison.
+    pub fn decode(msgs: Vec<Message>) -> Batch<M> {
+        let mut incoming: Vec<Incoming<M>> = Vec::with_capacity(msgs.len());
+        let mut slots: Vec<Result<usize, String>> = Vec::with_capacity(msgs.len());
+        for m in &msgs {
+            let Ok(info) = m.info() else {
+                slots.push(Err("message without JetStream metadata".into()));
+                continue;
+            };
+            if info.delivered >= topology::MAX_DELIVER {
+                slots.push(Err(format!("delivered {} times without being applied", info.delivered)));
+                continue;
             }
+            let msg = match serde_json::from_slice::<M>(&m.payload) {
+                Ok(msg) => msg,
+                Err(e) => {
+                    slots.push(Err(format!("undecodable: {e}")));
+                    continue;
+                }
+            };
+            match msg.check_version() {
+                Ok(()) => {
+                    slots.push(Ok(incoming.len()));
+                    incoming.push(Incoming {
+                        seq: info.stream_sequence,
+                        time: from_offset(info.published),
+                        subject: m.subject.to_string(),
+                        msg,
+                    });
+                }
+                Err(reason) => slots.push(Err(reason)),
+            }
+        }
+        Batch { msgs, incoming, slots, done: Done::new(), announced: false }
+    }
+
+    /// Whether a REST call waits on one of its commands (it is written
+    /// without waiting for others to gather).
+    pub fn awaited(&self) -> bool {
+        self.incoming.iter().any(|i| i.msg.reply().is_some())
+    }
+
+    /// Takes its dispositions out of `done` (after its commands were
+    /// applied again together with others); its events are to go out
+    /// again. Returns the commands whose events went out before and that
+    /// turned out to be poison.
+    pub fn reset(&mut self, done: &mut Done) -> Vec<&Incoming<M>> {
+        let announced = |d: Option<&Disposition>| match d {
+            Some(Disposition::Applied(p)) => !p.is_empty(),
+            Some(Disposition::Refused { events, .. }) => !events.is_empty(),
+            _ => false,
+        };
+        let before: Vec<bool> =
+            self.incoming.iter().map(|i| self.announced && announced(self.done.get(&i.seq))).collect();
+        self.done = self.incoming.iter().filter_map(|i| done.remove(&i.seq).map(|d| (i.seq, d))).collect();
+        self.announced = false;
+        self.incoming
+            .iter()
+            .zip(before)
+            .filter(|(i, was)| *was && matches!(self.done.get(&i.seq), Some(Disposition::Poison(_))))
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    /// Stores its events (PubAck) so that clients get them before the
+    /// batch is written: applying again gives the same events (edges drop
+    /// repeats by `seq`), so a crash before the write changes nothing they
+    /// saw. A NATS node dying loses none: reconnecting clients catch up
+    /// from the events stream.
+    pub async fn announce(&mut self, part: &Partition) {
+        if self.announced {
             return;
         }
-        let role = H::ROLE.name();
-        let mut publications: Vec<Publication> = Vec::new();
+        let (stored, plain): (Vec<ToStore>, Vec<ToStore>) =
+            self.events().into_iter().partition(|e| part.subjects.is_stored_event(&e.subject));
+        store(&part.js, "event", stored).await;
+        for p in plain {
+            if let Err(e) = part.client.publish(p.subject, p.payload).await {
+                warn!(error = %e, "publish failed");
+            }
+        }
+        self.announced = true;
+    }
+
+    /// Its events in stream order (then in each command's order).
+    fn events(&self) -> Vec<ToStore> {
+        let mut out = Vec::new();
+        for inc in &self.incoming {
+            let pubs: &[Publication] = match self.done.get(&inc.seq) {
+                Some(Disposition::Applied(pubs)) => pubs,
+                Some(Disposition::Refused { events, .. }) => events,
+                _ => &[],
+            };
+            let copy =
+                |p: &Publication| ToStore { subject: p.subject.clone(), payload: p.payload.clone(), msg_id: None };
+            out.extend(pubs.iter().map(copy));
+        }
+        out
+    }
+
+    /// After its writes: audit facts stored, replies sent, poison
+    /// dead-lettered, then every message acked.
+    pub async fn finish(mut self, role: &str, part: &Partition) {
+        self.announce(part).await;
+        let mut replies: Vec<Publication> = Vec::new();
         let mut facts: Vec<ToStore> = Vec::new();
-        let mut terminal: Vec<bool> = vec![false; msgs.len()];
-        for (i, (m, slot)) in msgs.iter().zip(&slots).enumerate() {
+        let mut terminal: Vec<bool> = vec![false; self.msgs.len()];
+        for (i, (m, slot)) in self.msgs.iter().zip(&self.slots).enumerate() {
             let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
-            let inc = slot.as_ref().ok().map(|k| &incoming[*k]);
+            let inc = slot.as_ref().ok().map(|k| &self.incoming[*k]);
             let disposition = match slot {
                 Err(reason) => Disposition::Poison(reason.clone()),
                 Ok(_) => inc
-                    .and_then(|inc| done.remove(&inc.seq))
+                    .and_then(|inc| self.done.remove(&inc.seq))
                     .unwrap_or_else(|| Disposition::Poison("not handled by this role".into())),
             };
             let (status, reason, code) = match disposition {
-                Disposition::Applied(pubs) => {
-                    publications.extend(pubs);
-                    (FactStatus::Applied, None, None)
-                }
-                Disposition::Refused { code, reason, events } => {
+                Disposition::Applied(_) => (FactStatus::Applied, None, None),
+                Disposition::Refused { code, reason, .. } => {
                     info!(seq, %reason, "command refused");
-                    publications.extend(events);
                     (FactStatus::Refused, Some(reason), Some(code))
                 }
                 Disposition::Poison(reason) => {
@@ -80,10 +169,10 @@ pub(super) async fn process<H: Handler>(
                     code,
                 };
                 if let Ok(body) = serde_json::to_vec(&o) {
-                    publications.push(Publication { subject: r.to_string(), payload: body.into() });
+                    replies.push(Publication { subject: r.to_string(), payload: body.into() });
                 }
             }
-            if <H::Msg as Input>::AUDITED {
+            if M::AUDITED {
                 // Decoded already, except what was dead-lettered before decoding.
                 let reparsed;
                 let env = match inc.and_then(|i| i.msg.command()) {
@@ -107,22 +196,15 @@ pub(super) async fn process<H: Handler>(
                 }
             }
         }
-        // Events and facts are stored (PubAck) before the commands are
-        // acked, so a NATS node dying now loses none: live sockets get the
-        // events through the publish, reconnecting ones from the events
-        // stream. Events go first: a client waits on them, nobody on facts.
-        // Replies to waiting REST calls are plain core messages.
-        let (events, replies): (Vec<Publication>, Vec<Publication>) =
-            publications.into_iter().partition(|p| part.subjects.is_stored_event(&p.subject));
-        let events = events.into_iter().map(|p| ToStore { subject: p.subject, payload: p.payload, msg_id: None });
-        store(&part.js, "event", events.collect()).await;
+        // Facts are stored (PubAck) before the commands are acked. Replies
+        // to waiting REST calls are plain core messages.
         store(&part.js, "audit fact", facts).await;
         for p in replies {
             if let Err(e) = part.client.publish(p.subject, p.payload).await {
                 warn!(error = %e, "reply publish failed");
             }
         }
-        for (m, term) in msgs.iter().zip(terminal) {
+        for (m, term) in self.msgs.iter().zip(terminal) {
             let kind = if term { AckKind::Term } else { AckKind::Ack };
             if let Err(e) = m.ack_with(kind).await {
                 warn!(error = %e, "ack failed; the command will be redelivered and found applied");
@@ -130,76 +212,11 @@ pub(super) async fn process<H: Handler>(
         }
         let _ = part.client.flush().await;
     }
-    .instrument(span)
-    .await
-}
 
-/// Decodes the batch; what cannot be decoded, or keeps coming back, is
-/// poison. Each message's slot is its index in the decoded list, or why
-/// it is poison.
-fn decode<M: Input>(msgs: &[Message]) -> (Vec<Incoming<M>>, Vec<Result<usize, String>>) {
-    let mut incoming: Vec<Incoming<M>> = Vec::with_capacity(msgs.len());
-    let mut slots: Vec<Result<usize, String>> = Vec::with_capacity(msgs.len());
-    for m in msgs {
-        let Ok(info) = m.info() else {
-            slots.push(Err("message without JetStream metadata".into()));
-            continue;
-        };
-        if info.delivered >= topology::MAX_DELIVER {
-            slots.push(Err(format!("delivered {} times without being applied", info.delivered)));
-            continue;
-        }
-        let msg = match serde_json::from_slice::<M>(&m.payload) {
-            Ok(msg) => msg,
-            Err(e) => {
-                slots.push(Err(format!("undecodable: {e}")));
-                continue;
-            }
-        };
-        match msg.check_version() {
-            Ok(()) => {
-                slots.push(Ok(incoming.len()));
-                incoming.push(Incoming {
-                    seq: info.stream_sequence,
-                    time: from_offset(info.published),
-                    subject: m.subject.to_string(),
-                    msg,
-                });
-            }
-            Err(reason) => slots.push(Err(reason)),
-        }
-    }
-    (incoming, slots)
-}
-
-/// Applies until every command has a disposition, keeping the messages in
-/// hand from redelivery meanwhile; `false` if cancelled first.
-async fn apply<H: Handler>(
-    handler: &H,
-    state: &mut H::State,
-    incoming: &[Incoming<H::Msg>],
-    done: &mut Done,
-    msgs: &[Message],
-    cancel: &CancellationToken,
-) -> bool {
-    let progress = async || {
-        for m in msgs {
-            let _ = m.ack_with(AckKind::Progress).await;
-        }
-    };
-    let work = settle(handler, state, incoming, done, |attempt| async move {
-        progress().await;
-        tokio::select! {
-            _ = cancel.cancelled() => false,
-            _ = tokio::time::sleep(backoff(attempt)) => true,
-        }
-    });
-    tokio::pin!(work);
-    let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + PROGRESS_EVERY, PROGRESS_EVERY);
-    loop {
-        tokio::select! {
-            settled = &mut work => return settled,
-            _ = beat.tick() => progress().await,
+    /// Gives the messages back for redelivery (on shutdown, unapplied).
+    pub async fn nak(self) {
+        for m in &self.msgs {
+            let _ = m.ack_with(AckKind::Nak(None)).await;
         }
     }
 }

@@ -1,13 +1,16 @@
 //! The one runner every role uses: leases partitions (`lease`), runs one
 //! loop per leased partition (`partition`: pulling with `fetch`, keeping
 //! stream order), applies each batch through the role's `Handler` and
-//! settles it (`batch`: events and audit facts stored with `publish`,
-//! poison dead-lettered, then acks). Transient failures are retried in place
-//! (with progress acks) so a room's commands are never applied out of
-//! order; a crash leaves the batch unacked for redelivery.
+//! announces its events, writes behind (`flow`: one write in flight while
+//! later batches are applied), then finishes each batch (`batch`: audit
+//! facts stored with `publish`, poison dead-lettered, acks). Failures are
+//! retried in place (with progress acks) so a room's commands are never
+//! applied out of order; a crash leaves the batches unacked for
+//! redelivery.
 
 mod batch;
 mod fetch;
+mod flow;
 mod partition;
 mod publish;
 

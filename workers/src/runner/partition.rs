@@ -3,8 +3,9 @@
 //! state for the partition lives as long as the loop, that is, as long as
 //! this worker holds the lease.
 
+use super::RunnerConfig;
 use super::fetch::{Pull, fetch};
-use super::{RunnerConfig, batch};
+use super::flow::Flow;
 use crate::handler::Handler;
 use async_nats::jetstream::{self, AckKind, Message, consumer::PullConsumer};
 use natter_nats::{Subjects, topology};
@@ -41,13 +42,14 @@ pub(super) async fn run<H: Handler>(handler: Arc<H>, part: Partition, cancel: Ca
             }
         }
     };
-    let pull = Pull { max: part.cfg.batch, wait: part.cfg.fetch_wait, linger: H::LINGER };
     let mut state = H::State::default();
     let mut order = Order::default();
+    let mut flow = Flow::new(handler);
     while !cancel.is_cancelled() {
         // Not raced with `cancel`: an abandoned pull request could still be
         // handed a message, which would then wait out its ack deadline while
         // later ones are applied. `fetch_wait` bounds the delay.
+        let pull = Pull { max: part.cfg.batch, wait: flow.fetch_wait(part.cfg.fetch_wait), linger: H::LINGER };
         match fetch(&consumer, pull).await {
             Ok(msgs) => order.held.extend(msgs),
             Err(e) => {
@@ -55,9 +57,14 @@ pub(super) async fn run<H: Handler>(handler: Arc<H>, part: Partition, cancel: Ca
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
-        let Some(msgs) = order.ready(&mut consumer).await else { continue };
-        batch::process(&*handler, &mut state, &part, msgs, &cancel).await;
+        if let Some(msgs) = order.ready(&mut consumer).await {
+            flow.apply(&mut state, &part, msgs, &cancel).await;
+        }
+        flow.advance(&mut state, &part, &cancel).await;
     }
+    // Stopping: what was applied is written and acked; what was fetched
+    // and not applied goes back.
+    flow.flush(&mut state, &part, &cancel).await;
     for m in &order.held {
         let _ = m.ack_with(AckKind::Nak(None)).await;
     }

@@ -14,6 +14,12 @@ pub(super) struct ToStore {
     pub msg_id: Option<String>,
 }
 
+impl From<crate::handler::Publication> for ToStore {
+    fn from(p: crate::handler::Publication) -> Self {
+        ToStore { subject: p.subject, payload: p.payload, msg_id: None }
+    }
+}
+
 /// Publishes `items` pipelined and waits for every PubAck; from the first
 /// that fails on, they are published again one by one, in order (a
 /// subject's events must stay in seq order; edges drop repeated events by

@@ -75,10 +75,14 @@ pub async fn run(args: FailoverArgs) {
     let holder = kv.get(subjects.lease_key("messages", partition)).await.expect("lease").expect("a holder");
     let holder = String::from_utf8_lossy(&holder).to_string();
     let pid: u32 = holder.split('-').next().and_then(|p| p.parse().ok()).expect("instance pid");
-    let victim = workers.iter().copied().find(|i| app.processes[*i].child.id() == Some(pid)).expect("the holder is ours");
+    let victim =
+        workers.iter().copied().find(|i| app.processes[*i].child.id() == Some(pid)).expect("the holder is ours");
     let killed = Instant::now();
     app.processes[victim].kill9().await;
-    println!("{:?} into traffic: kill -9 the messages worker holding partition {partition} (pid {pid})", killed - start);
+    println!(
+        "{:?} into traffic: kill -9 the messages worker holding partition {partition} (pid {pid})",
+        killed - start
+    );
 
     let _wa = sender.await.expect("sender");
     let got = receiver.await.expect("receiver");
@@ -88,11 +92,7 @@ pub async fn run(args: FailoverArgs) {
     distinct.dedup();
     let out_of_order = keys.windows(2).filter(|w| w[1] <= w[0]).count();
     let gap = |from: Instant, to: Instant| {
-        got.windows(2)
-            .filter(|w| w[0].0 >= from && w[1].0 <= to)
-            .map(|w| w[1].0 - w[0].0)
-            .max()
-            .unwrap_or_default()
+        got.windows(2).filter(|w| w[0].0 >= from && w[1].0 <= to).map(|w| w[1].0 - w[0].0).max().unwrap_or_default()
     };
     let far = Instant::now() + Duration::from_secs(3600);
     println!(

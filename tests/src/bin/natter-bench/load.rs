@@ -7,7 +7,7 @@
 //! the first and last tenth, and the database's operations and CPU per
 //! message (including what it does after the load: receipts and audit).
 
-use crate::dbstats::DbStats;
+use crate::dbstats::{DbStats, ProcStats};
 use natter_tests::TestApp;
 use natter_tests::sio::RawSio;
 use natter_tests::ws::{In, WsClient};
@@ -104,6 +104,7 @@ pub async fn run(args: LoadArgs) {
     app.start_role_process("audit");
     // Let the workers share out the partitions.
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let procs = process_stats(&app);
     let (send_edge, recv_edge) = (edges[0], *edges.last().expect("an edge"));
     let tally = Arc::new(Mutex::new(Tally::default()));
     let mut pairs = Vec::new();
@@ -126,14 +127,38 @@ pub async fn run(args: LoadArgs) {
         phase(&pairs, &args, run, args.warmup, false).await;
         *tally.lock().expect("tally") = Tally::default();
         let before = stats.sample().await;
+        let cpu_before = procs.sample();
         let started = Instant::now();
         phase(&pairs, &args, run, args.messages, true).await;
         tokio::time::sleep(Duration::from_secs(args.settle_secs)).await;
         let delta = before.to(&stats.sample().await);
+        let cpu = procs.per(&cpu_before, &procs.sample(), args.pairs * args.messages);
         let t = std::mem::take(&mut *tally.lock().expect("tally"));
-        report(run, &t, started, args.pairs * args.messages, &delta.per(t.received));
+        report(run, &t, started, args.pairs * args.messages, &format!("{}; {cpu}", delta.per(t.received)));
     }
     sweeper.abort();
+}
+
+/// The processes of the stack, by role, for the CPU split.
+fn process_stats(app: &TestApp) -> ProcStats {
+    let mut procs = Vec::new();
+    for p in &app.processes {
+        let Some(pid) = p.child.id() else { continue };
+        let cmd = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let name = cmd.split('\0').next().and_then(|c| c.rsplit('/').next()).unwrap_or("?");
+        let name = name.trim_start_matches("natter-").trim_start_matches("worker-").to_string();
+        procs.push((name, pid));
+    }
+    let port = |url: &str| url.rsplit(':').next().and_then(|p| p.trim_end_matches('/').parse::<u16>().ok());
+    let servers = natter_tests::servers();
+    if let Some(pid) = port(&servers.nats_url).and_then(crate::dbstats::pid_listening_on) {
+        procs.push(("nats".into(), pid));
+    }
+    if let Some(pid) = port(&servers.mongodb_base).and_then(crate::dbstats::pid_listening_on) {
+        procs.push(("db".into(), pid));
+    }
+    procs.push(("clients".into(), std::process::id()));
+    ProcStats::new(procs)
 }
 
 /// Sends `count` messages from every sender and waits until each is
@@ -271,7 +296,13 @@ impl Counter {
 /// pings, and hands `message_received` contents to the counter. Reads and
 /// writes happen in the bodies of a `select!` (never cancelled); only the
 /// waits are raced.
-async fn socket(mut ws: WsClient, sio: bool, conv: String, mut outbox: mpsc::UnboundedReceiver<String>, counter: Option<Counter>) {
+async fn socket(
+    mut ws: WsClient,
+    sio: bool,
+    conv: String,
+    mut outbox: mpsc::UnboundedReceiver<String>,
+    counter: Option<Counter>,
+) {
     let mut n = 0u64;
     let mut open = true;
     loop {

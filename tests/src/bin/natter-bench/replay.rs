@@ -51,10 +51,16 @@ async fn publish(app: &TestApp, args: &ReplayArgs) -> u64 {
         let r = room(i);
         let k = n / users.len() as u64;
         let (actor, command) = if k == 0 {
-            (a, Command::CreateConversation(CreateConversationCmd { conversation_id: r.id.clone(), participant_ids: [a, b] }))
-        } else if k % 10 == 0 && last_sent[i].is_some() {
+            (
+                a,
+                Command::CreateConversation(CreateConversationCmd {
+                    conversation_id: r.id.clone(),
+                    participant_ids: [a, b],
+                }),
+            )
+        } else if k.is_multiple_of(10) && last_sent[i].is_some() {
             (b, Command::MarkDelivered(MarkDeliveredCmd { room: RoomFields::of(&r), seqs: vec![last_seq[i]] }))
-        } else if k % 25 == 0 && last_sent[i].is_some() {
+        } else if k.is_multiple_of(25) && last_sent[i].is_some() {
             let message_id = last_sent[i].clone().unwrap_or_default();
             (b, Command::MarkRead(MarkReadCmd { room: RoomFields::of(&r), message_id }))
         } else {
@@ -124,7 +130,8 @@ pub async fn run(args: ReplayArgs) {
     let docs = documents(&client.database(&target)).await;
     let total: usize = docs.iter().map(|(_, d)| d.len()).sum();
     let copy = format!("{}_insert", app.db);
-    let copy_store = Store::connect(&format!("{}/{copy}", natter_tests::servers().mongodb_base), &copy).await.expect("store");
+    let copy_store =
+        Store::connect(&format!("{}/{copy}", natter_tests::servers().mongodb_base), &copy).await.expect("store");
     copy_store.ensure_indexes().await.expect("indexes");
     let started = Instant::now();
     for (name, d) in &docs {
