@@ -68,6 +68,10 @@ pub struct ReplayArgs {
     /// No progress bar (for scripts and tests).
     #[arg(long)]
     quiet: bool,
+    /// Write with one command per collection, as for servers before
+    /// MongoDB 8.0 (those are found out and written to so anyway).
+    #[arg(long)]
+    no_bulk_write: bool,
 }
 
 /// Progress: the last sequence applied per consumer filter, and of the
@@ -183,7 +187,8 @@ pub async fn run(a: ReplayArgs) -> anyhow::Result<()> {
 
     let mut cmd_stream = js.get_stream(s.cmd_stream()).await.context("the command stream")?;
     let end = cmd_stream.info().await?.state.last_sequence;
-    let handler = Arc::new(MessagesHandler::new(store.clone(), s.clone()));
+    let handler = MessagesHandler::new(store.clone(), s.clone());
+    let handler = Arc::new(if a.no_bulk_write { handler.per_collection_writes() } else { handler });
     let mut tasks = Vec::new();
     let mut total = 0;
     let mut plans = Vec::new();

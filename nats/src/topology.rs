@@ -71,6 +71,12 @@ pub const BACKOFF: [Duration; 4] =
 pub const MAX_DELIVER: i64 = 6;
 /// Largest batch a worker fetches.
 pub const MAX_BATCH: usize = 256;
+/// Deliveries of a partition's consumer in hand at once. One worker holds
+/// a partition; it applies batches while earlier ones are being written
+/// and keeps what it holds to a quarter of this (the server stops
+/// delivering at the limit, and pull requests made then can lose their
+/// deliveries until the ack wait brings them back).
+pub const MAX_ACK_PENDING: usize = 4096;
 /// How long a partition lease lives without renewal: how long a dead
 /// worker's partitions wait before another takes them.
 pub const LEASE_TTL: Duration = Duration::from_secs(3);
@@ -163,9 +169,7 @@ pub fn consumer_config(s: &Subjects, role: Role, p: u32) -> consumer::pull::Conf
         ack_wait: BACKOFF[0],
         max_deliver: MAX_DELIVER,
         backoff: BACKOFF.to_vec(),
-        // One worker holds a partition at a time and has at most one batch
-        // in hand; twice the batch leaves room for redeliveries.
-        max_ack_pending: (MAX_BATCH * 2) as i64,
+        max_ack_pending: MAX_ACK_PENDING as i64,
         deliver_policy: consumer::DeliverPolicy::All,
         ..Default::default()
     }

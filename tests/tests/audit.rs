@@ -440,3 +440,60 @@ async fn exporting_100k_records_streams_with_bounded_memory() {
         matches!(verify(&app.store.audit(), None).await.unwrap(), Verdict::Intact { records, .. } if records == N as u64)
     );
 }
+
+/// Two workers that both believe they hold the chain (a lease changing
+/// hands) append the same facts at once, in different batches: the trail is
+/// one chain with every fact once and positions without gaps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_chain_writers_racing_make_one_chain() {
+    use natter_workers::audit::{AuditHandler, Chain};
+    use natter_workers::handler::{Incoming, settle};
+    let app = TestApp::new().await;
+    app.store.ensure_indexes().await.unwrap();
+    let actor = app.user();
+    const N: u64 = 60;
+    let facts: Vec<Incoming<natter_shared::audit::AuditFact>> = (1..=N)
+        .map(|seq| Incoming {
+            seq,
+            time: mongodb::bson::DateTime::from_millis(1_700_000_000_000 + seq as i64),
+            subject: "x.out.messages".into(),
+            msg: natter_shared::audit::AuditFact {
+                v: 1,
+                seq: 1000 + seq,
+                time_ms: 1_700_000_000_000 + seq as i64,
+                role: "messages".into(),
+                action: "send_message".into(),
+                actor: Some(actor),
+                roles: vec![],
+                room: Default::default(),
+                targets: BTreeMap::from([("messageId".to_string(), format!("{seq:024x}"))]),
+                status: natter_shared::audit::FactStatus::Applied,
+                reason: None,
+                code: None,
+                meta: BTreeMap::new(),
+            },
+        })
+        .collect();
+    let writer = |size: usize| {
+        let (store, facts) = (app.store.clone(), facts.clone());
+        async move {
+            let handler = AuditHandler::new(store, None);
+            let mut chain = Chain::default();
+            for batch in facts.chunks(size) {
+                let done = settle(&handler, &mut chain, batch, |_| async {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    true
+                })
+                .await;
+                assert_eq!(done.map(|d| d.len()), Some(batch.len()));
+            }
+        }
+    };
+    tokio::join!(writer(7), writer(10), writer(3));
+    let recs = records(&app).await;
+    let positions: Vec<i64> = recs.iter().map(|r| r.chain_seq).collect();
+    assert_eq!(positions, (1..=N as i64).collect::<Vec<_>>(), "one record per position, no gap");
+    let commands: std::collections::HashSet<i64> = recs.iter().map(|r| r.seq).collect();
+    assert_eq!(commands.len() as u64, N, "every fact once");
+    assert!(matches!(verify(&app.store.audit(), None).await.unwrap(), Verdict::Intact { records, .. } if records == N));
+}

@@ -260,3 +260,56 @@ async fn a_deleted_message_stays_deleted_when_its_send_is_replayed() {
     let (_, c) = app.get(e, &format!("/api/chat/conversations/{conv}"), b).await;
     assert_eq!(c["unreadCounts"][b.hex()], 1, "the deleted message is not unread, and the replay did not count");
 }
+
+/// The worker holding a room keeps it in memory between batches. When it
+/// is killed with -9 mid-stream, the worker that takes the room over reads
+/// it back: the recipient's events stay in order without gaps or repeats,
+/// and unread counts, read and delivery cursors come out exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_moving_to_another_worker_keeps_counts_cursors_and_order() {
+    let mut app = TestApp::new().await;
+    let e = app.start_edge().await;
+    let workers = [app.start_worker_process(), app.start_worker_process()];
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let natter_tests::stack::Pair { a, b, conv, mut wa, mut wb } = app.chatting_pair(e).await;
+    let s = Subjects::new(&app.name);
+    let js = jetstream::new(async_nats::connect(&app.nats_url).await.unwrap());
+    let kv = js.get_key_value(s.leases_bucket()).await.unwrap();
+    let lease = s.lease_key("messages", natter_nats::subjects::partition_of(&conv));
+    let holder = kv.get(&lease).await.unwrap().expect("a holder");
+    let pid: u32 = String::from_utf8_lossy(&holder).split('-').next().unwrap().parse().unwrap();
+    let victim = workers.into_iter().find(|w| app.processes[*w].child.id() == Some(pid)).expect("ours");
+
+    const N: usize = 200;
+    let mut sent = Vec::new();
+    for i in 0..N {
+        if i == N / 2 {
+            app.processes[victim].kill9().await;
+        }
+        let r = wa.request("send_message", json!({"conversationId": conv, "content": format!("m{i}")})).await;
+        assert_eq!(r["type"], "ack", "{r}");
+        sent.push((r["data"]["messageId"].as_str().unwrap().to_string(), r["data"]["seq"].as_u64().unwrap()));
+    }
+    let got = wb.events("message_received", N, Duration::from_secs(60)).await;
+    let ids: Vec<&str> = got.iter().map(|e| e["data"]["_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, sent.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(), "every message once, in order");
+    assert!(wb.events("message_received", 1, Duration::from_millis(500)).await.is_empty(), "no repeat");
+
+    // B reads up to message 150 (of A's 200).
+    let r = wb.request("mark_as_read", json!({"messageId": sent[150].0})).await;
+    assert_eq!(r["type"], "ack", "{r}");
+    let (last_seq, read_seq) = (sent[N - 1].1 as i64, sent[150].1 as i64);
+    let c = natter_tests::eventually("receipts applied and written", Duration::from_secs(30), || async {
+        let c = app.store.conversation(conv.parse().ok()?).await.ok()??;
+        let delivered = c.delivered_cursors.get(&b.hex()).copied().unwrap_or(0);
+        (c.read_cursors.get(&b.hex()).copied() == Some(read_seq) && delivered == last_seq).then_some(c)
+    })
+    .await;
+    assert_eq!(c.unread_counts.get(&b.hex()).copied(), Some((N - 151) as i64), "B's unread after the read");
+    assert_eq!(c.unread_counts.get(&a.hex()).copied().unwrap_or(0), 0, "A's own messages are never unread");
+    assert_eq!(c.last_message_id.map(|m| m.to_hex()), Some(sent[N - 1].0.clone()));
+    let (_, h) = app.get(e, &format!("/api/chat/conversations/{conv}/messages?limit=100"), a).await;
+    let statuses: Vec<&str> = h["messages"].as_array().unwrap().iter().map(|m| m["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == "read").count(), 51, "messages 100..=150 of this page are read");
+    assert!(statuses[51..].iter().all(|s| *s == "delivered"), "the rest reached B's device");
+}

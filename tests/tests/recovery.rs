@@ -219,3 +219,59 @@ async fn commands_a_dead_worker_had_in_hand_are_applied_before_later_ones() {
     assert_eq!((total, ids), (6, 6), "stored messages");
     assert!(wb.events("message_received", 1, Duration::from_millis(500)).await.is_empty(), "a repeated event");
 }
+
+/// Which worker process holds each partition of the messages role, by the
+/// pid in its instance name.
+async fn holders(app: &TestApp) -> Vec<Option<u32>> {
+    let s = natter_nats::Subjects::new(&app.name);
+    let js = async_nats::jetstream::new(async_nats::connect(&app.nats_url).await.expect("nats"));
+    let kv = js.get_key_value(s.leases_bucket()).await.expect("leases");
+    let mut out = Vec::new();
+    for p in 0..natter_nats::PARTITIONS {
+        let v = kv.get(s.lease_key("messages", p)).await.ok().flatten();
+        out.push(v.and_then(|v| String::from_utf8_lossy(&v).split('-').next().and_then(|p| p.parse().ok())));
+    }
+    out
+}
+
+/// Two workers started together share the partitions within seconds; when
+/// one is killed with -9 the other takes its partitions over within a few
+/// seconds (the lease lives 3 s without renewal).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_share_partitions_at_once_and_take_over_a_dead_ones_within_seconds() {
+    let mut app = TestApp::new().await;
+    app.start_edge().await;
+    let (w1, w2) = (app.start_worker_process(), app.start_worker_process());
+    let (p1, p2) = (app.processes[w1].child.id().unwrap(), app.processes[w2].child.id().unwrap());
+    // From when both have announced themselves (starting a process, with
+    // its topology and indexes, takes a while on a busy machine).
+    let s = natter_nats::Subjects::new(&app.name);
+    let js = async_nats::jetstream::new(async_nats::connect(&app.nats_url).await.expect("nats"));
+    let kv = js.get_key_value(s.leases_bucket()).await.expect("leases");
+    natter_tests::eventually("both workers announced", Duration::from_secs(30), || async {
+        use futures::TryStreamExt;
+        let keys: Vec<String> = kv.keys().await.ok()?.try_collect().await.ok()?;
+        let members = keys.iter().filter(|k| k.starts_with(&s.member_prefix("messages"))).count();
+        (members == 2).then_some(())
+    })
+    .await;
+    let started = tokio::time::Instant::now();
+    natter_tests::eventually("partitions shared evenly", Duration::from_secs(10), || async {
+        let h = holders(&app).await;
+        let count = |pid| h.iter().filter(|x| **x == Some(pid)).count();
+        (count(p1) == 4 && count(p2) == 4).then_some(())
+    })
+    .await;
+    let shared = started.elapsed();
+    assert!(shared < Duration::from_secs(3), "shared {shared:?} after both announced themselves");
+
+    app.processes[w1].kill9().await;
+    let killed = tokio::time::Instant::now();
+    natter_tests::eventually("the survivor holds everything", Duration::from_secs(15), || async {
+        let h = holders(&app).await;
+        h.iter().all(|x| *x == Some(p2)).then_some(())
+    })
+    .await;
+    let took = killed.elapsed();
+    assert!(took < Duration::from_secs(5), "taken over after {took:?}");
+}

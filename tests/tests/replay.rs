@@ -126,6 +126,10 @@ async fn replay_rebuilds_the_same_state() {
     for coll in ["messages", "conversations", "groupchats", "attachments", "audit_trail"] {
         assert!(live.counts.get(coll).copied().unwrap_or(0) > 0, "{coll} is part of the scenario: {:?}", live.counts);
     }
+    // Receipts are part of the state the rebuild must reproduce.
+    let conv = app.store.conversations().find_one(mongodb::bson::doc! {}).await.unwrap().unwrap();
+    assert!(!conv.read_cursors.is_empty() && !conv.delivered_cursors.is_empty(), "{conv:?}");
+    assert!(conv.unread_counts.values().any(|n| *n > 0), "{conv:?}");
 
     // Wipe the database and rebuild it with one command.
     app.store.db().drop().await.unwrap();
@@ -152,6 +156,12 @@ async fn replay_rebuilds_the_same_state() {
         .await;
     let other = mongodb::Client::with_uri_str(&app.mongodb_uri).await.unwrap().database(&fresh);
     assert_eq!(canonical(&other).await, live, "a rebuild elsewhere is the same");
+    other.drop().await.unwrap();
+    // Written as for a server without `bulkWrite` (one command per
+    // collection): the same state.
+    let state6 = dir.join("per-collection.json").display().to_string();
+    natterctl(&app, &["replay", "--quiet", "--into-db", &fresh, "--no-bulk-write", "--state", &state6]).await;
+    assert_eq!(canonical(&other).await, live, "a rebuild written per collection is the same");
     // A fresh database must be empty to start a rebuild.
     let out = tokio::process::Command::new(procs::workspace_bin("natterctl"))
         .args(["replay", "--quiet", "--into-db", &fresh, "--state", &dir.join("x.json").display().to_string()])

@@ -17,16 +17,19 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-/// Most commands applied but not yet written: a write starts at once past
-/// it (and together with the write in flight, the consumer's
-/// `max_ack_pending` stays out of reach).
+/// Most commands applied but not yet taken: a write starts at once past it.
 const GATHER_AT: usize = natter_nats::topology::MAX_BATCH;
+/// Most commands in hand (applied, not yet acked): past it the loop waits
+/// for the write in flight before fetching more, well below the consumer's
+/// `max_ack_pending` (at which the server stops delivering, and pulls
+/// stall until deliveries time out).
+const IN_HAND_AT: usize = natter_nats::topology::MAX_ACK_PENDING / 4;
 /// How often messages in hand are kept from redelivery while they are
 /// applied again (well inside the first ack wait).
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 /// While a write is in flight, how long a fetch waits for messages (the
 /// loop notices the write's end between fetches).
-const WHILE_WRITING: Duration = Duration::from_millis(5);
+const WHILE_WRITING: Duration = Duration::from_millis(10);
 
 type Write = JoinHandle<Result<(), ApplyError>>;
 
@@ -41,11 +44,13 @@ pub(super) struct Flow<H: Handler> {
     open_since: Option<Instant>,
     /// The write in flight and the batches it finishes.
     writing: Option<(Vec<Batch<H::Msg>>, Write)>,
+    /// When the messages in hand were last kept from redelivery.
+    kept: Instant,
 }
 
 impl<H: Handler> Flow<H> {
     pub fn new(handler: Arc<H>) -> Self {
-        Flow { handler, open: Vec::new(), open_since: None, writing: None }
+        Flow { handler, open: Vec::new(), open_since: None, writing: None, kept: Instant::now() }
     }
 
     /// How long the next fetch may wait for messages.
@@ -99,7 +104,16 @@ impl<H: Handler> Flow<H> {
     /// Finishes the write in flight if it has ended, and starts the next
     /// when one is due.
     pub async fn advance(&mut self, state: &mut H::State, part: &Partition, cancel: &CancellationToken) {
-        if self.writing.as_ref().is_some_and(|(_, w)| w.is_finished()) {
+        // Applied but not yet written: still ours (the database may be
+        // slower than the stream for a while).
+        if self.kept.elapsed() >= PROGRESS_EVERY {
+            self.kept = Instant::now();
+            let writing = self.writing.iter().flat_map(|(b, _)| b.iter());
+            for m in writing.chain(self.open.iter()).flat_map(|b| b.msgs.iter()) {
+                let _ = m.ack_with(AckKind::Progress).await;
+            }
+        }
+        if self.writing.as_ref().is_some_and(|(_, w)| w.is_finished()) || self.in_hand() >= IN_HAND_AT {
             let again = self.land(state, part).await;
             if !again.is_empty() {
                 self.retry_everything(state, part, again, cancel).await;
@@ -139,6 +153,12 @@ impl<H: Handler> Flow<H> {
                 self.recover(state, part, batches, cancel).await;
             }
         }
+    }
+
+    /// Commands applied and not yet acked.
+    fn in_hand(&self) -> usize {
+        let writing = self.writing.iter().flat_map(|(b, _)| b.iter());
+        writing.chain(self.open.iter()).map(|b| b.msgs.len()).sum()
     }
 
     fn due(&self) -> bool {

@@ -92,22 +92,29 @@ pub async fn run<H: Handler>(
                 t.cancel.cancel();
             }
         }
-        for p in changes.surplus {
-            // Stop the loop (it finishes the batch in hand), then hand the
-            // partition back at once so another worker can take it. A loop
-            // still busy (MongoDB down) keeps the lease and is asked again.
-            let done = match tasks.get_mut(&p) {
-                Some(t) => {
-                    t.cancel.cancel();
-                    tokio::time::timeout(HANDOFF_WAIT, &mut t.handle).await.is_ok()
-                }
-                None => true,
-            };
-            if done {
-                tasks.remove(&p);
+        // Stop the surplus loops (each writes and acks what it has in hand),
+        // all at once, then hand their partitions back so another worker can
+        // take them. A loop still busy (MongoDB down) keeps its lease and is
+        // asked again.
+        let mut stopping: Vec<(u32, PartitionTask)> =
+            changes.surplus.iter().filter_map(|p| tasks.remove(p).map(|t| (*p, t))).collect();
+        for (_, t) in &stopping {
+            t.cancel.cancel();
+        }
+        let stopped = futures::future::join_all(
+            stopping.iter_mut().map(|(_, t)| tokio::time::timeout(HANDOFF_WAIT, &mut t.handle)),
+        )
+        .await;
+        for ((p, t), stopped) in stopping.into_iter().zip(stopped) {
+            if stopped.is_ok() {
                 leases.release(p).await;
                 info!(role, partition = p, "partition handed back");
+            } else {
+                tasks.insert(p, t);
             }
+        }
+        for p in changes.surplus.iter().filter(|p| !tasks.contains_key(p)) {
+            leases.release(*p).await;
         }
         // Start gained partitions, and restart any loop that ended on its own
         // (a panic in a handler must not leave a partition unserved).
