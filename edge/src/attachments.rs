@@ -121,8 +121,14 @@ pub async fn downloadable(st: &EdgeState, who: &Identity, id: &str) -> Result<At
         .find_one(doc! {"_id": oid, "status": "accepted"})
         .await?
         .ok_or(ChatError::NotFound("attachment"))?;
+    // Someone who may not download it is told it does not exist, as for
+    // an id that does not: the answer tells nothing about what exists.
+    let hidden = |e: ChatError| match e {
+        ChatError::NotAMember => ChatError::NotFound("attachment"),
+        e => e,
+    };
     if let Some(room) = a.room() {
-        chat::require_member(st, who, &room).await?;
+        chat::require_member(st, who, &room).await.map_err(hidden)?;
         return Ok(a);
     }
     if a.uploader_id == who.user.oid() {
@@ -146,17 +152,35 @@ pub async fn downloadable(st: &EdgeState, who: &Identity, id: &str) -> Result<At
         Ok(None)
     })
     .await?;
-    allowed.map(|()| a).ok_or(ChatError::NotAMember)
+    allowed.map(|()| a).ok_or(ChatError::NotFound("attachment"))
 }
 
 /// A presigned GET for `key`, valid for the configured time.
-pub async fn presigned(st: &EdgeState, key: &str) -> Result<String, ChatError> {
+/// The object is served as a download named `name` (never rendered inline
+/// by the browser: uploads are user content).
+pub async fn presigned(st: &EdgeState, key: &str, name: &str) -> Result<String, ChatError> {
     let (client, bucket) = st.s3.as_ref().ok_or_else(unconfigured)?;
     let ttl = std::time::Duration::from_secs(st.config.attachment_url_ttl);
     let conf =
         aws_sdk_s3::presigning::PresigningConfig::expires_in(ttl).map_err(|e| ChatError::unavailable(e.to_string()))?;
-    let req = client.get_object().bucket(bucket).key(key).presigned(conf).await.map_err(ChatError::unavailable)?;
+    let req = client
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .response_content_disposition(content_disposition(name))
+        .presigned(conf)
+        .await
+        .map_err(ChatError::unavailable)?;
     Ok(req.uri().to_string())
+}
+
+/// `Content-Disposition` of a download: an attachment, named `name`
+/// (RFC 5987 encoded).
+pub fn content_disposition(name: &str) -> String {
+    format!(
+        "attachment; filename*=UTF-8''{}",
+        url::form_urlencoded::byte_serialize(name.as_bytes()).collect::<String>()
+    )
 }
 
 /// The object's bytes as a stream, for proxied downloads.

@@ -120,7 +120,7 @@ pub async fn send_message(st: &EdgeState, who: &Identity, req: SendMessage) -> R
 
 /// How long a message a client names may take to be written after its
 /// event (the workers' write-behind) before it is reported missing.
-const WRITTEN_WITHIN: Duration = Duration::from_millis(500);
+const WRITTEN_WITHIN: Duration = Duration::from_millis(1500);
 
 /// Where the message `id` is: as this edge relayed or stored it lately, or
 /// as MongoDB has it (not deleted), waiting a little for a message whose
@@ -198,7 +198,9 @@ pub async fn delete_message(
         who,
         Command::DeleteMessage(DeleteMessageCmd { room: RoomFields::of(&room), message_id: m.id.to_hex() }),
     );
-    let msg_id = format!("del:{}", m.id.to_hex());
+    // Per actor: a refused delete by one user must not swallow an
+    // authorized one by another as its duplicate.
+    let msg_id = format!("del:{}:{}", who.user, m.id.to_hex());
     let seq = if wait { apply_and_wait(st, env, &msg_id).await? } else { store_command(st, &env, &msg_id).await?.seq };
     Ok((room, seq))
 }

@@ -46,6 +46,36 @@ pub struct Closer {
     typing: Arc<TypingState>,
 }
 
+/// A session's cleanup that runs however the task holding it ends: by
+/// `close`, or when it is dropped (the task panicked or was aborted), in a
+/// task of its own. Presence, the hub's subscriptions and typing state are
+/// never left behind by a connection that is gone.
+pub struct CloseOnDrop(Option<Closer>);
+
+impl CloseOnDrop {
+    pub fn new(closer: Closer) -> Self {
+        CloseOnDrop(Some(closer))
+    }
+
+    pub async fn close(mut self) {
+        if let Some(c) = self.0.take() {
+            c.close().await;
+        }
+    }
+}
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            let tracker = c.st.lifecycle.tracker.clone();
+            let _enter = rt.enter();
+            tracker.spawn(c.close());
+        }
+    }
+}
+
 impl Closer {
     pub async fn close(self) {
         self.typing.stop_all(&self.st, &self.who).await;
@@ -103,9 +133,13 @@ impl Session {
         }
     }
 
-    /// Queues a reply, already encoded in the connection's protocol.
-    pub async fn reply(&self, text: String) {
-        let _ = self.sink.tx.send(Outbound::Reply(text)).await;
+    /// Queues a reply, already encoded in the connection's protocol. Never
+    /// waits: a client whose queue is full is not reading what it asked
+    /// for, and is closed as a slow consumer (it reconnects and catches up).
+    pub fn reply(&self, text: String) {
+        if self.sink.tx.try_send(Outbound::Reply(text)).is_err() {
+            self.sink.overflow.cancel();
+        }
     }
 
     /// Takes a token from the request rate bucket.

@@ -20,6 +20,20 @@ pub struct Stored {
     pub duplicate: bool,
 }
 
+/// `msg_id` as it can go in a header: as given when it is visible ASCII,
+/// else its SHA-256 (a header value cannot hold line breaks or other
+/// control characters, and async-nats panics on one). Ids come partly from
+/// clients, so nothing a client sends may reach the header unchecked.
+pub fn header_safe(msg_id: &str) -> std::borrow::Cow<'_, str> {
+    use sha2::{Digest, Sha256};
+    if !msg_id.is_empty() && msg_id.bytes().all(|b| b.is_ascii_graphic()) {
+        return msg_id.into();
+    }
+    let digest = Sha256::digest(msg_id.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}").into()
+}
+
 /// Publishes `payload` on `subject` with `Nats-Msg-Id: msg_id` and waits for
 /// the PubAck.
 pub async fn command(
@@ -29,7 +43,7 @@ pub async fn command(
     payload: Bytes,
 ) -> Result<Stored, PublishError> {
     let fut = js
-        .send_publish(subject, PublishMessage::build().payload(payload).message_id(msg_id))
+        .send_publish(subject, PublishMessage::build().payload(payload).message_id(header_safe(msg_id).as_ref()))
         .await
         .map_err(|e| PublishError::Publish(e.to_string()))?;
     let ack = fut.await.map_err(|e| match e.kind() {
@@ -37,4 +51,21 @@ pub async fn command(
         _ => PublishError::Ack(e.to_string()),
     })?;
     Ok(Stored { seq: ack.sequence, duplicate: ack.duplicate })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::header_safe;
+
+    #[test]
+    fn ids_a_header_cannot_hold_are_replaced_by_their_digest() {
+        assert_eq!(header_safe("msg:abc:k-1"), "msg:abc:k-1");
+        let crlf = header_safe("msg:abc:a\r\nb");
+        assert!(crlf.starts_with("sha256:") && crlf.bytes().all(|b| b.is_ascii_graphic()));
+        // Distinct ids stay distinct, the same id maps to the same value.
+        assert_ne!(crlf, header_safe("msg:abc:a\nb"));
+        assert_eq!(crlf, header_safe("msg:abc:a\r\nb"));
+        assert!(header_safe("a b").starts_with("sha256:"));
+        assert!(header_safe("").starts_with("sha256:"));
+    }
 }

@@ -13,6 +13,11 @@ pub trait Source {
     fn get(&self, key: &str) -> Option<String>;
 }
 
+/// Largest `MAX_FILE_SIZE` accepted: an upload is held in a WebSocket
+/// message (or a polling body, in base64) and staged whole, and the
+/// arithmetic on sizes must not overflow.
+pub const MAX_FILE_SIZE_LIMIT: u64 = 256 * 1024 * 1024;
+
 /// The process environment.
 pub struct Env;
 
@@ -82,7 +87,8 @@ pub struct EdgeConfig {
     /// `FRONTEND_URL` (default `http://localhost:3000`): allowed browser
     /// origins, comma-separated, compared exactly with the `Origin` header.
     pub frontend_urls: Vec<String>,
-    /// `MAX_FILE_SIZE` (default 10485760): upper bound of an attachment in bytes.
+    /// `MAX_FILE_SIZE` (default 10485760, at most `MAX_FILE_SIZE_LIMIT`):
+    /// upper bound of an attachment in bytes.
     pub max_file_size: u64,
     /// `LISTEN_ADDR` (default `127.0.0.1:8080`): where the edge listens.
     pub listen: SocketAddr,
@@ -200,7 +206,8 @@ impl EdgeConfig {
                 return Err(invalid("FRONTEND_URL", format!("`{u}` is not a URL")));
             }
         }
-        let max_file_size = number(src, "MAX_FILE_SIZE", 10 * 1024 * 1024u64, 1..=u64::MAX, "a number of bytes")?;
+        let max_file_size =
+            number(src, "MAX_FILE_SIZE", 10 * 1024 * 1024u64, 1..=MAX_FILE_SIZE_LIMIT, "a number of bytes")?;
         let listen = match src.get("LISTEN_ADDR") {
             None => SocketAddr::from(([127, 0, 0, 1], 8080)),
             Some(v) => v.parse().map_err(|_| invalid("LISTEN_ADDR", format!("`{v}` is not host:port")))?,
@@ -307,6 +314,8 @@ mod tests {
     fn invalid_values_are_named() {
         let mut m = src(&BASE);
         m.insert("MAX_FILE_SIZE".into(), "ten".into());
+        assert!(matches!(EdgeConfig::load(&m), Err(ConfigError::Invalid { var: "MAX_FILE_SIZE", .. })));
+        m.insert("MAX_FILE_SIZE".into(), u64::MAX.to_string());
         assert!(matches!(EdgeConfig::load(&m), Err(ConfigError::Invalid { var: "MAX_FILE_SIZE", .. })));
         let mut m = src(&BASE);
         m.insert("JWT_SECRET".into(), "short".into());

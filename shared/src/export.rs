@@ -62,6 +62,14 @@ pub enum ExportError {
     Closed,
 }
 
+/// A CSV cell a spreadsheet will not run: one starting with `=`, `+`, `-`,
+/// `@`, a tab or a carriage return (a formula, to Excel and its kin) gets a
+/// leading `'`, which spreadsheets show as text (OWASP's advice on CSV
+/// injection). Message content and names are written by users.
+pub fn inert_cell(cell: String) -> String {
+    if cell.starts_with(['=', '+', '-', '@', '\t', '\r']) { format!("'{cell}") } else { cell }
+}
+
 /// Writes `rows` as CSV or JSON through `sink`, a chunk at a time; `sink`
 /// returns false to stop (the client went away). Returns the row count.
 pub async fn write<T, S, F, Fut>(format: Format, mut rows: S, mut sink: F) -> Result<u64, ExportError>
@@ -87,7 +95,8 @@ where
         match format {
             Format::Csv => {
                 let mut w = csv::Writer::from_writer(Vec::new());
-                w.write_record(row.cells()).map_err(|e| ExportError::Encode(e.to_string()))?;
+                let cells = row.cells().into_iter().map(inert_cell);
+                w.write_record(cells).map_err(|e| ExportError::Encode(e.to_string()))?;
                 buf.extend(w.into_inner().map_err(|e| ExportError::Encode(e.to_string()))?);
             }
             _ => {
@@ -251,4 +260,18 @@ pub async fn history_rows(
         .batch_size(1000)
         .await?;
     Ok(cur.map_ok(move |m| cursors.receipts().view(&m)))
+}
+
+#[cfg(test)]
+mod inert_tests {
+    use super::inert_cell;
+
+    #[test]
+    fn formulas_are_written_as_text() {
+        for f in ["=HYPERLINK(\"http://x\")", "+1", "-2+3", "@SUM(A1)", "\tx", "\rx"] {
+            assert_eq!(inert_cell(f.into()), format!("'{f}"));
+        }
+        assert_eq!(inert_cell("hello = world".into()), "hello = world");
+        assert_eq!(inert_cell(String::new()), "");
+    }
 }

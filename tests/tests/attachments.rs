@@ -171,7 +171,8 @@ async fn upload_over_both_paths_send_and_download() {
         (&ws_pdf, &doc),
     ] {
         assert_eq!(download(e, &format!("/api/chat/attachments/{id}"), &tb).await.as_ref(), Ok(bytes), "{id}");
-        assert_eq!(download(e, &format!("/api/chat/attachments/{id}"), &tc).await, Err(403), "{id}");
+        // Not a member: told it does not exist, as for an unknown id.
+        assert_eq!(download(e, &format!("/api/chat/attachments/{id}"), &tc).await, Err(404), "{id}");
     }
     let r = app.http().get(format!("http://{e}/api/chat/attachments/{ws_png}")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 401, "no token");
@@ -206,7 +207,7 @@ async fn upload_over_both_paths_send_and_download() {
     let own_url = format!("/api/chat/attachments/{}", own["id"].as_str().unwrap());
     let ta = app.token(a, &[]);
     assert_eq!(download(e, &own_url, &tc).await.as_ref(), Ok(&doc), "the uploader");
-    assert_eq!(download(e, &own_url, &ta).await, Err(403), "not sent yet");
+    assert_eq!(download(e, &own_url, &ta).await, Err(404), "not sent yet");
     let r =
         wc.request("send_message", json!({"conversationId": conv_c, "content": "mine", "attachments": [own]})).await;
     assert_eq!(r["type"], "ack", "{r}");
@@ -217,7 +218,9 @@ async fn upload_over_both_paths_send_and_download() {
     .await;
     assert_eq!(sent, 1);
     assert_eq!(download(e, &own_url, &ta).await.as_ref(), Ok(&doc), "a member of the room it was sent to");
-    assert_eq!(download(e, &own_url, &tb).await, Err(403), "not in that room");
+    assert_eq!(download(e, &own_url, &tb).await, Err(404), "not in that room");
+    let unknown = format!("/api/chat/attachments/{}", mongodb::bson::oid::ObjectId::new().to_hex());
+    assert_eq!(download(e, &unknown, &tb).await, Err(404), "no such attachment");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -263,7 +263,7 @@ async fn file_upload_with_a_binary_payload() {
     let mine = resp[0]["id"].as_str().unwrap_or_else(|| panic!("{resp:?}")).to_string();
     assert_eq!((resp[0]["type"].as_str(), resp[0]["size"].as_u64()), (Some("image/png"), Some(image.len() as u64)));
     assert_eq!(get(a, &mine).await, (200, image.clone()), "the uploader downloads it");
-    assert_eq!(get(b, &mine).await.0, 403, "not sent anywhere yet");
+    assert_eq!(get(b, &mine).await.0, 404, "not sent anywhere yet");
     let mut cc = SioClient::connect(e, &app.token(c, &[]), Transports::WebsocketOnly).await;
     let cd = app.open_conversation(e, c, a).await;
     let r = cc.request("send_message", json!({"conversationId": cd, "content": "x", "attachments": [&mine]})).await;
@@ -275,7 +275,7 @@ async fn file_upload_with_a_binary_payload() {
     let got = cb.events("message_received", 1, WAIT).await;
     assert_eq!((&got[0]["_id"], &got[0]["attachments"][0]["id"]), (&m["messageId"], &json!(mine)), "{got:?}");
     assert_eq!(get(b, &mine).await, (200, image.clone()), "a member of the room it was sent to");
-    assert_eq!(get(c, &mine).await.0, 403, "not a member of that room");
+    assert_eq!(get(c, &mine).await.0, 404, "not a member of that room");
 }
 
 /// The edge goes away and comes back on the same address: clients on both

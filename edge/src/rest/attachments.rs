@@ -21,6 +21,34 @@ fn param(q: Option<&str>, name: &str) -> Option<String> {
     url::form_urlencoded::parse(q.unwrap_or("").as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
 }
 
+/// What a multipart upload may carry besides the file.
+const MULTIPART_OVERHEAD: u64 = 64 * 1024;
+/// Longest text field of a multipart upload (an id or a content type).
+const MAX_FIELD_BYTES: usize = 1024;
+
+/// A text field of a multipart upload, refused past `MAX_FIELD_BYTES`
+/// before more of it is read.
+async fn small_field(mut field: axum::extract::multipart::Field<'_>) -> Result<String, ChatError> {
+    let mut buf = Vec::new();
+    while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+        if buf.len() + chunk.len() > MAX_FIELD_BYTES {
+            return Err(ChatError::InvalidPayload(format!("form fields are limited to {MAX_FIELD_BYTES} bytes")));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    String::from_utf8(buf).map_err(|_| ChatError::InvalidPayload("a form field is not UTF-8".into()))
+}
+
+/// A multipart body that cannot be read: too large (past the file limit
+/// plus `MULTIPART_OVERHEAD`) or malformed.
+fn multipart_error(e: axum::extract::multipart::MultipartError) -> ChatError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ChatError::Upload(natter_shared::v1::error::ErrorCode::FileTooLarge, "the upload is too large".into())
+    } else {
+        ChatError::InvalidPayload(e.body_text())
+    }
+}
+
 /// `POST /api/chat/attachments`. Raw body: `?conversationId=|groupId=`
 /// (optional), `filename=`, and `type=` (or the `Content-Type`). Multipart:
 /// the fields `conversationId`/`groupId` (optional) and `type` (optional)
@@ -39,7 +67,7 @@ pub async fn upload(
     // Refused before a byte is read when the length says it is too big
     // (a multipart envelope adds a little, allowed for).
     if let Some(n) = declared_len
-        && n > limit + if multipart { 64 * 1024 } else { 0 }
+        && n > limit + if multipart { MULTIPART_OVERHEAD } else { 0 }
     {
         return Err(ChatError::Upload(
             natter_shared::v1::error::ErrorCode::FileTooLarge,
@@ -47,20 +75,21 @@ pub async fn upload(
         ));
     }
     let staged = if multipart {
+        // The whole body is bounded as it is read (a chunked body declares
+        // no length): the file plus a little for the envelope and fields.
+        let req = req.map(|b| Body::new(http_body_util::Limited::new(b, (limit + MULTIPART_OVERHEAD) as usize)));
         let mut form = Multipart::from_request(req, &st).await.map_err(|e| ChatError::InvalidPayload(e.body_text()))?;
         let (mut conv, mut group, mut kind) =
             (param(q.as_deref(), "conversationId"), param(q.as_deref(), "groupId"), None);
         loop {
-            let field = form.next_field().await.map_err(|e| ChatError::InvalidPayload(e.body_text()))?;
+            let field = form.next_field().await.map_err(multipart_error)?;
             let Some(field) = field else {
                 return Err(ChatError::InvalidPayload("no `file` part".into()));
             };
             match field.name().unwrap_or("") {
-                "conversationId" => {
-                    conv = Some(field.text().await.map_err(|e| ChatError::InvalidPayload(e.body_text()))?)
-                }
-                "groupId" => group = Some(field.text().await.map_err(|e| ChatError::InvalidPayload(e.body_text()))?),
-                "type" => kind = Some(field.text().await.map_err(|e| ChatError::InvalidPayload(e.body_text()))?),
+                "conversationId" => conv = Some(small_field(field).await?),
+                "groupId" => group = Some(small_field(field).await?),
+                "type" => kind = Some(small_field(field).await?),
                 "file" => {
                     let room = chat::optional_room(conv.as_deref(), group.as_deref())?;
                     let filename = field.file_name().unwrap_or("file").to_string();
@@ -90,7 +119,7 @@ pub async fn upload(
 
 async fn serve(st: &EdgeState, key: &str, name: &str, kind: &str) -> Result<Response, ChatError> {
     if !st.config.attachment_proxy {
-        let url = attachments::presigned(st, key).await?;
+        let url = attachments::presigned(st, key, name).await?;
         let mut resp = StatusCode::FOUND.into_response();
         let h = resp.headers_mut();
         h.insert(header::LOCATION, HeaderValue::from_str(&url).map_err(|e| ChatError::unavailable(e.to_string()))?);
@@ -108,11 +137,7 @@ async fn serve(st: &EdgeState, key: &str, name: &str, kind: &str) -> Result<Resp
     if let Some(n) = len {
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
     }
-    let disposition = format!(
-        "attachment; filename*=UTF-8''{}",
-        url::form_urlencoded::byte_serialize(name.as_bytes()).collect::<String>()
-    );
-    if let Ok(v) = HeaderValue::from_str(&disposition) {
+    if let Ok(v) = HeaderValue::from_str(&attachments::content_disposition(name)) {
         h.insert(header::CONTENT_DISPOSITION, v);
     }
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-store"));

@@ -124,6 +124,15 @@ impl Engine {
         String::from(Packet::Open(self.open_packet_fields()))
     }
 
+    /// Queues a reply before the socket has a session (a refused
+    /// CONNECT); like a session's replies it never waits (see
+    /// `Session::reply`).
+    pub fn reply(&self, text: String) {
+        if self.out.try_send(Outbound::Reply(text)).is_err() {
+            self.overflow.cancel();
+        }
+    }
+
     /// Queues an Engine.IO packet of our own.
     pub fn push(&self, p: Packet) {
         let _ = self.ctl.send(p);
@@ -235,8 +244,13 @@ impl Engine {
         let (rx, mut tx) = ws.split(tokio::io::split);
         let (ctl_tx, mut ctl_rx) = mpsc::channel::<Control>(8);
         let (up_tx, mut up_rx) = oneshot::channel::<()>();
-        let mut inbound =
-            WsInbound { engine: self.clone(), probing: upgrade, upgraded: Some(up_tx), ctl: ctl_tx.clone() };
+        let mut inbound = WsInbound {
+            engine: self.clone(),
+            probing: upgrade,
+            probed: false,
+            upgraded: Some(up_tx),
+            ctl: ctl_tx.clone(),
+        };
         let max_binary = self.max_binary;
         let reader = tokio::spawn(
             async move { wsconn::read_messages(rx, ctl_tx, MAX_FRAME_BYTES + 1, max_binary, &mut inbound).await }
@@ -289,6 +303,7 @@ impl Engine {
 struct WsInbound {
     engine: Arc<Engine>,
     probing: bool,
+    probed: bool,
     upgraded: Option<oneshot::Sender<()>>,
     ctl: mpsc::Sender<Control>,
 }
@@ -303,7 +318,13 @@ impl wsconn::Handler for WsInbound {
             Message::Binary(b) => Packet::Binary(b.into()),
         };
         match (self.probing, p) {
+            // One probe per upgrade: each answer also queues a packet for
+            // the polling side.
+            (true, Packet::PingUpgrade) if self.probed => {
+                Next::Close(close::PROTOCOL_ERROR, "one upgrade probe per WebSocket")
+            }
             (true, Packet::PingUpgrade) => {
+                self.probed = true;
                 let _ = self.ctl.send(Control::Frame(OpCode::Text, b"3probe".to_vec())).await;
                 // Ends the pending poll, so that the client can finish the upgrade.
                 self.engine.push(Packet::Noop);
@@ -359,9 +380,16 @@ pub fn text_response(body: String) -> Response {
 /// within `timeout` is gone (socket.io-client, for its part, gives up when
 /// no ping comes within `interval + timeout`).
 pub async fn heartbeat(engine: Arc<Engine>, interval: Duration, timeout: Duration) {
+    // A polling client that lets its queue fill is closed here (on a
+    // WebSocket the writer closes it with 1013).
     loop {
         tokio::select! {
             _ = engine.closed.cancelled() => return,
+            _ = engine.overflow.cancelled(), if engine.transport() == Transport::Polling => {
+                debug!(sid = %engine.sid, "polling client not keeping up");
+                engine.close();
+                return;
+            }
             _ = tokio::time::sleep(interval) => {}
         }
         let sent = Instant::now();

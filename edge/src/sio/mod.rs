@@ -160,6 +160,20 @@ async fn route(st: Arc<EdgeState>, req: Request) -> Result<Response, EioError> {
     }
 }
 
+/// Ends a session and forgets it when its Socket.IO task ends, however
+/// it ends (a panic included).
+struct Unregister {
+    st: Arc<EdgeState>,
+    engine: Arc<Engine>,
+}
+
+impl Drop for Unregister {
+    fn drop(&mut self) {
+        self.engine.close();
+        self.st.sio.remove(&self.engine.sid.to_string());
+    }
+}
+
 /// A new session: registered, its Socket.IO task and heartbeat started.
 fn open(st: &Arc<EdgeState>, req: &Request, transport: Transport) -> Arc<Engine> {
     let handshake = socket::Handshake {
@@ -173,9 +187,8 @@ fn open(st: &Arc<EdgeState>, req: &Request, transport: Transport) -> Arc<Engine>
     st.sio.insert(engine.clone());
     let (st2, e2) = (st.clone(), engine.clone());
     st.lifecycle.tracker.spawn(async move {
-        socket::run(e2.clone(), inbound, st2.clone(), handshake).await;
-        e2.close();
-        st2.sio.remove(&e2.sid.to_string());
+        let _gone = Unregister { st: st2.clone(), engine: e2.clone() };
+        socket::run(e2, inbound, st2, handshake).await;
     });
     st.lifecycle.tracker.spawn(engine::heartbeat(
         engine.clone(),

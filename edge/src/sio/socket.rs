@@ -5,7 +5,7 @@
 
 use super::engine::{Engine, Inbound};
 use crate::error::ChatError;
-use crate::session::{Next, Session, next_conn};
+use crate::session::{CloseOnDrop, Next, Session, next_conn};
 use crate::state::EdgeState;
 use engineioxide_core::Str;
 use natter_shared::auth::Identity;
@@ -110,6 +110,8 @@ pub async fn run(engine: Arc<Engine>, mut inbound: mpsc::Receiver<Inbound>, st: 
             packet_completion_timeout: Duration::from_secs(60),
         };
         let mut socket: Option<Socket> = None;
+        // Cleans up after the socket even if this task panics.
+        let mut cleanup: Option<CloseOnDrop> = None;
         let mut refused = 0;
         let connect_by = tokio::time::Instant::now() + CONNECT_TIMEOUT;
         loop {
@@ -140,7 +142,7 @@ pub async fn run(engine: Arc<Engine>, mut inbound: mpsc::Receiver<Inbound>, st: 
             if packet.ns != "/" {
                 if matches!(packet.inner, PacketData::Connect(_)) {
                     let err = connect_error(&packet.ns, "Invalid namespace", None);
-                    let _ = engine.out.send(crate::hub::Outbound::Reply(err)).await;
+                    engine.reply(err);
                 }
                 continue;
             }
@@ -158,12 +160,13 @@ pub async fn run(engine: Arc<Engine>, mut inbound: mpsc::Receiver<Inbound>, st: 
                                 Session::open(st.clone(), who, meta, conn, out, engine.overflow.clone()).await;
                             let sid = engineioxide_core::Sid::new();
                             let ok = encode(Packet::connect("/", Some(args_value(json!({"sid": sid}).to_string()))));
-                            session.reply(ok).await;
+                            session.reply(ok);
+                            cleanup = Some(CloseOnDrop::new(session.closer()));
                             socket = Some(Socket { session });
                         }
                         Err(e) => {
                             let err = connect_error("/", &e.public_message(), Some(e.code()));
-                            let _ = engine.out.send(crate::hub::Outbound::Reply(err)).await;
+                            engine.reply(err);
                             refused += 1;
                             if refused >= MAX_CONNECT_ATTEMPTS {
                                 break;
@@ -184,8 +187,9 @@ pub async fn run(engine: Arc<Engine>, mut inbound: mpsc::Receiver<Inbound>, st: 
                 PacketData::ConnectError(_) => break,
             }
         }
-        if let Some(s) = socket {
-            s.session.closer().close().await;
+        drop(socket);
+        if let Some(c) = cleanup {
+            c.close().await;
         }
         engine.close();
         debug!("disconnected");
@@ -261,7 +265,7 @@ impl Socket {
             Ok(data) => {
                 if let Some(id) = ack {
                     let args = serde_json::to_string(&[data]).unwrap_or_else(|_| "[null]".into());
-                    self.session.reply(encode(Packet::ack("/", args_value(args), id))).await;
+                    self.session.reply(encode(Packet::ack("/", args_value(args), id)));
                 }
                 Next::Continue
             }
@@ -271,10 +275,10 @@ impl Socket {
 
     async fn refuse(&mut self, event: &str, ack: Option<i64>, code: ErrorCode, message: &str) -> Next {
         let body = json!({"code": code, "message": message, "event": event}).to_string();
-        self.session.reply(event_packet("error", &body, None).as_str().to_owned()).await;
+        self.session.reply(event_packet("error", &body, None).as_str().to_owned());
         if let Some(id) = ack {
             let args = json!([{"error": {"code": code, "message": message}}]).to_string();
-            self.session.reply(encode(Packet::ack("/", args_value(args), id))).await;
+            self.session.reply(encode(Packet::ack("/", args_value(args), id)));
         }
         self.session.strike()
     }

@@ -3,7 +3,7 @@
 use super::limits::{MAX_FRAME_BYTES, QUEUE_LEN};
 use super::session::Native;
 use crate::hub::Outbound;
-use crate::session::{Session, next_conn};
+use crate::session::{CloseOnDrop, Session, next_conn};
 use crate::state::EdgeState;
 use crate::wsconn::{self, Control, Delivered, EventGate, Io, Source};
 use fastwebsockets::{Frame, Payload, WebSocket};
@@ -32,7 +32,7 @@ pub async fn run(ws: WebSocket<Io>, who: Identity, meta: RequestMeta, st: Arc<Ed
         let _ =
             out_tx.send(Outbound::Reply(to_text("ready", None, Ready { user_id: &who.user.hex(), protocol: 1 }))).await;
         let session = Session::open(st.clone(), who.clone(), meta, conn, out_tx, overflow.clone()).await;
-        let closer = session.closer();
+        let closer = CloseOnDrop::new(session.closer());
         let reader = tokio::spawn(
             async move {
                 let mut native = Native(session);

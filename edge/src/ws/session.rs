@@ -12,14 +12,14 @@ pub struct Native(pub Session);
 
 impl Native {
     async fn refuse(&mut self, rid: Option<&str>, code: ErrorCode, msg: impl Into<String>) -> Next {
-        self.0.reply(error_text(rid, code, msg)).await;
+        self.0.reply(error_text(rid, code, msg));
         self.0.strike()
     }
 
     async fn answer(&mut self, rid: Option<&str>, result: Result<serde_json::Value, ChatError>) -> Next {
         match result {
             Ok(data) => {
-                self.0.reply(to_text("ack", rid, data)).await;
+                self.0.reply(to_text("ack", rid, data));
                 Next::Continue
             }
             Err(e) => {

@@ -104,6 +104,22 @@ impl FileUpload {
     }
 }
 
+/// Longest `requestId`: it is echoed in the reply and stored with the
+/// command (`meta.requestId`).
+pub const MAX_REQUEST_ID: usize = 128;
+
+/// The frame's request id, unless it is too long (then not echoed either).
+fn request_id(raw: &RawFrame<'_>) -> Result<Option<String>, FrameError> {
+    match &raw.request_id {
+        Some(r) if r.len() > MAX_REQUEST_ID || r.chars().any(char::is_control) => Err(FrameError {
+            code: ErrorCode::InvalidFrame,
+            message: format!("requestId must be at most {MAX_REQUEST_ID} bytes without control characters"),
+            request_id: None,
+        }),
+        r => Ok(r.clone()),
+    }
+}
+
 /// Largest header of a binary message.
 pub const MAX_UPLOAD_HEADER: usize = 16 * 1024;
 
@@ -124,7 +140,7 @@ pub fn parse_upload(msg: &[u8]) -> Result<(Option<String>, FileUpload, &[u8]), F
         let code = if e.is_data() { ErrorCode::InvalidFrame } else { ErrorCode::InvalidJson };
         FrameError { code, message: e.to_string(), request_id: None }
     })?;
-    let rid = raw.request_id.clone();
+    let rid = request_id(&raw)?;
     let err = |code, message: String| FrameError { code, message, request_id: rid.clone() };
     if raw.kind != "file_upload" {
         return Err(err(ErrorCode::UnknownEvent, "binary messages carry `file_upload` only".into()));
@@ -217,7 +233,7 @@ pub fn parse(text: &str) -> Result<(Option<String>, ClientRequest), FrameError> 
         let code = if e.is_data() { ErrorCode::InvalidFrame } else { ErrorCode::InvalidJson };
         FrameError { code, message: e.to_string(), request_id: None }
     })?;
-    let rid = raw.request_id.clone();
+    let rid = request_id(&raw)?;
     let err = |code, message: String| FrameError { code, message, request_id: rid.clone() };
     let data = raw.data.map(|d| d.get()).unwrap_or("{}");
     let req = parse_request(&raw.kind, data).map_err(|(code, message)| err(code, message))?;
@@ -241,9 +257,12 @@ pub fn parse_request(kind: &str, data: &str) -> Result<ClientRequest, (ErrorCode
                 return Err((ErrorCode::InvalidPayload, format!("content is longer than {MAX_CONTENT_BYTES} bytes")));
             }
             if let Some(c) = &m.client_msg_id
-                && (c.is_empty() || c.len() > MAX_CLIENT_MSG_ID)
+                && (c.is_empty() || c.len() > MAX_CLIENT_MSG_ID || c.chars().any(char::is_control))
             {
-                return Err((ErrorCode::InvalidPayload, format!("clientMsgId must be 1..={MAX_CLIENT_MSG_ID} bytes")));
+                return Err((
+                    ErrorCode::InvalidPayload,
+                    format!("clientMsgId must be 1..={MAX_CLIENT_MSG_ID} bytes without control characters"),
+                ));
             }
             if let Err(e) = crate::ids::RoomRef::from_fields(m.conversation_id.as_deref(), m.group_id.as_deref()) {
                 return Err((ErrorCode::InvalidPayload, e.into()));

@@ -8,6 +8,7 @@
 //! batch) and for what is older than a room's tail (a read or delete of an
 //! old message).
 
+mod committer;
 mod conversation;
 mod delete;
 mod events;
@@ -22,6 +23,7 @@ mod writes;
 use crate::handler::{ApplyError, Disposition, Done, Handler, Incoming};
 use crate::runner::{self, RunnerConfig};
 use crate::start::{self, StartError};
+use committer::Committer;
 use futures::TryStreamExt;
 use mongodb::bson::{doc, oid::ObjectId};
 use natter_nats::Subjects;
@@ -44,7 +46,7 @@ pub use writes::Writes;
 /// write costs the database per room it touches, so under load fewer,
 /// larger writes cost less per message; clients do not wait on it (events
 /// go out once a batch is applied).
-const WRITE_BEHIND: std::time::Duration = std::time::Duration::from_millis(50);
+const WRITE_BEHIND: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// What every command handler of the role needs.
 pub(crate) struct Ctx {
@@ -56,11 +58,13 @@ pub struct MessagesHandler {
     ctx: Ctx,
     /// Whether the server has `bulkWrite` (asked once).
     bulk: OnceCell<bool>,
+    /// The writer all partitions share (started by the first write).
+    committer: OnceCell<Committer>,
 }
 
 impl MessagesHandler {
     pub fn new(store: Store, subjects: Subjects) -> Self {
-        MessagesHandler { ctx: Ctx { store, subjects }, bulk: OnceCell::new() }
+        MessagesHandler { ctx: Ctx { store, subjects }, bulk: OnceCell::new(), committer: OnceCell::new() }
     }
 
     /// Writes with one command per collection, as on servers before 8.0
@@ -190,7 +194,8 @@ impl Handler for MessagesHandler {
 
     async fn write(&self, writes: Writes) -> Result<(), ApplyError> {
         let bulk = *self.bulk.get_or_try_init(|| writes::has_bulk_write(&self.ctx.store)).await?;
-        writes.execute(&self.ctx.store, bulk).await.map_err(|e| match e {
+        let committer = self.committer.get_or_init(|| async { Committer::start(self.ctx.store.clone(), bulk) }).await;
+        committer.write(writes).await.map_err(|e| match e {
             WriteError::Conflict(why) => ApplyError::transient(format!("applying again from the database: {why}")),
             WriteError::Apply(e) => e,
         })

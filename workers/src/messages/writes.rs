@@ -12,7 +12,7 @@
 use super::room::RoomWrite;
 use crate::handler::ApplyError;
 use mongodb::bson::{DateTime, Document, doc, oid::ObjectId, to_document};
-use mongodb::error::ErrorKind;
+use mongodb::error::{ErrorKind, PartialBulkWriteResult};
 use mongodb::options::{InsertOneModel, UpdateOneModel, WriteModel};
 use natter_shared::ids::RoomKind;
 use natter_shared::model::{ATTACHMENTS, AttachmentDoc, CONVERSATIONS, GROUPS, MESSAGES, MessageDoc};
@@ -21,7 +21,7 @@ use natter_shared::store::Store;
 /// The duplicate key error.
 pub const DUPLICATE_KEY: i32 = 11000;
 /// From how many new messages a batch inserts them with their own command.
-const SEPARATE_INSERT_FROM: usize = 8;
+const SEPARATE_INSERT_FROM: usize = 2;
 /// The first wire version of MongoDB 8.0, which has `bulkWrite`.
 const BULK_WRITE_WIRE_VERSION: i32 = 25;
 
@@ -88,72 +88,6 @@ impl Writes {
         self.ops.append(&mut more.ops);
     }
 
-    /// Sends everything, in order, in as few round trips as the server
-    /// allows. Many new messages go first as one `insert` (a server stores
-    /// a plain insert of many documents for less than the same documents
-    /// in a `bulkWrite`), the rest in one `bulkWrite`.
-    pub(super) async fn execute(mut self, store: &Store, bulk: bool) -> Result<(), WriteError> {
-        if !bulk {
-            return self.per_collection(store).await;
-        }
-        let messages = self.ops.iter().filter(|op| matches!(op, Op::Message(_))).count();
-        if messages >= SEPARATE_INSERT_FROM {
-            let (inserts, rest): (Vec<Op>, Vec<Op>) = self.ops.into_iter().partition(|op| matches!(op, Op::Message(_)));
-            Writes { ops: inserts }.per_collection(store).await?;
-            self.ops = rest;
-        }
-        if self.ops.is_empty() { Ok(()) } else { self.bulk_write(store).await }
-    }
-
-    async fn bulk_write(self, store: &Store) -> Result<(), WriteError> {
-        let db = store.db();
-        let ns = |name: &str| db.collection::<Document>(name).namespace();
-        let mut models: Vec<WriteModel> = Vec::with_capacity(self.ops.len());
-        let mut guarded: Vec<usize> = Vec::new();
-        for op in &self.ops {
-            let (coll, model) = op.model()?;
-            if matches!(op, Op::Room(_, _, RoomWrite::Update { .. })) {
-                guarded.push(models.len());
-            }
-            models.push(match model {
-                Model::Insert(document) => {
-                    WriteModel::InsertOne(InsertOneModel::builder().namespace(ns(coll)).document(document).build())
-                }
-                Model::Update { filter, update, upsert } => WriteModel::UpdateOne(
-                    UpdateOneModel::builder()
-                        .namespace(ns(coll))
-                        .filter(filter)
-                        .update(update)
-                        .upsert(upsert.then_some(true))
-                        .build(),
-                ),
-            });
-        }
-        let result = db.client().bulk_write(models).ordered(true).verbose_results().await;
-        match result {
-            Ok(r) => {
-                for i in guarded {
-                    if r.update_results.get(&i).is_none_or(|u| u.matched_count != 1) {
-                        return Err(WriteError::Conflict("a room changed under this worker".into()));
-                    }
-                }
-                Ok(())
-            }
-            Err(e) => Err(match *e.kind {
-                ErrorKind::BulkWrite(ref bw) if bw.write_concern_errors.is_empty() => {
-                    let mut errors: Vec<_> = bw.write_errors.iter().collect();
-                    errors.sort_by_key(|(i, _)| **i);
-                    match errors.first() {
-                        Some((_, we)) if we.code == DUPLICATE_KEY => WriteError::Conflict(we.message.clone()),
-                        Some((_, we)) => WriteError::Apply(ApplyError::write(we.code, &we.message)),
-                        None => WriteError::Apply(ApplyError::transient(e.to_string())),
-                    }
-                }
-                _ => WriteError::Apply(e.into()),
-            }),
-        }
-    }
-
     /// One `insert` or `update` command per run of operations on one
     /// collection, for servers without `bulkWrite`.
     async fn per_collection(self, store: &Store) -> Result<(), WriteError> {
@@ -195,6 +129,186 @@ impl Writes {
             }
         }
         Ok(())
+    }
+}
+
+/// Sends the writes of several partitions together: their rooms are
+/// disjoint, so one part's failure is its own, the others go through.
+///
+/// Many new messages go first as one unordered `insert` (a server stores a
+/// plain insert of many documents for less than the same documents inside
+/// a `bulkWrite`); a part whose message could not be stored gets its error
+/// and writes nothing else. The rest goes in one ordered `bulkWrite`, part
+/// after part, each part's messages before its rooms, so a room's
+/// `lastSeq` never moves past something not stored. A failure stops the
+/// `bulkWrite` where it happened: the parts before it went through, its
+/// own part gets the error, and the parts after it are sent again. Servers
+/// before 8.0 get one command per collection, part by part.
+pub(super) async fn execute_all(parts: Vec<Writes>, store: &Store, bulk: bool) -> Vec<Result<(), WriteError>> {
+    let mut results: Vec<Result<(), WriteError>> = parts.iter().map(|_| Ok(())).collect();
+    if !bulk {
+        for (i, w) in parts.into_iter().enumerate() {
+            results[i] = w.per_collection(store).await;
+        }
+        return results;
+    }
+    let mut parts = parts;
+    let messages = parts.iter().flat_map(|w| &w.ops).filter(|op| matches!(op, Op::Message(_))).count();
+    if messages >= SEPARATE_INSERT_FROM {
+        insert_messages(store, &mut parts, &mut results).await;
+    }
+    let mut pending: Vec<usize> =
+        (0..parts.len()).filter(|i| results[*i].is_ok() && !parts[*i].ops.is_empty()).collect();
+    while !pending.is_empty() {
+        pending = bulk_write(store, &parts, pending, &mut results).await;
+    }
+    results
+}
+
+/// Takes every part's new messages out of it and inserts them with one
+/// unordered `insert`, noting each failure against its part.
+async fn insert_messages(store: &Store, parts: &mut [Writes], results: &mut [Result<(), WriteError>]) {
+    let mut docs: Vec<Document> = Vec::new();
+    let mut owner: Vec<usize> = Vec::new();
+    for (i, w) in parts.iter_mut().enumerate() {
+        let (inserts, rest): (Vec<Op>, Vec<Op>) =
+            std::mem::take(&mut w.ops).into_iter().partition(|op| matches!(op, Op::Message(_)));
+        w.ops = rest;
+        for op in inserts {
+            match op.model() {
+                Ok((_, model)) => {
+                    docs.extend(model.into_document());
+                    owner.push(i);
+                }
+                Err(e) => results[i] = Err(e),
+            }
+        }
+    }
+    let reply = store.db().run_command(doc! {"insert": MESSAGES, "documents": docs, "ordered": false}).await;
+    let errors = match reply {
+        Ok(reply) => reply.get_array("writeErrors").cloned().unwrap_or_default(),
+        Err(e) => {
+            for i in owner {
+                results[i] = Err(WriteError::Apply(e.clone().into()));
+            }
+            return;
+        }
+    };
+    for we in errors.iter().filter_map(|e| e.as_document()) {
+        let index = reply_count(we, "index") as usize;
+        let Some(&i) = owner.get(index) else { continue };
+        if results[i].is_err() {
+            continue;
+        }
+        let code = we.get_i32("code").unwrap_or(0);
+        let message = we.get_str("errmsg").unwrap_or("write error");
+        results[i] = Err(if code == DUPLICATE_KEY {
+            WriteError::Conflict(message.to_string())
+        } else {
+            WriteError::Apply(ApplyError::write(code, message))
+        });
+    }
+}
+
+/// One ordered `bulkWrite` of the `pending` parts, in order; notes how each
+/// part went and returns the parts to send again (those after a failure).
+async fn bulk_write(
+    store: &Store,
+    parts: &[Writes],
+    pending: Vec<usize>,
+    results: &mut [Result<(), WriteError>],
+) -> Vec<usize> {
+    let db = store.db();
+    let ns = |name: &str| db.collection::<Document>(name).namespace();
+    let mut models: Vec<WriteModel> = Vec::new();
+    // Per pending part: its models' range and its guarded room updates.
+    let mut spans: Vec<(usize, std::ops::Range<usize>, Vec<usize>)> = Vec::new();
+    for &i in &pending {
+        let mut guarded = Vec::new();
+        let start = models.len();
+        for op in &parts[i].ops {
+            let (coll, model) = match op.model() {
+                Ok(m) => m,
+                Err(e) => {
+                    results[i] = Err(e);
+                    break;
+                }
+            };
+            if matches!(op, Op::Room(_, _, RoomWrite::Update { .. })) {
+                guarded.push(models.len());
+            }
+            models.push(match model {
+                Model::Insert(document) => {
+                    WriteModel::InsertOne(InsertOneModel::builder().namespace(ns(coll)).document(document).build())
+                }
+                Model::Update { filter, update, upsert } => WriteModel::UpdateOne(
+                    UpdateOneModel::builder()
+                        .namespace(ns(coll))
+                        .filter(filter)
+                        .update(update)
+                        .upsert(upsert.then_some(true))
+                        .build(),
+                ),
+            });
+        }
+        if results[i].is_err() {
+            models.truncate(start);
+            continue;
+        }
+        spans.push((i, start..models.len(), guarded));
+    }
+    if models.is_empty() {
+        return Vec::new();
+    }
+    let matched = |updates: &std::collections::HashMap<usize, mongodb::results::UpdateResult>, at: &usize| {
+        updates.get(at).is_some_and(|u| u.matched_count == 1)
+    };
+    let conflict = || WriteError::Conflict("a room changed under this worker".into());
+    match db.client().bulk_write(models).ordered(true).verbose_results().await {
+        Ok(r) => {
+            for (i, _, guarded) in spans {
+                if !guarded.iter().all(|g| matched(&r.update_results, g)) {
+                    results[i] = Err(conflict());
+                }
+            }
+            Vec::new()
+        }
+        Err(e) => {
+            let ErrorKind::BulkWrite(ref bw) = *e.kind else {
+                for (i, _, _) in spans {
+                    results[i] = Err(WriteError::Apply(e.clone().into()));
+                }
+                return Vec::new();
+            };
+            let Some((&at, we)) = bw.write_errors.iter().min_by_key(|(at, _)| **at) else {
+                // A write concern error: what went through is unknown.
+                for (i, _, _) in spans {
+                    results[i] = Err(WriteError::Apply(ApplyError::transient(e.to_string())));
+                }
+                return Vec::new();
+            };
+            let updates = match &bw.partial_result {
+                Some(PartialBulkWriteResult::Verbose(v)) => Some(&v.update_results),
+                _ => None,
+            };
+            let mut again = Vec::new();
+            for (i, range, guarded) in spans {
+                if range.end <= at {
+                    if !updates.is_some_and(|u| guarded.iter().all(|g| matched(u, g))) {
+                        results[i] = Err(conflict());
+                    }
+                } else if range.contains(&at) {
+                    results[i] = Err(if we.code == DUPLICATE_KEY {
+                        WriteError::Conflict(we.message.clone())
+                    } else {
+                        WriteError::Apply(ApplyError::write(we.code, &we.message))
+                    });
+                } else {
+                    again.push(i);
+                }
+            }
+            again
+        }
     }
 }
 

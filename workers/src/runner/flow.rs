@@ -31,6 +31,22 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 /// loop notices the write's end between fetches).
 const WHILE_WRITING: Duration = Duration::from_millis(10);
 
+/// The shortest wait for a fetch.
+const SOON: Duration = Duration::from_millis(1);
+
+/// When writes opened at `since` fall due: the first multiple of `every`
+/// after it, counted from one moment for the whole process, so that all
+/// partitions' writes fall due together and a role can send them as one.
+fn due_at(since: Instant, every: Duration) -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    if every.is_zero() || since < epoch {
+        return since + every;
+    }
+    let n = (since - epoch).as_nanos() / every.as_nanos() + 1;
+    epoch + Duration::from_nanos(u64::try_from(n * every.as_nanos()).unwrap_or(u64::MAX))
+}
+
 type Write = JoinHandle<Result<(), ApplyError>>;
 
 /// Withdrawals of dead-lettered commands are published as parts of the
@@ -59,7 +75,7 @@ impl<H: Handler> Flow<H> {
             return WHILE_WRITING;
         }
         match self.open_since {
-            Some(since) => H::WRITE_BEHIND.saturating_sub(since.elapsed()).clamp(WHILE_WRITING, idle),
+            Some(since) => due_at(since, H::WRITE_BEHIND).saturating_duration_since(Instant::now()).clamp(SOON, idle),
             None => idle,
         }
     }
@@ -163,7 +179,7 @@ impl<H: Handler> Flow<H> {
 
     fn due(&self) -> bool {
         !self.open.is_empty()
-            && (self.open_since.is_some_and(|s| s.elapsed() >= H::WRITE_BEHIND)
+            && (self.open_since.is_some_and(|s| Instant::now() >= due_at(s, H::WRITE_BEHIND))
                 || self.open.iter().map(|b| b.msgs.len()).sum::<usize>() >= GATHER_AT
                 || self.open.iter().any(Batch::awaited))
     }
@@ -265,5 +281,24 @@ impl<H: Handler> Flow<H> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_opened_at_different_moments_fall_due_together() {
+        let every = Duration::from_millis(250);
+        due_at(Instant::now(), every);
+        let a = Instant::now();
+        let due = due_at(a, every);
+        assert!(due > a && due - a <= every);
+        // Opened later in the same step of the clock: due at the same moment.
+        let b = due - Duration::from_millis(1);
+        assert_eq!(due_at(b.max(a), every), due);
+        // Opened on the next step of the clock: due one step later.
+        assert_eq!(due_at(due, every), due + every);
     }
 }
