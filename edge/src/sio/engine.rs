@@ -128,9 +128,7 @@ impl Engine {
     /// CONNECT); like a session's replies it never waits (see
     /// `Session::reply`).
     pub fn reply(&self, text: String) {
-        if self.out.try_send(Outbound::Reply(text)).is_err() {
-            self.overflow.cancel();
-        }
+        crate::hub::offer(&self.out, &self.overflow, Outbound::Reply(text));
     }
 
     /// Queues an Engine.IO packet of our own.
@@ -261,6 +259,9 @@ impl Engine {
             // goes this way; the session's packets still go by polling.
             loop {
                 tokio::select! {
+                    // A close the reader asked for is written before its end
+                    // (which drops `up_tx`) is noticed.
+                    biased;
                     _ = self.closed.cancelled() => break,
                     c = ctl_rx.recv() => match c {
                         Some(Control::Frame(op, payload)) => {
