@@ -99,7 +99,8 @@ pub async fn send_message(st: &EdgeState, who: &Identity, req: SendMessage) -> R
     let ids: Vec<String> = req.attachments.iter().map(|a| a.id().to_string()).collect();
     let attachments = crate::attachments::for_message(st, who, &room, req.message_type.as_str(), &ids).await?;
     let client_msg_id = req.client_msg_id.unwrap_or_else(|| ObjectId::new().to_hex());
-    let message_id = message_id_for(who.user, &client_msg_id).to_hex();
+    let id = message_id_for(who.user, &client_msg_id);
+    let message_id = id.to_hex();
     let env = envelope(
         who,
         Command::SendMessage(SendMessageCmd {
@@ -112,9 +113,7 @@ pub async fn send_message(st: &EdgeState, who: &Identity, req: SendMessage) -> R
         }),
     );
     let stored = store_command(st, &env, &format!("msg:{}:{client_msg_id}", who.user)).await?;
-    if let Ok(id) = message_id.parse() {
-        st.hub.recent().remember(Known { id, room: room.clone(), sender: who.user.oid() });
-    }
+    st.hub.recent().remember(Known { id, room: room.clone(), sender: who.user.oid() });
     Ok(Sent { message_id, room, client_msg_id, seq: stored.seq, duplicate: stored.duplicate })
 }
 
@@ -132,7 +131,7 @@ pub async fn message(st: &EdgeState, id: &str) -> Result<Known, ChatError> {
     }
     let found = written(|| async {
         let m = st.store.messages().find_one(doc! {"_id": id, "deleted": {"$ne": true}}).await?;
-        Ok(m.map(|m| Known { id, room: RoomRef::new(m.room_kind(), m.room_id()), sender: m.sender_id }))
+        Ok(m.map(|m| Known { id, room: m.room(), sender: m.sender_id }))
     })
     .await?;
     found.ok_or(ChatError::NotFound("message"))

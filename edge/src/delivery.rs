@@ -77,8 +77,6 @@ async fn flush(
             failed.push(((user, room), seq));
         }
     }
-    for (k, seq) in failed {
-        let newest = pending.entry(k).or_default();
-        *newest = (*newest).max(seq);
-    }
+    // `pending` was drained above: nothing newer is there to merge with.
+    pending.extend(failed);
 }

@@ -78,7 +78,21 @@ pub struct Sink {
     pub followed: Arc<Mutex<HashSet<String>>>,
 }
 
+/// Queues `o` for a connection without waiting: a connection whose queue
+/// is full cannot keep up, and `overflow` is cancelled to close it (it
+/// reconnects and catches up). Nothing sent to a client ever waits on it.
+pub fn offer(tx: &mpsc::Sender<Outbound>, overflow: &CancellationToken, o: Outbound) {
+    if tx.try_send(o).is_err() {
+        overflow.cancel();
+    }
+}
+
 impl Sink {
+    /// Queues `o` for this connection (see [`offer`]).
+    pub fn offer(&self, o: Outbound) {
+        offer(&self.tx, &self.overflow, o);
+    }
+
     fn followed(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
         self.followed.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -259,9 +273,7 @@ impl FanOut {
                 continue;
             }
             let out = Outbound::Event { subject: self.subject.clone(), head: head.clone(), payload: payload.clone() };
-            if s.tx.try_send(out).is_err() {
-                s.overflow.cancel();
-            }
+            s.offer(out);
             if let Some(group) = &h.grant {
                 let room = RoomRef::new(RoomKind::Group, group.clone());
                 let _ = self.control.send(Control::Follow(self.subjects.room_follow(room.kind, &room.id), s.clone()));

@@ -206,9 +206,7 @@ impl Presence {
             .flat_map(|(_, l)| l.sinks.values().cloned())
             .collect();
         for s in targets {
-            if s.tx.try_send(Outbound::Local(text.clone())).is_err() {
-                s.overflow.cancel();
-            }
+            s.offer(Outbound::Local(text.clone()));
         }
     }
 

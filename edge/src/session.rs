@@ -66,12 +66,11 @@ impl CloseOnDrop {
 
 impl Drop for CloseOnDrop {
     fn drop(&mut self) {
+        // Outside a runtime (the edge is gone) there is nothing to clean.
         if let Some(c) = self.0.take()
-            && let Ok(rt) = tokio::runtime::Handle::try_current()
+            && tokio::runtime::Handle::try_current().is_ok()
         {
-            let tracker = c.st.lifecycle.tracker.clone();
-            let _enter = rt.enter();
-            tracker.spawn(c.close());
+            c.st.lifecycle.tracker.clone().spawn(c.close());
         }
     }
 }
@@ -137,9 +136,7 @@ impl Session {
     /// waits: a client whose queue is full is not reading what it asked
     /// for, and is closed as a slow consumer (it reconnects and catches up).
     pub fn reply(&self, text: String) {
-        if self.sink.tx.try_send(Outbound::Reply(text)).is_err() {
-            self.sink.overflow.cancel();
-        }
+        self.sink.offer(Outbound::Reply(text));
     }
 
     /// Takes a token from the request rate bucket.

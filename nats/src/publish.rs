@@ -25,13 +25,10 @@ pub struct Stored {
 /// control characters, and async-nats panics on one). Ids come partly from
 /// clients, so nothing a client sends may reach the header unchecked.
 pub fn header_safe(msg_id: &str) -> std::borrow::Cow<'_, str> {
-    use sha2::{Digest, Sha256};
     if !msg_id.is_empty() && msg_id.bytes().all(|b| b.is_ascii_graphic()) {
         return msg_id.into();
     }
-    let digest = Sha256::digest(msg_id.as_bytes());
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}").into()
+    format!("sha256:{}", natter_shared::ids::sha256_hex(msg_id.as_bytes())).into()
 }
 
 /// Publishes `payload` on `subject` with `Nats-Msg-Id: msg_id` and waits for

@@ -249,16 +249,7 @@ pub async fn history_rows(
     mongodb::error::Error,
 > {
     let cursors = store.cursors(room).await?;
-    let cur = store
-        .messages()
-        .find({
-            let mut f = room.messages();
-            f.insert("deleted", mongodb::bson::doc! {"$ne": true});
-            f
-        })
-        .sort(mongodb::bson::doc! {"seq": 1})
-        .batch_size(1000)
-        .await?;
+    let cur = store.messages().find(room.live_messages()).sort(mongodb::bson::doc! {"seq": 1}).batch_size(1000).await?;
     Ok(cur.map_ok(move |m| cursors.receipts().view(&m)))
 }
 

@@ -64,6 +64,14 @@ impl RoomKind {
             RoomKind::Group => "groupId",
         }
     }
+
+    /// The collection holding rooms of this kind.
+    pub fn collection(self) -> &'static str {
+        match self {
+            RoomKind::Conversation => crate::model::CONVERSATIONS,
+            RoomKind::Group => crate::model::GROUPS,
+        }
+    }
 }
 
 /// A room: its kind and id (24-hex).
@@ -99,6 +107,13 @@ impl RoomRef {
         }
     }
 
+    /// The filter selecting the room's messages that are not deleted.
+    pub fn live_messages(&self) -> mongodb::bson::Document {
+        let mut f = self.messages();
+        f.insert("deleted", mongodb::bson::doc! {"$ne": true});
+        f
+    }
+
     /// At most one room: `None` when neither field is set.
     pub fn optional(conversation: Option<&str>, group: Option<&str>) -> Result<Option<RoomRef>, &'static str> {
         match (conversation, group) {
@@ -114,6 +129,11 @@ pub fn parse_oid(s: &str) -> Option<ObjectId> {
         return None;
     }
     ObjectId::parse_str(s).ok()
+}
+
+/// The SHA-256 of `bytes` as 64 lowercase hex digits.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// An ObjectId derived from a hash of its parts, so that every edge (and every

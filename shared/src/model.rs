@@ -66,6 +66,11 @@ impl MessageDoc {
     pub fn room_id(&self) -> &str {
         self.group_id.as_deref().or(self.conversation_id.as_deref()).unwrap_or("")
     }
+
+    /// The room the message belongs to.
+    pub fn room(&self) -> RoomRef {
+        RoomRef::new(self.room_kind(), self.room_id())
+    }
 }
 
 /// A 1:1 conversation.

@@ -124,10 +124,7 @@ impl Store {
 
     /// The receipt cursors of a room (none if it does not exist).
     pub async fn cursors(&self, room: &RoomRef) -> Result<Cursors, StoreError> {
-        let coll = match room.kind {
-            crate::ids::RoomKind::Conversation => CONVERSATIONS,
-            crate::ids::RoomKind::Group => GROUPS,
-        };
+        let coll = room.kind.collection();
         let Ok(id) = room.id.parse::<ObjectId>() else { return Ok(Cursors::default()) };
         Ok(self
             .db
@@ -189,8 +186,7 @@ impl Store {
     /// `total`, `hasMore` and the page agree even while messages arrive.
     /// Deleted messages are left out (their content is gone).
     pub async fn room_messages(&self, room: &RoomRef, by: PageBy) -> Result<Page, StoreError> {
-        let mut room = room.messages();
-        room.insert("deleted", doc! {"$ne": true});
+        let room = room.live_messages();
         let Some(newest) = self.messages().find_one(room.clone()).sort(doc! {"seq": -1}).await? else {
             return Ok(Page { messages: vec![], total: 0, has_more: false });
         };

@@ -232,3 +232,42 @@ impl RawSio {
         self.packet(timeout).await
     }
 }
+
+/// An Engine.IO request over long-polling: the status and the body.
+pub async fn eio(app: &crate::TestApp, method: reqwest::Method, url: String, body: Option<String>) -> (u16, String) {
+    let mut r = app.http().request(method, url);
+    if let Some(b) = body {
+        r = r.header("content-type", "text/plain;charset=UTF-8").body(b);
+    }
+    let r = r.send().await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// A raw long-polling session at `base` (`http://<edge>/socket.io/?EIO=4`):
+/// its sid, after the handshake and (with a token) the Socket.IO CONNECT.
+pub async fn raw_session(app: &crate::TestApp, base: &str, token: Option<&str>) -> String {
+    let (s, open) = eio(app, reqwest::Method::GET, format!("{base}&transport=polling"), None).await;
+    assert_eq!(s, 200);
+    let open: Value = serde_json::from_str(open.strip_prefix('0').expect("open packet")).unwrap();
+    let sid = open["sid"].as_str().unwrap().to_string();
+    if let Some(t) = token {
+        let url = format!("{base}&transport=polling&sid={sid}");
+        let (s, ok) = eio(app, reqwest::Method::POST, url.clone(), Some(format!("40{}", json!({"token": t})))).await;
+        assert_eq!((s, ok.as_str()), (200, "ok"));
+        let (_, reply) = eio(app, reqwest::Method::GET, url, None).await;
+        assert!(reply.starts_with("40{\"sid\":"), "{reply}");
+    }
+    sid
+}
+
+/// Waits until the session's sid is unknown (400, code 1), as it is once
+/// the session is closed; the error's body.
+pub async fn gone(app: &crate::TestApp, base: &str, sid: &str, within: Duration) -> Value {
+    let url = format!("{base}&transport=polling&sid={sid}");
+    crate::eventually("the session to close", within, || async {
+        let (s, body) = eio(app, reqwest::Method::GET, url.clone(), None).await;
+        let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        (s == 400 && v["code"] == 1).then_some(v)
+    })
+    .await
+}

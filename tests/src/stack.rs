@@ -346,6 +346,21 @@ impl TestApp {
         self.processes.len() - 1
     }
 
+    /// The pid of the worker process holding the lease of `role`'s
+    /// partition `p` (instances are named `<pid>-...`), if any holds it.
+    pub async fn lease_holder(&self, role: &str, p: u32) -> Option<u32> {
+        let s = natter_nats::Subjects::new(&self.name);
+        let js = async_nats::jetstream::new(async_nats::connect(&self.nats_url).await.expect("nats"));
+        let kv = js.get_key_value(s.leases_bucket()).await.expect("leases");
+        let v = kv.get(s.lease_key(role, p)).await.ok().flatten()?;
+        String::from_utf8_lossy(&v).split('-').next().and_then(|pid| pid.parse().ok())
+    }
+
+    /// Which of `candidates` (indexes in `processes`) runs as `pid`.
+    pub fn process_with_pid(&self, candidates: &[usize], pid: u32) -> Option<usize> {
+        candidates.iter().copied().find(|i| self.processes[*i].child.id() == Some(pid))
+    }
+
     pub fn user(&self) -> UserId {
         UserId(ObjectId::new())
     }

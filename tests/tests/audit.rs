@@ -380,30 +380,36 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// The fact of an applied `send_message` by `actor` at command `seq`, its
+/// message and time numbered by `n`.
+fn sent_fact(seq: u64, n: u64, actor: natter_shared::ids::UserId) -> natter_shared::audit::AuditFact {
+    natter_shared::audit::AuditFact {
+        v: 1,
+        seq,
+        time_ms: 1_700_000_000_000 + n as i64,
+        role: "messages".into(),
+        action: "send_message".into(),
+        actor: Some(actor),
+        roles: vec![],
+        room: Default::default(),
+        targets: BTreeMap::from([("messageId".to_string(), format!("{n:024x}"))]),
+        status: natter_shared::audit::FactStatus::Applied,
+        reason: None,
+        code: None,
+        meta: BTreeMap::new(),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exporting_100k_records_streams_with_bounded_memory() {
     let mut app = TestApp::new().await;
     let e = app.start_edge().await;
     const N: i64 = 100_000;
-    let actor = app.user().hex();
+    let actor = app.user();
     let mut batch = Vec::with_capacity(5000);
     let mut prev = natter_shared::audit::GENESIS.to_string();
     for seq in 1..=N {
-        let fact = natter_shared::audit::AuditFact {
-            v: 1,
-            seq: seq as u64,
-            time_ms: 1_700_000_000_000 + seq,
-            role: "messages".into(),
-            action: "send_message".into(),
-            actor: Some(actor.parse().unwrap()),
-            roles: vec![],
-            room: Default::default(),
-            targets: BTreeMap::from([("messageId".to_string(), format!("{seq:024x}"))]),
-            status: natter_shared::audit::FactStatus::Applied,
-            reason: None,
-            code: None,
-            meta: BTreeMap::new(),
-        };
+        let fact = sent_fact(seq as u64, seq as u64, actor);
         let r = AuditRecord::from_fact(&fact, seq as u64, &prev);
         prev = r.hash.clone();
         batch.push(r);
@@ -457,21 +463,7 @@ async fn two_chain_writers_racing_make_one_chain() {
             seq,
             time: mongodb::bson::DateTime::from_millis(1_700_000_000_000 + seq as i64),
             subject: "x.out.messages".into(),
-            msg: natter_shared::audit::AuditFact {
-                v: 1,
-                seq: 1000 + seq,
-                time_ms: 1_700_000_000_000 + seq as i64,
-                role: "messages".into(),
-                action: "send_message".into(),
-                actor: Some(actor),
-                roles: vec![],
-                room: Default::default(),
-                targets: BTreeMap::from([("messageId".to_string(), format!("{seq:024x}"))]),
-                status: natter_shared::audit::FactStatus::Applied,
-                reason: None,
-                code: None,
-                meta: BTreeMap::new(),
-            },
+            msg: sent_fact(1000 + seq, seq, actor),
         })
         .collect();
     let writer = |size: usize| {

@@ -3,7 +3,7 @@
 //! and that the edge goes on serving.
 
 use bytes::Bytes;
-use natter_tests::sio::RawSio;
+use natter_tests::sio::{RawSio, eio, gone, raw_session};
 use natter_tests::{TestApp, WsClient};
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -49,39 +49,24 @@ async fn header_breaking_ids_are_refused_on_both_protocols_and_the_socket_goes_o
     .await;
 }
 
-/// Engine.IO over long-polling, by hand.
-async fn open_polling(http: &reqwest::Client, base: &str) -> String {
-    let body =
-        http.get(format!("{base}/socket.io/?EIO=4&transport=polling")).send().await.unwrap().text().await.unwrap();
-    let open: Value = serde_json::from_str(body.strip_prefix('0').expect("open packet")).unwrap();
-    open["sid"].as_str().unwrap().to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_polling_session_that_never_reads_its_replies_is_closed_and_forgotten() {
     let mut app = TestApp::new().await;
     app.edge_env.insert("SIO_PING_INTERVAL_MS".into(), "300".into());
     app.edge_env.insert("SIO_PING_TIMEOUT_MS".into(), "300".into());
     let e = app.start_edge().await;
-    let base = format!("http://{e}");
-    let http = reqwest::Client::new();
-    let sid = open_polling(&http, &base).await;
+    let base = format!("http://{e}/socket.io/?EIO=4");
+    let sid = raw_session(&app, &base, None).await;
     // More CONNECTs to other namespaces (each answered with an error) than
     // the session's queue holds, and no poll to read the answers.
     let body = vec!["40/x,"; 1040].join("\u{1e}");
-    let url = format!("{base}/socket.io/?EIO=4&transport=polling&sid={sid}");
-    let posted = http.post(&url).body(body).send().await.unwrap();
-    assert_eq!(posted.status(), 200);
-    let gone = natter_tests::eventually("the session forgotten", Duration::from_secs(5), || async {
-        let r = http.get(&url).send().await.unwrap();
-        let status = r.status().as_u16();
-        let v: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap_or(Value::Null);
-        (status == 400 && v["code"] == 1).then_some(v)
-    })
-    .await;
-    assert_eq!(gone["message"], "Session ID unknown");
+    let url = format!("{base}&transport=polling&sid={sid}");
+    let (status, _) = eio(&app, reqwest::Method::POST, url, Some(body)).await;
+    assert_eq!(status, 200);
+    let error = gone(&app, &base, &sid, Duration::from_secs(5)).await;
+    assert_eq!(error["message"], "Session ID unknown");
     // The edge still opens sessions.
-    assert!(!open_polling(&http, &base).await.is_empty());
+    assert!(!raw_session(&app, &base, None).await.is_empty());
 }
 
 /// A chunked multipart body: the head, then `n` bytes of `x` (counted as
@@ -109,7 +94,7 @@ async fn huge_multipart_fields_are_refused_before_they_are_read() {
     let e = app.start_edge().await;
     let a = app.user();
     let token = app.token(a, &[]);
-    let http = reqwest::Client::new();
+    let http = app.http();
     let url = format!("http://{e}/api/chat/attachments");
     const HUGE: u64 = 300 * 1024 * 1024;
     // A known text field past its bound, and an unknown field the server
@@ -182,8 +167,7 @@ async fn exports_write_formulas_as_text() {
 async fn a_second_upgrade_probe_closes_the_websocket() {
     let mut app = TestApp::new().await;
     let e = app.start_edge().await;
-    let http = reqwest::Client::new();
-    let sid = open_polling(&http, &format!("http://{e}")).await;
+    let sid = raw_session(&app, &format!("http://{e}/socket.io/?EIO=4"), None).await;
     let path = format!("/socket.io/?EIO=4&transport=websocket&sid={sid}");
     let mut ws = WsClient::open(e, &path, "").await.expect("upgrade");
     ws.send_text("2probe").await;

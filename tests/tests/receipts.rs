@@ -272,13 +272,8 @@ async fn a_room_moving_to_another_worker_keeps_counts_cursors_and_order() {
     let workers = [app.start_worker_process(), app.start_worker_process()];
     tokio::time::sleep(Duration::from_secs(3)).await;
     let natter_tests::stack::Pair { a, b, conv, mut wa, mut wb } = app.chatting_pair(e).await;
-    let s = Subjects::new(&app.name);
-    let js = jetstream::new(async_nats::connect(&app.nats_url).await.unwrap());
-    let kv = js.get_key_value(s.leases_bucket()).await.unwrap();
-    let lease = s.lease_key("messages", natter_nats::subjects::partition_of(&conv));
-    let holder = kv.get(&lease).await.unwrap().expect("a holder");
-    let pid: u32 = String::from_utf8_lossy(&holder).split('-').next().unwrap().parse().unwrap();
-    let victim = workers.into_iter().find(|w| app.processes[*w].child.id() == Some(pid)).expect("ours");
+    let pid = app.lease_holder("messages", natter_nats::subjects::partition_of(&conv)).await.expect("a holder");
+    let victim = app.process_with_pid(&workers, pid).expect("ours");
 
     const N: usize = 200;
     let mut sent = Vec::new();

@@ -223,13 +223,9 @@ async fn commands_a_dead_worker_had_in_hand_are_applied_before_later_ones() {
 /// Which worker process holds each partition of the messages role, by the
 /// pid in its instance name.
 async fn holders(app: &TestApp) -> Vec<Option<u32>> {
-    let s = natter_nats::Subjects::new(&app.name);
-    let js = async_nats::jetstream::new(async_nats::connect(&app.nats_url).await.expect("nats"));
-    let kv = js.get_key_value(s.leases_bucket()).await.expect("leases");
     let mut out = Vec::new();
     for p in 0..natter_nats::PARTITIONS {
-        let v = kv.get(s.lease_key("messages", p)).await.ok().flatten();
-        out.push(v.and_then(|v| String::from_utf8_lossy(&v).split('-').next().and_then(|p| p.parse().ok())));
+        out.push(app.lease_holder("messages", p).await);
     }
     out
 }

@@ -344,7 +344,9 @@ async fn a_command_mongodb_keeps_refusing_is_dead_lettered_after_its_retries() {
     let mut received = Vec::new();
     let mut withdrawn = Vec::new();
     let deadline = tokio::time::Instant::now() + WAIT;
-    while withdrawn.is_empty() && tokio::time::Instant::now() < deadline {
+    // Both are waited for: which comes first depends on when the worker
+    // fetched the later sends.
+    while (withdrawn.is_empty() || received.len() < sent.len()) && tokio::time::Instant::now() < deadline {
         match wb.next(Duration::from_millis(200)).await {
             Some(natter_tests::ws::In::Json(v)) if v["type"] == "message_received" => {
                 received.push(v["data"]["content"].as_str().unwrap_or("?").to_string())

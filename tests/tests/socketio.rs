@@ -5,7 +5,7 @@
 //! reconnect after an edge restart; and raw Engine.IO / Socket.IO requests
 //! that break the protocol.
 
-use natter_tests::sio::{Transports, WAIT};
+use natter_tests::sio::{Transports, WAIT, eio, gone, raw_session};
 use natter_tests::{SioClient, TestApp, WsClient};
 use serde_json::json;
 use std::time::Duration;
@@ -319,43 +319,6 @@ async fn clients_reconnect_after_the_edge_restarts() {
     assert_eq!((got[0]["_id"].clone(), got[0]["content"].as_str()), (m["messageId"].clone(), Some("after")));
 }
 
-/// The error body of an Engine.IO request.
-async fn eio(app: &TestApp, method: reqwest::Method, url: String, body: Option<String>) -> (u16, String) {
-    let mut r = app.http().request(method, url);
-    if let Some(b) = body {
-        r = r.header("content-type", "text/plain;charset=UTF-8").body(b);
-    }
-    let r = r.send().await.unwrap();
-    (r.status().as_u16(), r.text().await.unwrap())
-}
-
-/// A raw long-polling session: its sid, after the handshake and (with a
-/// token) the Socket.IO CONNECT.
-async fn raw_session(app: &TestApp, base: &str, token: Option<&str>) -> String {
-    let (s, open) = eio(app, reqwest::Method::GET, format!("{base}&transport=polling"), None).await;
-    assert_eq!(s, 200);
-    let open: serde_json::Value = serde_json::from_str(open.strip_prefix('0').expect("open packet")).unwrap();
-    let sid = open["sid"].as_str().unwrap().to_string();
-    if let Some(t) = token {
-        let url = format!("{base}&transport=polling&sid={sid}");
-        let (s, ok) = eio(app, reqwest::Method::POST, url.clone(), Some(format!("40{}", json!({"token": t})))).await;
-        assert_eq!((s, ok.as_str()), (200, "ok"));
-        let (_, reply) = eio(app, reqwest::Method::GET, url, None).await;
-        assert!(reply.starts_with("40{\"sid\":"), "{reply}");
-    }
-    sid
-}
-
-/// Once a session is closed, its sid is unknown.
-async fn gone(app: &TestApp, base: &str, sid: &str) {
-    let url = format!("{base}&transport=polling&sid={sid}");
-    natter_tests::eventually("the session to close", WAIT, || async {
-        let (s, body) = eio(app, reqwest::Method::GET, url.clone(), None).await;
-        (s == 400 && body.contains("\"code\":1")).then_some(())
-    })
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn protocol_errors_get_the_protocols_answers() {
     let mut app = TestApp::new().await;
@@ -434,13 +397,13 @@ async fn protocol_errors_get_the_protocols_answers() {
     let sid = raw_session(&app, &base, Some(&token)).await;
     let (s, _) = eio(&app, post.clone(), format!("{base}&transport=polling&sid={sid}"), Some("x".into())).await;
     assert_eq!(s, 400);
-    gone(&app, &base, &sid).await;
+    gone(&app, &base, &sid, WAIT).await;
 
     // A Socket.IO packet that does not parse: the socket is disconnected.
     let sid = raw_session(&app, &base, Some(&token)).await;
     let (s, _) = eio(&app, post.clone(), format!("{base}&transport=polling&sid={sid}"), Some("49garbage".into())).await;
     assert_eq!(s, 200, "a well-formed Engine.IO message");
-    gone(&app, &base, &sid).await;
+    gone(&app, &base, &sid, WAIT).await;
 
     // An event that is not an array: an `error` event, the socket stays.
     let sid = raw_session(&app, &base, Some(&token)).await;
@@ -459,13 +422,13 @@ async fn protocol_errors_get_the_protocols_answers() {
     let (s, _) =
         eio(&app, post.clone(), url.clone(), Some(format!("42[\"typing\",\"{}\"]", "x".repeat(max_payload)))).await;
     assert_eq!(s, 413);
-    gone(&app, &base, &sid).await;
+    gone(&app, &base, &sid, WAIT).await;
     // A text packet over 64 KiB (uploads go as binary attachments): 413.
     let sid = raw_session(&app, &base, Some(&token)).await;
     let url = format!("{base}&transport=polling&sid={sid}");
     let (s, _) = eio(&app, post.clone(), url, Some(format!("42[\"typing\",\"{}\"]", "x".repeat(70_000)))).await;
     assert_eq!(s, 413);
-    gone(&app, &base, &sid).await;
+    gone(&app, &base, &sid, WAIT).await;
 
     // Over WebSocket: the open packet first, then a bad packet closes with 1002
     // and an oversized one with 1009.
@@ -508,7 +471,7 @@ async fn heartbeats_keep_clients_and_drop_the_silent() {
     let base = format!("http://{e}/socket.io/?EIO=4");
     let silent = raw_session(&app, &base, Some(&app.token(a, &[]))).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    gone(&app, &base, &silent).await;
+    gone(&app, &base, &silent, WAIT).await;
     for cl in [&mut ca, &mut cb] {
         assert!(cl.find(|v| v["kind"] == "disconnect", Duration::ZERO).await.is_none(), "answered every ping");
         cl.request("join_conversation", json!({"conversationId": conv})).await;

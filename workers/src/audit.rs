@@ -104,7 +104,6 @@ impl Handler for AuditHandler {
         // would have: pages stay contiguous.
         let wrote = !records.is_empty();
         if wrote {
-            let seqs: Vec<i64> = records.iter().map(|r| r.seq).collect();
             let page = AuditPage::new(head_pos + 1, pos, records);
             if let Err(e) = coll.insert_one(&page).await {
                 // Another writer extended the chain from this head: read
@@ -115,8 +114,8 @@ impl Handler for AuditHandler {
                     e.into()
                 });
             }
-            for s in seqs {
-                chain.remember(s);
+            for r in &page.records {
+                chain.remember(r.seq);
             }
             if let Some(heads) = &self.heads {
                 let head =

@@ -26,7 +26,6 @@ pub struct Leases {
     partitions: u32,
     /// Partition → revision of our lease entry and when it was last renewed.
     owned: BTreeMap<u32, (u64, Instant)>,
-    last_renewal: Option<Instant>,
     view: View,
     watch: Option<Watch>,
 }
@@ -70,17 +69,7 @@ pub fn rebalance(view: &View, owned: &BTreeSet<u32>, me: &str, partitions: u32) 
 
 impl Leases {
     pub fn new(kv: Store, subjects: Subjects, role: &'static str, instance: String, partitions: u32) -> Self {
-        Leases {
-            kv,
-            subjects,
-            role,
-            instance,
-            partitions,
-            owned: BTreeMap::new(),
-            last_renewal: None,
-            view: View::default(),
-            watch: None,
-        }
+        Leases { kv, subjects, role, instance, partitions, owned: BTreeMap::new(), view: View::default(), watch: None }
     }
 
     pub fn owned(&self) -> impl Iterator<Item = u32> + '_ {
@@ -103,40 +92,46 @@ impl Leases {
                 }
             }
         }
-        let Some(w) = self.watch.as_mut() else { return };
-        match w.next().await {
-            Some(Ok(entry)) => {
-                let put = entry.operation == Operation::Put;
-                match self.subjects.parse_lease_key(self.role, &entry.key) {
-                    Some(LeaseKey::Member(i)) if put => {
-                        self.view.members.insert(i);
+        // Renewals put what the bucket already shows: only a change to who
+        // is live or who holds what is worth waking the runner for.
+        loop {
+            let Some(w) = self.watch.as_mut() else { return };
+            match w.next().await {
+                Some(Ok(entry)) => {
+                    let put = entry.operation == Operation::Put;
+                    let changed = match self.subjects.parse_lease_key(self.role, &entry.key) {
+                        Some(LeaseKey::Member(i)) if put => self.view.members.insert(i),
+                        Some(LeaseKey::Member(i)) => self.view.members.remove(&i),
+                        Some(LeaseKey::Partition(p)) if put => {
+                            let holder = String::from_utf8_lossy(&entry.value).into_owned();
+                            self.view.holders.insert(p, holder.clone()).as_ref() != Some(&holder)
+                        }
+                        Some(LeaseKey::Partition(p)) => self.view.holders.remove(&p).is_some(),
+                        None => false,
+                    };
+                    if changed {
+                        return;
                     }
-                    Some(LeaseKey::Member(i)) => {
-                        self.view.members.remove(&i);
-                    }
-                    Some(LeaseKey::Partition(p)) if put => {
-                        self.view.holders.insert(p, String::from_utf8_lossy(&entry.value).into_owned());
-                    }
-                    Some(LeaseKey::Partition(p)) => {
-                        self.view.holders.remove(&p);
-                    }
-                    None => {}
                 }
-            }
-            Some(Err(e)) => tracing::warn!(error = %e, "lease watch error"),
-            None => {
-                tracing::warn!("lease watch ended; restarting it");
-                self.watch = None;
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "lease watch error");
+                    return;
+                }
+                None => {
+                    tracing::warn!("lease watch ended; restarting it");
+                    self.watch = None;
+                    return;
+                }
             }
         }
     }
 
-    /// Renews what we hold (when due), then claims or gives back to reach
-    /// the fair share.
-    pub async fn tick(&mut self) -> Changes {
+    /// Renews what we hold (when `renew`: on the runner's `RENEW_EVERY`
+    /// clock, not when the bucket changed), then claims or gives back to
+    /// reach the fair share.
+    pub async fn tick(&mut self, renew: bool) -> Changes {
         let mut changes = Changes::default();
-        if self.last_renewal.is_none_or(|t| t.elapsed() >= RENEW_EVERY) {
-            self.last_renewal = Some(Instant::now());
+        if renew {
             self.renew(&mut changes).await;
         }
         let owned: BTreeSet<u32> = self.owned.keys().copied().collect();

@@ -9,16 +9,21 @@ use crate::token::AuthUser;
 use axum::Json;
 use axum::extract::{Path, State};
 use mongodb::bson::doc;
+use natter_shared::ids::RoomRef;
 use natter_shared::model::MessageView;
 use std::sync::Arc;
 
 type St = State<Arc<EdgeState>>;
 
-async fn reread(st: &EdgeState, id: &str) -> Result<MessageView, ChatError> {
+/// The message as it now is, in `room` (as the change named it).
+async fn reread(st: &EdgeState, id: &str, room: &RoomRef) -> Result<MessageView, ChatError> {
     let oid = chat::oid(id, "messageId")?;
-    let m = st.store.messages().find_one(doc! {"_id": oid}).await?.ok_or(ChatError::NotFound("message"))?;
-    let room = natter_shared::ids::RoomRef::new(m.room_kind(), m.room_id());
-    Ok(st.store.cursors(&room).await?.receipts().view(&m))
+    let (m, cursors) = tokio::try_join!(
+        async { st.store.messages().find_one(doc! {"_id": oid}).await.map_err(ChatError::from) },
+        async { st.store.cursors(room).await.map_err(ChatError::from) },
+    )?;
+    let m = m.ok_or(ChatError::NotFound("message"))?;
+    Ok(cursors.receipts().view(&m))
 }
 
 pub async fn read(
@@ -26,8 +31,8 @@ pub async fn read(
     AuthUser(who): AuthUser,
     Path(id): Path<String>,
 ) -> Result<Json<MessageView>, ChatError> {
-    chat::mark_read(&st, &who, &id, true).await?;
-    Ok(Json(reread(&st, &id).await?))
+    let (room, _) = chat::mark_read(&st, &who, &id, true).await?;
+    Ok(Json(reread(&st, &id, &room).await?))
 }
 
 pub async fn remove(
@@ -35,6 +40,6 @@ pub async fn remove(
     AuthUser(who): AuthUser,
     Path(id): Path<String>,
 ) -> Result<Json<MessageView>, ChatError> {
-    chat::delete_message(&st, &who, &id, true).await?;
-    Ok(Json(reread(&st, &id).await?))
+    let (room, _) = chat::delete_message(&st, &who, &id, true).await?;
+    Ok(Json(reread(&st, &id, &room).await?))
 }

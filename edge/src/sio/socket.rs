@@ -110,8 +110,6 @@ pub async fn run(engine: Arc<Engine>, mut inbound: mpsc::Receiver<Inbound>, st: 
             packet_completion_timeout: Duration::from_secs(60),
         };
         let mut socket: Option<Socket> = None;
-        // Cleans up after the socket even if this task panics.
-        let mut cleanup: Option<CloseOnDrop> = None;
         let mut refused = 0;
         let connect_by = tokio::time::Instant::now() + CONNECT_TIMEOUT;
         loop {
@@ -161,8 +159,8 @@ pub async fn run(engine: Arc<Engine>, mut inbound: mpsc::Receiver<Inbound>, st: 
                             let sid = engineioxide_core::Sid::new();
                             let ok = encode(Packet::connect("/", Some(args_value(json!({"sid": sid}).to_string()))));
                             session.reply(ok);
-                            cleanup = Some(CloseOnDrop::new(session.closer()));
-                            socket = Some(Socket { session });
+                            let cleanup = CloseOnDrop::new(session.closer());
+                            socket = Some(Socket { session, cleanup });
                         }
                         Err(e) => {
                             let err = connect_error("/", &e.public_message(), Some(e.code()));
@@ -187,11 +185,10 @@ pub async fn run(engine: Arc<Engine>, mut inbound: mpsc::Receiver<Inbound>, st: 
                 PacketData::ConnectError(_) => break,
             }
         }
-        drop(socket);
-        if let Some(c) = cleanup {
-            c.close().await;
+        if let Some(s) = socket {
+            s.cleanup.close().await;
         }
-        engine.close();
+        // The session ends with this task (see `sio::Unregister`).
         debug!("disconnected");
     }
     .instrument(span)
@@ -219,6 +216,8 @@ fn authenticate(st: &EdgeState, auth: Option<&Value>, fallback: Option<&str>) ->
 /// A connected socket.
 struct Socket {
     session: Session,
+    /// Cleans up after the socket, even if this task panics.
+    cleanup: CloseOnDrop,
 }
 
 impl Socket {

@@ -13,7 +13,6 @@ use crate::v1::command::RoomFields;
 use crate::v1::error::ErrorCode;
 use mongodb::bson::{DateTime, doc};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
 mod trail;
@@ -227,9 +226,7 @@ impl AuditRecord {
             meta: &self.meta,
             prev_hash: &self.prev_hash,
         };
-        let bytes = serde_json::to_vec(&h).unwrap_or_default();
-        let digest = Sha256::digest(&bytes);
-        digest.iter().map(|b| format!("{b:02x}")).collect()
+        crate::ids::sha256_hex(&serde_json::to_vec(&h).unwrap_or_default())
     }
 }
 

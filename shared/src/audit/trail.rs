@@ -66,17 +66,29 @@ impl AuditRecord {
     /// What the logs filters look a record up by: its action, actor, room
     /// and the ids it acted on.
     pub fn keys(&self) -> Vec<String> {
-        let mut k = vec![format!("a:{}", self.action)];
-        k.extend(self.actor.iter().map(|a| format!("u:{a}")));
-        k.extend(self.conversation_id.iter().map(|c| format!("c:{c}")));
-        k.extend(self.group_id.iter().map(|g| format!("g:{g}")));
-        for (name, id) in &self.targets {
-            if !NOT_TARGETS.contains(&name.as_str()) {
-                k.push(format!("t:{id}"));
-            }
-        }
+        let mut k = vec![key(ACTION, &self.action)];
+        k.extend(self.actor.iter().map(|a| key(ACTOR, a)));
+        k.extend(self.conversation_id.iter().map(|c| key(CONVERSATION, c)));
+        k.extend(self.group_id.iter().map(|g| key(GROUP, g)));
+        k.extend(self.target_ids().map(|id| key(TARGET, id)));
         k
     }
+
+    /// The ids it acted on.
+    fn target_ids(&self) -> impl Iterator<Item = &str> {
+        self.targets.iter().filter(|(name, _)| !NOT_TARGETS.contains(&name.as_str())).map(|(_, id)| id.as_str())
+    }
+}
+
+/// The kinds of filter key, as prefixes: `a:<action>`, `u:<actor>`, ...
+const ACTION: char = 'a';
+const ACTOR: char = 'u';
+const CONVERSATION: char = 'c';
+const GROUP: char = 'g';
+const TARGET: char = 't';
+
+fn key(kind: char, value: &str) -> String {
+    format!("{kind}:{value}")
 }
 
 /// Filters of the logs API and exports.
@@ -95,17 +107,23 @@ impl Filter {
     /// The keys a matching record has.
     fn keys(&self) -> Vec<String> {
         let mut k = Vec::new();
-        k.extend(self.action.iter().map(|a| format!("a:{a}")));
-        k.extend(self.actor.iter().map(|a| format!("u:{a}")));
-        k.extend(self.conversation_id.iter().map(|c| format!("c:{c}")));
-        k.extend(self.group_id.iter().map(|g| format!("g:{g}")));
-        k.extend(self.target.iter().map(|t| format!("t:{t}")));
+        k.extend(self.action.iter().map(|a| key(ACTION, a)));
+        k.extend(self.actor.iter().map(|a| key(ACTOR, a)));
+        k.extend(self.conversation_id.iter().map(|c| key(CONVERSATION, c)));
+        k.extend(self.group_id.iter().map(|g| key(GROUP, g)));
+        k.extend(self.target.iter().map(|t| key(TARGET, t)));
         k
     }
 
+    /// Whether `r` has every key of the filter (compared field by field:
+    /// a listing checks thousands of records) and lies in its time range.
     pub fn matches(&self, r: &AuditRecord) -> bool {
-        let keys = r.keys();
-        self.keys().iter().all(|k| keys.contains(k))
+        let is = |want: &Option<String>, have: Option<&str>| want.as_deref().is_none_or(|w| have == Some(w));
+        is(&self.action, Some(&r.action))
+            && is(&self.actor, r.actor.as_deref())
+            && is(&self.conversation_id, r.conversation_id.as_deref())
+            && is(&self.group_id, r.group_id.as_deref())
+            && self.target.as_deref().is_none_or(|t| r.target_ids().any(|id| id == t))
             && self.from.is_none_or(|f| r.time >= f)
             && self.to.is_none_or(|t| r.time <= t)
     }

@@ -3,7 +3,7 @@
 //! bad payload can still be answered with the request id.
 
 use super::error::ErrorCode;
-use super::{MAX_CLIENT_MSG_ID, MAX_CONTENT_BYTES};
+use super::{MAX_CLIENT_MSG_ID, MAX_CONTENT_BYTES, MAX_REQUEST_ID};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -104,14 +104,17 @@ impl FileUpload {
     }
 }
 
-/// Longest `requestId`: it is echoed in the reply and stored with the
-/// command (`meta.requestId`).
-pub const MAX_REQUEST_ID: usize = 128;
+/// Whether a client's key (`requestId`, `clientMsgId`) fits in `max` bytes
+/// and has no control characters: keys are echoed, stored, and go into
+/// headers.
+fn plain_key(key: &str, max: usize) -> bool {
+    key.len() <= max && !key.chars().any(char::is_control)
+}
 
 /// The frame's request id, unless it is too long (then not echoed either).
 fn request_id(raw: &RawFrame<'_>) -> Result<Option<String>, FrameError> {
     match &raw.request_id {
-        Some(r) if r.len() > MAX_REQUEST_ID || r.chars().any(char::is_control) => Err(FrameError {
+        Some(r) if !plain_key(r, MAX_REQUEST_ID) => Err(FrameError {
             code: ErrorCode::InvalidFrame,
             message: format!("requestId must be at most {MAX_REQUEST_ID} bytes without control characters"),
             request_id: None,
@@ -257,7 +260,7 @@ pub fn parse_request(kind: &str, data: &str) -> Result<ClientRequest, (ErrorCode
                 return Err((ErrorCode::InvalidPayload, format!("content is longer than {MAX_CONTENT_BYTES} bytes")));
             }
             if let Some(c) = &m.client_msg_id
-                && (c.is_empty() || c.len() > MAX_CLIENT_MSG_ID || c.chars().any(char::is_control))
+                && (c.is_empty() || !plain_key(c, MAX_CLIENT_MSG_ID))
             {
                 return Err((
                     ErrorCode::InvalidPayload,

@@ -22,3 +22,6 @@ pub const VERSION: u32 = 1;
 pub const MAX_CONTENT_BYTES: usize = 16 * 1024;
 /// Longest `clientMsgId`.
 pub const MAX_CLIENT_MSG_ID: usize = 128;
+/// Longest `requestId`: it is echoed in the reply and stored with the
+/// command (`meta.requestId`).
+pub const MAX_REQUEST_ID: usize = 128;

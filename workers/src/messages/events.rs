@@ -33,6 +33,11 @@ pub(super) fn message_received(
     publication(room_subject(subjects, room), &frame)
 }
 
+/// `command_refused`'s data: which command, why.
+fn refusal(inc: &Incoming, code: ErrorCode, reason: &str) -> serde_json::Value {
+    json!({"action": inc.msg.command.action(), "code": code, "reason": reason, "seq": inc.seq})
+}
+
 /// A refusal: nothing written; the actor hears why on their own subject.
 pub(super) fn refused(
     subjects: &Subjects,
@@ -41,12 +46,7 @@ pub(super) fn refused(
     reason: &str,
     detail: serde_json::Value,
 ) -> Disposition {
-    let mut data = json!({
-        "action": inc.msg.command.action(),
-        "code": code,
-        "reason": reason,
-        "seq": inc.seq,
-    });
+    let mut data = refusal(inc, code, reason);
     if let (Some(d), serde_json::Value::Object(extra)) = (data.as_object_mut(), detail) {
         d.extend(extra);
     }
@@ -67,12 +67,7 @@ pub(super) fn withdrawal(subjects: &Subjects, inc: &Incoming, seq: u64, part: u3
         let frame = EventFrame::new(EventKind::MessageDeleted, seq, data).part(part);
         return publication(room_subject(subjects, &room), &frame);
     }
-    let data = json!({
-        "action": inc.msg.command.action(),
-        "code": ErrorCode::Unavailable,
-        "reason": "not applied: the database refused it (dead-lettered)",
-        "seq": inc.seq,
-    });
+    let data = refusal(inc, ErrorCode::Unavailable, "not applied: the database refused it (dead-lettered)");
     let frame = EventFrame::new(EventKind::CommandRefused, seq, data).part(part);
     publication(subjects.user_events(&inc.msg.actor.hex()), &frame)
 }

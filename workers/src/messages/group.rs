@@ -12,7 +12,6 @@ use super::Batch;
 use super::events::{message_received, publication, refused, room_subject, system_message};
 use super::room::{Cursor, Doc, Room};
 use super::rooms::Rooms;
-use super::tail::Entry;
 use crate::handler::{ApplyError, Disposition, Incoming, Publication};
 use mongodb::bson::{Bson, oid::ObjectId, to_bson};
 use natter_nats::Subjects;
@@ -173,8 +172,7 @@ pub(super) fn apply(b: &mut Batch<'_>, room: &mut Room, inc: &Incoming) -> Resul
 /// room's newest message, known to its tail.
 fn post_system(b: &mut Batch<'_>, room: &mut Room, m: &MessageDoc) {
     b.writes.message(m.clone());
-    room.set_last_message(m.id, m.created_at);
-    room.tail.push(Entry { seq: m.seq, id: m.id, sender: m.sender_id, counts: false, deleted: false });
+    room.append(m, false);
 }
 
 fn update(

@@ -56,21 +56,23 @@ pub(crate) struct Ctx {
 
 pub struct MessagesHandler {
     ctx: Ctx,
-    /// Whether the server has `bulkWrite` (asked once).
-    bulk: OnceCell<bool>,
-    /// The writer all partitions share (started by the first write).
+    /// `Some(false)`: write per collection whatever the server; `None`:
+    /// ask the server whether it has `bulkWrite`.
+    bulk: Option<bool>,
+    /// The writer all partitions share (started by the first write, which
+    /// also learns whether the server has `bulkWrite`).
     committer: OnceCell<Committer>,
 }
 
 impl MessagesHandler {
     pub fn new(store: Store, subjects: Subjects) -> Self {
-        MessagesHandler { ctx: Ctx { store, subjects }, bulk: OnceCell::new(), committer: OnceCell::new() }
+        MessagesHandler { ctx: Ctx { store, subjects }, bulk: None, committer: OnceCell::new() }
     }
 
     /// Writes with one command per collection, as on servers before 8.0
     /// (which lack `bulkWrite`), whatever the server.
     pub fn per_collection_writes(self) -> Self {
-        MessagesHandler { bulk: OnceCell::new_with(Some(false)), ..self }
+        MessagesHandler { bulk: Some(false), ..self }
     }
 }
 
@@ -193,8 +195,16 @@ impl Handler for MessagesHandler {
     }
 
     async fn write(&self, writes: Writes) -> Result<(), ApplyError> {
-        let bulk = *self.bulk.get_or_try_init(|| writes::has_bulk_write(&self.ctx.store)).await?;
-        let committer = self.committer.get_or_init(|| async { Committer::start(self.ctx.store.clone(), bulk) }).await;
+        let committer = self
+            .committer
+            .get_or_try_init(|| async {
+                let bulk = match self.bulk {
+                    Some(b) => b,
+                    None => writes::has_bulk_write(&self.ctx.store).await?,
+                };
+                Ok::<_, ApplyError>(Committer::start(self.ctx.store.clone(), bulk))
+            })
+            .await?;
         committer.write(writes).await.map_err(|e| match e {
             WriteError::Conflict(why) => ApplyError::transient(format!("applying again from the database: {why}")),
             WriteError::Apply(e) => e,
@@ -220,11 +230,13 @@ async fn apply_room(
     cmds: &[&Incoming],
     attempt: &mut Done,
 ) -> Result<(), ApplyError> {
-    for inc in cmds {
-        if parse_oid(&key.id).is_none() {
+    if parse_oid(&key.id).is_none() {
+        for inc in cmds {
             attempt.insert(inc.seq, Disposition::Poison(format!("room id `{}` is not an ObjectId", key.id)));
-            continue;
         }
+        return Ok(());
+    }
+    for inc in cmds {
         let d = match &inc.msg.command {
             // Creations make the room; everything else needs it.
             Command::CreateConversation(c) => conversation::create(b, rooms, key, inc, c)?,
@@ -289,10 +301,8 @@ async fn prefetch(
     let mut cur = raw.find(doc! {"_id": {"$in": ids}}).projection(fields).await?;
     while let Some(m) = cur.try_next().await? {
         let (Ok(id), Ok(sender)) = (m.get_object_id("_id"), m.get_object_id("senderId")) else { continue };
-        let room = match (m.get_str("conversationId"), m.get_str("groupId")) {
-            (Ok(c), _) => RoomRef::new(RoomKind::Conversation, c),
-            (_, Ok(g)) => RoomRef::new(RoomKind::Group, g),
-            _ => continue,
+        let Ok(room) = RoomRef::from_fields(m.get_str("conversationId").ok(), m.get_str("groupId").ok()) else {
+            continue;
         };
         known.insert(
             id,

@@ -58,6 +58,16 @@ pub(super) async fn read(
     Ok(Disposition::Applied(vec![publication(room_subject(&b.ctx.subjects, &room.key), &frame)?]))
 }
 
+/// The filter for the room's stored messages from others than `user`, not
+/// deleted and not `system` (those that count), with a seq in `(lo, hi]`.
+fn from_others(room: &Room, user: ObjectId, lo: i64, hi: i64) -> mongodb::bson::Document {
+    let mut f = room.key.live_messages();
+    f.insert("seq", doc! {"$gt": lo, "$lte": hi});
+    f.insert("senderId", doc! {"$ne": user});
+    f.insert("messageType", doc! {"$ne": "system"});
+    f
+}
+
 /// How many messages from others, not deleted and not `system`, the room
 /// has after `upto`.
 async fn unread_after(b: &Batch<'_>, room: &Room, user: ObjectId, upto: i64) -> Result<i64, ApplyError> {
@@ -69,11 +79,7 @@ async fn unread_after(b: &Batch<'_>, room: &Room, user: ObjectId, upto: i64) -> 
     }
     // Older than the tail: what MongoDB holds up to the tail (everything
     // there is stored), less what is deleted there but not written yet.
-    let mut f = room.key.messages();
-    f.insert("seq", doc! {"$gt": upto, "$lte": from});
-    f.insert("senderId", doc! {"$ne": user});
-    f.insert("deleted", doc! {"$ne": true});
-    f.insert("messageType", doc! {"$ne": "system"});
+    let f = from_others(room, user, upto, from);
     let stored = b.ctx.store.messages().count_documents(f).await? as i64;
     let gone = room.unwritten().filter(|t| t.seq > upto && t.seq <= from && t.counts && t.sender != user);
     Ok(newer + stored - gone.count() as i64)
@@ -142,11 +148,7 @@ async fn passed(
         .collect();
     let from = room.tail.from();
     if lo < from && out.len() < MAX_STATUS_EVENTS {
-        let mut f = room.key.messages();
-        f.insert("seq", doc! {"$gt": lo, "$lte": hi.min(from)});
-        f.insert("senderId", doc! {"$ne": user});
-        f.insert("deleted", doc! {"$ne": true});
-        f.insert("messageType", doc! {"$ne": "system"});
+        let f = from_others(room, user, lo, hi.min(from));
         let raw = b.ctx.store.db().collection::<mongodb::bson::Document>(natter_shared::model::MESSAGES);
         let mut cur = raw
             .find(f)

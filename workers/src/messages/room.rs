@@ -4,7 +4,7 @@
 //! batch commits the changes, guarded by the `lastSeq` MongoDB holds, so a
 //! stale owner's write matches nothing.
 
-use super::tail::Tail;
+use super::tail::{Entry, Tail};
 use super::writes::Tombstone;
 use mongodb::bson::{Bson, DateTime, Document, doc, oid::ObjectId, to_document};
 use natter_shared::ids::{RoomKind, RoomRef};
@@ -190,7 +190,13 @@ impl Room {
     }
 
     /// Records the room's newest message.
-    pub fn set_last_message(&mut self, id: ObjectId, at: DateTime) {
+    /// Notes a new message: the room's newest, at the end of its tail.
+    pub fn append(&mut self, m: &natter_shared::model::MessageDoc, counts: bool) {
+        self.set_last_message(m.id, m.created_at);
+        self.tail.push(Entry { seq: m.seq, id: m.id, sender: m.sender_id, counts, deleted: false });
+    }
+
+    fn set_last_message(&mut self, id: ObjectId, at: DateTime) {
         match &mut self.doc {
             Doc::Conversation(c) => (c.last_message_id, c.updated_at) = (Some(id), at),
             Doc::Group(g) => (g.last_message_id, g.updated_at) = (Some(id), at),

@@ -8,7 +8,6 @@
 
 use super::events::{message_received, refused};
 use super::room::{Cursor, Room};
-use super::tail::Entry;
 use super::{Batch, Known};
 use crate::handler::{ApplyError, Disposition, Incoming};
 use mongodb::bson::{DateTime, doc};
@@ -104,7 +103,6 @@ pub(super) fn apply(
         let n = room.get(Cursor::Unread, p) + 1;
         room.put(Cursor::Unread, p, n);
     }
-    room.set_last_message(m.id, m.created_at);
-    room.tail.push(Entry { seq: m.seq, id: m.id, sender, counts: true, deleted: false });
+    room.append(&m, true);
     Ok(Disposition::Applied(vec![message_received(&b.ctx.subjects, &room.key, &m, 0)?]))
 }

@@ -15,7 +15,7 @@ use mongodb::bson::{DateTime, Document, doc, oid::ObjectId, to_document};
 use mongodb::error::{ErrorKind, PartialBulkWriteResult};
 use mongodb::options::{InsertOneModel, UpdateOneModel, WriteModel};
 use natter_shared::ids::RoomKind;
-use natter_shared::model::{ATTACHMENTS, AttachmentDoc, CONVERSATIONS, GROUPS, MESSAGES, MessageDoc};
+use natter_shared::model::{ATTACHMENTS, AttachmentDoc, MESSAGES, MessageDoc};
 use natter_shared::store::Store;
 
 /// The duplicate key error.
@@ -116,16 +116,10 @@ impl Writes {
             if let Ok(errors) = reply.get_array("writeErrors")
                 && let Some(we) = errors.first().and_then(|e| e.as_document())
             {
-                let code = we.get_i32("code").unwrap_or(0);
-                let message = we.get_str("errmsg").unwrap_or("write error");
-                return Err(if code == DUPLICATE_KEY {
-                    WriteError::Conflict(message.to_string())
-                } else {
-                    WriteError::Apply(ApplyError::write(code, message))
-                });
+                return Err(command_write_error(we));
             }
             if guards > 0 && reply_count(&reply, "n") < guards as i64 {
-                return Err(WriteError::Conflict("a room changed under this worker".into()));
+                return Err(room_changed());
             }
         }
         Ok(())
@@ -197,16 +191,9 @@ async fn insert_messages(store: &Store, parts: &mut [Writes], results: &mut [Res
     for we in errors.iter().filter_map(|e| e.as_document()) {
         let index = reply_count(we, "index") as usize;
         let Some(&i) = owner.get(index) else { continue };
-        if results[i].is_err() {
-            continue;
+        if results[i].is_ok() {
+            results[i] = Err(command_write_error(we));
         }
-        let code = we.get_i32("code").unwrap_or(0);
-        let message = we.get_str("errmsg").unwrap_or("write error");
-        results[i] = Err(if code == DUPLICATE_KEY {
-            WriteError::Conflict(message.to_string())
-        } else {
-            WriteError::Apply(ApplyError::write(code, message))
-        });
     }
 }
 
@@ -263,12 +250,11 @@ async fn bulk_write(
     let matched = |updates: &std::collections::HashMap<usize, mongodb::results::UpdateResult>, at: &usize| {
         updates.get(at).is_some_and(|u| u.matched_count == 1)
     };
-    let conflict = || WriteError::Conflict("a room changed under this worker".into());
     match db.client().bulk_write(models).ordered(true).verbose_results().await {
         Ok(r) => {
             for (i, _, guarded) in spans {
                 if !guarded.iter().all(|g| matched(&r.update_results, g)) {
-                    results[i] = Err(conflict());
+                    results[i] = Err(room_changed());
                 }
             }
             Vec::new()
@@ -295,14 +281,10 @@ async fn bulk_write(
             for (i, range, guarded) in spans {
                 if range.end <= at {
                     if !updates.is_some_and(|u| guarded.iter().all(|g| matched(u, g))) {
-                        results[i] = Err(conflict());
+                        results[i] = Err(room_changed());
                     }
                 } else if range.contains(&at) {
-                    results[i] = Err(if we.code == DUPLICATE_KEY {
-                        WriteError::Conflict(we.message.clone())
-                    } else {
-                        WriteError::Apply(ApplyError::write(we.code, &we.message))
-                    });
+                    results[i] = Err(write_error(we.code, &we.message));
                 } else {
                     again.push(i);
                 }
@@ -310,6 +292,28 @@ async fn bulk_write(
             again
         }
     }
+}
+
+/// A write MongoDB refused: a message id already stored means memory was
+/// behind the database (read again, apply again); anything else is the
+/// server's verdict on the write.
+fn write_error(code: i32, message: &str) -> WriteError {
+    if code == DUPLICATE_KEY {
+        WriteError::Conflict(message.to_string())
+    } else {
+        WriteError::Apply(ApplyError::write(code, message))
+    }
+}
+
+/// One entry of a command's `writeErrors`.
+fn command_write_error(we: &Document) -> WriteError {
+    write_error(we.get_i32("code").unwrap_or(0), we.get_str("errmsg").unwrap_or("write error"))
+}
+
+/// A guarded room update that matched nothing: the room's `lastSeq` is not
+/// what this worker wrote last.
+fn room_changed() -> WriteError {
+    WriteError::Conflict("a room changed under this worker".into())
 }
 
 fn reply_count(reply: &Document, field: &str) -> i64 {
@@ -370,10 +374,7 @@ impl Op {
                 },
             ),
             Op::Room(kind, id, w) => {
-                let coll = match kind {
-                    RoomKind::Conversation => CONVERSATIONS,
-                    RoomKind::Group => GROUPS,
-                };
+                let coll = kind.collection();
                 match w {
                     RoomWrite::Insert(d) => (coll, Model::Insert(d.to_document().map_err(ser)?)),
                     RoomWrite::Update { expect, update } => (

@@ -125,9 +125,7 @@ impl<M: Input> Batch<M> {
                 Some(Disposition::Refused { events, .. }) => events,
                 _ => &[],
             };
-            let copy =
-                |p: &Publication| ToStore { subject: p.subject.clone(), payload: p.payload.clone(), msg_id: None };
-            out.extend(pubs.iter().map(copy));
+            out.extend(pubs.iter().cloned().map(ToStore::from));
         }
         out
     }

@@ -57,7 +57,8 @@ pub(super) struct Flow<H: Handler> {
     handler: Arc<H>,
     /// Applied and announced, writes staged in the state, not yet taken.
     open: Vec<Batch<H::Msg>>,
-    open_since: Option<Instant>,
+    /// When the open batches' writes fall due (see `due_at`).
+    due: Option<Instant>,
     /// The write in flight and the batches it finishes.
     writing: Option<(Vec<Batch<H::Msg>>, Write)>,
     /// When the messages in hand were last kept from redelivery.
@@ -66,7 +67,7 @@ pub(super) struct Flow<H: Handler> {
 
 impl<H: Handler> Flow<H> {
     pub fn new(handler: Arc<H>) -> Self {
-        Flow { handler, open: Vec::new(), open_since: None, writing: None, kept: Instant::now() }
+        Flow { handler, open: Vec::new(), due: None, writing: None, kept: Instant::now() }
     }
 
     /// How long the next fetch may wait for messages.
@@ -74,8 +75,8 @@ impl<H: Handler> Flow<H> {
         if self.writing.is_some() {
             return WHILE_WRITING;
         }
-        match self.open_since {
-            Some(since) => due_at(since, H::WRITE_BEHIND).saturating_duration_since(Instant::now()).clamp(SOON, idle),
+        match self.due {
+            Some(due) => due.saturating_duration_since(Instant::now()).clamp(SOON, idle),
             None => idle,
         }
     }
@@ -97,19 +98,16 @@ impl<H: Handler> Flow<H> {
         match applied {
             Ok(()) => {
                 batch.announce(part).await;
-                self.open_since.get_or_insert_with(Instant::now);
+                self.due.get_or_insert_with(|| due_at(Instant::now(), H::WRITE_BEHIND));
                 self.open.push(batch);
             }
             Err(e) => {
                 warn!(error = %e, "apply failed; applying again from the database");
                 // What is in flight ends first: its outcome says what the
                 // database holds.
-                let mut again = self.land(state, part).await;
-                self.handler.written(state, false);
-                again.append(&mut self.open);
-                again.push(batch);
-                self.open_since = None;
-                self.recover(state, part, again, cancel).await;
+                self.open.push(batch);
+                let again = self.land(state, part).await;
+                self.retry_everything(state, part, again, cancel).await;
             }
         }
         if H::WRITE_BEHIND.is_zero() {
@@ -130,34 +128,28 @@ impl<H: Handler> Flow<H> {
             }
         }
         if self.writing.as_ref().is_some_and(|(_, w)| w.is_finished()) || self.in_hand() >= IN_HAND_AT {
-            let again = self.land(state, part).await;
-            if !again.is_empty() {
-                self.retry_everything(state, part, again, cancel).await;
-            }
+            self.land_or_retry(state, part, cancel).await;
         }
         if self.writing.is_none() && self.due() {
             let writes = self.handler.take(state);
             let handler = self.handler.clone();
             let write = tokio::spawn(async move { handler.write(writes).await });
             self.writing = Some((std::mem::take(&mut self.open), write));
-            self.open_since = None;
+            self.due = None;
         }
     }
 
     /// Writes and finishes everything in hand (on shutdown, or at once for
     /// roles without write-behind).
     pub async fn flush(&mut self, state: &mut H::State, part: &Partition, cancel: &CancellationToken) {
-        let again = self.land(state, part).await;
-        if !again.is_empty() {
-            self.retry_everything(state, part, again, cancel).await;
-        }
+        self.land_or_retry(state, part, cancel).await;
         if self.open.is_empty() {
             return;
         }
         let result = self.handler.write(self.handler.take(state)).await;
         self.handler.written(state, result.is_ok());
         let batches = std::mem::take(&mut self.open);
-        self.open_since = None;
+        self.due = None;
         match result {
             Ok(()) => {
                 for b in batches {
@@ -179,7 +171,7 @@ impl<H: Handler> Flow<H> {
 
     fn due(&self) -> bool {
         !self.open.is_empty()
-            && (self.open_since.is_some_and(|s| Instant::now() >= due_at(s, H::WRITE_BEHIND))
+            && (self.due.is_some_and(|due| Instant::now() >= due)
                 || self.open.iter().map(|b| b.msgs.len()).sum::<usize>() >= GATHER_AT
                 || self.open.iter().any(Batch::awaited))
     }
@@ -207,6 +199,15 @@ impl<H: Handler> Flow<H> {
         }
     }
 
+    /// Waits for the write in flight; if it failed, it and everything
+    /// applied since are applied again.
+    async fn land_or_retry(&mut self, state: &mut H::State, part: &Partition, cancel: &CancellationToken) {
+        let again = self.land(state, part).await;
+        if !again.is_empty() {
+            self.retry_everything(state, part, again, cancel).await;
+        }
+    }
+
     /// After a failed write: it and everything applied since are applied
     /// again (the state forgot them).
     async fn retry_everything(
@@ -218,7 +219,7 @@ impl<H: Handler> Flow<H> {
     ) {
         self.handler.written(state, false);
         again.append(&mut self.open);
-        self.open_since = None;
+        self.due = None;
         self.recover(state, part, again, cancel).await;
     }
 

@@ -81,12 +81,12 @@ pub async fn run<H: Handler>(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     info!(role, instance = %cfg.instance, "worker running");
     loop {
-        tokio::select! {
+        let renew = tokio::select! {
             _ = cancel.cancelled() => break,
-            _ = tick.tick() => {}
-            _ = leases.changed() => {}
-        }
-        let changes = leases.tick().await;
+            _ = tick.tick() => true,
+            _ = leases.changed() => false,
+        };
+        let changes = leases.tick(renew).await;
         for p in changes.lost {
             if let Some(t) = tasks.remove(&p) {
                 t.cancel.cancel();

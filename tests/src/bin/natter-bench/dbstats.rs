@@ -12,7 +12,7 @@ pub struct DbStats {
     ticks_per_s: f64,
 }
 
-/// One reading.
+/// One reading, or the difference between two (`Sample::to`).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Sample {
     /// insert, query, update, delete, getmore, command.
@@ -20,14 +20,7 @@ pub struct Sample {
     pub cpu: Option<Duration>,
 }
 
-/// The difference between two readings.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Delta {
-    pub ops: [i64; 6],
-    pub cpu: Option<Duration>,
-}
-
-impl Delta {
+impl Sample {
     pub fn total_ops(&self) -> i64 {
         self.ops.iter().sum()
     }
@@ -47,15 +40,7 @@ impl Delta {
 impl DbStats {
     pub async fn new(mongodb_base: &str) -> DbStats {
         let client = mongodb::Client::with_uri_str(mongodb_base).await.expect("mongodb client");
-        let port = mongodb_base.rsplit(':').next().and_then(|p| p.trim_end_matches('/').parse::<u16>().ok());
-        let pid = port.and_then(pid_listening_on);
-        let ticks_per_s = std::process::Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-            .unwrap_or(100.0);
-        DbStats { client, pid, ticks_per_s }
+        DbStats { client, pid: pid_serving(mongodb_base), ticks_per_s: ticks_per_s() }
     }
 
     pub async fn sample(&self) -> Sample {
@@ -71,7 +56,7 @@ impl DbStats {
 impl Sample {
     /// What happened between `self` and `later` (less the reading's own
     /// `serverStatus` command).
-    pub fn to(&self, later: &Sample) -> Delta {
+    pub fn to(&self, later: &Sample) -> Sample {
         let mut ops = [0; 6];
         for (i, o) in ops.iter_mut().enumerate() {
             *o = later.ops[i] - self.ops[i];
@@ -81,13 +66,29 @@ impl Sample {
             (Some(a), Some(b)) => Some(b.saturating_sub(a)),
             _ => None,
         };
-        Delta { ops, cpu }
+        Sample { ops, cpu }
     }
+}
+
+/// Clock ticks per second of `/proc/<pid>/stat` times.
+fn ticks_per_s() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// The local process serving `url` (`scheme://host:port[/]`), found by the
+/// port on its command line.
+pub fn pid_serving(url: &str) -> Option<u32> {
+    url.rsplit(':').next().and_then(|p| p.trim_end_matches('/').parse::<u16>().ok()).and_then(pid_listening_on)
 }
 
 /// The process whose command line says it listens on `port` (`--port P`
 /// or `-p P`).
-pub fn pid_listening_on(port: u16) -> Option<u32> {
+fn pid_listening_on(port: u16) -> Option<u32> {
     let wants = [format!("--port\0{port}\0"), format!("-p\0{port}\0")];
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
@@ -117,7 +118,7 @@ pub struct ProcStats {
 
 impl ProcStats {
     pub fn new(procs: Vec<(String, u32)>) -> ProcStats {
-        ProcStats { procs, ticks_per_s: 100.0 }
+        ProcStats { procs, ticks_per_s: ticks_per_s() }
     }
 
     pub fn sample(&self) -> Vec<Duration> {

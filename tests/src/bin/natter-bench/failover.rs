@@ -4,7 +4,6 @@
 //! (before and after the kill), and whether anything was lost, duplicated
 //! or delivered out of order.
 
-use natter_nats::Subjects;
 use natter_nats::subjects::partition_of;
 use natter_tests::TestApp;
 use natter_tests::ws::{In, WsClient};
@@ -69,14 +68,8 @@ pub async fn run(args: FailoverArgs) {
     });
 
     tokio::time::sleep_until((start + Duration::from_secs(args.kill_at)).into()).await;
-    let subjects = Subjects::new(&app.name);
-    let js = async_nats::jetstream::new(async_nats::connect(&app.nats_url).await.expect("nats"));
-    let kv = js.get_key_value(subjects.leases_bucket()).await.expect("leases");
-    let holder = kv.get(subjects.lease_key("messages", partition)).await.expect("lease").expect("a holder");
-    let holder = String::from_utf8_lossy(&holder).to_string();
-    let pid: u32 = holder.split('-').next().and_then(|p| p.parse().ok()).expect("instance pid");
-    let victim =
-        workers.iter().copied().find(|i| app.processes[*i].child.id() == Some(pid)).expect("the holder is ours");
+    let pid = app.lease_holder("messages", partition).await.expect("a holder");
+    let victim = app.process_with_pid(&workers, pid).expect("the holder is ours");
     let killed = Instant::now();
     app.processes[victim].kill9().await;
     println!(

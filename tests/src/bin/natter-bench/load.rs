@@ -149,12 +149,11 @@ fn process_stats(app: &TestApp) -> ProcStats {
         let name = name.trim_start_matches("natter-").trim_start_matches("worker-").to_string();
         procs.push((name, pid));
     }
-    let port = |url: &str| url.rsplit(':').next().and_then(|p| p.trim_end_matches('/').parse::<u16>().ok());
     let servers = natter_tests::servers();
-    if let Some(pid) = port(&servers.nats_url).and_then(crate::dbstats::pid_listening_on) {
+    if let Some(pid) = crate::dbstats::pid_serving(&servers.nats_url) {
         procs.push(("nats".into(), pid));
     }
-    if let Some(pid) = port(&servers.mongodb_base).and_then(crate::dbstats::pid_listening_on) {
+    if let Some(pid) = crate::dbstats::pid_serving(&servers.mongodb_base) {
         procs.push(("db".into(), pid));
     }
     procs.push(("clients".into(), std::process::id()));
@@ -323,10 +322,6 @@ async fn socket(
             frame = ws.next(Duration::from_secs(3600)) => {
                 let event: Option<Value> = match frame {
                     Some(In::Json(v)) if !sio => (v["type"] == "message_received").then(|| v["data"].clone()),
-                    Some(In::Text(t)) if sio && t == "2" => {
-                        let _ = ws.try_send_text("3").await;
-                        None
-                    }
                     Some(In::Text(t)) if sio => t.strip_prefix("42").and_then(|rest| {
                         let args: Value = serde_json::from_str(rest).ok()?;
                         (args[0] == "message_received").then(|| args[1].clone())
