@@ -50,13 +50,11 @@ impl Edge {
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> Result<Edge, StartError> {
-        let url = config.core.nats_url.clone();
+        // Printed without its credentials.
+        let url = natter_nats::connect::redacted(&config.core.nats_url);
         let nats = tokio::time::timeout(
             Duration::from_secs(10),
-            // async-nats parses a `&str` as one address: split the list.
-            async_nats::ConnectOptions::new()
-                .name("natter-edge")
-                .connect(url.split(',').map(str::trim).collect::<Vec<_>>()),
+            natter_nats::connect::connect(&config.core.nats_url, "natter-edge"),
         )
         .await
         .map_err(|_| StartError::Nats { url: url.clone(), reason: "timed out".into() })?
@@ -82,10 +80,11 @@ impl Edge {
             }
             None => None,
         };
+        let uploads = crate::uploads::UploadBudgets::new(config.uploads_per_min, config.upload_bytes_per_min);
         let state = Arc::new(EdgeState {
             staging,
             s3,
-            jwt: Jwt::new(&config.jwt_secret),
+            jwt: Jwt::new(&config.jwt),
             hub,
             membership: Membership::default(),
             presence,
@@ -97,6 +96,9 @@ impl Edge {
             js,
             subjects,
             sio: Default::default(),
+            typing: Default::default(),
+            rest_limits: Default::default(),
+            uploads,
         });
         Ok(Edge { listener, state })
     }
@@ -117,7 +119,7 @@ impl Edge {
             .route("/socket.io", any(sio::handle))
             .route("/healthz", get(health::healthz))
             .route("/readyz", get(health::readyz))
-            .merge(rest::router())
+            .merge(rest::router(state.clone()))
             .fallback(|| async { crate::error::ChatError::NotFound("route") })
             .layer(cors)
             .with_state(state)
@@ -128,7 +130,9 @@ impl Edge {
         let st = self.state;
         let shutdown = st.lifecycle.shutdown.clone();
         tracing::info!(addr = %self.listener.local_addr()?, "edge listening");
-        axum::serve(self.listener, Self::router(st.clone())).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+        // Connections carry the client's address (per-address limits).
+        let app = Self::router(st.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(self.listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
         drain(&st.lifecycle.tracker, GRACE_PERIOD).await;
         let _ = st.nats.flush().await;
         tracing::info!("edge stopped");

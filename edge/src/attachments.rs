@@ -55,6 +55,9 @@ where
     if filename.is_empty() || filename.len() > 1000 || declared.is_empty() || declared.len() > 200 {
         return Err(ChatError::InvalidPayload("filename and type are required".into()));
     }
+    if !st.uploads.admit(who.user) {
+        return Err(ChatError::RateLimited);
+    }
     let limit = st.config.max_file_size;
     let id = ObjectId::new().to_hex();
     let seen = Arc::new(AtomicU64::new(0));
@@ -62,8 +65,13 @@ where
     let (s2, o2) = (seen.clone(), over.clone());
     // Counts as it goes and fails the stream past the limit, so the staging
     // put stops reading there.
+    let client_failed = Arc::new(AtomicBool::new(false));
+    let c2 = client_failed.clone();
     let limited = body.map(move |chunk| {
-        let chunk = chunk.map_err(|e| std::io::Error::other(e.to_string()))?;
+        let chunk = chunk.map_err(|e| {
+            c2.store(true, Ordering::Relaxed);
+            std::io::Error::other(e.to_string())
+        })?;
         if s2.fetch_add(chunk.len() as u64, Ordering::Relaxed) + chunk.len() as u64 > limit {
             o2.store(true, Ordering::Relaxed);
             return Err(std::io::Error::other("file too large"));
@@ -77,11 +85,18 @@ where
         let _ = st.staging.delete(&id).await;
         return Err(ChatError::Upload(ErrorCode::FileTooLarge, format!("files are limited to {limit} bytes")));
     }
+    st.uploads.charge(who.user, seen.load(Ordering::Relaxed));
     let info = match put {
         Ok(i) => i,
         Err(e) => {
             let _ = st.staging.delete(&id).await;
-            return Err(ChatError::InvalidPayload(format!("upload interrupted: {e}")));
+            if client_failed.load(Ordering::Relaxed) {
+                return Err(ChatError::InvalidPayload(format!("upload interrupted: {e}")));
+            }
+            // The staging store is full (or NATS is away): nothing the
+            // client did; it may try again later.
+            tracing::warn!(error = %e, "upload not staged");
+            return Err(ChatError::Upload(ErrorCode::Unavailable, "uploads cannot be taken now; retry later".into()));
         }
     };
     if info.size == 0 {
@@ -213,6 +228,11 @@ pub async fn for_message(
         }
         if a.room().is_some_and(|r| r != *room) {
             return Err(bad("was uploaded to another room"));
+        }
+        // One outside any room is collected when unsent for this long.
+        let age = mongodb::bson::DateTime::now().timestamp_millis() - a.uploaded_at.timestamp_millis();
+        if a.room().is_none() && age > st.config.unsent_upload_ttl.as_millis() as i64 {
+            return Err(bad("was uploaded too long ago to be sent; upload it again"));
         }
         if (message_type == "image" || message_type == "document") && a.category != message_type {
             return Err(bad(&format!("is not a {message_type}")));

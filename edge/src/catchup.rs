@@ -16,12 +16,16 @@
 //! missed have expired from the stream (24 h), the client is told to
 //! refetch the history over REST (`resync_required`) and gets live events.
 
+use crate::error::ChatError;
 use crate::hub::{Outbound, Sink};
 use crate::state::EdgeState;
 use async_nats::jetstream::consumer;
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use futures::StreamExt;
 use natter_shared::ids::RoomRef;
+use natter_shared::ids::UserId;
 use natter_shared::v1::command::RoomFields;
+use natter_shared::v1::event::EventHead;
 use natter_shared::v1::event::{EventFrame, EventKind};
 use serde_json::json;
 use std::sync::Arc;
@@ -36,19 +40,27 @@ pub enum CatchUp {
     Resync(&'static str),
 }
 
-/// Follows `room` for `sink`'s connection with catch-up after `last_seq`.
-pub async fn follow(st: &Arc<EdgeState>, sink: &Sink, room: &RoomRef, last_seq: u64) -> Result<CatchUp, String> {
+/// Follows `room` for `sink`'s connection with catch-up after `last_seq`;
+/// `confirm` runs once the room is followed (live events held) and may
+/// refuse, and then nothing of the room reaches the connection.
+pub async fn follow<F: Future<Output = Result<(), ChatError>>>(
+    st: &Arc<EdgeState>,
+    sink: &Sink,
+    room: &RoomRef,
+    last_seq: u64,
+    confirm: F,
+) -> Result<CatchUp, ChatError> {
     let subject = st.hub.room_subject(room);
     let (hold_tx, mut hold_rx) = mpsc::channel::<Outbound>(crate::ws::QUEUE_LEN);
     let holding = Sink { tx: hold_tx, ..sink.clone() };
-    st.hub.follow(&subject, holding).await.map_err(|e| e.to_string())?;
-    let result = missed(st, sink, room, &subject, last_seq).await;
+    st.hub.follow(&subject, holding).await.map_err(ChatError::unavailable)?;
+    if let Err(e) = confirm.await {
+        st.hub.unfollow(&subject, sink.conn).await;
+        return Err(e);
+    }
+    let result = missed(st, sink, room, &subject, last_seq).await.map_err(ChatError::Unavailable);
     if let Ok(CatchUp::Resync(reason)) = &result {
-        let mut data = json!({"lastSeq": last_seq, "reason": reason});
-        RoomFields::of(room).merge_into(&mut data);
-        if let Ok(text) = serde_json::to_string(&EventFrame::ephemeral(EventKind::ResyncRequired, data)) {
-            let _ = sink.tx.send(Outbound::Local(text)).await;
-        }
+        resync_notice(sink, room, last_seq, reason);
     }
     // Then the held live events, and every later one, in order.
     let tx = sink.tx.clone();
@@ -60,6 +72,16 @@ pub async fn follow(st: &Arc<EdgeState>, sink: &Sink, room: &RoomRef, last_seq: 
         }
     });
     result
+}
+
+/// Tells the connection to refetch `room`'s history over REST
+/// (`resync_required`), since what it missed after `last_seq` is not sent.
+pub fn resync_notice(sink: &Sink, room: &RoomRef, last_seq: u64, reason: &str) {
+    let mut data = json!({"lastSeq": last_seq, "reason": reason});
+    RoomFields::of(room).merge_into(&mut data);
+    if let Ok(text) = serde_json::to_string(&EventFrame::ephemeral(EventKind::ResyncRequired, data)) {
+        sink.offer(Outbound::Local(text));
+    }
 }
 
 async fn missed(st: &EdgeState, sink: &Sink, room: &RoomRef, subject: &str, last_seq: u64) -> Result<CatchUp, String> {
@@ -107,14 +129,71 @@ async fn missed(st: &EdgeState, sink: &Sink, room: &RoomRef, subject: &str, last
     if missed.len() as u64 > max {
         return Ok(CatchUp::Resync("too many events were missed"));
     }
-    let mut sent = 0;
+    let sent = missed.len() as u64;
     for (out, _) in missed {
-        if sink.tx.send(out).await.is_err() {
-            break;
-        }
-        sent += 1;
+        sink.offer(out);
     }
     Ok(CatchUp::Complete(sent))
+}
+
+/// The last change of `user`'s membership of `room` that the events after
+/// `since` record (`Some(true)` added, `Some(false)` removed or the group
+/// deleted), `None` when they record none. MongoDB's copy of a room is
+/// written after its events go out; this is what happened since it.
+pub async fn membership_after(
+    st: &EdgeState,
+    room: &RoomRef,
+    user: UserId,
+    since: u64,
+) -> Result<Option<bool>, ChatError> {
+    let events = st.js.get_stream(st.subjects.evt_stream()).await.map_err(ChatError::unavailable)?;
+    let room_on = st.subjects.room_events(room.kind, &room.id);
+    // Usually the room's newest event is already in MongoDB's copy.
+    match events.get_last_raw_message_by_subject(&room_on).await {
+        Ok(m) => {
+            let seq = serde_json::from_slice::<EventHead>(&m.payload).ok().and_then(|h| h.seq).unwrap_or(u64::MAX);
+            if seq <= since {
+                return Ok(None);
+            }
+        }
+        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(None),
+        Err(e) => return Err(ChatError::unavailable(e)),
+    }
+    let deliver = if since == 0 {
+        consumer::DeliverPolicy::All
+    } else {
+        let cmds = st.js.get_stream(st.subjects.cmd_stream()).await.map_err(ChatError::unavailable)?;
+        let at = cmds.direct_get(since).await.map_err(ChatError::unavailable)?;
+        consumer::DeliverPolicy::ByStartTime { start_time: at.time }
+    };
+    let limit = st.config.catchup_max_events;
+    let Some(after) =
+        read(st, &events, &room_on, &room_on, deliver, since, limit, |_| true).await.map_err(ChatError::Unavailable)?
+    else {
+        return Err(ChatError::unavailable("the room changes too fast to join; try again"));
+    };
+    let me = user.hex();
+    #[derive(serde::Deserialize)]
+    struct Added {
+        data: AddedData,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct AddedData {
+        user_id: String,
+    }
+    let mut verdict = None;
+    for (out, h) in after {
+        if h.revoke.as_deref().is_some_and(|r| r == "*" || r == me) {
+            verdict = Some(false);
+        } else if h.kind == "member_added"
+            && let Outbound::Event { payload, .. } = &out
+            && serde_json::from_slice::<Added>(payload).is_ok_and(|a| a.data.user_id == me)
+        {
+            verdict = Some(true);
+        }
+    }
+    Ok(verdict)
 }
 
 /// The `data` of an event, for its room.

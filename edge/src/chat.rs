@@ -61,6 +61,22 @@ pub async fn require_member(st: &EdgeState, who: &Identity, room: &RoomRef) -> R
     if st.membership.is_member(&st.store, room.kind, id, who.user).await? { Ok(()) } else { Err(ChatError::NotAMember) }
 }
 
+/// Confirms, for a connection that now follows `room` (every later event
+/// reaches it), that `user` is a member as of the newest event: MongoDB's
+/// copy of the room, plus the membership changes its events recorded
+/// after it (MongoDB is written after the events go out). A removal that
+/// raced the join is seen here or arrives through the subscription.
+/// Conversations never change members: nothing to confirm.
+pub async fn confirm_member(st: &EdgeState, user: UserId, room: &RoomRef) -> Result<(), ChatError> {
+    if room.kind == RoomKind::Conversation {
+        return Ok(());
+    }
+    let g = st.membership.group(&st.store, oid(&room.id, "groupId")?).await?.ok_or(ChatError::NotAMember)?;
+    let since = u64::try_from(g.last_seq).unwrap_or(0);
+    let member = crate::catchup::membership_after(st, room, user, since).await?.unwrap_or(g.is_member(user.oid()));
+    if member { Ok(()) } else { Err(ChatError::NotAMember) }
+}
+
 fn envelope(who: &Identity, command: Command) -> CommandEnvelope {
     CommandEnvelope {
         v: natter_shared::v1::VERSION,
@@ -316,6 +332,10 @@ pub async fn add_member(st: &EdgeState, who: &Identity, id: &str, user: UserId) 
     let g = visible_group(st, who, id).await?;
     if !g.may_add(who.user.oid(), &who.roles) {
         return Err(ChatError::Forbidden("adding members needs Admin, Supervisor or a role in canAddMembers".into()));
+    }
+    if g.members.len() >= natter_shared::model::MAX_GROUP_MEMBERS && !g.members.contains(&user.oid()) {
+        let max = natter_shared::model::MAX_GROUP_MEMBERS;
+        return Err(ChatError::Forbidden(format!("a group has at most {max} members")));
     }
     let env = envelope(who, Command::AddMember(MemberCmd { group_id: g.id.to_hex(), user_id: user }));
     let seq = apply_and_wait(st, env, &ObjectId::new().to_hex()).await?;

@@ -32,6 +32,8 @@ pub enum ChatError {
     /// An upload refused, with its stable code.
     #[error("{1}")]
     Upload(ErrorCode, String),
+    #[error("too many requests; slow down")]
+    RateLimited,
 }
 
 impl ChatError {
@@ -47,6 +49,7 @@ impl ChatError {
             ChatError::Pending { .. } => ErrorCode::Pending,
             ChatError::Refused(_) => ErrorCode::Refused,
             ChatError::Upload(code, _) => *code,
+            ChatError::RateLimited => ErrorCode::RateLimited,
         }
     }
 
@@ -63,6 +66,7 @@ impl ChatError {
             ChatError::Upload(ErrorCode::Unavailable, _) => StatusCode::SERVICE_UNAVAILABLE,
             ChatError::Upload(ErrorCode::InvalidPayload | ErrorCode::EmptyFile, _) => StatusCode::BAD_REQUEST,
             ChatError::Upload(_, _) => StatusCode::UNPROCESSABLE_ENTITY,
+            ChatError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 

@@ -21,7 +21,7 @@ use natter_shared::ids::{RoomRef, UserId};
 use natter_shared::v1::event::EventHead;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 /// A local connection's id.
@@ -98,26 +98,32 @@ impl Sink {
     }
 }
 
+static NEXT_ENTRY: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// Side effects the fan-out asks of the hub.
 enum Control {
     Follow(String, Sink),
     Unfollow(String, ConnId),
     /// A user-subject event that changes who the user shares rooms with.
-    ContactsChanged(UserId),
+    Contacts(ContactNotice),
 }
 
 struct Entry {
+    /// Tells this entry from a later one for the same subject.
+    id: u64,
     sinks: Arc<Mutex<HashMap<ConnId, Sink>>>,
     stop: CancellationToken,
+    /// Set once the subscription is in place (or failed).
+    ready: watch::Sender<Option<Result<(), String>>>,
 }
 
 pub struct Hub {
     nats: async_nats::Client,
     subjects: Subjects,
-    entries: tokio::sync::Mutex<HashMap<String, Entry>>,
+    entries: Mutex<HashMap<String, Entry>>,
     control: mpsc::UnboundedSender<Control>,
     /// Told when a user's contacts may have changed (presence uses it).
-    contacts: mpsc::UnboundedSender<UserId>,
+    contacts: mpsc::UnboundedSender<ContactNotice>,
     recent: Arc<Recent>,
 }
 
@@ -125,19 +131,58 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// What presence is told about a local user's contacts.
+#[derive(Debug)]
+pub enum ContactNotice {
+    /// They may have changed: read them again.
+    Refresh(UserId),
+    /// These became the user's contacts.
+    Add(UserId, Vec<UserId>),
+}
+
+/// Whether `subject` matches the NATS subject `pattern` (`*` one token,
+/// `>` the rest).
+fn subject_matches(pattern: &str, subject: &str) -> bool {
+    let mut s = subject.split('.');
+    for p in pattern.split('.') {
+        match (p, s.next()) {
+            (">", Some(_)) => return true,
+            ("*", Some(_)) => {}
+            (p, Some(t)) if p == t => {}
+            _ => return false,
+        }
+    }
+    s.next().is_none()
+}
+
+/// The users a `contact_added` frame names.
+fn contact_ids(payload: &[u8]) -> Vec<UserId> {
+    #[derive(serde::Deserialize)]
+    struct Frame {
+        data: Data,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Data {
+        user_ids: Vec<String>,
+    }
+    serde_json::from_slice::<Frame>(payload)
+        .map(|f| f.data.user_ids.iter().filter_map(|u| u.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
 /// Event types on a user's subject that change who they share rooms with.
-const CONTACT_EVENTS: [&str; 5] =
-    ["member_added", "member_removed", "group_created", "group_deleted", "conversation_created"];
+const CONTACT_EVENTS: [&str; 5] = ["member_added", "member_removed", "group_created", "group_deleted", "contact_added"];
 
 impl Hub {
     /// The hub and the receiver of "contacts changed" notices.
-    pub fn new(nats: async_nats::Client, subjects: Subjects) -> (Arc<Hub>, mpsc::UnboundedReceiver<UserId>) {
+    pub fn new(nats: async_nats::Client, subjects: Subjects) -> (Arc<Hub>, mpsc::UnboundedReceiver<ContactNotice>) {
         let (control, mut rx) = mpsc::unbounded_channel();
         let (contacts, contacts_rx) = mpsc::unbounded_channel();
         let hub = Arc::new(Hub {
             nats,
             subjects,
-            entries: tokio::sync::Mutex::new(HashMap::new()),
+            entries: Mutex::new(HashMap::new()),
             control,
             contacts,
             recent: Arc::default(),
@@ -153,8 +198,8 @@ impl Hub {
                         }
                     }
                     Control::Unfollow(subject, conn) => hub.unfollow(&subject, conn).await,
-                    Control::ContactsChanged(user) => {
-                        let _ = hub.contacts.send(user);
+                    Control::Contacts(notice) => {
+                        let _ = hub.contacts.send(notice);
                     }
                 }
             }
@@ -172,42 +217,84 @@ impl Hub {
         self.subjects.room_follow(room.kind, &room.id)
     }
 
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        lock(&self.entries)
+    }
+
     /// Adds the connection to `subject`'s receivers. Returns once the
     /// subscription is known to the server, so every event published after
-    /// this returns is delivered.
+    /// this returns is delivered. The hub's lock is never held across a
+    /// round trip to NATS: the first follower of a subject subscribes, the
+    /// others wait for that subscription only.
     pub async fn follow(&self, subject: &str, sink: Sink) -> Result<(), async_nats::Error> {
-        let mut entries = self.entries.lock().await;
-        sink.followed().insert(subject.to_string());
-        if let Some(e) = entries.get(subject) {
-            lock(&e.sinks).insert(sink.conn, sink);
-            return Ok(());
-        }
         let conn = sink.conn;
-        let sub = match self.nats.subscribe(subject.to_string()).await {
-            Ok(s) => s,
-            Err(e) => {
-                sink.followed().remove(subject);
-                return Err(e.into());
+        sink.followed().insert(subject.to_string());
+        let (created, mut ready) = {
+            let mut entries = self.entries();
+            match entries.get(subject) {
+                Some(e) => {
+                    lock(&e.sinks).insert(conn, sink.clone());
+                    (None, e.ready.subscribe())
+                }
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    let stop = CancellationToken::new();
+                    let sinks = Arc::new(Mutex::new(HashMap::from([(conn, sink.clone())])));
+                    let id = NEXT_ENTRY.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let entry = Entry { id, sinks: sinks.clone(), stop: stop.clone(), ready: tx };
+                    entries.insert(subject.to_string(), entry);
+                    (Some((id, sinks, stop)), rx)
+                }
             }
         };
-        self.nats.flush().await?;
-        let sinks = Arc::new(Mutex::new(HashMap::from([(conn, sink)])));
-        let stop = CancellationToken::new();
+        if let Some((id, sinks, stop)) = created {
+            // Should everyone leave meanwhile, `stop` ends the fan-out.
+            let result = self.subscribe(subject, sinks, stop).await;
+            let mut entries = self.entries();
+            if let Some(e) = entries.get(subject).filter(|e| e.id == id) {
+                let _ = e.ready.send(Some(result.clone()));
+                if result.is_err() {
+                    // Nobody receives through it: the next follower tries again.
+                    entries.remove(subject);
+                }
+            }
+        }
+        let result = match ready.wait_for(Option::is_some).await {
+            Ok(r) => r.clone().unwrap_or(Ok(())),
+            // The entry went (everyone left) before it was ready.
+            Err(_) => Err("the subscription was dropped".to_string()),
+        };
+        if let Err(e) = result {
+            sink.followed().remove(subject);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Subscribes to `subject` and starts its fan-out into `sinks`, unless
+    /// everyone left meanwhile (`stop`).
+    async fn subscribe(
+        &self,
+        subject: &str,
+        sinks: Arc<Mutex<HashMap<ConnId, Sink>>>,
+        stop: CancellationToken,
+    ) -> Result<(), String> {
+        let sub = self.nats.subscribe(subject.to_string()).await.map_err(|e| e.to_string())?;
+        self.nats.flush().await.map_err(|e| e.to_string())?;
         let fan = FanOut {
             subject: Arc::from(subject),
             subjects: self.subjects.clone(),
-            sinks: sinks.clone(),
+            sinks,
             control: self.control.clone(),
             recent: self.recent.clone(),
         };
-        tokio::spawn(fan.run(sub, stop.clone()));
-        entries.insert(subject.to_string(), Entry { sinks, stop });
+        tokio::spawn(fan.run(sub, stop));
         Ok(())
     }
 
     /// Removes the connection from `subject`; unsubscribes when nobody is left.
     pub async fn unfollow(&self, subject: &str, conn: ConnId) {
-        let mut entries = self.entries.lock().await;
+        let mut entries = self.entries();
         let empty = match entries.get(subject) {
             Some(e) => {
                 let mut s = lock(&e.sinks);
@@ -229,11 +316,6 @@ impl Hub {
         let h: EventHead = serde_json::from_slice(payload).ok()?;
         Some((Arc::new(Head::of(&self.subjects, published_on, &h)), h))
     }
-
-    /// Number of subjects this edge is subscribed to (for tests and metrics).
-    pub async fn subscriptions(&self) -> usize {
-        self.entries.lock().await.len()
-    }
 }
 
 struct FanOut {
@@ -251,6 +333,13 @@ impl FanOut {
                 _ = stop.cancelled() => break,
                 m = sub.next() => match m { Some(m) => m, None => break },
             };
+            // A JetStream push consumer can deliver copies of messages (with
+            // their own subjects) into this subscription: only what was
+            // published on a subject it follows is this room's or user's.
+            if !subject_matches(&self.subject, &msg.subject) {
+                tracing::warn!(subject = %msg.subject, on = %self.subject, "frame from elsewhere dropped");
+                continue;
+            }
             let Ok(h) = serde_json::from_slice::<EventHead>(&msg.payload) else {
                 tracing::warn!(subject = %msg.subject, "frame without a type dropped");
                 continue;
@@ -278,8 +367,11 @@ impl FanOut {
                 let room = RoomRef::new(RoomKind::Group, group.clone());
                 let _ = self.control.send(Control::Follow(self.subjects.room_follow(room.kind, &room.id), s.clone()));
             }
-            if CONTACT_EVENTS.contains(&head.kind.as_str()) {
-                let _ = self.control.send(Control::ContactsChanged(s.user));
+            if head.kind == "contact_added" {
+                // MongoDB may not have it yet: the event says who.
+                let _ = self.control.send(Control::Contacts(ContactNotice::Add(s.user, contact_ids(&payload))));
+            } else if CONTACT_EVENTS.contains(&head.kind.as_str()) {
+                let _ = self.control.send(Control::Contacts(ContactNotice::Refresh(s.user)));
             }
         }
         if let Some(who) = &h.revoke {
@@ -295,5 +387,20 @@ impl FanOut {
                 let _ = self.control.send(Control::Unfollow(self.subject.to_string(), conn));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::subject_matches;
+
+    #[test]
+    fn only_followed_subjects_pass() {
+        assert!(subject_matches("chat.*.conv.r1", "chat.evt.conv.r1"));
+        assert!(subject_matches("chat.*.conv.r1", "chat.eph.conv.r1"));
+        assert!(!subject_matches("chat.*.conv.r1", "chat.evt.conv.r2"));
+        assert!(!subject_matches("chat.*.conv.r1", "chat.evt.conv.r1.x"));
+        assert!(!subject_matches("chat.evt.user.u", "chat.evt.user"));
+        assert!(subject_matches("chat.out.>", "chat.out.edge"));
     }
 }

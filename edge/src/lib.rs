@@ -3,6 +3,7 @@
 //! out to the sockets allowed to see them. Serves the native WebSocket
 //! protocol at `/ws`, the REST API at `/api/chat`, `/healthz` and `/readyz`.
 
+pub mod access;
 pub mod app;
 pub mod attachments;
 pub mod catchup;
@@ -21,6 +22,7 @@ pub mod sio;
 pub mod state;
 pub mod token;
 pub mod typing;
+pub mod uploads;
 pub mod ws;
 pub mod wsconn;
 

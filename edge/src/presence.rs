@@ -5,11 +5,11 @@
 //! the bucket's TTL; the server leaves a delete marker when a key expires,
 //! so a dead edge's users go offline within `OFFLINE_BOUND`. Every edge
 //! watches the bucket: a user is online while any key of theirs exists. On
-//! a transition each edge tells its own sockets whose users share a
-//! conversation or group with that user, so nobody else learns it and no
+//! a transition each edge tells its own sockets whose users are that
+//! user's contacts (see [`contacts_of`]), so nobody else learns it and no
 //! frame is sent twice.
 
-use crate::hub::{ConnId, Outbound, Sink};
+use crate::hub::{ConnId, ContactNotice, Outbound, Sink};
 use async_nats::jetstream::kv::{self, Operation};
 use futures::{StreamExt, TryStreamExt};
 use mongodb::bson::{DateTime, doc};
@@ -28,6 +28,8 @@ use tokio_util::sync::CancellationToken;
 pub use natter_nats::topology::PRESENCE_TTL;
 /// How often an edge refreshes its users' keys.
 pub const HEARTBEAT: Duration = Duration::from_secs(3);
+/// Last-seen lookups a presence query keeps in flight.
+const LOOKUPS_IN_FLIGHT: usize = 32;
 /// Longest time from an edge's death to its users going offline.
 pub const OFFLINE_BOUND: Duration = Duration::from_secs(PRESENCE_TTL.as_secs() + 5);
 
@@ -68,7 +70,7 @@ impl Presence {
         js: &async_nats::jetstream::Context,
         subjects: &Subjects,
         store: Store,
-        mut contacts_changed: mpsc::UnboundedReceiver<UserId>,
+        mut contacts_changed: mpsc::UnboundedReceiver<ContactNotice>,
         shutdown: CancellationToken,
     ) -> Result<Arc<Presence>, String> {
         let kv = js.get_key_value(subjects.presence_bucket()).await.map_err(|e| e.to_string())?;
@@ -103,9 +105,11 @@ impl Presence {
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     _ = tick.tick() => {}
-                    u = contacts_changed.recv() => {
-                        if let (Some(u), Some(p)) = (u, w.upgrade()) {
-                            p.refresh_contacts(u).await;
+                    n = contacts_changed.recv() => {
+                        match (n, w.upgrade()) {
+                            (Some(ContactNotice::Refresh(u)), Some(p)) => p.refresh_contacts(u).await,
+                            (Some(ContactNotice::Add(u, others)), Some(p)) => p.add_contacts(u, others),
+                            _ => {}
                         }
                         continue;
                     }
@@ -210,6 +214,12 @@ impl Presence {
         }
     }
 
+    fn add_contacts(&self, user: UserId, others: Vec<UserId>) {
+        if let Some(l) = lock(&self.local).get_mut(&user) {
+            l.contacts.extend(others.into_iter().filter(|o| *o != user));
+        }
+    }
+
     async fn refresh_contacts(&self, user: UserId) {
         if !lock(&self.local).contains_key(&user) {
             return;
@@ -228,27 +238,34 @@ impl Presence {
     /// conversation or group with `who` (and `who`).
     pub async fn of(&self, who: UserId, users: &[UserId]) -> Result<Vec<UserPresence>, mongodb::error::Error> {
         let contacts = contacts_of(&self.store, who).await?;
-        let mut out = Vec::new();
-        for u in users {
-            if *u != who && !contacts.contains(u) {
-                continue;
-            }
-            let is_online = lock(&self.online).get(u).is_some_and(|e| !e.is_empty());
-            let last_seen = match self.seen.get(u.hex()).await {
-                Ok(Some(v)) => Some(String::from_utf8_lossy(&v).to_string()),
-                _ => None,
-            };
-            out.push(UserPresence { user_id: u.hex(), is_online, last_seen });
-        }
+        let visible: Vec<UserId> = users.iter().copied().filter(|u| *u == who || contacts.contains(u)).collect();
+        // The last-seen times, a few lookups in flight at once.
+        let out = futures::stream::iter(visible)
+            .map(|u| async move {
+                let is_online = lock(&self.online).get(&u).is_some_and(|e| !e.is_empty());
+                let last_seen = match self.seen.get(u.hex()).await {
+                    Ok(Some(v)) => Some(String::from_utf8_lossy(&v).to_string()),
+                    _ => None,
+                };
+                UserPresence { user_id: u.hex(), is_online, last_seen }
+            })
+            .buffered(LOOKUPS_IN_FLIGHT)
+            .collect()
+            .await;
         Ok(out)
     }
 }
 
-/// Everyone who shares a conversation or a group with `user`.
+/// Whose presence `user` may see: everyone who shares a group with them,
+/// and the other side of each conversation in which both have written.
+/// Opening a conversation with someone is not enough (anyone may open
+/// one with anyone), nor is writing to someone who never answered.
 pub async fn contacts_of(store: &Store, user: UserId) -> Result<HashSet<UserId>, mongodb::error::Error> {
     let mut out = HashSet::new();
-    let convs: Vec<_> = store.conversations().find(doc! {"participantIds": user.oid()}).await?.try_collect().await?;
-    for c in convs {
+    // `writers` holds only participants: two of them means both wrote.
+    let filter = doc! {"participantIds": user.oid(), "writers.1": {"$exists": true}};
+    let convs: Vec<_> = store.conversations().find(filter).await?.try_collect().await?;
+    for c in convs.into_iter().filter(|c| c.established()) {
         out.extend(c.participant_ids.into_iter().map(UserId));
     }
     let groups: Vec<_> =

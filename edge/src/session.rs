@@ -9,7 +9,7 @@ use crate::error::ChatError;
 use crate::hub::{ConnId, Outbound, Sink};
 use crate::state::EdgeState;
 use crate::typing::TypingState;
-use crate::ws::limits::{Bucket, MAX_STRIKES, close};
+use crate::ws::limits::{Bucket, CATCHUP_BURST, CATCHUP_PER_SEC, MAX_STRIKES, close};
 use natter_shared::auth::Identity;
 use natter_shared::ids::{RoomKind, RoomRef};
 use natter_shared::v1::client::{ClientRequest, FileUpload};
@@ -94,6 +94,8 @@ pub struct Session {
     /// The handshake's metadata; each request adds its id.
     meta: RequestMeta,
     bucket: Bucket,
+    /// Joins with catch-up (each reads the events stream) left.
+    catchups: Bucket,
     strikes: u32,
 }
 
@@ -117,7 +119,8 @@ impl Session {
         }
         st.presence.connect(&sink).await;
         let bucket = Bucket::new(st.config.ws_rate_per_sec);
-        Session { st, who, sink, typing: Arc::new(TypingState::default()), meta, bucket, strikes: 0 }
+        let catchups = Bucket::with_burst(CATCHUP_PER_SEC, CATCHUP_BURST);
+        Session { st, who, sink, typing: Arc::new(TypingState::default()), meta, bucket, catchups, strikes: 0 }
     }
 
     /// What ends the session, held apart so that the session can be
@@ -187,18 +190,17 @@ impl Session {
 
     /// Follows the room; with `last_seq`, first sends what the client
     /// missed after it (see `catchup`), and says how that went in the ack.
+    /// Membership is checked, then confirmed once the room is followed
+    /// (see [`chat::confirm_member`]), so that a removal racing the join
+    /// cannot leave the socket following the room.
     async fn join(&mut self, kind: RoomKind, id: &str, last_seq: Option<u64>) -> Result<Value, ChatError> {
         let (room, _) = chat::room(kind, id)?;
         chat::require_member(&self.st, &self.who, &room).await?;
         let mut data = Self::room_data(&room);
+        let confirm = chat::confirm_member(&self.st, self.who.user, &room);
         match last_seq {
-            None => {
-                let subject = self.st.hub.room_subject(&room);
-                self.st.hub.follow(&subject, self.sink.clone()).await.map_err(ChatError::unavailable)?;
-            }
-            Some(seq) => {
-                let caught =
-                    crate::catchup::follow(&self.st, &self.sink, &room, seq).await.map_err(ChatError::Unavailable)?;
+            Some(seq) if self.catchups.take() => {
+                let caught = crate::catchup::follow(&self.st, &self.sink, &room, seq, confirm).await?;
                 let report = match caught {
                     crate::catchup::CatchUp::Complete(n) => json!({"lastSeq": seq, "events": n, "complete": true}),
                     crate::catchup::CatchUp::Resync(reason) => {
@@ -206,6 +208,21 @@ impl Session {
                     }
                 };
                 data["catchUp"] = report;
+            }
+            _ => {
+                let subject = self.st.hub.room_subject(&room);
+                self.st.hub.follow(&subject, self.sink.clone()).await.map_err(ChatError::unavailable)?;
+                if let Err(e) = confirm.await {
+                    self.st.hub.unfollow(&subject, self.sink.conn).await;
+                    return Err(e);
+                }
+                if let Some(seq) = last_seq {
+                    // Over the connection's catch-up budget: live events
+                    // only, and the client refetches over REST.
+                    let reason = "too many catch-ups; refetch the history";
+                    crate::catchup::resync_notice(&self.sink, &room, seq, reason);
+                    data["catchUp"] = json!({"lastSeq": seq, "complete": false, "reason": reason});
+                }
             }
         }
         Ok(data)

@@ -28,6 +28,12 @@ pub struct EdgeState {
     pub lifecycle: Lifecycle,
     /// Socket.IO (Engine.IO) sessions held by this edge.
     pub sio: crate::sio::Registry,
+    /// Typing publishes per user and room.
+    pub typing: crate::typing::TypingGate,
+    /// Upload budgets per user.
+    pub uploads: crate::uploads::UploadBudgets,
+    /// REST request rates per caller.
+    pub rest_limits: crate::rest::limit::RestLimits,
 }
 
 /// Lifecycle handles shared by the server and its connections.

@@ -2,7 +2,10 @@
 //! own task (fastwebsockets' `read_frame` is not cancel-safe, so it is never
 //! raced in a `select!`) and hands whole messages to the protocol; the write
 //! half is driven from one queue by the connection task, which also sends
-//! "going away" on shutdown and "try again later" to a slow consumer, and
+//! "going away" on shutdown, "try again later" to a slow consumer and
+//! "token expired" when the token that opened the connection runs out,
+//! pings a client that has gone quiet and closes one that never answers,
+//! gives up on a write the peer does not take within `WRITE_TIMEOUT`, and
 //! reports what reached the user's device.
 
 use crate::delivery::Deliveries;
@@ -10,13 +13,17 @@ use crate::hub::Head;
 use crate::session::Next;
 use crate::ws::limits::close;
 use fastwebsockets::{Frame, OpCode, Payload, WebSocketError, WebSocketRead, WebSocketWrite};
+use futures::FutureExt;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use natter_shared::ids::{RoomRef, UserId};
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
@@ -43,6 +50,60 @@ pub trait Handler: Send {
     fn on(&mut self, m: Message) -> impl Future<Output = Next> + Send;
 }
 
+/// Longest a single frame may take to be written: a peer that stops
+/// reading (or vanished) holds the writer no longer than this.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most frames already queued that are still written before a close.
+const FLUSH_BEFORE_CLOSE: usize = 256;
+
+/// When the reader last saw a frame (any: data, ping, pong, close), and
+/// how many it saw, for the writer's keep-alive.
+pub struct Liveness {
+    start: Instant,
+    last_ms: AtomicU64,
+    frames: AtomicU64,
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Liveness { start: Instant::now(), last_ms: AtomicU64::new(0), frames: AtomicU64::new(0) }
+    }
+}
+
+impl Liveness {
+    fn touch(&self) {
+        self.last_ms.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.frames.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn quiet_for(&self) -> Duration {
+        self.start.elapsed().saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::Relaxed)))
+    }
+
+    fn frames(&self) -> u64 {
+        self.frames.load(Ordering::Relaxed)
+    }
+}
+
+/// What ends a connection besides its peer and the server.
+#[derive(Default)]
+pub struct Deadlines {
+    /// The token's expiry (plus leeway): the connection is closed with
+    /// `close::TOKEN_EXPIRED` then.
+    pub expires: Option<Instant>,
+    /// Ping when nothing was read for this long; close with
+    /// `close::PING_TIMEOUT` when nothing comes back within as long again.
+    pub ping: Option<(Duration, Arc<Liveness>)>,
+}
+
+/// The instant `exp` (Unix seconds) plus the token leeway, on the runtime's clock.
+pub fn expiry_instant(exp: u64) -> Instant {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let until = Duration::from_secs(exp.saturating_add(natter_shared::auth::LEEWAY_SECS)).saturating_sub(now);
+    // Far enough away is "never" for a connection, and stays within the clock's range.
+    Instant::now() + until.min(Duration::from_secs(400 * 24 * 3600))
+}
+
 async fn stop(ctl: &mpsc::Sender<Control>, code: u16, reason: &'static str) {
     let _ = ctl.send(Control::Close(code, reason)).await;
 }
@@ -56,6 +117,7 @@ pub async fn read_messages(
     text_limit: usize,
     binary_limit: usize,
     handler: &mut impl Handler,
+    alive: Option<&Liveness>,
 ) {
     rx.set_max_message_size(text_limit.max(binary_limit) + 1);
     rx.set_auto_close(true);
@@ -81,6 +143,9 @@ pub async fn read_messages(
                 return stop(&ctl, close::PROTOCOL_ERROR, "protocol error").await;
             }
         };
+        if let Some(a) = alive {
+            a.touch();
+        }
         let whole = match (frame.opcode, partial.take()) {
             (OpCode::Close, _) => return,
             (OpCode::Ping | OpCode::Pong, p) => {
@@ -197,9 +262,30 @@ pub trait Source {
     fn next(&mut self) -> impl Future<Output = Option<(Frame<'static>, Option<Delivered>)>> + Send;
 }
 
+/// Writes `frame` within `WRITE_TIMEOUT`; false when the peer is gone or
+/// does not take it.
+pub async fn write(tx: &mut Writer, frame: Frame<'_>) -> bool {
+    matches!(tokio::time::timeout(WRITE_TIMEOUT, tx.write_frame(frame)).await, Ok(Ok(())))
+}
+
+/// Writes what `source` has ready now (a few frames at most), before a
+/// close the server decided on: the replies and events that led to it.
+async fn flush_ready(tx: &mut Writer, source: &mut impl Source, deliveries: &Deliveries) -> bool {
+    for _ in 0..FLUSH_BEFORE_CLOSE {
+        let Some(Some((frame, d))) = source.next().now_or_never() else { break };
+        if !write(tx, frame).await {
+            return false;
+        }
+        if let Some((user, room, seq)) = d {
+            deliveries.report(user, room, seq);
+        }
+    }
+    true
+}
+
 /// Writes frames from `ctl` (first) and `source`, in order, until the peer
-/// goes, a close is sent, shutdown (`cancel`: "going away") or the queue
-/// overflows (`overflow`: "try again later").
+/// goes, a close is sent, shutdown (`cancel`: "going away"), the queue
+/// overflows (`overflow`: "try again later") or one of `deadlines` passes.
 pub async fn write_loop(
     mut tx: Writer,
     mut source: impl Source,
@@ -207,13 +293,53 @@ pub async fn write_loop(
     cancel: &CancellationToken,
     overflow: &CancellationToken,
     deliveries: &Deliveries,
+    deadlines: Deadlines,
 ) {
+    let expires = tokio::time::sleep_until(deadlines.expires.unwrap_or_else(Instant::now));
+    tokio::pin!(expires);
+    let (every, alive) = match deadlines.ping {
+        Some((every, alive)) => (every, Some(alive)),
+        None => (Duration::from_secs(3600), None),
+    };
+    // Checked twice an interval: a silent peer is pinged after one interval
+    // and closed after another without an answer.
+    let mut pings = tokio::time::interval_at(Instant::now() + every / 2, every / 2);
+    let mut pinged: Option<(Instant, u64)> = None;
+    pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let mut delivered = None;
         let frame: Frame<'static> = tokio::select! {
             biased;
-            _ = cancel.cancelled() => Frame::close(close::GOING_AWAY, b"server shutting down"),
+            _ = cancel.cancelled() => {
+                flush_ready(&mut tx, &mut source, deliveries).await;
+                Frame::close(close::GOING_AWAY, b"server shutting down")
+            }
             _ = overflow.cancelled() => Frame::close(close::TRY_AGAIN_LATER, b"slow consumer"),
+            _ = &mut expires, if deadlines.expires.is_some() => {
+                flush_ready(&mut tx, &mut source, deliveries).await;
+                Frame::close(close::TOKEN_EXPIRED, b"token expired")
+            }
+            _ = pings.tick(), if alive.is_some() => {
+                let Some(alive) = alive.as_ref() else { continue };
+                match pinged {
+                    // Nothing read since the ping.
+                    Some((at, frames)) if alive.frames() == frames => {
+                        if at.elapsed() < every {
+                            continue;
+                        }
+                        debug!("no answer to pings");
+                        Frame::close(close::PING_TIMEOUT, b"no answer to pings")
+                    }
+                    _ if alive.quiet_for() >= every => {
+                        pinged = Some((Instant::now(), alive.frames()));
+                        Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b""))
+                    }
+                    _ => {
+                        pinged = None;
+                        continue;
+                    }
+                }
+            }
             c = ctl.recv() => match c {
                 Some(Control::Frame(op, payload)) => Frame::new(true, op, None, Payload::Owned(payload)),
                 Some(Control::Close(code, reason)) => Frame::close(code, reason.as_bytes()),
@@ -229,7 +355,7 @@ pub async fn write_loop(
             },
         };
         let closing = frame.opcode == OpCode::Close;
-        if tx.write_frame(frame).await.is_err() || closing {
+        if !write(&mut tx, frame).await || closing {
             break;
         }
         if let Some((user, room, seq)) = delivered {

@@ -2,6 +2,7 @@
 //! configurations (`topology`), and every subject name (`subjects`). Nothing
 //! outside this crate spells a subject or a stream name.
 
+pub mod connect;
 pub mod publish;
 pub mod subjects;
 pub mod topology;

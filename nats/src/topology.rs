@@ -188,11 +188,18 @@ pub fn leases_config(s: &Subjects, replicas: usize) -> kv::Config {
     }
 }
 
+/// Most bytes staged uploads may hold at once. Past it an upload is
+/// refused (503, `unavailable`) instead of filling the JetStream storage
+/// that the command stream needs; each user's share is bounded by the
+/// edge's upload budget, and staged files expire after `STAGING_TTL`.
+pub const STAGING_MAX_BYTES: i64 = 1 << 30;
+
 pub fn staging_config(s: &Subjects, replicas: usize) -> async_nats::jetstream::object_store::Config {
     async_nats::jetstream::object_store::Config {
         bucket: s.staging_bucket(),
         description: Some("natter uploads staged for the attachments worker".into()),
         max_age: STAGING_TTL,
+        max_bytes: STAGING_MAX_BYTES,
         storage: stream::StorageType::File,
         num_replicas: replicas,
         ..Default::default()
@@ -283,12 +290,24 @@ async fn apply_once(js: &jetstream::Context, s: &Subjects, replicas: usize) -> R
         }
     }
     let staging = staging_config(s, replicas);
-    if js.get_object_store(&staging.bucket).await.is_err() {
-        let name = staging.bucket.clone();
+    let name = staging.bucket.clone();
+    if js.get_object_store(&name).await.is_err() {
         if let Err(e) = js.create_object_store(staging).await
             && js.get_object_store(&name).await.is_err()
         {
             return Err(TopologyError::Bucket { name, source: boxed(e) });
+        }
+    } else {
+        // A bucket made before it was bounded gets its bound.
+        let stream_name = format!("OBJ_{name}");
+        let bucket_err =
+            |e: Box<dyn std::error::Error + Send + Sync>| TopologyError::Bucket { name: name.clone(), source: e };
+        let mut st = js.get_stream(&stream_name).await.map_err(|e| bucket_err(boxed(e)))?;
+        let cfg = st.info().await.map_err(|e| bucket_err(boxed(e)))?.config.clone();
+        if cfg.max_bytes != STAGING_MAX_BYTES {
+            js.update_stream(stream::Config { max_bytes: STAGING_MAX_BYTES, ..cfg })
+                .await
+                .map_err(|e| bucket_err(boxed(e)))?;
         }
     }
     for cfg in [

@@ -1,8 +1,9 @@
 //! JWT authentication. HS256 only (pinned), `exp` required, `nbf` honoured,
-//! a small leeway. Claims follow the NestJS module: the user id in `id` (or
-//! `sub`), roles in `roles` (array) or `role` (string).
+//! a small leeway; optionally bound to an audience and an issuer, and to a
+//! longest lifetime. Claims follow the NestJS module: the user id in `id`
+//! (or `sub`), roles in `roles` (array) or `role` (string).
 
-use crate::config::Secret;
+use crate::config::JwtConfig;
 use crate::ids::UserId;
 use crate::v1::error::ErrorCode;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, encode};
@@ -23,7 +24,7 @@ impl Identity {
     }
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AuthError {
     #[error("missing token")]
     Missing,
@@ -33,6 +34,8 @@ pub enum AuthError {
     Invalid,
     #[error("token does not name a valid user id")]
     BadSubject,
+    #[error("token is valid for longer than the server allows")]
+    TooLong,
 }
 
 impl AuthError {
@@ -41,7 +44,7 @@ impl AuthError {
         match self {
             AuthError::Missing => ErrorCode::MissingToken,
             AuthError::Expired => ErrorCode::TokenExpired,
-            AuthError::Invalid => ErrorCode::InvalidToken,
+            AuthError::Invalid | AuthError::TooLong => ErrorCode::InvalidToken,
             AuthError::BadSubject => ErrorCode::InvalidUserId,
         }
     }
@@ -73,7 +76,14 @@ struct Claims {
     nbf: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     iat: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    aud: Option<OneOrMany>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iss: Option<String>,
 }
+
+/// Seconds of clock skew tolerated on `exp` and `nbf`.
+pub const LEEWAY_SECS: u64 = 5;
 
 /// Verifies (and, for dev tooling and tests, issues) tokens.
 #[derive(Clone)]
@@ -81,24 +91,57 @@ pub struct Jwt {
     decoding: DecodingKey,
     encoding: EncodingKey,
     validation: Validation,
+    audience: Option<String>,
+    issuer: Option<String>,
+    max_ttl: Option<u64>,
+}
+
+/// A verified token: who it proves, and until when (`exp`, Unix seconds).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verified {
+    pub who: Identity,
+    pub expires_at: u64,
 }
 
 impl Jwt {
-    pub fn new(secret: &Secret) -> Self {
+    pub fn new(config: &JwtConfig) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.algorithms = vec![Algorithm::HS256];
         validation.validate_exp = true;
         validation.validate_nbf = true;
-        validation.leeway = 5;
-        validation.set_required_spec_claims(&["exp"]);
+        validation.leeway = LEEWAY_SECS;
+        let mut required = vec!["exp"];
+        match &config.audience {
+            Some(a) => {
+                validation.set_audience(&[a]);
+                required.push("aud");
+            }
+            // Without a configured audience, a token's `aud` is not checked.
+            None => validation.validate_aud = false,
+        }
+        if let Some(i) = &config.issuer {
+            validation.set_issuer(&[i]);
+            required.push("iss");
+        }
+        validation.set_required_spec_claims(&required);
+        let key = config.secret.expose().as_bytes();
         Jwt {
-            decoding: DecodingKey::from_secret(secret.expose().as_bytes()),
-            encoding: EncodingKey::from_secret(secret.expose().as_bytes()),
+            decoding: DecodingKey::from_secret(key),
+            encoding: EncodingKey::from_secret(key),
             validation,
+            audience: config.audience.clone(),
+            issuer: config.issuer.clone(),
+            max_ttl: config.max_ttl,
         }
     }
 
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        self.verify_token(token).map(|v| v.who)
+    }
+
+    /// Verifies `token` and says until when it holds: a connection it
+    /// opened is closed then.
+    pub fn verify_token(&self, token: &str) -> Result<Verified, AuthError> {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
@@ -107,6 +150,16 @@ impl Jwt {
             _ => AuthError::Invalid,
         })?;
         let c = data.claims;
+        if let Some(max) = self.max_ttl {
+            // From when it was issued, or from now for a token that claims
+            // to be issued later: never valid for longer than `max`.
+            let now = now_secs();
+            let from = c.iat.unwrap_or(now).min(now);
+            if c.exp > from.saturating_add(max).saturating_add(LEEWAY_SECS) {
+                return Err(AuthError::TooLong);
+            }
+        }
+        let expires_at = c.exp;
         let raw = c.id.or(c.sub).ok_or(AuthError::BadSubject)?;
         let user: UserId = raw.parse().map_err(|_| AuthError::BadSubject)?;
         let roles = match c.roles.or(c.role) {
@@ -114,7 +167,7 @@ impl Jwt {
             Some(OneOrMany::One(r)) => vec![r],
             Some(OneOrMany::Many(v)) => v,
         };
-        Ok(Identity { user, roles, name: c.name.or(c.username) })
+        Ok(Verified { who: Identity { user, roles, name: c.name.or(c.username) }, expires_at })
     }
 
     /// Signs a token for `who`, valid for `ttl_secs`.
@@ -130,6 +183,8 @@ impl Jwt {
             exp: now + ttl_secs,
             nbf: None,
             iat: Some(now),
+            aud: self.audience.clone().map(OneOrMany::One),
+            iss: self.issuer.clone(),
         };
         encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).unwrap_or_default()
     }
@@ -145,7 +200,7 @@ mod tests {
     use mongodb::bson::oid::ObjectId;
 
     fn jwt() -> Jwt {
-        Jwt::new(&Secret::new("test-secret-0123456789"))
+        Jwt::new(&JwtConfig::with_secret("test-secret-0123456789-0123456789"))
     }
 
     fn who() -> Identity {
@@ -161,7 +216,7 @@ mod tests {
 
     #[test]
     fn wrong_secret_and_garbage_are_invalid() {
-        let other = Jwt::new(&Secret::new("another-secret-0123456789"));
+        let other = Jwt::new(&JwtConfig::with_secret("another-secret-0123456789-0123456789"));
         assert_eq!(jwt().verify(&other.issue(&who(), 60)), Err(AuthError::Invalid));
         assert_eq!(jwt().verify("a.b.c"), Err(AuthError::Invalid));
         assert_eq!(jwt().verify(""), Err(AuthError::Missing));
@@ -200,5 +255,59 @@ mod tests {
         let bad_id = serde_json::json!({"id": "alice", "exp": now_secs() + 60});
         let t = encode(&Header::new(Algorithm::HS256), &bad_id, &j.encoding).unwrap();
         assert_eq!(j.verify(&t), Err(AuthError::BadSubject));
+    }
+
+    fn sign(j: &Jwt, claims: serde_json::Value) -> String {
+        encode(&Header::new(Algorithm::HS256), &claims, &j.encoding).unwrap()
+    }
+
+    #[test]
+    fn audience_and_issuer_when_configured() {
+        let cfg = JwtConfig {
+            audience: Some("natter".into()),
+            issuer: Some("https://id.example".into()),
+            ..JwtConfig::with_secret("test-secret-0123456789-0123456789")
+        };
+        let j = Jwt::new(&cfg);
+        let w = who();
+        assert_eq!(j.verify(&j.issue(&w, 60)).unwrap(), w, "issued tokens carry the audience and issuer");
+        let uid = ObjectId::new().to_hex();
+        let exp = now_secs() + 60;
+        let cases = [
+            serde_json::json!({"id": uid, "exp": exp}),
+            serde_json::json!({"id": uid, "exp": exp, "aud": "natter"}),
+            serde_json::json!({"id": uid, "exp": exp, "iss": "https://id.example"}),
+            serde_json::json!({"id": uid, "exp": exp, "aud": "other", "iss": "https://id.example"}),
+            serde_json::json!({"id": uid, "exp": exp, "aud": "natter", "iss": "https://evil.example"}),
+        ];
+        for c in cases {
+            assert_eq!(j.verify(&sign(&j, c.clone())), Err(AuthError::Invalid), "{c}");
+        }
+        let ok = serde_json::json!({"id": uid, "exp": exp, "aud": ["x", "natter"], "iss": "https://id.example"});
+        assert_eq!(j.verify(&sign(&j, ok)).unwrap().user.hex(), uid);
+        // Unconfigured, `aud` is not checked.
+        let plain = jwt();
+        let t = sign(&plain, serde_json::json!({"id": uid, "exp": exp, "aud": "anything"}));
+        assert!(plain.verify(&t).is_ok());
+    }
+
+    #[test]
+    fn lifetime_is_bounded_when_configured() {
+        let cfg = JwtConfig { max_ttl: Some(3600), ..JwtConfig::with_secret("test-secret-0123456789-0123456789") };
+        let j = Jwt::new(&cfg);
+        let uid = ObjectId::new().to_hex();
+        let now = now_secs();
+        let v = j.verify_token(&sign(&j, serde_json::json!({"id": uid, "iat": now, "exp": now + 3600}))).unwrap();
+        assert_eq!(v.expires_at, now + 3600);
+        for c in [
+            serde_json::json!({"id": uid, "iat": now, "exp": now + 7200}),
+            serde_json::json!({"id": uid, "exp": now + 7200}),
+            // Issued "later" does not stretch it.
+            serde_json::json!({"id": uid, "iat": now + 5000, "exp": now + 7200}),
+            serde_json::json!({"id": uid, "iat": now - 3000, "exp": now + 1000}),
+        ] {
+            assert_eq!(j.verify(&sign(&j, c.clone())), Err(AuthError::TooLong), "{c}");
+        }
+        assert_eq!(AuthError::TooLong.code(), ErrorCode::InvalidToken);
     }
 }

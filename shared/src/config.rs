@@ -82,8 +82,9 @@ pub struct CoreConfig {
 #[derive(Clone, Debug)]
 pub struct EdgeConfig {
     pub core: CoreConfig,
-    /// `JWT_SECRET` (required, at least 16 bytes): HS256 key the tokens are signed with.
-    pub jwt_secret: Secret,
+    /// `JWT_SECRET` (required, at least 32 bytes) and the optional
+    /// `JWT_AUDIENCE`, `JWT_ISSUER`, `JWT_MAX_TTL`: how tokens are checked.
+    pub jwt: JwtConfig,
     /// `FRONTEND_URL` (default `http://localhost:3000`): allowed browser
     /// origins, comma-separated, compared exactly with the `Origin` header.
     pub frontend_urls: Vec<String>,
@@ -103,11 +104,34 @@ pub struct EdgeConfig {
     /// `WS_RATE_PER_SEC` (default 100): requests per second one WebSocket
     /// connection may sustain; bursts of twice that are allowed.
     pub ws_rate_per_sec: u32,
+    /// `UPLOADS_PER_MIN` (default 30) and `UPLOAD_BYTES_PER_MIN` (default
+    /// 209715200, 200 MiB): each user's upload budget on an edge, across
+    /// their connections and REST; past it uploads are refused with 429
+    /// `rate_limited` until the budget refills.
+    pub uploads_per_min: u32,
+    pub upload_bytes_per_min: u64,
+    /// See [`unsent_upload_ttl`].
+    pub unsent_upload_ttl: std::time::Duration,
+    /// `REST_RATE_PER_SEC` (default 50): REST requests per second one user
+    /// (or, without a valid token, one client address) may sustain on an
+    /// edge; bursts of twice that. Past it: 429 `rate_limited`.
+    pub rest_rate_per_sec: u32,
     /// `SIO_PING_INTERVAL_MS` (default 25000) and `SIO_PING_TIMEOUT_MS`
     /// (default 20000): the Engine.IO heartbeat. A client that does not
     /// answer a ping within the timeout is disconnected.
     pub sio_ping_interval: std::time::Duration,
     pub sio_ping_timeout: std::time::Duration,
+    /// `WS_PING_INTERVAL_MS` (default 10000): a `/ws` client the edge has
+    /// heard nothing from for this long is pinged, and closed (4002) after
+    /// twice as long; a peer that vanished goes offline within that.
+    pub ws_ping_interval: std::time::Duration,
+    /// `SIO_PENDING_PER_IP` (default 64) and `SIO_PENDING_MAX` (default
+    /// 10000): Engine.IO sessions not yet authenticated (no Socket.IO
+    /// CONNECT accepted) per client address and on the whole edge; more
+    /// handshakes are refused (429) until some connect or end. Behind a
+    /// proxy every client has the proxy's address: raise the first.
+    pub sio_pending_per_ip: usize,
+    pub sio_pending_max: usize,
     /// `CATCHUP_MAX_EVENTS` (default 1000): most events a reconnecting
     /// client is sent for one room; beyond that it is told to refetch the
     /// history over REST.
@@ -193,7 +217,7 @@ fn db_from_uri(uri: &str) -> Option<String> {
 impl EdgeConfig {
     pub fn load(src: &dyn Source) -> Result<Self, ConfigError> {
         let core = CoreConfig::load(src)?;
-        let jwt_secret = jwt_secret(src)?;
+        let jwt = JwtConfig::load(src)?;
         let frontend_urls: Vec<String> = src
             .get("FRONTEND_URL")
             .unwrap_or_else(|| "http://localhost:3000".into())
@@ -214,11 +238,19 @@ impl EdgeConfig {
         };
         let s3 = S3Config::load(src)?;
         let ws_rate_per_sec = number(src, "WS_RATE_PER_SEC", 100u32, 1..=u32::MAX, "a number of requests")?;
+        let uploads_per_min = number(src, "UPLOADS_PER_MIN", 30u32, 1..=1_000_000, "a number of uploads")?;
+        let upload_bytes_per_min =
+            number(src, "UPLOAD_BYTES_PER_MIN", 200 * 1024 * 1024u64, 1..=1 << 40, "a number of bytes")?;
+        let unsent_upload_ttl = unsent_upload_ttl(src)?;
+        let rest_rate_per_sec = number(src, "REST_RATE_PER_SEC", 50u32, 1..=u32::MAX, "a number of requests")?;
         let millis = |name: &'static str, default: u64| {
             number(src, name, default, 100..=600_000, "a number of milliseconds").map(std::time::Duration::from_millis)
         };
         let sio_ping_interval = millis("SIO_PING_INTERVAL_MS", 25_000)?;
         let sio_ping_timeout = millis("SIO_PING_TIMEOUT_MS", 20_000)?;
+        let ws_ping_interval = millis("WS_PING_INTERVAL_MS", 10_000)?;
+        let sio_pending_per_ip = number(src, "SIO_PENDING_PER_IP", 64usize, 1..=1_000_000, "a number of sessions")?;
+        let sio_pending_max = number(src, "SIO_PENDING_MAX", 10_000usize, 1..=10_000_000, "a number of sessions")?;
         let catchup_max_events = number(src, "CATCHUP_MAX_EVENTS", 1000u64, 1..=100_000, "a number of events")?;
         let attachment_url_ttl = number(src, "ATTACHMENT_URL_TTL", 300u64, 1..=7 * 24 * 3600, "a number of seconds")?;
         let attachment_proxy = match src.get("ATTACHMENT_DOWNLOAD").as_deref().map(str::trim) {
@@ -228,28 +260,83 @@ impl EdgeConfig {
         };
         Ok(EdgeConfig {
             core,
-            jwt_secret,
+            jwt,
             frontend_urls,
             max_file_size,
             listen,
             s3,
             ws_rate_per_sec,
+            rest_rate_per_sec,
+            uploads_per_min,
+            upload_bytes_per_min,
+            unsent_upload_ttl,
             attachment_url_ttl,
             attachment_proxy,
             sio_ping_interval,
             sio_ping_timeout,
+            ws_ping_interval,
+            sio_pending_per_ip,
+            sio_pending_max,
             catchup_max_events,
         })
     }
 }
 
-/// Reads and checks `JWT_SECRET`.
-pub fn jwt_secret(src: &dyn Source) -> Result<Secret, ConfigError> {
-    let s = required(src, "JWT_SECRET")?;
-    if s.len() < 16 {
-        return Err(invalid("JWT_SECRET", "must be at least 16 bytes long"));
+/// `UNSENT_UPLOAD_TTL` (seconds, default 86400): how long an upload made
+/// outside any room may wait to be sent in a message. After it the edge no
+/// longer lets it be sent, and the attachments worker collects it (after
+/// a grace period, see `collect_after`).
+pub fn unsent_upload_ttl(src: &dyn Source) -> Result<std::time::Duration, ConfigError> {
+    number(src, "UNSENT_UPLOAD_TTL", 86_400u64, 1..=365 * 86_400, "a number of seconds")
+        .map(std::time::Duration::from_secs)
+}
+
+/// When an unsent upload is collected: `ttl` plus a grace (an hour, or
+/// `ttl` itself when shorter) that outlasts any send still on its way.
+pub fn collect_after(ttl: std::time::Duration) -> std::time::Duration {
+    ttl + ttl.min(std::time::Duration::from_secs(3600))
+}
+
+/// Shortest `JWT_SECRET` accepted: an HS256 key should carry at least the
+/// hash's 256 bits.
+pub const MIN_JWT_SECRET: usize = 32;
+
+/// How tokens are signed and what a valid one must say.
+#[derive(Clone, Debug)]
+pub struct JwtConfig {
+    /// `JWT_SECRET` (required, at least `MIN_JWT_SECRET` bytes): the HS256 key.
+    pub secret: Secret,
+    /// `JWT_AUDIENCE` (optional): when set, a token's `aud` must name it.
+    pub audience: Option<String>,
+    /// `JWT_ISSUER` (optional): when set, a token's `iss` must equal it.
+    pub issuer: Option<String>,
+    /// `JWT_MAX_TTL` (optional, seconds): when set, a token may be valid for
+    /// at most this long (`exp` no later than `iat`, or now, plus this).
+    pub max_ttl: Option<u64>,
+}
+
+impl JwtConfig {
+    pub fn load(src: &dyn Source) -> Result<Self, ConfigError> {
+        let s = required(src, "JWT_SECRET")?;
+        if s.len() < MIN_JWT_SECRET {
+            return Err(invalid("JWT_SECRET", format!("must be at least {MIN_JWT_SECRET} bytes long")));
+        }
+        let max_ttl = match src.get("JWT_MAX_TTL") {
+            None => None,
+            Some(_) => Some(number(src, "JWT_MAX_TTL", 0u64, 1..=366 * 24 * 3600, "a number of seconds")?),
+        };
+        Ok(JwtConfig {
+            secret: Secret(s),
+            audience: src.get("JWT_AUDIENCE").map(|v| v.trim().to_string()),
+            issuer: src.get("JWT_ISSUER").map(|v| v.trim().to_string()),
+            max_ttl,
+        })
     }
-    Ok(Secret(s))
+
+    /// Just a key, nothing else required (tools and tests).
+    pub fn with_secret(secret: impl Into<String>) -> Self {
+        JwtConfig { secret: Secret(secret.into()), audience: None, issuer: None, max_ttl: None }
+    }
 }
 
 impl S3Config {
@@ -285,7 +372,7 @@ mod tests {
     const BASE: [(&str, &str); 3] = [
         ("NATS_URL", "nats://127.0.0.1:4222"),
         ("MONGODB_URI", "mongodb://127.0.0.1:27017/chatdb"),
-        ("JWT_SECRET", "0123456789abcdef0123"),
+        ("JWT_SECRET", "0123456789abcdef0123456789abcdef"),
     ];
 
     #[test]
@@ -296,7 +383,7 @@ mod tests {
         assert_eq!(c.max_file_size, 10_485_760);
         assert_eq!(c.frontend_urls, vec!["http://localhost:3000".to_string()]);
         assert!(c.s3.is_none());
-        assert!(!format!("{c:?}").contains("0123456789abcdef0123"), "secret leaked in Debug");
+        assert!(!format!("{c:?}").contains("0123456789abcdef0123456789abcdef"), "secret leaked in Debug");
     }
 
     #[test]
@@ -320,6 +407,15 @@ mod tests {
         let mut m = src(&BASE);
         m.insert("JWT_SECRET".into(), "short".into());
         assert!(matches!(EdgeConfig::load(&m), Err(ConfigError::Invalid { var: "JWT_SECRET", .. })));
+        m.insert("JWT_SECRET".into(), "x".repeat(MIN_JWT_SECRET - 1));
+        assert!(matches!(EdgeConfig::load(&m), Err(ConfigError::Invalid { var: "JWT_SECRET", .. })));
+        m.insert("JWT_SECRET".into(), "x".repeat(MIN_JWT_SECRET));
+        m.insert("JWT_MAX_TTL".into(), "0".into());
+        assert!(matches!(EdgeConfig::load(&m), Err(ConfigError::Invalid { var: "JWT_MAX_TTL", .. })));
+        m.insert("JWT_MAX_TTL".into(), "3600".into());
+        m.insert("JWT_AUDIENCE".into(), "natter".into());
+        let c = EdgeConfig::load(&m).unwrap();
+        assert_eq!((c.jwt.max_ttl, c.jwt.audience.as_deref(), c.jwt.issuer), (Some(3600), Some("natter"), None));
         let mut m = src(&BASE);
         m.insert("MONGODB_URI".into(), "postgres://x".into());
         assert!(matches!(EdgeConfig::load(&m), Err(ConfigError::Invalid { var: "MONGODB_URI", .. })));

@@ -98,6 +98,18 @@ pub struct ConversationDoc {
     /// one of the user's devices.
     #[serde(default)]
     pub delivered_cursors: PerUser,
+    /// Participants who have sent a message here. Once both have, each
+    /// may see the other's presence (opening a conversation alone does not
+    /// make a contact).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub writers: Vec<ObjectId>,
+}
+
+impl ConversationDoc {
+    /// Both participants have written: they are each other's contacts.
+    pub fn established(&self) -> bool {
+        self.participant_ids.iter().all(|p| self.writers.contains(p))
+    }
 }
 
 /// Who may do what in a group, as lists of roles (the module's schema).
@@ -114,6 +126,29 @@ pub struct Permissions {
 
 fn admin_only() -> Vec<String> {
     vec!["Admin".to_string()]
+}
+
+/// Roles one permission may list.
+pub const MAX_PERMISSION_ROLES: usize = 16;
+/// Longest role name in a permission.
+pub const MAX_ROLE_NAME: usize = 64;
+/// Most members a group may have: every event that carries a group (its
+/// member list included) must fit in one NATS message.
+pub const MAX_GROUP_MEMBERS: usize = 10_000;
+
+impl Permissions {
+    /// Bounded, so a group's events stay publishable.
+    pub fn check(&self) -> Result<(), String> {
+        for roles in [&self.can_add_members, &self.can_remove_members, &self.can_delete_messages] {
+            if roles.len() > MAX_PERMISSION_ROLES {
+                return Err(format!("a permission lists at most {MAX_PERMISSION_ROLES} roles"));
+            }
+            if roles.iter().any(|r| r.is_empty() || r.len() > MAX_ROLE_NAME) {
+                return Err(format!("a role name is 1 to {MAX_ROLE_NAME} bytes"));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for Permissions {

@@ -106,9 +106,15 @@ where
         text_at(&mut ops, &font, MARGIN, (y - LINE).max(MARGIN), SIZE, note);
     }
     pages.push(PdfPage::new(Mm(PAGE_W), Mm(PAGE_H), ops));
-    let opts = PdfSaveOptions { subset_fonts: true, ..Default::default() };
-    let mut save_warnings = Vec::new();
-    let bytes = doc.with_pages(pages).save(&opts, &mut save_warnings);
+    // Laying out and subsetting tens of thousands of rows takes seconds of
+    // CPU: on a blocking thread, not one that serves connections.
+    let bytes = tokio::task::spawn_blocking(move || {
+        let opts = PdfSaveOptions { subset_fonts: true, ..Default::default() };
+        let mut save_warnings = Vec::new();
+        doc.with_pages(pages).save(&opts, &mut save_warnings)
+    })
+    .await
+    .map_err(|e| ExportError::Encode(format!("PDF writer failed: {e}")))?;
     for chunk in bytes.chunks(64 * 1024) {
         if !sink(Bytes::copy_from_slice(chunk)).await {
             return Err(ExportError::Closed);

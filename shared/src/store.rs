@@ -112,6 +112,8 @@ impl Store {
                 return Err(e);
             }
         }
+        // The sweep of unsent uploads, oldest first, and of expired ones.
+        self.attachments().create_indexes([idx(doc! {"status": 1, "uploadedAt": 1}, "status_age")]).await?;
         self.conversations()
             .create_indexes([idx(doc! {"participantIds": 1, "updatedAt": -1}, "participant_activity")])
             .await?;

@@ -4,7 +4,7 @@ use crate::procs::{self, Owned};
 use mongodb::bson::oid::ObjectId;
 use natter_edge::Edge;
 use natter_shared::auth::{Identity, Jwt};
-use natter_shared::config::{CoreConfig, EdgeConfig, Secret};
+use natter_shared::config::{CoreConfig, EdgeConfig, JwtConfig};
 use natter_shared::ids::UserId;
 use natter_shared::store::Store;
 use natter_workers::RunnerConfig;
@@ -187,7 +187,7 @@ impl TestApp {
             nats_url: s.nats_url.clone(),
             mongodb_uri,
             db,
-            jwt: Jwt::new(&Secret::new(JWT_SECRET)),
+            jwt: Jwt::new(&JwtConfig::with_secret(JWT_SECRET)),
             cancel: CancellationToken::new(),
             edges: vec![],
             store,
@@ -289,8 +289,11 @@ impl TestApp {
         let (core, s3) = (self.core(), self.s3_config());
         let t = token.clone();
         let cfg = RunnerConfig { fetch_wait: Duration::from_millis(500), ..RunnerConfig::default() };
+        // As the edge is told (`UNSENT_UPLOAD_TTL` in `edge_env`).
+        let ttl = natter_shared::config::unsent_upload_ttl(&self.edge_env).expect("UNSENT_UPLOAD_TTL");
+        let after = natter_shared::config::collect_after(ttl);
         tokio::spawn(async move {
-            if let Err(e) = natter_workers::attachments::serve(&core, &s3, cfg, t).await {
+            if let Err(e) = natter_workers::attachments::serve_with(&core, &s3, after, cfg, t).await {
                 panic!("attachments worker failed: {e}");
             }
         });
@@ -378,9 +381,17 @@ impl TestApp {
 
     /// A well-signed token of `user` that expired ten minutes ago.
     pub fn expired_token(&self, user: UserId) -> String {
+        self.signed(serde_json::json!({"id": user.hex(), "exp": now_secs() - 600}))
+    }
+
+    /// A token of `user` valid for `secs` seconds from now.
+    pub fn short_token(&self, user: UserId, secs: u64) -> String {
+        self.signed(serde_json::json!({"id": user.hex(), "iat": now_secs(), "exp": now_secs() + secs}))
+    }
+
+    /// `claims` signed with the test secret, whatever they say.
+    pub fn signed(&self, claims: serde_json::Value) -> String {
         use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
-        let claims = serde_json::json!({"id": user.hex(), "exp": now - 600});
         encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(JWT_SECRET.as_bytes())).expect("sign")
     }
 
@@ -401,6 +412,32 @@ impl TestApp {
         assert_eq!(resp.status().as_u16(), 201, "with-user status");
         let v: serde_json::Value = resp.json().await.expect("json");
         v["_id"].as_str().expect("_id").to_string()
+    }
+
+    /// A conversation in which `a` and `b` have both written, so that each
+    /// sees the other's presence; returns once that is stored and their
+    /// short visits have gone offline on every edge.
+    pub async fn make_contacts(&self, edge: SocketAddr, a: UserId, b: UserId) -> String {
+        let conv = self.open_conversation(edge, a, b).await;
+        for u in [a, b] {
+            let mut ws = crate::WsClient::connect(edge, &self.token(u, &[])).await;
+            let r = ws.request("send_message", serde_json::json!({"conversationId": conv, "content": "hello"})).await;
+            assert_eq!(r["type"], "ack", "send: {r}");
+        }
+        let id = mongodb::bson::oid::ObjectId::parse_str(&conv).expect("id");
+        crate::eventually("both have written", Duration::from_secs(10), || async {
+            self.store.conversation(id).await.ok().flatten().filter(|c| c.established()).map(|_| ())
+        })
+        .await;
+        for e in &self.edges {
+            crate::eventually("the visits are over", Duration::from_secs(10), || async {
+                let (_, v) = self.get(*e, &format!("/api/chat/presence?userIds={},{}", a.hex(), b.hex()), a).await;
+                let all_off = v.as_array().is_some_and(|l| l.len() == 2 && l.iter().all(|p| p["isOnline"] == false));
+                all_off.then_some(())
+            })
+            .await;
+        }
+        conv
     }
 
     /// Two new users in a conversation, each with a socket on `edge` that
@@ -476,4 +513,9 @@ impl TestApp {
         assert_eq!(status, 201, "create group: {v}");
         v["_id"].as_str().expect("_id").to_string()
     }
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs()
 }

@@ -19,8 +19,12 @@ pub enum In {
     Close(u16),
 }
 
+type Writer = std::sync::Arc<tokio::sync::Mutex<WebSocketWrite<WriteHalf<TcpStream>>>>;
+
 pub struct WsClient {
-    tx: WebSocketWrite<WriteHalf<TcpStream>>,
+    /// Shared with the reader, which answers the server's pings (as
+    /// browsers do).
+    tx: Writer,
     /// Owns the read half; aborted on drop so the socket closes.
     reader: tokio::task::JoinHandle<()>,
     rx: mpsc::UnboundedReceiver<In>,
@@ -70,6 +74,21 @@ impl WsClient {
     /// A WebSocket to `path` (with its query), with extra header lines;
     /// no protocol is assumed.
     pub async fn open(addr: SocketAddr, path: &str, headers: &str) -> Result<WsClient, Refused> {
+        Self::open_with(addr, path, headers, true).await
+    }
+
+    /// A `/ws` client that never answers pings (a peer that vanished).
+    pub async fn connect_deaf(addr: SocketAddr, token: &str) -> WsClient {
+        let mut c = Self::open_with(addr, "/ws", &format!("Authorization: Bearer {token}\r\n"), false)
+            .await
+            .expect("handshake refused");
+        match c.next(Duration::from_secs(5)).await {
+            Some(In::Json(v)) if v["type"] == "ready" => c,
+            other => panic!("expected ready, got {other:?}"),
+        }
+    }
+
+    async fn open_with(addr: SocketAddr, path: &str, headers: &str, pongs: bool) -> Result<WsClient, Refused> {
         let mut stream = TcpStream::connect(addr).await.expect("connect");
         let req = format!(
             "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {}\r\nSec-WebSocket-Version: 13\r\n{headers}\r\n",
@@ -97,12 +116,22 @@ impl WsClient {
         }
         let ws = WebSocket::after_handshake(stream, Role::Client);
         let (mut r, w) = ws.split(tokio::io::split);
+        let w: Writer = std::sync::Arc::new(tokio::sync::Mutex::new(w));
+        let pong_to = w.clone();
         r.set_max_message_size(64 << 20);
         let (in_tx, in_rx) = mpsc::unbounded_channel();
         let reader = tokio::spawn(async move {
-            let mut noop = |_f: Frame<'_>| async { Ok::<(), &'static str>(()) };
+            let mut obliged = |f: Frame<'_>| {
+                let (op, payload, tx) = (f.opcode, f.payload.to_vec(), pong_to.clone());
+                async move {
+                    if pongs || op != OpCode::Pong {
+                        let _ = tx.lock().await.write_frame(Frame::new(true, op, None, Payload::Owned(payload))).await;
+                    }
+                    Ok::<(), &'static str>(())
+                }
+            };
             loop {
-                match r.read_frame(&mut noop).await {
+                match r.read_frame(&mut obliged).await {
                     Ok(f) => match f.opcode {
                         OpCode::Text => {
                             let text = String::from_utf8_lossy(&f.payload).to_string();
@@ -139,11 +168,11 @@ impl WsClient {
     /// Sends a text frame; `false` once the connection is gone (a server
     /// that closed on us resets a connection still being written to).
     pub async fn try_send_text(&mut self, text: &str) -> bool {
-        self.tx.write_frame(Frame::text(Payload::Owned(text.as_bytes().to_vec()))).await.is_ok()
+        self.tx.lock().await.write_frame(Frame::text(Payload::Owned(text.as_bytes().to_vec()))).await.is_ok()
     }
 
     pub async fn send_frame(&mut self, f: Frame<'_>) {
-        self.tx.write_frame(f).await.expect("send frame");
+        self.tx.lock().await.write_frame(f).await.expect("send frame");
     }
 
     /// Sends a request; returns its request id.

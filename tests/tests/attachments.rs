@@ -423,3 +423,96 @@ async fn worker_killed_mid_upload_finishes_after_restart() {
     assert_eq!(stream.info().await.unwrap().config.max_age, natter_nats::topology::STAGING_TTL);
     let _ = In::Close(0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_are_budgeted_per_user_across_connections() {
+    let mut app = TestApp::new().await;
+    app.with_s3();
+    app.edge_env.insert("UPLOADS_PER_MIN".into(), "6".into());
+    app.edge_env.insert("UPLOAD_BYTES_PER_MIN".into(), (4 * 1024 * 1024).to_string());
+    let e = app.start_edge().await;
+    app.start_worker();
+    let (a, b) = (app.user(), app.user());
+    let conv = app.open_conversation(e, a, b).await;
+    let mut w1 = WsClient::connect(e, &app.token(a, &[])).await;
+    let mut w2 = WsClient::connect(e, &app.token(a, &[])).await;
+    let mut codes = Vec::new();
+    for i in 0..10 {
+        let ws = if i % 2 == 0 { &mut w1 } else { &mut w2 };
+        let r = ws_upload(ws, &format!("u{i}"), "doc.pdf", "application/pdf", &conv, &pdf()).await;
+        codes.push(if r["type"] == "ack" {
+            "ack".to_string()
+        } else {
+            r["data"]["code"].as_str().unwrap().to_string()
+        });
+    }
+    assert_eq!(codes.iter().filter(|c| *c == "ack").count(), 6, "{codes:?}");
+    assert!(codes[6..].iter().all(|c| c == "rate_limited"), "{codes:?}");
+    let (s, v) = http_raw(&app, e, a, &conv, "doc.pdf", "application/pdf", pdf()).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (429, Some("rate_limited")), "REST shares the budget: {v}");
+    // Bytes too: one big upload spends them all.
+    let mut w3 = WsClient::connect(e, &app.token(b, &[])).await;
+    let big = vec![b'x'; 5 * 1024 * 1024];
+    let r = ws_upload(&mut w3, "big", "big.txt", "text/plain", &conv, &big).await;
+    assert_eq!(r["type"], "ack", "{r}");
+    let r = ws_upload(&mut w3, "next", "doc.pdf", "application/pdf", &conv, &pdf()).await;
+    assert_eq!(r["data"]["code"], "rate_limited", "{r}");
+}
+
+/// A `file_upload` outside any room over `/ws`; the attachment's id once
+/// the worker accepted it.
+async fn roomless_upload(ws: &mut WsClient, rid: &str) -> String {
+    let header =
+        json!({"type": "file_upload", "requestId": rid, "data": {"filename": "a.pdf", "type": "application/pdf"}})
+            .to_string();
+    let mut frame = (header.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(header.as_bytes());
+    frame.extend_from_slice(&pdf());
+    ws.send_frame(fastwebsockets::Frame::binary(fastwebsockets::Payload::Owned(frame))).await;
+    let ack = ws.reply_to(rid, Duration::from_secs(10)).await;
+    let id = ack["data"]["attachmentId"].as_str().unwrap_or_else(|| panic!("{ack}")).to_string();
+    let resp = ws.events("file_upload_response", 1, Duration::from_secs(10)).await;
+    assert_eq!(resp[0]["data"]["id"], id.as_str(), "{resp:?}");
+    id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_outside_any_room_never_sent_are_collected() {
+    let mut app = TestApp::new().await;
+    app.with_s3();
+    app.edge_env.insert("UNSENT_UPLOAD_TTL".into(), "2".into());
+    let e = app.start_edge().await;
+    app.start_worker();
+    app.start_attachments_worker();
+    let (a, b) = (app.user(), app.user());
+    let conv = app.open_conversation(e, a, b).await;
+    let mut ws = WsClient::connect(e, &app.token(a, &[])).await;
+    let kept = roomless_upload(&mut ws, "k").await;
+    let dropped = roomless_upload(&mut ws, "d").await;
+    let r = ws.request("send_message", json!({"conversationId": conv, "content": "sent", "attachments": [kept]})).await;
+    assert_eq!(r["type"], "ack", "{r}");
+    let (status, _) = app.get(e, &format!("/api/chat/attachments/{dropped}"), a).await;
+    assert!(matches!(status, 200 | 302), "the uploader downloads it while it waits: {status}");
+    let oid = |id: &str| mongodb::bson::oid::ObjectId::parse_str(id).unwrap();
+    let key = app.store.attachments().find_one(mongodb::bson::doc! {"_id": oid(&dropped)}).await.unwrap().unwrap().key;
+    let key = key.expect("stored in S3");
+    // Too old to be sent now.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let late =
+        ws.request("send_message", json!({"conversationId": conv, "content": "late", "attachments": [dropped]})).await;
+    assert_eq!(late["data"]["code"], "invalid_payload", "{late}");
+    // Collected: expired, bytes gone; the sent one stays.
+    let gone = natter_tests::eventually("the unsent upload collected", Duration::from_secs(20), || async {
+        let d = app.store.attachments().find_one(mongodb::bson::doc! {"_id": oid(&dropped)}).await.unwrap()?;
+        (d.status == "expired" && d.key.is_none()).then_some(d)
+    })
+    .await;
+    assert_eq!(gone.code.as_deref(), Some("expired"));
+    let s3 = natter_shared::s3::client(&app.s3_config());
+    let head = s3.head_object().bucket(app.s3_config().bucket).key(&key).send().await;
+    assert!(head.is_err(), "the bytes are deleted");
+    let (status, _) = app.get(e, &format!("/api/chat/attachments/{dropped}"), a).await;
+    assert_eq!(status, 404);
+    let k = app.store.attachments().find_one(mongodb::bson::doc! {"_id": oid(&kept)}).await.unwrap().unwrap();
+    assert_eq!((k.status.as_str(), k.key.is_some()), ("accepted", true), "a sent upload stays");
+}

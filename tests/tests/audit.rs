@@ -244,8 +244,7 @@ async fn logs_api_filters_and_exports_agree() {
     let e = app.start_edge().await;
     app.start_worker();
     // Two audit workers at once still make one chain.
-    app.start_audit_worker();
-    app.start_audit_worker();
+    let auditors = [app.start_audit_worker(), app.start_audit_worker()];
     let (admin, a, b) = (app.user(), app.user(), app.user());
     let conv = app.open_conversation(e, a, b).await;
     let mut wa = WsClient::connect(e, &app.token(a, &[])).await;
@@ -263,6 +262,12 @@ async fn logs_api_filters_and_exports_agree() {
         (n == cmds && n >= 121).then_some(n)
     })
     .await;
+    // Reading the trail is audited too: held back (no audit worker) while
+    // this test counts, recorded once one runs again (at the end).
+    for w in &auditors {
+        w.cancel();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let t_admin = app.token(admin, &["Admin"]);
     let t_user = app.token(a, &["Supervisor"]);
 
@@ -369,6 +374,22 @@ async fn logs_api_filters_and_exports_agree() {
         .unwrap();
     assert!(status.success());
     assert_eq!(std::fs::read(&out).unwrap(), csv_bytes);
+
+    // The Admin's reads, chained after the commands once an audit worker runs.
+    app.start_audit_worker();
+    let reads = natter_tests::eventually("the reads audited", Duration::from_secs(30), || async {
+        let (_, v) =
+            app.call(Method::GET, e, &format!("/api/chat/audit/logs?actor={}", admin.hex()), &t_admin, None).await;
+        let actions: Vec<String> =
+            v["logs"].as_array()?.iter().filter_map(|r| r["action"].as_str().map(str::to_string)).collect();
+        (actions.iter().any(|a| a == "history_exported") && actions.iter().any(|a| a == "audit_exported"))
+            .then_some(actions)
+    })
+    .await;
+    assert!(reads.iter().any(|a| a == "audit_logs_read"), "{reads:?}");
+    assert!(
+        matches!(verify(&app.store.audit(), None).await.unwrap(), Verdict::Intact { records, .. } if records > total)
+    );
 }
 
 fn rss_kib() -> u64 {
@@ -488,4 +509,69 @@ async fn two_chain_writers_racing_make_one_chain() {
     let commands: std::collections::HashSet<i64> = recs.iter().map(|r| r.seq).collect();
     assert_eq!(commands.len() as u64, N, "every fact once");
     assert!(matches!(verify(&app.store.audit(), None).await.unwrap(), Verdict::Intact { records, .. } if records == N));
+}
+
+/// The head the audit worker recorded outside MongoDB.
+async fn recorded_head(app: &TestApp) -> Option<natter_shared::audit::Head> {
+    let js = jetstream::new(async_nats::connect(&app.nats_url).await.unwrap());
+    let kv = js.get_key_value(Subjects::new(&app.name).audit_head_bucket()).await.unwrap();
+    kv.get("head").await.unwrap().map(|v| serde_json::from_slice(&v).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_slipped_in_ahead_is_caught_and_does_not_stop_the_chain() {
+    let mut app = TestApp::new().await;
+    let e = app.start_edge().await;
+    app.start_worker();
+    let auditor = app.start_audit_worker();
+    let (a, b) = (app.user(), app.user());
+    let conv = app.open_conversation(e, a, b).await;
+    let mut wa = WsClient::connect(e, &app.token(a, &[])).await;
+    for i in 0..5 {
+        wa.request("send_message", json!({"conversationId": conv, "content": format!("m{i}")})).await;
+    }
+    natter_tests::eventually("6 records", Duration::from_secs(30), || async {
+        (record_count(&app).await == commands_in_stream(&app).await).then_some(())
+    })
+    .await;
+    let recs = records(&app).await;
+    let last = recs.last().unwrap().clone();
+    // A well-formed record far ahead, chained to the real head.
+    let fact = natter_shared::audit::AuditFact {
+        v: 1,
+        seq: 999_999,
+        time_ms: 0,
+        role: "messages".into(),
+        action: "send_message".into(),
+        actor: Some(b),
+        roles: vec![],
+        room: Default::default(),
+        targets: BTreeMap::new(),
+        status: natter_shared::audit::FactStatus::Applied,
+        reason: None,
+        code: None,
+        meta: BTreeMap::new(),
+    };
+    let forged = AuditRecord::from_fact(&fact, 1_000_000, &last.hash);
+    app.store.audit().insert_one(AuditPage::new(1_000_000, 1_000_000, vec![forged])).await.unwrap();
+    let head = recorded_head(&app).await.expect("a recorded head");
+    match verify(&app.store.audit(), Some(&head)).await.unwrap() {
+        Verdict::Broken(x) => assert_eq!(x.chain_seq, 1_000_000, "{x:?}"),
+        other => panic!("a record past the head must not verify: {other:?}"),
+    }
+    // A worker taking the chain over goes on from the recorded head, not
+    // from the slipped-in page: later commands are all recorded.
+    auditor.cancel();
+    app.start_audit_worker();
+    for i in 0..5 {
+        wa.request("send_message", json!({"conversationId": conv, "content": format!("n{i}")})).await;
+    }
+    natter_tests::eventually("the later commands recorded", Duration::from_secs(30), || async {
+        let genuine = records(&app).await.iter().filter(|r| r.chain_seq < 1_000_000).count() as u64;
+        (genuine == commands_in_stream(&app).await).then_some(())
+    })
+    .await;
+    app.store.audit().delete_one(doc! {"_id": 1_000_000i64}).await.unwrap();
+    let head = recorded_head(&app).await.unwrap();
+    assert!(matches!(verify(&app.store.audit(), Some(&head)).await.unwrap(), Verdict::Intact { .. }));
 }

@@ -181,3 +181,334 @@ async fn a_second_upgrade_probe_closes_the_websocket() {
         other => panic!("expected a close, got {other:?}"),
     }
 }
+
+/// Frames of `kind` that arrive within `wait` (others are dropped).
+async fn collect(ws: &mut WsClient, kind: &str, wait: Duration) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut out = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match ws.next(left).await {
+            Some(natter_tests::ws::In::Json(v)) if v["type"] == kind => out.push(v),
+            Some(natter_tests::ws::In::Close(_)) | None => return out,
+            Some(_) => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_that_answers_no_pings_is_closed_and_its_user_goes_offline() {
+    let mut app = TestApp::new().await;
+    app.edge_env.insert("WS_PING_INTERVAL_MS".into(), "300".into());
+    let e = app.start_edge().await;
+    app.start_worker();
+    let (a, b) = (app.user(), app.user());
+    app.make_contacts(e, a, b).await;
+    let mut watcher = WsClient::connect(e, &app.token(b, &[])).await;
+    // A client that answers pings stays, however quiet.
+    let mut alive = WsClient::connect(e, &app.token(app.user(), &[])).await;
+    let mut gone = WsClient::connect_deaf(e, &app.token(a, &[])).await;
+    let online = collect(&mut watcher, "user_online", Duration::from_millis(300)).await;
+    assert_eq!(online.len(), 1, "{online:?}");
+    let started = std::time::Instant::now();
+    assert_eq!(gone.closed(Duration::from_secs(5)).await, Some(4002), "closed for not answering pings");
+    let off = watcher.events("user_offline", 1, Duration::from_secs(5)).await;
+    assert_eq!(off.first().map(|v| v["data"]["userId"].clone()), Some(json!(a.hex())), "{off:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let r = alive.request("typing", json!({"conversationId": "0".repeat(24), "isTyping": false})).await;
+    assert_eq!(r["type"], "error", "still served: {r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockets_close_when_their_token_expires_on_both_protocols() {
+    let mut app = TestApp::new().await;
+    let e = app.start_edge().await;
+    app.start_worker();
+    let (a, b) = (app.user(), app.user());
+    let conv = app.open_conversation(e, a, b).await;
+    let mut ws = WsClient::connect(e, &app.short_token(a, 2)).await;
+    let mut sio = RawSio::connect(e, &app.short_token(b, 2)).await;
+    let ok = ws.request("send_message", json!({"conversationId": conv, "content": "in time"})).await;
+    assert_eq!(ok["type"], "ack", "{ok}");
+    // Expiry plus the 5 s leeway, and no later.
+    let code = ws.closed(Duration::from_secs(10)).await;
+    assert_eq!(code, Some(4001), "closed at expiry");
+    let mut saw = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while let Some((name, arg)) = sio.event(deadline.saturating_duration_since(tokio::time::Instant::now())).await {
+        if name == "error" {
+            saw = Some(arg);
+            break;
+        }
+    }
+    assert_eq!(saw.map(|v| v["code"].clone()), Some(json!("token_expired")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_member_racing_joins_receives_nothing_after_the_removal() {
+    let mut app = TestApp::new().await;
+    let e = app.start_edge().await;
+    app.start_worker();
+    let (admin, u, m) = (app.user(), app.user(), app.user());
+    let g = app.create_group(e, admin, &[u, m]).await;
+    let mut sender = WsClient::connect(e, &app.token(m, &[])).await;
+    let done_all = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Two sockets of U join the group again and again, collecting what arrives.
+    let mut loops = Vec::new();
+    for _ in 0..2 {
+        let mut ws = WsClient::connect(e, &app.token(u, &[])).await;
+        let (g, done) = (g.clone(), Arc::new(std::sync::atomic::AtomicBool::new(false)));
+        let all_done = done_all.clone();
+        loops.push(tokio::spawn(async move {
+            let mut got: Vec<Value> = Vec::new();
+            let mut removal: Option<u64> = None;
+            while !done.load(Ordering::Relaxed) && !all_done.load(Ordering::Relaxed) {
+                let rid = ws.send("join_group", json!({"groupId": g})).await;
+                loop {
+                    match ws.next(Duration::from_secs(5)).await {
+                        Some(natter_tests::ws::In::Json(v)) if v["requestId"] == rid.as_str() => {
+                            if v["data"]["code"] == "not_a_member" {
+                                // Removed: joining again is refused from now on.
+                                done.store(true, Ordering::Relaxed);
+                            }
+                            break;
+                        }
+                        Some(natter_tests::ws::In::Json(v)) => {
+                            if v["type"] == "member_removed" && v["data"]["userId"] == u.hex() {
+                                removal = v["seq"].as_u64();
+                            }
+                            got.push(v);
+                        }
+                        _ => break,
+                    }
+                }
+            }
+            // What was still on its way.
+            while let Some(natter_tests::ws::In::Json(v)) = ws.next(Duration::from_millis(500)).await {
+                got.push(v);
+            }
+            (got, removal)
+        }));
+    }
+    for i in 0..20 {
+        let r = sender.request("send_message", json!({"groupId": g, "content": format!("before {i}")})).await;
+        assert_eq!(r["type"], "ack", "{r}");
+    }
+    let (s, _) = app
+        .call(
+            reqwest::Method::DELETE,
+            e,
+            &format!("/api/chat/groups/{g}/members/{}", u.hex()),
+            &app.token(admin, &["Admin"]),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    for i in 0..30 {
+        let r = sender.request("send_message", json!({"groupId": g, "content": format!("after {i}")})).await;
+        assert_eq!(r["type"], "ack", "{r}");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    done_all.store(true, Ordering::Relaxed);
+    for l in loops {
+        let (got, removal) = l.await.unwrap();
+        let removal = removal.expect("the removal reached U's own subject");
+        let late: Vec<&Value> = got
+            .iter()
+            .filter(|v| v["type"] == "message_received" && v["seq"].as_u64().is_some_and(|s| s > removal))
+            .collect();
+        assert!(late.is_empty(), "U got messages after its removal at {removal}: {late:?}");
+    }
+    let mut ws = WsClient::connect(e, &app.token(u, &[])).await;
+    let r = ws.request("join_group", json!({"groupId": g})).await;
+    assert_eq!(r["data"]["code"], "not_a_member", "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_is_visible_only_once_both_sides_have_written_or_share_a_group() {
+    let mut app = TestApp::new().await;
+    let e = app.start_edge().await;
+    app.start_worker();
+    let (stalker, victim) = (app.user(), app.user());
+    let conv = app.open_conversation(e, stalker, victim).await;
+    let mut s = WsClient::connect(e, &app.token(stalker, &[])).await;
+    let mut v = WsClient::connect(e, &app.token(victim, &[])).await;
+    let path = format!("/api/chat/presence?userIds={}", victim.hex());
+    let (_, seen) = app.get(e, &path, stalker).await;
+    assert_eq!(seen, json!([]), "opening a conversation is not enough");
+    // Writing to someone who never answered is not enough either.
+    let r = s.request("send_message", json!({"conversationId": conv, "content": "hi?"})).await;
+    assert_eq!(r["type"], "ack");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (_, seen) = app.get(e, &path, stalker).await;
+    assert_eq!(seen, json!([]), "one side wrote");
+    drop(v);
+    assert!(collect(&mut s, "user_offline", Duration::from_secs(2)).await.is_empty(), "nothing leaks by events");
+    // Once the other side answers, they are contacts.
+    v = WsClient::connect(e, &app.token(victim, &[])).await;
+    let r = v.request("send_message", json!({"conversationId": conv, "content": "hello"})).await;
+    assert_eq!(r["type"], "ack");
+    let added = collect(&mut s, "contact_added", Duration::from_secs(3)).await;
+    assert_eq!(added.len(), 1, "{added:?}");
+    natter_tests::eventually("the victim's presence, now a contact", Duration::from_secs(5), || async {
+        let (_, seen) = app.get(e, &path, stalker).await;
+        (seen[0]["isOnline"] == true).then_some(())
+    })
+    .await;
+    drop(v);
+    let off = collect(&mut s, "user_offline", Duration::from_secs(3)).await;
+    assert_eq!(off.len(), 1, "{off:?}");
+    // A shared group makes contacts too.
+    let (x, y) = (app.user(), app.user());
+    app.create_group(e, app.user(), &[x, y]).await;
+    let (_, seen) = app.get(e, &format!("/api/chat/presence?userIds={}", y.hex()), x).await;
+    assert_eq!(seen[0]["userId"], y.hex(), "{seen}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_typing_flood_reaches_the_room_as_a_trickle() {
+    let mut app = TestApp::new().await;
+    let e = app.start_edge().await;
+    app.start_worker();
+    let mut p = app.chatting_pair(e).await;
+    for i in 0..150 {
+        let t = json!({"type": "typing", "data": {"conversationId": p.conv, "isTyping": i % 3 != 2}});
+        p.wa.send_text(&t.to_string()).await;
+    }
+    let typing = collect(&mut p.wb, "user_typing", Duration::from_secs(2)).await;
+    assert!(!typing.is_empty() && typing.len() <= 8, "{} typing frames reached the room", typing.len());
+    let starts = typing.iter().filter(|t| t["data"]["isTyping"] == true).count();
+    let stops = typing.len() - starts;
+    assert!(stops + 1 >= starts, "every start but the last is followed by a stop: {typing:?}");
+    let r = p.wa.request("send_message", json!({"conversationId": p.conv, "content": "real"})).await;
+    assert_eq!(r["type"], "ack", "{r}");
+    let got = p.wb.events("message_received", 1, Duration::from_secs(5)).await;
+    assert_eq!(got[0]["data"]["content"], "real");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_engine_io_sessions_are_capped_per_address() {
+    let mut app = TestApp::new().await;
+    app.edge_env.insert("SIO_PENDING_PER_IP".into(), "5".into());
+    let e = app.start_edge().await;
+    let base = format!("http://{e}/socket.io/?EIO=4");
+    let mut sids = Vec::new();
+    for _ in 0..5 {
+        sids.push(raw_session(&app, &base, None).await);
+    }
+    let (status, body) = eio(&app, reqwest::Method::GET, format!("{base}&transport=polling"), None).await;
+    assert_eq!(status, 429, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["code"], 3, "{v}");
+    // Before CONNECT a body is small: no upload can be sent yet.
+    let url = format!("{base}&transport=polling&sid={}", sids[0]);
+    let (status, _) = eio(&app, reqwest::Method::POST, url, Some(format!("4{}", "x".repeat(200_000)))).await;
+    assert_eq!(status, 413);
+    gone(&app, &base, &sids[0], Duration::from_secs(5)).await;
+    // That one ended, and an authenticated session does not count.
+    let user = app.user();
+    raw_session(&app, &base, Some(&app.token(user, &[]))).await;
+    assert!(!raw_session(&app, &base, None).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_must_name_the_audience_and_issuer_and_live_no_longer_than_allowed() {
+    let mut app = TestApp::new().await;
+    app.edge_env.insert("JWT_AUDIENCE".into(), "natter".into());
+    app.edge_env.insert("JWT_ISSUER".into(), "https://id.example".into());
+    app.edge_env.insert("JWT_MAX_TTL".into(), "3600".into());
+    let e = app.start_edge().await;
+    let u = app.user().hex();
+    let now = natter_tests::stack::now_secs();
+    let good = json!({"id": u, "aud": "natter", "iss": "https://id.example", "iat": now, "exp": now + 600});
+    let mut cases = vec![(good.clone(), 200)];
+    for (field, value) in [("aud", json!("other")), ("iss", json!("https://evil.example")), ("exp", json!(now + 7200))]
+    {
+        let mut c = good.clone();
+        c[field] = value;
+        cases.push((c, 401));
+    }
+    let mut no_aud = good.clone();
+    no_aud.as_object_mut().unwrap().remove("aud");
+    cases.push((no_aud, 401));
+    for (claims, want) in cases {
+        let t = app.signed(claims.clone());
+        let (status, v) = app.call(reqwest::Method::GET, e, "/api/chat/conversations", &t, None).await;
+        assert_eq!(status, want, "{claims}: {v}");
+        if want == 401 {
+            assert_eq!(v["error"]["code"], "invalid_token", "{v}");
+            let ws = natter_tests::ws::WsClient::handshake(
+                e,
+                natter_tests::ws::Handshake { token: Some(&t), in_query: false, origin: None },
+            )
+            .await;
+            assert_eq!(ws.err().map(|r| r.status), Some(401), "{claims}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catch_up_has_its_own_budget_per_socket() {
+    let mut app = TestApp::new().await;
+    let e = app.start_edge().await;
+    app.start_worker();
+    let mut p = app.chatting_pair(e).await;
+    let r = p.wa.request("send_message", json!({"conversationId": p.conv, "content": "one"})).await;
+    let seq = r["data"]["seq"].as_u64().unwrap();
+    p.wb.events("message_received", 1, Duration::from_secs(5)).await;
+    let mut complete = 0;
+    let mut refused = 0;
+    for _ in 0..30 {
+        let r = p.wb.request("join_conversation", json!({"conversationId": p.conv, "lastSeq": seq - 1})).await;
+        assert_eq!(r["type"], "ack", "{r}");
+        match r["data"]["catchUp"]["complete"].as_bool() {
+            Some(true) => complete += 1,
+            Some(false) => {
+                assert_eq!(r["data"]["catchUp"]["reason"], "too many catch-ups; refetch the history", "{r}");
+                refused += 1;
+            }
+            None => panic!("{r}"),
+        }
+    }
+    assert_eq!((complete, refused), (20, 10));
+    assert!(!collect(&mut p.wb, "resync_required", Duration::from_secs(1)).await.is_empty());
+    // Live events still flow.
+    p.wa.request("send_message", json!({"conversationId": p.conv, "content": "two"})).await;
+    let got = p.wb.events("message_received", 1, Duration::from_secs(5)).await;
+    assert!(got.iter().any(|m| m["data"]["content"] == "two"), "{got:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_calls_are_rate_limited_per_user() {
+    let mut app = TestApp::new().await;
+    app.edge_env.insert("REST_RATE_PER_SEC".into(), "5".into());
+    let e = app.start_edge().await;
+    let (a, b) = (app.user(), app.user());
+    let mut limited = 0;
+    for _ in 0..30 {
+        let (status, v) = app.get(e, "/api/chat/conversations", a).await;
+        if status == 429 {
+            assert_eq!(v["error"]["code"], "rate_limited", "{v}");
+            limited += 1;
+        }
+    }
+    assert!(limited >= 15, "{limited} of 30 refused");
+    let (status, _) = app.get(e, "/api/chat/conversations", b).await;
+    assert_eq!(status, 200, "another user is not slowed down");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_permissions_are_bounded() {
+    let mut app = TestApp::new().await;
+    let e = app.start_edge().await;
+    let admin = app.user();
+    let roles: Vec<String> = (0..17).map(|i| format!("role{i}")).collect();
+    let body = json!({"name": "big", "memberIds": [], "permissions": {"canAddMembers": roles}});
+    let (status, v) =
+        app.call(reqwest::Method::POST, e, "/api/chat/groups", &app.token(admin, &["Admin"]), Some(body)).await;
+    assert_eq!((status, v["error"]["code"].as_str()), (400, Some("invalid_payload")), "{v}");
+    let body = json!({"name": "long", "memberIds": [], "permissions": {"canDeleteMessages": ["r".repeat(65)]}});
+    let (status, _) =
+        app.call(reqwest::Method::POST, e, "/api/chat/groups", &app.token(admin, &["Admin"]), Some(body)).await;
+    assert_eq!(status, 400);
+}

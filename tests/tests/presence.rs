@@ -34,7 +34,7 @@ async fn two_devices_two_edges_and_a_dead_edge() {
     let e2 = app.start_edge().await;
     app.start_worker();
     let (u, contact, stranger) = (app.user(), app.user(), app.user());
-    app.open_conversation(e1, u, contact).await;
+    app.make_contacts(e1, u, contact).await;
     let uh = u.hex();
 
     let mut c = WsClient::connect(e1, &app.token(contact, &[])).await;

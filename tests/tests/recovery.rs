@@ -146,7 +146,7 @@ async fn binaries_refuse_bad_config_before_binding() {
         let mut env: Vec<(&str, &str)> = vec![
             ("NATS_URL", "nats://127.0.0.1:1"),
             ("MONGODB_URI", "mongodb://127.0.0.1:1/x"),
-            ("JWT_SECRET", "0123456789abcdef0123"),
+            ("JWT_SECRET", "0123456789abcdef0123456789abcdef"),
         ];
         env.retain(|(k, _)| *k != missing);
         let out = std::process::Command::new(procs::workspace_bin(bin)).env_clear().envs(env).output().unwrap();
@@ -159,7 +159,7 @@ async fn binaries_refuse_bad_config_before_binding() {
         .envs([
             ("NATS_URL", "nats://127.0.0.1:1"),
             ("MONGODB_URI", "mongodb://127.0.0.1:1/x"),
-            ("JWT_SECRET", "0123456789abcdef0123"),
+            ("JWT_SECRET", "0123456789abcdef0123456789abcdef"),
             ("MAX_FILE_SIZE", "lots"),
         ])
         .output()

@@ -34,6 +34,21 @@ impl AuditHandler {
     pub fn new(store: Store, heads: Option<async_nats::jetstream::kv::Store>) -> Self {
         AuditHandler { store, heads }
     }
+
+    /// Where the chain goes on from: the head recorded outside MongoDB, so
+    /// that a page slipped into the trail (say, one far ahead) neither
+    /// moves the chain nor makes it skip facts; MongoDB's newest page only
+    /// when no head is recorded (a replay into another database, or a
+    /// trail from before heads were recorded).
+    async fn recorded_head(&self, coll: &mongodb::Collection<AuditPage>) -> Result<(i64, String), ApplyError> {
+        if let Some(heads) = &self.heads {
+            let entry = heads.get(HEAD_KEY).await.map_err(|e| ApplyError::transient(format!("audit head: {e}")))?;
+            if let Some(h) = entry.and_then(|b| serde_json::from_slice::<audit::Head>(&b).ok()) {
+                return Ok((h.position(), h.hash));
+            }
+        }
+        Ok(audit::head(coll).await?.unwrap_or((0, GENESIS.to_string())))
+    }
 }
 
 /// The chain as the worker holding it knows it.
@@ -78,7 +93,7 @@ impl Handler for AuditHandler {
         let coll = self.store.audit();
         let (head_pos, head_hash) = match chain.head.take() {
             Some(h) => h,
-            None => audit::head(&coll).await?.unwrap_or((0, GENESIS.to_string())),
+            None => self.recorded_head(&coll).await?,
         };
         let (mut pos, mut hash) = (head_pos, head_hash.clone());
         let mut records: Vec<AuditRecord> = Vec::new();
@@ -92,7 +107,9 @@ impl Handler for AuditHandler {
             if inc.seq as i64 > pos {
                 pos = inc.seq as i64;
                 let command = inc.msg.seq as i64;
-                if !chain.recorded.contains(&command) && commands.insert(command) {
+                // A read the edge audited names no command: nothing to repeat.
+                let fresh = command == 0 || (!chain.recorded.contains(&command) && commands.insert(command));
+                if fresh {
                     let record = AuditRecord::from_fact(&inc.msg, inc.seq, &hash);
                     hash.clone_from(&record.hash);
                     records.push(record);
@@ -114,12 +131,15 @@ impl Handler for AuditHandler {
                     e.into()
                 });
             }
-            for r in &page.records {
+            for r in page.records.iter().filter(|r| r.seq > 0) {
                 chain.remember(r.seq);
             }
             if let Some(heads) = &self.heads {
-                let head =
-                    audit::Head { chain_seq: page.records.last().map_or(0, |r| r.chain_seq), hash: hash.clone() };
+                let head = audit::Head {
+                    chain_seq: page.records.last().map_or(0, |r| r.chain_seq),
+                    hash: hash.clone(),
+                    covered: pos,
+                };
                 let body = serde_json::to_vec(&head).map_err(|e| ApplyError::transient(e.to_string()))?;
                 heads
                     .put(HEAD_KEY, body.into())

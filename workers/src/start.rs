@@ -29,12 +29,10 @@ pub struct Connected {
 }
 
 pub async fn connect(core: &CoreConfig, role: &str, cfg: &RunnerConfig) -> Result<Connected, StartError> {
-    let client = async_nats::ConnectOptions::new()
-        .name(format!("natter-worker-{role}-{}", cfg.instance))
-        // async-nats parses a `&str` as one address: split the list.
-        .connect(core.nats_url.split(',').map(str::trim).collect::<Vec<_>>())
+    let name = format!("natter-worker-{role}-{}", cfg.instance);
+    let client = natter_nats::connect::connect(&core.nats_url, &name)
         .await
-        .map_err(|e| StartError::Nats(e.to_string()))?;
+        .map_err(|e| StartError::Nats(format!("{}: {e}", natter_nats::connect::redacted(&core.nats_url))))?;
     let subjects = Subjects::new(&core.nats_namespace);
     let js = async_nats::jetstream::new(client.clone());
     natter_nats::apply(&js, &subjects, core.nats_replicas).await?;

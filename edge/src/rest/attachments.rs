@@ -148,6 +148,8 @@ async fn serve(st: &EdgeState, key: &str, name: &str, kind: &str) -> Result<Resp
 pub async fn download(State(st): St, AuthUser(who): AuthUser, Path(id): Path<String>) -> Result<Response, ChatError> {
     let a = attachments::downloadable(&st, &who, &id).await?;
     let key = a.key.clone().ok_or(ChatError::NotFound("attachment"))?;
+    let aid = a.id.to_hex();
+    crate::access::record(&st, &who, "attachment_downloaded", a.room().as_ref(), &[("attachmentId", &aid)]).await?;
     serve(&st, &key, &a.name, &a.kind).await
 }
 

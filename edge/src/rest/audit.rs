@@ -78,6 +78,7 @@ pub async fn logs(State(st): St, AuthUser(who): AuthUser, RawQuery(q): RawQuery)
     admin(&who)?;
     let filter = filter(q.as_deref())?;
     let (page, limit) = paging::page_limit(q.as_deref(), 50)?;
+    crate::access::record(&st, &who, "audit_logs_read", None, &[("filters", &filter.describe())]).await?;
     let before = param(q.as_deref(), "before")
         .map(|b| b.parse::<i64>().map_err(|_| ChatError::InvalidPayload("before must be a record's chainSeq".into())))
         .transpose()?;
@@ -143,6 +144,14 @@ pub async fn export_logs(State(st): St, AuthUser(who): AuthUser, RawQuery(q): Ra
     admin(&who)?;
     let f = filter(q.as_deref())?;
     let fmt = format(q.as_deref())?;
+    crate::access::record(
+        &st,
+        &who,
+        "audit_exported",
+        None,
+        &[("filters", &f.describe()), ("format", fmt.extension())],
+    )
+    .await?;
     let rows = export::audit_rows(&st.store, &f).await?;
     let subtitle = format!("Filters: {}", f.describe());
     Ok(streamed("audit", fmt, |tx| spawn_export(fmt, "natter audit trail".into(), subtitle, rows, tx)))
@@ -158,6 +167,7 @@ async fn export_room(st: &EdgeState, who: &Identity, room: RoomRef, q: Option<&s
     if !exists {
         return Err(ChatError::NotFound("room"));
     }
+    crate::access::record(st, who, "history_exported", Some(&room), &[("format", fmt.extension())]).await?;
     let rows = export::history_rows(&st.store, &room).await?;
     let title = format!(
         "natter history of {} {}",

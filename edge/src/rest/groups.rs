@@ -92,6 +92,9 @@ pub async fn create(
         return Err(ChatError::InvalidPayload(format!("at most {MAX_MEMBERS} members")));
     }
     let member_ids = b.member_ids.iter().map(|m| user_id(m)).collect::<Result<Vec<_>, _>>()?;
+    if let Some(p) = &b.permissions {
+        p.check().map_err(ChatError::InvalidPayload)?;
+    }
     let g = NewGroup {
         name,
         description: b.description,
@@ -141,6 +144,9 @@ pub async fn update(
     check_text("avatar", &b.avatar, MAX_TEXT)?;
     if let Some(t) = &b.kind {
         check_type(t)?;
+    }
+    if let Some(p) = &b.permissions {
+        p.check().map_err(ChatError::InvalidPayload)?;
     }
     let c = UpdateGroupCmd {
         group_id: gid.to_hex(),

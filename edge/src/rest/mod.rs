@@ -4,6 +4,7 @@ pub mod attachments;
 pub mod audit;
 pub mod conversations;
 pub mod groups;
+pub mod limit;
 pub mod messages;
 pub mod paging;
 pub mod presence;
@@ -17,8 +18,10 @@ use natter_shared::model::MessagePage;
 use natter_shared::store::Store;
 use std::sync::Arc;
 
-pub fn router() -> Router<Arc<EdgeState>> {
-    Router::new()
+/// The routes; every one counts against its caller's request rate
+/// (`limit`), and those that store commands carry the request's metadata.
+pub fn router(st: Arc<EdgeState>) -> Router<Arc<EdgeState>> {
+    let routes = Router::new()
         .route("/api/chat/conversations", get(conversations::list))
         .route("/api/chat/conversations/with-user", post(conversations::with_user))
         .route("/api/chat/conversations/{id}", get(conversations::get_one))
@@ -36,10 +39,12 @@ pub fn router() -> Router<Arc<EdgeState>> {
         .route("/api/chat/audit/export", get(audit::export_logs))
         .route("/api/chat/conversations/{id}/export", get(audit::export_conversation))
         .route("/api/chat/groups/{id}/export", get(audit::export_group))
-        .route_layer(axum::middleware::from_fn(crate::meta::rest))
         .route("/api/chat/attachments", post(attachments::upload).layer(axum::extract::DefaultBodyLimit::disable()))
         .route("/api/chat/attachments/{id}", get(attachments::download))
-        .route("/api/chat/attachments/{id}/thumbnail", get(attachments::thumbnail))
+        .route("/api/chat/attachments/{id}/thumbnail", get(attachments::thumbnail));
+    routes
+        .route_layer(axum::middleware::from_fn(crate::meta::rest))
+        .route_layer(axum::middleware::from_fn_with_state(st, limit::limit))
 }
 
 /// A page of a room's history, as the module returned it.

@@ -40,6 +40,8 @@ pub enum Inbound {
 const MAX_POLL_BODY: usize = 1 << 20;
 /// Client packets queued for the Socket.IO task before the client waits.
 const INBOUND_LEN: usize = 32;
+/// Largest polling body or binary packet before the CONNECT is accepted.
+const UNAUTHENTICATED_PAYLOAD: u64 = 2 * MAX_FRAME_BYTES as u64;
 
 /// Why a client packet was refused; either ends the session.
 #[derive(Debug)]
@@ -63,6 +65,8 @@ pub struct Engine {
     pong: tokio::sync::Notify,
     /// The user, once the Socket.IO CONNECT is accepted.
     user: Arc<OnceLock<UserId>>,
+    /// Held until then (see `Registry::reserve`).
+    pending: Mutex<Option<super::PendingSlot>>,
     /// Cancelled when the session ends, for whatever reason (a child of
     /// the edge's shutdown token).
     pub closed: CancellationToken,
@@ -81,7 +85,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Engine {
-    pub fn new(st: &EdgeState, transport: Transport) -> (Arc<Engine>, mpsc::Receiver<Inbound>) {
+    pub fn new(
+        st: &EdgeState,
+        transport: Transport,
+        pending: super::PendingSlot,
+    ) -> (Arc<Engine>, mpsc::Receiver<Inbound>) {
         let (in_tx, in_rx) = mpsc::channel(INBOUND_LEN);
         let (out_tx, out_rx) = mpsc::channel(QUEUE_LEN);
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
@@ -99,6 +107,7 @@ impl Engine {
             last_pong: Mutex::new(Instant::now()),
             pong: tokio::sync::Notify::new(),
             user,
+            pending: Mutex::new(Some(pending)),
             closed: st.lifecycle.shutdown.child_token(),
             overflow: CancellationToken::new(),
             ping_interval: st.config.sio_ping_interval,
@@ -138,6 +147,22 @@ impl Engine {
 
     pub fn set_user(&self, user: UserId) {
         let _ = self.user.set(user);
+        self.release_pending();
+    }
+
+    /// The session no longer counts as unauthenticated.
+    pub fn release_pending(&self) {
+        lock(&self.pending).take();
+    }
+
+    fn authenticated(&self) -> bool {
+        self.user.get().is_some()
+    }
+
+    /// Largest polling body now: before CONNECT, no upload can be sent, so
+    /// a body of text packets is all that is read.
+    fn payload_limit(&self) -> u64 {
+        if self.authenticated() { self.max_payload } else { UNAUTHENTICATED_PAYLOAD }
     }
 
     /// Ends the session: transports close, the Socket.IO task stops.
@@ -159,6 +184,9 @@ impl Engine {
             Packet::Message(s) if s.len() > MAX_FRAME_BYTES => return Err(Refusal::TooLarge),
             Packet::Message(s) => self.inbound.send(Inbound::Text(s)).await.map_err(|_| Refusal::Bad)?,
             Packet::Binary(b) if b.len() > self.max_binary => return Err(Refusal::TooLarge),
+            Packet::Binary(b) if !self.authenticated() && b.len() as u64 > UNAUTHENTICATED_PAYLOAD => {
+                return Err(Refusal::TooLarge);
+            }
             Packet::Binary(b) => self.inbound.send(Inbound::Binary(b)).await.map_err(|_| Refusal::Bad)?,
             Packet::Close => self.close(),
             _ => return Err(Refusal::Bad),
@@ -177,10 +205,15 @@ impl Engine {
             self.close();
             return Err(EioError::BadRequest);
         };
-        let first = tokio::select! {
-            biased;
-            _ = self.closed.cancelled() => None,
-            n = down.next() => n,
+        // What is queued goes first, also when the session is ending (the
+        // packets that explain why).
+        let first = match down.try_next() {
+            Some(n) => Some(n),
+            None => tokio::select! {
+                biased;
+                n = down.next() => n,
+                _ = self.closed.cancelled() => None,
+            },
         };
         let Some((p, d)) = first else { return Ok(text_response(String::from(Packet::Close))) };
         let mut body = String::from(p);
@@ -207,7 +240,7 @@ impl Engine {
             self.close();
             return Err(EioError::BadRequest);
         };
-        let packets = engineioxide_core::payload::decoder(body, None, ProtocolVersion::V4, self.max_payload);
+        let packets = engineioxide_core::payload::decoder(body, None, ProtocolVersion::V4, self.payload_limit());
         let mut packets = std::pin::pin!(packets);
         while let Some(p) = packets.next().await {
             let result = match p {
@@ -251,7 +284,7 @@ impl Engine {
         };
         let max_binary = self.max_binary;
         let reader = tokio::spawn(
-            async move { wsconn::read_messages(rx, ctl_tx, MAX_FRAME_BYTES + 1, max_binary, &mut inbound).await }
+            async move { wsconn::read_messages(rx, ctl_tx, MAX_FRAME_BYTES + 1, max_binary, &mut inbound, None).await }
                 .in_current_span(),
         );
         if upgrade {
@@ -265,12 +298,12 @@ impl Engine {
                     _ = self.closed.cancelled() => break,
                     c = ctl_rx.recv() => match c {
                         Some(Control::Frame(op, payload)) => {
-                            if tx.write_frame(Frame::new(true, op, None, Payload::Owned(payload))).await.is_err() {
+                            if !wsconn::write(&mut tx, Frame::new(true, op, None, Payload::Owned(payload))).await {
                                 break;
                             }
                         }
                         Some(Control::Close(code, reason)) => {
-                            let _ = tx.write_frame(Frame::close(code, reason.as_bytes())).await;
+                            wsconn::write(&mut tx, Frame::close(code, reason.as_bytes())).await;
                             break;
                         }
                         None => break,
@@ -289,7 +322,10 @@ impl Engine {
         {
             let down = self.down.lock().await;
             let source = DownSource { down };
-            wsconn::write_loop(tx, source, &mut ctl_rx, &self.closed, &self.overflow, &st.deliveries).await;
+            // Engine.IO's heartbeat watches the peer; the Socket.IO task
+            // ends the session when its token expires.
+            let deadlines = wsconn::Deadlines::default();
+            wsconn::write_loop(tx, source, &mut ctl_rx, &self.closed, &self.overflow, &st.deliveries, deadlines).await;
         }
         self.close();
         let mut reader = reader;

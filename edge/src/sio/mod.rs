@@ -27,6 +27,7 @@ use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 pub use engine::Engine;
 use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 /// Engine.IO's error codes, answered as `{"code": n, "message": ...}` with
@@ -39,11 +40,22 @@ pub enum EioError {
     BadRequest = 3,
     Forbidden = 4,
     UnsupportedProtocolVersion = 5,
+    /// Too many sessions not yet authenticated, from this address or in
+    /// all (429, Engine.IO's "Bad request" code): try again later.
+    TooManySessions = 103,
 }
 
 impl EioError {
+    fn code(self) -> u8 {
+        match self {
+            EioError::TooManySessions => EioError::BadRequest as u8,
+            e => e as u8,
+        }
+    }
+
     fn message(self) -> &'static str {
         match self {
+            EioError::TooManySessions => "Too many pending sessions",
             EioError::UnknownTransport => "Transport unknown",
             EioError::UnknownSid => "Session ID unknown",
             EioError::BadHandshakeMethod => "Bad handshake method",
@@ -56,8 +68,12 @@ impl EioError {
 
 impl IntoResponse for EioError {
     fn into_response(self) -> Response {
-        let status = if self == EioError::Forbidden { StatusCode::FORBIDDEN } else { StatusCode::BAD_REQUEST };
-        let body = serde_json::json!({"code": self as u8, "message": self.message()});
+        let status = match self {
+            EioError::Forbidden => StatusCode::FORBIDDEN,
+            EioError::TooManySessions => StatusCode::TOO_MANY_REQUESTS,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        let body = serde_json::json!({"code": self.code(), "message": self.message()});
         (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
     }
 }
@@ -66,9 +82,50 @@ impl IntoResponse for EioError {
 #[derive(Default)]
 pub struct Registry {
     sessions: Mutex<HashMap<String, Arc<Engine>>>,
+    pending: Arc<Mutex<Pending>>,
+}
+
+/// Sessions not yet authenticated, in all and per client address.
+#[derive(Default)]
+struct Pending {
+    total: usize,
+    by_ip: HashMap<IpAddr, usize>,
+}
+
+/// A session's place among the unauthenticated ones, given back when it
+/// authenticates or ends.
+pub struct PendingSlot {
+    counts: Arc<Mutex<Pending>>,
+    ip: IpAddr,
+}
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        let mut p = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        p.total = p.total.saturating_sub(1);
+        if let Some(n) = p.by_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                p.by_ip.remove(&self.ip);
+            }
+        }
+    }
 }
 
 impl Registry {
+    /// A place for a new unauthenticated session from `ip`, unless `ip`
+    /// holds `per_ip` of them or the edge `max`.
+    fn reserve(&self, ip: IpAddr, per_ip: usize, max: usize) -> Option<PendingSlot> {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let mine = p.by_ip.get(&ip).copied().unwrap_or(0);
+        if mine >= per_ip || p.total >= max {
+            return None;
+        }
+        p.total += 1;
+        *p.by_ip.entry(ip).or_default() += 1;
+        Some(PendingSlot { counts: self.pending.clone(), ip })
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Engine>>> {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -138,11 +195,11 @@ async fn route(st: Arc<EdgeState>, req: Request) -> Result<Response, EioError> {
     let is_upgrade = fastwebsockets::upgrade::is_upgrade_request(&req);
     match (q.sid, req.method().clone(), transport) {
         (None, Method::GET, Transport::Polling) => {
-            let engine = open(&st, &req, Transport::Polling);
+            let engine = open(&st, &req, Transport::Polling)?;
             Ok(engine::text_response(engine.open_packet()))
         }
         (None, Method::GET, Transport::Websocket) if is_upgrade => {
-            let engine = open(&st, &req, Transport::Websocket);
+            let engine = open(&st, &req, Transport::Websocket)?;
             engine.push(engineioxide_core::Packet::Open(engine.open_packet_fields()));
             Ok(engine::websocket(engine, st, req, false))
         }
@@ -170,12 +227,26 @@ struct Unregister {
 impl Drop for Unregister {
     fn drop(&mut self) {
         self.engine.close();
+        self.engine.release_pending();
         self.st.sio.remove(&self.engine.sid.to_string());
     }
 }
 
-/// A new session: registered, its Socket.IO task and heartbeat started.
-fn open(st: &Arc<EdgeState>, req: &Request, transport: Transport) -> Arc<Engine> {
+/// The client's address, as the listener saw it.
+fn client_ip(req: &Request) -> IpAddr {
+    req.extensions()
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+}
+
+/// A new session: registered, its Socket.IO task and heartbeat started;
+/// refused when too many sessions wait for their CONNECT.
+fn open(st: &Arc<EdgeState>, req: &Request, transport: Transport) -> Result<Arc<Engine>, EioError> {
+    let slot = st
+        .sio
+        .reserve(client_ip(req), st.config.sio_pending_per_ip, st.config.sio_pending_max)
+        .ok_or(EioError::TooManySessions)?;
     let handshake = socket::Handshake {
         meta: natter_shared::v1::command::RequestMeta {
             via: "socketio".into(),
@@ -183,7 +254,7 @@ fn open(st: &Arc<EdgeState>, req: &Request, transport: Transport) -> Arc<Engine>
         },
         token: token::bearer(req.headers()).or_else(|| token::from_query(req.uri().query())),
     };
-    let (engine, inbound) = Engine::new(st, transport);
+    let (engine, inbound) = Engine::new(st, transport, slot);
     st.sio.insert(engine.clone());
     let (st2, e2) = (st.clone(), engine.clone());
     st.lifecycle.tracker.spawn(async move {
@@ -195,5 +266,5 @@ fn open(st: &Arc<EdgeState>, req: &Request, transport: Transport) -> Arc<Engine>
         st.config.sio_ping_interval,
         st.config.sio_ping_timeout,
     ));
-    engine
+    Ok(engine)
 }

@@ -8,7 +8,7 @@ use crate::error::ChatError;
 use crate::session::{CloseOnDrop, Next, Session, next_conn};
 use crate::state::EdgeState;
 use engineioxide_core::Str;
-use natter_shared::auth::Identity;
+use natter_shared::auth::Verified;
 use natter_shared::v1::client::{self, FileUpload};
 use natter_shared::v1::command::RequestMeta;
 use natter_shared::v1::error::ErrorCode;
@@ -112,11 +112,20 @@ pub async fn run(engine: Arc<Engine>, mut inbound: mpsc::Receiver<Inbound>, st: 
         let mut socket: Option<Socket> = None;
         let mut refused = 0;
         let connect_by = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+        // Until CONNECT, the CONNECT deadline; then the token's expiry.
+        let deadline = tokio::time::sleep_until(connect_by);
+        tokio::pin!(deadline);
         loop {
             let item = tokio::select! {
                 _ = engine.closed.cancelled() => break,
-                _ = tokio::time::sleep_until(connect_by), if socket.is_none() => {
-                    debug!("no CONNECT in time");
+                _ = &mut deadline => {
+                    match &socket {
+                        None => debug!("no CONNECT in time"),
+                        Some(s) => {
+                            debug!("token expired");
+                            s.expired();
+                        }
+                    }
                     break;
                 }
                 i = inbound.recv() => match i {
@@ -150,7 +159,9 @@ pub async fn run(engine: Arc<Engine>, mut inbound: mpsc::Receiver<Inbound>, st: 
                         continue;
                     }
                     match authenticate(&st, auth.as_ref(), hs.token.as_deref()) {
-                        Ok(who) => {
+                        Ok(verified) => {
+                            let who = verified.who;
+                            deadline.as_mut().reset(crate::wsconn::expiry_instant(verified.expires_at));
                             engine.set_user(who.user);
                             let meta = hs.meta.clone();
                             let out = engine.out.clone();
@@ -206,11 +217,11 @@ fn connect_error(ns: &str, message: &str, code: Option<ErrorCode>) -> String {
     if ns == "/" { format!("4{body}") } else { format!("4{ns},{body}") }
 }
 
-fn authenticate(st: &EdgeState, auth: Option<&Value>, fallback: Option<&str>) -> Result<Identity, ChatError> {
+fn authenticate(st: &EdgeState, auth: Option<&Value>, fallback: Option<&str>) -> Result<Verified, ChatError> {
     let auth: Auth =
         auth.and_then(|v| v.as_str()).and_then(|s| serde_json::from_str(s.as_str()).ok()).unwrap_or_default();
     let token = auth.token.as_deref().or(fallback).ok_or(natter_shared::auth::AuthError::Missing)?;
-    Ok(st.jwt.verify(token)?)
+    Ok(st.jwt.verify_token(token)?)
 }
 
 /// A connected socket.
@@ -221,6 +232,16 @@ struct Socket {
 }
 
 impl Socket {
+    /// The token ran out: an `error` event `token_expired`, then the
+    /// server's DISCONNECT (socket.io-client does not reconnect by itself
+    /// after one: the front end gets a new token and connects again).
+    fn expired(&self) {
+        let code = ErrorCode::TokenExpired;
+        let body = json!({"code": code, "message": "token expired", "event": ""}).to_string();
+        self.session.reply(event_packet("error", &body, None).as_str().to_owned());
+        self.session.reply(encode(Packet::disconnect("/")));
+    }
+
     /// Answers one event: its acknowledgement (when the client asked for
     /// one) carries the data of the native protocol's `ack`, or
     /// `{"error": {"code", "message"}}`; a refusal is also emitted as an

@@ -5,9 +5,9 @@ use super::session::Native;
 use crate::hub::Outbound;
 use crate::session::{CloseOnDrop, Session, next_conn};
 use crate::state::EdgeState;
-use crate::wsconn::{self, Control, Delivered, EventGate, Io, Source};
+use crate::wsconn::{self, Control, Deadlines, Delivered, EventGate, Io, Liveness, Source};
 use fastwebsockets::{Frame, Payload, WebSocket};
-use natter_shared::auth::Identity;
+use natter_shared::auth::Verified;
 use natter_shared::v1::client::MAX_UPLOAD_HEADER;
 use natter_shared::v1::command::RequestMeta;
 use natter_shared::v1::server::{Ready, to_text};
@@ -17,7 +17,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span};
 
-pub async fn run(ws: WebSocket<Io>, who: Identity, meta: RequestMeta, st: Arc<EdgeState>, cancel: CancellationToken) {
+pub async fn run(ws: WebSocket<Io>, token: Verified, meta: RequestMeta, st: Arc<EdgeState>, cancel: CancellationToken) {
+    let who = token.who;
     let conn = next_conn();
     let span = info_span!("ws", conn, user = %who.user);
     async move {
@@ -33,15 +34,22 @@ pub async fn run(ws: WebSocket<Io>, who: Identity, meta: RequestMeta, st: Arc<Ed
             out_tx.send(Outbound::Reply(to_text("ready", None, Ready { user_id: &who.user.hex(), protocol: 1 }))).await;
         let session = Session::open(st.clone(), who.clone(), meta, conn, out_tx, overflow.clone()).await;
         let closer = CloseOnDrop::new(session.closer());
+        let alive = Arc::new(Liveness::default());
+        let reader_alive = alive.clone();
         let reader = tokio::spawn(
             async move {
                 let mut native = Native(session);
-                wsconn::read_messages(rx, ctl_tx, MAX_FRAME_BYTES, max_binary, &mut native).await;
+                let alive = Some(&*reader_alive);
+                wsconn::read_messages(rx, ctl_tx, MAX_FRAME_BYTES, max_binary, &mut native, alive).await;
             }
             .in_current_span(),
         );
         let source = NativeSource { out: out_rx, gate: EventGate::new(who.user) };
-        wsconn::write_loop(tx, source, &mut ctl_rx, &cancel, &overflow, &st.deliveries).await;
+        let deadlines = Deadlines {
+            expires: Some(wsconn::expiry_instant(token.expires_at)),
+            ping: Some((st.config.ws_ping_interval, alive)),
+        };
+        wsconn::write_loop(tx, source, &mut ctl_rx, &cancel, &overflow, &st.deliveries, deadlines).await;
         // The writer is done (peer gone, close sent, or shutdown): give the
         // reader a moment to see the close, then stop it.
         let mut reader = reader;

@@ -38,8 +38,8 @@ pub async fn handle(State(st): State<Arc<EdgeState>>, mut req: Request) -> Respo
     let Some(tok) = token::bearer(req.headers()).or_else(|| token::from_query(req.uri().query())) else {
         return ChatError::from(natter_shared::auth::AuthError::Missing).into_response();
     };
-    let who = match st.jwt.verify(&tok) {
-        Ok(w) => w,
+    let verified = match st.jwt.verify_token(&tok) {
+        Ok(v) => v,
         Err(e) => return ChatError::from(e).into_response(),
     };
     let (resp, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
@@ -51,7 +51,7 @@ pub async fn handle(State(st): State<Arc<EdgeState>>, mut req: Request) -> Respo
     let meta = crate::meta::from_handshake(req.headers());
     st.lifecycle.tracker.spawn(async move {
         match upgrade.await {
-            Ok(ws) => connection::run(ws, who, meta, st2, cancel).await,
+            Ok(ws) => connection::run(ws, verified, meta, st2, cancel).await,
             Err(e) => tracing::debug!(error = %e, "upgrade failed"),
         }
     });

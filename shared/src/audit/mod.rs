@@ -122,6 +122,7 @@ pub fn action_name(command_action: &str) -> &str {
         "leave_group" => "member_left",
         "upload_attachment" => "attachment_uploaded",
         "record_attachment" => "attachment_recorded",
+        "expire_upload" => "upload_expired",
         other => other,
     }
 }

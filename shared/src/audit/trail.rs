@@ -300,22 +300,51 @@ pub enum Verdict {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Head {
+    /// The last record's position.
     pub chain_seq: i64,
     pub hash: String,
+    /// The last position (outcome fact) the chain covers: at or after the
+    /// last record's (facts of commands already recorded add no record).
+    #[serde(default)]
+    pub covered: i64,
+}
+
+impl Head {
+    /// Where the next page starts after.
+    pub fn position(&self) -> i64 {
+        self.covered.max(self.chain_seq)
+    }
 }
 
 /// Walks the chain in order and reports the first record that was changed,
 /// or that does not follow its predecessor (one before it was removed,
-/// changed or moved); with the recorded `head`, also records removed from
-/// the end.
+/// changed or moved), and the first page that does not start where the one
+/// before it ended; with the recorded `head` (kept outside MongoDB), also
+/// records removed from the end and anything added past it.
 pub async fn verify(coll: &Collection<AuditPage>, head: Option<&Head>) -> Result<Verdict, mongodb::error::Error> {
     let mut cur = coll.find(doc! {}).sort(doc! {"_id": 1}).await?;
     let mut prev = GENESIS.to_string();
     let mut n = 0u64;
     let mut last = (0i64, 0i64);
     let broken = |r: &AuditRecord, reason| Ok(Verdict::Broken(Broken { chain_seq: r.chain_seq, seq: r.seq, reason }));
+    let mut covered: Option<i64> = None;
     while let Some(p) = cur.try_next().await? {
+        if let Some(c) = covered
+            && p.first != c + 1
+            && let Some(r) = p.records.first()
+        {
+            return broken(
+                r,
+                "starts a page that does not follow the one before it (positions are missing or repeated)",
+            );
+        }
+        covered = Some(p.last);
         for r in &p.records {
+            if let Some(h) = head
+                && r.chain_seq > h.chain_seq
+            {
+                return broken(r, "is past the recorded head of the chain (added behind the audit worker's back)");
+            }
             if let Some(h) = head
                 && r.chain_seq == h.chain_seq
                 && r.hash != h.hash

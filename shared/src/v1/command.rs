@@ -74,6 +74,7 @@ impl CommandEnvelope {
         match &self.command {
             Command::UploadAttachment(c) if c.room == RoomFields::default() => Ok(Route::User(self.actor)),
             Command::RecordAttachment(c) if c.room == RoomFields::default() => Ok(Route::User(self.actor)),
+            Command::ExpireUpload(_) => Ok(Route::User(self.actor)),
             c => c.room().map(Route::Room),
         }
     }
@@ -138,6 +139,7 @@ pub enum Command {
     DeleteMessage(DeleteMessageCmd),
     UploadAttachment(UploadAttachmentCmd),
     RecordAttachment(RecordAttachmentCmd),
+    ExpireUpload(ExpireUploadCmd),
 }
 
 impl Command {
@@ -157,6 +159,7 @@ impl Command {
             Command::DeleteMessage(_) => "delete_message",
             Command::UploadAttachment(_) => "upload_attachment",
             Command::RecordAttachment(_) => "record_attachment",
+            Command::ExpireUpload(_) => "expire_upload",
         }
     }
 
@@ -194,6 +197,7 @@ impl Command {
             Command::DeleteMessage(c) => put("messageId", &c.message_id),
             Command::UploadAttachment(c) => put("attachmentId", &c.attachment_id),
             Command::RecordAttachment(c) => put("attachmentId", &c.attachment_id),
+            Command::ExpireUpload(c) => put("attachmentId", &c.attachment_id),
         }
         t
     }
@@ -213,6 +217,7 @@ impl Command {
             Command::DeleteMessage(c) => c.room.room(),
             Command::UploadAttachment(c) => c.room.room(),
             Command::RecordAttachment(c) => c.room.room(),
+            Command::ExpireUpload(_) => Err("an upload outside any room has no room"),
         }
     }
 }
@@ -261,6 +266,17 @@ pub struct UploadAttachmentCmd {
     /// The content type the client declared.
     pub declared_type: String,
     pub size: u64,
+}
+
+/// An upload made outside any room and never sent in a message, collected
+/// once `UNSENT_UPLOAD_TTL` (and a grace period) passed: its record becomes
+/// `expired` (the attachments worker then deletes the bytes). Published by
+/// the attachments worker's sweep, as the uploader (ordered with their
+/// uploads); applying it again changes nothing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExpireUploadCmd {
+    pub attachment_id: String,
 }
 
 /// A fact, published by the attachments worker after checking and storing

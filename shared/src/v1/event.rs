@@ -23,6 +23,9 @@ pub enum EventKind {
     GroupDeleted,
     MemberAdded,
     MemberRemoved,
+    /// Both participants of a conversation have written in it: from now on
+    /// each sees the other's presence. To both participants.
+    ContactAdded,
     /// A command the worker refused after the edge accepted it (a race with
     /// a membership change); sent to the actor only.
     CommandRefused,

@@ -6,6 +6,7 @@
 
 pub mod check;
 mod s3put;
+mod sweep;
 mod thumb;
 
 use crate::handler::{ApplyError, Disposition, Done, Handler, Incoming, Publication};
@@ -153,7 +154,11 @@ impl AttachmentsHandler {
                             )));
                         }
                         if let Some(image) = stored.image {
-                            match thumb::make(&image) {
+                            // Decoding and scaling is CPU work: off the async threads.
+                            let made = tokio::task::spawn_blocking(move || thumb::make(&image))
+                                .await
+                                .unwrap_or_else(|e| Err(format!("thumbnail task failed: {e}")));
+                            match made {
                                 Ok(png) => {
                                     let tkey = format!("{key}.thumb.png");
                                     s3put::put(&self.s3, &self.bucket, &tkey, "image/png", png).await?;
@@ -224,9 +229,13 @@ impl Handler for AttachmentsHandler {
 
 /// Connects, applies topology and indexes, ensures the bucket, and runs the
 /// role until `cancel`.
-pub async fn serve(
+/// Connects, applies topology and indexes, ensures the bucket, and runs the
+/// role (and the sweep of unsent uploads older than `collect_after`) until
+/// `cancel`.
+pub async fn serve_with(
     core: &CoreConfig,
     s3: &S3Config,
+    collect_after: std::time::Duration,
     cfg: RunnerConfig,
     cancel: CancellationToken,
 ) -> Result<(), StartError> {
@@ -235,8 +244,31 @@ pub async fn serve(
         c.js.get_object_store(c.subjects.staging_bucket()).await.map_err(|e| StartError::Nats(e.to_string()))?;
     let s3c = natter_shared::s3::client(s3);
     natter_shared::s3::ensure_bucket(&s3c, &s3.bucket).await.map_err(StartError::S3)?;
+    let sweep = sweep::Sweep {
+        store: c.store.clone(),
+        js: c.js.clone(),
+        subjects: c.subjects.clone(),
+        s3: s3c.clone(),
+        bucket: s3.bucket.clone(),
+        after: collect_after,
+    };
+    let sweeping = tokio::spawn(sweep.run(cancel.clone()));
     let handler =
         Arc::new(AttachmentsHandler::new(c.store, c.js.clone(), c.subjects.clone(), staging, s3c, s3.bucket.clone()));
-    runner::run(handler, c.client, c.subjects, cfg, cancel).await?;
+    let ran = runner::run(handler, c.client, c.subjects, cfg, cancel.clone()).await;
+    cancel.cancel();
+    let _ = sweeping.await;
+    ran?;
     Ok(())
+}
+
+/// [`serve_with`] with the default `UNSENT_UPLOAD_TTL`.
+pub async fn serve(
+    core: &CoreConfig,
+    s3: &S3Config,
+    cfg: RunnerConfig,
+    cancel: CancellationToken,
+) -> Result<(), StartError> {
+    let after = natter_shared::config::collect_after(std::time::Duration::from_secs(86_400));
+    serve_with(core, s3, after, cfg, cancel).await
 }

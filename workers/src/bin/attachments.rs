@@ -12,7 +12,9 @@ async fn main() -> anyhow::Result<()> {
         CoreConfig::load(&Env)
             .and_then(|c| S3Config::load(&Env)?.map(|s| (c, s)).ok_or(ConfigError::Missing("S3_ENDPOINT"))),
     );
+    let ttl = config_or_exit(natter_shared::config::unsent_upload_ttl(&Env));
+    let after = natter_shared::config::collect_after(ttl);
     let cancel = natter_shared::shutdown::signal_token();
-    let work = natter_workers::attachments::serve(&core, &s3, RunnerConfig::default(), cancel.clone());
+    let work = natter_workers::attachments::serve_with(&core, &s3, after, RunnerConfig::default(), cancel.clone());
     until_drained(work, &cancel).await.context("attachments worker")
 }

@@ -56,6 +56,7 @@ pub(super) fn create(
                 last_seq: inc.seq as i64,
                 read_cursors: Default::default(),
                 delivered_cursors: Default::default(),
+                writers: vec![],
             };
             rooms.insert(Room::created(Doc::Conversation(doc.clone())));
             doc

@@ -16,7 +16,7 @@ use crate::handler::{ApplyError, Disposition, Incoming, Publication};
 use mongodb::bson::{Bson, oid::ObjectId, to_bson};
 use natter_nats::Subjects;
 use natter_shared::ids::{RoomRef, UserId, parse_oid};
-use natter_shared::model::{GroupDoc, GroupView, MessageDoc};
+use natter_shared::model::{GroupDoc, GroupView, MAX_GROUP_MEMBERS, MessageDoc, Permissions};
 use natter_shared::v1::command::{Command, CreateGroupCmd, MemberCmd, UpdateGroupCmd};
 use natter_shared::v1::error::ErrorCode;
 use natter_shared::v1::event::{EventFrame, EventKind};
@@ -57,6 +57,12 @@ pub(super) fn create(
     }
     if c.name.trim().is_empty() || c.name.len() > MAX_NAME || !GROUP_TYPES.contains(&c.group_type.as_str()) {
         return Ok(Disposition::Poison("invalid group name or type".into()));
+    }
+    if let Err(reason) = c.permissions.check() {
+        return Ok(Disposition::Poison(reason));
+    }
+    if c.member_ids.len() > MAX_GROUP_MEMBERS {
+        return Ok(Disposition::Poison(format!("a group has at most {MAX_GROUP_MEMBERS} members")));
     }
     let seq = inc.seq as i64;
     let group = match rooms.get_mut(key).map(|r| &r.doc) {
@@ -192,6 +198,9 @@ fn update(
     {
         return Ok(Disposition::Poison("invalid group name or type".into()));
     }
+    if let Some(Err(reason)) = c.permissions.as_ref().map(Permissions::check) {
+        return Ok(Disposition::Poison(reason));
+    }
     let renamed = c.name.as_ref().map(|n| n.trim().to_string()).filter(|n| *n != group.name);
     let key = room.key.clone();
     let actor = inc.msg.actor.oid();
@@ -252,6 +261,9 @@ fn add(
         room.advance(inc.seq);
         if !group.may_add(actor, &inc.msg.roles) {
             return Ok(forbidden(b, inc, "adding members needs Admin, Supervisor or a role in canAddMembers"));
+        }
+        if group.members.len() >= MAX_GROUP_MEMBERS && !group.members.contains(&user.oid()) {
+            return Ok(forbidden(b, inc, &format!("a group has at most {MAX_GROUP_MEMBERS} members")));
         }
     }
     let u = user.oid();

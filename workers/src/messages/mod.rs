@@ -32,7 +32,7 @@ use natter_shared::config::CoreConfig;
 use natter_shared::ids::{RoomKind, RoomRef, parse_oid};
 use natter_shared::model::AttachmentDoc;
 use natter_shared::store::Store;
-use natter_shared::v1::command::{Command, RecordAttachmentCmd, Route};
+use natter_shared::v1::command::{Command, ExpireUploadCmd, RecordAttachmentCmd, Route};
 use room::Room;
 pub use rooms::Rooms;
 use std::collections::{BTreeSet, HashMap};
@@ -157,6 +157,7 @@ impl Handler for MessagesHandler {
                 Ok(Route::User(_)) => {
                     let d = match &inc.msg.command {
                         Command::RecordAttachment(c) => record_attachment(&mut b, inc, c),
+                        Command::ExpireUpload(c) => expire_upload(&mut b, c).await?,
                         _ => Disposition::Poison("a room is required".into()),
                     };
                     attempt.insert(inc.seq, d);
@@ -260,7 +261,8 @@ async fn apply_room(
                     Command::CreateConversation(_)
                     | Command::CreateGroup(_)
                     | Command::UploadAttachment(_)
-                    | Command::RecordAttachment(_) => Disposition::NotMine,
+                    | Command::RecordAttachment(_)
+                    | Command::ExpireUpload(_) => Disposition::NotMine,
                 },
             },
         };
@@ -326,6 +328,22 @@ fn record_attachment(b: &mut Batch<'_>, inc: &Incoming, c: &RecordAttachmentCmd)
     };
     b.writes.attachment(doc);
     Disposition::Applied(vec![])
+}
+
+/// Collects an upload made outside any room, unless a message carries it
+/// (the edge lets none be sent once `UNSENT_UPLOAD_TTL` passed, and the
+/// sweep waits longer, so no send of it is still on its way). The write
+/// changes only an accepted record outside any room: applying again, or
+/// for a record in a room, does nothing.
+async fn expire_upload(b: &mut Batch<'_>, c: &ExpireUploadCmd) -> Result<Disposition, ApplyError> {
+    let Some(id) = parse_oid(&c.attachment_id) else {
+        return Ok(Disposition::Poison("attachmentId is not an ObjectId".into()));
+    };
+    let carried = b.ctx.store.messages().find_one(doc! {"attachments.id": &c.attachment_id}).await?.is_some();
+    if !carried {
+        b.writes.expire(id);
+    }
+    Ok(Disposition::Applied(vec![]))
 }
 
 /// Inserts an attachment record once (a second insert finds it).

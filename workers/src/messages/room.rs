@@ -205,6 +205,20 @@ impl Room {
         self.stage("updatedAt".into(), Bson::DateTime(at));
     }
 
+    /// Notes that `user` has written in a conversation; true when this
+    /// makes every participant a writer (they become contacts).
+    pub fn note_writer(&mut self, user: ObjectId) -> bool {
+        let Doc::Conversation(c) = &mut self.doc else { return false };
+        if c.writers.contains(&user) {
+            return false;
+        }
+        c.writers.push(user);
+        let value = Bson::Array(c.writers.iter().copied().map(Bson::ObjectId).collect());
+        let both = c.established();
+        self.stage("writers".into(), value);
+        both
+    }
+
     /// Changes the group document through `f`, staging the fields it names.
     pub fn update_group(&mut self, f: impl FnOnce(&mut GroupDoc) -> Vec<(&'static str, Bson)>) {
         let Doc::Group(g) = &mut self.doc else { return };

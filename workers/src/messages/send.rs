@@ -6,7 +6,7 @@
 //! had not applied the command yet (`seq > lastSeq`): exact under
 //! redelivery, replay, a retry beyond the dedupe window, and a tombstone.
 
-use super::events::{message_received, refused};
+use super::events::{message_received, publication, refused};
 use super::room::{Cursor, Room};
 use super::{Batch, Known};
 use crate::handler::{ApplyError, Disposition, Incoming};
@@ -15,6 +15,7 @@ use natter_shared::ids::parse_oid;
 use natter_shared::model::MessageDoc;
 use natter_shared::v1::command::{RoomFields, SendMessageCmd};
 use natter_shared::v1::error::ErrorCode;
+use natter_shared::v1::event::{EventFrame, EventKind};
 use serde_json::json;
 
 fn validate(inc: &Incoming, c: &SendMessageCmd, room: &Room) -> Result<MessageDoc, String> {
@@ -104,5 +105,14 @@ pub(super) fn apply(
         room.put(Cursor::Unread, p, n);
     }
     room.append(&m, true);
-    Ok(Disposition::Applied(vec![message_received(&b.ctx.subjects, &room.key, &m, 0)?]))
+    let mut events = vec![message_received(&b.ctx.subjects, &room.key, &m, 0)?];
+    if room.note_writer(sender) {
+        // Both have written now: each may see the other's presence.
+        let data = json!({"conversationId": room.key.id, "userIds": room.members().iter().map(|u| u.to_hex()).collect::<Vec<_>>()});
+        let frame = EventFrame::new(EventKind::ContactAdded, inc.seq, data).from(sender.to_hex());
+        for u in room.members() {
+            events.push(publication(b.ctx.subjects.user_events(&u.to_hex()), &frame)?);
+        }
+    }
+    Ok(Disposition::Applied(events))
 }

@@ -41,6 +41,8 @@ enum Op {
     Message(Box<MessageDoc>),
     Tombstone(Tombstone),
     Attachment(Box<AttachmentDoc>),
+    /// An unsent upload outside any room, collected.
+    Expire(ObjectId),
     Room(RoomKind, ObjectId, RoomWrite),
 }
 
@@ -77,6 +79,11 @@ impl Writes {
     /// worker usually has).
     pub(super) fn attachment(&mut self, a: AttachmentDoc) {
         self.ops.push(Op::Attachment(Box::new(a)));
+    }
+
+    /// Marks an unsent upload made outside any room `expired`.
+    pub(super) fn expire(&mut self, id: ObjectId) {
+        self.ops.push(Op::Expire(id));
     }
 
     pub(super) fn room(&mut self, kind: RoomKind, id: ObjectId, w: RoomWrite) {
@@ -371,6 +378,20 @@ impl Op {
                     filter: doc! {"_id": a.id},
                     update: doc! {"$setOnInsert": to_document(a.as_ref()).map_err(ser)?},
                     upsert: true,
+                },
+            ),
+            Op::Expire(id) => (
+                ATTACHMENTS,
+                Model::Update {
+                    filter: doc! {
+                        "_id": id, "status": "accepted",
+                        "conversationId": {"$exists": false}, "groupId": {"$exists": false},
+                    },
+                    update: doc! {"$set": {
+                        "status": "expired", "code": "expired",
+                        "reason": "uploaded outside any room and never sent; collected",
+                    }},
+                    upsert: false,
                 },
             ),
             Op::Room(kind, id, w) => {

@@ -5,7 +5,7 @@
 //! for redelivery, where applying it again is a no-op.
 
 use super::partition::Partition;
-use super::publish::{ToStore, dead_letter, store};
+use super::publish::{ToStore, dead_letter, max_payload, store};
 use crate::handler::{Disposition, Done, Incoming, Input, Publication};
 use async_nats::jetstream::{AckKind, Message};
 use natter_nats::topology;
@@ -28,6 +28,9 @@ pub(super) struct Batch<M> {
     pub done: Done,
     /// Whether its events went out.
     announced: bool,
+    /// Commands applied whose events could not be published (over the
+    /// server's `max_payload`), with why: dead-lettered for the record.
+    unpublishable: std::collections::BTreeMap<u64, String>,
 }
 
 impl<M: Input> Batch<M> {
@@ -65,7 +68,7 @@ impl<M: Input> Batch<M> {
                 Err(reason) => slots.push(Err(reason)),
             }
         }
-        Batch { msgs, incoming, slots, done: Done::new(), announced: false }
+        Batch { msgs, incoming, slots, done: Done::new(), announced: false, unpublishable: Default::default() }
     }
 
     /// Whether a REST call waits on one of its commands (it is written
@@ -105,8 +108,22 @@ impl<M: Input> Batch<M> {
         if self.announced {
             return;
         }
+        let limit = max_payload(&part.js);
+        let mut events = Vec::new();
+        for (seq, e) in self.events() {
+            if e.payload.len() > limit {
+                let reason = format!(
+                    "applied, but its {} event of {} bytes is over the {limit} bytes NATS takes: not announced",
+                    e.subject,
+                    e.payload.len()
+                );
+                self.unpublishable.insert(seq, reason);
+            } else {
+                events.push(e);
+            }
+        }
         let (stored, plain): (Vec<ToStore>, Vec<ToStore>) =
-            self.events().into_iter().partition(|e| part.subjects.is_stored_event(&e.subject));
+            events.into_iter().partition(|e| part.subjects.is_stored_event(&e.subject));
         store(&part.js, "event", stored).await;
         for p in plain {
             if let Err(e) = part.client.publish(p.subject, p.payload).await {
@@ -116,8 +133,9 @@ impl<M: Input> Batch<M> {
         self.announced = true;
     }
 
-    /// Its events in stream order (then in each command's order).
-    fn events(&self) -> Vec<ToStore> {
+    /// Its events in stream order (then in each command's order), each
+    /// with the seq of its command.
+    fn events(&self) -> Vec<(u64, ToStore)> {
         let mut out = Vec::new();
         for inc in &self.incoming {
             let pubs: &[Publication] = match self.done.get(&inc.seq) {
@@ -125,7 +143,7 @@ impl<M: Input> Batch<M> {
                 Some(Disposition::Refused { events, .. }) => events,
                 _ => &[],
             };
-            out.extend(pubs.iter().cloned().map(ToStore::from));
+            out.extend(pubs.iter().cloned().map(|p| (inc.seq, ToStore::from(p))));
         }
         out
     }
@@ -147,7 +165,14 @@ impl<M: Input> Batch<M> {
                     .unwrap_or_else(|| Disposition::Poison("not handled by this role".into())),
             };
             let (status, reason, code) = match disposition {
-                Disposition::Applied(_) => (FactStatus::Applied, None, None),
+                Disposition::Applied(_) => {
+                    if let Some(why) = self.unpublishable.get(&seq) {
+                        // Kept where operators look, though it is applied
+                        // (and acked): a retry applies nothing new.
+                        dead_letter(&part.js, &part.subjects, role, m, why).await;
+                    }
+                    (FactStatus::Applied, None, None)
+                }
                 Disposition::Refused { code, reason, .. } => {
                     info!(seq, %reason, "command refused");
                     (FactStatus::Refused, Some(reason), Some(code))
@@ -159,7 +184,9 @@ impl<M: Input> Batch<M> {
                 }
                 Disposition::NotMine => continue,
             };
-            if let Some(r) = inc.and_then(|inc| inc.msg.reply()) {
+            // Answers go to a requester's inbox only: a command naming any
+            // other subject must not make the worker publish there.
+            if let Some(r) = inc.and_then(|inc| inc.msg.reply()).filter(|r| r.starts_with("_INBOX.")) {
                 let o = Outcome {
                     status: if status == FactStatus::Applied { OutcomeStatus::Applied } else { OutcomeStatus::Refused },
                     seq,

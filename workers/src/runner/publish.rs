@@ -25,6 +25,19 @@ impl From<crate::handler::Publication> for ToStore {
 /// subject's events must stay in seq order; edges drop repeated events by
 /// `seq`, and a repeated audit fact is deduplicated by its id).
 pub(super) async fn store(js: &jetstream::Context, what: &str, items: Vec<ToStore>) {
+    // A message over the server's limit would be refused however often it
+    // is sent (the caller dead-letters its command; see `Batch::announce`).
+    let limit = max_payload(js);
+    let items: Vec<ToStore> = items
+        .into_iter()
+        .filter(|t| {
+            let fits = t.payload.len() <= limit;
+            if !fits {
+                tracing::error!(subject = %t.subject, bytes = t.payload.len(), limit, "{what} too large to publish; dropped");
+            }
+            fits
+        })
+        .collect();
     let publish = |t: &ToStore| {
         let mut m = jetstream::message::PublishMessage::build().payload(t.payload.clone());
         if let Some(id) = &t.msg_id {
@@ -66,6 +79,17 @@ pub(super) async fn store(js: &jetstream::Context, what: &str, items: Vec<ToStor
         }
     }
 }
+
+/// The largest message the server takes (`max_payload`, less room for
+/// headers).
+pub(super) fn max_payload(js: &jetstream::Context) -> usize {
+    let info = js.client().server_info().max_payload;
+    let max = if info == 0 { 1024 * 1024 } else { info };
+    max.saturating_sub(HEADROOM)
+}
+
+/// Room kept for headers (a `Nats-Msg-Id`) under the server's limit.
+const HEADROOM: usize = 1024;
 
 /// Copies a command to the dead-letter stream with its reason, waiting for
 /// the PubAck so nothing is terminated before it is kept.
