@@ -1,5 +1,6 @@
 //! Building and running an edge: `Edge::build` connects to NATS and MongoDB,
-//! applies the topology and indexes; `Edge::run` serves until the token is
+//! applies (or, with `NATS_TOPOLOGY=verify`, checks) the topology and
+//! applies the indexes; `Edge::run` serves until the token is
 //! cancelled, then closes sockets with "going away" and drains them within
 //! the grace period. Tests build edges on port 0.
 
@@ -13,7 +14,7 @@ use axum::Router;
 use axum::routing::{any, get};
 use natter_nats::Subjects;
 use natter_shared::auth::Jwt;
-use natter_shared::config::EdgeConfig;
+use natter_shared::config::{EdgeConfig, NatsTopology};
 use natter_shared::shutdown::{GRACE_PERIOD, drain};
 use natter_shared::store::Store;
 use std::net::SocketAddr;
@@ -61,7 +62,10 @@ impl Edge {
         .map_err(|e| StartError::Nats { url: url.clone(), reason: e.to_string() })?;
         let js = async_nats::jetstream::new(nats.clone());
         let subjects = Subjects::new(&config.core.nats_namespace);
-        natter_nats::apply(&js, &subjects, config.core.nats_replicas).await?;
+        match config.core.nats_topology {
+            NatsTopology::Apply => natter_nats::apply(&js, &subjects, config.core.nats_replicas).await?,
+            NatsTopology::Verify => natter_nats::verify(&js, &subjects).await?,
+        }
         let store = Store::connect(&config.core.mongodb_uri, &config.core.mongodb_db).await?;
         store.ensure_indexes().await?;
         let (hub, contacts_changed) = Hub::new(nats.clone(), subjects.clone());

@@ -280,7 +280,10 @@ impl Hub {
         stop: CancellationToken,
     ) -> Result<(), String> {
         let sub = self.nats.subscribe(subject.to_string()).await.map_err(|e| e.to_string())?;
-        self.nats.flush().await.map_err(|e| e.to_string())?;
+        // A flush only writes the subscription out; an answer to a request
+        // sent after it on the same connection proves the server has it.
+        let js = async_nats::jetstream::new(self.nats.clone());
+        js.get_stream(self.subjects.evt_stream()).await.map_err(|e| e.to_string())?;
         let fan = FanOut {
             subject: Arc::from(subject),
             subjects: self.subjects.clone(),

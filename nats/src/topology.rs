@@ -1,5 +1,7 @@
 //! Streams, consumers and buckets, applied idempotently by
-//! `natterctl topology apply` and on start of every edge and worker.
+//! `natterctl topology apply` and on start of every edge and worker
+//! (`NATS_TOPOLOGY=apply`), or only verified there (`NATS_TOPOLOGY=verify`:
+//! their NATS users may not declare it).
 
 use crate::subjects::{PARTITIONS, Subjects};
 use async_nats::jetstream::{self, consumer, kv, stream};
@@ -102,6 +104,9 @@ pub enum TopologyError {
     Consumer { name: String, source: Box<dyn std::error::Error + Send + Sync> },
     #[error("bucket {name}: {source}")]
     Bucket { name: String, source: Box<dyn std::error::Error + Send + Sync> },
+    /// Found missing by `verify`: not retried.
+    #[error("{what} {name} does not exist: run `natterctl topology apply` (as ctl) first")]
+    Missing { what: &'static str, name: String },
 }
 
 pub fn cmd_stream_config(s: &Subjects, replicas: usize) -> stream::Config {
@@ -253,19 +258,109 @@ const APPLY_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
 /// number of times, from any number of processes at once. A failure is
 /// retried for `APPLY_PATIENCE` before it is returned.
 pub async fn apply(js: &jetstream::Context, s: &Subjects, replicas: usize) -> Result<(), TopologyError> {
+    patiently("topology not applied yet; retrying", || apply_once(js, s, replicas)).await
+}
+
+/// Runs `once` until it succeeds, finds something missing, or
+/// `APPLY_PATIENCE` is over.
+async fn patiently<F, Fut>(what: &str, mut once: F) -> Result<(), TopologyError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), TopologyError>>,
+{
     let deadline = tokio::time::Instant::now() + APPLY_PATIENCE;
     let mut pause = std::time::Duration::from_millis(250);
     loop {
-        match apply_once(js, s, replicas).await {
+        match once().await {
             Ok(()) => return Ok(()),
+            Err(e @ TopologyError::Missing { .. }) => return Err(e),
             Err(e) if tokio::time::Instant::now() + pause < deadline => {
-                tracing::warn!(error = %e, "topology not applied yet; retrying");
+                tracing::warn!(error = %e, "{what}");
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(std::time::Duration::from_secs(2));
             }
             Err(e) => return Err(e),
         }
     }
+}
+
+/// The names of the streams `apply` declares, its own and those holding
+/// its buckets (`KV_<bucket>`, `OBJ_<bucket>`), each with what to call it
+/// in an error: `("stream", CHAT_CMDS, CHAT_CMDS)`,
+/// `("bucket", chat_leases, KV_chat_leases)`.
+fn declared_streams(s: &Subjects) -> Vec<(&'static str, String, String)> {
+    // Names do not depend on the replicas.
+    let mut all: Vec<(&'static str, String, String)> =
+        [cmd_stream_config(s, 1), evt_stream_config(s, 1), dlq_stream_config(s, 1), outcomes_stream_config(s, 1)]
+            .into_iter()
+            .map(|c| ("stream", c.name.clone(), c.name))
+            .collect();
+    let staging = staging_config(s, 1).bucket;
+    all.push(("bucket", staging.clone(), format!("OBJ_{staging}")));
+    for cfg in [leases_config(s, 1), presence_config(s, 1), last_seen_config(s, 1), audit_head_config(s, 1)] {
+        all.push(("bucket", cfg.bucket.clone(), format!("KV_{}", cfg.bucket)));
+    }
+    all
+}
+
+/// Checks that every stream and bucket `apply` declares exists, with
+/// stream info requests only (`$JS.API.STREAM.INFO.<name>`, which the
+/// edge and worker users of `infra/nats/permissions.conf` may make): what
+/// an edge or worker does on start instead of `apply` when its NATS user
+/// may not declare the topology. A missing one is
+/// `TopologyError::Missing`, returned at once; other failures (a cluster
+/// without a meta leader yet) are retried for `APPLY_PATIENCE`. It does
+/// not compare configurations: `natterctl topology apply` owns them.
+pub async fn verify(js: &jetstream::Context, s: &Subjects) -> Result<(), TopologyError> {
+    patiently("topology not verified yet; retrying", || verify_once(js, s)).await
+}
+
+async fn verify_once(js: &jetstream::Context, s: &Subjects) -> Result<(), TopologyError> {
+    for (what, name, stream) in declared_streams(s) {
+        match js.get_stream(&stream).await {
+            Ok(_) => {}
+            Err(e) => {
+                if let jetstream::context::GetStreamErrorKind::JetStream(j) = e.kind()
+                    && j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+                {
+                    return Err(TopologyError::Missing { what, name });
+                }
+                return Err(match what {
+                    "bucket" => TopologyError::Bucket { name, source: boxed(e) },
+                    _ => TopologyError::Stream { name, source: boxed(e) },
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks that `role`'s durable consumers (one per partition) exist, with
+/// consumer info requests (`$JS.API.CONSUMER.INFO.<stream>.<consumer>`,
+/// which the worker user may make on the streams it consumes). As
+/// `verify`: a missing one is `TopologyError::Missing`, at once.
+pub async fn verify_consumers(js: &jetstream::Context, s: &Subjects, role: Role) -> Result<(), TopologyError> {
+    patiently("consumers not verified yet; retrying", || verify_consumers_once(js, s, role)).await
+}
+
+async fn verify_consumers_once(js: &jetstream::Context, s: &Subjects, role: Role) -> Result<(), TopologyError> {
+    let stream = role.stream(s);
+    for p in 0..role.partitions() {
+        let name = s.consumer(role.name(), p);
+        let Err(e) = js.get_consumer_from_stream::<consumer::pull::Config, _, _>(&name, &stream).await else {
+            continue;
+        };
+        if let jetstream::stream::ConsumerErrorKind::JetStream(j) = e.kind() {
+            if j.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND {
+                return Err(TopologyError::Missing { what: "consumer", name });
+            }
+            if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND {
+                return Err(TopologyError::Missing { what: "stream", name: stream });
+            }
+        }
+        return Err(TopologyError::Consumer { name, source: boxed(e) });
+    }
+    Ok(())
 }
 
 async fn apply_once(js: &jetstream::Context, s: &Subjects, replicas: usize) -> Result<(), TopologyError> {

@@ -74,8 +74,37 @@ pub struct CoreConfig {
     /// The database: the path of `MONGODB_URI`, else `MONGODB_DB`, else `natter`.
     pub mongodb_db: String,
     /// `NATS_REPLICAS` (default 1): replicas of the streams and buckets
-    /// this process declares on start; 3 on a three-node cluster.
+    /// this process declares on start (`NATS_TOPOLOGY=apply`); 3 on a
+    /// three-node cluster.
     pub nats_replicas: usize,
+    /// `NATS_TOPOLOGY` (default `apply`): what this process does with the
+    /// streams, consumers and buckets when it starts. `apply` declares them
+    /// (creates or updates; its NATS user must be allowed to); `verify`
+    /// only checks that they exist (stream and consumer info) and stops,
+    /// naming what is missing. `verify` goes with the shipped NATS
+    /// permissions (`infra/nats/permissions.conf`), under which only `ctl`
+    /// declares them: `natterctl topology apply` runs first.
+    pub nats_topology: NatsTopology,
+}
+
+/// What an edge or a worker does with the NATS topology when it starts
+/// (see [`CoreConfig::nats_topology`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum NatsTopology {
+    /// `apply`: declare it (create or update), as `natterctl topology apply` does.
+    #[default]
+    Apply,
+    /// `verify`: only check that it is there.
+    Verify,
+}
+
+/// `NATS_TOPOLOGY`: see [`CoreConfig::nats_topology`].
+pub fn nats_topology(src: &dyn Source) -> Result<NatsTopology, ConfigError> {
+    match src.get("NATS_TOPOLOGY").as_deref().map(str::trim) {
+        None | Some("apply") => Ok(NatsTopology::Apply),
+        Some("verify") => Ok(NatsTopology::Verify),
+        Some(v) => Err(invalid("NATS_TOPOLOGY", format!("`{v}` is not `apply` or `verify`"))),
+    }
 }
 
 /// Settings of the edge server.
@@ -202,7 +231,8 @@ impl CoreConfig {
         }
         let mongodb_db = db_from_uri(&mongodb_uri).or_else(|| src.get("MONGODB_DB")).unwrap_or_else(|| "natter".into());
         let nats_replicas = number(src, "NATS_REPLICAS", 1usize, 1..=5, "a replica count")?;
-        Ok(CoreConfig { nats_url, nats_namespace, mongodb_uri, mongodb_db, nats_replicas })
+        let nats_topology = nats_topology(src)?;
+        Ok(CoreConfig { nats_url, nats_namespace, mongodb_uri, mongodb_db, nats_replicas, nats_topology })
     }
 }
 
@@ -383,6 +413,7 @@ mod tests {
         assert_eq!(c.max_file_size, 10_485_760);
         assert_eq!(c.frontend_urls, vec!["http://localhost:3000".to_string()]);
         assert!(c.s3.is_none());
+        assert_eq!(c.core.nats_topology, NatsTopology::Apply);
         assert!(!format!("{c:?}").contains("0123456789abcdef0123456789abcdef"), "secret leaked in Debug");
     }
 
@@ -422,6 +453,14 @@ mod tests {
         let mut m = src(&BASE);
         m.insert("LISTEN_ADDR".into(), "nowhere".into());
         assert!(matches!(EdgeConfig::load(&m), Err(ConfigError::Invalid { var: "LISTEN_ADDR", .. })));
+        let mut m = src(&BASE);
+        m.insert("NATS_TOPOLOGY".into(), "declare".into());
+        assert!(matches!(CoreConfig::load(&m), Err(ConfigError::Invalid { var: "NATS_TOPOLOGY", .. })));
+        assert!(matches!(EdgeConfig::load(&m), Err(ConfigError::Invalid { var: "NATS_TOPOLOGY", .. })));
+        m.insert("NATS_TOPOLOGY".into(), "verify".into());
+        assert_eq!(CoreConfig::load(&m).unwrap().nats_topology, NatsTopology::Verify);
+        m.insert("NATS_TOPOLOGY".into(), "apply".into());
+        assert_eq!(CoreConfig::load(&m).unwrap().nats_topology, NatsTopology::Apply);
     }
 
     #[test]

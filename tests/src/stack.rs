@@ -204,6 +204,8 @@ impl TestApp {
             mongodb_uri: self.mongodb_uri.clone(),
             mongodb_db: self.db.clone(),
             nats_replicas: self.nats_replicas,
+            // As the binaries are told (`NATS_TOPOLOGY` in `edge_env`).
+            nats_topology: natter_shared::config::nats_topology(&self.edge_env).expect("NATS_TOPOLOGY"),
         }
     }
 

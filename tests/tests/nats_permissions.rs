@@ -1,11 +1,14 @@
 //! The NATS users and permissions shipped in `infra/nats/` (server.conf,
 //! which includes permissions.conf), on a nats-server of the test's own:
 //! the pipeline runs with natterctl, the edge and the workers each as their
-//! own user, without one permission violation; and the edge and worker
-//! users are refused what they must not do (the edge publishing events,
-//! the workers' outcomes, dead letters, lease writes, the attachments fact,
-//! acks of the workers' commands, stream deletion; a worker publishing
-//! client commands).
+//! own user (the topology applied by ctl, verified by the edge and the
+//! workers: `NATS_TOPOLOGY=verify`), without one permission violation; the
+//! edge and worker users are refused what they must not do (the edge
+//! publishing events, the workers' outcomes, dead letters, lease writes,
+//! the attachments fact, acks of the workers' commands; a worker
+//! publishing client commands; either declaring, updating or deleting
+//! streams and the workers' consumers); and an edge or worker that finds
+//! the topology missing does not start, and says what is missing.
 
 use async_nats::jetstream;
 use mongodb::bson::doc;
@@ -204,6 +207,8 @@ async fn the_pipeline_runs_with_each_binary_as_its_own_user() {
     // use it, on a server of this test's own.
     app.name = NS.into();
     app.with_s3();
+    // The topology is ctl's: the edge and the workers only check it.
+    app.edge_env.insert("NATS_TOPOLOGY".into(), "verify".into());
     app.nats_url = nats.url("edge");
     let edge = app.start_edge().await;
     app.nats_url = nats.url("worker");
@@ -331,7 +336,8 @@ async fn edge_and_worker_users_are_refused_what_they_must_not_do() {
     // The edge: no events, outcomes, dead letters, lease or audit-head
     // writes, no attachments fact, no acks of the workers' commands, no
     // deleting or purging streams, consumers or messages. Typing frames go
-    // through.
+    // through. Nor declaring or updating streams, buckets or the workers'
+    // consumers: the topology is ctl's.
     let (edge, mut edge_errors) = nats.connect_watched("edge").await;
     let conv = natter_shared::ids::RoomKind::Conversation;
     let denied = vec![
@@ -350,6 +356,7 @@ async fn edge_and_worker_users_are_refused_what_they_must_not_do() {
         format!("$JS.API.STREAM.MSG.DELETE.{}", s.cmd_stream()),
         format!("$JS.API.CONSUMER.DELETE.{}.{}", s.cmd_stream(), s.consumer("messages", 0)),
     ];
+    let denied = [denied, topology_changes(&s)].concat();
     only_allowed_arrives(&nats, "edge", &edge, &mut edge_errors, &denied, &s.room_ephemeral(conv, &room)).await;
 
     // A JetStream publish of an event by the edge is not stored either.
@@ -377,7 +384,90 @@ async fn edge_and_worker_users_are_refused_what_they_must_not_do() {
         s.command(natter_shared::ids::RoomKind::Group, &room, "add_member"),
         s.room_ephemeral(conv, &room),
     ];
+    let denied = [denied, topology_changes(&s)].concat();
     only_allowed_arrives(&nats, "worker", &worker, &mut worker_errors, &denied, &s.membership_changes()).await;
     let mut st = ctl.get_stream(s.cmd_stream()).await.expect("stream");
     assert_eq!(st.info().await.expect("info").state.messages, 0, "a worker stored a client command");
+}
+
+/// Declaring, updating or deleting natter's streams, buckets and the
+/// workers' consumers: `ctl`'s alone (`natterctl topology apply`), refused
+/// to the edge and the worker.
+fn topology_changes(s: &Subjects) -> Vec<String> {
+    let mut v = Vec::new();
+    let kv = |b: String| format!("KV_{b}");
+    for stream in [
+        s.cmd_stream(),
+        s.evt_stream(),
+        s.outcomes_stream(),
+        kv(s.leases_bucket()),
+        kv(s.presence_bucket()),
+        format!("OBJ_{}", s.staging_bucket()),
+    ] {
+        v.push(format!("$JS.API.STREAM.CREATE.{stream}"));
+        v.push(format!("$JS.API.STREAM.UPDATE.{stream}"));
+    }
+    v.push("$JS.API.STREAM.CREATE.X".to_string());
+    v.push(format!("$JS.API.STREAM.DELETE.{}", kv(s.leases_bucket())));
+    for (stream, role) in [(s.cmd_stream(), "messages"), (s.outcomes_stream(), "audit")] {
+        v.push(format!("$JS.API.CONSUMER.CREATE.{stream}.x"));
+        v.push(format!("$JS.API.CONSUMER.CREATE.{stream}.{}", s.consumer(role, 0)));
+        v.push(format!("$JS.API.CONSUMER.DURABLE.CREATE.{stream}.x"));
+        v.push(format!("$JS.API.CONSUMER.DELETE.{stream}.{}", s.consumer(role, 0)));
+    }
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_topology_edges_and_workers_do_not_start() {
+    let nats = AuthNats::start().await;
+    let mut app = TestApp::new().await;
+    app.name = NS.into();
+    app.edge_env.insert("NATS_TOPOLOGY".into(), "verify".into());
+    let s = Subjects::new(NS);
+
+    // Nothing applied yet: the edge stops at start, naming the first stream
+    // it misses and what to do.
+    app.nats_url = nats.url("edge");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let built = tokio::time::timeout(
+        Duration::from_secs(60),
+        natter_edge::Edge::build(app.edge_config(), listener, app.cancel.child_token()),
+    )
+    .await
+    .expect("the edge gave up in time");
+    let Err(e) = built else { panic!("an edge started without the topology") };
+    let e = e.to_string();
+    assert!(e.contains(&s.cmd_stream()) && e.contains("natterctl topology apply"), "{e}");
+
+    // A worker too.
+    app.nats_url = nats.url("worker");
+    let cfg = natter_workers::RunnerConfig::default();
+    let started = tokio::time::timeout(
+        Duration::from_secs(60),
+        natter_workers::messages::serve(&app.core(), cfg, app.cancel.child_token()),
+    )
+    .await
+    .expect("the worker gave up in time");
+    let e = started.expect_err("a worker started without the topology").to_string();
+    assert!(e.contains(&s.cmd_stream()) && e.contains("natterctl topology apply"), "{e}");
+
+    // Applied, but without one of the role's consumers: the worker names it.
+    nats.apply_topology().await;
+    let ctl = jetstream::new(nats.connect("ctl").await);
+    let gone = s.consumer(Role::Messages.name(), 3);
+    ctl.delete_consumer_from_stream(&gone, s.cmd_stream()).await.expect("consumer deleted as ctl");
+    let cfg = natter_workers::RunnerConfig::default();
+    let started = tokio::time::timeout(
+        Duration::from_secs(60),
+        natter_workers::messages::serve(&app.core(), cfg, app.cancel.child_token()),
+    )
+    .await
+    .expect("the worker gave up in time");
+    let e = started.expect_err("a worker started without its consumer").to_string();
+    assert!(e.contains(&gone) && e.contains("natterctl topology apply"), "{e}");
+
+    // Checking asked for nothing the users may not do.
+    let violations = nats.violations();
+    assert!(violations.is_empty(), "verifying the topology was refused something:\n{}", violations.join("\n"));
 }

@@ -1,9 +1,10 @@
 //! What every role does before running: connect to NATS and MongoDB, apply
-//! the topology and the indexes. Errors name what failed.
+//! the topology (or, with `NATS_TOPOLOGY=verify`, check that it is there)
+//! and the indexes. Errors name what failed.
 
 use crate::runner::{self, RunnerConfig};
-use natter_nats::Subjects;
-use natter_shared::config::CoreConfig;
+use natter_nats::{Role, Subjects};
+use natter_shared::config::{CoreConfig, NatsTopology};
 use natter_shared::store::Store;
 
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +36,18 @@ pub async fn connect(core: &CoreConfig, role: &str, cfg: &RunnerConfig) -> Resul
         .map_err(|e| StartError::Nats(format!("{}: {e}", natter_nats::connect::redacted(&core.nats_url))))?;
     let subjects = Subjects::new(&core.nats_namespace);
     let js = async_nats::jetstream::new(client.clone());
-    natter_nats::apply(&js, &subjects, core.nats_replicas).await?;
+    match core.nats_topology {
+        NatsTopology::Apply => natter_nats::apply(&js, &subjects, core.nats_replicas).await?,
+        NatsTopology::Verify => {
+            natter_nats::verify(&js, &subjects).await?;
+            // The role's own consumers too (consumer info, which its user
+            // may ask for): one missing would otherwise only show as a
+            // partition retrying forever.
+            if let Some(r) = Role::ALL.into_iter().find(|r| r.name() == role) {
+                natter_nats::verify_consumers(&js, &subjects, r).await?;
+            }
+        }
+    }
     let store = Store::connect(&core.mongodb_uri, &core.mongodb_db).await?;
     store.ensure_indexes().await?;
     Ok(Connected { client, js, subjects, store })
