@@ -135,6 +135,7 @@ pub async fn read_messages(
         let frame = match rx.read_frame(&mut send_fn).await {
             Ok(f) => f,
             Err(WebSocketError::FrameTooLarge) => return stop(&ctl, close::TOO_BIG, "frame too large").await,
+            Err(WebSocketError::InvalidUTF8) => return stop(&ctl, close::INVALID_DATA, "invalid UTF-8").await,
             Err(WebSocketError::ConnectionClosed | WebSocketError::UnexpectedEOF | WebSocketError::IoError(_)) => {
                 return;
             }

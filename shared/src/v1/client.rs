@@ -104,6 +104,12 @@ impl FileUpload {
     }
 }
 
+/// Whether `json` is an object (or, if it is not JSON at all, could only be
+/// one): frames and payloads are objects, never arrays read field by field.
+fn is_object(json: &str) -> bool {
+    json.trim_start().starts_with('{')
+}
+
 /// Whether a client's key (`requestId`, `clientMsgId`) fits in `max` bytes
 /// and has no control characters: keys are echoed, stored, and go into
 /// headers.
@@ -232,6 +238,14 @@ pub const CLIENT_EVENTS: &[&str] = &[
 /// Parses one text frame into a request (with its id) or an error carrying
 /// whatever request id could be read.
 pub fn parse(text: &str) -> Result<(Option<String>, ClientRequest), FrameError> {
+    // serde would read an array as the struct's fields in order.
+    if !is_object(text) {
+        let code = match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+            Ok(_) => ErrorCode::InvalidFrame,
+            Err(_) => ErrorCode::InvalidJson,
+        };
+        return Err(FrameError { code, message: "a frame is a JSON object".into(), request_id: None });
+    }
     let raw: RawFrame<'_> = serde_json::from_str(text).map_err(|e| {
         let code = if e.is_data() { ErrorCode::InvalidFrame } else { ErrorCode::InvalidJson };
         FrameError { code, message: e.to_string(), request_id: None }
@@ -247,6 +261,9 @@ pub fn parse(text: &str) -> Result<(Option<String>, ClientRequest), FrameError> 
 /// rules for every client protocol. The error is a code and a message.
 pub fn parse_request(kind: &str, data: &str) -> Result<ClientRequest, (ErrorCode, String)> {
     fn payload<'de, T: Deserialize<'de>>(data: &'de str) -> Result<T, String> {
+        if !is_object(data) {
+            return Err("data must be a JSON object".into());
+        }
         serde_json::from_str(data).map_err(|e| e.to_string())
     }
     let bad = |m: String| (ErrorCode::InvalidPayload, m);
