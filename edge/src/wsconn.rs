@@ -110,7 +110,10 @@ async fn stop(ctl: &mpsc::Sender<Control>, code: u16, reason: &'static str) {
 
 /// Reads whole messages (fragments joined, each kind within its size limit)
 /// and hands them to `handler`, until the peer goes, a limit is broken or
-/// the handler says to close.
+/// the handler says to close. A close the server decides on is sent, then
+/// what the client still sends is read (and dropped) for a moment: closing
+/// a socket with unread bytes resets it, and the reset can destroy the
+/// close frame (and its code) before the client reads it.
 pub async fn read_messages(
     mut rx: Reader,
     ctl: mpsc::Sender<Control>,
@@ -119,6 +122,32 @@ pub async fn read_messages(
     handler: &mut impl Handler,
     alive: Option<&Liveness>,
 ) {
+    if let Some((code, reason)) = read_until_close(&mut rx, &ctl, text_limit, binary_limit, handler, alive).await {
+        stop(&ctl, code, reason).await;
+        let mut drop_obligations = |_: Frame<'_>| async { Ok::<(), &'static str>(()) };
+        let _ = tokio::time::timeout(LINGER, async {
+            while let Ok(f) = rx.read_frame(&mut drop_obligations).await {
+                if f.opcode == OpCode::Close {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+}
+
+/// How long a closing socket still reads what its client sends.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// The loop of [`read_messages`]; the close to send, if the server decided on one.
+async fn read_until_close(
+    rx: &mut Reader,
+    ctl: &mpsc::Sender<Control>,
+    text_limit: usize,
+    binary_limit: usize,
+    handler: &mut impl Handler,
+    alive: Option<&Liveness>,
+) -> Option<(u16, &'static str)> {
     rx.set_max_message_size(text_limit.max(binary_limit) + 1);
     rx.set_auto_close(true);
     rx.set_auto_pong(true);
@@ -134,27 +163,27 @@ pub async fn read_messages(
     loop {
         let frame = match rx.read_frame(&mut send_fn).await {
             Ok(f) => f,
-            Err(WebSocketError::FrameTooLarge) => return stop(&ctl, close::TOO_BIG, "frame too large").await,
-            Err(WebSocketError::InvalidUTF8) => return stop(&ctl, close::INVALID_DATA, "invalid UTF-8").await,
+            Err(WebSocketError::FrameTooLarge) => return Some((close::TOO_BIG, "frame too large")),
+            Err(WebSocketError::InvalidUTF8) => return Some((close::INVALID_DATA, "invalid UTF-8")),
             Err(WebSocketError::ConnectionClosed | WebSocketError::UnexpectedEOF | WebSocketError::IoError(_)) => {
-                return;
+                return None;
             }
             Err(e) => {
                 debug!(error = %e, "protocol error");
-                return stop(&ctl, close::PROTOCOL_ERROR, "protocol error").await;
+                return Some((close::PROTOCOL_ERROR, "protocol error"));
             }
         };
         if let Some(a) = alive {
             a.touch();
         }
         let whole = match (frame.opcode, partial.take()) {
-            (OpCode::Close, _) => return,
+            (OpCode::Close, _) => return None,
             (OpCode::Ping | OpCode::Pong, p) => {
                 partial = p;
                 continue;
             }
             (op @ (OpCode::Text | OpCode::Binary), None) if frame.payload.len() > limit(op) => {
-                return stop(&ctl, close::TOO_BIG, "message too large").await;
+                return Some((close::TOO_BIG, "message too large"));
             }
             (OpCode::Text | OpCode::Binary, None) if frame.fin => (frame.opcode, frame.payload.to_vec()),
             (OpCode::Text | OpCode::Binary, None) => {
@@ -163,7 +192,7 @@ pub async fn read_messages(
             }
             (OpCode::Continuation, Some((op, mut buf))) => {
                 if buf.len() + frame.payload.len() > limit(op) {
-                    return stop(&ctl, close::TOO_BIG, "message too large").await;
+                    return Some((close::TOO_BIG, "message too large"));
                 }
                 buf.extend_from_slice(&frame.payload);
                 if !frame.fin {
@@ -172,17 +201,17 @@ pub async fn read_messages(
                 }
                 (op, buf)
             }
-            _ => return stop(&ctl, close::PROTOCOL_ERROR, "bad fragmentation").await,
+            _ => return Some((close::PROTOCOL_ERROR, "bad fragmentation")),
         };
         let msg = match whole {
             (OpCode::Text, bytes) => match String::from_utf8(bytes) {
                 Ok(text) => Message::Text(text),
-                Err(_) => return stop(&ctl, close::INVALID_DATA, "invalid UTF-8").await,
+                Err(_) => return Some((close::INVALID_DATA, "invalid UTF-8")),
             },
             (_, bytes) => Message::Binary(bytes),
         };
         if let Next::Close(code, reason) = handler.on(msg).await {
-            return stop(&ctl, code, reason).await;
+            return Some((code, reason));
         }
     }
 }

@@ -61,8 +61,10 @@ async fn a_polling_session_that_never_reads_its_replies_is_closed_and_forgotten(
     // the session's queue holds, and no poll to read the answers.
     let body = vec!["40/x,"; 1040].join("\u{1e}");
     let url = format!("{base}&transport=polling&sid={sid}");
-    let (status, _) = eio(&app, reqwest::Method::POST, url, Some(body)).await;
-    assert_eq!(status, 200);
+    let (status, body) = eio(&app, reqwest::Method::POST, url, Some(body)).await;
+    // Read whole (200), or the session was closed while it was read (its
+    // queue overflowed, or the 300 ms heartbeat gave up first: 400).
+    assert!(matches!(status, 200 | 400), "{status} {body}");
     let error = gone(&app, &base, &sid, Duration::from_secs(5)).await;
     assert_eq!(error["message"], "Session ID unknown");
     // The edge still opens sessions.

@@ -157,5 +157,7 @@ pub async fn download(State(st): St, AuthUser(who): AuthUser, Path(id): Path<Str
 pub async fn thumbnail(State(st): St, AuthUser(who): AuthUser, Path(id): Path<String>) -> Result<Response, ChatError> {
     let a = attachments::downloadable(&st, &who, &id).await?;
     let key = a.thumbnail_key.clone().ok_or(ChatError::NotFound("thumbnail"))?;
+    let aid = a.id.to_hex();
+    crate::access::record(&st, &who, "thumbnail_downloaded", a.room().as_ref(), &[("attachmentId", &aid)]).await?;
     serve(&st, &key, &format!("{}.thumb.png", a.name), "image/png").await
 }

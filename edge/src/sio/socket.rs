@@ -165,11 +165,13 @@ pub async fn run(engine: Arc<Engine>, mut inbound: mpsc::Receiver<Inbound>, st: 
                             engine.set_user(who.user);
                             let meta = hs.meta.clone();
                             let out = engine.out.clone();
-                            let session =
-                                Session::open(st.clone(), who, meta, conn, out, engine.overflow.clone()).await;
+                            // The CONNECT answer goes before anything the session's
+                            // subscriptions bring.
                             let sid = engineioxide_core::Sid::new();
                             let ok = encode(Packet::connect("/", Some(args_value(json!({"sid": sid}).to_string()))));
-                            session.reply(ok);
+                            engine.reply(ok);
+                            let session =
+                                Session::open(st.clone(), who, meta, conn, out, engine.overflow.clone()).await;
                             let cleanup = CloseOnDrop::new(session.closer());
                             socket = Some(Socket { session, cleanup });
                         }
