@@ -54,11 +54,17 @@ pub async fn follow<F: Future<Output = Result<(), ChatError>>>(
     let (hold_tx, mut hold_rx) = mpsc::channel::<Outbound>(crate::ws::QUEUE_LEN);
     let holding = Sink { tx: hold_tx, ..sink.clone() };
     st.hub.follow(&subject, holding).await.map_err(ChatError::unavailable)?;
+    // Refused, or not known: the socket follows nothing it may not see.
     if let Err(e) = confirm.await {
         st.hub.unfollow(&subject, sink.conn).await;
         return Err(e);
     }
     let result = missed(st, sink, room, &subject, last_seq).await.map_err(ChatError::Unavailable);
+    if result.is_err() {
+        // Answered with an error: the client joins again.
+        st.hub.unfollow(&subject, sink.conn).await;
+        return result;
+    }
     if let Ok(CatchUp::Resync(reason)) = &result {
         resync_notice(sink, room, last_seq, reason);
     }
@@ -129,9 +135,14 @@ async fn missed(st: &EdgeState, sink: &Sink, room: &RoomRef, subject: &str, last
     if missed.len() as u64 > max {
         return Ok(CatchUp::Resync("too many events were missed"));
     }
-    let sent = missed.len() as u64;
+    // Up to `CATCHUP_MAX_EVENTS` (more than a queue holds): waited on, so
+    // a slow client slows its own join down instead of being closed for it.
+    let mut sent = 0;
     for (out, _) in missed {
-        sink.offer(out);
+        if sink.tx.send(out).await.is_err() {
+            break;
+        }
+        sent += 1;
     }
     Ok(CatchUp::Complete(sent))
 }

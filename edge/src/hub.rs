@@ -155,6 +155,20 @@ fn subject_matches(pattern: &str, subject: &str) -> bool {
     s.next().is_none()
 }
 
+/// The group a frame's `data.groupId` names.
+fn group_of(payload: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Frame {
+        data: Data,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Data {
+        group_id: String,
+    }
+    serde_json::from_slice::<Frame>(payload).ok().map(|f| f.data.group_id)
+}
+
 /// The users a `contact_added` frame names.
 fn contact_ids(payload: &[u8]) -> Vec<UserId> {
     #[derive(serde::Deserialize)]
@@ -369,6 +383,16 @@ impl FanOut {
             if let Some(group) = &h.grant {
                 let room = RoomRef::new(RoomKind::Group, group.clone());
                 let _ = self.control.send(Control::Follow(self.subjects.room_follow(room.kind, &room.id), s.clone()));
+            }
+            // The user's own notice of leaving a group (in stream order with
+            // the grant that made its sockets follow it): they stop, even
+            // if the room's revoke went out before they followed.
+            if head.room.is_none()
+                && matches!(head.kind.as_str(), "member_removed" | "group_deleted")
+                && let Some(group) = group_of(&payload)
+            {
+                let subject = self.subjects.room_follow(RoomKind::Group, &group);
+                let _ = self.control.send(Control::Unfollow(subject, s.conn));
             }
             if head.kind == "contact_added" {
                 // MongoDB may not have it yet: the event says who.

@@ -32,6 +32,25 @@ pub fn from_handshake(headers: &HeaderMap) -> RequestMeta {
     }
 }
 
+/// The client's address: the listener's peer, or, behind a proxy the edge
+/// is told to trust (`TRUST_FORWARDED_FOR`), the last address that proxy
+/// appended to `X-Forwarded-For` (the one it saw; earlier entries are the
+/// client's word). The per-address limits count by it.
+pub fn client_ip(req: &axum::extract::Request, trust_forwarded: bool) -> std::net::IpAddr {
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+    let forwarded = || {
+        let v = req.headers().get_all("x-forwarded-for").iter().last()?.to_str().ok()?;
+        v.rsplit(',').next()?.trim().parse::<IpAddr>().ok()
+    };
+    if trust_forwarded && let Some(ip) = forwarded() {
+        return ip;
+    }
+    req.extensions()
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+}
+
 /// Runs `fut` with `meta` as the current request's metadata.
 pub async fn scope<F: std::future::Future>(meta: RequestMeta, fut: F) -> F::Output {
     REQUEST.scope(meta, fut).await

@@ -212,9 +212,15 @@ impl Session {
             _ => {
                 let subject = self.st.hub.room_subject(&room);
                 self.st.hub.follow(&subject, self.sink.clone()).await.map_err(ChatError::unavailable)?;
-                if let Err(e) = confirm.await {
-                    self.st.hub.unfollow(&subject, self.sink.conn).await;
-                    return Err(e);
+                match confirm.await {
+                    Ok(()) => {}
+                    Err(ChatError::NotAMember) => {
+                        self.st.hub.unfollow(&subject, self.sink.conn).await;
+                        return Err(ChatError::NotAMember);
+                    }
+                    // Not known now (a dependency away): the client asks again;
+                    // a revoke still cuts the socket off in stream order.
+                    Err(e) => return Err(e),
                 }
                 if let Some(seq) = last_seq {
                     // Over the connection's catch-up budget: live events

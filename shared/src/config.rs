@@ -161,6 +161,11 @@ pub struct EdgeConfig {
     /// proxy every client has the proxy's address: raise the first.
     pub sio_pending_per_ip: usize,
     pub sio_pending_max: usize,
+    /// `TRUST_FORWARDED_FOR` (default `false`): the edge is behind a proxy
+    /// that appends the client's address to `X-Forwarded-For` (the nginx
+    /// example does); the per-address limits count by that address. Never
+    /// set it on an edge clients reach directly: they could claim any.
+    pub trust_forwarded_for: bool,
     /// `CATCHUP_MAX_EVENTS` (default 1000): most events a reconnecting
     /// client is sent for one room; beyond that it is told to refetch the
     /// history over REST.
@@ -280,6 +285,11 @@ impl EdgeConfig {
         let sio_ping_timeout = millis("SIO_PING_TIMEOUT_MS", 20_000)?;
         let ws_ping_interval = millis("WS_PING_INTERVAL_MS", 10_000)?;
         let sio_pending_per_ip = number(src, "SIO_PENDING_PER_IP", 64usize, 1..=1_000_000, "a number of sessions")?;
+        let trust_forwarded_for = match src.get("TRUST_FORWARDED_FOR").as_deref().map(str::trim) {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(v) => return Err(invalid("TRUST_FORWARDED_FOR", format!("`{v}` is not `true` or `false`"))),
+        };
         let sio_pending_max = number(src, "SIO_PENDING_MAX", 10_000usize, 1..=10_000_000, "a number of sessions")?;
         let catchup_max_events = number(src, "CATCHUP_MAX_EVENTS", 1000u64, 1..=100_000, "a number of events")?;
         let attachment_url_ttl = number(src, "ATTACHMENT_URL_TTL", 300u64, 1..=7 * 24 * 3600, "a number of seconds")?;
@@ -307,6 +317,7 @@ impl EdgeConfig {
             ws_ping_interval,
             sio_pending_per_ip,
             sio_pending_max,
+            trust_forwarded_for,
             catchup_max_events,
         })
     }

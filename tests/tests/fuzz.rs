@@ -268,18 +268,6 @@ async fn world(app: &TestApp, edge: SocketAddr) -> World {
 // ---------------------------------------------------------------------------
 // Strategies.
 
-const EVENTS: &[&str] = &[
-    "send_message",
-    "join_conversation",
-    "leave_conversation",
-    "join_group",
-    "leave_group",
-    "typing",
-    "mark_as_read",
-    "delete_message",
-    "file_upload",
-];
-
 const FIELDS: &[&str] = &[
     "conversationId",
     "groupId",
@@ -405,7 +393,8 @@ fn payload(ids: &Ids, event: &str) -> BoxedStrategy<Value> {
 }
 
 fn event_name() -> BoxedStrategy<String> {
-    prop_oneof![6 => prop::sample::select(EVENTS).prop_map(String::from), 1 => text()].boxed()
+    prop_oneof![6 => prop::sample::select(natter_shared::v1::client::CLIENT_EVENTS).prop_map(String::from), 1 => text()]
+        .boxed()
 }
 
 fn event_and_payload(ids: &Ids) -> BoxedStrategy<(String, Value)> {

@@ -411,6 +411,24 @@ async fn unauthenticated_engine_io_sessions_are_capped_per_address() {
     let user = app.user();
     raw_session(&app, &base, Some(&app.token(user, &[]))).await;
     assert!(!raw_session(&app, &base, None).await.is_empty());
+
+    // Behind a trusted proxy, clients are told apart by the address it
+    // appends to X-Forwarded-For (not by what a client wrote before it).
+    app.edge_env.insert("TRUST_FORWARDED_FOR".into(), "true".into());
+    let behind = app.start_edge().await;
+    let open = |client: &'static str| {
+        let url = format!("http://{behind}/socket.io/?EIO=4&transport=polling");
+        let http = app.http();
+        async move {
+            let r = http.get(url).header("x-forwarded-for", format!("203.0.113.9, {client}")).send().await.unwrap();
+            r.status().as_u16()
+        }
+    };
+    for _ in 0..5 {
+        assert_eq!(open("198.51.100.7").await, 200);
+    }
+    assert_eq!(open("198.51.100.7").await, 429, "that client's cap");
+    assert_eq!(open("198.51.100.8").await, 200, "another client behind the same proxy");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -35,6 +35,55 @@ impl AuditHandler {
         AuditHandler { store, heads }
     }
 
+    /// Records the head after `page` in the bucket, unless the bucket holds
+    /// a later one (a racing writer's): the recorded head only moves on.
+    async fn advance_head(&self, page: &AuditPage) -> Result<(), ApplyError> {
+        let Some(heads) = &self.heads else { return Ok(()) };
+        let Some(last) = page.records.last() else { return Ok(()) };
+        let head = audit::Head { chain_seq: last.chain_seq, hash: last.hash.clone(), covered: page.last };
+        let body: bytes::Bytes = serde_json::to_vec(&head).map_err(|e| ApplyError::transient(e.to_string()))?.into();
+        let err = |e: &dyn std::fmt::Display| ApplyError::transient(format!("audit head: {e}"));
+        for _ in 0..5 {
+            let current = heads.entry(HEAD_KEY).await.map_err(|e| err(&e))?;
+            let written = match current {
+                Some(c) if c.operation == async_nats::jetstream::kv::Operation::Put => {
+                    let known = serde_json::from_slice::<audit::Head>(&c.value).ok();
+                    if known.is_some_and(|k| k.position() >= head.position()) {
+                        return Ok(());
+                    }
+                    heads.update(HEAD_KEY, body.clone(), c.revision).await.is_ok()
+                }
+                _ => heads.create(HEAD_KEY, body.clone()).await.is_ok(),
+            };
+            if written {
+                return Ok(());
+            }
+        }
+        Err(err(&"the recorded head keeps changing"))
+    }
+
+    /// After an append collided at `first`: if the page there follows the
+    /// head this worker holds (its own earlier append, or a racing
+    /// writer's), the recorded head moves past it. One that does not follow
+    /// was not written by an audit worker; it is reported, not adopted.
+    async fn adopt(
+        &self,
+        coll: &mongodb::Collection<AuditPage>,
+        first: i64,
+        head_hash: &str,
+    ) -> Result<(), ApplyError> {
+        let Some(page) = coll.find_one(mongodb::bson::doc! {"_id": first}).await? else { return Ok(()) };
+        let mut prev = head_hash.to_string();
+        for r in &page.records {
+            if r.prev_hash != prev || r.compute_hash() != r.hash {
+                tracing::error!(position = first, "a page in the audit trail does not follow the recorded head");
+                return Ok(());
+            }
+            prev.clone_from(&r.hash);
+        }
+        self.advance_head(&page).await
+    }
+
     /// Where the chain goes on from: the head recorded outside MongoDB, so
     /// that a page slipped into the trail (say, one far ahead) neither
     /// moves the chain nor makes it skip facts; MongoDB's newest page only
@@ -123,29 +172,20 @@ impl Handler for AuditHandler {
         if wrote {
             let page = AuditPage::new(head_pos + 1, pos, records);
             if let Err(e) = coll.insert_one(&page).await {
-                // Another writer extended the chain from this head: read
-                // it again (its facts are then found recorded).
-                return Err(if super::messages::is_duplicate(&e) {
-                    ApplyError::transient(format!("audit chain moved: {e}"))
-                } else {
-                    e.into()
-                });
+                if !super::messages::is_duplicate(&e) {
+                    return Err(e.into());
+                }
+                // Another writer extended the chain from this head, or this
+                // worker did before its head reached the bucket: the head
+                // moves past that page (when it follows), and is read again
+                // (its facts are then found recorded).
+                self.adopt(&coll, head_pos + 1, &head_hash).await?;
+                return Err(ApplyError::transient(format!("audit chain moved: {e}")));
             }
             for r in page.records.iter().filter(|r| r.seq > 0) {
                 chain.remember(r.seq);
             }
-            if let Some(heads) = &self.heads {
-                let head = audit::Head {
-                    chain_seq: page.records.last().map_or(0, |r| r.chain_seq),
-                    hash: hash.clone(),
-                    covered: pos,
-                };
-                let body = serde_json::to_vec(&head).map_err(|e| ApplyError::transient(e.to_string()))?;
-                heads
-                    .put(HEAD_KEY, body.into())
-                    .await
-                    .map_err(|e| ApplyError::transient(format!("audit head: {e}")))?;
-            }
+            self.advance_head(&page).await?;
         }
         chain.head = Some(if wrote { (pos, hash) } else { (head_pos, head_hash) });
         done.extend(attempt);

@@ -7,13 +7,13 @@ use crate::error::ChatError;
 use crate::state::EdgeState;
 use crate::token;
 use crate::ws::limits::Bucket;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use natter_shared::auth::{AuthError, Identity};
 use natter_shared::ids::UserId;
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -59,12 +59,7 @@ pub async fn limit(State(st): State<Arc<EdgeState>>, mut req: Request, next: Nex
     };
     let caller = match &who {
         Ok(w) => Caller::User(w.user),
-        Err(_) => Caller::Addr(
-            req.extensions()
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0.ip())
-                .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
-        ),
+        Err(_) => Caller::Addr(crate::meta::client_ip(&req, st.config.trust_forwarded_for)),
     };
     if !st.rest_limits.admit(caller, st.config.rest_rate_per_sec) {
         return ChatError::RateLimited.into_response();

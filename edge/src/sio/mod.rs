@@ -27,7 +27,7 @@ use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 pub use engine::Engine;
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 /// Engine.IO's error codes, answered as `{"code": n, "message": ...}` with
@@ -233,19 +233,16 @@ impl Drop for Unregister {
 }
 
 /// The client's address, as the listener saw it.
-fn client_ip(req: &Request) -> IpAddr {
-    req.extensions()
-        .get::<axum::extract::ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip())
-        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
-}
-
 /// A new session: registered, its Socket.IO task and heartbeat started;
 /// refused when too many sessions wait for their CONNECT.
 fn open(st: &Arc<EdgeState>, req: &Request, transport: Transport) -> Result<Arc<Engine>, EioError> {
     let slot = st
         .sio
-        .reserve(client_ip(req), st.config.sio_pending_per_ip, st.config.sio_pending_max)
+        .reserve(
+            crate::meta::client_ip(req, st.config.trust_forwarded_for),
+            st.config.sio_pending_per_ip,
+            st.config.sio_pending_max,
+        )
         .ok_or(EioError::TooManySessions)?;
     let handshake = socket::Handshake {
         meta: natter_shared::v1::command::RequestMeta {

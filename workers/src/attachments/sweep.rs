@@ -51,8 +51,9 @@ impl Sweep {
     /// Asks for the collection of unsent uploads past their time.
     async fn expire(&self) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let before = DateTime::from_millis(DateTime::now().timestamp_millis() - self.after.as_millis() as i64);
+        // Those found sent are marked, so they never fill a sweep again.
         let filter = doc! {
-            "status": "accepted", "uploadedAt": {"$lt": before},
+            "status": "accepted", "uploadedAt": {"$lt": before}, "sent": {"$ne": true},
             "conversationId": {"$exists": false}, "groupId": {"$exists": false},
         };
         let old: Vec<AttachmentDoc> = self
@@ -66,7 +67,8 @@ impl Sweep {
             .await?;
         for a in old {
             let id = a.id.to_hex();
-            if self.store.messages().find_one(doc! {"attachments.id": &id}).await?.is_some() {
+            if self.carried(&id).await? {
+                self.store.attachments().update_one(doc! {"_id": a.id}, doc! {"$set": {"sent": true}}).await?;
                 continue;
             }
             let env = CommandEnvelope {
@@ -86,12 +88,23 @@ impl Sweep {
         Ok(())
     }
 
+    /// Whether a message carries the attachment `id`.
+    async fn carried(&self, id: &str) -> Result<bool, mongodb::error::Error> {
+        Ok(self.store.messages().find_one(doc! {"attachments.id": id}).await?.is_some())
+    }
+
     /// Deletes the bytes of expired uploads, then forgets their keys.
     async fn purge(&self) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let filter = doc! {"status": "expired", "key": {"$exists": true}};
         let expired: Vec<AttachmentDoc> =
             self.store.attachments().find(filter).limit(PER_SWEEP).await?.try_collect().await?;
         for a in expired {
+            if self.carried(&a.id.to_hex()).await? {
+                // Sent after all (a room's partition far behind): the bytes
+                // stay, for an operator to look at.
+                tracing::error!(attachment = %a.id, "an expired upload is carried by a message; bytes kept");
+                continue;
+            }
             for key in a.key.iter().chain(a.thumbnail_key.iter()) {
                 self.s3.delete_object().bucket(&self.bucket).key(key).send().await?;
             }

@@ -157,7 +157,7 @@ impl Handler for MessagesHandler {
                 Ok(Route::User(_)) => {
                     let d = match &inc.msg.command {
                         Command::RecordAttachment(c) => record_attachment(&mut b, inc, c),
-                        Command::ExpireUpload(c) => expire_upload(&mut b, c).await?,
+                        Command::ExpireUpload(c) => expire_upload(&mut b, c),
                         _ => Disposition::Poison("a room is required".into()),
                     };
                     attempt.insert(inc.seq, d);
@@ -330,20 +330,18 @@ fn record_attachment(b: &mut Batch<'_>, inc: &Incoming, c: &RecordAttachmentCmd)
     Disposition::Applied(vec![])
 }
 
-/// Collects an upload made outside any room, unless a message carries it
-/// (the edge lets none be sent once `UNSENT_UPLOAD_TTL` passed, and the
-/// sweep waits longer, so no send of it is still on its way). The write
-/// changes only an accepted record outside any room: applying again, or
-/// for a record in a room, does nothing.
-async fn expire_upload(b: &mut Batch<'_>, c: &ExpireUploadCmd) -> Result<Disposition, ApplyError> {
+/// Collects an upload made outside any room. The sweep that published the
+/// command found no message carrying it, long after the edge stopped
+/// letting it be sent: the command decides, so applying it depends on
+/// nothing another partition writes (a replay gives the same record). The
+/// write changes only an accepted record outside any room: applying
+/// again, or for a record in a room, does nothing.
+fn expire_upload(b: &mut Batch<'_>, c: &ExpireUploadCmd) -> Disposition {
     let Some(id) = parse_oid(&c.attachment_id) else {
-        return Ok(Disposition::Poison("attachmentId is not an ObjectId".into()));
+        return Disposition::Poison("attachmentId is not an ObjectId".into());
     };
-    let carried = b.ctx.store.messages().find_one(doc! {"attachments.id": &c.attachment_id}).await?.is_some();
-    if !carried {
-        b.writes.expire(id);
-    }
-    Ok(Disposition::Applied(vec![]))
+    b.writes.expire(id);
+    Disposition::Applied(vec![])
 }
 
 /// Inserts an attachment record once (a second insert finds it).
