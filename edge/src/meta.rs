@@ -39,7 +39,7 @@ pub fn from_handshake(headers: &HeaderMap) -> RequestMeta {
 pub fn client_ip(req: &axum::extract::Request, trust_forwarded: bool) -> std::net::IpAddr {
     use std::net::{IpAddr, Ipv4Addr, SocketAddr};
     let forwarded = || {
-        let v = req.headers().get_all("x-forwarded-for").iter().last()?.to_str().ok()?;
+        let v = req.headers().get_all("x-forwarded-for").iter().next_back()?.to_str().ok()?;
         v.rsplit(',').next()?.trim().parse::<IpAddr>().ok()
     };
     if trust_forwarded && let Some(ip) = forwarded() {
