@@ -532,3 +532,66 @@ async fn group_permissions_are_bounded() {
         app.call(reqwest::Method::POST, e, "/api/chat/groups", &app.token(admin, &["Admin"]), Some(body)).await;
     assert_eq!(status, 400);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_added_then_removed_at_once_stops_receiving_the_group() {
+    let mut app = TestApp::new().await;
+    let e = app.start_edge().await;
+    app.start_worker();
+    let (admin, u, m) = (app.user(), app.user(), app.user());
+    let g = app.create_group(e, admin, &[m]).await;
+    // Nobody on this edge follows the group: the grant's follow subscribes
+    // anew, and the room's revoke goes out while it does.
+    let mut sender = WsClient::connect(e, &app.token(m, &[])).await;
+    // U's socket never joins: the grant makes it follow, the removal ends it.
+    let mut ws = WsClient::connect(e, &app.token(u, &[])).await;
+    // Added and removed by two commands stored back to back, as an edge
+    // would store two Admins' requests: one batch applies both.
+    let js = async_nats::jetstream::new(async_nats::connect(&app.nats_url).await.unwrap());
+    let subjects = natter_nats::Subjects::new(&app.name);
+    for (i, cmd) in [
+        natter_shared::v1::command::Command::AddMember(natter_shared::v1::command::MemberCmd {
+            group_id: g.clone(),
+            user_id: u,
+        }),
+        natter_shared::v1::command::Command::RemoveMember(natter_shared::v1::command::MemberCmd {
+            group_id: g.clone(),
+            user_id: u,
+        }),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let env = natter_shared::v1::command::CommandEnvelope {
+            v: natter_shared::v1::VERSION,
+            actor: admin,
+            roles: vec!["Admin".into()],
+            reply: None,
+            meta: None,
+            command: cmd,
+        };
+        let subject = subjects.routed_command(&env.route().unwrap(), env.command.action());
+        let body = serde_json::to_vec(&env).unwrap();
+        natter_nats::publish::command(&js, subject, &format!("race-{i}-{g}"), body.into()).await.unwrap();
+    }
+    let removed = ws.events("member_removed", 1, Duration::from_secs(5)).await;
+    let at = removed[0]["seq"].as_u64().expect("seq");
+    for i in 0..5 {
+        let r = sender.request("send_message", json!({"groupId": g, "content": format!("after {i}")})).await;
+        assert_eq!(r["type"], "ack", "{r}");
+    }
+    natter_tests::eventually("the messages applied", Duration::from_secs(10), || async {
+        let (_, v) = app.get(e, &format!("/api/chat/groups/{g}/messages"), m).await;
+        v["messages"]
+            .as_array()
+            .is_some_and(|l| l.iter().filter(|x| x["messageType"] == "text").count() == 5)
+            .then_some(())
+    })
+    .await;
+    let late: Vec<Value> = collect(&mut ws, "message_received", Duration::from_millis(800))
+        .await
+        .into_iter()
+        .filter(|v| v["seq"].as_u64().is_some_and(|s| s > at))
+        .collect();
+    assert!(late.is_empty(), "U got messages after its removal at {at}: {late:?}");
+}
