@@ -71,7 +71,13 @@ async def main():
             got = await frames(receiver, "message_received", _id=ack["data"]["messageId"])
             print(f"{name} sent {text!r}: stored at seq {ack['data']['seq']}; "
                   f"the other side received {got['data']['content']!r} (message {got['data']['_id']})")
-    history = rest(base, "GET", f"/api/chat/conversations/{cid}/messages", bob["token"])
+    # The history is written a moment after the events went out (the
+    # workers' write-behind, about a quarter of a second).
+    for _ in range(30):
+        history = rest(base, "GET", f"/api/chat/conversations/{cid}/messages", bob["token"])
+        if history["total"] >= 2:
+            break
+        await asyncio.sleep(0.1)
     print(f"history: {history['total']} messages:", [m["content"] for m in history["messages"]])
 
 

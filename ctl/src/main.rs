@@ -211,6 +211,7 @@ async fn main() -> anyhow::Result<()> {
             match verdict {
                 natter_shared::audit::Verdict::Intact { records, head } => {
                     out(&format!("audit chain intact: {records} records, head {head}"));
+                    store.close().await;
                 }
                 natter_shared::audit::Verdict::Broken(b) => {
                     out(&format!(
@@ -300,6 +301,7 @@ async fn audit_export(a: ExportArgs) -> anyhow::Result<()> {
     file.flush()?;
     bar.finish_and_clear();
     out(&format!("exported {n} records to {}", path.display()));
+    store.close().await;
     Ok(())
 }
 

@@ -87,6 +87,13 @@ impl Store {
         self.db.collection(crate::audit::AUDIT)
     }
 
+    /// Closes the connections; a short-lived process (`natterctl`) calls it
+    /// before it ends, since the driver cannot end its sessions once the
+    /// runtime is gone.
+    pub async fn close(self) {
+        self.db.client().clone().shutdown().await;
+    }
+
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.db.run_command(doc! {"ping": 1}).await.map(|_| ())
     }
