@@ -25,8 +25,7 @@ use futures::StreamExt;
 use natter_shared::ids::RoomRef;
 use natter_shared::ids::UserId;
 use natter_shared::v1::command::RoomFields;
-use natter_shared::v1::event::EventHead;
-use natter_shared::v1::event::{EventFrame, EventKind};
+use natter_shared::v1::event::{EventFrame, EventHead, EventKind, data_of};
 use serde_json::json;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -122,7 +121,7 @@ async fn missed(st: &EdgeState, sink: &Sink, room: &RoomRef, subject: &str, last
     }
     let fields = RoomFields::of(room);
     let user_on = st.subjects.user_events(&me);
-    let about_room = |payload: &[u8]| serde_json::from_slice::<Data>(payload).is_ok_and(|d| d.data == fields);
+    let about_room = |payload: &[u8]| data_of::<RoomFields>(payload).is_some_and(|d| d == fields);
     // A user's subject carries every room's: read further, keep this room's.
     let Some(own) = read(st, &events, &user_on, &user_on, deliver, last_seq, max * 10, about_room).await? else {
         return Ok(CatchUp::Resync("too many events were missed"));
@@ -185,12 +184,8 @@ pub async fn membership_after(
     };
     let me = user.hex();
     #[derive(serde::Deserialize)]
-    struct Added {
-        data: AddedData,
-    }
-    #[derive(serde::Deserialize)]
     #[serde(rename_all = "camelCase")]
-    struct AddedData {
+    struct Added {
         user_id: String,
     }
     let mut verdict = None;
@@ -199,18 +194,12 @@ pub async fn membership_after(
             verdict = Some(false);
         } else if h.kind == "member_added"
             && let Outbound::Event { payload, .. } = &out
-            && serde_json::from_slice::<Added>(payload).is_ok_and(|a| a.data.user_id == me)
+            && data_of::<Added>(payload).is_some_and(|a| a.user_id == me)
         {
             verdict = Some(true);
         }
     }
     Ok(verdict)
-}
-
-/// The `data` of an event, for its room.
-#[derive(serde::Deserialize)]
-struct Data {
-    data: RoomFields,
 }
 
 /// The events on `published_on` from `deliver` with a seq after `last_seq`

@@ -61,19 +61,29 @@ pub async fn require_member(st: &EdgeState, who: &Identity, room: &RoomRef) -> R
     if st.membership.is_member(&st.store, room.kind, id, who.user).await? { Ok(()) } else { Err(ChatError::NotAMember) }
 }
 
-/// Confirms, for a connection that now follows `room` (every later event
-/// reaches it), that `user` is a member as of the newest event: MongoDB's
-/// copy of the room, plus the membership changes its events recorded
-/// after it (MongoDB is written after the events go out). A removal that
-/// raced the join is seen here or arrives through the subscription.
-/// Conversations never change members: nothing to confirm.
-pub async fn confirm_member(st: &EdgeState, user: UserId, room: &RoomRef) -> Result<(), ChatError> {
+/// [`require_member`] for a join: for a group, also the `lastSeq` of the
+/// copy of it that said so, for [`confirm_member`] (conversations never
+/// change members: `None`).
+pub async fn require_member_as_of(st: &EdgeState, who: &Identity, room: &RoomRef) -> Result<Option<u64>, ChatError> {
     if room.kind == RoomKind::Conversation {
-        return Ok(());
+        return require_member(st, who, room).await.map(|()| None);
     }
-    let g = st.membership.group(&st.store, oid(&room.id, "groupId")?).await?.ok_or(ChatError::NotAMember)?;
-    let since = u64::try_from(g.last_seq).unwrap_or(0);
-    let member = crate::catchup::membership_after(st, room, user, since).await?.unwrap_or(g.is_member(user.oid()));
+    let g = st.membership.group(&st.store, oid(&room.id, "groupId")?).await?;
+    match g {
+        Some(g) if g.is_member(who.user.oid()) => Ok(Some(u64::try_from(g.last_seq).unwrap_or(0))),
+        _ => Err(ChatError::NotAMember),
+    }
+}
+
+/// Confirms, for a connection that now follows `room` (every later event
+/// reaches it), that `user`, a member as of the room's `lastSeq` `since`
+/// (MongoDB's copy, which is written after the events go out), still is
+/// as of the newest event: the membership changes the events after
+/// `since` recorded. A removal that raced the join is seen here or arrives
+/// through the subscription. `None`: nothing to confirm.
+pub async fn confirm_member(st: &EdgeState, user: UserId, room: &RoomRef, since: Option<u64>) -> Result<(), ChatError> {
+    let Some(since) = since else { return Ok(()) };
+    let member = crate::catchup::membership_after(st, room, user, since).await?.unwrap_or(true);
     if member { Ok(()) } else { Err(ChatError::NotAMember) }
 }
 

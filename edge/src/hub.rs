@@ -18,7 +18,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use natter_nats::{RoomKind, Subjects};
 use natter_shared::ids::{RoomRef, UserId};
-use natter_shared::v1::event::EventHead;
+use natter_shared::v1::event::{EventHead, data_of};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::{mpsc, watch};
@@ -158,31 +158,21 @@ fn subject_matches(pattern: &str, subject: &str) -> bool {
 /// The group a frame's `data.groupId` names.
 fn group_of(payload: &[u8]) -> Option<String> {
     #[derive(serde::Deserialize)]
-    struct Frame {
-        data: Data,
-    }
-    #[derive(serde::Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct Data {
         group_id: String,
     }
-    serde_json::from_slice::<Frame>(payload).ok().map(|f| f.data.group_id)
+    data_of::<Data>(payload).map(|d| d.group_id)
 }
 
 /// The users a `contact_added` frame names.
 fn contact_ids(payload: &[u8]) -> Vec<UserId> {
     #[derive(serde::Deserialize)]
-    struct Frame {
-        data: Data,
-    }
-    #[derive(serde::Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct Data {
         user_ids: Vec<String>,
     }
-    serde_json::from_slice::<Frame>(payload)
-        .map(|f| f.data.user_ids.iter().filter_map(|u| u.parse().ok()).collect())
-        .unwrap_or_default()
+    data_of::<Data>(payload).map(|d| d.user_ids.iter().filter_map(|u| u.parse().ok()).collect()).unwrap_or_default()
 }
 
 /// Event types on a user's subject that change who they share rooms with.

@@ -195,9 +195,9 @@ impl Session {
     /// cannot leave the socket following the room.
     async fn join(&mut self, kind: RoomKind, id: &str, last_seq: Option<u64>) -> Result<Value, ChatError> {
         let (room, _) = chat::room(kind, id)?;
-        chat::require_member(&self.st, &self.who, &room).await?;
+        let since = chat::require_member_as_of(&self.st, &self.who, &room).await?;
         let mut data = Self::room_data(&room);
-        let confirm = chat::confirm_member(&self.st, self.who.user, &room);
+        let confirm = chat::confirm_member(&self.st, self.who.user, &room, since);
         match last_seq {
             Some(seq) if self.catchups.take() => {
                 let caught = crate::catchup::follow(&self.st, &self.sink, &room, seq, confirm).await?;

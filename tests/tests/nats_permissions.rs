@@ -442,14 +442,7 @@ async fn without_the_topology_edges_and_workers_do_not_start() {
 
     // A worker too.
     app.nats_url = nats.url("worker");
-    let cfg = natter_workers::RunnerConfig::default();
-    let started = tokio::time::timeout(
-        Duration::from_secs(60),
-        natter_workers::messages::serve(&app.core(), cfg, app.cancel.child_token()),
-    )
-    .await
-    .expect("the worker gave up in time");
-    let e = started.expect_err("a worker started without the topology").to_string();
+    let e = worker_refused(&app, "the topology").await;
     assert!(e.contains(&s.cmd_stream()) && e.contains("natterctl topology apply"), "{e}");
 
     // Applied, but without one of the role's consumers: the worker names it.
@@ -457,6 +450,17 @@ async fn without_the_topology_edges_and_workers_do_not_start() {
     let ctl = jetstream::new(nats.connect("ctl").await);
     let gone = s.consumer(Role::Messages.name(), 3);
     ctl.delete_consumer_from_stream(&gone, s.cmd_stream()).await.expect("consumer deleted as ctl");
+    let e = worker_refused(&app, "its consumer").await;
+    assert!(e.contains(&gone) && e.contains("natterctl topology apply"), "{e}");
+
+    // Checking asked for nothing the users may not do.
+    let violations = nats.violations();
+    assert!(violations.is_empty(), "verifying the topology was refused something:\n{}", violations.join("\n"));
+}
+
+/// Starts a messages worker that must refuse to start (without `what`);
+/// its error.
+async fn worker_refused(app: &TestApp, what: &str) -> String {
     let cfg = natter_workers::RunnerConfig::default();
     let started = tokio::time::timeout(
         Duration::from_secs(60),
@@ -464,10 +468,5 @@ async fn without_the_topology_edges_and_workers_do_not_start() {
     )
     .await
     .expect("the worker gave up in time");
-    let e = started.expect_err("a worker started without its consumer").to_string();
-    assert!(e.contains(&gone) && e.contains("natterctl topology apply"), "{e}");
-
-    // Checking asked for nothing the users may not do.
-    let violations = nats.violations();
-    assert!(violations.is_empty(), "verifying the topology was refused something:\n{}", violations.join("\n"));
+    started.expect_err(&format!("a worker started without {what}")).to_string()
 }

@@ -95,6 +95,16 @@ impl<T> EventFrame<T> {
     }
 }
 
+/// The `data` of an event frame, read as `T` (the fields the reader needs);
+/// `None` when the frame has no such data.
+pub fn data_of<T: serde::de::DeserializeOwned>(frame: &[u8]) -> Option<T> {
+    #[derive(Deserialize)]
+    struct Frame<T> {
+        data: T,
+    }
+    serde_json::from_slice::<Frame<T>>(frame).ok().map(|f| f.data)
+}
+
 /// The part of an event frame the edge reads before forwarding it untouched.
 #[derive(Debug, Deserialize)]
 pub struct EventHead {
