@@ -129,9 +129,10 @@ struct ExportArgs {
 enum TopologyCmd {
     /// Create or update streams, consumers and buckets (idempotent).
     Apply {
-        /// Stream replicas (3 on a three-node cluster).
-        #[arg(long, default_value_t = 1)]
-        replicas: usize,
+        /// Stream replicas (3 on a three-node cluster); default `NATS_REPLICAS`, else 1.
+        /// The staging bucket's bound is `STAGING_MAX_BYTES`.
+        #[arg(long)]
+        replicas: Option<usize>,
     },
 }
 
@@ -156,7 +157,9 @@ async fn main() -> anyhow::Result<()> {
             let core = CoreConfig::load(&Env)?;
             let js = connect(&core).await?;
             let subjects = Subjects::new(&core.nats_namespace);
-            natter_nats::apply(&js, &subjects, replicas).await?;
+            let mut sizing = natter_nats::Sizing::from(&core);
+            sizing.replicas = replicas.unwrap_or(sizing.replicas);
+            natter_nats::apply(&js, &subjects, sizing).await?;
             out(&format!(
                 "topology applied in namespace `{}`: streams {}, {}, {}; {} consumers per role; bucket {}",
                 core.nats_namespace,

@@ -63,7 +63,7 @@ impl Edge {
         let js = async_nats::jetstream::new(nats.clone());
         let subjects = Subjects::new(&config.core.nats_namespace);
         match config.core.nats_topology {
-            NatsTopology::Apply => natter_nats::apply(&js, &subjects, config.core.nats_replicas).await?,
+            NatsTopology::Apply => natter_nats::apply(&js, &subjects, (&config.core).into()).await?,
             NatsTopology::Verify => natter_nats::verify(&js, &subjects).await?,
         }
         let store = Store::connect(&config.core.mongodb_uri, &config.core.mongodb_db).await?;

@@ -104,6 +104,12 @@ pub enum TopologyError {
     Consumer { name: String, source: Box<dyn std::error::Error + Send + Sync> },
     #[error("bucket {name}: {source}")]
     Bucket { name: String, source: Box<dyn std::error::Error + Send + Sync> },
+    /// JetStream cannot reserve the staging bucket's bound: not retried.
+    #[error(
+        "bucket {name} needs {bytes} bytes of JetStream file storage, more than nats-server has left: \
+         lower STAGING_MAX_BYTES, or raise its max_file_store (or free disk; by default it takes 75% of what is free)"
+    )]
+    StagingTooLarge { name: String, bytes: u64 },
     /// Found missing by `verify`: not retried.
     #[error("{what} {name} does not exist: run `natterctl topology apply` (as ctl) first")]
     Missing { what: &'static str, name: String },
@@ -193,20 +199,42 @@ pub fn leases_config(s: &Subjects, replicas: usize) -> kv::Config {
     }
 }
 
-/// Most bytes staged uploads may hold at once. Past it an upload is
-/// refused (503, `unavailable`) instead of filling the JetStream storage
-/// that the command stream needs; each user's share is bounded by the
-/// edge's upload budget, and staged files expire after `STAGING_TTL`.
-pub const STAGING_MAX_BYTES: i64 = 1 << 30;
+/// What `apply` declares beyond the names: how many copies of each stream
+/// and bucket, and how much the staging bucket may hold.
+#[derive(Clone, Copy, Debug)]
+pub struct Sizing {
+    /// Replicas of every stream and bucket (`NATS_REPLICAS`).
+    pub replicas: usize,
+    /// Most bytes staged uploads may hold at once (`STAGING_MAX_BYTES`).
+    /// Past it an upload is refused (503, `unavailable`) instead of
+    /// filling the JetStream storage that the command stream needs; each
+    /// user's share is bounded by the edge's upload budget, and staged
+    /// files expire after `STAGING_TTL`. JetStream reserves this much of
+    /// its file store when the bucket is declared, so it must fit there.
+    pub staging_max_bytes: u64,
+}
 
-pub fn staging_config(s: &Subjects, replicas: usize) -> async_nats::jetstream::object_store::Config {
+impl From<&natter_shared::config::CoreConfig> for Sizing {
+    fn from(c: &natter_shared::config::CoreConfig) -> Self {
+        Sizing { replicas: c.nats_replicas, staging_max_bytes: c.staging_max_bytes }
+    }
+}
+
+impl Sizing {
+    /// One replica and `natter_shared::config::STAGING_MAX_BYTES_DEFAULT`.
+    pub fn single() -> Self {
+        Sizing { replicas: 1, staging_max_bytes: natter_shared::config::STAGING_MAX_BYTES_DEFAULT }
+    }
+}
+
+pub fn staging_config(s: &Subjects, sizing: Sizing) -> async_nats::jetstream::object_store::Config {
     async_nats::jetstream::object_store::Config {
         bucket: s.staging_bucket(),
         description: Some("natter uploads staged for the attachments worker".into()),
         max_age: STAGING_TTL,
-        max_bytes: STAGING_MAX_BYTES,
+        max_bytes: i64::try_from(sizing.staging_max_bytes).unwrap_or(i64::MAX),
         storage: stream::StorageType::File,
-        num_replicas: replicas,
+        num_replicas: sizing.replicas,
         ..Default::default()
     }
 }
@@ -257,8 +285,25 @@ const APPLY_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
 /// Creates or updates every stream, consumer and bucket. Safe to run any
 /// number of times, from any number of processes at once. A failure is
 /// retried for `APPLY_PATIENCE` before it is returned.
-pub async fn apply(js: &jetstream::Context, s: &Subjects, replicas: usize) -> Result<(), TopologyError> {
-    patiently("topology not applied yet; retrying", || apply_once(js, s, replicas)).await
+pub async fn apply(js: &jetstream::Context, s: &Subjects, sizing: Sizing) -> Result<(), TopologyError> {
+    patiently("topology not applied yet; retrying", || apply_once(js, s, sizing)).await
+}
+
+/// Whether `e`, or an error under it, is JetStream refusing to reserve
+/// storage (10047).
+fn storage_exceeded(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        let code = match err.downcast_ref::<jetstream::context::CreateStreamError>().map(|c| c.kind()) {
+            Some(jetstream::context::CreateStreamErrorKind::JetStream(j)) => Some(j.error_code()),
+            _ => err.downcast_ref::<jetstream::Error>().map(|j| j.error_code()),
+        };
+        if code == Some(jetstream::ErrorCode::STORAGE_RESOURCES_EXCEEDED) {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// Runs `once` until it succeeds, finds something missing, or
@@ -273,7 +318,7 @@ where
     loop {
         match once().await {
             Ok(()) => return Ok(()),
-            Err(e @ TopologyError::Missing { .. }) => return Err(e),
+            Err(e @ (TopologyError::Missing { .. } | TopologyError::StagingTooLarge { .. })) => return Err(e),
             Err(e) if tokio::time::Instant::now() + pause < deadline => {
                 tracing::warn!(error = %e, "{what}");
                 tokio::time::sleep(pause).await;
@@ -295,7 +340,7 @@ fn declared_streams(s: &Subjects) -> Vec<(&'static str, String, String)> {
             .into_iter()
             .map(|c| ("stream", c.name.clone(), c.name))
             .collect();
-    let staging = staging_config(s, 1).bucket;
+    let staging = staging_config(s, Sizing::single()).bucket;
     all.push(("bucket", staging.clone(), format!("OBJ_{staging}")));
     for cfg in [leases_config(s, 1), presence_config(s, 1), last_seen_config(s, 1), audit_head_config(s, 1)] {
         all.push(("bucket", cfg.bucket.clone(), format!("KV_{}", cfg.bucket)));
@@ -363,7 +408,8 @@ async fn verify_consumers_once(js: &jetstream::Context, s: &Subjects, role: Role
     Ok(())
 }
 
-async fn apply_once(js: &jetstream::Context, s: &Subjects, replicas: usize) -> Result<(), TopologyError> {
+async fn apply_once(js: &jetstream::Context, s: &Subjects, sizing: Sizing) -> Result<(), TopologyError> {
+    let replicas = sizing.replicas;
     for cfg in [
         cmd_stream_config(s, replicas),
         evt_stream_config(s, replicas),
@@ -384,25 +430,33 @@ async fn apply_once(js: &jetstream::Context, s: &Subjects, replicas: usize) -> R
             }
         }
     }
-    let staging = staging_config(s, replicas);
+    let staging = staging_config(s, sizing);
+    let max_bytes = staging.max_bytes;
     let name = staging.bucket.clone();
     if js.get_object_store(&name).await.is_err() {
         if let Err(e) = js.create_object_store(staging).await
             && js.get_object_store(&name).await.is_err()
         {
+            if storage_exceeded(&e) {
+                return Err(TopologyError::StagingTooLarge { name, bytes: sizing.staging_max_bytes });
+            }
             return Err(TopologyError::Bucket { name, source: boxed(e) });
         }
     } else {
-        // A bucket made before it was bounded gets its bound.
+        // A bucket made before it was bounded, or with another bound, gets this one.
         let stream_name = format!("OBJ_{name}");
         let bucket_err =
             |e: Box<dyn std::error::Error + Send + Sync>| TopologyError::Bucket { name: name.clone(), source: e };
         let mut st = js.get_stream(&stream_name).await.map_err(|e| bucket_err(boxed(e)))?;
         let cfg = st.info().await.map_err(|e| bucket_err(boxed(e)))?.config.clone();
-        if cfg.max_bytes != STAGING_MAX_BYTES {
-            js.update_stream(stream::Config { max_bytes: STAGING_MAX_BYTES, ..cfg })
-                .await
-                .map_err(|e| bucket_err(boxed(e)))?;
+        if cfg.max_bytes != max_bytes {
+            js.update_stream(stream::Config { max_bytes, ..cfg }).await.map_err(|e| {
+                if storage_exceeded(&e) {
+                    TopologyError::StagingTooLarge { name: name.clone(), bytes: sizing.staging_max_bytes }
+                } else {
+                    bucket_err(boxed(e))
+                }
+            })?;
         }
     }
     for cfg in [

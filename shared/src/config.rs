@@ -18,6 +18,9 @@ pub trait Source {
 /// arithmetic on sizes must not overflow.
 pub const MAX_FILE_SIZE_LIMIT: u64 = 256 * 1024 * 1024;
 
+/// `STAGING_MAX_BYTES` when it is unset: 1 GiB.
+pub const STAGING_MAX_BYTES_DEFAULT: u64 = 1 << 30;
+
 /// The process environment.
 pub struct Env;
 
@@ -77,6 +80,13 @@ pub struct CoreConfig {
     /// this process declares on start (`NATS_TOPOLOGY=apply`); 3 on a
     /// three-node cluster.
     pub nats_replicas: usize,
+    /// `STAGING_MAX_BYTES` (default 1073741824, 1 GiB): most bytes the
+    /// staging bucket holds for uploads not yet moved to S3, all users
+    /// together; past it an upload is refused (503, `unavailable`).
+    /// JetStream reserves this much of its file store (`max_file_store`)
+    /// when the bucket is declared (`NATS_TOPOLOGY=apply`), so it must fit
+    /// there, beside the command stream.
+    pub staging_max_bytes: u64,
     /// `NATS_TOPOLOGY` (default `apply`): what this process does with the
     /// streams, consumers and buckets when it starts. `apply` declares them
     /// (creates or updates; its NATS user must be allowed to); `verify`
@@ -236,8 +246,18 @@ impl CoreConfig {
         }
         let mongodb_db = db_from_uri(&mongodb_uri).or_else(|| src.get("MONGODB_DB")).unwrap_or_else(|| "natter".into());
         let nats_replicas = number(src, "NATS_REPLICAS", 1usize, 1..=5, "a replica count")?;
+        let staging_max_bytes =
+            number(src, "STAGING_MAX_BYTES", STAGING_MAX_BYTES_DEFAULT, 1 << 20..=1 << 50, "a number of bytes")?;
         let nats_topology = nats_topology(src)?;
-        Ok(CoreConfig { nats_url, nats_namespace, mongodb_uri, mongodb_db, nats_replicas, nats_topology })
+        Ok(CoreConfig {
+            nats_url,
+            nats_namespace,
+            mongodb_uri,
+            mongodb_db,
+            nats_replicas,
+            staging_max_bytes,
+            nats_topology,
+        })
     }
 }
 
@@ -267,6 +287,9 @@ impl EdgeConfig {
         }
         let max_file_size =
             number(src, "MAX_FILE_SIZE", 10 * 1024 * 1024u64, 1..=MAX_FILE_SIZE_LIMIT, "a number of bytes")?;
+        if max_file_size > core.staging_max_bytes {
+            return Err(invalid("STAGING_MAX_BYTES", "must be at least MAX_FILE_SIZE: no upload would fit"));
+        }
         let listen = match src.get("LISTEN_ADDR") {
             None => SocketAddr::from(([127, 0, 0, 1], 8080)),
             Some(v) => v.parse().map_err(|_| invalid("LISTEN_ADDR", format!("`{v}` is not host:port")))?,
@@ -446,6 +469,13 @@ mod tests {
         assert!(matches!(EdgeConfig::load(&m), Err(ConfigError::Invalid { var: "MAX_FILE_SIZE", .. })));
         m.insert("MAX_FILE_SIZE".into(), u64::MAX.to_string());
         assert!(matches!(EdgeConfig::load(&m), Err(ConfigError::Invalid { var: "MAX_FILE_SIZE", .. })));
+        let mut m = src(&BASE);
+        m.insert("STAGING_MAX_BYTES".into(), "1024".into());
+        assert!(matches!(EdgeConfig::load(&m), Err(ConfigError::Invalid { var: "STAGING_MAX_BYTES", .. })));
+        m.insert("STAGING_MAX_BYTES".into(), (8 << 20).to_string());
+        assert!(matches!(EdgeConfig::load(&m), Err(ConfigError::Invalid { var: "STAGING_MAX_BYTES", .. })));
+        m.insert("MAX_FILE_SIZE".into(), (8 << 20).to_string());
+        assert_eq!(EdgeConfig::load(&m).unwrap().core.staging_max_bytes, 8 << 20);
         let mut m = src(&BASE);
         m.insert("JWT_SECRET".into(), "short".into());
         assert!(matches!(EdgeConfig::load(&m), Err(ConfigError::Invalid { var: "JWT_SECRET", .. })));

@@ -35,6 +35,11 @@ pub fn use_db_storage(dir: &str) {
     let _ = DB_STORAGE.set(dir.to_string());
 }
 
+/// The staging bucket's bound in tests unless one sets `STAGING_MAX_BYTES`:
+/// room for the largest `MAX_FILE_SIZE` a test uses (20 MiB), small enough
+/// that the buckets of a whole test binary fit a small disk.
+pub const TEST_STAGING_MAX_BYTES: u64 = 64 << 20;
+
 /// Starts nats-server and the MongoDB server on first use. `NATS_URL` and
 /// `MONGODB_URI` in the environment point the tests at existing servers
 /// instead (e.g. a real MongoDB replica set).
@@ -204,9 +209,17 @@ impl TestApp {
             mongodb_uri: self.mongodb_uri.clone(),
             mongodb_db: self.db.clone(),
             nats_replicas: self.nats_replicas,
+            staging_max_bytes: self.staging_max_bytes(),
             // As the binaries are told (`NATS_TOPOLOGY` in `edge_env`).
             nats_topology: natter_shared::config::nats_topology(&self.edge_env).expect("NATS_TOPOLOGY"),
         }
+    }
+
+    /// The staging bucket's bound: `STAGING_MAX_BYTES` in `edge_env`, else
+    /// `TEST_STAGING_MAX_BYTES`. JetStream reserves it in its file store
+    /// for every namespace's bucket, and one test binary declares dozens.
+    fn staging_max_bytes(&self) -> u64 {
+        self.edge_env.get("STAGING_MAX_BYTES").and_then(|v| v.parse().ok()).unwrap_or(TEST_STAGING_MAX_BYTES)
     }
 
     /// Environment for the binaries.
@@ -218,6 +231,7 @@ impl TestApp {
             ("JWT_SECRET".to_string(), JWT_SECRET.to_string()),
             ("RUST_LOG".to_string(), "info".to_string()),
             ("NATS_REPLICAS".to_string(), self.nats_replicas.to_string()),
+            ("STAGING_MAX_BYTES".to_string(), self.staging_max_bytes().to_string()),
         ];
         v.extend(self.edge_env.iter().map(|(k, v)| (k.clone(), v.clone())));
         v

@@ -459,6 +459,46 @@ async fn uploads_are_budgeted_per_user_across_connections() {
     assert_eq!(r["data"]["code"], "rate_limited", "{r}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_staging_bucket_refuses_uploads_until_the_worker_drains_it() {
+    let mut app = TestApp::new().await;
+    app.with_s3();
+    const MIB: usize = 1024 * 1024;
+    app.edge_env.insert("STAGING_MAX_BYTES".into(), (2 * MIB).to_string());
+    app.edge_env.insert("MAX_FILE_SIZE".into(), MIB.to_string());
+    let e = app.start_edge().await;
+    app.start_worker();
+    let (a, b) = (app.user(), app.user());
+    let conv = app.open_conversation(e, a, b).await;
+    let mut ws = WsClient::connect(e, &app.token(a, &[])).await;
+    // No attachments worker yet: uploads stay staged until the bucket is full.
+    let file = vec![b'x'; 900 * 1024];
+    let mut codes = Vec::new();
+    for i in 0..3 {
+        let r = ws_upload(&mut ws, &format!("u{i}"), "a.txt", "text/plain", &conv, &file).await;
+        codes.push(if r["type"] == "ack" {
+            "ack".to_string()
+        } else {
+            r["data"]["code"].as_str().unwrap().to_string()
+        });
+    }
+    assert_eq!(codes, ["ack", "ack", "unavailable"], "the third does not fit 2 MiB");
+    let (s, v) = http_raw(&app, e, a, &conv, "a.txt", "text/plain", file.clone()).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (503, Some("unavailable")), "{v}");
+    // The two taken are moved to S3, which frees the bucket.
+    app.start_attachments_worker();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    for i in 0.. {
+        let r = ws_upload(&mut ws, &format!("again{i}"), "a.txt", "text/plain", &conv, &file).await;
+        if r["type"] == "ack" {
+            break;
+        }
+        assert_eq!(r["data"]["code"], "unavailable", "{r}");
+        assert!(tokio::time::Instant::now() < deadline, "staging never drained");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
 /// A `file_upload` outside any room over `/ws`; the attachment's id once
 /// the worker accepted it.
 async fn roomless_upload(ws: &mut WsClient, rid: &str) -> String {

@@ -129,7 +129,9 @@ impl AuthNats {
     /// Applies the topology as `ctl`, as `natterctl topology apply` does.
     async fn apply_topology(&self) {
         let js = jetstream::new(self.connect("ctl").await);
-        natter_nats::apply(&js, &Subjects::new(NS), 1).await.expect("topology applied as ctl");
+        natter_nats::apply(&js, &Subjects::new(NS), natter_nats::Sizing::single())
+            .await
+            .expect("topology applied as ctl");
     }
 }
 

@@ -168,6 +168,54 @@ async fn binaries_refuse_bad_config_before_binding() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("MAX_FILE_SIZE"));
 }
 
+/// JetStream reserves the staging bucket's bound in its file store. A bound
+/// that does not fit stops the edge at once, naming `STAGING_MAX_BYTES`;
+/// one that fits is declared, and a later start with another bound moves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_staging_bound_nats_cannot_reserve_stops_the_edge_naming_it() {
+    let dir = std::env::temp_dir().join(format!("natter-small-store-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = procs::free_port();
+    let conf = dir.join("nats.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listen: 127.0.0.1:{port}\njetstream {{ store_dir: {:?}, max_file_store: 256MB }}\n",
+            dir.join("store").display().to_string()
+        ),
+    )
+    .unwrap();
+    let nats = procs::tool("NATTER_NATS_SERVER", "nats-server");
+    let mut server = Owned::spawn(
+        &nats,
+        &["-c".into(), conf.display().to_string()],
+        &[],
+        &dir.join("nats.log").display().to_string(),
+    );
+    procs::wait_for_port(port, Duration::from_secs(20)).await;
+    let mut app = TestApp::new().await;
+    app.nats_url = format!("nats://127.0.0.1:{port}");
+    app.edge_env.insert("STAGING_MAX_BYTES".into(), (1u64 << 30).to_string());
+    let started = std::time::Instant::now();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = match natter_edge::Edge::build(app.edge_config(), listener, app.cancel.child_token()).await {
+        Ok(_) => panic!("an edge started with 1 GiB staging on a 256 MB store"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("STAGING_MAX_BYTES") && err.contains("max_file_store"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10), "refused at once, not retried: {:?}", started.elapsed());
+    for bound in [64u64 << 20, 32 << 20] {
+        app.edge_env.insert("STAGING_MAX_BYTES".into(), bound.to_string());
+        app.start_edge().await;
+        let js = async_nats::jetstream::new(async_nats::connect(&app.nats_url).await.unwrap());
+        let mut staging =
+            js.get_stream(format!("OBJ_{}", natter_nats::Subjects::new(&app.name).staging_bucket())).await.unwrap();
+        assert_eq!(staging.info().await.unwrap().config.max_bytes, bound as i64);
+    }
+    drop(app);
+    server.terminate().await;
+}
+
 /// A worker that dies with a batch in hand leaves those commands pending
 /// until their ack wait runs out. The worker that takes the partition over
 /// must not apply the later commands first: the sockets would get the later

@@ -37,7 +37,7 @@ pub async fn connect(core: &CoreConfig, role: &str, cfg: &RunnerConfig) -> Resul
     let subjects = Subjects::new(&core.nats_namespace);
     let js = async_nats::jetstream::new(client.clone());
     match core.nats_topology {
-        NatsTopology::Apply => natter_nats::apply(&js, &subjects, core.nats_replicas).await?,
+        NatsTopology::Apply => natter_nats::apply(&js, &subjects, core.into()).await?,
         NatsTopology::Verify => {
             natter_nats::verify(&js, &subjects).await?;
             // The role's own consumers too (consumer info, which its user
