@@ -52,15 +52,20 @@ pub fn servers() -> &'static Servers {
             Ok(u) => u,
             Err(_) => {
                 let port = procs::free_port();
-                let args = vec![
-                    "-js".into(),
-                    "-a".into(),
-                    "127.0.0.1".into(),
-                    "-p".into(),
-                    port.to_string(),
-                    "-sd".into(),
-                    dir.join("nats").display().to_string(),
-                ];
+                // JetStream reserves each namespace's staging bound in its
+                // file store, which by default is 75% of the free disk; the
+                // whole suite declares over a hundred namespaces but stores
+                // little, so the store's size is set rather than guessed.
+                let conf = dir.join("nats.conf");
+                std::fs::write(
+                    &conf,
+                    format!(
+                        "listen: 127.0.0.1:{port}\njetstream {{ store_dir: {:?}, max_file_store: 1TB }}\n",
+                        dir.join("nats").display().to_string()
+                    ),
+                )
+                .expect("nats.conf");
+                let args = vec!["-c".into(), conf.display().to_string()];
                 let nats = procs::tool("NATTER_NATS_SERVER", "nats-server");
                 reapers.push(procs::spawn_reaped(&nats, &args, &dir.join("nats.log").display().to_string()));
                 block_on_port(port);

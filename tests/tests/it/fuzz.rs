@@ -9,7 +9,7 @@
 //!
 //! Inputs come from proptest strategies, drawn by a `TestRunner` seeded per
 //! test (the seed is printed, and is in every failure message):
-//! `NATTER_FUZZ_SEED=<seed> cargo test -p natter-tests --test fuzz <test>`
+//! `NATTER_FUZZ_SEED=<seed> cargo test -p natter-tests --test it fuzz::<test>`
 //! replays a run, `NATTER_FUZZ_CASES=<n>` changes how many inputs each test
 //! sends. No shrinking: a failure shows the exact input it sent.
 
@@ -78,7 +78,7 @@ fn show(bytes: &[u8]) -> String {
 fn documented() -> &'static BTreeMap<String, Option<u16>> {
     static DOC: OnceLock<BTreeMap<String, Option<u16>>> = OnceLock::new();
     DOC.get_or_init(|| {
-        let doc = include_str!("../../docs/protocol.md");
+        let doc = include_str!("../../../docs/protocol.md");
         let table = doc.split("\n## Error codes").nth(1).expect("an Error codes section");
         let table = table.split("\n## ").next().unwrap_or(table);
         let mut codes = BTreeMap::new();
@@ -106,7 +106,7 @@ const CLIENT_CLOSE_CODES: &[u16] = &[1002, 1007, 1008, 1009];
 fn eio_errors() -> &'static Vec<(u16, u64, String)> {
     static DOC: OnceLock<Vec<(u16, u64, String)>> = OnceLock::new();
     DOC.get_or_init(|| {
-        let doc = include_str!("../../docs/socketio.md");
+        let doc = include_str!("../../../docs/socketio.md");
         let mut out = vec![(403, 4, "Forbidden".to_string())];
         for (at, _) in doc.match_indices("`{\"code\":") {
             let body = &doc[at + 1..];

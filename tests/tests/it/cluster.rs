@@ -328,7 +328,7 @@ async fn killing_a_nats_node_loses_no_acknowledged_message() {
     // retried: every message whose event reached the other side's socket
     // ends up delivered. (An event published on core NATS through the node
     // that died can be lost; a client recovers those by joining with its
-    // last seq, see tests/tests/catchup.rs.)
+    // last seq, see tests/tests/it/catchup.rs.)
     let missed = (2 * N).saturating_sub(ta.events) + (2 * N).saturating_sub(tb.events);
     // Receipts are cursors: a message is delivered once the other
     // participant's delivery (or read) cursor has passed it.
