@@ -10,7 +10,7 @@ mod status;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use mongodb::bson::oid::ObjectId;
-use natter_nats::{PARTITIONS, Subjects};
+use natter_nats::Subjects;
 use natter_shared::auth::{Identity, Jwt};
 use natter_shared::config::{CoreConfig, Env, JwtConfig};
 
@@ -138,6 +138,9 @@ enum TopologyCmd {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Warnings only (on stderr, `RUST_LOG` to see more): retries while a
+    // cluster elects its leaders, records verify cannot read.
+    natter_shared::telemetry::init("warn");
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Token { user, roles, name, ttl, json } => {
@@ -161,13 +164,9 @@ async fn main() -> anyhow::Result<()> {
             sizing.replicas = replicas.unwrap_or(sizing.replicas);
             natter_nats::apply(&js, &subjects, sizing).await?;
             out(&format!(
-                "topology applied in namespace `{}`: streams {}, {}, {}; {} consumers per role; bucket {}",
+                "topology applied in namespace `{}`: {}",
                 core.nats_namespace,
-                subjects.cmd_stream(),
-                subjects.evt_stream(),
-                subjects.dlq_stream(),
-                PARTITIONS,
-                subjects.leases_bucket()
+                natter_nats::topology::summary(&subjects, sizing)
             ));
         }
         Cmd::Status { json } => {

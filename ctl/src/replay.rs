@@ -18,9 +18,8 @@ use futures::StreamExt;
 use natter_nats::{PARTITIONS, RoomKind, Subjects};
 use natter_shared::config::{CoreConfig, Env};
 use natter_shared::store::Store;
-use natter_shared::timefmt::from_offset;
 use natter_workers::audit::AuditHandler;
-use natter_workers::handler::{Disposition, Done, Handler, Incoming, Input};
+use natter_workers::handler::{Disposition, Done, Handler, Incoming};
 use natter_workers::messages::{MessagesHandler, Rooms};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -311,14 +310,9 @@ impl Replay {
             }
             last = seq;
             // A command this version cannot read was dead-lettered live too.
-            match serde_json::from_slice::<natter_shared::v1::command::CommandEnvelope>(&m.payload) {
-                Ok(msg) => match msg.check_version() {
-                    Ok(()) => {
-                        batch.push(Incoming { seq, time: from_offset(published), subject: m.subject.to_string(), msg })
-                    }
-                    Err(reason) => counts.poison(seq, reason),
-                },
-                Err(e) => counts.poison(seq, format!("undecodable: {e}")),
+            match Incoming::decode(&m) {
+                Ok(inc) => batch.push(inc),
+                Err(reason) => counts.poison(seq, reason),
             }
             self.bar.inc(1);
             let done = remaining == 0 || seq >= self.end;
@@ -418,8 +412,10 @@ async fn audit(
         if seq > end {
             break;
         }
-        if let Ok(fact) = serde_json::from_slice(&m.payload) {
-            batch.push(Incoming { seq, time: from_offset(info.published), subject: m.subject.to_string(), msg: fact });
+        // A fact this version cannot read was dead-lettered live: it is
+        // not in the chain there either.
+        if let Ok(fact) = Incoming::decode(&m) {
+            batch.push(fact);
         }
         n += 1;
         bar.inc(1);

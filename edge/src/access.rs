@@ -7,11 +7,9 @@
 use crate::error::ChatError;
 use crate::state::EdgeState;
 use async_nats::jetstream::message::PublishMessage;
-use natter_shared::audit::{AuditFact, FactStatus};
+use natter_shared::audit::AuditFact;
 use natter_shared::auth::Identity;
 use natter_shared::ids::RoomRef;
-use natter_shared::v1::command::RoomFields;
-use std::collections::BTreeMap;
 
 /// The role audited reads are recorded under.
 pub const ROLE: &str = "edge";
@@ -24,21 +22,9 @@ pub async fn record(
     room: Option<&RoomRef>,
     targets: &[(&str, &str)],
 ) -> Result<(), ChatError> {
-    let fact = AuditFact {
-        v: 1,
-        seq: 0,
-        time_ms: mongodb::bson::DateTime::now().timestamp_millis(),
-        role: ROLE.into(),
-        action: action.into(),
-        actor: Some(who.user),
-        roles: who.roles.clone(),
-        room: RoomFields::of_optional(room),
-        targets: targets.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
-        status: FactStatus::Applied,
-        reason: None,
-        code: None,
-        meta: crate::meta::current().map(|m| m.to_map()).unwrap_or_default(),
-    };
+    let now = mongodb::bson::DateTime::now().timestamp_millis();
+    let meta = crate::meta::current().map(|m| m.to_map()).unwrap_or_default();
+    let fact = AuditFact::read(ROLE, now, who, action, room, targets, meta);
     let body = serde_json::to_vec(&fact).map_err(ChatError::unavailable)?;
     let id = mongodb::bson::oid::ObjectId::new().to_hex();
     let msg = PublishMessage::build().payload(body.into()).message_id(format!("access:{id}"));

@@ -58,7 +58,7 @@ pub async fn follow<F: Future<Output = Result<(), ChatError>>>(
         st.hub.unfollow(&subject, sink.conn).await;
         return Err(e);
     }
-    let result = missed(st, sink, room, &subject, last_seq).await.map_err(ChatError::Unavailable);
+    let result = missed(st, sink, room, &subject, last_seq).await.map_err(ChatError::unavailable);
     if result.is_err() {
         // Answered with an error: the client joins again.
         st.hub.unfollow(&subject, sink.conn).await;
@@ -178,7 +178,7 @@ pub async fn membership_after(
     };
     let limit = st.config.catchup_max_events;
     let Some(after) =
-        read(st, &events, &room_on, &room_on, deliver, since, limit, |_| true).await.map_err(ChatError::Unavailable)?
+        read(st, &events, &room_on, &room_on, deliver, since, limit, |_| true).await.map_err(ChatError::unavailable)?
     else {
         return Err(ChatError::unavailable("the room changes too fast to join; try again"));
     };

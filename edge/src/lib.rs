@@ -15,6 +15,7 @@ pub mod hub;
 pub mod membership;
 pub mod meta;
 pub mod presence;
+pub mod query;
 pub mod recent;
 pub mod rest;
 pub mod session;

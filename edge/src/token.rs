@@ -19,9 +19,7 @@ pub fn bearer(headers: &HeaderMap) -> Option<String> {
 }
 
 pub fn from_query(query: Option<&str>) -> Option<String> {
-    url::form_urlencoded::parse(query?.as_bytes())
-        .find(|(k, _)| k == "token" || k == "access_token")
-        .map(|(_, v)| v.into_owned())
+    crate::query::param_of(query, &["token", "access_token"])
 }
 
 /// The caller of a REST route, proven by a Bearer token.

@@ -2,15 +2,15 @@
 //! publish inside the duplicate window a no-op that returns the original
 //! sequence.
 
-use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage};
+use async_nats::jetstream::{self, message::PublishMessage};
 use bytes::Bytes;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
     #[error("publish to JetStream failed: {0}")]
-    Publish(String),
+    Publish(#[source] jetstream::context::PublishError),
     #[error("no PubAck from JetStream: {0}")]
-    Ack(String),
+    Ack(#[source] jetstream::context::PublishError),
 }
 
 /// The stored position of a command.
@@ -42,11 +42,8 @@ pub async fn command(
     let fut = js
         .send_publish(subject, PublishMessage::build().payload(payload).message_id(header_safe(msg_id).as_ref()))
         .await
-        .map_err(|e| PublishError::Publish(e.to_string()))?;
-    let ack = fut.await.map_err(|e| match e.kind() {
-        PublishErrorKind::TimedOut => PublishError::Ack("timed out".into()),
-        _ => PublishError::Ack(e.to_string()),
-    })?;
+        .map_err(PublishError::Publish)?;
+    let ack = fut.await.map_err(PublishError::Ack)?;
     Ok(Stored { seq: ack.sequence, duplicate: ack.duplicate })
 }
 

@@ -157,11 +157,6 @@ impl Subjects {
         format!("{}.*.{}.{}", self.ns, token(kind), room)
     }
 
-    /// Membership changes of every group, for edges' caches.
-    pub fn membership_changes(&self) -> String {
-        format!("{}.eph.membership", self.ns)
-    }
-
     /// The room of an event or ephemeral subject (`<ns>.evt.conv.<id>`).
     pub fn parse_room(&self, subject: &str) -> Option<natter_shared::ids::RoomRef> {
         let rest = subject.strip_prefix(&self.ns)?.strip_prefix('.')?;

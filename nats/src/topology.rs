@@ -306,6 +306,30 @@ fn storage_exceeded(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// What `apply` declares, named for operators: streams, consumers per
+/// role, the staging object store and the key-value buckets.
+pub fn summary(s: &Subjects, sizing: Sizing) -> String {
+    let streams = [s.cmd_stream(), s.evt_stream(), s.dlq_stream(), s.outcomes_stream()].join(", ");
+    let consumers = Role::ALL
+        .iter()
+        .map(|r| match r.partitions() {
+            1 => format!("{} on {}", s.consumer(r.name(), 0), r.stream(s)),
+            n => format!("{}..{} on {}", s.consumer(r.name(), 0), s.consumer(r.name(), n - 1), r.stream(s)),
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "streams {streams}; consumers {consumers}; object store {} (at most {} bytes); key-value buckets {}, {}, {}, {}; {} replica(s)",
+        s.staging_bucket(),
+        sizing.staging_max_bytes,
+        s.leases_bucket(),
+        s.presence_bucket(),
+        s.last_seen_bucket(),
+        s.audit_head_bucket(),
+        sizing.replicas,
+    )
+}
+
 /// Runs `once` until it succeeds, finds something missing, or
 /// `APPLY_PATIENCE` is over.
 async fn patiently<F, Fut>(what: &str, mut once: F) -> Result<(), TopologyError>

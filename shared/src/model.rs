@@ -59,6 +59,41 @@ pub struct MessageDoc {
 }
 
 impl MessageDoc {
+    /// A message as first stored: sent, read by no one, no attachments,
+    /// not a system message, created and updated at `time`.
+    #[allow(clippy::too_many_arguments, reason = "every field a new message must be given, named at the call")]
+    pub fn new(
+        id: ObjectId,
+        room: &RoomRef,
+        sender: ObjectId,
+        message_type: &str,
+        content: String,
+        client_msg_id: String,
+        seq: u64,
+        time: DateTime,
+    ) -> MessageDoc {
+        let fields = crate::v1::command::RoomFields::of(room);
+        MessageDoc {
+            id,
+            content,
+            sender_id: sender,
+            conversation_id: fields.conversation_id,
+            group_id: fields.group_id,
+            message_type: message_type.into(),
+            status: "sent".into(),
+            read_by: vec![],
+            attachments: vec![],
+            created_at: time,
+            updated_at: time,
+            seq: seq as i64,
+            client_msg_id,
+            system: None,
+            deleted: false,
+            deleted_at: None,
+            deleted_by: None,
+        }
+    }
+
     pub fn room_kind(&self) -> RoomKind {
         if self.group_id.is_some() { RoomKind::Group } else { RoomKind::Conversation }
     }
@@ -127,6 +162,16 @@ pub struct Permissions {
 fn admin_only() -> Vec<String> {
     vec!["Admin".to_string()]
 }
+
+/// The kinds a group may be (`type`).
+pub const GROUP_TYPES: [&str; 3] = ["department", "custom", "operational"];
+/// Longest group name, in bytes.
+pub const MAX_GROUP_NAME: usize = 100;
+/// Longest group description or avatar, in bytes.
+pub const MAX_GROUP_TEXT: usize = 1000;
+/// Most members one create request may name (the group grows past it,
+/// up to `MAX_GROUP_MEMBERS`, one add at a time).
+pub const MAX_INITIAL_MEMBERS: usize = 1000;
 
 /// Roles one permission may list.
 pub const MAX_PERMISSION_ROLES: usize = 16;

@@ -76,10 +76,6 @@ impl NatsCluster {
         self.nodes[i].port
     }
 
-    pub fn is_running(&self, i: usize) -> bool {
-        self.nodes[i].process.is_some()
-    }
-
     /// A client of the whole cluster (it follows the cluster through a
     /// node's death like any other).
     pub async fn client(&self) -> async_nats::Client {

@@ -172,7 +172,7 @@ impl Handler for AuditHandler {
         if wrote {
             let page = AuditPage::new(head_pos + 1, pos, records);
             if let Err(e) = coll.insert_one(&page).await {
-                if !super::messages::is_duplicate(&e) {
+                if !crate::handler::is_duplicate(&e) {
                     return Err(e.into());
                 }
                 // Another writer extended the chain from this head, or this

@@ -20,6 +20,22 @@ pub struct Incoming<M = CommandEnvelope> {
     pub msg: M,
 }
 
+impl<M: Input> Incoming<M> {
+    /// A stream message read as `M`, or why this version cannot read it:
+    /// the one decoding of the runner and of `natterctl replay`.
+    pub fn decode(m: &async_nats::jetstream::Message) -> Result<Incoming<M>, String> {
+        let info = m.info().map_err(|_| "message without JetStream metadata".to_string())?;
+        let msg = serde_json::from_slice::<M>(&m.payload).map_err(|e| format!("undecodable: {e}"))?;
+        msg.check_version()?;
+        Ok(Incoming {
+            seq: info.stream_sequence,
+            time: natter_shared::timefmt::from_offset(info.published),
+            subject: m.subject.to_string(),
+            msg,
+        })
+    }
+}
+
 /// What a role consumes. Commands have a version, may want their outcome
 /// reported, and are audited; audit facts are none of that.
 pub trait Input: DeserializeOwned + Clone + Send + Sync + 'static {
@@ -52,7 +68,7 @@ impl Input for CommandEnvelope {
 
 impl Input for AuditFact {
     fn check_version(&self) -> Result<(), String> {
-        if self.v == 1 { Ok(()) } else { Err(format!("unsupported fact version {}", self.v)) }
+        if self.v == AuditFact::VERSION { Ok(()) } else { Err(format!("unsupported fact version {}", self.v)) }
     }
     fn reply(&self) -> Option<&str> {
         None
@@ -115,6 +131,16 @@ impl ApplyError {
             permanent: !transient_code(code),
         }
     }
+}
+
+/// MongoDB's duplicate key error.
+pub const DUPLICATE_KEY: i32 = 11000;
+
+/// Whether `e` is a single write refused as a duplicate key (an id or
+/// unique key already stored).
+pub fn is_duplicate(e: &mongodb::error::Error) -> bool {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    matches!(&*e.kind, ErrorKind::Write(WriteFailure::WriteError(w)) if w.code == DUPLICATE_KEY)
 }
 
 /// Write error codes that pass: network, shutdown, elections, time limits,

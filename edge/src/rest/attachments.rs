@@ -4,6 +4,7 @@
 use crate::attachments;
 use crate::chat;
 use crate::error::ChatError;
+use crate::query::param;
 use crate::state::EdgeState;
 use crate::token::AuthUser;
 use axum::Json;
@@ -16,10 +17,6 @@ use natter_shared::model::AttachmentView;
 use std::sync::Arc;
 
 type St = State<Arc<EdgeState>>;
-
-fn param(q: Option<&str>, name: &str) -> Option<String> {
-    url::form_urlencoded::parse(q.unwrap_or("").as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
-}
 
 /// What a multipart upload may carry besides the file.
 const MULTIPART_OVERHEAD: u64 = 64 * 1024;

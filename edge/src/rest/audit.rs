@@ -5,6 +5,7 @@
 use super::paging;
 use crate::chat;
 use crate::error::ChatError;
+use crate::query::param;
 use crate::state::EdgeState;
 use crate::token::AuthUser;
 use axum::Json;
@@ -26,10 +27,6 @@ type St = State<Arc<EdgeState>>;
 
 fn admin(who: &Identity) -> Result<(), ChatError> {
     if who.has_role("Admin") { Ok(()) } else { Err(ChatError::Forbidden("the audit trail is for Admins".into())) }
-}
-
-fn param(q: Option<&str>, name: &str) -> Option<String> {
-    url::form_urlencoded::parse(q.unwrap_or("").as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
 }
 
 fn time(q: Option<&str>, name: &str) -> Result<Option<DateTime>, ChatError> {

@@ -18,10 +18,7 @@ use std::sync::Arc;
 
 type St = State<Arc<EdgeState>>;
 
-const GROUP_TYPES: [&str; 3] = ["department", "custom", "operational"];
-const MAX_NAME: usize = 100;
-const MAX_TEXT: usize = 1000;
-const MAX_MEMBERS: usize = 1000;
+use natter_shared::model::{GROUP_TYPES, MAX_GROUP_NAME, MAX_GROUP_TEXT, MAX_INITIAL_MEMBERS};
 
 pub async fn list(
     State(st): St,
@@ -59,8 +56,8 @@ fn check_text(name: &str, v: &Option<String>, max: usize) -> Result<(), ChatErro
 
 fn check_name(name: &str) -> Result<String, ChatError> {
     let n = name.trim();
-    if n.is_empty() || n.len() > MAX_NAME {
-        return Err(ChatError::InvalidPayload(format!("name must be 1 to {MAX_NAME} bytes")));
+    if n.is_empty() || n.len() > MAX_GROUP_NAME {
+        return Err(ChatError::InvalidPayload(format!("name must be 1 to {MAX_GROUP_NAME} bytes")));
     }
     Ok(n.to_string())
 }
@@ -84,12 +81,12 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<GroupView>), ChatError> {
     let b = body(b)?;
     let name = check_name(&b.name)?;
-    check_text("description", &b.description, MAX_TEXT)?;
-    check_text("avatar", &b.avatar, MAX_TEXT)?;
+    check_text("description", &b.description, MAX_GROUP_TEXT)?;
+    check_text("avatar", &b.avatar, MAX_GROUP_TEXT)?;
     let group_type = b.kind.unwrap_or_else(|| "custom".into());
     check_type(&group_type)?;
-    if b.member_ids.len() > MAX_MEMBERS {
-        return Err(ChatError::InvalidPayload(format!("at most {MAX_MEMBERS} members")));
+    if b.member_ids.len() > MAX_INITIAL_MEMBERS {
+        return Err(ChatError::InvalidPayload(format!("at most {MAX_INITIAL_MEMBERS} members")));
     }
     let member_ids = b.member_ids.iter().map(|m| user_id(m)).collect::<Result<Vec<_>, _>>()?;
     if let Some(p) = &b.permissions {
@@ -140,8 +137,8 @@ pub async fn update(
     let b = body(b)?;
     let gid = chat::oid(&id, "groupId")?;
     let name = b.name.as_deref().map(check_name).transpose()?;
-    check_text("description", &b.description, MAX_TEXT)?;
-    check_text("avatar", &b.avatar, MAX_TEXT)?;
+    check_text("description", &b.description, MAX_GROUP_TEXT)?;
+    check_text("avatar", &b.avatar, MAX_GROUP_TEXT)?;
     if let Some(t) = &b.kind {
         check_type(t)?;
     }

@@ -2,13 +2,10 @@
 //! (the module's defaults: page 1, limit 20 for lists and 50 for history).
 
 use crate::error::ChatError;
+use crate::query::param;
 use natter_shared::store::PageBy;
 
 pub const MAX_LIMIT: u64 = 100;
-
-fn param(query: Option<&str>, name: &str) -> Option<String> {
-    url::form_urlencoded::parse(query.unwrap_or("").as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
-}
 
 fn number(query: Option<&str>, name: &str, default: u64, min: u64, max: u64) -> Result<u64, ChatError> {
     match param(query, name) {

@@ -18,9 +18,7 @@ pub async fn get(
     AuthUser(who): AuthUser,
     RawQuery(q): RawQuery,
 ) -> Result<Json<Vec<UserPresence>>, ChatError> {
-    let raw = url::form_urlencoded::parse(q.as_deref().unwrap_or("").as_bytes())
-        .find(|(k, _)| k == "userIds")
-        .map(|(_, v)| v.into_owned())
+    let raw = crate::query::param(q.as_deref(), "userIds")
         .ok_or_else(|| ChatError::InvalidPayload("userIds is required (comma-separated)".into()))?;
     let users = raw
         .split(',')

@@ -77,6 +77,43 @@ impl FactStatus {
 }
 
 impl AuditFact {
+    /// The version of the fact format this code writes and reads.
+    pub const VERSION: u32 = 1;
+
+    /// The outcomes stream's message id of the fact about the command at
+    /// `seq`: a fact published twice is stored once.
+    pub fn msg_id(&self) -> String {
+        format!("out:{}", self.seq)
+    }
+
+    /// An audited read (no command behind it): `who` did `action` on
+    /// `room`, naming `targets`, at `time_ms`, with the request's `meta`.
+    pub fn read(
+        role: &str,
+        time_ms: i64,
+        who: &crate::auth::Identity,
+        action: &str,
+        room: Option<&crate::ids::RoomRef>,
+        targets: &[(&str, &str)],
+        meta: BTreeMap<String, String>,
+    ) -> AuditFact {
+        AuditFact {
+            v: Self::VERSION,
+            seq: 0,
+            time_ms,
+            role: role.into(),
+            action: action.into(),
+            actor: Some(who.user),
+            roles: who.roles.clone(),
+            room: RoomFields::of_optional(room),
+            targets: targets.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            status: FactStatus::Applied,
+            reason: None,
+            code: None,
+            meta,
+        }
+    }
+
     /// The fact about the command at `seq` in the role's stream (`env` is
     /// `None` when it could not be decoded).
     pub fn of(
@@ -89,7 +126,7 @@ impl AuditFact {
         code: Option<ErrorCode>,
     ) -> AuditFact {
         AuditFact {
-            v: 1,
+            v: Self::VERSION,
             seq,
             time_ms,
             role: role.to_string(),

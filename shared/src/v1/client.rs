@@ -222,7 +222,8 @@ pub struct FrameError {
     pub request_id: Option<String>,
 }
 
-/// Event names the server accepts on `/ws`.
+/// Event names the server accepts on `/ws`: what `parse_request` matches,
+/// named in its refusal of any other (the fuzz suites hold the two together).
 pub const CLIENT_EVENTS: &[&str] = &[
     "send_message",
     "join_conversation",
@@ -311,7 +312,10 @@ pub fn parse_request(kind: &str, data: &str) -> Result<ClientRequest, (ErrorCode
         "delete_message" => ClientRequest::DeleteMessage(payload(data).map_err(bad)?),
         other => {
             let shown: String = other.chars().take(64).collect();
-            return Err((ErrorCode::UnknownEvent, format!("unknown event `{shown}`")));
+            return Err((
+                ErrorCode::UnknownEvent,
+                format!("unknown event `{shown}`; one of {}", CLIENT_EVENTS.join(", ")),
+            ));
         }
     };
     Ok(req)

@@ -575,3 +575,48 @@ async fn a_page_slipped_in_ahead_is_caught_and_does_not_stop_the_chain() {
     let head = recorded_head(&app).await.unwrap();
     assert!(matches!(verify(&app.store.audit(), Some(&head)).await.unwrap(), Verdict::Intact { .. }));
 }
+
+/// REST uploads and downloads are recorded with the request's metadata
+/// (the routes sit inside the metadata layer, as every other REST route).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_uploads_and_downloads_carry_their_request_metadata() {
+    let mut app = TestApp::new().await;
+    app.with_s3();
+    let e = app.start_edge().await;
+    app.start_worker();
+    app.start_attachments_worker();
+    app.start_audit_worker();
+    let (a, b) = (app.user(), app.user());
+    let conv = app.open_conversation(e, a, b).await;
+    let r = app
+        .http()
+        .post(format!("http://{e}/api/chat/attachments"))
+        .query(&[("conversationId", conv.as_str()), ("filename", "notes.txt"), ("type", "text/plain")])
+        .bearer_auth(app.token(a, &[]))
+        .header("user-agent", "audit-test/1")
+        .body(b"minutes of the meeting".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let id = r.json::<Value>().await.unwrap()["id"].as_str().expect("attachment id").to_string();
+    let ok = natter_tests::eventually("the upload stored", Duration::from_secs(30), || async {
+        let (s, _) = app.get(e, &format!("/api/chat/attachments/{id}"), a).await;
+        matches!(s, 200 | 302).then_some(())
+    });
+    ok.await;
+    let (up, down) = natter_tests::eventually("both audited", Duration::from_secs(30), || async {
+        let recs = records(&app).await;
+        let up = recs.iter().find(|r| r.action == "attachment_uploaded").cloned()?;
+        let down = recs.iter().find(|r| r.action == "attachment_downloaded").cloned()?;
+        Some((up, down))
+    })
+    .await;
+    assert_eq!(up.meta.get("via").map(String::as_str), Some("rest"), "{:?}", up.meta);
+    assert_eq!(up.meta.get("route").map(String::as_str), Some("POST /api/chat/attachments"));
+    assert_eq!(up.meta.get("userAgent").map(String::as_str), Some("audit-test/1"));
+    assert_eq!(up.targets.get("attachmentId"), Some(&id));
+    assert_eq!(down.meta.get("via").map(String::as_str), Some("rest"), "{:?}", down.meta);
+    assert_eq!(down.meta.get("route").map(String::as_str), Some("GET /api/chat/attachments/{id}"));
+    assert_eq!(down.actor.as_deref(), Some(a.hex().as_str()));
+}

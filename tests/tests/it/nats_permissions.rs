@@ -378,7 +378,7 @@ async fn edge_and_worker_users_are_refused_what_they_must_not_do() {
     }
 
     // A worker: no client commands (the attachments fact is its one
-    // command), no typing frames. Membership changes go through.
+    // command), no typing frames. Events go through.
     let (worker, mut worker_errors) = nats.connect_watched("worker").await;
     let denied = vec![
         s.command(conv, &room, "send_message"),
@@ -387,7 +387,7 @@ async fn edge_and_worker_users_are_refused_what_they_must_not_do() {
         s.room_ephemeral(conv, &room),
     ];
     let denied = [denied, topology_changes(&s)].concat();
-    only_allowed_arrives(&nats, "worker", &worker, &mut worker_errors, &denied, &s.membership_changes()).await;
+    only_allowed_arrives(&nats, "worker", &worker, &mut worker_errors, &denied, &s.room_events(conv, &room)).await;
     let mut st = ctl.get_stream(s.cmd_stream()).await.expect("stream");
     assert_eq!(st.info().await.expect("info").state.messages, 0, "a worker stored a client command");
 }

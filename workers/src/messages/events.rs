@@ -83,28 +83,11 @@ pub(super) fn system_message(
     user: Option<ObjectId>,
     text: String,
 ) -> MessageDoc {
-    let fields = RoomFields::of(room);
     let mut system = doc! {"action": action, "actorId": actor.to_hex()};
     if let Some(u) = user {
         system.insert("userId", u.to_hex());
     }
-    MessageDoc {
-        id: derived_oid("system", &[&seq.to_string()]),
-        content: text,
-        sender_id: actor,
-        conversation_id: fields.conversation_id,
-        group_id: fields.group_id,
-        message_type: "system".into(),
-        status: "sent".into(),
-        read_by: vec![],
-        attachments: vec![],
-        created_at: time,
-        updated_at: time,
-        seq: seq as i64,
-        client_msg_id: format!("system-{seq}"),
-        system: Some(system),
-        deleted: false,
-        deleted_at: None,
-        deleted_by: None,
-    }
+    let id = derived_oid("system", &[&seq.to_string()]);
+    let new = MessageDoc::new(id, room, actor, "system", text, format!("system-{seq}"), seq, time);
+    MessageDoc { system: Some(system), ..new }
 }

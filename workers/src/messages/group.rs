@@ -22,9 +22,7 @@ use natter_shared::v1::error::ErrorCode;
 use natter_shared::v1::event::{EventFrame, EventKind};
 use serde_json::json;
 
-pub const GROUP_TYPES: [&str; 3] = ["department", "custom", "operational"];
-pub const MAX_NAME: usize = 100;
-pub const MAX_DESCRIPTION: usize = 1000;
+use natter_shared::model::{GROUP_TYPES, MAX_GROUP_NAME};
 
 fn forbidden(b: &Batch<'_>, inc: &Incoming, reason: &str) -> Disposition {
     refused(&b.ctx.subjects, inc, ErrorCode::Forbidden, reason, json!({}))
@@ -55,7 +53,7 @@ pub(super) fn create(
     if !inc.msg.has_role("Admin") {
         return Ok(forbidden(b, inc, "creating a group needs the Admin role"));
     }
-    if c.name.trim().is_empty() || c.name.len() > MAX_NAME || !GROUP_TYPES.contains(&c.group_type.as_str()) {
+    if c.name.trim().is_empty() || c.name.len() > MAX_GROUP_NAME || !GROUP_TYPES.contains(&c.group_type.as_str()) {
         return Ok(Disposition::Poison("invalid group name or type".into()));
     }
     if let Err(reason) = c.permissions.check() {
@@ -193,7 +191,7 @@ fn update(
         room.advance(inc.seq);
         return Ok(forbidden(b, inc, "updating a group needs the Admin role"));
     }
-    if c.name.as_ref().is_some_and(|n| n.trim().is_empty() || n.len() > MAX_NAME)
+    if c.name.as_ref().is_some_and(|n| n.trim().is_empty() || n.len() > MAX_GROUP_NAME)
         || c.group_type.as_ref().is_some_and(|t| !GROUP_TYPES.contains(&t.as_str()))
     {
         return Ok(Disposition::Poison("invalid group name or type".into()));

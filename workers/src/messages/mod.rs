@@ -347,13 +347,9 @@ fn expire_upload(b: &mut Batch<'_>, c: &ExpireUploadCmd) -> Disposition {
 /// Inserts an attachment record once (a second insert finds it).
 pub(crate) async fn insert_attachment(store: &Store, doc: &AttachmentDoc) -> Result<(), mongodb::error::Error> {
     match store.attachments().insert_one(doc).await {
-        Err(e) if !is_duplicate(&e) => Err(e),
+        Err(e) if !crate::handler::is_duplicate(&e) => Err(e),
         _ => Ok(()),
     }
-}
-
-pub(crate) fn is_duplicate(e: &mongodb::error::Error) -> bool {
-    matches!(*e.kind, mongodb::error::ErrorKind::Write(mongodb::error::WriteFailure::WriteError(ref w)) if w.code == writes::DUPLICATE_KEY)
 }
 
 /// Connects, applies indexes and topology, and runs the role until `cancel`.

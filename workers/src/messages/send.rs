@@ -13,7 +13,7 @@ use crate::handler::{ApplyError, Disposition, Incoming};
 use mongodb::bson::{DateTime, doc};
 use natter_shared::ids::parse_oid;
 use natter_shared::model::MessageDoc;
-use natter_shared::v1::command::{RoomFields, SendMessageCmd};
+use natter_shared::v1::command::SendMessageCmd;
 use natter_shared::v1::error::ErrorCode;
 use natter_shared::v1::event::{EventFrame, EventKind};
 use serde_json::json;
@@ -27,7 +27,6 @@ fn validate(inc: &Incoming, c: &SendMessageCmd, room: &Room) -> Result<MessageDo
         return Err("content is empty or too long".into());
     }
     let sender = inc.msg.actor;
-    let fields = RoomFields::of(&room.key);
     let mut attachments = Vec::with_capacity(c.attachments.len());
     for a in &c.attachments {
         let at = DateTime::parse_rfc3339_str(&a.uploaded_at).map_err(|_| "attachment uploadedAt is not a date")?;
@@ -35,25 +34,17 @@ fn validate(inc: &Incoming, c: &SendMessageCmd, room: &Room) -> Result<MessageDo
             "id": &a.id, "type": &a.kind, "name": &a.name, "size": a.size, "uploadedAt": at, "thumbnail": a.thumbnail,
         });
     }
-    Ok(MessageDoc {
+    let new = MessageDoc::new(
         id,
-        content: c.content.clone(),
-        sender_id: sender.oid(),
-        conversation_id: fields.conversation_id,
-        group_id: fields.group_id,
-        message_type: c.message_type.clone(),
-        status: "sent".into(),
-        read_by: vec![sender.hex()],
-        attachments,
-        created_at: inc.time,
-        updated_at: inc.time,
-        seq: inc.seq as i64,
-        client_msg_id: c.client_msg_id.clone(),
-        system: None,
-        deleted: false,
-        deleted_at: None,
-        deleted_by: None,
-    })
+        &room.key,
+        sender.oid(),
+        &c.message_type,
+        c.content.clone(),
+        c.client_msg_id.clone(),
+        inc.seq,
+        inc.time,
+    );
+    Ok(MessageDoc { read_by: vec![sender.hex()], attachments, ..new })
 }
 
 pub(super) fn apply(

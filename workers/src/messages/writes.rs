@@ -18,8 +18,6 @@ use natter_shared::ids::RoomKind;
 use natter_shared::model::{ATTACHMENTS, AttachmentDoc, MESSAGES, MessageDoc};
 use natter_shared::store::Store;
 
-/// The duplicate key error.
-pub const DUPLICATE_KEY: i32 = 11000;
 /// From how many new messages a batch inserts them with their own command.
 const SEPARATE_INSERT_FROM: usize = 2;
 /// The first wire version of MongoDB 8.0, which has `bulkWrite`.
@@ -305,7 +303,7 @@ async fn bulk_write(
 /// behind the database (read again, apply again); anything else is the
 /// server's verdict on the write.
 fn write_error(code: i32, message: &str) -> WriteError {
-    if code == DUPLICATE_KEY {
+    if code == crate::handler::DUPLICATE_KEY {
         WriteError::Conflict(message.to_string())
     } else {
         WriteError::Apply(ApplyError::write(code, message))

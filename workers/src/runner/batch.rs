@@ -40,30 +40,16 @@ impl<M: Input> Batch<M> {
         let mut incoming: Vec<Incoming<M>> = Vec::with_capacity(msgs.len());
         let mut slots: Vec<Result<usize, String>> = Vec::with_capacity(msgs.len());
         for m in &msgs {
-            let Ok(info) = m.info() else {
-                slots.push(Err("message without JetStream metadata".into()));
-                continue;
-            };
-            if info.delivered >= topology::MAX_DELIVER {
+            if let Ok(info) = m.info()
+                && info.delivered >= topology::MAX_DELIVER
+            {
                 slots.push(Err(format!("delivered {} times without being applied", info.delivered)));
                 continue;
             }
-            let msg = match serde_json::from_slice::<M>(&m.payload) {
-                Ok(msg) => msg,
-                Err(e) => {
-                    slots.push(Err(format!("undecodable: {e}")));
-                    continue;
-                }
-            };
-            match msg.check_version() {
-                Ok(()) => {
+            match Incoming::decode(m) {
+                Ok(inc) => {
                     slots.push(Ok(incoming.len()));
-                    incoming.push(Incoming {
-                        seq: info.stream_sequence,
-                        time: from_offset(info.published),
-                        subject: m.subject.to_string(),
-                        msg,
-                    });
+                    incoming.push(inc);
                 }
                 Err(reason) => slots.push(Err(reason)),
             }
@@ -216,7 +202,7 @@ impl<M: Input> Batch<M> {
                     facts.push(ToStore {
                         subject: part.subjects.outcome(role),
                         payload: body.into(),
-                        msg_id: Some(format!("out:{seq}")),
+                        msg_id: Some(fact.msg_id()),
                     });
                 }
             }
