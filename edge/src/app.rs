@@ -2,27 +2,30 @@
 //! applies (or, with `NATS_TOPOLOGY=verify`, checks) the topology and
 //! applies the indexes; `Edge::run` serves until the token is
 //! cancelled, then closes sockets with "going away" and drains them within
-//! the grace period. Tests build edges on port 0.
+//! the grace period: everything the edge spawns is a task of its
+//! `shutdown::Tasks`, connections first, then the services they fed (the
+//! delivery flusher, presence, the hub's fan-outs), so the last receipts
+//! and presence's going-away deletions are stored before it exits. Tests
+//! build edges on port 0.
 
 use crate::delivery::Deliveries;
 use crate::hub::Hub;
 use crate::membership::Membership;
 use crate::presence::Presence;
-use crate::state::{EdgeState, Lifecycle};
+use crate::state::EdgeState;
 use crate::{health, rest, sio, ws};
 use axum::Router;
 use axum::routing::{any, get};
 use natter_nats::Subjects;
 use natter_shared::auth::Jwt;
 use natter_shared::config::{EdgeConfig, NatsTopology};
-use natter_shared::shutdown::{GRACE_PERIOD, drain};
+use natter_shared::shutdown::{GRACE_PERIOD, Tasks};
 use natter_shared::store::Store;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -68,8 +71,9 @@ impl Edge {
         }
         let store = Store::connect(&config.core.mongodb_uri, &config.core.mongodb_db).await?;
         store.ensure_indexes().await?;
-        let (hub, contacts_changed) = Hub::new(nats.clone(), subjects.clone());
-        let presence = Presence::start(&js, &subjects, store.clone(), contacts_changed, shutdown.clone())
+        let tasks = Tasks::new(shutdown);
+        let (hub, contacts_changed) = Hub::new(nats.clone(), subjects.clone(), tasks.clone());
+        let presence = Presence::start(&js, &subjects, store.clone(), contacts_changed, &tasks)
             .await
             .map_err(StartError::Presence)?;
         let staging = js
@@ -92,8 +96,8 @@ impl Edge {
             hub,
             membership: Membership::default(),
             presence,
-            deliveries: Deliveries::spawn(js.clone(), subjects.clone(), shutdown.clone()),
-            lifecycle: Lifecycle { shutdown, tracker: TaskTracker::new() },
+            deliveries: Deliveries::spawn(js.clone(), subjects.clone(), &tasks),
+            lifecycle: tasks,
             config,
             store,
             nats,
@@ -132,12 +136,13 @@ impl Edge {
     /// Serves until the shutdown token fires, then drains connections.
     pub async fn run(self) -> std::io::Result<()> {
         let st = self.state;
-        let shutdown = st.lifecycle.shutdown.clone();
+        let shutdown = st.lifecycle.shutdown().clone();
         tracing::info!(addr = %self.listener.local_addr()?, "edge listening");
         // Connections carry the client's address (per-address limits).
         let app = Self::router(st.clone()).into_make_service_with_connect_info::<SocketAddr>();
         axum::serve(self.listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
-        drain(&st.lifecycle.tracker, GRACE_PERIOD).await;
+        // Connections first, then what they fed (receipts, presence).
+        st.lifecycle.drain(GRACE_PERIOD).await;
         let _ = st.nats.flush().await;
         tracing::info!("edge stopped");
         Ok(())

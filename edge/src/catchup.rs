@@ -69,7 +69,7 @@ pub async fn follow<F: Future<Output = Result<(), ChatError>>>(
     }
     // Then the held live events, and every later one, in order.
     let tx = sink.tx.clone();
-    tokio::spawn(async move {
+    st.lifecycle.spawn(async move {
         while let Some(o) = hold_rx.recv().await {
             if tx.send(o).await.is_err() {
                 break;

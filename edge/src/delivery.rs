@@ -8,6 +8,7 @@
 use natter_nats::Subjects;
 use natter_nats::publish;
 use natter_shared::ids::{RoomRef, UserId};
+use natter_shared::shutdown::Tasks;
 use natter_shared::v1::command::{Command, CommandEnvelope, MarkDeliveredCmd, RoomFields};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -23,23 +24,31 @@ pub struct Deliveries {
 }
 
 impl Deliveries {
-    pub fn spawn(js: async_nats::jetstream::Context, subjects: Subjects, shutdown: CancellationToken) -> Self {
+    /// Starts the flusher, a service: it stops once the connections have
+    /// drained, and stores what they reported to the end.
+    pub fn spawn(js: async_nats::jetstream::Context, subjects: Subjects, tasks: &Tasks) -> Self {
         let (tx, mut rx) = mpsc::channel::<(UserId, RoomRef, u64)>(QUEUE);
-        tokio::spawn(async move {
+        tasks.spawn_service(|stop: CancellationToken| async move {
             let mut pending: HashMap<(UserId, RoomRef), u64> = HashMap::new();
+            let note = |pending: &mut HashMap<(UserId, RoomRef), u64>, (u, room, seq): (UserId, RoomRef, u64)| {
+                let newest = pending.entry((u, room)).or_default();
+                *newest = (*newest).max(seq);
+            };
             let mut tick = tokio::time::interval(FLUSH_EVERY);
             loop {
                 tokio::select! {
                     r = rx.recv() => match r {
-                        Some((u, room, seq)) => {
-                            let newest = pending.entry((u, room)).or_default();
-                            *newest = (*newest).max(seq);
-                        }
+                        Some(r) => note(&mut pending, r),
                         None => break,
                     },
                     _ = tick.tick() => flush(&js, &subjects, &mut pending).await,
-                    _ = shutdown.cancelled() => break,
+                    _ = stop.cancelled() => break,
                 }
+            }
+            // Reported before the stop, still queued.
+            rx.close();
+            while let Ok(r) = rx.try_recv() {
+                note(&mut pending, r);
             }
             flush(&js, &subjects, &mut pending).await;
         });

@@ -18,6 +18,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use natter_nats::{RoomKind, Subjects};
 use natter_shared::ids::{RoomRef, UserId};
+use natter_shared::shutdown::Tasks;
 use natter_shared::v1::event::{EventHead, data_of};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
@@ -125,6 +126,8 @@ pub struct Hub {
     /// Told when a user's contacts may have changed (presence uses it).
     contacts: mpsc::UnboundedSender<ContactNotice>,
     recent: Arc<Recent>,
+    /// The edge's tasks: the control loop and the fan-outs are services.
+    tasks: Tasks,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -180,7 +183,11 @@ const CONTACT_EVENTS: [&str; 5] = ["member_added", "member_removed", "group_crea
 
 impl Hub {
     /// The hub and the receiver of "contacts changed" notices.
-    pub fn new(nats: async_nats::Client, subjects: Subjects) -> (Arc<Hub>, mpsc::UnboundedReceiver<ContactNotice>) {
+    pub fn new(
+        nats: async_nats::Client,
+        subjects: Subjects,
+        tasks: Tasks,
+    ) -> (Arc<Hub>, mpsc::UnboundedReceiver<ContactNotice>) {
         let (control, mut rx) = mpsc::unbounded_channel();
         let (contacts, contacts_rx) = mpsc::unbounded_channel();
         let hub = Arc::new(Hub {
@@ -190,10 +197,15 @@ impl Hub {
             control,
             contacts,
             recent: Arc::default(),
+            tasks,
         });
         let weak: Weak<Hub> = Arc::downgrade(&hub);
-        tokio::spawn(async move {
-            while let Some(c) = rx.recv().await {
+        hub.tasks.spawn_service(|stop: CancellationToken| async move {
+            loop {
+                let c = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    c = rx.recv() => match c { Some(c) => c, None => break },
+                };
                 let Some(hub) = weak.upgrade() else { break };
                 match c {
                     Control::Follow(subject, sink) => {
@@ -242,7 +254,8 @@ impl Hub {
                 }
                 None => {
                     let (tx, rx) = watch::channel(None);
-                    let stop = CancellationToken::new();
+                    // Stopped when everyone has left, or with the services.
+                    let stop = self.tasks.services_stop().child_token();
                     let sinks = Arc::new(Mutex::new(HashMap::from([(conn, sink.clone())])));
                     let id = NEXT_ENTRY.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let entry = Entry { id, sinks: sinks.clone(), stop: stop.clone(), ready: tx };
@@ -295,7 +308,7 @@ impl Hub {
             control: self.control.clone(),
             recent: self.recent.clone(),
         };
-        tokio::spawn(fan.run(sub, stop));
+        self.tasks.spawn_service(|_| fan.run(sub, stop));
         Ok(())
     }
 

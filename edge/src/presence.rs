@@ -15,6 +15,7 @@ use futures::{StreamExt, TryStreamExt};
 use mongodb::bson::{DateTime, doc};
 use natter_nats::Subjects;
 use natter_shared::ids::UserId;
+use natter_shared::shutdown::Tasks;
 use natter_shared::store::Store;
 use natter_shared::timefmt::iso;
 use natter_shared::v1::event::{EventFrame, EventKind};
@@ -71,7 +72,7 @@ impl Presence {
         subjects: &Subjects,
         store: Store,
         mut contacts_changed: mpsc::UnboundedReceiver<ContactNotice>,
-        shutdown: CancellationToken,
+        tasks: &Tasks,
     ) -> Result<Arc<Presence>, String> {
         let kv = js.get_key_value(subjects.presence_bucket()).await.map_err(|e| e.to_string())?;
         let seen = js.get_key_value(subjects.last_seen_bucket()).await.map_err(|e| e.to_string())?;
@@ -86,8 +87,7 @@ impl Presence {
         });
         let mut watch = p.kv.watch_with_history(">").await.map_err(|e| e.to_string())?;
         let w = Arc::downgrade(&p);
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
+        tasks.spawn_service(|stop: CancellationToken| async move {
             loop {
                 let entry = tokio::select! {
                     _ = stop.cancelled() => break,
@@ -98,8 +98,8 @@ impl Presence {
             }
         });
         let w = Arc::downgrade(&p);
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
+        // Stops after the connections: their disconnects have run by then.
+        tasks.spawn_service(|stop: CancellationToken| async move {
             let mut tick = tokio::time::interval(HEARTBEAT);
             loop {
                 tokio::select! {

@@ -70,7 +70,8 @@ impl Drop for CloseOnDrop {
         if let Some(c) = self.0.take()
             && tokio::runtime::Handle::try_current().is_ok()
         {
-            c.st.lifecycle.tracker.clone().spawn(c.close());
+            let tasks = c.st.lifecycle.clone();
+            tasks.spawn(c.close());
         }
     }
 }

@@ -25,7 +25,8 @@ pub struct EdgeState {
     pub staging: async_nats::jetstream::object_store::ObjectStore,
     /// S3 client and bucket, when attachments are configured.
     pub s3: Option<(aws_sdk_s3::Client, String)>,
-    pub lifecycle: Lifecycle,
+    /// Everything the edge spawns, drained in two rings on shutdown.
+    pub lifecycle: natter_shared::shutdown::Tasks,
     /// Socket.IO (Engine.IO) sessions held by this edge.
     pub sio: crate::sio::Registry,
     /// Typing publishes per user and room.
@@ -34,12 +35,4 @@ pub struct EdgeState {
     pub uploads: crate::uploads::UploadBudgets,
     /// REST request rates per caller.
     pub rest_limits: crate::rest::limit::RestLimits,
-}
-
-/// Lifecycle handles shared by the server and its connections.
-pub struct Lifecycle {
-    /// Cancelled on shutdown; each connection holds a child token.
-    pub shutdown: tokio_util::sync::CancellationToken,
-    /// Tracks upgraded connections, which outlive their HTTP request.
-    pub tracker: tokio_util::task::TaskTracker,
 }

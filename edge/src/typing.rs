@@ -106,7 +106,7 @@ impl TypingState {
             publish(st, who, room, true).await;
         }
         let (me, st2, who2, room2) = (Arc::downgrade(self), st.clone(), who.clone(), room.clone());
-        let expiry = tokio::spawn(async move {
+        let expiry = st.lifecycle.spawn(async move {
             tokio::time::sleep(TYPING_TTL).await;
             if let Some(me) = me.upgrade() {
                 me.lock().remove(&room2);

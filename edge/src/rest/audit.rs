@@ -112,6 +112,7 @@ fn streamed(
 /// Runs an export into the channel; an error mid-way ends the body with an
 /// error (the client sees a truncated transfer, never a silent cut).
 fn spawn_export<T: Row + Send + 'static, S>(
+    st: &EdgeState,
     fmt: Format,
     title: String,
     subtitle: String,
@@ -120,7 +121,7 @@ fn spawn_export<T: Row + Send + 'static, S>(
 ) where
     S: futures::Stream<Item = Result<T, mongodb::error::Error>> + Unpin + Send + 'static,
 {
-    tokio::spawn(async move {
+    st.lifecycle.spawn(async move {
         let sink = |b: Bytes| {
             let tx = tx.clone();
             async move { tx.send(Ok(b)).await.is_ok() }
@@ -151,7 +152,7 @@ pub async fn export_logs(State(st): St, AuthUser(who): AuthUser, RawQuery(q): Ra
     .await?;
     let rows = export::audit_rows(&st.store, &f).await?;
     let subtitle = format!("Filters: {}", f.describe());
-    Ok(streamed("audit", fmt, |tx| spawn_export(fmt, "natter audit trail".into(), subtitle, rows, tx)))
+    Ok(streamed("audit", fmt, |tx| spawn_export(&st, fmt, "natter audit trail".into(), subtitle, rows, tx)))
 }
 
 async fn export_room(st: &EdgeState, who: &Identity, room: RoomRef, q: Option<&str>) -> Result<Response, ChatError> {
@@ -172,7 +173,7 @@ async fn export_room(st: &EdgeState, who: &Identity, room: RoomRef, q: Option<&s
         room.id
     );
     let name = format!("history-{}", room.id);
-    Ok(streamed(&name, fmt, |tx| spawn_export(fmt, title, "All messages, oldest first".into(), rows, tx)))
+    Ok(streamed(&name, fmt, |tx| spawn_export(st, fmt, title, "All messages, oldest first".into(), rows, tx)))
 }
 
 /// `GET /api/chat/conversations/:id/export?format=...`

@@ -108,7 +108,7 @@ impl Engine {
             pong: tokio::sync::Notify::new(),
             user,
             pending: Mutex::new(Some(pending)),
-            closed: st.lifecycle.shutdown.child_token(),
+            closed: st.lifecycle.shutdown().child_token(),
             overflow: CancellationToken::new(),
             ping_interval: st.config.sio_ping_interval,
             ping_timeout: st.config.sio_ping_timeout,
@@ -283,7 +283,7 @@ impl Engine {
             ctl: ctl_tx.clone(),
         };
         let max_binary = self.max_binary;
-        let reader = tokio::spawn(
+        let reader = st.lifecycle.spawn(
             async move { wsconn::read_messages(rx, ctl_tx, MAX_FRAME_BYTES + 1, max_binary, &mut inbound, None).await }
                 .in_current_span(),
         );
@@ -391,8 +391,8 @@ pub fn websocket(engine: Arc<Engine>, st: Arc<EdgeState>, mut req: Request, upgr
         Ok(x) => x,
         Err(_) => return EioError::BadRequest.into_response(),
     };
-    let tracker = st.lifecycle.tracker.clone();
-    tracker.spawn(
+    let tasks = st.lifecycle.clone();
+    tasks.spawn(
         async move {
             match fut.await {
                 Ok(ws) => engine.run_ws(ws, st, upgrade).await,

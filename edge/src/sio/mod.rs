@@ -254,14 +254,10 @@ fn open(st: &Arc<EdgeState>, req: &Request, transport: Transport) -> Result<Arc<
     let (engine, inbound) = Engine::new(st, transport, slot);
     st.sio.insert(engine.clone());
     let (st2, e2) = (st.clone(), engine.clone());
-    st.lifecycle.tracker.spawn(async move {
+    st.lifecycle.spawn(async move {
         let _gone = Unregister { st: st2.clone(), engine: e2.clone() };
         socket::run(e2, inbound, st2, handshake).await;
     });
-    st.lifecycle.tracker.spawn(engine::heartbeat(
-        engine.clone(),
-        st.config.sio_ping_interval,
-        st.config.sio_ping_timeout,
-    ));
+    st.lifecycle.spawn(engine::heartbeat(engine.clone(), st.config.sio_ping_interval, st.config.sio_ping_timeout));
     Ok(engine)
 }

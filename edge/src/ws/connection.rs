@@ -36,7 +36,7 @@ pub async fn run(ws: WebSocket<Io>, token: Verified, meta: RequestMeta, st: Arc<
         let closer = CloseOnDrop::new(session.closer());
         let alive = Arc::new(Liveness::default());
         let reader_alive = alive.clone();
-        let reader = tokio::spawn(
+        let reader = st.lifecycle.spawn(
             async move {
                 let mut native = Native(session);
                 let alive = Some(&*reader_alive);

@@ -46,10 +46,10 @@ pub async fn handle(State(st): State<Arc<EdgeState>>, mut req: Request) -> Respo
         Ok(x) => x,
         Err(e) => return ChatError::InvalidPayload(format!("bad upgrade: {e}")).into_response(),
     };
-    let cancel = st.lifecycle.shutdown.child_token();
+    let cancel = st.lifecycle.shutdown().child_token();
     let st2 = st.clone();
     let meta = crate::meta::from_handshake(req.headers());
-    st.lifecycle.tracker.spawn(async move {
+    st.lifecycle.spawn(async move {
         match upgrade.await {
             Ok(ws) => connection::run(ws, verified, meta, st2, cancel).await,
             Err(e) => tracing::debug!(error = %e, "upgrade failed"),

@@ -3,7 +3,7 @@
 use anyhow::Context;
 use natter_shared::config::{ConfigError, CoreConfig, Env, S3Config};
 use natter_workers::RunnerConfig;
-use natter_workers::main_support::{config_or_exit, until_drained};
+use natter_workers::main_support::{config_or_exit, run_role};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -14,7 +14,9 @@ async fn main() -> anyhow::Result<()> {
     );
     let ttl = config_or_exit(natter_shared::config::unsent_upload_ttl(&Env));
     let after = natter_shared::config::collect_after(ttl);
-    let cancel = natter_shared::shutdown::signal_token();
-    let work = natter_workers::attachments::serve_with(&core, &s3, after, RunnerConfig::default(), cancel.clone());
-    until_drained(work, &cancel).await.context("attachments worker")
+    run_role(|stop| async move {
+        natter_workers::attachments::serve_with(&core, &s3, after, RunnerConfig::default(), stop).await
+    })
+    .await
+    .context("attachments worker")
 }

@@ -4,13 +4,13 @@
 use anyhow::Context;
 use natter_shared::config::{CoreConfig, Env};
 use natter_workers::RunnerConfig;
-use natter_workers::main_support::{config_or_exit, until_drained};
+use natter_workers::main_support::{config_or_exit, run_role};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     natter_shared::telemetry::init("info");
     let core = config_or_exit(CoreConfig::load(&Env));
-    let cancel = natter_shared::shutdown::signal_token();
-    let work = natter_workers::audit::serve(&core, RunnerConfig::default(), cancel.clone());
-    until_drained(work, &cancel).await.context("audit worker")
+    run_role(|stop| async move { natter_workers::audit::serve(&core, RunnerConfig::default(), stop).await })
+        .await
+        .context("audit worker")
 }
