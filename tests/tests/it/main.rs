@@ -23,3 +23,4 @@ mod receipts;
 mod recovery;
 mod replay;
 mod socketio;
+mod wire;
