@@ -8,4 +8,4 @@ pub mod subjects;
 pub mod topology;
 
 pub use subjects::{LeaseKey, PARTITIONS, RoomKind, Subjects};
-pub use topology::{Role, Sizing, TopologyError, apply, verify, verify_consumers};
+pub use topology::{Role, Sizing, TopologyError, apply, apply_consumers, verify, verify_consumers};

@@ -7,48 +7,70 @@ use crate::subjects::{PARTITIONS, Subjects};
 use async_nats::jetstream::{self, consumer, kv, stream};
 use std::time::Duration;
 
-/// Worker roles that own a durable consumer per partition.
+/// What a worker role consumes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    Messages,
-    Attachments,
-    Audit,
+pub enum Input {
+    /// Client commands, one consumer per partition (room order). The role
+    /// receives the actions `natter_shared::v1::command::owner_of` gives
+    /// it, or, the default owner, the whole partition.
+    Commands,
+    /// The outcome facts of every role, in one chain (one partition,
+    /// applied by one worker at a time).
+    Outcomes,
+}
+
+/// A worker role: its name and what it consumes. The topology declares a
+/// durable consumer per partition for every role in `Role::ALL`; a role's
+/// handler names its `Role`, and `start::serve` boots any of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Role {
+    pub name: &'static str,
+    pub input: Input,
 }
 
 impl Role {
-    pub const ALL: [Role; 3] = [Role::Messages, Role::Attachments, Role::Audit];
+    pub const MESSAGES: Role = Role { name: "messages", input: Input::Commands };
+    pub const ATTACHMENTS: Role = Role { name: "attachments", input: Input::Commands };
+    pub const AUDIT: Role = Role { name: "audit", input: Input::Outcomes };
+
+    /// Every role: a new one is one more entry here.
+    pub const ALL: [Role; 3] = [Role::MESSAGES, Role::ATTACHMENTS, Role::AUDIT];
 
     pub fn name(self) -> &'static str {
-        match self {
-            Role::Messages => "messages",
-            Role::Attachments => "attachments",
-            Role::Audit => "audit",
-        }
+        self.name
     }
 
-    /// How many partitions the role's input has. The audit trail is one
-    /// chain, so it is one partition, applied by one worker at a time.
+    /// How many partitions the role's input has.
     pub fn partitions(self) -> u32 {
-        match self {
-            Role::Messages | Role::Attachments => PARTITIONS,
-            Role::Audit => 1,
+        match self.input {
+            Input::Commands => PARTITIONS,
+            Input::Outcomes => 1,
         }
     }
 
     /// The stream the role consumes.
     pub fn stream(self, s: &Subjects) -> String {
-        match self {
-            Role::Messages | Role::Attachments => s.cmd_stream(),
-            Role::Audit => s.outcomes_stream(),
+        match self.input {
+            Input::Commands => s.cmd_stream(),
+            Input::Outcomes => s.outcomes_stream(),
+        }
+    }
+
+    /// The actions this role owns, when it owns only some (`None`: the
+    /// default owner, which receives the whole partition).
+    pub fn actions(self) -> Option<&'static [&'static str]> {
+        match self.input {
+            Input::Commands => natter_shared::v1::command::actions_of(self.name),
+            Input::Outcomes => None,
         }
     }
 
     /// What the role's consumer on partition `p` receives.
-    pub fn filter(self, s: &Subjects, p: u32) -> String {
-        match self {
-            Role::Messages => s.partition(p),
-            Role::Attachments => s.partition_action(p, "upload_attachment"),
-            Role::Audit => s.outcomes_all(),
+    pub fn filters(self, s: &Subjects, p: u32) -> Vec<String> {
+        match (self.input, self.actions()) {
+            (Input::Commands, Some(actions)) => actions.iter().map(|a| s.partition_action(p, a)).collect(),
+            (Input::Commands, None) => vec![s.partition(p)],
+            (Input::Outcomes, _) => vec![s.outcomes_all()],
         }
     }
 }
@@ -172,10 +194,17 @@ pub fn dlq_stream_config(s: &Subjects, replicas: usize) -> stream::Config {
 }
 
 pub fn consumer_config(s: &Subjects, role: Role, p: u32) -> consumer::pull::Config {
+    let filters = role.filters(s, p);
     consumer::pull::Config {
         durable_name: Some(s.consumer(role.name(), p)),
         description: Some(format!("{} worker, partition {p}", role.name())),
-        filter_subject: role.filter(s, p),
+        // One filter as `filter_subject`, as consumers declared before
+        // roles could own several actions have it.
+        filter_subject: match filters.as_slice() {
+            [one] => one.clone(),
+            _ => String::new(),
+        },
+        filter_subjects: if filters.len() > 1 { filters } else { vec![] },
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: BACKOFF[0],
         max_deliver: MAX_DELIVER,
@@ -404,6 +433,21 @@ async fn verify_once(js: &jetstream::Context, s: &Subjects) -> Result<(), Topolo
     Ok(())
 }
 
+/// Creates or updates `role`'s durable consumers, one per partition (its
+/// stream must exist). `apply` does it for every role of `Role::ALL`.
+pub async fn apply_consumers(js: &jetstream::Context, s: &Subjects, role: Role) -> Result<(), TopologyError> {
+    for p in 0..role.partitions() {
+        let cfg = consumer_config(s, role, p);
+        let name = s.consumer(role.name(), p);
+        if js.create_consumer_on_stream(cfg.clone(), role.stream(s)).await.is_err() {
+            js.update_consumer_on_stream(cfg, role.stream(s))
+                .await
+                .map_err(|e| TopologyError::Consumer { name, source: boxed(e) })?;
+        }
+    }
+    Ok(())
+}
+
 /// Checks that `role`'s durable consumers (one per partition) exist, with
 /// consumer info requests (`$JS.API.CONSUMER.INFO.<stream>.<consumer>`,
 /// which the worker user may make on the streams it consumes). As
@@ -444,15 +488,7 @@ async fn apply_once(js: &jetstream::Context, s: &Subjects, sizing: Sizing) -> Re
         js.create_or_update_stream(cfg).await.map_err(|e| TopologyError::Stream { name, source: boxed(e) })?;
     }
     for role in Role::ALL {
-        for p in 0..role.partitions() {
-            let cfg = consumer_config(s, role, p);
-            let name = s.consumer(role.name(), p);
-            if js.create_consumer_on_stream(cfg.clone(), role.stream(s)).await.is_err() {
-                js.update_consumer_on_stream(cfg, role.stream(s))
-                    .await
-                    .map_err(|e| TopologyError::Consumer { name, source: boxed(e) })?;
-            }
-        }
+        apply_consumers(js, s, role).await?;
     }
     let staging = staging_config(s, sizing);
     let max_bytes = staging.max_bytes;

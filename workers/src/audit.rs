@@ -9,14 +9,13 @@
 //! published twice) adds nothing.
 
 use crate::handler::{ApplyError, Disposition, Done, Handler, Incoming};
-use crate::runner::{self, RunnerConfig};
+use crate::runner::RunnerConfig;
 use crate::start::{self, StartError};
 use natter_nats::topology::Role;
 use natter_shared::audit::{self, AuditFact, AuditPage, AuditRecord, GENESIS};
 use natter_shared::config::CoreConfig;
 use natter_shared::store::Store;
 use std::collections::{HashSet, VecDeque};
-use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -129,7 +128,7 @@ impl Chain {
 }
 
 impl Handler for AuditHandler {
-    const ROLE: Role = Role::Audit;
+    const ROLE: Role = Role::AUDIT;
     type Msg = AuditFact;
     type State = Chain;
     /// A page is written as it is applied.
@@ -207,9 +206,10 @@ impl Handler for AuditHandler {
 
 /// Connects, applies topology and indexes, and runs the role until `cancel`.
 pub async fn serve(core: &CoreConfig, cfg: RunnerConfig, cancel: CancellationToken) -> Result<(), StartError> {
-    let c = start::connect(core, "audit", &cfg).await?;
-    let heads =
-        c.js.get_key_value(c.subjects.audit_head_bucket()).await.map_err(|e| StartError::Nats(e.to_string()))?;
-    runner::run(Arc::new(AuditHandler::new(c.store, Some(heads))), c.client, c.subjects, cfg, cancel).await?;
-    Ok(())
+    start::serve(core, cfg, cancel, async |c| {
+        let heads =
+            c.js.get_key_value(c.subjects.audit_head_bucket()).await.map_err(|e| StartError::Nats(e.to_string()))?;
+        Ok(AuditHandler::new(c.store.clone(), Some(heads)))
+    })
+    .await
 }

@@ -272,6 +272,25 @@ async fn retry<H: Handler, F: Future<Output = bool>>(
     }
 }
 
+/// Applies `batch` with `handler`, the commands another role applies
+/// (`Command::owner`) marked `NotMine` first: a role's `apply` sees its own
+/// and skips what `done` already holds.
+pub async fn apply_own<H: Handler>(
+    handler: &H,
+    state: &mut H::State,
+    batch: &[Incoming<H::Msg>],
+    done: &mut Done,
+) -> Result<(), ApplyError> {
+    for inc in batch {
+        if let Some(c) = inc.msg.command()
+            && c.command.owner() != H::ROLE.name()
+        {
+            done.insert(inc.seq, Disposition::NotMine);
+        }
+    }
+    handler.apply(state, batch, done).await
+}
+
 /// Applies `cmds` and writes what they staged, at once.
 pub async fn commit<H: Handler>(
     handler: &H,
@@ -279,7 +298,7 @@ pub async fn commit<H: Handler>(
     cmds: &[Incoming<H::Msg>],
 ) -> Result<Done, ApplyError> {
     let mut done = Done::new();
-    let result = match handler.apply(state, cmds, &mut done).await {
+    let result = match apply_own(handler, state, cmds, &mut done).await {
         Ok(()) => handler.write(handler.take(state)).await,
         Err(e) => Err(e),
     };

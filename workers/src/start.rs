@@ -2,10 +2,13 @@
 //! the topology (or, with `NATS_TOPOLOGY=verify`, check that it is there)
 //! and the indexes. Errors name what failed.
 
+use crate::handler::Handler;
 use crate::runner::{self, RunnerConfig};
 use natter_nats::{Role, Subjects};
 use natter_shared::config::{CoreConfig, NatsTopology};
 use natter_shared::store::Store;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -19,6 +22,21 @@ pub enum StartError {
     S3(String),
     #[error(transparent)]
     Runner(#[from] runner::RunnerError),
+}
+
+/// Boots a role: connects as `H::ROLE`, applies (or verifies) the
+/// topology and the indexes, builds the handler with `make`, and runs it
+/// until `cancel`. A role's `serve` is this one call.
+pub async fn serve<H: Handler>(
+    core: &CoreConfig,
+    cfg: RunnerConfig,
+    cancel: CancellationToken,
+    make: impl AsyncFnOnce(&Connected) -> Result<H, StartError>,
+) -> Result<(), StartError> {
+    let c = connect(core, H::ROLE.name(), &cfg).await?;
+    let handler = Arc::new(make(&c).await?);
+    runner::run(handler, c.client, c.subjects, cfg, cancel).await?;
+    Ok(())
 }
 
 /// Connections a role runs with.

@@ -142,7 +142,31 @@ pub enum Command {
     ExpireUpload(ExpireUploadCmd),
 }
 
+/// The worker roles that own some actions, and which: each action is
+/// applied by exactly one role, the messages role applying every action no
+/// other role owns. The one place that says so: consumers' filters and the
+/// runner's skipping of others' commands both read it.
+pub const ROLE_ACTIONS: &[(&str, &[&str])] = &[("attachments", &["upload_attachment"])];
+
+/// The role that applies every action no other role owns.
+pub const DEFAULT_OWNER: &str = "messages";
+
+/// The role that applies `action`.
+pub fn owner_of(action: &str) -> &'static str {
+    ROLE_ACTIONS.iter().find(|(_, actions)| actions.contains(&action)).map(|(role, _)| *role).unwrap_or(DEFAULT_OWNER)
+}
+
+/// The actions `role` owns, unless it is the default owner (or owns none).
+pub fn actions_of(role: &str) -> Option<&'static [&'static str]> {
+    ROLE_ACTIONS.iter().find(|(r, _)| *r == role).map(|(_, actions)| *actions)
+}
+
 impl Command {
+    /// The worker role that applies this command.
+    pub fn owner(&self) -> &'static str {
+        owner_of(self.action())
+    }
+
     /// The action name used in logs, audit and subjects.
     pub fn action(&self) -> &'static str {
         match self {

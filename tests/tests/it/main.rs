@@ -22,5 +22,6 @@ mod presence;
 mod receipts;
 mod recovery;
 mod replay;
+mod roles;
 mod socketio;
 mod wire;

@@ -371,7 +371,7 @@ async fn edge_and_worker_users_are_refused_what_they_must_not_do() {
     // Nothing was deleted: the command stream and the workers' consumers
     // are there.
     let cmds = ctl.get_stream(s.cmd_stream()).await.expect("the command stream");
-    for role in [Role::Messages, Role::Attachments] {
+    for role in [Role::MESSAGES, Role::ATTACHMENTS] {
         cmds.get_consumer::<jetstream::consumer::pull::Config>(&s.consumer(role.name(), 0))
             .await
             .expect("the worker's consumer");
@@ -450,7 +450,7 @@ async fn without_the_topology_edges_and_workers_do_not_start() {
     // Applied, but without one of the role's consumers: the worker names it.
     nats.apply_topology().await;
     let ctl = jetstream::new(nats.connect("ctl").await);
-    let gone = s.consumer(Role::Messages.name(), 3);
+    let gone = s.consumer(Role::MESSAGES.name(), 3);
     ctl.delete_consumer_from_stream(&gone, s.cmd_stream()).await.expect("consumer deleted as ctl");
     let e = worker_refused(&app, "its consumer").await;
     assert!(e.contains(&gone) && e.contains("natterctl topology apply"), "{e}");

@@ -209,7 +209,7 @@ impl Handler for AttachmentsHandler {
 
     fn written(&self, _: &mut (), _: bool) {}
 
-    const ROLE: Role = Role::Attachments;
+    const ROLE: Role = Role::ATTACHMENTS;
     type Msg = natter_shared::v1::command::CommandEnvelope;
 
     async fn apply(&self, _: &mut (), batch: &[Incoming], done: &mut Done) -> Result<(), ApplyError> {
@@ -239,7 +239,7 @@ pub async fn serve_with(
     cfg: RunnerConfig,
     cancel: CancellationToken,
 ) -> Result<(), StartError> {
-    let c = start::connect(core, "attachments", &cfg).await?;
+    let c = start::connect(core, Role::ATTACHMENTS.name(), &cfg).await?;
     let staging =
         c.js.get_object_store(c.subjects.staging_bucket()).await.map_err(|e| StartError::Nats(e.to_string()))?;
     let s3c = natter_shared::s3::client(s3);

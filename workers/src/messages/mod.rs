@@ -21,7 +21,7 @@ mod tail;
 mod writes;
 
 use crate::handler::{ApplyError, Disposition, Done, Handler, Incoming};
-use crate::runner::{self, RunnerConfig};
+use crate::runner::RunnerConfig;
 use crate::start::{self, StartError};
 use committer::Committer;
 use futures::TryStreamExt;
@@ -36,7 +36,6 @@ use natter_shared::v1::command::{Command, ExpireUploadCmd, RecordAttachmentCmd, 
 use room::Room;
 pub use rooms::Rooms;
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 use writes::WriteError;
@@ -124,7 +123,7 @@ impl Batch<'_> {
 }
 
 impl Handler for MessagesHandler {
-    const ROLE: Role = Role::Messages;
+    const ROLE: Role = Role::MESSAGES;
     type Msg = natter_shared::v1::command::CommandEnvelope;
     type State = Rooms;
     type Writes = Writes;
@@ -138,11 +137,6 @@ impl Handler for MessagesHandler {
         let mut by_room: HashMap<RoomRef, Vec<&Incoming>> = HashMap::new();
         for inc in batch {
             if done.contains_key(&inc.seq) {
-                continue;
-            }
-            // Uploads belong to the attachments role.
-            if matches!(inc.msg.command, Command::UploadAttachment(_)) {
-                attempt.insert(inc.seq, Disposition::NotMine);
                 continue;
             }
             match inc.msg.route() {
@@ -354,8 +348,5 @@ pub(crate) async fn insert_attachment(store: &Store, doc: &AttachmentDoc) -> Res
 
 /// Connects, applies indexes and topology, and runs the role until `cancel`.
 pub async fn serve(core: &CoreConfig, cfg: RunnerConfig, cancel: CancellationToken) -> Result<(), StartError> {
-    let c = start::connect(core, "messages", &cfg).await?;
-    let handler = Arc::new(MessagesHandler::new(c.store, c.subjects.clone()));
-    runner::run(handler, c.client, c.subjects, cfg, cancel).await?;
-    Ok(())
+    start::serve(core, cfg, cancel, async |c| Ok(MessagesHandler::new(c.store.clone(), c.subjects.clone()))).await
 }

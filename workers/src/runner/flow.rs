@@ -93,7 +93,7 @@ impl<H: Handler> Flow<H> {
         let applied = if batch.incoming.is_empty() {
             Ok(())
         } else {
-            self.handler.apply(state, &batch.incoming, &mut batch.done).await
+            crate::handler::apply_own(&*self.handler, state, &batch.incoming, &mut batch.done).await
         };
         match applied {
             Ok(()) => {
