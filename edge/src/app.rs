@@ -15,7 +15,7 @@ use crate::presence::Presence;
 use crate::state::EdgeState;
 use crate::{health, rest, sio, ws};
 use axum::Router;
-use axum::routing::{any, get};
+use axum::routing::get;
 use natter_nats::Subjects;
 use natter_shared::auth::Jwt;
 use natter_shared::config::{EdgeConfig, NatsTopology};
@@ -103,7 +103,6 @@ impl Edge {
             nats,
             js,
             subjects,
-            sio: Default::default(),
             typing: Default::default(),
             rest_limits: Default::default(),
             uploads,
@@ -123,8 +122,7 @@ impl Edge {
         let cors = cors(&state.config.frontend_urls);
         Router::new()
             .route("/ws", get(ws::handle))
-            .route("/socket.io/", any(sio::handle))
-            .route("/socket.io", any(sio::handle))
+            .merge(sio::router())
             .route("/healthz", get(health::healthz))
             .route("/readyz", get(health::readyz))
             .merge(rest::router(state.clone()))

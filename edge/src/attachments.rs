@@ -112,10 +112,10 @@ where
     });
     let msg_id = format!("upl:{id}");
     if !wait {
-        let seq = chat::store(st, who, cmd, &msg_id).await?;
+        let seq = chat::submit(st, who, cmd, &msg_id).await?;
         return Ok(Staged { id, seq, record: None });
     }
-    let seq = chat::store_and_wait(st, who, cmd, &msg_id).await?;
+    let seq = chat::submit_and_wait(st, who, cmd, &msg_id).await?;
     let oid = chat::oid(&id, "attachmentId")?;
     let record = st.store.attachments().find_one(doc! {"_id": oid}).await?.ok_or(ChatError::Pending { seq })?;
     if !record.accepted() {
@@ -203,48 +203,4 @@ pub async fn fetch(st: &EdgeState, key: &str) -> Result<(Option<i64>, aws_sdk_s3
     let (client, bucket) = st.s3.as_ref().ok_or_else(unconfigured)?;
     let out = client.get_object().bucket(bucket).key(key).send().await.map_err(ChatError::unavailable)?;
     Ok((out.content_length(), out.body))
-}
-
-/// Checks the attachments a message names and copies what the message
-/// carries: each must be accepted, the sender's, in the same room, and an
-/// image for an image message, a document for a document message.
-pub async fn for_message(
-    st: &EdgeState,
-    who: &Identity,
-    room: &RoomRef,
-    message_type: &str,
-    ids: &[String],
-) -> Result<Vec<natter_shared::v1::command::AttachmentMeta>, ChatError> {
-    let mut out = Vec::with_capacity(ids.len());
-    for id in ids {
-        let oid = chat::oid(id, "attachment id")?;
-        let bad = |why: &str| ChatError::InvalidPayload(format!("attachment {id}: {why}"));
-        let a = st.store.attachments().find_one(doc! {"_id": oid}).await?.ok_or_else(|| bad("no such upload"))?;
-        if !a.accepted() {
-            return Err(bad("was not accepted"));
-        }
-        if a.uploader_id != who.user.oid() {
-            return Err(bad("was uploaded by someone else"));
-        }
-        if a.room().is_some_and(|r| r != *room) {
-            return Err(bad("was uploaded to another room"));
-        }
-        // One outside any room is collected when unsent for this long.
-        let age = mongodb::bson::DateTime::now().timestamp_millis() - a.uploaded_at.timestamp_millis();
-        if a.room().is_none() && age > st.config.unsent_upload_ttl.as_millis() as i64 {
-            return Err(bad("was uploaded too long ago to be sent; upload it again"));
-        }
-        if (message_type == "image" || message_type == "document") && a.category != message_type {
-            return Err(bad(&format!("is not a {message_type}")));
-        }
-        out.push(natter_shared::v1::command::AttachmentMeta {
-            id: a.id.to_hex(),
-            kind: a.kind.clone(),
-            name: a.name.clone(),
-            size: a.size,
-            uploaded_at: natter_shared::timefmt::iso(a.uploaded_at),
-            thumbnail: a.thumbnail_key.is_some(),
-        });
-    }
-    Ok(out)
 }

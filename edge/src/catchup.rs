@@ -50,7 +50,7 @@ pub async fn follow<F: Future<Output = Result<(), ChatError>>>(
     confirm: F,
 ) -> Result<CatchUp, ChatError> {
     let subject = st.hub.room_subject(room);
-    let (hold_tx, mut hold_rx) = mpsc::channel::<Outbound>(crate::ws::QUEUE_LEN);
+    let (hold_tx, mut hold_rx) = mpsc::channel::<Outbound>(crate::limits::QUEUE_LEN);
     let holding = Sink { tx: hold_tx, ..sink.clone() };
     st.hub.follow(&subject, holding).await.map_err(ChatError::unavailable)?;
     // Refused, or not known: the socket follows nothing it may not see.

@@ -98,18 +98,18 @@ fn envelope(who: &Identity, command: Command) -> CommandEnvelope {
     }
 }
 
-/// Stores `command` as `who`; the PubAck's seq.
-pub async fn store(st: &EdgeState, who: &Identity, command: Command, msg_id: &str) -> Result<u64, ChatError> {
-    Ok(store_command(st, &envelope(who, command), msg_id).await?.seq)
+/// Publishes `command` as `who` to the command stream (JetStream); the PubAck's seq.
+pub async fn submit(st: &EdgeState, who: &Identity, command: Command, msg_id: &str) -> Result<u64, ChatError> {
+    Ok(publish_command(st, &envelope(who, command), msg_id).await?.seq)
 }
 
-/// Stores `command` as `who` and waits for a worker to apply it.
-pub async fn store_and_wait(st: &EdgeState, who: &Identity, command: Command, msg_id: &str) -> Result<u64, ChatError> {
+/// Publishes `command` as `who` and waits for a worker to apply it.
+pub async fn submit_and_wait(st: &EdgeState, who: &Identity, command: Command, msg_id: &str) -> Result<u64, ChatError> {
     apply_and_wait(st, envelope(who, command), msg_id).await
 }
 
-/// Stores a command; the PubAck is the answer.
-async fn store_command(st: &EdgeState, env: &CommandEnvelope, msg_id: &str) -> Result<Stored, ChatError> {
+/// Publishes a command to the command stream; the PubAck is the answer.
+async fn publish_command(st: &EdgeState, env: &CommandEnvelope, msg_id: &str) -> Result<Stored, ChatError> {
     let route = env.route().map_err(|e| ChatError::InvalidPayload(e.into()))?;
     let subject = st.subjects.routed_command(&route, env.command.action());
     let payload: Bytes = serde_json::to_vec(env).map_err(|e| ChatError::InvalidPayload(e.to_string()))?.into();
@@ -123,7 +123,7 @@ pub async fn send_message(st: &EdgeState, who: &Identity, req: SendMessage) -> R
     let (room, _) = room(raw.kind, &raw.id)?;
     require_member(st, who, &room).await?;
     let ids: Vec<String> = req.attachments.iter().map(|a| a.id().to_string()).collect();
-    let attachments = crate::attachments::for_message(st, who, &room, req.message_type.as_str(), &ids).await?;
+    let attachments = attachments_for_message(st, who, &room, req.message_type.as_str(), &ids).await?;
     let client_msg_id = req.client_msg_id.unwrap_or_else(|| ObjectId::new().to_hex());
     let id = message_id_for(who.user, &client_msg_id);
     let message_id = id.to_hex();
@@ -138,7 +138,7 @@ pub async fn send_message(st: &EdgeState, who: &Identity, req: SendMessage) -> R
             attachments,
         }),
     );
-    let stored = store_command(st, &env, &format!("msg:{}:{client_msg_id}", who.user)).await?;
+    let stored = publish_command(st, &env, &format!("msg:{}:{client_msg_id}", who.user)).await?;
     st.hub.recent().remember(Known { id, room: room.clone(), sender: who.user.oid() });
     Ok(Sent { message_id, room, client_msg_id, seq: stored.seq, duplicate: stored.duplicate })
 }
@@ -194,7 +194,8 @@ pub async fn mark_read(
     require_member(st, who, &room).await.map_err(|_| ChatError::NotFound("message"))?;
     let env = envelope(who, Command::MarkRead(MarkReadCmd { room: RoomFields::of(&room), message_id: m.id.to_hex() }));
     let msg_id = format!("read:{}:{}", who.user, m.id.to_hex());
-    let seq = if wait { apply_and_wait(st, env, &msg_id).await? } else { store_command(st, &env, &msg_id).await?.seq };
+    let seq =
+        if wait { apply_and_wait(st, env, &msg_id).await? } else { publish_command(st, &env, &msg_id).await?.seq };
     Ok((room, seq))
 }
 
@@ -226,7 +227,8 @@ pub async fn delete_message(
     // Per actor: a refused delete by one user must not swallow an
     // authorized one by another as its duplicate.
     let msg_id = format!("del:{}:{}", who.user, m.id.to_hex());
-    let seq = if wait { apply_and_wait(st, env, &msg_id).await? } else { store_command(st, &env, &msg_id).await?.seq };
+    let seq =
+        if wait { apply_and_wait(st, env, &msg_id).await? } else { publish_command(st, &env, &msg_id).await?.seq };
     Ok((room, seq))
 }
 
@@ -381,7 +383,7 @@ async fn apply_and_wait(st: &EdgeState, mut env: CommandEnvelope, msg_id: &str) 
     let inbox = st.nats.new_inbox();
     let mut sub = st.nats.subscribe(inbox.clone()).await.map_err(ChatError::unavailable)?;
     env.reply = Some(inbox);
-    let stored = store_command(st, &env, msg_id).await?;
+    let stored = publish_command(st, &env, msg_id).await?;
     if stored.duplicate {
         return Ok(stored.seq);
     }
@@ -403,4 +405,48 @@ async fn apply_and_wait(st: &EdgeState, mut env: CommandEnvelope, msg_id: &str) 
         },
         _ => Err(ChatError::Pending { seq: stored.seq }),
     }
+}
+
+/// Checks the attachments a message names and copies what the message
+/// carries: each must be accepted, the sender's, in the same room, and an
+/// image for an image message, a document for a document message.
+pub async fn attachments_for_message(
+    st: &EdgeState,
+    who: &Identity,
+    room: &RoomRef,
+    message_type: &str,
+    ids: &[String],
+) -> Result<Vec<natter_shared::v1::command::AttachmentMeta>, ChatError> {
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        let oid = oid(id, "attachment id")?;
+        let bad = |why: &str| ChatError::InvalidPayload(format!("attachment {id}: {why}"));
+        let a = st.store.attachments().find_one(doc! {"_id": oid}).await?.ok_or_else(|| bad("no such upload"))?;
+        if !a.accepted() {
+            return Err(bad("was not accepted"));
+        }
+        if a.uploader_id != who.user.oid() {
+            return Err(bad("was uploaded by someone else"));
+        }
+        if a.room().is_some_and(|r| r != *room) {
+            return Err(bad("was uploaded to another room"));
+        }
+        // One outside any room is collected when unsent for this long.
+        let age = mongodb::bson::DateTime::now().timestamp_millis() - a.uploaded_at.timestamp_millis();
+        if a.room().is_none() && age > st.config.unsent_upload_ttl.as_millis() as i64 {
+            return Err(bad("was uploaded too long ago to be sent; upload it again"));
+        }
+        if (message_type == "image" || message_type == "document") && a.category != message_type {
+            return Err(bad(&format!("is not a {message_type}")));
+        }
+        out.push(natter_shared::v1::command::AttachmentMeta {
+            id: a.id.to_hex(),
+            kind: a.kind.clone(),
+            name: a.name.clone(),
+            size: a.size,
+            uploaded_at: natter_shared::timefmt::iso(a.uploaded_at),
+            thumbnail: a.thumbnail_key.is_some(),
+        });
+    }
+    Ok(out)
 }

@@ -68,3 +68,15 @@ pub async fn rest(req: Request, next: Next) -> Response {
     };
     scope(meta, next.run(req)).await
 }
+
+/// The `Origin` check of a WebSocket or Socket.IO handshake: absent (not a
+/// browser) or exactly one of `allowed`.
+pub fn origin_allowed(allowed: &[String], headers: &axum::http::HeaderMap) -> bool {
+    match headers.get(axum::http::header::ORIGIN) {
+        None => true,
+        Some(o) => {
+            let o = o.to_str().unwrap_or("").trim_end_matches('/');
+            allowed.iter().any(|u| u == o)
+        }
+    }
+}

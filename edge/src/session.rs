@@ -7,9 +7,9 @@
 use crate::chat;
 use crate::error::ChatError;
 use crate::hub::{ConnId, Outbound, Sink};
+use crate::limits::{Bucket, CATCHUP_BURST, CATCHUP_PER_SEC, MAX_STRIKES, close};
 use crate::state::EdgeState;
 use crate::typing::TypingState;
-use crate::ws::limits::{Bucket, CATCHUP_BURST, CATCHUP_PER_SEC, MAX_STRIKES, close};
 use natter_shared::auth::Identity;
 use natter_shared::ids::{RoomKind, RoomRef};
 use natter_shared::v1::client::{ClientRequest, FileUpload};

@@ -27,12 +27,10 @@ pub struct EdgeState {
     pub s3: Option<(aws_sdk_s3::Client, String)>,
     /// Everything the edge spawns, drained in two rings on shutdown.
     pub lifecycle: natter_shared::shutdown::Tasks,
-    /// Socket.IO (Engine.IO) sessions held by this edge.
-    pub sio: crate::sio::Registry,
     /// Typing publishes per user and room.
-    pub typing: crate::typing::TypingGate,
+    pub typing: crate::limits::TypingGate,
     /// Upload budgets per user.
     pub uploads: crate::uploads::UploadBudgets,
     /// REST request rates per caller.
-    pub rest_limits: crate::rest::limit::RestLimits,
+    pub rest_limits: crate::limits::RestLimits,
 }

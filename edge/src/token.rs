@@ -22,6 +22,11 @@ pub fn from_query(query: Option<&str>) -> Option<String> {
     crate::query::param_of(query, &["token", "access_token"])
 }
 
+/// The caller's identity, or why there is none, as the limit found it
+/// (the `AuthUser` extractor takes it from here instead of verifying again).
+#[derive(Clone)]
+pub struct Authenticated(pub Result<Identity, AuthError>);
+
 /// The caller of a REST route, proven by a Bearer token.
 pub struct AuthUser(pub Identity);
 
@@ -29,7 +34,7 @@ impl FromRequestParts<Arc<EdgeState>> for AuthUser {
     type Rejection = ChatError;
 
     async fn from_request_parts(parts: &mut Parts, state: &Arc<EdgeState>) -> Result<Self, Self::Rejection> {
-        if let Some(crate::rest::limit::Authenticated(who)) = parts.extensions.get() {
+        if let Some(Authenticated(who)) = parts.extensions.get() {
             return Ok(AuthUser(who.clone()?));
         }
         let token = bearer(&parts.headers).ok_or(AuthError::Missing)?;

@@ -4,67 +4,22 @@
 //! disconnecting stops it at once.
 //!
 //! Throttled per user and room across the user's connections on this edge
-//! ([`TypingGate`]): a repeated `isTyping: true` only keeps the indicator
+//! ([`TypingGate`](crate::limits::TypingGate)): a repeated `isTyping: true` only keeps the indicator
 //! alive, and a user starts typing in a room at most `TYPING_STARTS_PER_SEC`
 //! times a second (bursts of twice that), so a flood of typing frames
 //! reaches the room as a trickle. Each published start is followed by its
 //! stop, so nobody is left "typing".
 
+use crate::limits::TYPING_TTL;
 use crate::state::EdgeState;
-use crate::ws::limits::Bucket;
 use natter_shared::auth::Identity;
-use natter_shared::ids::{RoomRef, UserId};
+use natter_shared::ids::RoomRef;
 use natter_shared::v1::command::RoomFields;
 use natter_shared::v1::event::{EventFrame, EventKind};
 use serde_json::json;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
-
-/// How long `isTyping: true` lasts without being repeated.
-pub const TYPING_TTL: Duration = Duration::from_secs(6);
-/// Starts of typing a user may publish per room and second.
-pub const TYPING_STARTS_PER_SEC: u32 = 1;
-/// A user still typing is announced again at most this often.
-const REPEAT_EVERY: Duration = Duration::from_secs(3);
-/// Users and rooms remembered before the idle ones are forgotten.
-const GATE_SIZE: usize = 10_000;
-
-/// Typing publishes per user and room on this edge.
-#[derive(Default)]
-pub struct TypingGate {
-    seen: Mutex<HashMap<(UserId, RoomRef), Gate>>,
-}
-
-struct Gate {
-    starts: Bucket,
-    /// When `isTyping: true` was last published.
-    announced: Instant,
-}
-
-impl TypingGate {
-    /// Whether `isTyping: true` from `user` in `room` is published now;
-    /// `typing` says their connection already shows them typing there.
-    fn admit(&self, user: UserId, room: &RoomRef, typing: bool) -> bool {
-        let now = Instant::now();
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        if seen.len() >= GATE_SIZE {
-            seen.retain(|_, g| now.duration_since(g.announced) < TYPING_TTL);
-        }
-        let g = seen
-            .entry((user, room.clone()))
-            .or_insert_with(|| Gate { starts: Bucket::new(TYPING_STARTS_PER_SEC), announced: now - REPEAT_EVERY });
-        if typing && now.duration_since(g.announced) < REPEAT_EVERY {
-            return false;
-        }
-        let ok = g.starts.take();
-        if ok {
-            g.announced = now;
-        }
-        ok
-    }
-}
 
 /// The rooms one connection is typing in, each with its expiry timer.
 #[derive(Default)]

@@ -4,7 +4,7 @@
 //! have something left, and its bytes are charged once staged, so one
 //! user cannot fill the staging store for everyone.
 
-use crate::ws::limits::Bucket;
+use crate::limits::Bucket;
 use natter_shared::ids::UserId;
 use std::collections::HashMap;
 use std::sync::Mutex;

@@ -10,10 +10,10 @@
 use super::socket;
 use super::{EioError, Transport};
 use crate::hub::Outbound;
+use crate::limits::{MAX_FRAME_BYTES, QUEUE_LEN, close};
 use crate::session::Next;
 use crate::state::EdgeState;
-use crate::ws::limits::{MAX_FRAME_BYTES, QUEUE_LEN, close};
-use crate::wsconn::{self, Control, Delivered, EventGate, Io, Message, Source};
+use crate::transport::{self, Control, Delivered, EventGate, Io, Message, Source};
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{StatusCode, header};
@@ -283,10 +283,13 @@ impl Engine {
             ctl: ctl_tx.clone(),
         };
         let max_binary = self.max_binary;
-        let reader = st.lifecycle.spawn(
-            async move { wsconn::read_messages(rx, ctl_tx, MAX_FRAME_BYTES + 1, max_binary, &mut inbound, None).await }
+        let reader =
+            st.lifecycle.spawn(
+                async move {
+                    transport::read_messages(rx, ctl_tx, MAX_FRAME_BYTES + 1, max_binary, &mut inbound, None).await
+                }
                 .in_current_span(),
-        );
+            );
         if upgrade {
             // Until the client confirms the upgrade only the probe's answer
             // goes this way; the session's packets still go by polling.
@@ -298,12 +301,12 @@ impl Engine {
                     _ = self.closed.cancelled() => break,
                     c = ctl_rx.recv() => match c {
                         Some(Control::Frame(op, payload)) => {
-                            if !wsconn::write(&mut tx, Frame::new(true, op, None, Payload::Owned(payload))).await {
+                            if !transport::write(&mut tx, Frame::new(true, op, None, Payload::Owned(payload))).await {
                                 break;
                             }
                         }
                         Some(Control::Close(code, reason)) => {
-                            wsconn::write(&mut tx, Frame::close(code, reason.as_bytes())).await;
+                            transport::write(&mut tx, Frame::close(code, reason.as_bytes())).await;
                             break;
                         }
                         None => break,
@@ -324,8 +327,9 @@ impl Engine {
             let source = DownSource { down };
             // Engine.IO's heartbeat watches the peer; the Socket.IO task
             // ends the session when its token expires.
-            let deadlines = wsconn::Deadlines::default();
-            wsconn::write_loop(tx, source, &mut ctl_rx, &self.closed, &self.overflow, &st.deliveries, deadlines).await;
+            let deadlines = transport::Deadlines::default();
+            transport::write_loop(tx, source, &mut ctl_rx, &self.closed, &self.overflow, &st.deliveries, deadlines)
+                .await;
         }
         self.close();
         let mut reader = reader;
@@ -345,7 +349,7 @@ struct WsInbound {
     ctl: mpsc::Sender<Control>,
 }
 
-impl wsconn::Handler for WsInbound {
+impl transport::Handler for WsInbound {
     async fn on(&mut self, m: Message) -> Next {
         let p = match m {
             Message::Text(t) => match Packet::parse(ProtocolVersion::V4, t) {

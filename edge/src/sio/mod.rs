@@ -172,14 +172,27 @@ pub enum Transport {
     Websocket,
 }
 
-pub async fn handle(State(st): State<Arc<EdgeState>>, req: Request) -> Response {
-    match route(st, req).await {
+/// The Socket.IO routes, with the sessions they hold (this protocol's own
+/// state, beside the edge's).
+pub fn router() -> axum::Router<Arc<EdgeState>> {
+    axum::Router::new()
+        .route("/socket.io/", axum::routing::any(handle))
+        .route("/socket.io", axum::routing::any(handle))
+        .layer(axum::Extension(Arc::new(Registry::default())))
+}
+
+async fn handle(
+    State(st): State<Arc<EdgeState>>,
+    axum::Extension(sessions): axum::Extension<Arc<Registry>>,
+    req: Request,
+) -> Response {
+    match route(st, sessions, req).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
 }
 
-async fn route(st: Arc<EdgeState>, req: Request) -> Result<Response, EioError> {
+async fn route(st: Arc<EdgeState>, sessions: Arc<Registry>, req: Request) -> Result<Response, EioError> {
     let q = Query::parse(req.uri().query());
     if q.eio.as_deref() != Some("4") {
         return Err(EioError::UnsupportedProtocolVersion);
@@ -189,24 +202,24 @@ async fn route(st: Arc<EdgeState>, req: Request) -> Result<Response, EioError> {
         Some("websocket") => Transport::Websocket,
         _ => return Err(EioError::UnknownTransport),
     };
-    if !crate::ws::origin_allowed(&st, req.headers()) {
+    if !crate::meta::origin_allowed(&st.config.frontend_urls, req.headers()) {
         return Err(EioError::Forbidden);
     }
     let is_upgrade = fastwebsockets::upgrade::is_upgrade_request(&req);
     match (q.sid, req.method().clone(), transport) {
         (None, Method::GET, Transport::Polling) => {
-            let engine = open(&st, &req, Transport::Polling)?;
+            let engine = open(&st, &sessions, &req, Transport::Polling)?;
             Ok(engine::text_response(engine.open_packet()))
         }
         (None, Method::GET, Transport::Websocket) if is_upgrade => {
-            let engine = open(&st, &req, Transport::Websocket)?;
+            let engine = open(&st, &sessions, &req, Transport::Websocket)?;
             engine.push(engineioxide_core::Packet::Open(engine.open_packet_fields()));
             Ok(engine::websocket(engine, st, req, false))
         }
         (None, Method::GET, Transport::Websocket) => Err(EioError::BadRequest),
         (None, _, _) => Err(EioError::BadHandshakeMethod),
         (Some(sid), method, transport) => {
-            let engine = st.sio.get(&sid).ok_or(EioError::UnknownSid)?;
+            let engine = sessions.get(&sid).ok_or(EioError::UnknownSid)?;
             match (method, transport) {
                 (Method::GET, Transport::Polling) => engine.poll(&st).await,
                 (Method::POST, Transport::Polling) => engine.post(req.into_body()).await,
@@ -220,7 +233,7 @@ async fn route(st: Arc<EdgeState>, req: Request) -> Result<Response, EioError> {
 /// Ends a session and forgets it when its Socket.IO task ends, however
 /// it ends (a panic included).
 struct Unregister {
-    st: Arc<EdgeState>,
+    sessions: Arc<Registry>,
     engine: Arc<Engine>,
 }
 
@@ -228,16 +241,20 @@ impl Drop for Unregister {
     fn drop(&mut self) {
         self.engine.close();
         self.engine.release_pending();
-        self.st.sio.remove(&self.engine.sid.to_string());
+        self.sessions.remove(&self.engine.sid.to_string());
     }
 }
 
 /// The client's address, as the listener saw it.
 /// A new session: registered, its Socket.IO task and heartbeat started;
 /// refused when too many sessions wait for their CONNECT.
-fn open(st: &Arc<EdgeState>, req: &Request, transport: Transport) -> Result<Arc<Engine>, EioError> {
-    let slot = st
-        .sio
+fn open(
+    st: &Arc<EdgeState>,
+    sessions: &Arc<Registry>,
+    req: &Request,
+    transport: Transport,
+) -> Result<Arc<Engine>, EioError> {
+    let slot = sessions
         .reserve(
             crate::meta::client_ip(req, st.config.trust_forwarded_for),
             st.config.sio_pending_per_ip,
@@ -252,10 +269,10 @@ fn open(st: &Arc<EdgeState>, req: &Request, transport: Transport) -> Result<Arc<
         token: token::bearer(req.headers()).or_else(|| token::from_query(req.uri().query())),
     };
     let (engine, inbound) = Engine::new(st, transport, slot);
-    st.sio.insert(engine.clone());
-    let (st2, e2) = (st.clone(), engine.clone());
+    sessions.insert(engine.clone());
+    let (st2, e2, sessions) = (st.clone(), engine.clone(), sessions.clone());
     st.lifecycle.spawn(async move {
-        let _gone = Unregister { st: st2.clone(), engine: e2.clone() };
+        let _gone = Unregister { sessions, engine: e2.clone() };
         socket::run(e2, inbound, st2, handshake).await;
     });
     st.lifecycle.spawn(engine::heartbeat(engine.clone(), st.config.sio_ping_interval, st.config.sio_ping_timeout));

@@ -161,7 +161,7 @@ pub async fn run(engine: Arc<Engine>, mut inbound: mpsc::Receiver<Inbound>, st: 
                     match authenticate(&st, auth.as_ref(), hs.token.as_deref()) {
                         Ok(verified) => {
                             let who = verified.who;
-                            deadline.as_mut().reset(crate::wsconn::expiry_instant(verified.expires_at));
+                            deadline.as_mut().reset(crate::transport::expiry_instant(verified.expires_at));
                             engine.set_user(who.user);
                             let meta = hs.meta.clone();
                             let out = engine.out.clone();

@@ -1,11 +1,11 @@
 //! The life of one socket on `/ws`.
 
-use super::limits::{MAX_FRAME_BYTES, QUEUE_LEN};
-use super::session::Native;
+use super::native::Native;
 use crate::hub::Outbound;
+use crate::limits::{MAX_FRAME_BYTES, QUEUE_LEN};
 use crate::session::{CloseOnDrop, Session, next_conn};
 use crate::state::EdgeState;
-use crate::wsconn::{self, Control, Deadlines, Delivered, EventGate, Io, Liveness, Source};
+use crate::transport::{self, Control, Deadlines, Delivered, EventGate, Io, Liveness, Source};
 use fastwebsockets::{Frame, Payload, WebSocket};
 use natter_shared::auth::Verified;
 use natter_shared::v1::client::MAX_UPLOAD_HEADER;
@@ -40,16 +40,16 @@ pub async fn run(ws: WebSocket<Io>, token: Verified, meta: RequestMeta, st: Arc<
             async move {
                 let mut native = Native(session);
                 let alive = Some(&*reader_alive);
-                wsconn::read_messages(rx, ctl_tx, MAX_FRAME_BYTES, max_binary, &mut native, alive).await;
+                transport::read_messages(rx, ctl_tx, MAX_FRAME_BYTES, max_binary, &mut native, alive).await;
             }
             .in_current_span(),
         );
         let source = NativeSource { out: out_rx, gate: EventGate::new(who.user) };
         let deadlines = Deadlines {
-            expires: Some(wsconn::expiry_instant(token.expires_at)),
+            expires: Some(transport::expiry_instant(token.expires_at)),
             ping: Some((st.config.ws_ping_interval, alive)),
         };
-        wsconn::write_loop(tx, source, &mut ctl_rx, &cancel, &overflow, &st.deliveries, deadlines).await;
+        transport::write_loop(tx, source, &mut ctl_rx, &cancel, &overflow, &st.deliveries, deadlines).await;
         // The writer is done (peer gone, close sent, or shutdown): give the
         // reader a moment to see the close, then stop it.
         let mut reader = reader;

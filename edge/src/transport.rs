@@ -10,8 +10,8 @@
 
 use crate::delivery::Deliveries;
 use crate::hub::Head;
+use crate::limits::close;
 use crate::session::Next;
-use crate::ws::limits::close;
 use fastwebsockets::{Frame, OpCode, Payload, WebSocketError, WebSocketRead, WebSocketWrite};
 use futures::FutureExt;
 use hyper::upgrade::Upgraded;

@@ -3,7 +3,7 @@
 
 use crate::error::ChatError;
 use crate::session::{Next, Session};
-use crate::wsconn::{self, Message};
+use crate::transport::{self, Message};
 use natter_shared::v1::client;
 use natter_shared::v1::error::ErrorCode;
 use natter_shared::v1::server::{error_text, to_text};
@@ -56,7 +56,7 @@ impl Native {
     }
 }
 
-impl wsconn::Handler for Native {
+impl transport::Handler for Native {
     async fn on(&mut self, m: Message) -> Next {
         match m {
             Message::Text(t) => self.text(&t).await,
