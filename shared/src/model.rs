@@ -628,3 +628,73 @@ pub struct MessagePage {
     pub page_size: u64,
     pub has_more: bool,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(members: &[ObjectId], permissions: Permissions) -> GroupDoc {
+        let now = DateTime::from_millis(0);
+        GroupDoc {
+            id: ObjectId::new(),
+            name: "team".into(),
+            description: None,
+            avatar: None,
+            members: members.to_vec(),
+            admin: members[0],
+            kind: "custom".into(),
+            last_message_id: None,
+            permissions,
+            unread_counts: PerUser::new(),
+            created_at: now,
+            updated_at: now,
+            last_seq: 0,
+            read_cursors: PerUser::new(),
+            delivered_cursors: PerUser::new(),
+            deleted: false,
+        }
+    }
+
+    fn roles(r: &[&str]) -> Vec<String> {
+        r.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn group_rules_admin_anywhere_others_as_members_with_a_listed_role() {
+        let (m, lead, outsider) = (ObjectId::new(), ObjectId::new(), ObjectId::new());
+        let perms = Permissions {
+            can_add_members: roles(&["Admin", "Lead"]),
+            can_remove_members: roles(&["Admin", "Lead"]),
+            can_delete_messages: roles(&["Admin"]),
+        };
+        let mut g = group(&[m, lead], perms);
+        // Admin: every rule, member or not.
+        for admin in [m, outsider] {
+            assert!(g.may_add(admin, &roles(&["Admin"])));
+            assert!(g.may_remove(admin, &roles(&["Admin"])));
+            assert!(g.may_delete(admin, &roles(&["Admin"]), lead));
+        }
+        // A listed role counts for members only.
+        assert!(g.may_add(lead, &roles(&["Lead"])) && g.may_remove(lead, &roles(&["Lead"])));
+        assert!(!g.may_add(outsider, &roles(&["Lead"])) && !g.may_remove(outsider, &roles(&["Lead"])));
+        // Supervisor adds (the module's route guard), but does not remove.
+        assert!(g.may_add(m, &roles(&["Supervisor"])) && !g.may_remove(m, &roles(&["Supervisor"])));
+        assert!(!g.may_add(outsider, &roles(&["Supervisor"])));
+        // Messages: the sender's own, or a listed role.
+        assert!(g.may_delete(m, &[], m));
+        assert!(!g.may_delete(m, &roles(&["Lead"]), lead));
+        assert!(!g.may_delete(outsider, &[], outsider), "not a member: not even one's own");
+        // A deleted group has no members.
+        g.deleted = true;
+        assert!(!g.is_member(m) && !g.may_add(lead, &roles(&["Lead"])) && !g.may_delete(m, &[], m));
+        assert!(g.may_add(outsider, &roles(&["Admin"])), "Admin is not asked to be a member");
+    }
+
+    #[test]
+    fn permissions_default_to_admin_only() {
+        let p: Permissions = serde_json::from_str("{}").unwrap();
+        assert_eq!(p.can_add_members, roles(&["Admin"]));
+        assert_eq!(p.can_remove_members, roles(&["Admin"]));
+        assert_eq!(p.can_delete_messages, roles(&["Admin"]));
+    }
+}

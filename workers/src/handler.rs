@@ -362,3 +362,168 @@ pub trait Handler: Send + Sync + 'static {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use natter_shared::ids::UserId;
+    use natter_shared::v1::command::{Command, RoomFields, SendMessageCmd, UploadAttachmentCmd};
+    use std::sync::Mutex;
+
+    fn cmd(seq: u64, command: Command) -> Incoming {
+        let env = CommandEnvelope {
+            v: natter_shared::v1::VERSION,
+            actor: UserId(mongodb::bson::oid::ObjectId::new()),
+            roles: vec![],
+            reply: None,
+            meta: None,
+            command,
+        };
+        Incoming { seq, time: DateTime::from_millis(0), subject: String::new(), msg: env }
+    }
+
+    fn send(seq: u64) -> Incoming {
+        let room = RoomFields { conversation_id: Some("650000000000000000000002".into()), group_id: None };
+        cmd(
+            seq,
+            Command::SendMessage(SendMessageCmd {
+                message_id: format!("{seq:024x}"),
+                room,
+                content: "x".into(),
+                message_type: "text".into(),
+                client_msg_id: format!("k{seq}"),
+                attachments: vec![],
+            }),
+        )
+    }
+
+    fn upload(seq: u64) -> Incoming {
+        cmd(
+            seq,
+            Command::UploadAttachment(UploadAttachmentCmd {
+                attachment_id: format!("{seq:024x}"),
+                room: RoomFields::default(),
+                filename: "a.pdf".into(),
+                declared_type: "application/pdf".into(),
+                size: 10,
+            }),
+        )
+    }
+
+    /// A messages role that fails (permanently or not) on the seqs it is
+    /// told to, and records the commands it applied and wrote, in order.
+    #[derive(Default)]
+    struct Toy {
+        poison: Vec<u64>,
+        transient_failures: Mutex<u32>,
+        seen: Mutex<Vec<u64>>,
+        written: Mutex<Vec<u64>>,
+    }
+
+    impl Handler for Toy {
+        const ROLE: Role = Role::MESSAGES;
+        type Msg = CommandEnvelope;
+        type State = Vec<u64>;
+        type Writes = Vec<u64>;
+
+        async fn apply(&self, staged: &mut Vec<u64>, batch: &[Incoming], done: &mut Done) -> Result<(), ApplyError> {
+            for inc in batch {
+                if done.contains_key(&inc.seq) {
+                    continue;
+                }
+                self.seen.lock().unwrap().push(inc.seq);
+                if self.poison.contains(&inc.seq) {
+                    return Err(ApplyError { reason: format!("{} cannot be written", inc.seq), permanent: true });
+                }
+                staged.push(inc.seq);
+                done.insert(inc.seq, Disposition::Applied(vec![]));
+            }
+            Ok(())
+        }
+
+        fn take(&self, staged: &mut Vec<u64>) -> Vec<u64> {
+            std::mem::take(staged)
+        }
+
+        async fn write(&self, writes: Vec<u64>) -> Result<(), ApplyError> {
+            let mut left = self.transient_failures.lock().unwrap();
+            if *left > 0 {
+                *left -= 1;
+                return Err(ApplyError::transient("the database is away"));
+            }
+            self.written.lock().unwrap().extend(writes);
+            Ok(())
+        }
+
+        fn written(&self, staged: &mut Vec<u64>, _ok: bool) {
+            staged.clear();
+        }
+    }
+
+    fn kinds(done: &Done) -> Vec<(u64, &'static str)> {
+        let mut v: Vec<(u64, &'static str)> = done
+            .iter()
+            .map(|(s, d)| {
+                let k = match d {
+                    Disposition::Applied(_) => "applied",
+                    Disposition::Refused { .. } => "refused",
+                    Disposition::Poison(_) => "poison",
+                    Disposition::NotMine => "not_mine",
+                };
+                (*s, k)
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[tokio::test]
+    async fn a_command_that_fails_alone_is_poison_and_the_others_are_written_in_order() {
+        let toy = Toy { poison: vec![3], ..Toy::default() };
+        let batch: Vec<Incoming> = (1..=5).map(send).collect();
+        let mut pauses = 0;
+        let done = settle(&toy, &mut vec![], &batch, |_| {
+            pauses += 1;
+            async { true }
+        })
+        .await
+        .expect("settled");
+        assert_eq!(kinds(&done), vec![(1, "applied"), (2, "applied"), (3, "poison"), (4, "applied"), (5, "applied")]);
+        assert_eq!(*toy.written.lock().unwrap(), vec![1, 2, 4, 5], "each good command written once, in order");
+        // Three failures together, then three of the poison alone, each but
+        // the last of a series followed by a pause.
+        assert_eq!(pauses, 4);
+    }
+
+    #[tokio::test]
+    async fn transient_failures_are_retried_in_place_until_they_pass_or_the_pause_gives_up() {
+        let toy = Toy { transient_failures: Mutex::new(5), ..Toy::default() };
+        let batch: Vec<Incoming> = (1..=3).map(send).collect();
+        let mut pauses = 0;
+        let done = settle(&toy, &mut vec![], &batch, |_| {
+            pauses += 1;
+            async { true }
+        })
+        .await
+        .expect("settled");
+        assert_eq!(kinds(&done), vec![(1, "applied"), (2, "applied"), (3, "applied")]);
+        assert_eq!((pauses, toy.written.lock().unwrap().clone()), (5, vec![1, 2, 3]), "never split, never poison");
+
+        let toy = Toy { transient_failures: Mutex::new(10), ..Toy::default() };
+        let gave_up = settle(&toy, &mut vec![], &batch, |attempt| async move { attempt < 2 }).await;
+        assert!(gave_up.is_none(), "a pause that says stop ends the settling without a verdict");
+        assert!(toy.written.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_role_never_sees_the_commands_another_role_owns() {
+        let toy = Toy::default();
+        let batch = vec![send(1), upload(2), send(3)];
+        let mut done = Done::new();
+        apply_own(&toy, &mut vec![], &batch, &mut done).await.unwrap();
+        assert_eq!(*toy.seen.lock().unwrap(), vec![1, 3]);
+        assert_eq!(kinds(&done), vec![(1, "applied"), (2, "not_mine"), (3, "applied")]);
+        assert_eq!(upload(2).msg.command.owner(), "attachments");
+        assert_eq!(send(1).msg.command.owner(), "messages");
+    }
+}
