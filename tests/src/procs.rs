@@ -115,3 +115,29 @@ impl Owned {
         tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await.ok().and_then(|r| r.ok())
     }
 }
+
+/// The arguments that start nats-server with JetStream on `port`, its
+/// store in `dir/store` and its file store set to `max_file_store` (a
+/// nats size: `1TB`, `256MB`), from a config file written in `dir`.
+pub fn nats_args(dir: &std::path::Path, port: u16, max_file_store: &str) -> Vec<String> {
+    let conf = dir.join("nats.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listen: 127.0.0.1:{port}\njetstream {{ store_dir: {:?}, max_file_store: {max_file_store} }}\n",
+            dir.join("store").display().to_string()
+        ),
+    )
+    .expect("nats.conf");
+    vec!["-c".into(), conf.display().to_string()]
+}
+
+/// The resident memory of process `pid` (KiB), from `/proc`; 0 if unknown.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}

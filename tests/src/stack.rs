@@ -56,16 +56,7 @@ pub fn servers() -> &'static Servers {
                 // file store, which by default is 75% of the free disk; the
                 // whole suite declares over a hundred namespaces but stores
                 // little, so the store's size is set rather than guessed.
-                let conf = dir.join("nats.conf");
-                std::fs::write(
-                    &conf,
-                    format!(
-                        "listen: 127.0.0.1:{port}\njetstream {{ store_dir: {:?}, max_file_store: 1TB }}\n",
-                        dir.join("nats").display().to_string()
-                    ),
-                )
-                .expect("nats.conf");
-                let args = vec!["-c".into(), conf.display().to_string()];
+                let args = procs::nats_args(&dir, port, "1TB");
                 let nats = procs::tool("NATTER_NATS_SERVER", "nats-server");
                 reapers.push(procs::spawn_reaped(&nats, &args, &dir.join("nats.log").display().to_string()));
                 block_on_port(port);

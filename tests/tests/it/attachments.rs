@@ -267,22 +267,17 @@ async fn presigned_urls_expire_and_proxy_mode_streams() {
     assert_eq!(r.bytes().await.unwrap().to_vec(), bytes);
 }
 
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_bad_files_and_names() {
     let mut app = TestApp::new().await;
     app.with_s3();
     const LIMIT: usize = 1024 * 1024;
     app.edge_env.insert("MAX_FILE_SIZE".into(), LIMIT.to_string());
-    let e = app.start_edge().await;
+    // Its own process: its memory is measured apart from the tests running
+    // beside this one.
+    let e = app.start_edge_process().await;
+    let pid = app.processes.last().and_then(|p| p.child.id()).expect("edge pid");
+    let rss_kib = || natter_tests::procs::rss_kib(pid);
     app.start_worker();
     app.start_attachments_worker();
     let (a, b) = (app.user(), app.user());

@@ -392,15 +392,6 @@ async fn logs_api_filters_and_exports_agree() {
     );
 }
 
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// The fact of an applied `send_message` by `actor` at command `seq`, its
 /// message and time numbered by `n`.
 fn sent_fact(seq: u64, n: u64, actor: natter_shared::ids::UserId) -> natter_shared::audit::AuditFact {
@@ -424,7 +415,11 @@ fn sent_fact(seq: u64, n: u64, actor: natter_shared::ids::UserId) -> natter_shar
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exporting_100k_records_streams_with_bounded_memory() {
     let mut app = TestApp::new().await;
-    let e = app.start_edge().await;
+    // Its own process: what it holds is measured apart from the tests
+    // running beside this one.
+    let e = app.start_edge_process().await;
+    let pid = app.processes.last().and_then(|p| p.child.id()).expect("edge pid");
+    let rss_kib = || procs::rss_kib(pid);
     const N: i64 = 100_000;
     let actor = app.user();
     let mut batch = Vec::with_capacity(5000);

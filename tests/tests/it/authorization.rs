@@ -54,9 +54,13 @@ async fn non_participant_cannot_join_send_read_or_receive() {
     );
 
     // Only A's legitimate 20 messages exist: the refused send wrote nothing.
-    let (status, v) = app.get(e1, &format!("/api/chat/conversations/{conv}/messages"), a).await;
-    assert_eq!(status, 200, "{v}");
-    assert_eq!(v["total"], 20);
+    // (The history is written shortly after the events go out.)
+    let v = natter_tests::eventually("the history written", Duration::from_secs(10), || async {
+        let (status, v) = app.get(e1, &format!("/api/chat/conversations/{conv}/messages"), a).await;
+        assert_eq!(status, 200, "{v}");
+        (v["total"] == 20).then_some(v)
+    })
+    .await;
     assert!(v["messages"].as_array().unwrap().iter().all(|m| m["senderId"] == a.hex()));
 
     // Leaving stops delivery.

@@ -45,13 +45,8 @@ async fn receipts_of_frames_written_during_the_drain_are_stored() {
     let e1 = app.start_edge().await;
     let (a, b) = (app.user(), app.user());
     let conv = app.open_conversation(e1, a, b).await;
-    let port = procs::free_port();
-    let mut env = app.env();
-    env.push(("LISTEN_ADDR".into(), format!("127.0.0.1:{port}")));
-    let log = std::env::temp_dir().join(format!("{}-edge2.log", app.name)).display().to_string();
-    let mut e2 = Owned::spawn(&procs::workspace_bin("natter-edge"), &[], &env, &log);
-    procs::wait_for_port(port, Duration::from_secs(30)).await;
-    let mut reader = WsClient::connect(format!("127.0.0.1:{port}").parse().unwrap(), &app.token(b, &[])).await;
+    let e2 = app.start_edge_process().await;
+    let mut reader = WsClient::connect(e2, &app.token(b, &[])).await;
     let r = reader.request("join_conversation", json!({"conversationId": conv})).await;
     assert_eq!(r["type"], "ack", "{r}");
     let mut sender = WsClient::connect(e1, &app.token(a, &[])).await;
@@ -62,7 +57,8 @@ async fn receipts_of_frames_written_during_the_drain_are_stored() {
     let mut newest = first[0]["data"]["seq"].as_u64().expect("seq");
     // SIGTERM while the rest are on their way: the edge writes what is
     // queued, then closes.
-    let status = e2.terminate().await.expect("edge exited");
+    let edge = app.processes.last_mut().expect("the edge process");
+    let status = edge.terminate().await.expect("edge exited");
     assert!(status.success(), "exit status {status:?}");
     while let Some(got) = reader.next(Duration::from_secs(2)).await {
         match got {

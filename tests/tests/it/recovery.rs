@@ -176,22 +176,9 @@ async fn a_staging_bound_nats_cannot_reserve_stops_the_edge_naming_it() {
     let dir = std::env::temp_dir().join(format!("natter-small-store-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let port = procs::free_port();
-    let conf = dir.join("nats.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "listen: 127.0.0.1:{port}\njetstream {{ store_dir: {:?}, max_file_store: 256MB }}\n",
-            dir.join("store").display().to_string()
-        ),
-    )
-    .unwrap();
     let nats = procs::tool("NATTER_NATS_SERVER", "nats-server");
-    let mut server = Owned::spawn(
-        &nats,
-        &["-c".into(), conf.display().to_string()],
-        &[],
-        &dir.join("nats.log").display().to_string(),
-    );
+    let args = procs::nats_args(&dir, port, "256MB");
+    let mut server = Owned::spawn(&nats, &args, &[], &dir.join("nats.log").display().to_string());
     procs::wait_for_port(port, Duration::from_secs(20)).await;
     let mut app = TestApp::new().await;
     app.nats_url = format!("nats://127.0.0.1:{port}");
