@@ -5,13 +5,15 @@
 //! other. One binary links the workspace once instead of once per feature.
 //!
 //! Run one feature with `cargo test -p natter-tests --test it attachments::`.
+//! The NATS cluster failover test is a binary of its own (`--test
+//! cluster`): it kills a node and times the recovery, which the rest of the
+//! suite running beside it on two cores would distort.
 
 mod attachments;
 mod audit;
 mod authorization;
 mod bad_input;
 mod catchup;
-mod cluster;
 mod fuzz;
 mod groups;
 mod hardening;

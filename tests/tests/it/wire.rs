@@ -2,7 +2,7 @@
 //! module's front end reads, recorded from a running stack and compared
 //! with `tests/snapshots/wire.json`. A shape is the JSON with its values
 //! replaced by their kinds (`<oid>`, `<time>`, `<string>`, `<number>`,
-//! `<bool>`, one element for an array, `<oid>` for ids as keys) and `type`
+//! `<bool>`, one element for an array, `<key>` for keys that are data) and `type`
 //! names kept, merged over every frame of a name (so optional fields show),
 //! so a renamed, dropped or retyped field fails here. A deliberate change:
 //! `NATTER_UPDATE_SNAPSHOTS=1 cargo test -p natter-tests --test it wire::`
@@ -40,7 +40,10 @@ fn shape(v: &Value, key: Option<&str>) -> Value {
                 if key.is_none() && matches!(k.as_str(), "grant" | "revoke") {
                     continue;
                 }
-                let name = if kind_of(k) == "<oid>" { "<oid>".to_string() } else { k.clone() };
+                // Ids as keys (`unreadCounts`), and the free-form keys of an
+                // audit record's `targets`, are data.
+                let name =
+                    if kind_of(k) == "<oid>" || key == Some("targets") { "<key>".to_string() } else { k.clone() };
                 let s = shape(v, Some(k));
                 let merged = match out.remove(&name) {
                     Some(prev) => merge(prev, s),
