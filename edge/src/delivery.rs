@@ -18,6 +18,16 @@ use tokio_util::sync::CancellationToken;
 pub const FLUSH_EVERY: Duration = Duration::from_millis(500);
 const QUEUE: usize = 65_536;
 
+/// Receipts waiting for the next flush: the newest `seq` per user and room.
+type Pending = HashMap<(UserId, RoomRef), u64>;
+
+/// Adds a report: a later report of an older message (a catch-up written
+/// after live events) never moves the cursor back.
+fn note(pending: &mut Pending, (user, room, seq): (UserId, RoomRef, u64)) {
+    let newest = pending.entry((user, room)).or_default();
+    *newest = (*newest).max(seq);
+}
+
 #[derive(Clone)]
 pub struct Deliveries {
     tx: mpsc::Sender<(UserId, RoomRef, u64)>,
@@ -29,11 +39,7 @@ impl Deliveries {
     pub fn spawn(js: async_nats::jetstream::Context, subjects: Subjects, tasks: &Tasks) -> Self {
         let (tx, mut rx) = mpsc::channel::<(UserId, RoomRef, u64)>(QUEUE);
         tasks.spawn_service(|stop: CancellationToken| async move {
-            let mut pending: HashMap<(UserId, RoomRef), u64> = HashMap::new();
-            let note = |pending: &mut HashMap<(UserId, RoomRef), u64>, (u, room, seq): (UserId, RoomRef, u64)| {
-                let newest = pending.entry((u, room)).or_default();
-                *newest = (*newest).max(seq);
-            };
+            let mut pending: Pending = HashMap::new();
             let mut tick = tokio::time::interval(FLUSH_EVERY);
             loop {
                 tokio::select! {
@@ -62,11 +68,7 @@ impl Deliveries {
     }
 }
 
-async fn flush(
-    js: &async_nats::jetstream::Context,
-    subjects: &Subjects,
-    pending: &mut HashMap<(UserId, RoomRef), u64>,
-) {
+async fn flush(js: &async_nats::jetstream::Context, subjects: &Subjects, pending: &mut Pending) {
     let mut failed: Vec<((UserId, RoomRef), u64)> = Vec::new();
     for ((user, room), seq) in pending.drain() {
         let env = CommandEnvelope {
@@ -88,4 +90,24 @@ async fn flush(
     }
     // `pending` was drained above: nothing newer is there to merge with.
     pending.extend(failed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use natter_shared::ids::RoomKind;
+
+    #[test]
+    fn reports_coalesce_to_the_newest_seq_per_user_and_room() {
+        let (a, b) = (UserId(mongodb::bson::oid::ObjectId::new()), UserId(mongodb::bson::oid::ObjectId::new()));
+        let (r1, r2) = (RoomRef::new(RoomKind::Conversation, "c1"), RoomRef::new(RoomKind::Group, "g1"));
+        let mut p = Pending::new();
+        for (u, r, s) in [(a, &r1, 5), (a, &r1, 9), (a, &r1, 7), (b, &r1, 3), (a, &r2, 2)] {
+            note(&mut p, (u, r.clone(), s));
+        }
+        assert_eq!(p.len(), 3, "one receipt per user and room");
+        assert_eq!(p[&(a, r1.clone())], 9, "the newest, whatever the order of the reports");
+        assert_eq!(p[&(b, r1)], 3);
+        assert_eq!(p[&(a, r2)], 2);
+    }
 }
