@@ -338,7 +338,21 @@ fn storage_exceeded(e: &(dyn std::error::Error + 'static)) -> bool {
 /// What `apply` declares, named for operators: streams, consumers per
 /// role, the staging object store and the key-value buckets.
 pub fn summary(s: &Subjects, sizing: Sizing) -> String {
-    let streams = [s.cmd_stream(), s.evt_stream(), s.dlq_stream(), s.outcomes_stream()].join(", ");
+    let declared = declared_streams(s);
+    let named = |kind: &str| {
+        declared
+            .iter()
+            .filter(|(k, _, _)| *k == kind)
+            .map(|(_, name, stream)| {
+                if stream.starts_with("OBJ_") {
+                    format!("{name} (object store, at most {} bytes)", sizing.staging_max_bytes)
+                } else {
+                    name.clone()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let consumers = Role::ALL
         .iter()
         .map(|r| match r.partitions() {
@@ -348,14 +362,10 @@ pub fn summary(s: &Subjects, sizing: Sizing) -> String {
         .collect::<Vec<_>>()
         .join(", ");
     format!(
-        "streams {streams}; consumers {consumers}; object store {} (at most {} bytes); key-value buckets {}, {}, {}, {}; {} replica(s)",
-        s.staging_bucket(),
-        sizing.staging_max_bytes,
-        s.leases_bucket(),
-        s.presence_bucket(),
-        s.last_seen_bucket(),
-        s.audit_head_bucket(),
-        sizing.replicas,
+        "streams {}; consumers {consumers}; buckets {}; {} replica(s)",
+        named("stream"),
+        named("bucket"),
+        sizing.replicas
     )
 }
 
@@ -529,4 +539,22 @@ async fn apply_once(js: &jetstream::Context, s: &Subjects, sizing: Sizing) -> Re
         js.create_or_update_key_value(cfg).await.map_err(|e| TopologyError::Bucket { name, source: boxed(e) })?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_names_everything_declared() {
+        let s = Subjects::new("chat");
+        let text = summary(&s, Sizing::single());
+        for (_, name, _) in declared_streams(&s) {
+            assert!(text.contains(&name), "{name} missing from {text}");
+        }
+        for role in Role::ALL {
+            assert!(text.contains(&s.consumer(role.name(), 0)), "{text}");
+        }
+        assert!(text.contains("chat_staging (object store, at most 1073741824 bytes)"), "{text}");
+    }
 }
