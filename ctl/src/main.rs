@@ -244,7 +244,7 @@ async fn nats() -> anyhow::Result<(async_nats::jetstream::Context, Subjects)> {
 
 async fn audit_export(a: ExportArgs) -> anyhow::Result<()> {
     let ExportArgs { format, out: path, action, actor, conversation_id, group_id, target, from, to } = a;
-    use natter_shared::export::{self, Format};
+    use natter_export::{self as export, Format};
     use std::io::Write;
     let fmt = Format::parse(&format).ok_or_else(|| anyhow::anyhow!("--format must be pdf, csv or json"))?;
     let date = |v: Option<String>, name: &str| -> anyhow::Result<Option<mongodb::bson::DateTime>> {
@@ -292,7 +292,7 @@ async fn audit_export(a: ExportArgs) -> anyhow::Result<()> {
     let n = match fmt {
         Format::Pdf => {
             let subtitle = format!("Filters: {}", filter.describe());
-            natter_shared::pdf::write("natter audit trail", &subtitle, counted, sink).await
+            natter_export::pdf::write("natter audit trail", &subtitle, counted, sink).await
         }
         _ => export::write(fmt, counted, sink).await,
     };

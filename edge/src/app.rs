@@ -8,11 +8,12 @@
 //! and presence's going-away deletions are stored before it exits. Tests
 //! build edges on port 0.
 
-use crate::delivery::Deliveries;
-use crate::hub::Hub;
-use crate::membership::Membership;
-use crate::presence::Presence;
-use crate::state::EdgeState;
+use crate::core::Core;
+use crate::core::membership::Membership;
+use crate::realtime::EdgeState;
+use crate::realtime::delivery::Deliveries;
+use crate::realtime::hub::Hub;
+use crate::realtime::presence::Presence;
 use crate::{health, rest, sio, ws};
 use axum::Router;
 use axum::routing::get;
@@ -72,7 +73,8 @@ impl Edge {
         let store = Store::connect(&config.core.mongodb_uri, &config.core.mongodb_db).await?;
         store.ensure_indexes().await?;
         let tasks = Tasks::new(shutdown);
-        let (hub, contacts_changed) = Hub::new(nats.clone(), subjects.clone(), tasks.clone());
+        let recent = Arc::new(crate::core::recent::Recent::default());
+        let (hub, contacts_changed) = Hub::new(nats.clone(), subjects.clone(), recent.clone(), tasks.clone());
         let presence = Presence::start(&js, &subjects, store.clone(), contacts_changed, &tasks)
             .await
             .map_err(StartError::Presence)?;
@@ -82,30 +84,33 @@ impl Edge {
             .map_err(|e| StartError::Nats { url: url.clone(), reason: e.to_string() })?;
         let s3 = match &config.s3 {
             Some(c) => {
-                let client = natter_shared::s3::client(c);
-                natter_shared::s3::ensure_bucket(&client, &c.bucket).await.map_err(StartError::S3)?;
+                let client = natter_s3::client(c);
+                natter_s3::ensure_bucket(&client, &c.bucket).await.map_err(StartError::S3)?;
                 Some((client, c.bucket.clone()))
             }
             None => None,
         };
-        let uploads = crate::uploads::UploadBudgets::new(config.uploads_per_min, config.upload_bytes_per_min);
+        let uploads = crate::core::uploads::UploadBudgets::new(config.uploads_per_min, config.upload_bytes_per_min);
+        let deliveries = Deliveries::spawn(js.clone(), subjects.clone(), &tasks);
         let state = Arc::new(EdgeState {
-            staging,
-            s3,
             jwt: Jwt::new(&config.jwt),
             hub,
-            membership: Membership::default(),
             presence,
-            deliveries: Deliveries::spawn(js.clone(), subjects.clone(), &tasks),
+            deliveries,
             lifecycle: tasks,
-            config,
-            store,
-            nats,
-            js,
-            subjects,
             typing: Default::default(),
-            rest_limits: Default::default(),
-            uploads,
+            core: Core {
+                staging,
+                s3,
+                membership: Membership::default(),
+                recent,
+                config,
+                store,
+                nats,
+                js,
+                subjects,
+                uploads,
+            },
         });
         Ok(Edge { listener, state })
     }

@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use natter_shared::auth::AuthError;
 use natter_shared::v1::error::{ErrorBody, ErrorCode};
-use serde_json::json;
+use natter_shared::v1::server::{ErrorReply, PendingReply, PendingStatus};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChatError {
@@ -100,10 +100,10 @@ impl IntoResponse for ChatError {
     fn into_response(self) -> Response {
         let status = self.status();
         if let ChatError::Pending { seq } = self {
-            return (status, Json(json!({"status": "pending", "seq": seq}))).into_response();
+            return (status, Json(PendingReply { status: PendingStatus::Pending, seq })).into_response();
         }
         let mut resp =
-            (status, Json(json!({"error": ErrorBody { code: self.code(), message: self.public_message() }})))
+            (status, Json(ErrorReply { error: ErrorBody { code: self.code(), message: self.public_message() } }))
                 .into_response();
         if let ChatError::Unauthorized(_) = self {
             resp.headers_mut()

@@ -1,11 +1,10 @@
 //! `/healthz`: the process is up. `/readyz`: NATS and MongoDB are reachable,
 //! so a load balancer only sends traffic to an edge that can serve it.
 
-use crate::state::EdgeState;
+use crate::realtime::EdgeState;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,9 +12,16 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
-pub async fn readyz(State(st): State<Arc<EdgeState>>) -> (StatusCode, Json<serde_json::Value>) {
+/// `/readyz`'s body: whether each dependency answered.
+#[derive(Debug, serde::Serialize)]
+pub struct Readiness {
+    pub nats: bool,
+    pub mongodb: bool,
+}
+
+pub async fn readyz(State(st): State<Arc<EdgeState>>) -> (StatusCode, Json<Readiness>) {
     let nats = st.nats.connection_state() == async_nats::connection::State::Connected;
     let mongo = matches!(tokio::time::timeout(Duration::from_secs(2), st.store.ping()).await, Ok(Ok(())));
     let status = if nats && mongo { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(json!({"nats": nats, "mongodb": mongo})))
+    (status, Json(Readiness { nats, mongodb: mongo }))
 }

@@ -4,44 +4,33 @@
 //! protocol at `/ws`, Socket.IO at `/socket.io`, the REST API at
 //! `/api/chat`, `/healthz` and `/readyz`.
 //!
-//! The modules, from the bottom up (each uses only those before it; no
+//! The layers, from the bottom up (each uses only those before it; no
 //! import cycle spans more than a module and its children):
 //! - plumbing: `error`, `meta` (request metadata, the origin check),
-//!   `query`, `limits` (per connection and per caller), `recent`,
-//!   `membership`, `delivery`, `uploads`, `hub`, `presence`, `state` (what
-//!   every handler shares), `token`;
-//! - the protocol-independent core: `catchup` (reading a room's events),
-//!   `chat` (authorization, commands, messages, groups; `submit` publishes
-//!   a command to JetStream), `attachments`, `access` (audited reads);
-//! - the realtime connection: `typing`, `session` (one client's requests,
-//!   whatever the protocol);
-//! - the WebSocket transport both socket protocols share: `transport`;
-//! - the protocols: `ws` (native), `sio` (Socket.IO, owning its sessions),
-//!   `rest`; then `health` and `app`, which builds and runs the edge.
+//!   `query`, `rate` (token buckets per key);
+//! - `core/`: the protocol-independent core (authorization, commands,
+//!   messages, groups, attachments) on a narrow state, [`core::Core`];
+//! - `realtime/`: the per-connection layer (hub, presence, delivery,
+//!   typing, catch-up, the session, a connection's limits) and
+//!   `EdgeState`, the core's state and the realtime layer's;
+//! - `token` (verifying a request's JWT);
+//! - `transport`: the WebSocket transport both socket protocols share;
+//! - the protocols, each owning its state: `ws/` (native), `sio/`
+//!   (Socket.IO, its sessions), `rest/` (its request-rate buckets); then
+//!   `health` and `app`, which builds and runs the edge.
 
-pub mod access;
 pub mod app;
-pub mod attachments;
-pub mod catchup;
-pub mod chat;
-pub mod delivery;
+pub mod core;
 pub mod error;
 pub mod health;
-pub mod hub;
-pub mod limits;
-pub mod membership;
 pub mod meta;
-pub mod presence;
 pub mod query;
-pub mod recent;
+pub mod rate;
+pub mod realtime;
 pub mod rest;
-pub mod session;
 pub mod sio;
-pub mod state;
 pub mod token;
 pub mod transport;
-pub mod typing;
-pub mod uploads;
 pub mod ws;
 
 pub use app::{Edge, StartError};

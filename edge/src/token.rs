@@ -10,7 +10,7 @@ use natter_shared::auth::{AuthError, Identity};
 use std::sync::Arc;
 
 use crate::error::ChatError;
-use crate::state::EdgeState;
+use crate::realtime::EdgeState;
 
 pub fn bearer(headers: &HeaderMap) -> Option<String> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;

@@ -8,10 +8,10 @@
 //! gives up on a write the peer does not take within `WRITE_TIMEOUT`, and
 //! reports what reached the user's device.
 
-use crate::delivery::Deliveries;
-use crate::hub::Head;
-use crate::limits::close;
-use crate::session::Next;
+use crate::realtime::delivery::Deliveries;
+use crate::realtime::hub::Head;
+use crate::realtime::limits::close;
+use crate::realtime::session::Next;
 use fastwebsockets::{Frame, OpCode, Payload, WebSocketError, WebSocketRead, WebSocketWrite};
 use futures::FutureExt;
 use hyper::upgrade::Upgraded;

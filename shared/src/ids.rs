@@ -8,45 +8,85 @@ use sha2::{Digest, Sha256};
 use std::fmt;
 use std::str::FromStr;
 
-/// A user id: a 24-hex ObjectId, serialized as its hex string.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct UserId(pub ObjectId);
+/// An id newtype over an ObjectId, serialized as its 24-hex string and
+/// parsed once, where it enters (the edge, or a command being decoded): a
+/// command whose id is not an ObjectId does not decode.
+macro_rules! oid_newtype {
+    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(pub ObjectId);
 
-impl UserId {
-    pub fn oid(&self) -> ObjectId {
-        self.0
-    }
-    pub fn hex(&self) -> String {
-        self.0.to_hex()
-    }
+        impl $name {
+            pub fn oid(&self) -> ObjectId {
+                self.0
+            }
+            pub fn hex(&self) -> String {
+                self.0.to_hex()
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                parse_oid(s).map($name).ok_or_else(|| format!("{} `{s}` is not a 24-character hex ObjectId", $what))
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = String;
+            fn try_from(s: String) -> Result<Self, Self::Error> {
+                s.parse()
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(u: $name) -> String {
+                u.hex()
+            }
+        }
+
+        impl From<ObjectId> for $name {
+            fn from(id: ObjectId) -> Self {
+                $name(id)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0.to_hex())
+            }
+        }
+    };
 }
 
-impl FromStr for UserId {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        ObjectId::parse_str(s).map(UserId).map_err(|_| format!("`{s}` is not a 24-character hex ObjectId"))
-    }
-}
-
-impl TryFrom<String> for UserId {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        s.parse()
-    }
-}
-
-impl From<UserId> for String {
-    fn from(u: UserId) -> String {
-        u.hex()
-    }
-}
-
-impl fmt::Display for UserId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0.to_hex())
-    }
-}
+oid_newtype!(
+    /// A user id (the NestJS module stored `senderId` and `participantIds`
+    /// as ObjectIds).
+    UserId,
+    "user id"
+);
+oid_newtype!(
+    /// A message id.
+    MessageId,
+    "messageId"
+);
+oid_newtype!(
+    /// A 1:1 conversation's id.
+    ConversationId,
+    "conversationId"
+);
+oid_newtype!(
+    /// A group's id.
+    GroupId,
+    "groupId"
+);
+oid_newtype!(
+    /// An uploaded attachment's id.
+    AttachmentId,
+    "attachment id"
+);
 
 /// The two kinds of room a message can belong to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

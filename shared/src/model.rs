@@ -22,6 +22,103 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
+/// A message's `messageType`: what clients send (`text`, `image`,
+/// `document`) and `system`, which only the server writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageType {
+    Text,
+    Image,
+    Document,
+    System,
+}
+
+impl MessageType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageType::Text => "text",
+            MessageType::Image => "image",
+            MessageType::Document => "document",
+            MessageType::System => "system",
+        }
+    }
+}
+
+impl From<crate::v1::client::ClientMessageType> for MessageType {
+    fn from(t: crate::v1::client::ClientMessageType) -> Self {
+        use crate::v1::client::ClientMessageType as C;
+        match t {
+            C::Text => MessageType::Text,
+            C::Image => MessageType::Image,
+            C::Document => MessageType::Document,
+        }
+    }
+}
+
+/// A message's status as its sender sees it, in the order it moves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageStatus {
+    Sent,
+    Delivered,
+    Read,
+}
+
+impl MessageStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageStatus::Sent => "sent",
+            MessageStatus::Delivered => "delivered",
+            MessageStatus::Read => "read",
+        }
+    }
+}
+
+/// A group's `type`, as the module's schema enumerated it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupType {
+    Department,
+    Custom,
+    Operational,
+}
+
+impl GroupType {
+    pub const ALL: [GroupType; 3] = [GroupType::Department, GroupType::Custom, GroupType::Operational];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupType::Department => "department",
+            GroupType::Custom => "custom",
+            GroupType::Operational => "operational",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<GroupType> {
+        GroupType::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+/// What the attachments worker decided about an upload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachmentStatus {
+    Accepted,
+    Rejected,
+    /// An upload outside any room, never sent, collected after its time.
+    Expired,
+}
+
+impl AttachmentStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttachmentStatus::Accepted => "accepted",
+            AttachmentStatus::Rejected => "rejected",
+            AttachmentStatus::Expired => "expired",
+        }
+    }
+}
+
 /// A chat message. `seq` is the JetStream sequence of the command that
 /// created it: the order of the room.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -35,8 +132,8 @@ pub struct MessageDoc {
     pub conversation_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group_id: Option<String>,
-    pub message_type: String,
-    pub status: String,
+    pub message_type: MessageType,
+    pub status: MessageStatus,
     #[serde(default)]
     pub read_by: Vec<String>,
     #[serde(default)]
@@ -66,7 +163,7 @@ impl MessageDoc {
         id: ObjectId,
         room: &RoomRef,
         sender: ObjectId,
-        message_type: &str,
+        message_type: MessageType,
         content: String,
         client_msg_id: String,
         seq: u64,
@@ -79,8 +176,8 @@ impl MessageDoc {
             sender_id: sender,
             conversation_id: fields.conversation_id,
             group_id: fields.group_id,
-            message_type: message_type.into(),
-            status: "sent".into(),
+            message_type,
+            status: MessageStatus::Sent,
             read_by: vec![],
             attachments: vec![],
             created_at: time,
@@ -164,7 +261,6 @@ fn admin_only() -> Vec<String> {
 }
 
 /// The kinds a group may be (`type`).
-pub const GROUP_TYPES: [&str; 3] = ["department", "custom", "operational"];
 /// Longest group name, in bytes.
 pub const MAX_GROUP_NAME: usize = 100;
 /// Longest group description or avatar, in bytes.
@@ -219,9 +315,8 @@ pub struct GroupDoc {
     pub avatar: Option<String>,
     pub members: Vec<ObjectId>,
     pub admin: ObjectId,
-    /// `department`, `custom` or `operational`.
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: GroupType,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_message_id: Option<ObjectId>,
     #[serde(default)]
@@ -297,8 +392,7 @@ pub struct AttachmentDoc {
     pub category: String,
     pub size: i64,
     pub uploaded_at: DateTime,
-    /// `accepted` or `rejected`.
-    pub status: String,
+    pub status: AttachmentStatus,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -317,7 +411,7 @@ impl AttachmentDoc {
     /// fact's actor).
     pub fn from_fact(uploader: ObjectId, f: &crate::v1::command::RecordAttachmentCmd) -> Option<AttachmentDoc> {
         Some(AttachmentDoc {
-            id: crate::ids::parse_oid(&f.attachment_id)?,
+            id: f.attachment_id.oid(),
             conversation_id: f.room.conversation_id.clone(),
             group_id: f.room.group_id.clone(),
             uploader_id: uploader,
@@ -327,7 +421,7 @@ impl AttachmentDoc {
             category: f.category.clone(),
             size: f.size,
             uploaded_at: DateTime::from_millis(f.uploaded_at_ms),
-            status: f.status.clone(),
+            status: f.status,
             code: f.code.clone(),
             reason: f.reason.clone(),
             key: f.key.clone(),
@@ -339,7 +433,7 @@ impl AttachmentDoc {
     /// The fact that records this attachment.
     pub fn to_fact(&self) -> crate::v1::command::RecordAttachmentCmd {
         crate::v1::command::RecordAttachmentCmd {
-            attachment_id: self.id.to_hex(),
+            attachment_id: self.id.into(),
             room: crate::v1::command::RoomFields {
                 conversation_id: self.conversation_id.clone(),
                 group_id: self.group_id.clone(),
@@ -351,7 +445,7 @@ impl AttachmentDoc {
             declared_type: self.declared_type.clone(),
             category: self.category.clone(),
             size: self.size,
-            status: self.status.clone(),
+            status: self.status,
             code: self.code.clone(),
             reason: self.reason.clone(),
             key: self.key.clone(),
@@ -366,7 +460,7 @@ impl AttachmentDoc {
     }
 
     pub fn accepted(&self) -> bool {
-        self.status == "accepted"
+        self.status == AttachmentStatus::Accepted
     }
 }
 
@@ -434,8 +528,8 @@ pub struct MessageView {
     pub conversation_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group_id: Option<String>,
-    pub message_type: String,
-    pub status: String,
+    pub message_type: MessageType,
+    pub status: MessageStatus,
     pub read_by: Vec<String>,
     pub attachments: Vec<serde_json::Value>,
     pub created_at: String,
@@ -472,27 +566,20 @@ impl<'a> Receipts<'a> {
     /// sender and every member who has read it. What the document stores is
     /// kept if it says more (documents written before the cursors existed).
     pub fn apply(&self, view: &mut MessageView) {
-        if view.message_type == "system" {
+        if view.message_type == MessageType::System {
             return;
         }
         let (sender, seq) = (view.sender_id.clone(), view.seq);
         let reached = |m: &'a PerUser| m.iter().filter(|(u, at)| **u != sender && **at >= seq).map(|(u, _)| u);
         let readers: Vec<&String> = reached(self.read).collect();
         let derived = if !readers.is_empty() {
-            "read"
+            MessageStatus::Read
         } else if reached(self.delivered).next().is_some() {
-            "delivered"
+            MessageStatus::Delivered
         } else {
-            "sent"
+            MessageStatus::Sent
         };
-        let rank = |s: &str| match s {
-            "read" => 2,
-            "delivered" => 1,
-            _ => 0,
-        };
-        if rank(derived) > rank(&view.status) {
-            view.status = derived.to_string();
-        }
+        view.status = view.status.max(derived);
         for r in readers {
             if !view.read_by.contains(r) {
                 view.read_by.push(r.clone());
@@ -520,8 +607,8 @@ impl From<&MessageDoc> for MessageView {
             sender_id: m.sender_id.to_hex(),
             conversation_id: m.conversation_id.clone(),
             group_id: m.group_id.clone(),
-            message_type: m.message_type.clone(),
-            status: m.status.clone(),
+            message_type: m.message_type,
+            status: m.status,
             read_by: m.read_by.clone(),
             attachments: m.attachments.iter().map(attachment_json).collect(),
             created_at: iso(m.created_at),
@@ -590,7 +677,7 @@ pub struct GroupView {
     pub members: Vec<String>,
     pub admin: String,
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: GroupType,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_message_id: Option<LastMessage>,
     pub permissions: Permissions,
@@ -608,7 +695,7 @@ impl GroupView {
             avatar: g.avatar.clone(),
             members: g.members.iter().map(|m| m.to_hex()).collect(),
             admin: g.admin.to_hex(),
-            kind: g.kind.clone(),
+            kind: g.kind,
             last_message_id: last(g.last_message_id, populated, Receipts::of_group(g)),
             permissions: g.permissions.clone(),
             unread_counts: g.unread_counts.clone(),
@@ -642,7 +729,7 @@ mod tests {
             avatar: None,
             members: members.to_vec(),
             admin: members[0],
-            kind: "custom".into(),
+            kind: GroupType::Custom,
             last_message_id: None,
             permissions,
             unread_counts: PerUser::new(),

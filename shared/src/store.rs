@@ -1,10 +1,10 @@
 //! The MongoDB store: connection, indexes and the read queries the edge
 //! serves. Writes belong to the workers (they use the typed collections).
 
-use crate::ids::RoomRef;
+use crate::ids::{RoomKind, RoomRef};
 use crate::model::{
-    ATTACHMENTS, AttachmentDoc, CONVERSATIONS, ConversationDoc, GROUPS, GroupDoc, MESSAGES, MessageDoc, PerUser,
-    Receipts,
+    ATTACHMENTS, AttachmentDoc, AttachmentStatus, CONVERSATIONS, ConversationDoc, GROUPS, GroupDoc, MESSAGES,
+    MessageDoc, PerUser, Receipts,
 };
 use futures::TryStreamExt;
 use mongodb::bson::{Document, doc, oid::ObjectId};
@@ -146,6 +146,63 @@ impl Store {
 
     pub async fn conversation(&self, id: ObjectId) -> Result<Option<ConversationDoc>, StoreError> {
         self.conversations().find_one(doc! {"_id": id}).await
+    }
+
+    /// A group, deleted or not.
+    pub async fn group(&self, id: ObjectId) -> Result<Option<GroupDoc>, StoreError> {
+        self.groups().find_one(doc! {"_id": id}).await
+    }
+
+    /// A group that is not deleted.
+    pub async fn live_group(&self, id: ObjectId) -> Result<Option<GroupDoc>, StoreError> {
+        self.groups().find_one(doc! {"_id": id, "deleted": {"$ne": true}}).await
+    }
+
+    /// A message, deleted (a tombstone) or not.
+    pub async fn message(&self, id: ObjectId) -> Result<Option<MessageDoc>, StoreError> {
+        self.messages().find_one(doc! {"_id": id}).await
+    }
+
+    /// A message that is not deleted.
+    pub async fn live_message(&self, id: ObjectId) -> Result<Option<MessageDoc>, StoreError> {
+        self.messages().find_one(doc! {"_id": id, "deleted": {"$ne": true}}).await
+    }
+
+    /// An attachment record, whatever its status.
+    pub async fn attachment(&self, id: ObjectId) -> Result<Option<AttachmentDoc>, StoreError> {
+        self.attachments().find_one(doc! {"_id": id}).await
+    }
+
+    /// An attachment the worker accepted (and has not expired).
+    pub async fn accepted_attachment(&self, id: ObjectId) -> Result<Option<AttachmentDoc>, StoreError> {
+        self.attachments().find_one(doc! {"_id": id, "status": AttachmentStatus::Accepted.as_str()}).await
+    }
+
+    /// The rooms of a kind (by id) whose messages, deleted ones included,
+    /// carry the attachment `id`.
+    pub async fn rooms_carrying(&self, kind: RoomKind, id: &str) -> Result<Vec<String>, StoreError> {
+        let field = kind.field();
+        let found = self.messages().distinct(field, doc! {"attachments.id": id, field: {"$exists": true}}).await?;
+        Ok(found.into_iter().filter_map(|r| r.as_str().map(str::to_string)).collect())
+    }
+
+    /// Everyone `user` shares a group with, and the other participant of
+    /// each conversation in which both have written (`writers` holds only
+    /// participants: two of them means both wrote).
+    pub async fn contacts_of(&self, user: ObjectId) -> Result<std::collections::HashSet<ObjectId>, StoreError> {
+        let mut out = std::collections::HashSet::new();
+        let filter = doc! {"participantIds": user, "writers.1": {"$exists": true}};
+        let convs: Vec<ConversationDoc> = self.conversations().find(filter).await?.try_collect().await?;
+        for c in convs.into_iter().filter(|c| c.established()) {
+            out.extend(c.participant_ids);
+        }
+        let groups: Vec<GroupDoc> =
+            self.groups().find(doc! {"members": user, "deleted": {"$ne": true}}).await?.try_collect().await?;
+        for g in groups {
+            out.extend(g.members);
+        }
+        out.remove(&user);
+        Ok(out)
     }
 
     /// The user's groups (not deleted), most recent activity first.

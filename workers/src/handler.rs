@@ -387,10 +387,10 @@ mod tests {
         cmd(
             seq,
             Command::SendMessage(SendMessageCmd {
-                message_id: format!("{seq:024x}"),
+                message_id: format!("{seq:024x}").parse().unwrap(),
                 room,
                 content: "x".into(),
-                message_type: "text".into(),
+                message_type: natter_shared::model::MessageType::Text,
                 client_msg_id: format!("k{seq}"),
                 attachments: vec![],
             }),
@@ -401,7 +401,7 @@ mod tests {
         cmd(
             seq,
             Command::UploadAttachment(UploadAttachmentCmd {
-                attachment_id: format!("{seq:024x}"),
+                attachment_id: format!("{seq:024x}").parse().unwrap(),
                 room: RoomFields::default(),
                 filename: "a.pdf".into(),
                 declared_type: "application/pdf".into(),

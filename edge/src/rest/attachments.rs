@@ -1,11 +1,11 @@
 //! `/api/chat/attachments`: upload (raw body or multipart, streamed, bound
 //! by `MAX_FILE_SIZE`) and download (members of the room only).
 
-use crate::attachments;
-use crate::chat;
+use crate::core::attachments;
+use crate::core::chat;
 use crate::error::ChatError;
 use crate::query::param;
-use crate::state::EdgeState;
+use crate::realtime::EdgeState;
 use crate::token::AuthUser;
 use axum::Json;
 use axum::body::Body;
@@ -146,7 +146,8 @@ pub async fn download(State(st): St, AuthUser(who): AuthUser, Path(id): Path<Str
     let a = attachments::downloadable(&st, &who, &id).await?;
     let key = a.key.clone().ok_or(ChatError::NotFound("attachment"))?;
     let aid = a.id.to_hex();
-    crate::access::record(&st, &who, "attachment_downloaded", a.room().as_ref(), &[("attachmentId", &aid)]).await?;
+    crate::core::access::record(&st, &who, "attachment_downloaded", a.room().as_ref(), &[("attachmentId", &aid)])
+        .await?;
     serve(&st, &key, &a.name, &a.kind).await
 }
 
@@ -155,6 +156,7 @@ pub async fn thumbnail(State(st): St, AuthUser(who): AuthUser, Path(id): Path<St
     let a = attachments::downloadable(&st, &who, &id).await?;
     let key = a.thumbnail_key.clone().ok_or(ChatError::NotFound("thumbnail"))?;
     let aid = a.id.to_hex();
-    crate::access::record(&st, &who, "thumbnail_downloaded", a.room().as_ref(), &[("attachmentId", &aid)]).await?;
+    crate::core::access::record(&st, &who, "thumbnail_downloaded", a.room().as_ref(), &[("attachmentId", &aid)])
+        .await?;
     serve(&st, &key, &format!("{}.thumb.png", a.name), "image/png").await
 }

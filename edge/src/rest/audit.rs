@@ -3,10 +3,10 @@
 //! of one room's history as CSV or JSON.
 
 use super::paging;
-use crate::chat;
+use crate::core::chat;
 use crate::error::ChatError;
 use crate::query::param;
-use crate::state::EdgeState;
+use crate::realtime::EdgeState;
 use crate::token::AuthUser;
 use axum::Json;
 use axum::body::Body;
@@ -15,9 +15,9 @@ use axum::http::{HeaderValue, header};
 use axum::response::Response;
 use bytes::Bytes;
 use mongodb::bson::{DateTime, doc};
+use natter_export::{self as export, Format, Row};
 use natter_shared::audit::{self, AuditView, Filter};
 use natter_shared::auth::Identity;
-use natter_shared::export::{self, Format, Row};
 use natter_shared::ids::{RoomKind, RoomRef};
 use serde::Serialize;
 use std::sync::Arc;
@@ -75,7 +75,7 @@ pub async fn logs(State(st): St, AuthUser(who): AuthUser, RawQuery(q): RawQuery)
     admin(&who)?;
     let filter = filter(q.as_deref())?;
     let (page, limit) = paging::page_limit(q.as_deref(), 50)?;
-    crate::access::record(&st, &who, "audit_logs_read", None, &[("filters", &filter.describe())]).await?;
+    crate::core::access::record(&st, &who, "audit_logs_read", None, &[("filters", &filter.describe())]).await?;
     let before = param(q.as_deref(), "before")
         .map(|b| b.parse::<i64>().map_err(|_| ChatError::InvalidPayload("before must be a record's chainSeq".into())))
         .transpose()?;
@@ -127,7 +127,7 @@ fn spawn_export<T: Row + Send + 'static, S>(
             async move { tx.send(Ok(b)).await.is_ok() }
         };
         let result = match fmt {
-            Format::Pdf => natter_shared::pdf::write(&title, &subtitle, rows, sink).await,
+            Format::Pdf => natter_export::pdf::write(&title, &subtitle, rows, sink).await,
             _ => export::write(fmt, rows, sink).await,
         };
         if let Err(e) = result {
@@ -142,7 +142,7 @@ pub async fn export_logs(State(st): St, AuthUser(who): AuthUser, RawQuery(q): Ra
     admin(&who)?;
     let f = filter(q.as_deref())?;
     let fmt = format(q.as_deref())?;
-    crate::access::record(
+    crate::core::access::record(
         &st,
         &who,
         "audit_exported",
@@ -160,12 +160,12 @@ async fn export_room(st: &EdgeState, who: &Identity, room: RoomRef, q: Option<&s
     let fmt = format(q)?;
     let exists = match room.kind {
         RoomKind::Conversation => st.store.conversation(chat::oid(&room.id, "id")?).await?.is_some(),
-        RoomKind::Group => st.store.groups().find_one(doc! {"_id": chat::oid(&room.id, "id")?}).await?.is_some(),
+        RoomKind::Group => st.store.group(chat::oid(&room.id, "id")?).await?.is_some(),
     };
     if !exists {
         return Err(ChatError::NotFound("room"));
     }
-    crate::access::record(st, who, "history_exported", Some(&room), &[("format", fmt.extension())]).await?;
+    crate::core::access::record(st, who, "history_exported", Some(&room), &[("format", fmt.extension())]).await?;
     let rows = export::history_rows(&st.store, &room).await?;
     let title = format!(
         "natter history of {} {}",

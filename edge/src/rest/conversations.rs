@@ -1,10 +1,10 @@
 //! `/api/chat/conversations...`: list, open with a user, get one, history.
 //! Only participants may read a conversation.
 
-use crate::chat;
+use crate::core::chat;
 use crate::error::ChatError;
+use crate::realtime::EdgeState;
 use crate::rest::paging;
-use crate::state::EdgeState;
 use crate::token::AuthUser;
 use axum::Json;
 use axum::extract::{Path, RawQuery, State};

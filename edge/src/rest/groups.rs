@@ -2,9 +2,9 @@
 //! leave, history. Writes go through JetStream and answer once applied.
 
 use super::{body, history, paging};
-use crate::chat::{self, NewGroup};
+use crate::core::chat::{self, NewGroup};
 use crate::error::ChatError;
-use crate::state::EdgeState;
+use crate::realtime::EdgeState;
 use crate::token::AuthUser;
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 type St = State<Arc<EdgeState>>;
 
-use natter_shared::model::{GROUP_TYPES, MAX_GROUP_NAME, MAX_GROUP_TEXT, MAX_INITIAL_MEMBERS};
+use natter_shared::model::{GroupType, MAX_GROUP_NAME, MAX_GROUP_TEXT, MAX_INITIAL_MEMBERS};
 
 pub async fn list(
     State(st): St,
@@ -62,12 +62,9 @@ fn check_name(name: &str) -> Result<String, ChatError> {
     Ok(n.to_string())
 }
 
-fn check_type(t: &str) -> Result<(), ChatError> {
-    if GROUP_TYPES.contains(&t) {
-        Ok(())
-    } else {
-        Err(ChatError::InvalidPayload("type must be department, custom or operational".into()))
-    }
+fn check_type(t: &str) -> Result<GroupType, ChatError> {
+    GroupType::parse(t)
+        .ok_or_else(|| ChatError::InvalidPayload("type must be department, custom or operational".into()))
 }
 
 fn user_id(s: &str) -> Result<UserId, ChatError> {
@@ -83,8 +80,7 @@ pub async fn create(
     let name = check_name(&b.name)?;
     check_text("description", &b.description, MAX_GROUP_TEXT)?;
     check_text("avatar", &b.avatar, MAX_GROUP_TEXT)?;
-    let group_type = b.kind.unwrap_or_else(|| "custom".into());
-    check_type(&group_type)?;
+    let group_type = b.kind.as_deref().map(check_type).transpose()?.unwrap_or(GroupType::Custom);
     if b.member_ids.len() > MAX_INITIAL_MEMBERS {
         return Err(ChatError::InvalidPayload(format!("at most {MAX_INITIAL_MEMBERS} members")));
     }
@@ -139,18 +135,16 @@ pub async fn update(
     let name = b.name.as_deref().map(check_name).transpose()?;
     check_text("description", &b.description, MAX_GROUP_TEXT)?;
     check_text("avatar", &b.avatar, MAX_GROUP_TEXT)?;
-    if let Some(t) = &b.kind {
-        check_type(t)?;
-    }
+    let group_type = b.kind.as_deref().map(check_type).transpose()?;
     if let Some(p) = &b.permissions {
         p.check().map_err(ChatError::InvalidPayload)?;
     }
     let c = UpdateGroupCmd {
-        group_id: gid.to_hex(),
+        group_id: gid.into(),
         name,
         description: b.description,
         avatar: b.avatar,
-        group_type: b.kind,
+        group_type,
         permissions: b.permissions,
     };
     let g = chat::update_group(&st, &who, c).await?;

@@ -2,13 +2,12 @@
 //! (`PATCH .../read`). Both answer once the worker has applied the change,
 //! with the message as it then is.
 
-use crate::chat;
+use crate::core::chat;
 use crate::error::ChatError;
-use crate::state::EdgeState;
+use crate::realtime::EdgeState;
 use crate::token::AuthUser;
 use axum::Json;
 use axum::extract::{Path, State};
-use mongodb::bson::doc;
 use natter_shared::ids::RoomRef;
 use natter_shared::model::MessageView;
 use std::sync::Arc;
@@ -18,10 +17,9 @@ type St = State<Arc<EdgeState>>;
 /// The message as it now is, in `room` (as the change named it).
 async fn reread(st: &EdgeState, id: &str, room: &RoomRef) -> Result<MessageView, ChatError> {
     let oid = chat::oid(id, "messageId")?;
-    let (m, cursors) = tokio::try_join!(
-        async { st.store.messages().find_one(doc! {"_id": oid}).await.map_err(ChatError::from) },
-        async { st.store.cursors(room).await.map_err(ChatError::from) },
-    )?;
+    let (m, cursors) = tokio::try_join!(async { st.store.message(oid).await.map_err(ChatError::from) }, async {
+        st.store.cursors(room).await.map_err(ChatError::from)
+    },)?;
     let m = m.ok_or(ChatError::NotFound("message"))?;
     Ok(cursors.receipts().view(&m))
 }

@@ -10,7 +10,7 @@ pub mod paging;
 pub mod presence;
 
 use crate::error::ChatError;
-use crate::state::EdgeState;
+use crate::realtime::EdgeState;
 use axum::Router;
 use axum::routing::{delete, get, patch, post};
 use natter_shared::ids::RoomRef;
@@ -19,7 +19,8 @@ use natter_shared::store::Store;
 use std::sync::Arc;
 
 /// The routes; every one counts against its caller's request rate
-/// (`limit`), and those that store commands carry the request's metadata.
+/// (`limit`, whose buckets the router owns), and those that store
+/// commands carry the request's metadata.
 pub fn router(st: Arc<EdgeState>) -> Router<Arc<EdgeState>> {
     let routes = Router::new()
         .route("/api/chat/conversations", get(conversations::list))
@@ -44,7 +45,7 @@ pub fn router(st: Arc<EdgeState>) -> Router<Arc<EdgeState>> {
         .route("/api/chat/attachments/{id}/thumbnail", get(attachments::thumbnail));
     routes
         .route_layer(axum::middleware::from_fn(crate::meta::rest))
-        .route_layer(axum::middleware::from_fn_with_state(st, limit::limit))
+        .route_layer(axum::middleware::from_fn_with_state((st, Arc::new(limit::RestLimits::default())), limit::limit))
 }
 
 /// A page of a room's history, as the module returned it.

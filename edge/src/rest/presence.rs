@@ -3,12 +3,12 @@
 //! (and the caller) are reported; others are left out.
 
 use crate::error::ChatError;
-use crate::presence::UserPresence;
-use crate::state::EdgeState;
+use crate::realtime::EdgeState;
 use crate::token::AuthUser;
 use axum::Json;
 use axum::extract::{RawQuery, State};
 use natter_shared::ids::UserId;
+use natter_shared::v1::event::UserPresence;
 use std::sync::Arc;
 
 const MAX_USERS: usize = 500;

@@ -9,10 +9,10 @@
 
 use super::socket;
 use super::{EioError, Transport};
-use crate::hub::Outbound;
-use crate::limits::{MAX_FRAME_BYTES, QUEUE_LEN, close};
-use crate::session::Next;
-use crate::state::EdgeState;
+use crate::realtime::EdgeState;
+use crate::realtime::hub::Outbound;
+use crate::realtime::limits::{MAX_FRAME_BYTES, QUEUE_LEN, close};
+use crate::realtime::session::Next;
 use crate::transport::{self, Control, Delivered, EventGate, Io, Message, Source};
 use axum::body::Body;
 use axum::extract::Request;
@@ -137,7 +137,7 @@ impl Engine {
     /// CONNECT); like a session's replies it never waits (see
     /// `Session::reply`).
     pub fn reply(&self, text: String) {
-        crate::hub::offer(&self.out, &self.overflow, Outbound::Reply(text));
+        crate::realtime::hub::offer(&self.out, &self.overflow, Outbound::Reply(text));
     }
 
     /// Queues an Engine.IO packet of our own.

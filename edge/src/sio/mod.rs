@@ -10,7 +10,7 @@
 //! carry no transport and no adapter. Transports, queues and fan-out are the
 //! edge's own: a socket's WebSocket is fastwebsockets, its queue and NATS
 //! subscriptions are those of the native protocol, and its requests go
-//! through the same [`Session`](crate::session::Session).
+//! through the same [`Session`](crate::realtime::session::Session).
 //!
 //! Long-polling keeps a session's state on the edge that created it: behind
 //! several edges the load balancer must route a session's requests to one
@@ -20,10 +20,10 @@
 mod engine;
 mod socket;
 
-use crate::state::EdgeState;
+use crate::realtime::EdgeState;
 use crate::token;
 use axum::extract::{Request, State};
-use axum::http::{Method, StatusCode, header};
+use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 pub use engine::Engine;
 use std::collections::HashMap;
@@ -73,8 +73,13 @@ impl IntoResponse for EioError {
             EioError::TooManySessions => StatusCode::TOO_MANY_REQUESTS,
             _ => StatusCode::BAD_REQUEST,
         };
-        let body = serde_json::json!({"code": self.code(), "message": self.message()});
-        (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+        // Engine.IO's own error body: a numeric code and its message.
+        #[derive(serde::Serialize)]
+        struct Body {
+            code: u8,
+            message: &'static str,
+        }
+        (status, axum::Json(Body { code: self.code(), message: self.message() })).into_response()
     }
 }
 

@@ -5,15 +5,15 @@
 
 use super::engine::{Engine, Inbound};
 use crate::error::ChatError;
-use crate::session::{CloseOnDrop, Next, Session, next_conn};
-use crate::state::EdgeState;
+use crate::realtime::EdgeState;
+use crate::realtime::session::{CloseOnDrop, Next, Session, next_conn};
 use engineioxide_core::Str;
 use natter_shared::auth::Verified;
 use natter_shared::v1::client::{self, FileUpload};
 use natter_shared::v1::command::RequestMeta;
-use natter_shared::v1::error::ErrorCode;
+use natter_shared::v1::error::{ErrorBody, ErrorCode};
+use natter_shared::v1::server::{CodeOnly, ConnectError, ErrorEvent, ErrorReply};
 use serde::Deserialize;
-use serde_json::json;
 use serde_json::value::RawValue;
 use socketioxide_core::Value;
 use socketioxide_core::packet::{Packet, PacketData};
@@ -168,7 +168,12 @@ pub async fn run(engine: Arc<Engine>, mut inbound: mpsc::Receiver<Inbound>, st: 
                             // The CONNECT answer goes before anything the session's
                             // subscriptions bring.
                             let sid = engineioxide_core::Sid::new();
-                            let ok = encode(Packet::connect("/", Some(args_value(json!({"sid": sid}).to_string()))));
+                            #[derive(serde::Serialize)]
+                            struct Connected {
+                                sid: engineioxide_core::Sid,
+                            }
+                            let body = serde_json::to_string(&Connected { sid }).unwrap_or_default();
+                            let ok = encode(Packet::connect("/", Some(args_value(body))));
                             engine.reply(ok);
                             let session =
                                 Session::open(st.clone(), who, meta, conn, out, engine.overflow.clone()).await;
@@ -212,10 +217,8 @@ pub async fn run(engine: Arc<Engine>, mut inbound: mpsc::Receiver<Inbound>, st: 
 /// socket.io-client raises as `connect_error` with `err.message` and
 /// `err.data.code`. (The codec crate's packet carries a message only.)
 fn connect_error(ns: &str, message: &str, code: Option<ErrorCode>) -> String {
-    let body = match code {
-        Some(c) => json!({"message": message, "data": {"code": c}}),
-        None => json!({"message": message}),
-    };
+    let body = ConnectError { message: message.to_string(), data: code.map(|code| CodeOnly { code }) };
+    let body = serde_json::to_string(&body).unwrap_or_default();
     if ns == "/" { format!("4{body}") } else { format!("4{ns},{body}") }
 }
 
@@ -239,7 +242,8 @@ impl Socket {
     /// after one: the front end gets a new token and connects again).
     fn expired(&self) {
         let code = ErrorCode::TokenExpired;
-        let body = json!({"code": code, "message": "token expired", "event": ""}).to_string();
+        let body = ErrorEvent { code, message: "token expired".into(), event: String::new() };
+        let body = serde_json::to_string(&body).unwrap_or_default();
         self.session.reply(event_packet("error", &body, None).as_str().to_owned());
         self.session.reply(encode(Packet::disconnect("/")));
     }
@@ -296,10 +300,12 @@ impl Socket {
     }
 
     async fn refuse(&mut self, event: &str, ack: Option<i64>, code: ErrorCode, message: &str) -> Next {
-        let body = json!({"code": code, "message": message, "event": event}).to_string();
+        let body = ErrorEvent { code, message: message.into(), event: event.into() };
+        let body = serde_json::to_string(&body).unwrap_or_default();
         self.session.reply(event_packet("error", &body, None).as_str().to_owned());
         if let Some(id) = ack {
-            let args = json!([{"error": {"code": code, "message": message}}]).to_string();
+            let reply = [ErrorReply { error: ErrorBody { code, message: message.into() } }];
+            let args = serde_json::to_string(&reply).unwrap_or_default();
             self.session.reply(encode(Packet::ack("/", args_value(args), id)));
         }
         self.session.strike()

@@ -1,10 +1,10 @@
 //! The life of one socket on `/ws`.
 
 use super::native::Native;
-use crate::hub::Outbound;
-use crate::limits::{MAX_FRAME_BYTES, QUEUE_LEN};
-use crate::session::{CloseOnDrop, Session, next_conn};
-use crate::state::EdgeState;
+use crate::realtime::EdgeState;
+use crate::realtime::hub::Outbound;
+use crate::realtime::limits::{MAX_FRAME_BYTES, QUEUE_LEN};
+use crate::realtime::session::{CloseOnDrop, Session, next_conn};
 use crate::transport::{self, Control, Deadlines, Delivered, EventGate, Io, Liveness, Source};
 use fastwebsockets::{Frame, Payload, WebSocket};
 use natter_shared::auth::Verified;

@@ -6,7 +6,7 @@ mod connection;
 mod native;
 
 use crate::error::ChatError;
-use crate::state::EdgeState;
+use crate::realtime::EdgeState;
 use crate::token;
 use axum::body::Body;
 use axum::extract::{Request, State};

@@ -2,7 +2,7 @@
 //! `error` (with the frame's `requestId`) out.
 
 use crate::error::ChatError;
-use crate::session::{Next, Session};
+use crate::realtime::session::{Next, Session};
 use crate::transport::{self, Message};
 use natter_shared::v1::client;
 use natter_shared::v1::error::ErrorCode;
@@ -16,7 +16,7 @@ impl Native {
         self.0.strike()
     }
 
-    async fn answer(&mut self, rid: Option<&str>, result: Result<serde_json::Value, ChatError>) -> Next {
+    async fn answer(&mut self, rid: Option<&str>, result: Result<natter_shared::v1::server::Ack, ChatError>) -> Next {
         match result {
             Ok(data) => {
                 self.0.reply(to_text("ack", rid, data));

@@ -4,7 +4,7 @@
 //! the stream sequence and timestamp, so replaying the stream rebuilds the
 //! same state.
 
-use crate::ids::{RoomKind, RoomRef, UserId};
+use crate::ids::{AttachmentId, ConversationId, GroupId, MessageId, RoomKind, RoomRef, UserId};
 use crate::model::Permissions;
 use serde::{Deserialize, Serialize};
 
@@ -114,13 +114,6 @@ impl RoomFields {
     pub fn room(&self) -> Result<RoomRef, &'static str> {
         RoomRef::from_fields(self.conversation_id.as_deref(), self.group_id.as_deref())
     }
-
-    /// Adds `conversationId` / `groupId` to an event's JSON data.
-    pub fn merge_into(&self, data: &mut serde_json::Value) {
-        if let (Some(d), Ok(serde_json::Value::Object(r))) = (data.as_object_mut(), serde_json::to_value(self)) {
-            d.extend(r);
-        }
-    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -195,10 +188,10 @@ impl Command {
         };
         match self {
             Command::SendMessage(c) => {
-                put("messageId", &c.message_id);
+                put("messageId", &c.message_id.hex());
                 put("clientMsgId", &c.client_msg_id);
                 for (i, a) in c.attachments.iter().enumerate() {
-                    put(&format!("attachmentId.{i}"), &a.id);
+                    put(&format!("attachmentId.{i}"), &a.id.hex());
                 }
             }
             Command::CreateConversation(c) => {
@@ -212,26 +205,26 @@ impl Command {
             }
             Command::UpdateGroup(_) | Command::DeleteGroup(_) | Command::LeaveGroup(_) => {}
             Command::AddMember(c) | Command::RemoveMember(c) => put("userId", &c.user_id.hex()),
-            Command::MarkRead(c) => put("messageId", &c.message_id),
+            Command::MarkRead(c) => put("messageId", &c.message_id.hex()),
             Command::MarkDelivered(c) => {
                 if let (Some(first), Some(last)) = (c.seqs.first(), c.seqs.last()) {
                     put("seqs", &format!("{first}..{last}"));
                 }
             }
-            Command::DeleteMessage(c) => put("messageId", &c.message_id),
-            Command::UploadAttachment(c) => put("attachmentId", &c.attachment_id),
-            Command::RecordAttachment(c) => put("attachmentId", &c.attachment_id),
-            Command::ExpireUpload(c) => put("attachmentId", &c.attachment_id),
+            Command::DeleteMessage(c) => put("messageId", &c.message_id.hex()),
+            Command::UploadAttachment(c) => put("attachmentId", &c.attachment_id.hex()),
+            Command::RecordAttachment(c) => put("attachmentId", &c.attachment_id.hex()),
+            Command::ExpireUpload(c) => put("attachmentId", &c.attachment_id.hex()),
         }
         t
     }
 
     /// The room the command belongs to: its ordering and partition key.
     pub fn room(&self) -> Result<RoomRef, &'static str> {
-        let group = |id: &str| Ok(RoomRef::new(RoomKind::Group, id));
+        let group = |id: &GroupId| Ok(RoomRef::new(RoomKind::Group, id.hex()));
         match self {
             Command::SendMessage(c) => c.room.room(),
-            Command::CreateConversation(c) => Ok(RoomRef::new(RoomKind::Conversation, c.conversation_id.clone())),
+            Command::CreateConversation(c) => Ok(RoomRef::new(RoomKind::Conversation, c.conversation_id.hex())),
             Command::CreateGroup(c) => group(&c.group_id),
             Command::UpdateGroup(c) => group(&c.group_id),
             Command::DeleteGroup(c) | Command::LeaveGroup(c) => group(&c.group_id),
@@ -250,11 +243,11 @@ impl Command {
 #[serde(rename_all = "camelCase")]
 pub struct SendMessageCmd {
     /// Assigned by the edge from the sender and `clientMsgId`.
-    pub message_id: String,
+    pub message_id: MessageId,
     #[serde(flatten)]
     pub room: RoomFields,
     pub content: String,
-    pub message_type: String,
+    pub message_type: crate::model::MessageType,
     pub client_msg_id: String,
     /// Accepted attachments, copied by the edge from their records so that
     /// applying the message never depends on another role's progress.
@@ -266,7 +259,7 @@ pub struct SendMessageCmd {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AttachmentMeta {
-    pub id: String,
+    pub id: AttachmentId,
     #[serde(rename = "type")]
     pub kind: String,
     pub name: String,
@@ -282,7 +275,7 @@ pub struct AttachmentMeta {
 #[serde(rename_all = "camelCase")]
 pub struct UploadAttachmentCmd {
     /// Assigned by the edge; also the staged object's name.
-    pub attachment_id: String,
+    pub attachment_id: AttachmentId,
     #[serde(flatten)]
     pub room: RoomFields,
     /// As the client named it (sanitized by the worker).
@@ -300,7 +293,7 @@ pub struct UploadAttachmentCmd {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ExpireUploadCmd {
-    pub attachment_id: String,
+    pub attachment_id: AttachmentId,
 }
 
 /// A fact, published by the attachments worker after checking and storing
@@ -311,7 +304,7 @@ pub struct ExpireUploadCmd {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RecordAttachmentCmd {
-    pub attachment_id: String,
+    pub attachment_id: AttachmentId,
     #[serde(flatten)]
     pub room: RoomFields,
     /// The `upload_attachment` command's seq and time.
@@ -325,7 +318,7 @@ pub struct RecordAttachmentCmd {
     pub category: String,
     pub size: i64,
     /// `accepted` or `rejected`.
-    pub status: String,
+    pub status: crate::model::AttachmentStatus,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -340,7 +333,7 @@ pub struct RecordAttachmentCmd {
 #[serde(rename_all = "camelCase")]
 pub struct CreateConversationCmd {
     /// Derived from the two participants, so concurrent creates agree.
-    pub conversation_id: String,
+    pub conversation_id: ConversationId,
     pub participant_ids: [UserId; 2],
 }
 
@@ -348,14 +341,14 @@ pub struct CreateConversationCmd {
 #[serde(rename_all = "camelCase")]
 pub struct CreateGroupCmd {
     /// Assigned by the edge.
-    pub group_id: String,
+    pub group_id: GroupId,
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub avatar: Option<String>,
     /// `department`, `custom` or `operational`.
-    pub group_type: String,
+    pub group_type: crate::model::GroupType,
     /// Members besides the creator (who is always a member and the admin).
     pub member_ids: Vec<UserId>,
     pub permissions: Permissions,
@@ -364,7 +357,7 @@ pub struct CreateGroupCmd {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct UpdateGroupCmd {
-    pub group_id: String,
+    pub group_id: GroupId,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -372,7 +365,7 @@ pub struct UpdateGroupCmd {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub avatar: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub group_type: Option<String>,
+    pub group_type: Option<crate::model::GroupType>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub permissions: Option<Permissions>,
 }
@@ -380,13 +373,13 @@ pub struct UpdateGroupCmd {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct GroupCmd {
-    pub group_id: String,
+    pub group_id: GroupId,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MemberCmd {
-    pub group_id: String,
+    pub group_id: GroupId,
     pub user_id: UserId,
 }
 
@@ -396,7 +389,7 @@ pub struct MarkReadCmd {
     #[serde(flatten)]
     pub room: RoomFields,
     /// This message and everything before it in the room become read.
-    pub message_id: String,
+    pub message_id: MessageId,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -418,7 +411,7 @@ pub const MAX_DELIVERED_SEQS: usize = 1000;
 pub struct DeleteMessageCmd {
     #[serde(flatten)]
     pub room: RoomFields,
-    pub message_id: String,
+    pub message_id: MessageId,
 }
 
 /// What a worker reports on `reply` after handling a command.

@@ -121,3 +121,165 @@ pub struct EventHead {
     #[serde(default)]
     pub grant: Option<String>,
 }
+
+// The `data` of each event. `message_received`, `conversation_created`,
+// `group_created` and `group_updated` carry the REST views
+// (`model::MessageView`, `ConversationView`, `GroupView`);
+// `file_upload_response` carries `model::AttachmentView` or
+// [`UploadRefused`]. Rooms are named as the module named them, by
+// `conversationId` or `groupId` ([`RoomFields`]).
+
+use super::command::RoomFields;
+use super::error::ErrorCode;
+pub use crate::model::MessageStatus;
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// `message_deleted`: by `deletedBy`, or `retracted` (the send's events
+/// went out, then its write was refused for good; `deletedBy` is null).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageDeleted {
+    pub message_id: String,
+    pub deleted_by: Option<String>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub retracted: bool,
+    #[serde(flatten)]
+    pub room: RoomFields,
+}
+
+/// `message_read`: `userId` has read the room up to `upToSeq` (the message
+/// `messageId` and everything before it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageRead {
+    pub message_id: String,
+    pub user_id: String,
+    pub read_at: String,
+    pub up_to_seq: i64,
+    #[serde(flatten)]
+    pub room: RoomFields,
+}
+
+/// `message_status_updated`, to the sender: a message of theirs reached a
+/// recipient's socket.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageStatusUpdated {
+    pub message_id: String,
+    pub status: MessageStatus,
+    #[serde(flatten)]
+    pub room: RoomFields,
+}
+
+/// `contact_added`, to both participants of a conversation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContactAdded {
+    pub conversation_id: String,
+    pub user_ids: Vec<String>,
+}
+
+/// `group_deleted`, to the room and to each member.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupDeleted {
+    pub group_id: String,
+    pub deleted_by: String,
+}
+
+/// `member_added`, to the room and to the new member.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberAdded {
+    pub group_id: String,
+    pub user_id: String,
+    pub added_by: String,
+}
+
+/// `member_removed`, to the room and to the removed member; `left` when
+/// the member removed themself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberRemoved {
+    pub group_id: String,
+    pub user_id: String,
+    pub removed_by: String,
+    pub left: bool,
+}
+
+/// `command_refused`, to the actor: which command (`action`, `seq`), why
+/// (`code`, `reason`), and the ids it named.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CommandRefused {
+    pub action: String,
+    pub code: ErrorCode,
+    pub reason: String,
+    pub seq: u64,
+    #[serde(flatten)]
+    pub about: RefusedIds,
+}
+
+/// The ids a refused command named, as its event repeats them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RefusedIds {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_msg_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<String>,
+}
+
+impl RefusedIds {
+    pub fn message(id: impl Into<String>) -> Self {
+        RefusedIds { message_id: Some(id.into()), ..Default::default() }
+    }
+
+    pub fn group(id: impl Into<String>) -> Self {
+        RefusedIds { group_id: Some(id.into()), ..Default::default() }
+    }
+}
+
+/// `file_upload_response` for an upload the worker refused.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadRefused {
+    pub id: String,
+    pub error: Option<String>,
+    pub code: Option<String>,
+}
+
+/// `user_typing`, to the room (ephemeral).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserTyping {
+    pub user_id: String,
+    pub username: String,
+    pub is_typing: bool,
+    #[serde(flatten)]
+    pub room: RoomFields,
+}
+
+/// `user_online` / `user_offline`, and each entry of
+/// `GET /api/chat/presence`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserPresence {
+    pub user_id: String,
+    pub is_online: bool,
+    pub last_seen: Option<String>,
+}
+
+/// `resync_required`, to one connection: refetch the room's history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResyncRequired {
+    pub last_seq: u64,
+    pub reason: String,
+    #[serde(flatten)]
+    pub room: RoomFields,
+}

@@ -2,6 +2,7 @@
 //! over WebSocket and HTTP, checks of what a file really is, storage,
 //! authorized download, limits, and a worker killed mid-upload.
 
+use natter_shared::model::AttachmentStatus;
 use natter_tests::ws::In;
 use natter_tests::{TestApp, WsClient};
 use reqwest::Method;
@@ -362,7 +363,7 @@ async fn limits_bad_files_and_names() {
     let key = rec.key.unwrap();
     assert!(!key.contains("passwd") && !key.contains(".."), "server-generated key: {key}");
     // Nothing refused reached S3: only the accepted files are there.
-    let s3 = natter_shared::s3::client(&app.s3_config());
+    let s3 = natter_s3::client(&app.s3_config());
     let listed = s3.list_objects_v2().bucket(app.name.to_lowercase()).send().await.unwrap();
     let keys: Vec<String> = listed.contents().iter().filter_map(|o| o.key().map(String::from)).collect();
     let accepted = app.store.attachments().count_documents(mongodb::bson::doc! {"status": "accepted"}).await.unwrap();
@@ -404,7 +405,7 @@ async fn worker_killed_mid_upload_finishes_after_restart() {
         Ok(big.len())
     );
     // One object for it in S3, no leftover multipart uploads, staged copy gone.
-    let s3 = natter_shared::s3::client(&app.s3_config());
+    let s3 = natter_s3::client(&app.s3_config());
     let bucket = app.name.to_lowercase();
     let listed = s3.list_objects_v2().bucket(&bucket).send().await.unwrap();
     assert_eq!(listed.contents().len(), 1, "{:?}", listed.contents());
@@ -539,15 +540,15 @@ async fn uploads_outside_any_room_never_sent_are_collected() {
     // Collected: expired, bytes gone; the sent one stays.
     let gone = natter_tests::eventually("the unsent upload collected", Duration::from_secs(20), || async {
         let d = app.store.attachments().find_one(mongodb::bson::doc! {"_id": oid(&dropped)}).await.unwrap()?;
-        (d.status == "expired" && d.key.is_none()).then_some(d)
+        (d.status == AttachmentStatus::Expired && d.key.is_none()).then_some(d)
     })
     .await;
     assert_eq!(gone.code.as_deref(), Some("expired"));
-    let s3 = natter_shared::s3::client(&app.s3_config());
+    let s3 = natter_s3::client(&app.s3_config());
     let head = s3.head_object().bucket(app.s3_config().bucket).key(&key).send().await;
     assert!(head.is_err(), "the bytes are deleted");
     let (status, _) = app.get(e, &format!("/api/chat/attachments/{dropped}"), a).await;
     assert_eq!(status, 404);
     let k = app.store.attachments().find_one(mongodb::bson::doc! {"_id": oid(&kept)}).await.unwrap().unwrap();
-    assert_eq!((k.status.as_str(), k.key.is_some()), ("accepted", true), "a sent upload stays");
+    assert_eq!((k.status, k.key.is_some()), (AttachmentStatus::Accepted, true), "a sent upload stays");
 }

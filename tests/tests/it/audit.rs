@@ -123,7 +123,7 @@ async fn one_record_per_command_through_a_killed_audit_worker() {
     assert_eq!(deleted.actor.as_deref(), Some(a.hex().as_str()));
     assert_eq!(deleted.targets.get("messageId"), Some(&ids[0]));
     assert_eq!(deleted.conversation_id.as_deref(), Some(conv.as_str()));
-    assert_eq!(deleted.status, "applied");
+    assert_eq!(deleted.status, natter_shared::audit::FactStatus::Applied);
     assert_eq!(deleted.meta.get("via").map(String::as_str), Some("ws"), "{:?}", deleted.meta);
     assert!(deleted.meta.contains_key("requestId"));
     let removed = recs.iter().find(|r| r.action == "member_removed").unwrap();

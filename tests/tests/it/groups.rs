@@ -349,9 +349,9 @@ async fn typing_expires_when_the_client_goes_quiet_or_leaves() {
     assert_eq!(t[0]["data"]["conversationId"], conv);
     // Quiet: it expires by itself.
     let started = std::time::Instant::now();
-    let t = wb.events("user_typing", 1, natter_edge::limits::TYPING_TTL + Duration::from_secs(2)).await;
+    let t = wb.events("user_typing", 1, natter_edge::realtime::typing::TYPING_TTL + Duration::from_secs(2)).await;
     assert_eq!(t[0]["data"]["isTyping"], false);
-    assert!(started.elapsed() >= natter_edge::limits::TYPING_TTL - Duration::from_millis(500));
+    assert!(started.elapsed() >= natter_edge::realtime::typing::TYPING_TTL - Duration::from_millis(500));
     // Typing, then gone: stops at once.
     wa.request("typing", json!({"conversationId": conv, "isTyping": true})).await;
     assert_eq!(wb.events("user_typing", 1, Duration::from_secs(3)).await[0]["data"]["isTyping"], true);

@@ -551,11 +551,11 @@ async fn a_member_added_then_removed_at_once_stops_receiving_the_group() {
     let subjects = natter_nats::Subjects::new(&app.name);
     for (i, cmd) in [
         natter_shared::v1::command::Command::AddMember(natter_shared::v1::command::MemberCmd {
-            group_id: g.clone(),
+            group_id: g.parse().unwrap(),
             user_id: u,
         }),
         natter_shared::v1::command::Command::RemoveMember(natter_shared::v1::command::MemberCmd {
-            group_id: g.clone(),
+            group_id: g.parse().unwrap(),
             user_id: u,
         }),
     ]

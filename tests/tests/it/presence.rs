@@ -72,7 +72,7 @@ async fn two_devices_two_edges_and_a_dead_edge() {
     assert_eq!(presence_of(&mut c, &uh, Duration::from_secs(3)).await, ["user_online"]);
     e3.kill9().await;
     let started = std::time::Instant::now();
-    let bound = natter_edge::presence::OFFLINE_BOUND;
+    let bound = natter_edge::realtime::presence::OFFLINE_BOUND;
     let first = loop {
         match c.next(bound.saturating_sub(started.elapsed())).await {
             Some(In::Json(v)) if v["data"]["userId"] == uh.as_str() => break Some(v),

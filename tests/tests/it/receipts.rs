@@ -4,6 +4,7 @@
 use async_nats::jetstream;
 use mongodb::bson::doc;
 use natter_nats::{RoomKind, Subjects};
+use natter_shared::model::MessageStatus;
 use natter_tests::{TestApp, WsClient};
 use reqwest::Method;
 use serde_json::json;
@@ -33,7 +34,7 @@ async fn delivered_when_a_device_gets_it_and_read_up_to_a_message() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(m.status, "sent");
+    assert_eq!(m.status, MessageStatus::Sent);
 
     // B's device gets the next ones: A hears `delivered` for each, and for
     // the one before them (delivery is a cursor: a device that got a
@@ -68,7 +69,7 @@ async fn delivered_when_a_device_gets_it_and_read_up_to_a_message() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(m.status, "sent", "receipts move cursors; no message document is rewritten");
+    assert_eq!(m.status, MessageStatus::Sent, "receipts move cursors; no message document is rewritten");
 
     // Unread before reading: 4 for B, 0 for A.
     let (_, c) = app.get(e1, &format!("/api/chat/conversations/{conv}"), b).await;
@@ -243,13 +244,16 @@ async fn a_deleted_message_stays_deleted_when_its_send_is_replayed() {
     assert_eq!(r["type"], "ack");
     let later = wb.events("message_received", 1, Duration::from_secs(5)).await;
     assert_eq!(later[0]["data"]["content"], "after", "the replay published nothing");
-    // Written behind the events: wait for "after" to be stored.
+    // Written behind the events: wait for "after" and the tombstone to be
+    // stored (one flush inserts new messages before it updates others).
+    // A replay that brought the message back leaves it undeleted: this
+    // waits in vain and fails.
     let oid = id.parse::<mongodb::bson::oid::ObjectId>().unwrap();
-    let m = natter_tests::eventually("written", Duration::from_secs(5), || async {
+    let m = natter_tests::eventually("written, still a tombstone", Duration::from_secs(5), || async {
         let after =
             app.store.messages().count_documents(doc! {"conversationId": &conv, "content": "after"}).await.ok()?;
         let m = app.store.messages().find_one(doc! {"_id": oid}).await.ok()??;
-        (after == 1).then_some(m)
+        (after == 1 && m.deleted).then_some(m)
     })
     .await;
     assert!(m.deleted, "still a tombstone");

@@ -17,12 +17,11 @@ use mongodb::bson::doc;
 use natter_nats::Subjects;
 use natter_nats::topology::Role;
 use natter_shared::config::{CoreConfig, S3Config};
-use natter_shared::ids::{RoomKind, RoomRef, parse_oid};
-use natter_shared::model::{AttachmentDoc, AttachmentView};
+use natter_shared::ids::{RoomKind, RoomRef};
+use natter_shared::model::{AttachmentDoc, AttachmentStatus, AttachmentView};
 use natter_shared::store::Store;
 use natter_shared::v1::command::{Command, CommandEnvelope, RequestMeta, UploadAttachmentCmd};
-use natter_shared::v1::event::{EventFrame, EventKind};
-use serde_json::json;
+use natter_shared::v1::event::{EventFrame, EventKind, UploadRefused};
 use std::sync::Arc;
 use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
@@ -51,19 +50,19 @@ impl AttachmentsHandler {
         AttachmentsHandler { store, js, subjects, staging, s3, bucket }
     }
 
-    fn respond(&self, inc: &Incoming, data: serde_json::Value) -> Result<Publication, ApplyError> {
+    fn respond<T: serde::Serialize>(&self, inc: &Incoming, data: T) -> Result<Publication, ApplyError> {
         let frame = EventFrame::new(EventKind::FileUploadResponse, inc.seq, data);
         let payload = serde_json::to_vec(&frame).map_err(|e| ApplyError::transient(e.to_string()))?;
         Ok(Publication { subject: self.subjects.user_events(&inc.msg.actor.hex()), payload: payload.into() })
     }
 
     fn answer(&self, inc: &Incoming, doc: &AttachmentDoc) -> Result<Disposition, ApplyError> {
-        let data = if doc.accepted() {
-            serde_json::to_value(AttachmentView::from(doc)).map_err(|e| ApplyError::transient(e.to_string()))?
+        let answer = if doc.accepted() {
+            self.respond(inc, AttachmentView::from(doc))?
         } else {
-            json!({"id": doc.id.to_hex(), "error": doc.reason, "code": doc.code})
+            self.respond(inc, UploadRefused { id: doc.id.to_hex(), error: doc.reason.clone(), code: doc.code.clone() })?
         };
-        Ok(Disposition::Applied(vec![self.respond(inc, data)?]))
+        Ok(Disposition::Applied(vec![answer]))
     }
 
     /// Publishes the fact on the upload's own route (its room, or its
@@ -93,9 +92,7 @@ impl AttachmentsHandler {
     }
 
     async fn process(&self, inc: &Incoming, c: &UploadAttachmentCmd) -> Result<Disposition, ApplyError> {
-        let Some(id) = parse_oid(&c.attachment_id) else {
-            return Ok(Disposition::Poison("attachmentId is not an ObjectId".into()));
-        };
+        let id = c.attachment_id.oid();
         let room = match RoomRef::optional(c.room.conversation_id.as_deref(), c.room.group_id.as_deref()) {
             Ok(r) => r,
             Err(e) => return Ok(Disposition::Poison(e.into())),
@@ -116,7 +113,7 @@ impl AttachmentsHandler {
             category: String::new(),
             size: c.size as i64,
             uploaded_at: inc.time,
-            status: "rejected".into(),
+            status: AttachmentStatus::Rejected,
             code: None,
             reason: None,
             key: None,
@@ -169,7 +166,7 @@ impl AttachmentsHandler {
                         }
                         record.kind = kind;
                         record.category = category.into();
-                        record.status = "accepted".into();
+                        record.status = AttachmentStatus::Accepted;
                         record.key = Some(key);
                     }
                 }
@@ -180,7 +177,7 @@ impl AttachmentsHandler {
         self.record_fact(inc, &record).await?;
         crate::messages::insert_attachment(&self.store, &record).await?;
         self.drop_staged(&name).await;
-        tracing::info!(attachment = %name, status = %record.status, code = ?record.code, "upload processed");
+        tracing::info!(attachment = %name, status = record.status.as_str(), code = ?record.code, "upload processed");
         self.answer(inc, &record)
     }
 }
@@ -242,8 +239,8 @@ pub async fn serve_with(
     let c = start::connect(core, Role::ATTACHMENTS.name(), &cfg).await?;
     let staging =
         c.js.get_object_store(c.subjects.staging_bucket()).await.map_err(|e| StartError::Nats(e.to_string()))?;
-    let s3c = natter_shared::s3::client(s3);
-    natter_shared::s3::ensure_bucket(&s3c, &s3.bucket).await.map_err(StartError::S3)?;
+    let s3c = natter_s3::client(s3);
+    natter_s3::ensure_bucket(&s3c, &s3.bucket).await.map_err(StartError::S3)?;
     let sweep = sweep::Sweep {
         store: c.store.clone(),
         js: c.js.clone(),

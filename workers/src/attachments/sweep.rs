@@ -11,6 +11,7 @@ use mongodb::bson::{DateTime, doc};
 use natter_nats::Subjects;
 use natter_shared::ids::UserId;
 use natter_shared::model::AttachmentDoc;
+use natter_shared::model::AttachmentStatus;
 use natter_shared::store::Store;
 use natter_shared::v1::command::{Command, CommandEnvelope, ExpireUploadCmd, RequestMeta};
 use std::time::Duration;
@@ -53,7 +54,7 @@ impl Sweep {
         let before = DateTime::from_millis(DateTime::now().timestamp_millis() - self.after.as_millis() as i64);
         // Those found sent are marked, so they never fill a sweep again.
         let filter = doc! {
-            "status": "accepted", "uploadedAt": {"$lt": before}, "sent": {"$ne": true},
+            "status": AttachmentStatus::Accepted.as_str(), "uploadedAt": {"$lt": before}, "sent": {"$ne": true},
             "conversationId": {"$exists": false}, "groupId": {"$exists": false},
         };
         let old: Vec<AttachmentDoc> = self
@@ -77,7 +78,7 @@ impl Sweep {
                 roles: vec![],
                 reply: None,
                 meta: Some(RequestMeta { via: "worker".into(), ..Default::default() }),
-                command: Command::ExpireUpload(ExpireUploadCmd { attachment_id: id.clone() }),
+                command: Command::ExpireUpload(ExpireUploadCmd { attachment_id: a.id.into() }),
             };
             let route = env.route()?;
             let subject = self.subjects.routed_command(&route, env.command.action());
@@ -95,7 +96,7 @@ impl Sweep {
 
     /// Deletes the bytes of expired uploads, then forgets their keys.
     async fn purge(&self) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        let filter = doc! {"status": "expired", "key": {"$exists": true}};
+        let filter = doc! {"status": AttachmentStatus::Expired.as_str(), "key": {"$exists": true}};
         let expired: Vec<AttachmentDoc> =
             self.store.attachments().find(filter).limit(PER_SWEEP).await?.try_collect().await?;
         for a in expired {
@@ -110,7 +111,10 @@ impl Sweep {
             }
             self.store
                 .attachments()
-                .update_one(doc! {"_id": a.id, "status": "expired"}, doc! {"$unset": {"key": "", "thumbnailKey": ""}})
+                .update_one(
+                    doc! {"_id": a.id, "status": AttachmentStatus::Expired.as_str()},
+                    doc! {"$unset": {"key": "", "thumbnailKey": ""}},
+                )
                 .await?;
         }
         Ok(())

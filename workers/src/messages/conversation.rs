@@ -8,11 +8,11 @@ use super::room::{Doc, Room};
 use super::rooms::Rooms;
 use crate::handler::{ApplyError, Disposition, Incoming};
 use mongodb::bson::oid::ObjectId;
-use natter_shared::ids::{RoomRef, conversation_id_for, parse_oid};
+use natter_shared::ids::{RoomRef, conversation_id_for};
 use natter_shared::model::{ConversationDoc, ConversationView};
 use natter_shared::v1::command::CreateConversationCmd;
 use natter_shared::v1::error::ErrorCode;
-use natter_shared::v1::event::{EventFrame, EventKind};
+use natter_shared::v1::event::{EventFrame, EventKind, RefusedIds};
 
 pub(super) fn create(
     b: &mut Batch<'_>,
@@ -22,9 +22,7 @@ pub(super) fn create(
     c: &CreateConversationCmd,
 ) -> Result<Disposition, ApplyError> {
     let [a, bb] = c.participant_ids;
-    let Some(id) = parse_oid(&c.conversation_id) else {
-        return Ok(Disposition::Poison("conversationId is not an ObjectId".into()));
-    };
+    let id = c.conversation_id.oid();
     if a == bb {
         return Ok(Disposition::Poison("a conversation needs two different participants".into()));
     }
@@ -37,7 +35,7 @@ pub(super) fn create(
             inc,
             ErrorCode::Forbidden,
             "the actor is not a participant",
-            serde_json::json!({}),
+            RefusedIds::default(),
         ));
     }
     let conv = match rooms.get_mut(key).map(|r| &r.doc) {

@@ -8,11 +8,9 @@ use super::events::{publication, refused, room_subject};
 use super::room::{Cursor, Room};
 use super::writes::Tombstone;
 use crate::handler::{ApplyError, Disposition, Incoming};
-use natter_shared::ids::parse_oid;
 use natter_shared::v1::command::{DeleteMessageCmd, RoomFields};
 use natter_shared::v1::error::ErrorCode;
-use natter_shared::v1::event::{EventFrame, EventKind};
-use serde_json::json;
+use natter_shared::v1::event::{EventFrame, EventKind, MessageDeleted, RefusedIds};
 
 pub(super) fn apply(
     b: &mut Batch<'_>,
@@ -22,12 +20,10 @@ pub(super) fn apply(
 ) -> Result<Disposition, ApplyError> {
     let already = inc.seq as i64 <= room.last_seq();
     let actor = inc.msg.actor.oid();
-    let detail = json!({"messageId": c.message_id});
-    let Some(mid) = parse_oid(&c.message_id) else {
-        return Ok(Disposition::Poison("messageId is not an ObjectId".into()));
-    };
+    let detail = || RefusedIds::message(c.message_id.hex());
+    let mid = c.message_id.oid();
     let Some(message) = b.lookup(room, mid) else {
-        return Ok(refused(&b.ctx.subjects, inc, ErrorCode::NotFound, "no such message in the room", detail));
+        return Ok(refused(&b.ctx.subjects, inc, ErrorCode::NotFound, "no such message in the room", detail()));
     };
     if !already {
         room.advance(inc.seq);
@@ -42,7 +38,7 @@ pub(super) fn apply(
                 inc,
                 ErrorCode::Forbidden,
                 "only the sender, an Admin or a role in canDeleteMessages may delete",
-                detail,
+                detail(),
             ));
         }
         if !message.deleted {
@@ -75,8 +71,12 @@ pub(super) fn apply(
             }
         }
     }
-    let mut data = json!({"messageId": c.message_id, "deletedBy": actor.to_hex()});
-    RoomFields::of(&room.key).merge_into(&mut data);
+    let data = MessageDeleted {
+        message_id: c.message_id.hex(),
+        deleted_by: Some(actor.to_hex()),
+        retracted: false,
+        room: RoomFields::of(&room.key),
+    };
     let frame = EventFrame::new(EventKind::MessageDeleted, inc.seq, data).from(actor.to_hex());
     Ok(Disposition::Applied(vec![publication(room_subject(&b.ctx.subjects, &room.key), &frame)?]))
 }

@@ -4,12 +4,11 @@ use crate::handler::{ApplyError, Disposition, Incoming, Publication};
 use mongodb::bson::{DateTime, doc, oid::ObjectId};
 use natter_nats::Subjects;
 use natter_shared::ids::{RoomRef, derived_oid};
-use natter_shared::model::{MessageDoc, MessageView};
+use natter_shared::model::{MessageDoc, MessageType, MessageView};
 use natter_shared::v1::command::RoomFields;
 use natter_shared::v1::error::ErrorCode;
-use natter_shared::v1::event::{EventFrame, EventKind};
+use natter_shared::v1::event::{CommandRefused, EventFrame, EventKind, MessageDeleted, RefusedIds};
 use serde::Serialize;
-use serde_json::json;
 
 pub(super) fn publication<T: Serialize>(subject: String, frame: &EventFrame<T>) -> Result<Publication, ApplyError> {
     let payload = serde_json::to_vec(frame).map_err(|e| ApplyError::transient(format!("event encoding: {e}")))?;
@@ -33,9 +32,15 @@ pub(super) fn message_received(
     publication(room_subject(subjects, room), &frame)
 }
 
-/// `command_refused`'s data: which command, why.
-fn refusal(inc: &Incoming, code: ErrorCode, reason: &str) -> serde_json::Value {
-    json!({"action": inc.msg.command.action(), "code": code, "reason": reason, "seq": inc.seq})
+/// `command_refused`'s data: which command, why, the ids it named.
+fn refusal(inc: &Incoming, code: ErrorCode, reason: &str, about: RefusedIds) -> CommandRefused {
+    CommandRefused {
+        action: inc.msg.command.action().to_string(),
+        code,
+        reason: reason.to_string(),
+        seq: inc.seq,
+        about,
+    }
 }
 
 /// A refusal: nothing written; the actor hears why on their own subject.
@@ -44,12 +49,9 @@ pub(super) fn refused(
     inc: &Incoming,
     code: ErrorCode,
     reason: &str,
-    detail: serde_json::Value,
+    about: RefusedIds,
 ) -> Disposition {
-    let mut data = refusal(inc, code, reason);
-    if let (Some(d), serde_json::Value::Object(extra)) = (data.as_object_mut(), detail) {
-        d.extend(extra);
-    }
+    let data = refusal(inc, code, reason, about);
     let frame = EventFrame::new(EventKind::CommandRefused, inc.seq, data);
     let events = publication(subjects.user_events(&inc.msg.actor.hex()), &frame).into_iter().collect();
     Disposition::Refused { code, reason: reason.to_string(), events }
@@ -62,12 +64,17 @@ pub(super) fn withdrawal(subjects: &Subjects, inc: &Incoming, seq: u64, part: u3
     if let natter_shared::v1::command::Command::SendMessage(c) = &inc.msg.command
         && let Ok(room) = inc.msg.command.room()
     {
-        let mut data = json!({"messageId": c.message_id, "deletedBy": null, "retracted": true});
-        RoomFields::of(&room).merge_into(&mut data);
+        let data = MessageDeleted {
+            message_id: c.message_id.hex(),
+            deleted_by: None,
+            retracted: true,
+            room: RoomFields::of(&room),
+        };
         let frame = EventFrame::new(EventKind::MessageDeleted, seq, data).part(part);
         return publication(room_subject(subjects, &room), &frame);
     }
-    let data = refusal(inc, ErrorCode::Unavailable, "not applied: the database refused it (dead-lettered)");
+    let reason = "not applied: the database refused it (dead-lettered)";
+    let data = refusal(inc, ErrorCode::Unavailable, reason, RefusedIds::default());
     let frame = EventFrame::new(EventKind::CommandRefused, seq, data).part(part);
     publication(subjects.user_events(&inc.msg.actor.hex()), &frame)
 }
@@ -88,6 +95,6 @@ pub(super) fn system_message(
         system.insert("userId", u.to_hex());
     }
     let id = derived_oid("system", &[&seq.to_string()]);
-    let new = MessageDoc::new(id, room, actor, "system", text, format!("system-{seq}"), seq, time);
+    let new = MessageDoc::new(id, room, actor, MessageType::System, text, format!("system-{seq}"), seq, time);
     MessageDoc { system: Some(system), ..new }
 }

@@ -15,17 +15,16 @@ use super::rooms::Rooms;
 use crate::handler::{ApplyError, Disposition, Incoming, Publication};
 use mongodb::bson::{Bson, oid::ObjectId, to_bson};
 use natter_nats::Subjects;
-use natter_shared::ids::{RoomRef, UserId, parse_oid};
+use natter_shared::ids::{RoomRef, UserId};
 use natter_shared::model::{GroupDoc, GroupView, MAX_GROUP_MEMBERS, MessageDoc, Permissions};
 use natter_shared::v1::command::{Command, CreateGroupCmd, MemberCmd, UpdateGroupCmd};
 use natter_shared::v1::error::ErrorCode;
-use natter_shared::v1::event::{EventFrame, EventKind};
-use serde_json::json;
+use natter_shared::v1::event::{EventFrame, EventKind, GroupDeleted, MemberAdded, MemberRemoved, RefusedIds};
 
-use natter_shared::model::{GROUP_TYPES, MAX_GROUP_NAME};
+use natter_shared::model::MAX_GROUP_NAME;
 
 fn forbidden(b: &Batch<'_>, inc: &Incoming, reason: &str) -> Disposition {
-    refused(&b.ctx.subjects, inc, ErrorCode::Forbidden, reason, json!({}))
+    refused(&b.ctx.subjects, inc, ErrorCode::Forbidden, reason, RefusedIds::default())
 }
 
 fn user_event<T: serde::Serialize>(
@@ -47,14 +46,12 @@ pub(super) fn create(
     inc: &Incoming,
     c: &CreateGroupCmd,
 ) -> Result<Disposition, ApplyError> {
-    let Some(id) = parse_oid(&c.group_id).filter(|id| id.to_hex() == key.id) else {
-        return Ok(Disposition::Poison("groupId is not an ObjectId".into()));
-    };
+    let id = c.group_id.oid();
     if !inc.msg.has_role("Admin") {
         return Ok(forbidden(b, inc, "creating a group needs the Admin role"));
     }
-    if c.name.trim().is_empty() || c.name.len() > MAX_GROUP_NAME || !GROUP_TYPES.contains(&c.group_type.as_str()) {
-        return Ok(Disposition::Poison("invalid group name or type".into()));
+    if c.name.trim().is_empty() || c.name.len() > MAX_GROUP_NAME {
+        return Ok(Disposition::Poison("invalid group name".into()));
     }
     if let Err(reason) = c.permissions.check() {
         return Ok(Disposition::Poison(reason));
@@ -84,7 +81,7 @@ pub(super) fn create(
                 avatar: c.avatar.clone(),
                 members: members.clone(),
                 admin: actor,
-                kind: c.group_type.clone(),
+                kind: c.group_type,
                 last_message_id: None,
                 permissions: c.permissions.clone(),
                 unread_counts: members.iter().map(|m| (m.to_hex(), 0)).collect(),
@@ -119,7 +116,7 @@ pub(super) fn apply(b: &mut Batch<'_>, room: &mut Room, inc: &Incoming) -> Resul
             inc,
             ErrorCode::NotFound,
             "the group was deleted",
-            json!({"groupId": group.id.to_hex()}),
+            RefusedIds::group(group.id.to_hex()),
         ));
     }
     let actor = inc.msg.actor.oid();
@@ -137,7 +134,7 @@ pub(super) fn apply(b: &mut Batch<'_>, room: &mut Room, inc: &Incoming) -> Resul
                     vec![("deleted", Bson::Boolean(true)), ("updatedAt", Bson::DateTime(inc.time))]
                 });
             }
-            let data = json!({"groupId": group.id.to_hex(), "deletedBy": actor.to_hex()});
+            let data = GroupDeleted { group_id: group.id.to_hex(), deleted_by: actor.to_hex() };
             let room_frame =
                 EventFrame::new(EventKind::GroupDeleted, inc.seq, data.clone()).from(actor.to_hex()).revoke("*");
             let mut events = vec![publication(room_subject(&b.ctx.subjects, &room.key), &room_frame)?];
@@ -163,7 +160,7 @@ pub(super) fn apply(b: &mut Batch<'_>, room: &mut Room, inc: &Incoming) -> Resul
                     inc,
                     ErrorCode::NotAMember,
                     "not a member of the group",
-                    json!({"groupId": group.id.to_hex()}),
+                    RefusedIds::group(group.id.to_hex()),
                 ));
             }
             remove(b, room, inc, &group, inc.msg.actor, true, already)
@@ -191,10 +188,8 @@ fn update(
         room.advance(inc.seq);
         return Ok(forbidden(b, inc, "updating a group needs the Admin role"));
     }
-    if c.name.as_ref().is_some_and(|n| n.trim().is_empty() || n.len() > MAX_GROUP_NAME)
-        || c.group_type.as_ref().is_some_and(|t| !GROUP_TYPES.contains(&t.as_str()))
-    {
-        return Ok(Disposition::Poison("invalid group name or type".into()));
+    if c.name.as_ref().is_some_and(|n| n.trim().is_empty() || n.len() > MAX_GROUP_NAME) {
+        return Ok(Disposition::Poison("invalid group name".into()));
     }
     if let Some(Err(reason)) = c.permissions.as_ref().map(Permissions::check) {
         return Ok(Disposition::Poison(reason));
@@ -223,9 +218,9 @@ fn update(
                 g.avatar = Some(a.clone());
                 fields.push(("avatar", Bson::String(a.clone())));
             }
-            if let Some(t) = &c.group_type {
-                g.kind = t.clone();
-                fields.push(("type", Bson::String(t.clone())));
+            if let Some(t) = c.group_type {
+                g.kind = t;
+                fields.push(("type", Bson::String(t.as_str().into())));
             }
             if let (Some(p), Some(value)) = (&c.permissions, permissions) {
                 g.permissions = p.clone();
@@ -285,7 +280,7 @@ fn add(
         room.put(Cursor::Unread, u, 0);
         post_system(b, room, &system);
     }
-    let data = json!({"groupId": group.id.to_hex(), "userId": u.to_hex(), "addedBy": actor.to_hex()});
+    let data = MemberAdded { group_id: group.id.to_hex(), user_id: u.to_hex(), added_by: actor.to_hex() };
     let room_frame = EventFrame::new(EventKind::MemberAdded, inc.seq, data.clone()).from(actor.to_hex());
     let user_frame =
         EventFrame::new(EventKind::MemberAdded, inc.seq, data).from(actor.to_hex()).grant(group.id.to_hex());
@@ -326,7 +321,7 @@ fn remove(
         room.drop_user(u);
         post_system(b, room, &system);
     }
-    let data = json!({"groupId": group.id.to_hex(), "userId": u.to_hex(), "removedBy": actor.to_hex(), "left": left});
+    let data = MemberRemoved { group_id: group.id.to_hex(), user_id: u.to_hex(), removed_by: actor.to_hex(), left };
     // The system message first, then the removal that ends the member's feed.
     let room_frame = EventFrame::new(EventKind::MemberRemoved, inc.seq, data.clone())
         .part(1)

@@ -280,9 +280,9 @@ async fn prefetch(
         let Some(room) = rooms.get_mut(key) else { continue };
         for inc in &by_room[key] {
             let id = match &inc.msg.command {
-                Command::MarkRead(c) => parse_oid(&c.message_id).filter(|id| room.tail.get(*id).is_none()),
-                Command::DeleteMessage(c) => parse_oid(&c.message_id).filter(|id| room.tail.get(*id).is_none()),
-                Command::SendMessage(c) if room.fresh => parse_oid(&c.message_id),
+                Command::MarkRead(c) => Some(c.message_id.oid()).filter(|id| room.tail.get(*id).is_none()),
+                Command::DeleteMessage(c) => Some(c.message_id.oid()).filter(|id| room.tail.get(*id).is_none()),
+                Command::SendMessage(c) if room.fresh => Some(c.message_id.oid()),
                 _ => None,
             };
             ids.extend(id);
@@ -331,10 +331,7 @@ fn record_attachment(b: &mut Batch<'_>, inc: &Incoming, c: &RecordAttachmentCmd)
 /// write changes only an accepted record outside any room: applying
 /// again, or for a record in a room, does nothing.
 fn expire_upload(b: &mut Batch<'_>, c: &ExpireUploadCmd) -> Disposition {
-    let Some(id) = parse_oid(&c.attachment_id) else {
-        return Disposition::Poison("attachmentId is not an ObjectId".into());
-    };
-    b.writes.expire(id);
+    b.writes.expire(c.attachment_id.oid());
     Disposition::Applied(vec![])
 }
 

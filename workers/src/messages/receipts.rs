@@ -12,12 +12,10 @@ use super::events::{publication, refused, room_subject};
 use super::room::{Cursor, Room};
 use crate::handler::{ApplyError, Disposition, Incoming};
 use mongodb::bson::{doc, oid::ObjectId};
-use natter_shared::ids::parse_oid;
 use natter_shared::timefmt::iso;
 use natter_shared::v1::command::{MAX_DELIVERED_SEQS, MarkDeliveredCmd, MarkReadCmd, RoomFields};
 use natter_shared::v1::error::ErrorCode;
-use natter_shared::v1::event::{EventFrame, EventKind};
-use serde_json::json;
+use natter_shared::v1::event::{EventFrame, EventKind, MessageRead, MessageStatus, MessageStatusUpdated, RefusedIds};
 
 /// Most `message_status_updated` events one delivery receipt produces (the
 /// newest messages it passes); clients read the rest from the history.
@@ -31,18 +29,16 @@ pub(super) async fn read(
 ) -> Result<Disposition, ApplyError> {
     let already = inc.seq as i64 <= room.last_seq();
     let user = inc.msg.actor.oid();
-    let detail = json!({"messageId": c.message_id});
+    let detail = || RefusedIds::message(c.message_id.hex());
     if !already {
         room.advance(inc.seq);
         if room.deleted() || !room.is_member(user) {
-            return Ok(refused(&b.ctx.subjects, inc, ErrorCode::NotAMember, "not a member of the room", detail));
+            return Ok(refused(&b.ctx.subjects, inc, ErrorCode::NotAMember, "not a member of the room", detail()));
         }
     }
-    let Some(mid) = parse_oid(&c.message_id) else {
-        return Ok(Disposition::Poison("messageId is not an ObjectId".into()));
-    };
+    let mid = c.message_id.oid();
     let Some(message) = b.lookup(room, mid) else {
-        return Ok(refused(&b.ctx.subjects, inc, ErrorCode::NotFound, "no such message in the room", detail));
+        return Ok(refused(&b.ctx.subjects, inc, ErrorCode::NotFound, "no such message in the room", detail()));
     };
     let prev = room.get(Cursor::Read, user);
     let upto = prev.max(message.seq);
@@ -52,8 +48,13 @@ pub(super) async fn read(
         room.put(Cursor::Unread, user, unread);
     }
     let u = user.to_hex();
-    let mut data = json!({"messageId": c.message_id, "userId": u, "readAt": iso(inc.time), "upToSeq": upto});
-    RoomFields::of(&room.key).merge_into(&mut data);
+    let data = MessageRead {
+        message_id: c.message_id.hex(),
+        user_id: u.clone(),
+        read_at: iso(inc.time),
+        up_to_seq: upto,
+        room: RoomFields::of(&room.key),
+    };
     let frame = EventFrame::new(EventKind::MessageRead, inc.seq, data).from(u);
     Ok(Disposition::Applied(vec![publication(room_subject(&b.ctx.subjects, &room.key), &frame)?]))
 }
@@ -122,8 +123,11 @@ pub(super) async fn delivered(
         if other >= seq {
             continue;
         }
-        let mut data = json!({"messageId": id.to_hex(), "status": "delivered"});
-        RoomFields::of(&room.key).merge_into(&mut data);
+        let data = MessageStatusUpdated {
+            message_id: id.to_hex(),
+            status: MessageStatus::Delivered,
+            room: RoomFields::of(&room.key),
+        };
         let frame = EventFrame::new(EventKind::MessageStatusUpdated, inc.seq, data).part(events.len() as u32);
         events.push(publication(b.ctx.subjects.user_events(&sender.to_hex()), &frame)?);
     }

@@ -11,17 +11,15 @@ use super::room::{Cursor, Room};
 use super::{Batch, Known};
 use crate::handler::{ApplyError, Disposition, Incoming};
 use mongodb::bson::{DateTime, doc};
-use natter_shared::ids::parse_oid;
-use natter_shared::model::MessageDoc;
+use natter_shared::model::{MessageDoc, MessageType};
 use natter_shared::v1::command::SendMessageCmd;
 use natter_shared::v1::error::ErrorCode;
-use natter_shared::v1::event::{EventFrame, EventKind};
-use serde_json::json;
+use natter_shared::v1::event::{ContactAdded, EventFrame, EventKind, RefusedIds};
 
 fn validate(inc: &Incoming, c: &SendMessageCmd, room: &Room) -> Result<MessageDoc, String> {
-    let id = parse_oid(&c.message_id).ok_or("messageId is not an ObjectId")?;
-    if !matches!(c.message_type.as_str(), "text" | "image" | "document") {
-        return Err(format!("messageType `{}` is not allowed", c.message_type));
+    let id = c.message_id.oid();
+    if c.message_type == MessageType::System {
+        return Err("messageType `system` is the server's".into());
     }
     if c.content.is_empty() || c.content.len() > natter_shared::v1::MAX_CONTENT_BYTES {
         return Err("content is empty or too long".into());
@@ -31,14 +29,14 @@ fn validate(inc: &Incoming, c: &SendMessageCmd, room: &Room) -> Result<MessageDo
     for a in &c.attachments {
         let at = DateTime::parse_rfc3339_str(&a.uploaded_at).map_err(|_| "attachment uploadedAt is not a date")?;
         attachments.push(doc! {
-            "id": &a.id, "type": &a.kind, "name": &a.name, "size": a.size, "uploadedAt": at, "thumbnail": a.thumbnail,
+            "id": a.id.hex(), "type": &a.kind, "name": &a.name, "size": a.size, "uploadedAt": at, "thumbnail": a.thumbnail,
         });
     }
     let new = MessageDoc::new(
         id,
         &room.key,
         sender.oid(),
-        &c.message_type,
+        c.message_type,
         c.content.clone(),
         c.client_msg_id.clone(),
         inc.seq,
@@ -73,7 +71,11 @@ pub(super) fn apply(
     room.advance(inc.seq);
     let sender = inc.msg.actor.oid();
     if room.deleted() || !room.is_member(sender) {
-        let detail = json!({"clientMsgId": c.client_msg_id, "messageId": c.message_id});
+        let detail = RefusedIds {
+            message_id: Some(c.message_id.hex()),
+            client_msg_id: Some(c.client_msg_id.clone()),
+            group_id: None,
+        };
         return Ok(refused(
             &b.ctx.subjects,
             inc,
@@ -99,7 +101,10 @@ pub(super) fn apply(
     let mut events = vec![message_received(&b.ctx.subjects, &room.key, &m, 0)?];
     if room.note_writer(sender) {
         // Both have written now: each may see the other's presence.
-        let data = json!({"conversationId": room.key.id, "userIds": room.members().iter().map(|u| u.to_hex()).collect::<Vec<_>>()});
+        let data = ContactAdded {
+            conversation_id: room.key.id.clone(),
+            user_ids: room.members().iter().map(|u| u.to_hex()).collect(),
+        };
         let frame = EventFrame::new(EventKind::ContactAdded, inc.seq, data).from(sender.to_hex());
         for u in room.members() {
             events.push(publication(b.ctx.subjects.user_events(&u.to_hex()), &frame)?);

@@ -15,6 +15,7 @@ use mongodb::bson::{DateTime, Document, doc, oid::ObjectId, to_document};
 use mongodb::error::{ErrorKind, PartialBulkWriteResult};
 use mongodb::options::{InsertOneModel, UpdateOneModel, WriteModel};
 use natter_shared::ids::RoomKind;
+use natter_shared::model::AttachmentStatus;
 use natter_shared::model::{ATTACHMENTS, AttachmentDoc, MESSAGES, MessageDoc};
 use natter_shared::store::Store;
 
@@ -382,11 +383,11 @@ impl Op {
                 ATTACHMENTS,
                 Model::Update {
                     filter: doc! {
-                        "_id": id, "status": "accepted",
+                        "_id": id, "status": AttachmentStatus::Accepted.as_str(),
                         "conversationId": {"$exists": false}, "groupId": {"$exists": false},
                     },
                     update: doc! {"$set": {
-                        "status": "expired", "code": "expired",
+                        "status": AttachmentStatus::Expired.as_str(), "code": "expired",
                         "reason": "uploaded outside any room and never sent; collected",
                     }},
                     upsert: false,

@@ -43,7 +43,7 @@ async fn publish(app: &TestApp, args: &ReplayArgs) -> u64 {
     };
     let mut acks = Vec::new();
     let mut n = 0u64;
-    let mut last_sent: Vec<Option<String>> = vec![None; users.len()];
+    let mut last_sent: Vec<Option<natter_shared::ids::MessageId>> = vec![None; users.len()];
     let mut last_seq: Vec<u64> = vec![0; users.len()];
     while n < args.commands {
         let i = (n as usize) % users.len();
@@ -54,24 +54,25 @@ async fn publish(app: &TestApp, args: &ReplayArgs) -> u64 {
             (
                 a,
                 Command::CreateConversation(CreateConversationCmd {
-                    conversation_id: r.id.clone(),
+                    conversation_id: r.id.parse().expect("a conversation id"),
                     participant_ids: [a, b],
                 }),
             )
         } else if k.is_multiple_of(10) && last_sent[i].is_some() {
             (b, Command::MarkDelivered(MarkDeliveredCmd { room: RoomFields::of(&r), seqs: vec![last_seq[i]] }))
-        } else if k.is_multiple_of(25) && last_sent[i].is_some() {
-            let message_id = last_sent[i].clone().unwrap_or_default();
+        } else if k.is_multiple_of(25)
+            && let Some(message_id) = last_sent[i]
+        {
             (b, Command::MarkRead(MarkReadCmd { room: RoomFields::of(&r), message_id }))
         } else {
             let client_msg_id = format!("m{n}");
-            let message_id = message_id_for(a, &client_msg_id).to_hex();
-            last_sent[i] = Some(message_id.clone());
+            let message_id = message_id_for(a, &client_msg_id).into();
+            last_sent[i] = Some(message_id);
             let cmd = SendMessageCmd {
                 message_id,
                 room: RoomFields::of(&r),
                 content: format!("message {n} of the replay benchmark"),
-                message_type: "text".into(),
+                message_type: natter_shared::model::MessageType::Text,
                 client_msg_id,
                 attachments: vec![],
             };

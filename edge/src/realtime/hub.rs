@@ -13,7 +13,7 @@
 //! Delivery to a socket never blocks the fan-out: a socket whose queue is
 //! full is told to close (slow consumer) instead of stalling the others.
 
-use crate::recent::Recent;
+use crate::core::recent::Recent;
 use bytes::Bytes;
 use futures::StreamExt;
 use natter_nats::{RoomKind, Subjects};
@@ -186,19 +186,13 @@ impl Hub {
     pub fn new(
         nats: async_nats::Client,
         subjects: Subjects,
+        recent: Arc<Recent>,
         tasks: Tasks,
     ) -> (Arc<Hub>, mpsc::UnboundedReceiver<ContactNotice>) {
         let (control, mut rx) = mpsc::unbounded_channel();
         let (contacts, contacts_rx) = mpsc::unbounded_channel();
-        let hub = Arc::new(Hub {
-            nats,
-            subjects,
-            entries: Mutex::new(HashMap::new()),
-            control,
-            contacts,
-            recent: Arc::default(),
-            tasks,
-        });
+        let hub =
+            Arc::new(Hub { nats, subjects, entries: Mutex::new(HashMap::new()), control, contacts, recent, tasks });
         let weak: Weak<Hub> = Arc::downgrade(&hub);
         hub.tasks.spawn_service(|stop: CancellationToken| async move {
             loop {
@@ -221,11 +215,6 @@ impl Hub {
             }
         });
         (hub, contacts_rx)
-    }
-
-    /// Messages relayed or stored lately.
-    pub fn recent(&self) -> &Recent {
-        &self.recent
     }
 
     /// The subject a room is followed on.

@@ -4,13 +4,13 @@
 //! checks and stores it. Downloads are for members of the room only, as a
 //! redirect to a short-lived presigned URL or streamed through the edge.
 
-use crate::chat;
+use crate::core::Core;
+use crate::core::chat;
 use crate::error::ChatError;
-use crate::state::EdgeState;
 use async_nats::jetstream::object_store::ObjectMetadata;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use mongodb::bson::{doc, oid::ObjectId};
+use mongodb::bson::oid::ObjectId;
 use natter_shared::auth::Identity;
 use natter_shared::ids::{RoomKind, RoomRef};
 use natter_shared::model::AttachmentDoc;
@@ -34,7 +34,7 @@ fn unconfigured() -> ChatError {
 /// Streams `body` into staging and stores the upload command. With `wait`,
 /// answers once the worker has accepted or refused the file.
 pub async fn upload<S, E>(
-    st: &EdgeState,
+    st: &Core,
     who: &Identity,
     room: Option<RoomRef>,
     filename: &str,
@@ -59,7 +59,8 @@ where
         return Err(ChatError::RateLimited);
     }
     let limit = st.config.max_file_size;
-    let id = ObjectId::new().to_hex();
+    let oid = ObjectId::new();
+    let id = oid.to_hex();
     let seen = Arc::new(AtomicU64::new(0));
     let over = Arc::new(AtomicBool::new(false));
     let (s2, o2) = (seen.clone(), over.clone());
@@ -104,7 +105,7 @@ where
         return Err(ChatError::Upload(ErrorCode::EmptyFile, "the file is empty".into()));
     }
     let cmd = Command::UploadAttachment(UploadAttachmentCmd {
-        attachment_id: id.clone(),
+        attachment_id: oid.into(),
         room: RoomFields::of_optional(room.as_ref()),
         filename: filename.to_string(),
         declared_type: declared.to_string(),
@@ -117,7 +118,7 @@ where
     }
     let seq = chat::submit_and_wait(st, who, cmd, &msg_id).await?;
     let oid = chat::oid(&id, "attachmentId")?;
-    let record = st.store.attachments().find_one(doc! {"_id": oid}).await?.ok_or(ChatError::Pending { seq })?;
+    let record = st.store.attachment(oid).await?.ok_or(ChatError::Pending { seq })?;
     if !record.accepted() {
         let code = record.code.as_deref().and_then(ErrorCode::parse).unwrap_or(ErrorCode::Refused);
         return Err(ChatError::Upload(code, record.reason.clone().unwrap_or_default()));
@@ -128,14 +129,9 @@ where
 /// An accepted attachment that `who` may download: a member of the room
 /// it was uploaded to; for an upload made outside any room, its uploader or
 /// a member of a room where a message carries it.
-pub async fn downloadable(st: &EdgeState, who: &Identity, id: &str) -> Result<AttachmentDoc, ChatError> {
+pub async fn downloadable(st: &Core, who: &Identity, id: &str) -> Result<AttachmentDoc, ChatError> {
     let oid = chat::oid(id, "attachmentId")?;
-    let a = st
-        .store
-        .attachments()
-        .find_one(doc! {"_id": oid, "status": "accepted"})
-        .await?
-        .ok_or(ChatError::NotFound("attachment"))?;
+    let a = st.store.accepted_attachment(oid).await?.ok_or(ChatError::NotFound("attachment"))?;
     // Someone who may not download it is told it does not exist, as for
     // an id that does not: the answer tells nothing about what exists.
     let hidden = |e: ChatError| match e {
@@ -153,10 +149,8 @@ pub async fn downloadable(st: &EdgeState, who: &Identity, id: &str) -> Result<At
     // members saw it), each checked until one lets `who` in; a message
     // just received may not be written yet.
     let allowed = chat::written(|| async {
-        let messages = st.store.messages();
-        for (field, kind) in [("conversationId", RoomKind::Conversation), ("groupId", RoomKind::Group)] {
-            for r in messages.distinct(field, doc! {"attachments.id": id, field: {"$exists": true}}).await? {
-                let Some(room_id) = r.as_str() else { continue };
+        for kind in [RoomKind::Conversation, RoomKind::Group] {
+            for room_id in st.store.rooms_carrying(kind, id).await? {
                 match chat::require_member(st, who, &RoomRef::new(kind, room_id)).await {
                     Ok(()) => return Ok(Some(())),
                     Err(ChatError::NotAMember) => {}
@@ -173,7 +167,7 @@ pub async fn downloadable(st: &EdgeState, who: &Identity, id: &str) -> Result<At
 /// A presigned GET for `key`, valid for the configured time.
 /// The object is served as a download named `name` (never rendered inline
 /// by the browser: uploads are user content).
-pub async fn presigned(st: &EdgeState, key: &str, name: &str) -> Result<String, ChatError> {
+pub async fn presigned(st: &Core, key: &str, name: &str) -> Result<String, ChatError> {
     let (client, bucket) = st.s3.as_ref().ok_or_else(unconfigured)?;
     let ttl = std::time::Duration::from_secs(st.config.attachment_url_ttl);
     let conf =
@@ -199,7 +193,7 @@ pub fn content_disposition(name: &str) -> String {
 }
 
 /// The object's bytes as a stream, for proxied downloads.
-pub async fn fetch(st: &EdgeState, key: &str) -> Result<(Option<i64>, aws_sdk_s3::primitives::ByteStream), ChatError> {
+pub async fn fetch(st: &Core, key: &str) -> Result<(Option<i64>, aws_sdk_s3::primitives::ByteStream), ChatError> {
     let (client, bucket) = st.s3.as_ref().ok_or_else(unconfigured)?;
     let out = client.get_object().bucket(bucket).key(key).send().await.map_err(ChatError::unavailable)?;
     Ok((out.content_length(), out.body))

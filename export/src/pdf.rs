@@ -7,7 +7,7 @@
 //! PDF are bounded by `MAX_ROWS`; larger exports say so on the last page
 //! and point to CSV or JSON, which stream without bound.
 
-use crate::export::{ExportError, Row};
+use crate::{ExportError, Row};
 use bytes::Bytes;
 use futures::{Stream, TryStreamExt};
 use printpdf::{Mm, Op, ParsedFont, PdfDocument, PdfFontHandle, PdfPage, PdfSaveOptions, Point, Pt, TextItem};
@@ -57,7 +57,7 @@ where
     let font = PdfFontHandle::External(doc.add_font(&parsed));
     let columns = T::pdf_columns();
     let scale = (PAGE_W - 2.0 * MARGIN) / columns.iter().map(|(_, w)| w).sum::<f32>();
-    let generated = crate::timefmt::iso(mongodb::bson::DateTime::now());
+    let generated = natter_shared::timefmt::iso(mongodb::bson::DateTime::now());
 
     let mut pages = Vec::new();
     let mut ops: Vec<Op> = Vec::new();

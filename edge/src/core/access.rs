@@ -4,8 +4,8 @@
 //! `seq`) before the data is served, and the audit worker chains it like
 //! any other; a read that cannot be recorded is not served.
 
+use crate::core::Core;
 use crate::error::ChatError;
-use crate::state::EdgeState;
 use async_nats::jetstream::message::PublishMessage;
 use natter_shared::audit::AuditFact;
 use natter_shared::auth::Identity;
@@ -16,7 +16,7 @@ pub const ROLE: &str = "edge";
 
 /// Records that `who` did `action` (on `room`, naming `targets`).
 pub async fn record(
-    st: &EdgeState,
+    st: &Core,
     who: &Identity,
     action: &str,
     room: Option<&RoomRef>,

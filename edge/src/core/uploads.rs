@@ -4,11 +4,9 @@
 //! have something left, and its bytes are charged once staged, so one
 //! user cannot fill the staging store for everyone.
 
-use crate::limits::Bucket;
+use crate::rate::{Bucket, Keyed};
 use natter_shared::ids::UserId;
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Users remembered before the idle ones are forgotten.
 const MAX_USERS: usize = 100_000;
@@ -16,34 +14,26 @@ const MAX_USERS: usize = 100_000;
 pub struct UploadBudgets {
     per_min: u32,
     bytes_per_min: u64,
-    users: Mutex<HashMap<UserId, Budget>>,
+    users: Keyed<UserId, Budget>,
 }
 
 struct Budget {
     uploads: Bucket,
     bytes: Bucket,
-    at: Instant,
 }
 
 impl UploadBudgets {
     pub fn new(per_min: u32, bytes_per_min: u64) -> Self {
-        UploadBudgets { per_min, bytes_per_min, users: Mutex::new(HashMap::new()) }
+        // A budget untouched for a minute is full again.
+        UploadBudgets { per_min, bytes_per_min, users: Keyed::new(MAX_USERS, Duration::from_secs(60)) }
     }
 
     fn with<T>(&self, user: UserId, f: impl FnOnce(&mut Budget) -> T) -> T {
-        let now = Instant::now();
-        let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
-        if users.len() >= MAX_USERS {
-            // A budget untouched for a minute is full again.
-            users.retain(|_, b| now.duration_since(b.at) < Duration::from_secs(60));
-        }
-        let b = users.entry(user).or_insert_with(|| Budget {
+        let init = || Budget {
             uploads: Bucket::with_burst(f64::from(self.per_min) / 60.0, f64::from(self.per_min)),
             bytes: Bucket::with_burst(self.bytes_per_min as f64 / 60.0, self.bytes_per_min as f64),
-            at: now,
-        });
-        b.at = now;
-        f(b)
+        };
+        self.users.with(user, init, f)
     }
 
     /// Takes one upload from `user`'s budget, unless an upload or all its

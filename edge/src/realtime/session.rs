@@ -4,18 +4,18 @@
 //! request rate and abuse limits, and closing. The protocols only decode
 //! frames into [`ClientRequest`]s and encode answers.
 
-use crate::chat;
+use crate::core::chat;
 use crate::error::ChatError;
-use crate::hub::{ConnId, Outbound, Sink};
-use crate::limits::{Bucket, CATCHUP_BURST, CATCHUP_PER_SEC, MAX_STRIKES, close};
-use crate::state::EdgeState;
-use crate::typing::TypingState;
+use crate::rate::Bucket;
+use crate::realtime::EdgeState;
+use crate::realtime::hub::{ConnId, Outbound, Sink};
+use crate::realtime::limits::{CATCHUP_BURST, CATCHUP_PER_SEC, MAX_STRIKES, close};
+use crate::realtime::typing::TypingState;
 use natter_shared::auth::Identity;
 use natter_shared::ids::{RoomKind, RoomRef};
 use natter_shared::v1::client::{ClientRequest, FileUpload};
 use natter_shared::v1::command::{RequestMeta, RoomFields};
-use natter_shared::v1::server::SendAck;
-use serde_json::{Value, json};
+use natter_shared::v1::server::{Ack, CatchUpReport, JoinAck, ReceiptAck, SendAck, UploadAck};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -163,30 +163,35 @@ impl Session {
     }
 
     /// Applies one request; the answer is the data its ack carries.
-    pub async fn request(&mut self, rid: Option<&str>, req: ClientRequest) -> Result<Value, ChatError> {
+    pub async fn request(&mut self, rid: Option<&str>, req: ClientRequest) -> Result<Ack, ChatError> {
         let meta = self.meta(rid);
         crate::meta::scope(meta, self.dispatch(req)).await
     }
 
     /// A `file_upload`: staged, then a command; acked once staged, the
     /// worker's verdict comes as `file_upload_response`.
-    pub async fn upload(&mut self, rid: Option<&str>, up: FileUpload, bytes: bytes::Bytes) -> Result<Value, ChatError> {
+    pub async fn upload(&mut self, rid: Option<&str>, up: FileUpload, bytes: bytes::Bytes) -> Result<Ack, ChatError> {
         let meta = self.meta(rid);
         crate::meta::scope(meta, async {
             let room = chat::optional_room(up.conversation_id.as_deref(), up.group_id.as_deref())?;
             let body = futures::stream::iter([Ok::<_, std::convert::Infallible>(bytes)]);
-            let staged =
-                crate::attachments::upload(&self.st, &self.who, room.clone(), &up.filename, &up.kind, body, false)
-                    .await?;
-            let mut data = json!({"attachmentId": staged.id, "seq": staged.seq});
-            RoomFields::of_optional(room.as_ref()).merge_into(&mut data);
-            Ok(data)
+            let staged = crate::core::attachments::upload(
+                &self.st,
+                &self.who,
+                room.clone(),
+                &up.filename,
+                &up.kind,
+                body,
+                false,
+            )
+            .await?;
+            Ok(Ack::Staged(UploadAck {
+                attachment_id: staged.id,
+                seq: staged.seq,
+                room: RoomFields::of_optional(room.as_ref()),
+            }))
         })
         .await
-    }
-
-    fn room_data(room: &RoomRef) -> Value {
-        serde_json::to_value(RoomFields::of(room)).unwrap_or(Value::Null)
     }
 
     /// Follows the room; with `last_seq`, first sends what the client
@@ -194,21 +199,22 @@ impl Session {
     /// Membership is checked, then confirmed once the room is followed
     /// (see [`chat::confirm_member`]), so that a removal racing the join
     /// cannot leave the socket following the room.
-    async fn join(&mut self, kind: RoomKind, id: &str, last_seq: Option<u64>) -> Result<Value, ChatError> {
+    async fn join(&mut self, kind: RoomKind, id: &str, last_seq: Option<u64>) -> Result<Ack, ChatError> {
         let (room, _) = chat::room(kind, id)?;
         let since = chat::require_member_as_of(&self.st, &self.who, &room).await?;
-        let mut data = Self::room_data(&room);
+        let mut data = JoinAck { room: RoomFields::of(&room), catch_up: None };
         let confirm = chat::confirm_member(&self.st, self.who.user, &room, since);
         match last_seq {
             Some(seq) if self.catchups.take() => {
-                let caught = crate::catchup::follow(&self.st, &self.sink, &room, seq, confirm).await?;
-                let report = match caught {
-                    crate::catchup::CatchUp::Complete(n) => json!({"lastSeq": seq, "events": n, "complete": true}),
-                    crate::catchup::CatchUp::Resync(reason) => {
-                        json!({"lastSeq": seq, "complete": false, "reason": reason})
+                let caught = crate::realtime::catchup::follow(&self.st, &self.sink, &room, seq, confirm).await?;
+                data.catch_up = Some(match caught {
+                    crate::realtime::catchup::CatchUp::Complete(n) => {
+                        CatchUpReport { last_seq: seq, events: Some(n), complete: true, reason: None }
                     }
-                };
-                data["catchUp"] = report;
+                    crate::realtime::catchup::CatchUp::Resync(reason) => {
+                        CatchUpReport { last_seq: seq, events: None, complete: false, reason: Some(reason.into()) }
+                    }
+                });
             }
             _ => {
                 let subject = self.st.hub.room_subject(&room);
@@ -227,36 +233,38 @@ impl Session {
                     // Over the connection's catch-up budget: live events
                     // only, and the client refetches over REST.
                     let reason = "too many catch-ups; refetch the history";
-                    crate::catchup::resync_notice(&self.sink, &room, seq, reason);
-                    data["catchUp"] = json!({"lastSeq": seq, "complete": false, "reason": reason});
+                    crate::realtime::catchup::resync_notice(&self.sink, &room, seq, reason);
+                    data.catch_up = Some(CatchUpReport {
+                        last_seq: seq,
+                        events: None,
+                        complete: false,
+                        reason: Some(reason.into()),
+                    });
                 }
             }
         }
-        Ok(data)
+        Ok(Ack::Joined(data))
     }
 
-    async fn leave(&mut self, kind: RoomKind, id: &str) -> Result<Value, ChatError> {
+    async fn leave(&mut self, kind: RoomKind, id: &str) -> Result<Ack, ChatError> {
         let (room, _) = chat::room(kind, id)?;
         let subject = self.st.hub.room_subject(&room);
         self.st.hub.unfollow(&subject, self.sink.conn).await;
         self.typing.stop(&self.st, &self.who, &room).await;
-        Ok(Self::room_data(&room))
+        Ok(Ack::Room(RoomFields::of(&room)))
     }
 
-    async fn dispatch(&mut self, req: ClientRequest) -> Result<Value, ChatError> {
+    async fn dispatch(&mut self, req: ClientRequest) -> Result<Ack, ChatError> {
         match req {
             ClientRequest::SendMessage(m) => {
                 let sent = chat::send_message(&self.st, &self.who, m).await?;
-                let fields = RoomFields::of(&sent.room);
-                let ack = SendAck {
-                    message_id: &sent.message_id,
-                    conversation_id: fields.conversation_id.as_deref(),
-                    group_id: fields.group_id.as_deref(),
-                    client_msg_id: &sent.client_msg_id,
+                Ok(Ack::Sent(SendAck {
+                    message_id: sent.message_id,
+                    room: RoomFields::of(&sent.room),
+                    client_msg_id: sent.client_msg_id,
                     seq: sent.seq,
                     duplicate: sent.duplicate,
-                };
-                Ok(serde_json::to_value(ack).unwrap_or(Value::Null))
+                }))
             }
             ClientRequest::JoinConversation(r) => {
                 self.join(RoomKind::Conversation, &r.conversation_id, r.last_seq).await
@@ -279,19 +287,15 @@ impl Session {
                 } else {
                     self.typing.stop(&self.st, &self.who, &room).await;
                 }
-                Ok(Self::room_data(&room))
+                Ok(Ack::Room(RoomFields::of(&room)))
             }
             ClientRequest::MarkAsRead(r) => {
                 let (room, seq) = chat::mark_read(&self.st, &self.who, &r.message_id, false).await?;
-                let mut data = json!({"messageId": r.message_id, "seq": seq});
-                RoomFields::of(&room).merge_into(&mut data);
-                Ok(data)
+                Ok(Ack::Receipt(ReceiptAck { message_id: r.message_id, seq, room: RoomFields::of(&room) }))
             }
             ClientRequest::DeleteMessage(r) => {
                 let (room, seq) = chat::delete_message(&self.st, &self.who, &r.message_id, false).await?;
-                let mut data = json!({"messageId": r.message_id, "seq": seq});
-                RoomFields::of(&room).merge_into(&mut data);
-                Ok(data)
+                Ok(Ack::Receipt(ReceiptAck { message_id: r.message_id, seq, room: RoomFields::of(&room) }))
             }
         }
     }

@@ -17,16 +17,12 @@
 //! refetch the history over REST (`resync_required`) and gets live events.
 
 use crate::error::ChatError;
-use crate::hub::{Outbound, Sink};
-use crate::state::EdgeState;
+use crate::realtime::EdgeState;
+use crate::realtime::hub::{Outbound, Sink};
 use async_nats::jetstream::consumer;
-use async_nats::jetstream::stream::LastRawMessageErrorKind;
-use futures::StreamExt;
 use natter_shared::ids::RoomRef;
-use natter_shared::ids::UserId;
 use natter_shared::v1::command::RoomFields;
-use natter_shared::v1::event::{EventFrame, EventHead, EventKind, data_of};
-use serde_json::json;
+use natter_shared::v1::event::{EventFrame, EventKind, ResyncRequired, data_of};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
@@ -50,7 +46,7 @@ pub async fn follow<F: Future<Output = Result<(), ChatError>>>(
     confirm: F,
 ) -> Result<CatchUp, ChatError> {
     let subject = st.hub.room_subject(room);
-    let (hold_tx, mut hold_rx) = mpsc::channel::<Outbound>(crate::limits::QUEUE_LEN);
+    let (hold_tx, mut hold_rx) = mpsc::channel::<Outbound>(crate::realtime::limits::QUEUE_LEN);
     let holding = Sink { tx: hold_tx, ..sink.clone() };
     st.hub.follow(&subject, holding).await.map_err(ChatError::unavailable)?;
     // Refused, or not known: the socket follows nothing it may not see.
@@ -82,8 +78,7 @@ pub async fn follow<F: Future<Output = Result<(), ChatError>>>(
 /// Tells the connection to refetch `room`'s history over REST
 /// (`resync_required`), since what it missed after `last_seq` is not sent.
 pub fn resync_notice(sink: &Sink, room: &RoomRef, last_seq: u64, reason: &str) {
-    let mut data = json!({"lastSeq": last_seq, "reason": reason});
-    RoomFields::of(room).merge_into(&mut data);
+    let data = ResyncRequired { last_seq, reason: reason.to_string(), room: RoomFields::of(room) };
     if let Ok(text) = serde_json::to_string(&EventFrame::ephemeral(EventKind::ResyncRequired, data)) {
         sink.offer(Outbound::Local(text));
     }
@@ -146,62 +141,6 @@ async fn missed(st: &EdgeState, sink: &Sink, room: &RoomRef, subject: &str, last
     Ok(CatchUp::Complete(sent))
 }
 
-/// The last change of `user`'s membership of `room` that the events after
-/// `since` record (`Some(true)` added, `Some(false)` removed or the group
-/// deleted), `None` when they record none. MongoDB's copy of a room is
-/// written after its events go out; this is what happened since it.
-pub async fn membership_after(
-    st: &EdgeState,
-    room: &RoomRef,
-    user: UserId,
-    since: u64,
-) -> Result<Option<bool>, ChatError> {
-    let events = st.js.get_stream(st.subjects.evt_stream()).await.map_err(ChatError::unavailable)?;
-    let room_on = st.subjects.room_events(room.kind, &room.id);
-    // Usually the room's newest event is already in MongoDB's copy.
-    match events.get_last_raw_message_by_subject(&room_on).await {
-        Ok(m) => {
-            let seq = serde_json::from_slice::<EventHead>(&m.payload).ok().and_then(|h| h.seq).unwrap_or(u64::MAX);
-            if seq <= since {
-                return Ok(None);
-            }
-        }
-        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(None),
-        Err(e) => return Err(ChatError::unavailable(e)),
-    }
-    let deliver = if since == 0 {
-        consumer::DeliverPolicy::All
-    } else {
-        let cmds = st.js.get_stream(st.subjects.cmd_stream()).await.map_err(ChatError::unavailable)?;
-        let at = cmds.direct_get(since).await.map_err(ChatError::unavailable)?;
-        consumer::DeliverPolicy::ByStartTime { start_time: at.time }
-    };
-    let limit = st.config.catchup_max_events;
-    let Some(after) =
-        read(st, &events, &room_on, &room_on, deliver, since, limit, |_| true).await.map_err(ChatError::unavailable)?
-    else {
-        return Err(ChatError::unavailable("the room changes too fast to join; try again"));
-    };
-    let me = user.hex();
-    #[derive(serde::Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Added {
-        user_id: String,
-    }
-    let mut verdict = None;
-    for (out, h) in after {
-        if h.revoke.as_deref().is_some_and(|r| r == "*" || r == me) {
-            verdict = Some(false);
-        } else if h.kind == "member_added"
-            && let Outbound::Event { payload, .. } = &out
-            && data_of::<Added>(payload).is_some_and(|a| a.user_id == me)
-        {
-            verdict = Some(true);
-        }
-    }
-    Ok(verdict)
-}
-
 /// The events on `published_on` from `deliver` with a seq after `last_seq`
 /// that `keep` accepts, as the connection's frames on `followed`; `None`
 /// when more than `limit` would have to be read.
@@ -216,36 +155,17 @@ async fn read(
     limit: u64,
     keep: impl Fn(&[u8]) -> bool,
 ) -> Result<Option<Vec<(Outbound, natter_shared::v1::event::EventHead)>>, String> {
-    let mut c = events
-        .create_consumer(consumer::pull::OrderedConfig {
-            filter_subject: published_on.to_string(),
-            deliver_policy: deliver,
-            description: Some("edge catch-up".into()),
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-    let pending = c.info().await.map_err(|e| e.to_string())?.num_pending;
-    if pending > limit {
+    let Some(raw) = crate::core::events::read(events, published_on, deliver, limit).await? else {
         return Ok(None);
-    }
-    let mut out = Vec::new();
-    if pending == 0 {
-        return Ok(Some(out));
-    }
+    };
     let shared: Arc<str> = Arc::from(followed);
-    let mut msgs = c.messages().await.map_err(|e| e.to_string())?;
-    while let Some(m) = msgs.next().await {
-        let m = m.map_err(|e| e.to_string())?;
-        let remaining = m.info().map(|i| i.pending).unwrap_or(0);
-        if let Some((head, h)) = st.hub.head(published_on, &m.payload)
+    let mut out = Vec::with_capacity(raw.len());
+    for payload in raw {
+        if let Some((head, h)) = st.hub.head(published_on, &payload)
             && head.seq.is_some_and(|s| s > last_seq)
-            && keep(&m.payload)
+            && keep(&payload)
         {
-            out.push((Outbound::Event { subject: shared.clone(), head, payload: m.payload.clone() }, h));
-        }
-        if remaining == 0 {
-            break;
+            out.push((Outbound::Event { subject: shared.clone(), head, payload }, h));
         }
     }
     Ok(Some(out))

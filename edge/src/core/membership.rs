@@ -3,7 +3,7 @@
 //! it is read from MongoDB on every check (the worker re-checks each command
 //! at its `seq` anyway).
 
-use mongodb::bson::{doc, oid::ObjectId};
+use mongodb::bson::oid::ObjectId;
 use natter_shared::ids::{RoomKind, UserId};
 use natter_shared::model::GroupDoc;
 use natter_shared::store::Store;
@@ -38,7 +38,7 @@ impl Membership {
 
     /// A group that exists and is not deleted.
     pub async fn group(&self, store: &Store, id: ObjectId) -> Result<Option<GroupDoc>, mongodb::error::Error> {
-        store.groups().find_one(doc! {"_id": id, "deleted": {"$ne": true}}).await
+        store.live_group(id).await
     }
 
     pub async fn is_member(

@@ -2,9 +2,9 @@
 //! addressing and an explicit region, so it works against AWS, MinIO or a
 //! local s3s-fs alike.
 
-use crate::config::S3Config;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use natter_shared::config::S3Config;
 
 pub fn client(cfg: &S3Config) -> Client {
     let creds = Credentials::new(cfg.access_key.clone(), cfg.secret_key.expose().to_string(), None, None, "natter");

@@ -4,12 +4,12 @@
 //! re-implements a rule. The worker checks every command again at its
 //! `seq`; the checks here give the caller an immediate answer.
 
+use crate::core::Core;
+use crate::core::recent::Known;
 use crate::error::ChatError;
-use crate::recent::Known;
-use crate::state::EdgeState;
 use bytes::Bytes;
 use futures::StreamExt;
-use mongodb::bson::{doc, oid::ObjectId};
+use mongodb::bson::oid::ObjectId;
 use natter_nats::publish::{self, Stored};
 use natter_shared::auth::Identity;
 use natter_shared::ids::{RoomKind, RoomRef, UserId, conversation_id_for, message_id_for, parse_oid};
@@ -56,7 +56,7 @@ pub fn oid(id: &str, what: &str) -> Result<ObjectId, ChatError> {
 
 /// Fails unless `who` is a member of the room. A missing room answers the
 /// same as a foreign one, so ids cannot be probed.
-pub async fn require_member(st: &EdgeState, who: &Identity, room: &RoomRef) -> Result<(), ChatError> {
+pub async fn require_member(st: &Core, who: &Identity, room: &RoomRef) -> Result<(), ChatError> {
     let id = oid(&room.id, room.kind.field())?;
     if st.membership.is_member(&st.store, room.kind, id, who.user).await? { Ok(()) } else { Err(ChatError::NotAMember) }
 }
@@ -64,7 +64,7 @@ pub async fn require_member(st: &EdgeState, who: &Identity, room: &RoomRef) -> R
 /// [`require_member`] for a join: for a group, also the `lastSeq` of the
 /// copy of it that said so, for [`confirm_member`] (conversations never
 /// change members: `None`).
-pub async fn require_member_as_of(st: &EdgeState, who: &Identity, room: &RoomRef) -> Result<Option<u64>, ChatError> {
+pub async fn require_member_as_of(st: &Core, who: &Identity, room: &RoomRef) -> Result<Option<u64>, ChatError> {
     if room.kind == RoomKind::Conversation {
         return require_member(st, who, room).await.map(|()| None);
     }
@@ -81,9 +81,9 @@ pub async fn require_member_as_of(st: &EdgeState, who: &Identity, room: &RoomRef
 /// as of the newest event: the membership changes the events after
 /// `since` recorded. A removal that raced the join is seen here or arrives
 /// through the subscription. `None`: nothing to confirm.
-pub async fn confirm_member(st: &EdgeState, user: UserId, room: &RoomRef, since: Option<u64>) -> Result<(), ChatError> {
+pub async fn confirm_member(st: &Core, user: UserId, room: &RoomRef, since: Option<u64>) -> Result<(), ChatError> {
     let Some(since) = since else { return Ok(()) };
-    let member = crate::catchup::membership_after(st, room, user, since).await?.unwrap_or(true);
+    let member = crate::core::events::membership_after(st, room, user, since).await?.unwrap_or(true);
     if member { Ok(()) } else { Err(ChatError::NotAMember) }
 }
 
@@ -99,17 +99,17 @@ fn envelope(who: &Identity, command: Command) -> CommandEnvelope {
 }
 
 /// Publishes `command` as `who` to the command stream (JetStream); the PubAck's seq.
-pub async fn submit(st: &EdgeState, who: &Identity, command: Command, msg_id: &str) -> Result<u64, ChatError> {
+pub async fn submit(st: &Core, who: &Identity, command: Command, msg_id: &str) -> Result<u64, ChatError> {
     Ok(publish_command(st, &envelope(who, command), msg_id).await?.seq)
 }
 
 /// Publishes `command` as `who` and waits for a worker to apply it.
-pub async fn submit_and_wait(st: &EdgeState, who: &Identity, command: Command, msg_id: &str) -> Result<u64, ChatError> {
+pub async fn submit_and_wait(st: &Core, who: &Identity, command: Command, msg_id: &str) -> Result<u64, ChatError> {
     apply_and_wait(st, envelope(who, command), msg_id).await
 }
 
 /// Publishes a command to the command stream; the PubAck is the answer.
-async fn publish_command(st: &EdgeState, env: &CommandEnvelope, msg_id: &str) -> Result<Stored, ChatError> {
+async fn publish_command(st: &Core, env: &CommandEnvelope, msg_id: &str) -> Result<Stored, ChatError> {
     let route = env.route().map_err(|e| ChatError::InvalidPayload(e.into()))?;
     let subject = st.subjects.routed_command(&route, env.command.action());
     let payload: Bytes = serde_json::to_vec(env).map_err(|e| ChatError::InvalidPayload(e.to_string()))?.into();
@@ -117,29 +117,29 @@ async fn publish_command(st: &EdgeState, env: &CommandEnvelope, msg_id: &str) ->
 }
 
 /// `send_message`: checks membership, assigns the id, stores the command.
-pub async fn send_message(st: &EdgeState, who: &Identity, req: SendMessage) -> Result<Sent, ChatError> {
+pub async fn send_message(st: &Core, who: &Identity, req: SendMessage) -> Result<Sent, ChatError> {
     let raw = RoomRef::from_fields(req.conversation_id.as_deref(), req.group_id.as_deref())
         .map_err(|e| ChatError::InvalidPayload(e.into()))?;
     let (room, _) = room(raw.kind, &raw.id)?;
     require_member(st, who, &room).await?;
     let ids: Vec<String> = req.attachments.iter().map(|a| a.id().to_string()).collect();
-    let attachments = attachments_for_message(st, who, &room, req.message_type.as_str(), &ids).await?;
+    let attachments = attachments_for_message(st, who, &room, req.message_type, &ids).await?;
     let client_msg_id = req.client_msg_id.unwrap_or_else(|| ObjectId::new().to_hex());
     let id = message_id_for(who.user, &client_msg_id);
     let message_id = id.to_hex();
     let env = envelope(
         who,
         Command::SendMessage(SendMessageCmd {
-            message_id: message_id.clone(),
+            message_id: id.into(),
             room: RoomFields::of(&room),
             content: req.content,
-            message_type: req.message_type.as_str().to_string(),
+            message_type: req.message_type.into(),
             client_msg_id: client_msg_id.clone(),
             attachments,
         }),
     );
     let stored = publish_command(st, &env, &format!("msg:{}:{client_msg_id}", who.user)).await?;
-    st.hub.recent().remember(Known { id, room: room.clone(), sender: who.user.oid() });
+    st.recent.remember(Known { id, room: room.clone(), sender: who.user.oid() });
     Ok(Sent { message_id, room, client_msg_id, seq: stored.seq, duplicate: stored.duplicate })
 }
 
@@ -150,13 +150,13 @@ const WRITTEN_WITHIN: Duration = Duration::from_millis(1500);
 /// Where the message `id` is: as this edge relayed or stored it lately, or
 /// as MongoDB has it (not deleted), waiting a little for a message whose
 /// event came before its write.
-pub async fn message(st: &EdgeState, id: &str) -> Result<Known, ChatError> {
+pub async fn message(st: &Core, id: &str) -> Result<Known, ChatError> {
     let id = oid(id, "messageId")?;
-    if let Some(k) = st.hub.recent().get(id) {
+    if let Some(k) = st.recent.get(id) {
         return Ok(k);
     }
     let found = written(|| async {
-        let m = st.store.messages().find_one(doc! {"_id": id, "deleted": {"$ne": true}}).await?;
+        let m = st.store.live_message(id).await?;
         Ok(m.map(|m| Known { id, room: m.room(), sender: m.sender_id }))
     })
     .await?;
@@ -183,16 +183,11 @@ where
 }
 
 /// `mark_as_read`: that message and everything before it in its room.
-pub async fn mark_read(
-    st: &EdgeState,
-    who: &Identity,
-    message_id: &str,
-    wait: bool,
-) -> Result<(RoomRef, u64), ChatError> {
+pub async fn mark_read(st: &Core, who: &Identity, message_id: &str, wait: bool) -> Result<(RoomRef, u64), ChatError> {
     let m = message(st, message_id).await?;
     let room = m.room.clone();
     require_member(st, who, &room).await.map_err(|_| ChatError::NotFound("message"))?;
-    let env = envelope(who, Command::MarkRead(MarkReadCmd { room: RoomFields::of(&room), message_id: m.id.to_hex() }));
+    let env = envelope(who, Command::MarkRead(MarkReadCmd { room: RoomFields::of(&room), message_id: m.id.into() }));
     let msg_id = format!("read:{}:{}", who.user, m.id.to_hex());
     let seq =
         if wait { apply_and_wait(st, env, &msg_id).await? } else { publish_command(st, &env, &msg_id).await?.seq };
@@ -202,7 +197,7 @@ pub async fn mark_read(
 /// `delete_message`: the sender, an Admin, or a group role allowed by
 /// `canDeleteMessages`.
 pub async fn delete_message(
-    st: &EdgeState,
+    st: &Core,
     who: &Identity,
     message_id: &str,
     wait: bool,
@@ -222,7 +217,7 @@ pub async fn delete_message(
     }
     let env = envelope(
         who,
-        Command::DeleteMessage(DeleteMessageCmd { room: RoomFields::of(&room), message_id: m.id.to_hex() }),
+        Command::DeleteMessage(DeleteMessageCmd { room: RoomFields::of(&room), message_id: m.id.into() }),
     );
     // Per actor: a refused delete by one user must not swallow an
     // authorized one by another as its duplicate.
@@ -234,7 +229,7 @@ pub async fn delete_message(
 
 /// `POST /api/chat/conversations/with-user`: returns the conversation between
 /// the caller and `other`, creating it through the pipeline if needed.
-pub async fn conversation_with(st: &EdgeState, who: &Identity, other: UserId) -> Result<ConversationDoc, ChatError> {
+pub async fn conversation_with(st: &Core, who: &Identity, other: UserId) -> Result<ConversationDoc, ChatError> {
     if other == who.user {
         return Err(ChatError::InvalidPayload("cannot open a conversation with yourself".into()));
     }
@@ -245,7 +240,7 @@ pub async fn conversation_with(st: &EdgeState, who: &Identity, other: UserId) ->
     let env = envelope(
         who,
         Command::CreateConversation(CreateConversationCmd {
-            conversation_id: id.to_hex(),
+            conversation_id: id.into(),
             participant_ids: [who.user, other],
         }),
     );
@@ -276,7 +271,7 @@ pub struct NewGroup {
     pub name: String,
     pub description: Option<String>,
     pub avatar: Option<String>,
-    pub group_type: String,
+    pub group_type: natter_shared::model::GroupType,
     pub member_ids: Vec<UserId>,
     pub permissions: Permissions,
 }
@@ -290,7 +285,7 @@ fn require_role(who: &Identity, roles: &[&str]) -> Result<(), ChatError> {
 }
 
 /// A group the caller may see (a member, or an Admin).
-pub async fn visible_group(st: &EdgeState, who: &Identity, id: &str) -> Result<GroupDoc, ChatError> {
+pub async fn visible_group(st: &Core, who: &Identity, id: &str) -> Result<GroupDoc, ChatError> {
     let gid = oid(id, "groupId")?;
     let g = st.membership.group(&st.store, gid).await?;
     match g {
@@ -301,17 +296,17 @@ pub async fn visible_group(st: &EdgeState, who: &Identity, id: &str) -> Result<G
     }
 }
 
-async fn group_after(st: &EdgeState, gid: ObjectId, seq: u64) -> Result<GroupDoc, ChatError> {
-    poll(|| async move { st.store.groups().find_one(doc! {"_id": gid}).await }, seq).await
+async fn group_after(st: &Core, gid: ObjectId, seq: u64) -> Result<GroupDoc, ChatError> {
+    poll(|| st.store.group(gid), seq).await
 }
 
-pub async fn create_group(st: &EdgeState, who: &Identity, g: NewGroup) -> Result<GroupDoc, ChatError> {
+pub async fn create_group(st: &Core, who: &Identity, g: NewGroup) -> Result<GroupDoc, ChatError> {
     require_role(who, &["Admin"])?;
     let gid = ObjectId::new();
     let env = envelope(
         who,
         Command::CreateGroup(CreateGroupCmd {
-            group_id: gid.to_hex(),
+            group_id: gid.into(),
             name: g.name,
             description: g.description,
             avatar: g.avatar,
@@ -324,23 +319,23 @@ pub async fn create_group(st: &EdgeState, who: &Identity, g: NewGroup) -> Result
     group_after(st, gid, seq).await
 }
 
-pub async fn update_group(st: &EdgeState, who: &Identity, c: UpdateGroupCmd) -> Result<GroupDoc, ChatError> {
+pub async fn update_group(st: &Core, who: &Identity, c: UpdateGroupCmd) -> Result<GroupDoc, ChatError> {
     require_role(who, &["Admin"])?;
-    let g = visible_group(st, who, &c.group_id).await?;
+    let g = visible_group(st, who, &c.group_id.hex()).await?;
     let env = envelope(who, Command::UpdateGroup(c));
     let seq = apply_and_wait(st, env, &ObjectId::new().to_hex()).await?;
     group_after(st, g.id, seq).await
 }
 
-pub async fn delete_group(st: &EdgeState, who: &Identity, id: &str) -> Result<GroupDoc, ChatError> {
+pub async fn delete_group(st: &Core, who: &Identity, id: &str) -> Result<GroupDoc, ChatError> {
     require_role(who, &["Admin"])?;
     let g = visible_group(st, who, id).await?;
-    let env = envelope(who, Command::DeleteGroup(GroupCmd { group_id: g.id.to_hex() }));
+    let env = envelope(who, Command::DeleteGroup(GroupCmd { group_id: g.id.into() }));
     apply_and_wait(st, env, &format!("grpdel:{}", g.id.to_hex())).await?;
     Ok(g)
 }
 
-pub async fn add_member(st: &EdgeState, who: &Identity, id: &str, user: UserId) -> Result<GroupDoc, ChatError> {
+pub async fn add_member(st: &Core, who: &Identity, id: &str, user: UserId) -> Result<GroupDoc, ChatError> {
     let g = visible_group(st, who, id).await?;
     if !g.may_add(who.user.oid(), &who.roles) {
         return Err(ChatError::Forbidden("adding members needs Admin, Supervisor or a role in canAddMembers".into()));
@@ -349,12 +344,12 @@ pub async fn add_member(st: &EdgeState, who: &Identity, id: &str, user: UserId) 
         let max = natter_shared::model::MAX_GROUP_MEMBERS;
         return Err(ChatError::Forbidden(format!("a group has at most {max} members")));
     }
-    let env = envelope(who, Command::AddMember(MemberCmd { group_id: g.id.to_hex(), user_id: user }));
+    let env = envelope(who, Command::AddMember(MemberCmd { group_id: g.id.into(), user_id: user }));
     let seq = apply_and_wait(st, env, &ObjectId::new().to_hex()).await?;
     group_after(st, g.id, seq).await
 }
 
-pub async fn remove_member(st: &EdgeState, who: &Identity, id: &str, user: UserId) -> Result<GroupDoc, ChatError> {
+pub async fn remove_member(st: &Core, who: &Identity, id: &str, user: UserId) -> Result<GroupDoc, ChatError> {
     let g = visible_group(st, who, id).await?;
     if !g.may_remove(who.user.oid(), &who.roles) {
         return Err(ChatError::Forbidden("removing members needs Admin or a role in canRemoveMembers".into()));
@@ -362,16 +357,16 @@ pub async fn remove_member(st: &EdgeState, who: &Identity, id: &str, user: UserI
     if !g.members.contains(&user.oid()) {
         return Err(ChatError::NotFound("member"));
     }
-    let env = envelope(who, Command::RemoveMember(MemberCmd { group_id: g.id.to_hex(), user_id: user }));
+    let env = envelope(who, Command::RemoveMember(MemberCmd { group_id: g.id.into(), user_id: user }));
     let seq = apply_and_wait(st, env, &ObjectId::new().to_hex()).await?;
     group_after(st, g.id, seq).await
 }
 
-pub async fn leave_group(st: &EdgeState, who: &Identity, id: &str) -> Result<GroupDoc, ChatError> {
+pub async fn leave_group(st: &Core, who: &Identity, id: &str) -> Result<GroupDoc, ChatError> {
     let gid = oid(id, "groupId")?;
     let g = st.membership.group(&st.store, gid).await?.filter(|g| g.is_member(who.user.oid()));
     let g = g.ok_or(ChatError::NotAMember)?;
-    let env = envelope(who, Command::LeaveGroup(GroupCmd { group_id: g.id.to_hex() }));
+    let env = envelope(who, Command::LeaveGroup(GroupCmd { group_id: g.id.into() }));
     let seq = apply_and_wait(st, env, &ObjectId::new().to_hex()).await?;
     group_after(st, g.id, seq).await
 }
@@ -379,7 +374,7 @@ pub async fn leave_group(st: &EdgeState, who: &Identity, id: &str) -> Result<Gro
 /// Stores a command and waits until a worker reports it applied. When the
 /// store says it is a duplicate (another request stored it first), the
 /// worker will not report to us; the caller reads the result back.
-async fn apply_and_wait(st: &EdgeState, mut env: CommandEnvelope, msg_id: &str) -> Result<u64, ChatError> {
+async fn apply_and_wait(st: &Core, mut env: CommandEnvelope, msg_id: &str) -> Result<u64, ChatError> {
     let inbox = st.nats.new_inbox();
     let mut sub = st.nats.subscribe(inbox.clone()).await.map_err(ChatError::unavailable)?;
     env.reply = Some(inbox);
@@ -411,17 +406,17 @@ async fn apply_and_wait(st: &EdgeState, mut env: CommandEnvelope, msg_id: &str) 
 /// carries: each must be accepted, the sender's, in the same room, and an
 /// image for an image message, a document for a document message.
 pub async fn attachments_for_message(
-    st: &EdgeState,
+    st: &Core,
     who: &Identity,
     room: &RoomRef,
-    message_type: &str,
+    message_type: natter_shared::v1::client::ClientMessageType,
     ids: &[String],
 ) -> Result<Vec<natter_shared::v1::command::AttachmentMeta>, ChatError> {
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {
         let oid = oid(id, "attachment id")?;
         let bad = |why: &str| ChatError::InvalidPayload(format!("attachment {id}: {why}"));
-        let a = st.store.attachments().find_one(doc! {"_id": oid}).await?.ok_or_else(|| bad("no such upload"))?;
+        let a = st.store.attachment(oid).await?.ok_or_else(|| bad("no such upload"))?;
         if !a.accepted() {
             return Err(bad("was not accepted"));
         }
@@ -436,11 +431,12 @@ pub async fn attachments_for_message(
         if a.room().is_none() && age > st.config.unsent_upload_ttl.as_millis() as i64 {
             return Err(bad("was uploaded too long ago to be sent; upload it again"));
         }
-        if (message_type == "image" || message_type == "document") && a.category != message_type {
-            return Err(bad(&format!("is not a {message_type}")));
+        let wanted = message_type.as_str();
+        if (wanted == "image" || wanted == "document") && a.category != wanted {
+            return Err(bad(&format!("is not a {wanted}")));
         }
         out.push(natter_shared::v1::command::AttachmentMeta {
-            id: a.id.to_hex(),
+            id: a.id.into(),
             kind: a.kind.clone(),
             name: a.name.clone(),
             size: a.size,

@@ -1,6 +1,10 @@
 //! Streaming exports (audit records, room history) as CSV or JSON: rows are
 //! read from a cursor and handed out in chunks, so an export of any size
-//! never sits in memory.
+//! never sits in memory; and as PDF (`pdf`). A crate of its own so that
+//! only the binaries that export (the edge, `natterctl`) link the PDF
+//! writer and its font.
+
+pub mod pdf;
 
 use bytes::Bytes;
 use futures::{Stream, TryStreamExt};
@@ -124,7 +128,7 @@ where
     Ok(n)
 }
 
-impl Row for crate::audit::AuditView {
+impl Row for natter_shared::audit::AuditView {
     fn header() -> &'static [&'static str] {
         &[
             "seq",
@@ -156,7 +160,7 @@ impl Row for crate::audit::AuditView {
             self.conversation_id.clone().unwrap_or_default(),
             self.group_id.clone().unwrap_or_default(),
             self.targets.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "),
-            self.status.clone(),
+            self.status.as_str().to_string(),
             self.reason.clone().unwrap_or_default(),
             self.code.clone().unwrap_or_default(),
             self.meta.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "),
@@ -186,13 +190,13 @@ impl Row for crate::audit::AuditView {
             self.actor.clone().unwrap_or_default(),
             self.conversation_id.clone().or(self.group_id.clone()).unwrap_or_default(),
             self.targets.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "),
-            self.status.clone(),
+            self.status.as_str().to_string(),
             self.reason.clone().unwrap_or_default(),
         ]
     }
 }
 
-impl Row for crate::model::MessageView {
+impl Row for natter_shared::model::MessageView {
     fn header() -> &'static [&'static str] {
         &["seq", "id", "createdAt", "senderId", "messageType", "content", "status", "readBy", "attachments"]
     }
@@ -203,9 +207,9 @@ impl Row for crate::model::MessageView {
             self.id.clone(),
             self.created_at.clone(),
             self.sender_id.clone(),
-            self.message_type.clone(),
+            self.message_type.as_str().to_string(),
             self.content.clone(),
-            self.status.clone(),
+            self.status.as_str().to_string(),
             self.read_by.join(" "),
             self.attachments.iter().filter_map(|a| a["name"].as_str().map(String::from)).collect::<Vec<_>>().join(" "),
         ]
@@ -220,32 +224,32 @@ impl Row for crate::model::MessageView {
             self.seq.to_string(),
             self.created_at.clone(),
             self.sender_id.clone(),
-            self.message_type.clone(),
+            self.message_type.as_str().to_string(),
             self.content.clone(),
-            self.status.clone(),
+            self.status.as_str().to_string(),
         ]
     }
 }
 
 /// Audit records matching `filter`, newest first, as views.
 pub async fn audit_rows(
-    store: &crate::store::Store,
-    filter: &crate::audit::Filter,
+    store: &natter_shared::store::Store,
+    filter: &natter_shared::audit::Filter,
 ) -> Result<
-    impl Stream<Item = Result<crate::audit::AuditView, mongodb::error::Error>> + Unpin + use<>,
+    impl Stream<Item = Result<natter_shared::audit::AuditView, mongodb::error::Error>> + Unpin + use<>,
     mongodb::error::Error,
 > {
-    let window = crate::audit::Window { filter: filter.clone(), before: None };
-    let records = crate::audit::records(&store.audit(), window).await?;
-    Ok(records.map_ok(|r| crate::audit::AuditView::from(&r)))
+    let window = natter_shared::audit::Window { filter: filter.clone(), before: None };
+    let records = natter_shared::audit::records(&store.audit(), window).await?;
+    Ok(records.map_ok(|r| natter_shared::audit::AuditView::from(&r)))
 }
 
 /// A room's messages (not deleted), oldest first, as views.
 pub async fn history_rows(
-    store: &crate::store::Store,
-    room: &crate::ids::RoomRef,
+    store: &natter_shared::store::Store,
+    room: &natter_shared::ids::RoomRef,
 ) -> Result<
-    impl Stream<Item = Result<crate::model::MessageView, mongodb::error::Error>> + Unpin + use<>,
+    impl Stream<Item = Result<natter_shared::model::MessageView, mongodb::error::Error>> + Unpin + use<>,
     mongodb::error::Error,
 > {
     let cursors = store.cursors(room).await?;

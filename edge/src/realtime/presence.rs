@@ -9,17 +9,16 @@
 //! user's contacts (see [`contacts_of`]), so nobody else learns it and no
 //! frame is sent twice.
 
-use crate::hub::{ConnId, ContactNotice, Outbound, Sink};
+use crate::realtime::hub::{ConnId, ContactNotice, Outbound, Sink};
 use async_nats::jetstream::kv::{self, Operation};
-use futures::{StreamExt, TryStreamExt};
-use mongodb::bson::{DateTime, doc};
+use futures::StreamExt;
+use mongodb::bson::DateTime;
 use natter_nats::Subjects;
 use natter_shared::ids::UserId;
 use natter_shared::shutdown::Tasks;
 use natter_shared::store::Store;
 use natter_shared::timefmt::iso;
-use natter_shared::v1::event::{EventFrame, EventKind};
-use serde::Serialize;
+use natter_shared::v1::event::{EventFrame, EventKind, UserPresence};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -33,14 +32,6 @@ pub const HEARTBEAT: Duration = Duration::from_secs(3);
 const LOOKUPS_IN_FLIGHT: usize = 32;
 /// Longest time from an edge's death to its users going offline.
 pub const OFFLINE_BOUND: Duration = Duration::from_secs(PRESENCE_TTL.as_secs() + 5);
-
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct UserPresence {
-    pub user_id: String,
-    pub is_online: bool,
-    pub last_seen: Option<String>,
-}
 
 #[derive(Default)]
 struct LocalUser {
@@ -261,18 +252,5 @@ impl Presence {
 /// Opening a conversation with someone is not enough (anyone may open
 /// one with anyone), nor is writing to someone who never answered.
 pub async fn contacts_of(store: &Store, user: UserId) -> Result<HashSet<UserId>, mongodb::error::Error> {
-    let mut out = HashSet::new();
-    // `writers` holds only participants: two of them means both wrote.
-    let filter = doc! {"participantIds": user.oid(), "writers.1": {"$exists": true}};
-    let convs: Vec<_> = store.conversations().find(filter).await?.try_collect().await?;
-    for c in convs.into_iter().filter(|c| c.established()) {
-        out.extend(c.participant_ids.into_iter().map(UserId));
-    }
-    let groups: Vec<_> =
-        store.groups().find(doc! {"members": user.oid(), "deleted": {"$ne": true}}).await?.try_collect().await?;
-    for g in groups {
-        out.extend(g.members.into_iter().map(UserId));
-    }
-    out.remove(&user);
-    Ok(out)
+    Ok(store.contacts_of(user.oid()).await?.into_iter().map(UserId).collect())
 }

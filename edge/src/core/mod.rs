@@ -1,0 +1,46 @@
+//! The protocol-independent core: who may do what, and turning requests
+//! into commands on JetStream and answers from MongoDB. It knows nothing
+//! of sockets, sessions or HTTP; the realtime layer and the three
+//! protocols call it with a [`Core`], the state it needs and no more.
+//!
+//! - `chat`: authorization (membership, roles), commands (send, read,
+//!   delete, conversations, groups) and waiting for their outcome;
+//! - `attachments`: staging uploads and authorizing downloads;
+//! - `access`: audited reads (history and audit exports);
+//! - `events`: reading a room's published events back (membership changes
+//!   newer than MongoDB's copy; what catch-up resends);
+//! - `membership`, `recent`: caches of groups and of messages lately seen;
+//! - `uploads`: per-user upload budgets.
+
+pub mod access;
+pub mod attachments;
+pub mod chat;
+pub mod events;
+pub mod membership;
+pub mod recent;
+pub mod uploads;
+
+use natter_nats::Subjects;
+use natter_shared::config::EdgeConfig;
+use natter_shared::store::Store;
+use std::sync::Arc;
+
+/// What the core needs: the stores it reads, the stream it writes, its
+/// caches and budgets.
+pub struct Core {
+    pub config: EdgeConfig,
+    pub store: Store,
+    pub nats: async_nats::Client,
+    pub js: async_nats::jetstream::Context,
+    pub subjects: Subjects,
+    pub membership: membership::Membership,
+    /// Messages relayed or stored lately (shared with the hub, which
+    /// notes those it relays).
+    pub recent: Arc<recent::Recent>,
+    /// Where uploads wait for the attachments worker.
+    pub staging: async_nats::jetstream::object_store::ObjectStore,
+    /// S3 client and bucket, when attachments are configured.
+    pub s3: Option<(aws_sdk_s3::Client, String)>,
+    /// Upload budgets per user.
+    pub uploads: uploads::UploadBudgets,
+}
