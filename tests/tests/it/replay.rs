@@ -22,13 +22,20 @@ async fn natterctl(app: &TestApp, args: &[&str]) -> String {
     stdout
 }
 
+/// NATS for the app's namespace, as natterctl's library takes it.
+async fn nats(app: &TestApp) -> (async_nats::jetstream::Context, natter_nats::Subjects) {
+    let client = async_nats::connect(&app.nats_url).await.unwrap();
+    (async_nats::jetstream::new(client), natter_nats::Subjects::new(&app.name))
+}
+
 /// Waits until every consumer has nothing pending and the state stops
-/// changing.
+/// changing (natterctl's `status`, in process).
 async fn settled(app: &TestApp) -> natter_tests::state::State {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let mut last = None;
+    let (js, subjects) = nats(app).await;
     loop {
-        let status: Value = serde_json::from_str(&natterctl(app, &["status", "--json"]).await).unwrap();
+        let status: Value = natterctl::status::collect(&js, &subjects).await.unwrap();
         let busy = status["consumers"]
             .as_array()
             .unwrap()
@@ -120,8 +127,13 @@ async fn replay_rebuilds_the_same_state() {
     app.start_audit_worker();
     scenario(&mut app).await;
     let live = settled(&app).await;
-    let letters = natterctl(&app, &["dlq", "list", "--json"]).await;
-    assert_eq!(letters.trim(), "[]", "nothing was dead-lettered");
+    let (js, subjects) = nats(&app).await;
+    let letters = natterctl::dlq::entries(&js, &subjects).await.unwrap();
+    assert!(
+        letters.is_empty(),
+        "nothing was dead-lettered: {:?}",
+        letters.iter().map(|e| &e.reason).collect::<Vec<_>>()
+    );
     assert_eq!(live.counts.get("attachments"), Some(&2), "one upload to the room, one outside any");
     for coll in ["messages", "conversations", "groupchats", "attachments", "audit_trail"] {
         assert!(live.counts.get(coll).copied().unwrap_or(0) > 0, "{coll} is part of the scenario: {:?}", live.counts);
