@@ -23,8 +23,9 @@ pub enum ChatError {
     Unauthorized(AuthError),
     #[error("origin not allowed")]
     OriginNotAllowed,
+    /// A dependency failed; the cause is kept (and logged), not shown.
     #[error("service unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] Cause),
     #[error("stored at seq {seq}, not applied yet")]
     Pending { seq: u64 },
     #[error("{0}")]
@@ -35,6 +36,9 @@ pub enum ChatError {
     #[error("too many requests; slow down")]
     RateLimited,
 }
+
+/// Why a dependency failed: the error itself, or what was seen.
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
 
 impl ChatError {
     pub fn code(&self) -> ErrorCode {
@@ -78,9 +82,10 @@ impl ChatError {
         }
     }
 
-    pub fn unavailable(e: impl std::fmt::Display) -> Self {
+    pub fn unavailable(e: impl Into<Cause>) -> Self {
+        let e = e.into();
         tracing::warn!(error = %e, "dependency failure");
-        ChatError::Unavailable(e.to_string())
+        ChatError::Unavailable(e)
     }
 }
 
