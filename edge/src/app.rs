@@ -55,6 +55,8 @@ impl Edge {
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> Result<Edge, StartError> {
+        // Recorded from the start, served at `/metrics`.
+        natter_shared::telemetry::metrics();
         // Printed without its credentials.
         let url = natter_nats::connect::redacted(&config.core.nats_url);
         let nats = tokio::time::timeout(
@@ -130,6 +132,7 @@ impl Edge {
             .merge(sio::router())
             .route("/healthz", get(health::healthz))
             .route("/readyz", get(health::readyz))
+            .route("/metrics", get(health::metrics))
             .merge(rest::router(state.clone()))
             .fallback(|| async { crate::error::ChatError::NotFound("route") })
             .layer(cors)

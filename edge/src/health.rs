@@ -1,5 +1,6 @@
 //! `/healthz`: the process is up. `/readyz`: NATS and MongoDB are reachable,
 //! so a load balancer only sends traffic to an edge that can serve it.
+//! `/metrics`: the process's Prometheus metrics.
 
 use crate::realtime::EdgeState;
 use axum::Json;
@@ -10,6 +11,11 @@ use std::time::Duration;
 
 pub async fn healthz() -> &'static str {
     "ok"
+}
+
+pub async fn metrics() -> impl axum::response::IntoResponse {
+    let body = natter_shared::telemetry::metrics().render();
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }
 
 /// `/readyz`'s body: whether each dependency answered.

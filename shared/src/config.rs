@@ -95,6 +95,10 @@ pub struct CoreConfig {
     /// permissions (`infra/nats/permissions.conf`), under which only `ctl`
     /// declares them: `natterctl topology apply` runs first.
     pub nats_topology: NatsTopology,
+    /// `METRICS_ADDR` (default: none): where a worker serves its Prometheus
+    /// metrics (`host:port`, path `/metrics`). The edge serves them at
+    /// `/metrics` on its own address.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// What an edge or a worker does with the NATS topology when it starts
@@ -249,7 +253,12 @@ impl CoreConfig {
         let staging_max_bytes =
             number(src, "STAGING_MAX_BYTES", STAGING_MAX_BYTES_DEFAULT, 1 << 20..=1 << 50, "a number of bytes")?;
         let nats_topology = nats_topology(src)?;
+        let metrics_addr = match src.get("METRICS_ADDR") {
+            None => None,
+            Some(v) => Some(v.trim().parse().map_err(|_| invalid("METRICS_ADDR", format!("`{v}` is not host:port")))?),
+        };
         Ok(CoreConfig {
+            metrics_addr,
             nats_url,
             nats_namespace,
             mongodb_uri,

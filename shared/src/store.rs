@@ -51,6 +51,12 @@ pub struct Page {
     pub has_more: bool,
 }
 
+/// Counts one database round trip made for `op`
+/// (`natter_db_round_trips_total`), where the workers write and read.
+pub fn round_trip(op: &'static str) {
+    metrics::counter!("natter_db_round_trips_total", "op" => op).increment(1);
+}
+
 impl Store {
     /// Connects (lazily: the driver dials on first use) with short timeouts
     /// so that an unreachable server is reported rather than waited on.

@@ -208,6 +208,7 @@ impl TestApp {
             staging_max_bytes: self.staging_max_bytes(),
             // As the binaries are told (`NATS_TOPOLOGY` in `edge_env`).
             nats_topology: natter_shared::config::nats_topology(&self.edge_env).expect("NATS_TOPOLOGY"),
+            metrics_addr: None,
         }
     }
 

@@ -170,6 +170,7 @@ impl Handler for AuditHandler {
         let wrote = !records.is_empty();
         if wrote {
             let page = AuditPage::new(head_pos + 1, pos, records);
+            natter_shared::store::round_trip("audit_insert");
             if let Err(e) = coll.insert_one(&page).await {
                 if !crate::handler::is_duplicate(&e) {
                     return Err(e.into());

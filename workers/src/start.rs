@@ -22,6 +22,8 @@ pub enum StartError {
     S3(String),
     #[error(transparent)]
     Runner(#[from] runner::RunnerError),
+    #[error("metrics listener on METRICS_ADDR: {0}")]
+    Metrics(std::io::Error),
 }
 
 /// Boots a role: connects as `H::ROLE`, applies (or verifies) the
@@ -48,6 +50,9 @@ pub struct Connected {
 }
 
 pub async fn connect(core: &CoreConfig, role: &str, cfg: &RunnerConfig) -> Result<Connected, StartError> {
+    if let Some(addr) = core.metrics_addr {
+        natter_shared::telemetry::serve_metrics(addr).await.map_err(StartError::Metrics)?;
+    }
     let name = format!("natter-worker-{role}-{}", cfg.instance);
     let client = natter_nats::connect::connect(&core.nats_url, &name)
         .await

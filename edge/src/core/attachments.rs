@@ -46,6 +46,31 @@ where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
 {
+    let staged = stage(st, who, room, filename, declared, body, wait).await;
+    let outcome = match &staged {
+        Ok(_) => "staged",
+        Err(e) => e.code().as_str(),
+    };
+    if matches!(staged, Err(ChatError::RateLimited)) {
+        metrics::counter!("natter_rate_limited_total", "scope" => "upload").increment(1);
+    }
+    metrics::counter!("natter_uploads_total", "outcome" => outcome).increment(1);
+    staged
+}
+
+async fn stage<S, E>(
+    st: &Core,
+    who: &Identity,
+    room: Option<RoomRef>,
+    filename: &str,
+    declared: &str,
+    body: S,
+    wait: bool,
+) -> Result<Staged, ChatError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
     if st.s3.is_none() {
         return Err(unconfigured());
     }

@@ -113,7 +113,17 @@ async fn publish_command(st: &Core, env: &CommandEnvelope, msg_id: &str) -> Resu
     let route = env.route().map_err(|e| ChatError::InvalidPayload(e.into()))?;
     let subject = st.subjects.routed_command(&route, env.command.action());
     let payload: Bytes = serde_json::to_vec(env).map_err(|e| ChatError::InvalidPayload(e.to_string()))?.into();
-    publish::command(&st.js, subject, msg_id, payload).await.map_err(ChatError::unavailable)
+    let started = std::time::Instant::now();
+    let stored = publish::command(&st.js, subject, msg_id, payload).await;
+    let action = env.command.action();
+    metrics::histogram!("natter_puback_seconds").record(started.elapsed().as_secs_f64());
+    let outcome = match &stored {
+        Ok(s) if s.duplicate => "duplicate",
+        Ok(_) => "stored",
+        Err(_) => "unavailable",
+    };
+    metrics::counter!("natter_commands_published_total", "action" => action, "outcome" => outcome).increment(1);
+    stored.map_err(ChatError::unavailable)
 }
 
 /// `send_message`: checks membership, assigns the id, stores the command.

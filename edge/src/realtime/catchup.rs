@@ -63,6 +63,8 @@ pub async fn follow<F: Future<Output = Result<(), ChatError>>>(
     if let Ok(CatchUp::Resync(reason)) = &result {
         resync_notice(sink, room, last_seq, reason);
     }
+    let outcome = if matches!(result, Ok(CatchUp::Complete(_))) { "complete" } else { "resync" };
+    metrics::counter!("natter_catchups_total", "outcome" => outcome).increment(1);
     // Then the held live events, and every later one, in order.
     let tx = sink.tx.clone();
     st.lifecycle.spawn(async move {

@@ -366,6 +366,7 @@ impl FanOut {
             self.recent.relayed(room, &payload);
         }
         let targets: Vec<Sink> = lock(&self.sinks).values().cloned().collect();
+        metrics::counter!("natter_events_delivered_total").increment(targets.len() as u64);
         for s in &targets {
             if head.seq.is_none() && head.from.as_deref() == Some(s.user.hex().as_str()) {
                 continue;

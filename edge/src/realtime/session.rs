@@ -44,6 +44,8 @@ pub struct Closer {
     conn: ConnId,
     followed: Arc<Mutex<HashSet<String>>>,
     typing: Arc<TypingState>,
+    /// The protocol, for the connections gauge.
+    via: String,
 }
 
 /// A session's cleanup that runs however the task holding it ends: by
@@ -84,6 +86,7 @@ impl Closer {
             self.st.hub.unfollow(&s, self.conn).await;
         }
         self.st.presence.disconnect(self.who.user, self.conn).await;
+        metrics::gauge!("natter_connections", "protocol" => self.via).decrement(1);
     }
 }
 
@@ -119,6 +122,7 @@ impl Session {
             tracing::warn!(error = %e, "cannot follow the user's subject");
         }
         st.presence.connect(&sink).await;
+        metrics::gauge!("natter_connections", "protocol" => meta.via.clone()).increment(1);
         let bucket = Bucket::new(st.config.ws_rate_per_sec);
         let catchups = Bucket::with_burst(CATCHUP_PER_SEC, CATCHUP_BURST);
         Session { st, who, sink, typing: Arc::new(TypingState::default()), meta, bucket, catchups, strikes: 0 }
@@ -133,6 +137,7 @@ impl Session {
             conn: self.sink.conn,
             followed: self.sink.followed.clone(),
             typing: self.typing.clone(),
+            via: self.meta.via.clone(),
         }
     }
 
@@ -145,7 +150,11 @@ impl Session {
 
     /// Takes a token from the request rate bucket.
     pub fn admit(&mut self) -> bool {
-        self.bucket.take()
+        let ok = self.bucket.take();
+        if !ok {
+            metrics::counter!("natter_rate_limited_total", "scope" => "connection").increment(1);
+        }
+        ok
     }
 
     /// Counts a refused request; too many close the connection.
@@ -165,7 +174,14 @@ impl Session {
     /// Applies one request; the answer is the data its ack carries.
     pub async fn request(&mut self, rid: Option<&str>, req: ClientRequest) -> Result<Ack, ChatError> {
         let meta = self.meta(rid);
-        crate::meta::scope(meta, self.dispatch(req)).await
+        let name = req.name();
+        let answer = crate::meta::scope(meta, self.dispatch(req)).await;
+        let outcome = match &answer {
+            Ok(_) => "ok",
+            Err(e) => e.code().as_str(),
+        };
+        metrics::counter!("natter_requests_total", "request" => name, "outcome" => outcome).increment(1);
+        answer
     }
 
     /// A `file_upload`: staged, then a command; acked once staged, the

@@ -100,6 +100,7 @@ impl TypingState {
         let typing = self.lock().contains_key(room);
         let announce = st.typing.admit(who.user, room, typing);
         if !typing && !announce {
+            metrics::counter!("natter_rate_limited_total", "scope" => "typing").increment(1);
             return;
         }
         if announce {

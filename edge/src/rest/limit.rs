@@ -58,6 +58,7 @@ pub async fn limit(
         Err(_) => Caller::Addr(crate::meta::client_ip(&req, st.config.trust_forwarded_for)),
     };
     if !limits.admit(caller, st.config.rest_rate_per_sec) {
+        metrics::counter!("natter_rate_limited_total", "scope" => "rest").increment(1);
         return ChatError::RateLimited.into_response();
     }
     req.extensions_mut().insert(Authenticated(who));

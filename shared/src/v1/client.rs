@@ -214,6 +214,22 @@ pub enum ClientRequest {
     DeleteMessage(MessageRef),
 }
 
+impl ClientRequest {
+    /// The event name the request came as.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ClientRequest::SendMessage(_) => "send_message",
+            ClientRequest::JoinConversation(_) => "join_conversation",
+            ClientRequest::LeaveConversation(_) => "leave_conversation",
+            ClientRequest::JoinGroup(_) => "join_group",
+            ClientRequest::LeaveGroup(_) => "leave_group",
+            ClientRequest::Typing(_) => "typing",
+            ClientRequest::MarkAsRead(_) => "mark_as_read",
+            ClientRequest::DeleteMessage(_) => "delete_message",
+        }
+    }
+}
+
 /// Why a frame could not be turned into a request.
 #[derive(Debug, PartialEq, Eq)]
 pub struct FrameError {

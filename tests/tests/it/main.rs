@@ -18,6 +18,7 @@ mod fuzz;
 mod groups;
 mod hardening;
 mod lifecycle;
+mod metrics;
 mod nats_permissions;
 mod pipeline;
 mod presence;

@@ -32,6 +32,7 @@ use natter_shared::config::CoreConfig;
 use natter_shared::ids::{RoomKind, RoomRef, parse_oid};
 use natter_shared::model::AttachmentDoc;
 use natter_shared::store::Store;
+use natter_shared::store::round_trip;
 use natter_shared::v1::command::{Command, ExpireUploadCmd, RecordAttachmentCmd, Route};
 use room::Room;
 pub use rooms::Rooms;
@@ -294,6 +295,7 @@ async fn prefetch(
     }
     let fields = doc! {"seq": 1, "senderId": 1, "conversationId": 1, "groupId": 1, "messageType": 1, "deleted": 1};
     let raw = store.db().collection::<mongodb::bson::Document>(natter_shared::model::MESSAGES);
+    round_trip("find_messages");
     let mut cur = raw.find(doc! {"_id": {"$in": ids}}).projection(fields).await?;
     while let Some(m) = cur.try_next().await? {
         let (Ok(id), Ok(sender)) = (m.get_object_id("_id"), m.get_object_id("senderId")) else { continue };

@@ -12,6 +12,7 @@ use super::events::{publication, refused, room_subject};
 use super::room::{Cursor, Room};
 use crate::handler::{ApplyError, Disposition, Incoming};
 use mongodb::bson::{doc, oid::ObjectId};
+use natter_shared::store::round_trip;
 use natter_shared::timefmt::iso;
 use natter_shared::v1::command::{MAX_DELIVERED_SEQS, MarkDeliveredCmd, MarkReadCmd, RoomFields};
 use natter_shared::v1::error::ErrorCode;
@@ -81,6 +82,7 @@ async fn unread_after(b: &Batch<'_>, room: &Room, user: ObjectId, upto: i64) -> 
     // Older than the tail: what MongoDB holds up to the tail (everything
     // there is stored), less what is deleted there but not written yet.
     let f = from_others(room, user, upto, from);
+    round_trip("count_unread");
     let stored = b.ctx.store.messages().count_documents(f).await? as i64;
     let gone = room.unwritten().filter(|t| t.seq > upto && t.seq <= from && t.counts && t.sender != user);
     Ok(newer + stored - gone.count() as i64)
@@ -154,6 +156,7 @@ async fn passed(
     if lo < from && out.len() < MAX_STATUS_EVENTS {
         let f = from_others(room, user, lo, hi.min(from));
         let raw = b.ctx.store.db().collection::<mongodb::bson::Document>(natter_shared::model::MESSAGES);
+        round_trip("find_passed");
         let mut cur = raw
             .find(f)
             .projection(doc! {"_id": 1, "senderId": 1, "seq": 1})

@@ -10,6 +10,7 @@ use futures::TryStreamExt;
 use mongodb::bson::{doc, oid::ObjectId};
 use natter_shared::ids::{RoomKind, RoomRef};
 use natter_shared::store::Store;
+use natter_shared::store::round_trip;
 use std::collections::{BTreeSet, HashMap};
 
 /// Rooms kept per partition; the least recently used go beyond it.
@@ -116,12 +117,14 @@ impl Rooms {
         };
         let (convs, groups) = (missing(RoomKind::Conversation), missing(RoomKind::Group));
         if !convs.is_empty() {
+            round_trip("load_rooms");
             let mut cur = store.conversations().find(doc! {"_id": {"$in": convs}}).await?;
             while let Some(c) = cur.try_next().await? {
                 self.insert(Room::loaded(Doc::Conversation(c)));
             }
         }
         if !groups.is_empty() {
+            round_trip("load_rooms");
             let mut cur = store.groups().find(doc! {"_id": {"$in": groups}}).await?;
             while let Some(g) = cur.try_next().await? {
                 self.insert(Room::loaded(Doc::Group(g)));

@@ -18,6 +18,7 @@ use natter_shared::ids::RoomKind;
 use natter_shared::model::AttachmentStatus;
 use natter_shared::model::{ATTACHMENTS, AttachmentDoc, MESSAGES, MessageDoc};
 use natter_shared::store::Store;
+use natter_shared::store::round_trip;
 
 /// From how many new messages a batch inserts them with their own command.
 const SEPARATE_INSERT_FROM: usize = 2;
@@ -118,6 +119,7 @@ impl Writes {
                 let updates: Vec<Document> = models.into_iter().filter_map(Model::into_statement).collect();
                 doc! {"update": coll, "updates": updates, "ordered": true}
             };
+            round_trip("write");
             let reply = store.db().run_command(cmd).await?;
             if let Ok(errors) = reply.get_array("writeErrors")
                 && let Some(we) = errors.first().and_then(|e| e.as_document())
@@ -184,6 +186,7 @@ async fn insert_messages(store: &Store, parts: &mut [Writes], results: &mut [Res
             }
         }
     }
+    round_trip("insert");
     let reply = store.db().run_command(doc! {"insert": MESSAGES, "documents": docs, "ordered": false}).await;
     let errors = match reply {
         Ok(reply) => reply.get_array("writeErrors").cloned().unwrap_or_default(),
@@ -256,6 +259,7 @@ async fn bulk_write(
     let matched = |updates: &std::collections::HashMap<usize, mongodb::results::UpdateResult>, at: &usize| {
         updates.get(at).is_some_and(|u| u.matched_count == 1)
     };
+    round_trip("bulk_write");
     match db.client().bulk_write(models).ordered(true).verbose_results().await {
         Ok(r) => {
             for (i, _, guarded) in spans {

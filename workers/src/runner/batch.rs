@@ -170,6 +170,8 @@ impl<M: Input> Batch<M> {
                 }
                 Disposition::NotMine => continue,
             };
+            metrics::counter!("natter_commands_total", "role" => role.to_string(), "outcome" => status.as_str())
+                .increment(1);
             // Answers go to a requester's inbox only: a command naming any
             // other subject must not make the worker publish there.
             if let Some(r) = inc.and_then(|inc| inc.msg.reply()).filter(|r| r.starts_with("_INBOX.")) {

@@ -89,12 +89,16 @@ impl<H: Handler> Flow<H> {
         msgs: Vec<Message>,
         cancel: &CancellationToken,
     ) {
+        let role = H::ROLE.name();
+        metrics::histogram!("natter_batch_size", "role" => role).record(msgs.len() as f64);
+        let started = std::time::Instant::now();
         let mut batch = Batch::<H::Msg>::decode(msgs);
         let applied = if batch.incoming.is_empty() {
             Ok(())
         } else {
             crate::handler::apply_own(&*self.handler, state, &batch.incoming, &mut batch.done).await
         };
+        metrics::histogram!("natter_apply_seconds", "role" => role).record(started.elapsed().as_secs_f64());
         match applied {
             Ok(()) => {
                 batch.announce(part).await;

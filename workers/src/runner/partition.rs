@@ -51,7 +51,13 @@ pub(super) async fn run<H: Handler>(handler: Arc<H>, part: Partition, cancel: Ca
         // later ones are applied. `fetch_wait` bounds the delay.
         let pull = Pull { max: part.cfg.batch, wait: flow.fetch_wait(part.cfg.fetch_wait), linger: H::LINGER };
         match fetch(&consumer, pull).await {
-            Ok(msgs) => order.held.extend(msgs),
+            Ok(msgs) => {
+                // What is left after the newest fetched: the partition's lag.
+                let lag = msgs.last().and_then(|m| m.info().ok()).map_or(0, |i| i.pending);
+                metrics::gauge!("natter_consumer_lag", "role" => H::ROLE.name(), "partition" => part.p.to_string())
+                    .set(lag as f64);
+                order.held.extend(msgs)
+            }
             Err(e) => {
                 warn!(error = %e, "fetch failed");
                 tokio::time::sleep(Duration::from_millis(500)).await;

@@ -96,6 +96,7 @@ const HEADROOM: usize = 1024;
 pub(super) async fn dead_letter(js: &jetstream::Context, subjects: &Subjects, role: &str, m: &Message, reason: &str) {
     let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
     warn!(seq, %reason, "dead-lettering command");
+    metrics::counter!("natter_dead_letters_total", "role" => role.to_string()).increment(1);
     let mut headers = async_nats::HeaderMap::new();
     // A header value cannot hold a line break.
     let reason: String = reason.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
