@@ -13,7 +13,7 @@ ROOT=$(pwd)
 DEV="$ROOT/.dev"
 mkdir -p "$DEV/nats" "$DEV/mongo" "$DEV/s3" "$DEV/logs"
 
-./infra/install.sh --s3
+./infra/install.sh --s3 --node
 S3S_FS=$(command -v s3s-fs || echo "${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs")
 
 echo "dev: building (cargo build --workspace --bins)"
@@ -88,6 +88,9 @@ export JWT_SECRET; JWT_SECRET=$(cat "$DEV/jwt_secret")
 export FRONTEND_URL="${FRONTEND_URL:-http://localhost:3000}"
 export S3_ENDPOINT="http://127.0.0.1:$S3_PORT" S3_BUCKET=natter S3_ACCESS_KEY=natter S3_SECRET_KEY=natter-dev-secret
 export LISTEN_ADDR="127.0.0.1:$EDGE_PORT"
+# The web client at / signs in with development tokens, and downloads
+# attachments through the edge.
+export WEB_DIR="$ROOT/web" DEV_TOKENS=true ATTACHMENT_DOWNLOAD=proxy
 mkdir -p "$DEV/s3/$S3_BUCKET"
 
 start nats "$ROOT/.venv/bin/nats-server" -js -a 127.0.0.1 -p "$NATS_PORT" -sd "$DEV/nats"
@@ -98,9 +101,12 @@ wait_port "$MONGO_PORT" mongo
 wait_port "$S3_PORT" s3
 
 "$BIN/natterctl" topology apply
-start worker-messages "$BIN/natter-worker-messages"
-start worker-attachments "$BIN/natter-worker-attachments"
-start worker-audit "$BIN/natter-worker-audit"
+METRICS_MESSAGES=$(pick_port "${METRICS_MESSAGES_PORT:-9101}")
+METRICS_ATTACHMENTS=$(pick_port "${METRICS_ATTACHMENTS_PORT:-9102}")
+METRICS_AUDIT=$(pick_port "${METRICS_AUDIT_PORT:-9103}")
+METRICS_ADDR="127.0.0.1:$METRICS_MESSAGES" start worker-messages "$BIN/natter-worker-messages"
+METRICS_ADDR="127.0.0.1:$METRICS_ATTACHMENTS" start worker-attachments "$BIN/natter-worker-attachments"
+METRICS_ADDR="127.0.0.1:$METRICS_AUDIT" start worker-audit "$BIN/natter-worker-audit"
 start edge "$BIN/natter-edge"
 wait_port "$EDGE_PORT" edge
 
@@ -115,7 +121,9 @@ ENV
 cat <<INFO
 
 natter is running
+  web client  http://127.0.0.1:$EDGE_PORT/   open it in two browser tabs, sign in as two users, chat
   edge        http://127.0.0.1:$EDGE_PORT   (WebSocket: ws://127.0.0.1:$EDGE_PORT/ws, Socket.IO: /socket.io/, REST: /api/chat/...)
+  metrics     http://127.0.0.1:$EDGE_PORT/metrics, workers: http://127.0.0.1:$METRICS_MESSAGES/metrics (messages) :$METRICS_ATTACHMENTS (attachments) :$METRICS_AUDIT (audit)
   NATS        $NATS_URL
   MongoDB     $MONGODB_URI
   S3          $S3_ENDPOINT (bucket $S3_BUCKET)

@@ -6,6 +6,10 @@
 #   s3s-fs  (with --s3) the S3 server, via cargo install
 #   tests/sio/node_modules  (with --node) the stock socket.io-client the
 #           integration tests drive the edge with, via npm ci (lockfile)
+#   web/node_modules  (with --node) the same client for the web client the
+#           edge serves at / (/vendor/socket.io.min.js), via npm ci
+#   chromium, chromium-driver  (with --browser) Debian's, for the browser
+#           test (apt)
 # Idempotent: does nothing that is already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,11 +21,13 @@ S3S_FS_VERSION="0.14.1"
 
 want_s3=0
 want_node=0
+want_browser=0
 for arg in "$@"; do
   case "$arg" in
     --s3) want_s3=1 ;;
     --node) want_node=1 ;;
-    *) echo "usage: $0 [--s3] [--node]" >&2; exit 2 ;;
+    --browser) want_browser=1 ;;
+    *) echo "usage: $0 [--s3] [--node] [--browser]" >&2; exit 2 ;;
   esac
 done
 
@@ -51,4 +57,13 @@ if [ "$want_node" = 1 ]; then
     echo "install: socket.io-client (npm ci in tests/sio)"
     (cd tests/sio && npm ci --no-audit --no-fund --loglevel=error && cp package-lock.json node_modules/.installed-lock.json)
   fi
+  if ! cmp -s web/package-lock.json web/node_modules/.installed-lock.json 2>/dev/null; then
+    echo "install: socket.io-client for the web client (npm ci in web)"
+    (cd web && npm ci --no-audit --no-fund --loglevel=error && cp package-lock.json node_modules/.installed-lock.json)
+  fi
+fi
+
+if [ "$want_browser" = 1 ] && { ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; }; then
+  echo "install: chromium and chromium-driver (apt, a few minutes)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
 fi

@@ -76,7 +76,9 @@ impl Edge {
         store.ensure_indexes().await?;
         let tasks = Tasks::new(shutdown);
         let recent = Arc::new(crate::core::recent::Recent::default());
-        let (hub, contacts_changed) = Hub::new(nats.clone(), subjects.clone(), recent.clone(), tasks.clone());
+        let membership = Arc::new(Membership::default());
+        let (hub, contacts_changed) =
+            Hub::new(nats.clone(), subjects.clone(), recent.clone(), membership.clone(), tasks.clone());
         let presence = Presence::start(&js, &subjects, store.clone(), contacts_changed, &tasks)
             .await
             .map_err(StartError::Presence)?;
@@ -101,18 +103,7 @@ impl Edge {
             deliveries,
             lifecycle: tasks,
             typing: Default::default(),
-            core: Core {
-                staging,
-                s3,
-                membership: Membership::default(),
-                recent,
-                config,
-                store,
-                nats,
-                js,
-                subjects,
-                uploads,
-            },
+            core: Core { staging, s3, membership, recent, config, store, nats, js, subjects, uploads },
         });
         Ok(Edge { listener, state })
     }
@@ -134,7 +125,7 @@ impl Edge {
             .route("/readyz", get(health::readyz))
             .route("/metrics", get(health::metrics))
             .merge(rest::router(state.clone()))
-            .fallback(|| async { crate::error::ChatError::NotFound("route") })
+            .merge(crate::web::router(&state))
             .layer(cors)
             .with_state(state)
     }

@@ -16,8 +16,9 @@
 //! - `token` (verifying a request's JWT);
 //! - `transport`: the WebSocket transport both socket protocols share;
 //! - the protocols, each owning its state: `ws/` (native), `sio/`
-//!   (Socket.IO, its sessions), `rest/` (its request-rate buckets); then
-//!   `health` and `app`, which builds and runs the edge.
+//!   (Socket.IO, its sessions), `rest/` (its request-rate buckets), and
+//!   `web` (the web client's files, development tokens); then `health`
+//!   and `app`, which builds and runs the edge.
 
 pub mod app;
 pub mod core;
@@ -31,6 +32,7 @@ pub mod rest;
 pub mod sio;
 pub mod token;
 pub mod transport;
+pub mod web;
 pub mod ws;
 
 pub use app::{Edge, StartError};

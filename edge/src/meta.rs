@@ -70,13 +70,41 @@ pub async fn rest(req: Request, next: Next) -> Response {
 }
 
 /// The `Origin` check of a WebSocket or Socket.IO handshake: absent (not a
-/// browser) or exactly one of `allowed`.
+/// browser), exactly one of `allowed`, or the edge's own (the page came
+/// from this host: the web client it serves at `/`).
 pub fn origin_allowed(allowed: &[String], headers: &axum::http::HeaderMap) -> bool {
     match headers.get(axum::http::header::ORIGIN) {
         None => true,
         Some(o) => {
             let o = o.to_str().unwrap_or("").trim_end_matches('/');
-            allowed.iter().any(|u| u == o)
+            let own = headers.get(axum::http::header::HOST).and_then(|h| h.to_str().ok()).is_some_and(|host| {
+                o.strip_prefix("http://").or_else(|| o.strip_prefix("https://")).is_some_and(|h| h == host)
+            });
+            own || allowed.iter().any(|u| u == o)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::origin_allowed;
+    use axum::http::{HeaderMap, HeaderValue, header};
+
+    fn headers(origin: &str, host: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::ORIGIN, HeaderValue::from_str(origin).unwrap());
+        h.insert(header::HOST, HeaderValue::from_str(host).unwrap());
+        h
+    }
+
+    #[test]
+    fn listed_and_own_origins_only() {
+        let allowed = vec!["http://localhost:3000".to_string()];
+        assert!(origin_allowed(&allowed, &headers("http://localhost:3000", "chat.example:8080")));
+        assert!(origin_allowed(&allowed, &headers("http://chat.example:8080", "chat.example:8080")));
+        assert!(origin_allowed(&allowed, &headers("https://chat.example", "chat.example")));
+        assert!(!origin_allowed(&allowed, &headers("http://evil.example", "chat.example:8080")));
+        assert!(!origin_allowed(&allowed, &headers("http://chat.example:8080.evil", "chat.example:8080")));
+        assert!(origin_allowed(&allowed, &HeaderMap::new()), "not a browser");
     }
 }

@@ -184,6 +184,16 @@ pub struct EdgeConfig {
     /// client is sent for one room; beyond that it is told to refetch the
     /// history over REST.
     pub catchup_max_events: u64,
+    /// `WEB_DIR` (default `web`): the web client's files, served at `/`
+    /// (`index.html`, and `vendor/socket.io.min.js` from the npm package
+    /// that `infra/install.sh --node` installs there). Without the
+    /// directory, `/` says how to install it.
+    pub web_dir: std::path::PathBuf,
+    /// `DEV_TOKENS` (default `false`): `POST /api/dev/token` mints a token
+    /// for any user id and roles, for the web client's sign-in on a
+    /// development stack. Anyone who reaches the edge could then act as
+    /// anyone: never set it in production.
+    pub dev_tokens: bool,
 }
 
 /// S3-compatible storage for attachments.
@@ -330,7 +340,15 @@ impl EdgeConfig {
             Some("proxy") => true,
             Some(v) => return Err(invalid("ATTACHMENT_DOWNLOAD", format!("`{v}` is not `redirect` or `proxy`"))),
         };
+        let web_dir = src.get("WEB_DIR").unwrap_or_else(|| "web".into()).into();
+        let dev_tokens = match src.get("DEV_TOKENS").as_deref().map(str::trim) {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(v) => return Err(invalid("DEV_TOKENS", format!("`{v}` is not `true` or `false`"))),
+        };
         Ok(EdgeConfig {
+            web_dir,
+            dev_tokens,
             core,
             jwt,
             frontend_urls,

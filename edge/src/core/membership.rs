@@ -1,7 +1,9 @@
 //! Who may see a room. Participants of a 1:1 conversation never change, so
-//! they are cached per conversation (bounded). Group membership changes, so
-//! it is read from MongoDB on every check (the worker re-checks each command
-//! at its `seq` anyway).
+//! they are cached per conversation (bounded), from MongoDB or, before it
+//! is written, from the `conversation_created` event the hub relays (a
+//! participant joining at once is not refused for the write-behind). Group
+//! membership changes, so it is read from MongoDB on every check (the
+//! worker re-checks each command at its `seq` anyway).
 
 use mongodb::bson::oid::ObjectId;
 use natter_shared::ids::{RoomKind, UserId};
@@ -34,6 +36,16 @@ impl Membership {
         }
         map.insert(conv, doc.participant_ids.clone());
         Ok(Some(doc.participant_ids))
+    }
+
+    /// Notes a conversation's participants, as its `conversation_created`
+    /// event says (published by a worker once it applied the command).
+    pub fn note_conversation(&self, conv: ObjectId, participants: Vec<ObjectId>) {
+        let mut map = self.lock();
+        if map.len() >= MAX_CACHED {
+            map.clear();
+        }
+        map.insert(conv, participants);
     }
 
     /// A group that exists and is not deleted.

@@ -33,7 +33,8 @@ pub struct Core {
     pub nats: async_nats::Client,
     pub js: async_nats::jetstream::Context,
     pub subjects: Subjects,
-    pub membership: membership::Membership,
+    /// Shared with the hub, which notes the conversations it sees created.
+    pub membership: Arc<membership::Membership>,
     /// Messages relayed or stored lately (shared with the hub, which
     /// notes those it relays).
     pub recent: Arc<recent::Recent>,

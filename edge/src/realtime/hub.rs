@@ -13,6 +13,7 @@
 //! Delivery to a socket never blocks the fan-out: a socket whose queue is
 //! full is told to close (slow consumer) instead of stalling the others.
 
+use crate::core::membership::Membership;
 use crate::core::recent::Recent;
 use bytes::Bytes;
 use futures::StreamExt;
@@ -126,6 +127,7 @@ pub struct Hub {
     /// Told when a user's contacts may have changed (presence uses it).
     contacts: mpsc::UnboundedSender<ContactNotice>,
     recent: Arc<Recent>,
+    membership: Arc<Membership>,
     /// The edge's tasks: the control loop and the fan-outs are services.
     tasks: Tasks,
 }
@@ -187,12 +189,13 @@ impl Hub {
         nats: async_nats::Client,
         subjects: Subjects,
         recent: Arc<Recent>,
+        membership: Arc<Membership>,
         tasks: Tasks,
     ) -> (Arc<Hub>, mpsc::UnboundedReceiver<ContactNotice>) {
         let (control, mut rx) = mpsc::unbounded_channel();
         let (contacts, contacts_rx) = mpsc::unbounded_channel();
-        let hub =
-            Arc::new(Hub { nats, subjects, entries: Mutex::new(HashMap::new()), control, contacts, recent, tasks });
+        let entries = Mutex::new(HashMap::new());
+        let hub = Arc::new(Hub { nats, subjects, entries, control, contacts, recent, membership, tasks });
         let weak: Weak<Hub> = Arc::downgrade(&hub);
         hub.tasks.spawn_service(|stop: CancellationToken| async move {
             loop {
@@ -296,6 +299,7 @@ impl Hub {
             sinks,
             control: self.control.clone(),
             recent: self.recent.clone(),
+            membership: self.membership.clone(),
         };
         self.tasks.spawn_service(|_| fan.run(sub, stop));
         Ok(())
@@ -333,9 +337,27 @@ struct FanOut {
     sinks: Arc<Mutex<HashMap<ConnId, Sink>>>,
     control: mpsc::UnboundedSender<Control>,
     recent: Arc<Recent>,
+    membership: Arc<Membership>,
 }
 
 impl FanOut {
+    /// The participants a `conversation_created` event names, for the
+    /// membership check of a join that comes before MongoDB has them.
+    fn note_conversation(&self, payload: &[u8]) {
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Created {
+            #[serde(rename = "_id")]
+            id: String,
+            participant_ids: Vec<String>,
+        }
+        let Some(c) = natter_shared::v1::event::data_of::<Created>(payload) else { return };
+        let ids: Option<Vec<_>> = c.participant_ids.iter().map(|p| natter_shared::ids::parse_oid(p)).collect();
+        if let (Some(id), Some(ids)) = (natter_shared::ids::parse_oid(&c.id), ids) {
+            self.membership.note_conversation(id, ids);
+        }
+    }
+
     async fn run(self, mut sub: async_nats::Subscriber, stop: CancellationToken) {
         loop {
             let msg = tokio::select! {
@@ -364,6 +386,9 @@ impl FanOut {
             && let Some(room) = &head.room
         {
             self.recent.relayed(room, &payload);
+        }
+        if head.kind == "conversation_created" {
+            self.note_conversation(&payload);
         }
         let targets: Vec<Sink> = lock(&self.sinks).values().cloned().collect();
         metrics::counter!("natter_events_delivered_total").increment(targets.len() as u64);

@@ -13,6 +13,7 @@ mod attachments;
 mod audit;
 mod authorization;
 mod bad_input;
+mod browser;
 mod catchup;
 mod fuzz;
 mod groups;

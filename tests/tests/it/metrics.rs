@@ -59,7 +59,9 @@ async fn metrics_move_with_the_pipeline() {
     let text = scrape(&edge_url).await;
     let sent = [("request", "send_message"), ("outcome", "ok")];
     assert_eq!(sample(&text, "natter_requests_total", &sent), Some(5.0), "{text}");
-    assert!(sample(&text, "natter_requests_total", &[("request", "join_group"), ("outcome", "not_a_member")]) == Some(1.0));
+    assert!(
+        sample(&text, "natter_requests_total", &[("request", "join_group"), ("outcome", "not_a_member")]) == Some(1.0)
+    );
     let stored = [("action", "send_message"), ("outcome", "stored")];
     assert_eq!(sample(&text, "natter_commands_published_total", &stored), Some(5.0));
     assert!(sample(&text, "natter_puback_seconds_count", &[]).unwrap_or(0.0) >= 6.0, "5 sends and the conversation");
