@@ -10,6 +10,8 @@
 #           edge serves at / (/vendor/socket.io.min.js), via npm ci
 #   chromium, chromium-driver  (with --browser) Debian's, for the browser
 #           test (apt)
+#   docker-compose  (with --deploy) Debian's, with PyYAML: the test suite
+#           validates compose.yaml and the manifests in deploy/ (apt)
 # Idempotent: does nothing that is already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,12 +24,14 @@ S3S_FS_VERSION="0.14.1"
 want_s3=0
 want_node=0
 want_browser=0
+want_deploy=0
 for arg in "$@"; do
   case "$arg" in
     --s3) want_s3=1 ;;
     --node) want_node=1 ;;
     --browser) want_browser=1 ;;
-    *) echo "usage: $0 [--s3] [--node] [--browser]" >&2; exit 2 ;;
+    --deploy) want_deploy=1 ;;
+    *) echo "usage: $0 [--s3] [--node] [--browser] [--deploy]" >&2; exit 2 ;;
   esac
 done
 
@@ -66,4 +70,9 @@ fi
 if [ "$want_browser" = 1 ] && { ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; }; then
   echo "install: chromium and chromium-driver (apt, a few minutes)"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
+
+if [ "$want_deploy" = 1 ] && { ! command -v docker-compose >/dev/null 2>&1 || ! /usr/bin/python3 -c "import yaml" 2>/dev/null; }; then
+  echo "install: docker-compose and python3-yaml (apt)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose python3-yaml >/dev/null
 fi

@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-./infra/install.sh --s3 --node --browser
+./infra/install.sh --s3 --node --browser --deploy
 cargo fmt --all -- --check
 cargo build --workspace --bins --tests --quiet
 cargo clippy --workspace --all-targets --quiet -- -D warnings

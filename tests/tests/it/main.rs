@@ -15,6 +15,7 @@ mod authorization;
 mod bad_input;
 mod browser;
 mod catchup;
+mod deploy;
 mod fuzz;
 mod groups;
 mod hardening;
