@@ -25,6 +25,7 @@ fn is_false(b: &bool) -> bool {
 /// A message's `messageType`: what clients send (`text`, `image`,
 /// `document`) and `system`, which only the server writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum MessageType {
     Text,
@@ -57,6 +58,7 @@ impl From<crate::v1::client::ClientMessageType> for MessageType {
 
 /// A message's status as its sender sees it, in the order it moves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum MessageStatus {
     Sent,
@@ -76,6 +78,7 @@ impl MessageStatus {
 
 /// A group's `type`, as the module's schema enumerated it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum GroupType {
     Department,
@@ -246,6 +249,7 @@ impl ConversationDoc {
 
 /// Who may do what in a group, as lists of roles (the module's schema).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Permissions {
     #[serde(default = "admin_only")]
@@ -473,6 +477,7 @@ pub fn attachment_url(id: &str) -> String {
 /// An attachment as the module showed it (`id, url, type, name, size,
 /// uploadedAt`), inside messages and in `file_upload_response`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct AttachmentView {
     pub id: String,
@@ -518,6 +523,7 @@ fn attachment_json(d: &Document) -> serde_json::Value {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct MessageView {
     #[serde(rename = "_id")]
@@ -624,6 +630,7 @@ impl From<&MessageDoc> for MessageView {
 /// `lastMessageId` on the wire: the id, or the message itself where the
 /// module populated it (the lists).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(untagged)]
 pub enum LastMessage {
     Id(String),
@@ -639,6 +646,7 @@ fn last(id: Option<ObjectId>, populated: Option<&MessageDoc>, receipts: Receipts
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ConversationView {
     #[serde(rename = "_id")]
@@ -665,6 +673,7 @@ impl ConversationView {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct GroupView {
     #[serde(rename = "_id")]
@@ -707,6 +716,7 @@ impl GroupView {
 
 /// A page of history, as `GET .../messages` returns it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct MessagePage {
     pub messages: Vec<MessageView>,

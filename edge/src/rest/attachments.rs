@@ -14,6 +14,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use natter_shared::model::AttachmentView;
+use natter_shared::v1::server::{ErrorReply, PendingReply};
 use std::sync::Arc;
 
 type St = State<Arc<EdgeState>>;
@@ -50,6 +51,16 @@ fn multipart_error(e: axum::extract::multipart::MultipartError) -> ChatError {
 /// (optional), `filename=`, and `type=` (or the `Content-Type`). Multipart:
 /// the fields `conversationId`/`groupId` (optional) and `type` (optional)
 /// before the `file` part, whose file name and content type are used.
+#[utoipa::path(
+    post,
+    path = "/api/chat/attachments",
+    tag = "attachments",
+    summary = "Upload a file: multipart (fields conversationId or groupId, type, then file) or a raw body",
+    params(("conversationId" = Option<String>, Query), ("groupId" = Option<String>, Query), ("filename" = Option<String>, Query, description = "raw body: required"), ("type" = Option<String>, Query)),
+    request_body(content = Vec<u8>, content_type = "multipart/form-data"),
+    responses((status = 201, body = AttachmentView), (status = 202, description = "staged, not checked yet", body = PendingReply), (status = 413, description = "file_too_large", body = ErrorReply), (status = 422, description = "the file was refused (its code)", body = ErrorReply), (status = 400, description = "invalid_payload", body = ErrorReply), (status = 401, description = "missing, invalid or expired token", body = ErrorReply), (status = 429, description = "rate_limited", body = ErrorReply), (status = 503, description = "unavailable", body = ErrorReply)),
+    security(("bearer" = []))
+)]
 pub async fn upload(
     State(st): St,
     AuthUser(who): AuthUser,
@@ -142,6 +153,15 @@ async fn serve(st: &EdgeState, key: &str, name: &str, kind: &str) -> Result<Resp
 }
 
 /// `GET /api/chat/attachments/:id`
+#[utoipa::path(
+    get,
+    path = "/api/chat/attachments/{id}",
+    tag = "attachments",
+    summary = "Download an attachment: a redirect to a short-lived URL, or the bytes (ATTACHMENT_DOWNLOAD=proxy)",
+    params(("id" = String, Path, description = "attachment id (24 hex)")),
+    responses((status = 302, description = "to a presigned URL"), (status = 200, description = "the file"), (status = 404, description = "not_found", body = ErrorReply), (status = 400, description = "invalid_payload", body = ErrorReply), (status = 401, description = "missing, invalid or expired token", body = ErrorReply), (status = 429, description = "rate_limited", body = ErrorReply), (status = 503, description = "unavailable", body = ErrorReply)),
+    security(("bearer" = []))
+)]
 pub async fn download(State(st): St, AuthUser(who): AuthUser, Path(id): Path<String>) -> Result<Response, ChatError> {
     let a = attachments::downloadable(&st, &who, &id).await?;
     let key = a.key.clone().ok_or(ChatError::NotFound("attachment"))?;
@@ -152,6 +172,15 @@ pub async fn download(State(st): St, AuthUser(who): AuthUser, Path(id): Path<Str
 }
 
 /// `GET /api/chat/attachments/:id/thumbnail`
+#[utoipa::path(
+    get,
+    path = "/api/chat/attachments/{id}/thumbnail",
+    tag = "attachments",
+    summary = "An image attachment's thumbnail (PNG)",
+    params(("id" = String, Path, description = "attachment id (24 hex)")),
+    responses((status = 302, description = "to a presigned URL"), (status = 200, description = "the thumbnail"), (status = 404, description = "not_found", body = ErrorReply), (status = 400, description = "invalid_payload", body = ErrorReply), (status = 401, description = "missing, invalid or expired token", body = ErrorReply), (status = 429, description = "rate_limited", body = ErrorReply), (status = 503, description = "unavailable", body = ErrorReply)),
+    security(("bearer" = []))
+)]
 pub async fn thumbnail(State(st): St, AuthUser(who): AuthUser, Path(id): Path<String>) -> Result<Response, ChatError> {
     let a = attachments::downloadable(&st, &who, &id).await?;
     let key = a.thumbnail_key.clone().ok_or(ChatError::NotFound("thumbnail"))?;

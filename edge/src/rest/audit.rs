@@ -19,6 +19,7 @@ use natter_export::{self as export, Format, Row};
 use natter_shared::audit::{self, AuditView, Filter};
 use natter_shared::auth::Identity;
 use natter_shared::ids::{RoomKind, RoomRef};
+use natter_shared::v1::server::ErrorReply;
 use serde::Serialize;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -55,7 +56,7 @@ fn format(q: Option<&str>) -> Result<Format, ChatError> {
     Format::parse(&f).ok_or_else(|| ChatError::InvalidPayload("format must be pdf, csv or json".into()))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LogsPage {
     logs: Vec<AuditView>,
@@ -71,6 +72,15 @@ pub struct LogsPage {
 /// `GET /api/chat/audit/logs`: newest first. `before=<chainSeq>` continues
 /// after a page's last record without skipping; whatever the trail's
 /// length, a page reads a bounded number of its pages.
+#[utoipa::path(
+    get,
+    path = "/api/chat/audit/logs",
+    tag = "audit",
+    summary = "A page of the audit trail, newest first (Admin)",
+    params(("page" = Option<u64>, Query, description = "page, from 1"), ("limit" = Option<u64>, Query, description = "page size, at most 100"), ("action" = Option<String>, Query), ("actor" = Option<String>, Query), ("conversationId" = Option<String>, Query), ("groupId" = Option<String>, Query), ("target" = Option<String>, Query), ("from" = Option<String>, Query, description = "ISO 8601"), ("to" = Option<String>, Query, description = "ISO 8601"), ("before" = Option<i64>, Query, description = "only records before this chainSeq")),
+    responses((status = 200, body = LogsPage), (status = 403, description = "forbidden", body = ErrorReply), (status = 400, description = "invalid_payload", body = ErrorReply), (status = 401, description = "missing, invalid or expired token", body = ErrorReply), (status = 429, description = "rate_limited", body = ErrorReply), (status = 503, description = "unavailable", body = ErrorReply)),
+    security(("bearer" = []))
+)]
 pub async fn logs(State(st): St, AuthUser(who): AuthUser, RawQuery(q): RawQuery) -> Result<Json<LogsPage>, ChatError> {
     admin(&who)?;
     let filter = filter(q.as_deref())?;
@@ -138,6 +148,15 @@ fn spawn_export<T: Row + Send + 'static, S>(
 }
 
 /// `GET /api/chat/audit/export?format=pdf|csv|json` with the logs' filters.
+#[utoipa::path(
+    get,
+    path = "/api/chat/audit/export",
+    tag = "audit",
+    summary = "The audit trail as a file, streamed (Admin)",
+    params(("format" = Option<String>, Query, description = "csv (default), json or pdf"), ("action" = Option<String>, Query), ("actor" = Option<String>, Query), ("conversationId" = Option<String>, Query), ("groupId" = Option<String>, Query), ("target" = Option<String>, Query), ("from" = Option<String>, Query, description = "ISO 8601"), ("to" = Option<String>, Query, description = "ISO 8601")),
+    responses((status = 200, description = "the export, as text/csv, application/json or application/pdf"), (status = 403, description = "forbidden", body = ErrorReply), (status = 400, description = "invalid_payload", body = ErrorReply), (status = 401, description = "missing, invalid or expired token", body = ErrorReply), (status = 429, description = "rate_limited", body = ErrorReply), (status = 503, description = "unavailable", body = ErrorReply)),
+    security(("bearer" = []))
+)]
 pub async fn export_logs(State(st): St, AuthUser(who): AuthUser, RawQuery(q): RawQuery) -> Result<Response, ChatError> {
     admin(&who)?;
     let f = filter(q.as_deref())?;
@@ -177,6 +196,15 @@ async fn export_room(st: &EdgeState, who: &Identity, room: RoomRef, q: Option<&s
 }
 
 /// `GET /api/chat/conversations/:id/export?format=...`
+#[utoipa::path(
+    get,
+    path = "/api/chat/conversations/{id}/export",
+    tag = "audit",
+    summary = "A conversation's history as a file (Admin)",
+    params(("id" = String, Path, description = "conversation id (24 hex)"), ("format" = Option<String>, Query, description = "csv (default), json or pdf")),
+    responses((status = 200, description = "the export"), (status = 403, description = "forbidden", body = ErrorReply), (status = 400, description = "invalid_payload", body = ErrorReply), (status = 401, description = "missing, invalid or expired token", body = ErrorReply), (status = 429, description = "rate_limited", body = ErrorReply), (status = 503, description = "unavailable", body = ErrorReply)),
+    security(("bearer" = []))
+)]
 pub async fn export_conversation(
     State(st): St,
     AuthUser(who): AuthUser,
@@ -188,6 +216,15 @@ pub async fn export_conversation(
 }
 
 /// `GET /api/chat/groups/:id/export?format=...`
+#[utoipa::path(
+    get,
+    path = "/api/chat/groups/{id}/export",
+    tag = "audit",
+    summary = "A group's history as a file (Admin)",
+    params(("id" = String, Path, description = "group id (24 hex)"), ("format" = Option<String>, Query, description = "csv (default), json or pdf")),
+    responses((status = 200, description = "the export"), (status = 403, description = "forbidden", body = ErrorReply), (status = 400, description = "invalid_payload", body = ErrorReply), (status = 401, description = "missing, invalid or expired token", body = ErrorReply), (status = 429, description = "rate_limited", body = ErrorReply), (status = 503, description = "unavailable", body = ErrorReply)),
+    security(("bearer" = []))
+)]
 pub async fn export_group(
     State(st): St,
     AuthUser(who): AuthUser,

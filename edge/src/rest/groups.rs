@@ -13,6 +13,7 @@ use axum::http::StatusCode;
 use natter_shared::ids::{RoomKind, UserId};
 use natter_shared::model::{GroupView, MessagePage, Permissions};
 use natter_shared::v1::command::UpdateGroupCmd;
+use natter_shared::v1::server::{ErrorReply, PendingReply};
 use serde::Deserialize;
 use std::sync::Arc;
 
@@ -20,6 +21,15 @@ type St = State<Arc<EdgeState>>;
 
 use natter_shared::model::{GroupType, MAX_GROUP_NAME, MAX_GROUP_TEXT, MAX_INITIAL_MEMBERS};
 
+#[utoipa::path(
+    get,
+    path = "/api/chat/groups",
+    tag = "groups",
+    summary = "The caller's groups, most recent activity first",
+    params(("page" = Option<u64>, Query, description = "page, from 1"), ("limit" = Option<u64>, Query, description = "page size, at most 100")),
+    responses((status = 200, body = Vec<GroupView>), (status = 400, description = "invalid_payload", body = ErrorReply), (status = 401, description = "missing, invalid or expired token", body = ErrorReply), (status = 429, description = "rate_limited", body = ErrorReply), (status = 503, description = "unavailable", body = ErrorReply)),
+    security(("bearer" = []))
+)]
 pub async fn list(
     State(st): St,
     AuthUser(who): AuthUser,
@@ -31,7 +41,7 @@ pub async fn list(
     Ok(Json(groups.iter().map(|g| GroupView::new(g, g.last_message_id.and_then(|id| last.get(&id)))).collect()))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CreateBody {
     name: String,
@@ -71,6 +81,15 @@ fn user_id(s: &str) -> Result<UserId, ChatError> {
     s.parse().map_err(ChatError::InvalidPayload)
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/chat/groups",
+    tag = "groups",
+    summary = "Create a group (Admin)",
+    request_body = CreateBody,
+    responses((status = 201, body = GroupView), (status = 202, description = "stored, not applied yet", body = PendingReply), (status = 403, description = "forbidden", body = ErrorReply), (status = 400, description = "invalid_payload", body = ErrorReply), (status = 401, description = "missing, invalid or expired token", body = ErrorReply), (status = 429, description = "rate_limited", body = ErrorReply), (status = 503, description = "unavailable", body = ErrorReply)),
+    security(("bearer" = []))
+)]
 pub async fn create(
     State(st): St,
     AuthUser(who): AuthUser,
@@ -100,6 +119,15 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(GroupView::new(&created, None))))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/chat/groups/{id}",
+    tag = "groups",
+    summary = "One group the caller may see",
+    params(("id" = String, Path, description = "group id (24 hex)")),
+    responses((status = 200, body = GroupView), (status = 404, description = "not_found", body = ErrorReply), (status = 400, description = "invalid_payload", body = ErrorReply), (status = 401, description = "missing, invalid or expired token", body = ErrorReply), (status = 429, description = "rate_limited", body = ErrorReply), (status = 503, description = "unavailable", body = ErrorReply)),
+    security(("bearer" = []))
+)]
 pub async fn get_one(
     State(st): St,
     AuthUser(who): AuthUser,
@@ -109,7 +137,7 @@ pub async fn get_one(
     Ok(Json(GroupView::new(&g, None)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UpdateBody {
     #[serde(default)]
@@ -124,6 +152,16 @@ pub struct UpdateBody {
     permissions: Option<Permissions>,
 }
 
+#[utoipa::path(
+    patch,
+    path = "/api/chat/groups/{id}",
+    tag = "groups",
+    summary = "Update a group (Admin)",
+    params(("id" = String, Path, description = "group id (24 hex)")),
+    request_body = UpdateBody,
+    responses((status = 200, body = GroupView), (status = 403, description = "forbidden", body = ErrorReply), (status = 400, description = "invalid_payload", body = ErrorReply), (status = 401, description = "missing, invalid or expired token", body = ErrorReply), (status = 429, description = "rate_limited", body = ErrorReply), (status = 503, description = "unavailable", body = ErrorReply)),
+    security(("bearer" = []))
+)]
 pub async fn update(
     State(st): St,
     AuthUser(who): AuthUser,
@@ -151,6 +189,15 @@ pub async fn update(
     Ok(Json(GroupView::new(&g, None)))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/chat/groups/{id}",
+    tag = "groups",
+    summary = "Delete a group (Admin)",
+    params(("id" = String, Path, description = "group id (24 hex)")),
+    responses((status = 200, body = GroupView), (status = 403, description = "forbidden", body = ErrorReply), (status = 400, description = "invalid_payload", body = ErrorReply), (status = 401, description = "missing, invalid or expired token", body = ErrorReply), (status = 429, description = "rate_limited", body = ErrorReply), (status = 503, description = "unavailable", body = ErrorReply)),
+    security(("bearer" = []))
+)]
 pub async fn remove(
     State(st): St,
     AuthUser(who): AuthUser,
@@ -160,12 +207,22 @@ pub async fn remove(
     Ok(Json(GroupView::new(&g, None)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MemberBody {
     user_id: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/chat/groups/{id}/members",
+    tag = "groups",
+    summary = "Add a member",
+    params(("id" = String, Path, description = "group id (24 hex)")),
+    request_body = MemberBody,
+    responses((status = 201, body = GroupView), (status = 403, description = "forbidden", body = ErrorReply), (status = 400, description = "invalid_payload", body = ErrorReply), (status = 401, description = "missing, invalid or expired token", body = ErrorReply), (status = 429, description = "rate_limited", body = ErrorReply), (status = 503, description = "unavailable", body = ErrorReply)),
+    security(("bearer" = []))
+)]
 pub async fn add_member(
     State(st): St,
     AuthUser(who): AuthUser,
@@ -177,6 +234,15 @@ pub async fn add_member(
     Ok((StatusCode::CREATED, Json(GroupView::new(&g, None))))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/chat/groups/{id}/members/{user_id}",
+    tag = "groups",
+    summary = "Remove a member",
+    params(("id" = String, Path, description = "group id (24 hex)"), ("user_id" = String, Path, description = "the member's user id")),
+    responses((status = 200, body = GroupView), (status = 403, description = "forbidden", body = ErrorReply), (status = 400, description = "invalid_payload", body = ErrorReply), (status = 401, description = "missing, invalid or expired token", body = ErrorReply), (status = 429, description = "rate_limited", body = ErrorReply), (status = 503, description = "unavailable", body = ErrorReply)),
+    security(("bearer" = []))
+)]
 pub async fn remove_member(
     State(st): St,
     AuthUser(who): AuthUser,
@@ -186,6 +252,15 @@ pub async fn remove_member(
     Ok(Json(GroupView::new(&g, None)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/chat/groups/{id}/leave",
+    tag = "groups",
+    summary = "Leave a group",
+    params(("id" = String, Path, description = "group id (24 hex)")),
+    responses((status = 201, body = GroupView), (status = 403, description = "not_a_member", body = ErrorReply), (status = 400, description = "invalid_payload", body = ErrorReply), (status = 401, description = "missing, invalid or expired token", body = ErrorReply), (status = 429, description = "rate_limited", body = ErrorReply), (status = 503, description = "unavailable", body = ErrorReply)),
+    security(("bearer" = []))
+)]
 pub async fn leave(
     State(st): St,
     AuthUser(who): AuthUser,
@@ -195,6 +270,15 @@ pub async fn leave(
     Ok((StatusCode::CREATED, Json(GroupView::new(&g, None))))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/chat/groups/{id}/messages",
+    tag = "groups",
+    summary = "A page of the history, oldest first within the page",
+    params(("id" = String, Path, description = "group id (24 hex)"), ("page" = Option<u64>, Query, description = "page from the newest, from 1"), ("limit" = Option<u64>, Query, description = "messages per page (50), at most 100"), ("before" = Option<i64>, Query, description = "only messages with a lower seq (wins over page)")),
+    responses((status = 200, body = MessagePage), (status = 403, description = "not_a_member", body = ErrorReply), (status = 400, description = "invalid_payload", body = ErrorReply), (status = 401, description = "missing, invalid or expired token", body = ErrorReply), (status = 429, description = "rate_limited", body = ErrorReply), (status = 503, description = "unavailable", body = ErrorReply)),
+    security(("bearer" = []))
+)]
 pub async fn messages(
     State(st): St,
     AuthUser(who): AuthUser,

@@ -10,6 +10,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use natter_shared::ids::RoomRef;
 use natter_shared::model::MessageView;
+use natter_shared::v1::server::ErrorReply;
 use std::sync::Arc;
 
 type St = State<Arc<EdgeState>>;
@@ -24,6 +25,15 @@ async fn reread(st: &EdgeState, id: &str, room: &RoomRef) -> Result<MessageView,
     Ok(cursors.receipts().view(&m))
 }
 
+#[utoipa::path(
+    patch,
+    path = "/api/chat/messages/{id}/read",
+    tag = "messages",
+    summary = "Mark the room read up to a message",
+    params(("id" = String, Path, description = "message id (24 hex)")),
+    responses((status = 200, description = "read: {messageId, seq}"), (status = 404, description = "not_found", body = ErrorReply), (status = 400, description = "invalid_payload", body = ErrorReply), (status = 401, description = "missing, invalid or expired token", body = ErrorReply), (status = 429, description = "rate_limited", body = ErrorReply), (status = 503, description = "unavailable", body = ErrorReply)),
+    security(("bearer" = []))
+)]
 pub async fn read(
     State(st): St,
     AuthUser(who): AuthUser,
@@ -33,6 +43,15 @@ pub async fn read(
     Ok(Json(reread(&st, &id, &room).await?))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/chat/messages/{id}",
+    tag = "messages",
+    summary = "Delete a message (its sender, or who the room allows)",
+    params(("id" = String, Path, description = "message id (24 hex)")),
+    responses((status = 200, description = "deleted: {messageId, seq}"), (status = 403, description = "forbidden", body = ErrorReply), (status = 404, description = "not_found", body = ErrorReply), (status = 400, description = "invalid_payload", body = ErrorReply), (status = 401, description = "missing, invalid or expired token", body = ErrorReply), (status = 429, description = "rate_limited", body = ErrorReply), (status = 503, description = "unavailable", body = ErrorReply)),
+    security(("bearer" = []))
+)]
 pub async fn remove(
     State(st): St,
     AuthUser(who): AuthUser,

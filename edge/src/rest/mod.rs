@@ -6,6 +6,7 @@ pub mod conversations;
 pub mod groups;
 pub mod limit;
 pub mod messages;
+pub mod openapi;
 pub mod paging;
 pub mod presence;
 
@@ -45,6 +46,7 @@ pub fn router(st: Arc<EdgeState>) -> Router<Arc<EdgeState>> {
         .route("/api/chat/attachments/{id}/thumbnail", get(attachments::thumbnail));
     routes
         .route_layer(axum::middleware::from_fn(crate::meta::rest))
+        .route("/api/openapi.json", get(openapi::serve))
         .route_layer(axum::middleware::from_fn_with_state((st, Arc::new(limit::RestLimits::default())), limit::limit))
 }
 

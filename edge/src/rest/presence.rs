@@ -9,10 +9,20 @@ use axum::Json;
 use axum::extract::{RawQuery, State};
 use natter_shared::ids::UserId;
 use natter_shared::v1::event::UserPresence;
+use natter_shared::v1::server::ErrorReply;
 use std::sync::Arc;
 
 const MAX_USERS: usize = 500;
 
+#[utoipa::path(
+    get,
+    path = "/api/chat/presence",
+    tag = "presence",
+    summary = "Presence of the listed users who are the caller's contacts",
+    params(("userIds" = String, Query, description = "comma-separated user ids, at most 500")),
+    responses((status = 200, body = Vec<UserPresence>), (status = 400, description = "invalid_payload", body = ErrorReply), (status = 401, description = "missing, invalid or expired token", body = ErrorReply), (status = 429, description = "rate_limited", body = ErrorReply), (status = 503, description = "unavailable", body = ErrorReply)),
+    security(("bearer" = []))
+)]
 pub async fn get(
     State(st): State<Arc<EdgeState>>,
     AuthUser(who): AuthUser,

@@ -59,6 +59,7 @@ pub struct AuditFact {
 
 /// What became of a command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum FactStatus {
     Applied,
@@ -270,6 +271,7 @@ impl AuditRecord {
 
 /// A record on the wire (logs API and exports).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct AuditView {
     pub seq: i64,

@@ -267,6 +267,7 @@ pub struct UserTyping {
 /// `user_online` / `user_offline`, and each entry of
 /// `GET /api/chat/presence`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct UserPresence {
     pub user_id: String,

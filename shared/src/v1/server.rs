@@ -93,6 +93,7 @@ pub enum Ack {
 /// A REST error body, and a Socket.IO acknowledgement of a refused event:
 /// `{"error": {"code", "message"}}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorReply {
     pub error: ErrorBody,
 }
@@ -124,12 +125,14 @@ pub struct CodeOnly {
 /// REST's 202 answer to a command stored but not applied within the
 /// wait: `{"status": "pending", "seq"}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PendingReply {
     pub status: PendingStatus,
     pub seq: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum PendingStatus {
     Pending,

@@ -301,3 +301,19 @@ async fn every_published_shape_matches_the_snapshot() {
         panic!("the published shapes changed (NATTER_UPDATE_SNAPSHOTS=1 records them):\n{}", diff.join("\n"));
     }
 }
+
+/// The running edge serves the REST API's OpenAPI document, and it is
+/// `docs/openapi.json` (the edge's unit tests keep that file equal to what
+/// the handlers generate).
+#[tokio::test]
+async fn the_edge_serves_the_openapi_document() {
+    let mut app = TestApp::new().await;
+    let e = app.start_edge().await;
+    let served = reqwest::get(format!("http://{e}/api/openapi.json")).await.unwrap();
+    assert_eq!(served.status().as_u16(), 200);
+    let served: Value = served.json().await.unwrap();
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/openapi.json");
+    let snapshot: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert_eq!(served, snapshot);
+    assert!(served["paths"]["/api/chat/conversations/{id}/messages"]["get"].is_object());
+}
