@@ -8,6 +8,7 @@ use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::Response;
 use natter_shared::v1::command::RequestMeta;
+use tracing::Instrument;
 
 tokio::task_local! {
     static REQUEST: RequestMeta;
@@ -59,14 +60,25 @@ pub async fn scope<F: std::future::Future>(meta: RequestMeta, fut: F) -> F::Outp
 /// Axum middleware for the REST routes.
 pub async fn rest(req: Request, next: Next) -> Response {
     let route = req.extensions().get::<MatchedPath>().map(|p| format!("{} {}", req.method(), p.as_str()));
+    let given = natter_shared::v1::command::caller_trace_id(
+        req.headers().get("traceparent").and_then(|v| v.to_str().ok()),
+        req.headers().get("x-request-id").and_then(|v| v.to_str().ok()),
+    );
+    let trace_id = given.unwrap_or_else(natter_shared::v1::command::new_trace_id);
+    let span = tracing::info_span!("request", trace_id = %trace_id, route = route.as_deref().unwrap_or(""));
     let meta = RequestMeta {
         via: "rest".into(),
         user_agent: header(req.headers(), header::USER_AGENT),
         origin: header(req.headers(), header::ORIGIN),
         route,
+        trace_id: Some(trace_id.clone()),
         ..Default::default()
     };
-    scope(meta, next.run(req)).await
+    let mut resp = scope(meta, next.run(req)).instrument(span).await;
+    if let Ok(v) = axum::http::HeaderValue::from_str(&trace_id) {
+        resp.headers_mut().insert("x-trace-id", v);
+    }
+    resp
 }
 
 /// The `Origin` check of a WebSocket or Socket.IO handshake: absent (not a

@@ -168,14 +168,16 @@ impl Session {
     }
 
     fn meta(&self, rid: Option<&str>) -> RequestMeta {
-        RequestMeta { request_id: rid.map(str::to_string), ..self.meta.clone() }
+        let trace_id = Some(natter_shared::v1::command::new_trace_id());
+        RequestMeta { request_id: rid.map(str::to_string), trace_id, ..self.meta.clone() }
     }
 
     /// Applies one request; the answer is the data its ack carries.
     pub async fn request(&mut self, rid: Option<&str>, req: ClientRequest) -> Result<Ack, ChatError> {
         let meta = self.meta(rid);
         let name = req.name();
-        let answer = crate::meta::scope(meta, self.dispatch(req)).await;
+        let span = tracing::info_span!("request", trace_id = meta.trace_id.as_deref().unwrap_or(""), request = name);
+        let answer = tracing::Instrument::instrument(crate::meta::scope(meta, self.dispatch(req)), span).await;
         let outcome = match &answer {
             Ok(_) => "ok",
             Err(e) => e.code().as_str(),

@@ -44,6 +44,29 @@ pub struct RequestMeta {
     /// The REST method and route (`DELETE /api/chat/messages/{id}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route: Option<String>,
+    /// Follows one request through the pipeline: the edge's log lines of
+    /// the request, and the worker's of the command, carry it. From the
+    /// caller (`traceparent`'s trace id or `x-request-id`, on REST) or new.
+    /// Operational only: not in the audit record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+}
+
+/// A new trace id: 32 hex digits, unique across edges (an ObjectId's
+/// time, machine and counter, and the time's nanoseconds).
+pub fn new_trace_id() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    format!("{}{nanos:08x}", mongodb::bson::oid::ObjectId::new().to_hex())
+}
+
+/// A caller's trace id, if it is one we may log and store: 8 to 64 visible
+/// characters of `[0-9A-Za-z-_]`. A W3C `traceparent` gives its trace id.
+pub fn caller_trace_id(traceparent: Option<&str>, request_id: Option<&str>) -> Option<String> {
+    let from_parent = traceparent.and_then(|t| t.split('-').nth(1));
+    let ok = |s: &&str| {
+        (8..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    from_parent.filter(ok).or(request_id.filter(ok)).map(str::to_string)
 }
 
 impl RequestMeta {

@@ -88,3 +88,73 @@ async fn metrics_move_with_the_pipeline() {
     .await;
     assert!(text.contains("# TYPE natter_puback_seconds histogram"), "latencies are histograms");
 }
+
+/// The last command stored in the app's command stream, as JSON.
+async fn last_command(app: &TestApp) -> serde_json::Value {
+    let js = async_nats::jetstream::new(async_nats::connect(&app.nats_url).await.unwrap());
+    let subjects = natter_nats::Subjects::new(&app.name);
+    let mut stream = js.get_stream(subjects.cmd_stream()).await.unwrap();
+    let last = stream.info().await.unwrap().state.last_sequence;
+    let m = stream.get_raw_message(last).await.unwrap();
+    serde_json::from_slice(&m.payload).unwrap()
+}
+
+/// A trace id follows a request into the command the edge stores (and so
+/// into the worker's log lines of it): the caller's W3C `traceparent`, or
+/// a new one per socket request; REST answers say which.
+#[tokio::test]
+async fn a_trace_id_follows_a_request_into_its_command() {
+    let mut app = TestApp::new().await;
+    let edge = app.start_edge().await;
+    app.start_worker();
+    let (a, b) = (app.user(), app.user());
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let resp = app
+        .http()
+        .post(format!("http://{edge}/api/chat/conversations/with-user"))
+        .bearer_auth(app.token(a, &[]))
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .json(&json!({"userId": b.hex()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 201);
+    assert_eq!(resp.headers()["x-trace-id"], trace);
+    let conv = resp.json::<serde_json::Value>().await.unwrap()["_id"].as_str().unwrap().to_string();
+    let cmd = last_command(&app).await;
+    assert_eq!(
+        (cmd["command"]["type"].as_str(), cmd["meta"]["traceId"].as_str()),
+        (Some("create_conversation"), Some(trace))
+    );
+    // Without one, the edge makes one.
+    let resp = app
+        .http()
+        .get(format!("http://{edge}/api/chat/conversations"))
+        .bearer_auth(app.token(a, &[]))
+        .send()
+        .await
+        .unwrap();
+    let made = resp.headers()["x-trace-id"].to_str().unwrap().to_string();
+    assert!(made.len() == 32 && made != trace, "{made}");
+
+    // A socket request: a new id each.
+    let mut ws = WsClient::connect(edge, &app.token(a, &[])).await;
+    let mut seen = std::collections::BTreeSet::new();
+    for i in 0..2 {
+        let r = ws.request("send_message", json!({"conversationId": conv, "content": format!("t{i}")})).await;
+        assert_eq!(r["type"], "ack");
+        let cmd = last_command(&app).await;
+        assert_eq!(cmd["command"]["content"], format!("t{i}"));
+        let id = cmd["meta"]["traceId"].as_str().unwrap().to_string();
+        assert_eq!(id.len(), 32);
+        seen.insert(id);
+    }
+    assert_eq!(seen.len(), 2, "one trace per request");
+    // Not part of the audit record's request metadata.
+    assert!(
+        natter_shared::v1::command::RequestMeta { trace_id: Some("x".into()), ..Default::default() }
+            .to_map()
+            .get("traceId")
+            .is_none()
+    );
+}

@@ -144,6 +144,12 @@ impl<M: Input> Batch<M> {
         for (i, (m, slot)) in self.msgs.iter().zip(&self.slots).enumerate() {
             let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
             let inc = slot.as_ref().ok().map(|k| &self.incoming[*k]);
+            // The request's trace id, on this command's log lines.
+            let trace_id = inc
+                .and_then(|i| i.msg.command())
+                .and_then(|e| e.meta.as_ref())
+                .and_then(|m| m.trace_id.clone())
+                .unwrap_or_default();
             let disposition = match slot {
                 Err(reason) => Disposition::Poison(reason.clone()),
                 Ok(_) => inc
@@ -160,7 +166,7 @@ impl<M: Input> Batch<M> {
                     (FactStatus::Applied, None, None)
                 }
                 Disposition::Refused { code, reason, .. } => {
-                    info!(seq, %reason, "command refused");
+                    info!(seq, %trace_id, %reason, "command refused");
                     (FactStatus::Refused, Some(reason), Some(code))
                 }
                 Disposition::Poison(reason) => {
@@ -172,6 +178,7 @@ impl<M: Input> Batch<M> {
             };
             metrics::counter!("natter_commands_total", "role" => role.to_string(), "outcome" => status.as_str())
                 .increment(1);
+            tracing::debug!(seq, %trace_id, status = status.as_str(), "command finished");
             // Answers go to a requester's inbox only: a command naming any
             // other subject must not make the worker publish there.
             if let Some(r) = inc.and_then(|inc| inc.msg.reply()).filter(|r| r.starts_with("_INBOX.")) {

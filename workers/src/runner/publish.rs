@@ -95,7 +95,13 @@ const HEADROOM: usize = 1024;
 /// the PubAck so nothing is terminated before it is kept.
 pub(super) async fn dead_letter(js: &jetstream::Context, subjects: &Subjects, role: &str, m: &Message, reason: &str) {
     let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
-    warn!(seq, %reason, "dead-lettering command");
+    #[derive(serde::Deserialize)]
+    struct Traced {
+        #[serde(default)]
+        meta: Option<natter_shared::v1::command::RequestMeta>,
+    }
+    let trace_id = serde_json::from_slice::<Traced>(&m.payload).ok().and_then(|t| t.meta?.trace_id).unwrap_or_default();
+    warn!(seq, %trace_id, %reason, "dead-lettering command");
     metrics::counter!("natter_dead_letters_total", "role" => role.to_string()).increment(1);
     let mut headers = async_nats::HeaderMap::new();
     // A header value cannot hold a line break.
