@@ -46,7 +46,90 @@ where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
 {
-    let staged = stage(st, who, room, filename, declared, body, wait).await;
+    let staged = async {
+        if st.s3.is_none() {
+            return Err(unconfigured());
+        }
+        if let Some(room) = &room {
+            chat::require_member(st, who, room).await?;
+        }
+        if filename.is_empty() || filename.len() > 1000 || declared.is_empty() || declared.len() > 200 {
+            return Err(ChatError::InvalidPayload("filename and type are required".into()));
+        }
+        if !st.uploads.admit(who.user) {
+            return Err(ChatError::RateLimited);
+        }
+        let limit = st.config.max_file_size;
+        let oid = ObjectId::new();
+        let id = oid.to_hex();
+        let seen = Arc::new(AtomicU64::new(0));
+        let over = Arc::new(AtomicBool::new(false));
+        let (s2, o2) = (seen.clone(), over.clone());
+        // Counts as it goes and fails the stream past the limit, so the staging
+        // put stops reading there.
+        let client_failed = Arc::new(AtomicBool::new(false));
+        let c2 = client_failed.clone();
+        let limited = body.map(move |chunk| {
+            let chunk = chunk.map_err(|e| {
+                c2.store(true, Ordering::Relaxed);
+                std::io::Error::other(e.to_string())
+            })?;
+            if s2.fetch_add(chunk.len() as u64, Ordering::Relaxed) + chunk.len() as u64 > limit {
+                o2.store(true, Ordering::Relaxed);
+                return Err(std::io::Error::other("file too large"));
+            }
+            Ok::<Bytes, std::io::Error>(chunk)
+        });
+        let mut reader = tokio_util::io::StreamReader::new(limited);
+        let meta = ObjectMetadata { name: id.clone(), ..Default::default() };
+        let put = st.staging.put(meta, &mut reader).await;
+        if over.load(Ordering::Relaxed) {
+            let _ = st.staging.delete(&id).await;
+            return Err(ChatError::Upload(ErrorCode::FileTooLarge, format!("files are limited to {limit} bytes")));
+        }
+        st.uploads.charge(who.user, seen.load(Ordering::Relaxed));
+        let info = match put {
+            Ok(i) => i,
+            Err(e) => {
+                let _ = st.staging.delete(&id).await;
+                if client_failed.load(Ordering::Relaxed) {
+                    return Err(ChatError::InvalidPayload(format!("upload interrupted: {e}")));
+                }
+                // The staging store is full (or NATS is away): nothing the
+                // client did; it may try again later.
+                tracing::warn!(error = %e, "upload not staged");
+                return Err(ChatError::Upload(
+                    ErrorCode::Unavailable,
+                    "uploads cannot be taken now; retry later".into(),
+                ));
+            }
+        };
+        if info.size == 0 {
+            let _ = st.staging.delete(&id).await;
+            return Err(ChatError::Upload(ErrorCode::EmptyFile, "the file is empty".into()));
+        }
+        let cmd = Command::UploadAttachment(UploadAttachmentCmd {
+            attachment_id: oid.into(),
+            room: RoomFields::of_optional(room.as_ref()),
+            filename: filename.to_string(),
+            declared_type: declared.to_string(),
+            size: info.size as u64,
+        });
+        let msg_id = format!("upl:{id}");
+        if !wait {
+            let seq = chat::submit(st, who, cmd, &msg_id).await?;
+            return Ok(Staged { id, seq, record: None });
+        }
+        let seq = chat::submit_and_wait(st, who, cmd, &msg_id).await?;
+        let oid = chat::oid(&id, "attachmentId")?;
+        let record = st.store.attachment(oid).await?.ok_or(ChatError::Pending { seq })?;
+        if !record.accepted() {
+            let code = record.code.as_deref().and_then(ErrorCode::parse).unwrap_or(ErrorCode::Refused);
+            return Err(ChatError::Upload(code, record.reason.clone().unwrap_or_default()));
+        }
+        Ok(Staged { id, seq, record: Some(record) })
+    }
+    .await;
     let outcome = match &staged {
         Ok(_) => "staged",
         Err(e) => e.code().as_str(),
@@ -56,99 +139,6 @@ where
     }
     metrics::counter!("natter_uploads_total", "outcome" => outcome).increment(1);
     staged
-}
-
-async fn stage<S, E>(
-    st: &Core,
-    who: &Identity,
-    room: Option<RoomRef>,
-    filename: &str,
-    declared: &str,
-    body: S,
-    wait: bool,
-) -> Result<Staged, ChatError>
-where
-    S: Stream<Item = Result<Bytes, E>> + Unpin,
-    E: std::fmt::Display,
-{
-    if st.s3.is_none() {
-        return Err(unconfigured());
-    }
-    if let Some(room) = &room {
-        chat::require_member(st, who, room).await?;
-    }
-    if filename.is_empty() || filename.len() > 1000 || declared.is_empty() || declared.len() > 200 {
-        return Err(ChatError::InvalidPayload("filename and type are required".into()));
-    }
-    if !st.uploads.admit(who.user) {
-        return Err(ChatError::RateLimited);
-    }
-    let limit = st.config.max_file_size;
-    let oid = ObjectId::new();
-    let id = oid.to_hex();
-    let seen = Arc::new(AtomicU64::new(0));
-    let over = Arc::new(AtomicBool::new(false));
-    let (s2, o2) = (seen.clone(), over.clone());
-    // Counts as it goes and fails the stream past the limit, so the staging
-    // put stops reading there.
-    let client_failed = Arc::new(AtomicBool::new(false));
-    let c2 = client_failed.clone();
-    let limited = body.map(move |chunk| {
-        let chunk = chunk.map_err(|e| {
-            c2.store(true, Ordering::Relaxed);
-            std::io::Error::other(e.to_string())
-        })?;
-        if s2.fetch_add(chunk.len() as u64, Ordering::Relaxed) + chunk.len() as u64 > limit {
-            o2.store(true, Ordering::Relaxed);
-            return Err(std::io::Error::other("file too large"));
-        }
-        Ok::<Bytes, std::io::Error>(chunk)
-    });
-    let mut reader = tokio_util::io::StreamReader::new(limited);
-    let meta = ObjectMetadata { name: id.clone(), ..Default::default() };
-    let put = st.staging.put(meta, &mut reader).await;
-    if over.load(Ordering::Relaxed) {
-        let _ = st.staging.delete(&id).await;
-        return Err(ChatError::Upload(ErrorCode::FileTooLarge, format!("files are limited to {limit} bytes")));
-    }
-    st.uploads.charge(who.user, seen.load(Ordering::Relaxed));
-    let info = match put {
-        Ok(i) => i,
-        Err(e) => {
-            let _ = st.staging.delete(&id).await;
-            if client_failed.load(Ordering::Relaxed) {
-                return Err(ChatError::InvalidPayload(format!("upload interrupted: {e}")));
-            }
-            // The staging store is full (or NATS is away): nothing the
-            // client did; it may try again later.
-            tracing::warn!(error = %e, "upload not staged");
-            return Err(ChatError::Upload(ErrorCode::Unavailable, "uploads cannot be taken now; retry later".into()));
-        }
-    };
-    if info.size == 0 {
-        let _ = st.staging.delete(&id).await;
-        return Err(ChatError::Upload(ErrorCode::EmptyFile, "the file is empty".into()));
-    }
-    let cmd = Command::UploadAttachment(UploadAttachmentCmd {
-        attachment_id: oid.into(),
-        room: RoomFields::of_optional(room.as_ref()),
-        filename: filename.to_string(),
-        declared_type: declared.to_string(),
-        size: info.size as u64,
-    });
-    let msg_id = format!("upl:{id}");
-    if !wait {
-        let seq = chat::submit(st, who, cmd, &msg_id).await?;
-        return Ok(Staged { id, seq, record: None });
-    }
-    let seq = chat::submit_and_wait(st, who, cmd, &msg_id).await?;
-    let oid = chat::oid(&id, "attachmentId")?;
-    let record = st.store.attachment(oid).await?.ok_or(ChatError::Pending { seq })?;
-    if !record.accepted() {
-        let code = record.code.as_deref().and_then(ErrorCode::parse).unwrap_or(ErrorCode::Refused);
-        return Err(ChatError::Upload(code, record.reason.clone().unwrap_or_default()));
-    }
-    Ok(Staged { id, seq, record: Some(record) })
 }
 
 /// An accepted attachment that `who` may download: a member of the room
