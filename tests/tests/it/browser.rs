@@ -92,7 +92,7 @@ async fn two_browsers_chat_read_and_share_a_picture() {
     let a = browser(&driver).await;
     let b = browser(&driver).await;
 
-    let _a_id = sign_in(&a, &url, "Ann").await;
+    let a_id = sign_in(&a, &url, "Ann").await;
     let b_id = sign_in(&b, &url, "Bob").await;
 
     // A opens a conversation with B and writes.
@@ -127,6 +127,32 @@ async fn two_browsers_chat_read_and_share_a_picture() {
         text_when(c, ".message:last-child .attachment", &format!("the picture on {who}'s page"), |t| t.contains(&name))
             .await;
     }
+    // Older history on scroll: 40 more messages (from A's own socket), B
+    // reloads (the tab keeps its sign-in) and reopens the room: the newest
+    // page shows; scrolled to the top, the older ones come.
+    let conv = a.find(Locator::Css(".room")).await.unwrap().attr("data-room-id").await.unwrap().expect("a room id");
+    let mut ws = natter_tests::WsClient::connect(edge, &app.token(a_id.parse().unwrap(), &[])).await;
+    for i in 0..40 {
+        let r =
+            ws.request("send_message", serde_json::json!({"conversationId": conv, "content": format!("m{i}")})).await;
+        assert_eq!(r["type"], "ack");
+    }
+    natter_tests::eventually("the history written", Duration::from_secs(10), || async {
+        let (_, h) =
+            app.get(edge, &format!("/api/chat/conversations/{conv}/messages?limit=1"), b_id.parse().unwrap()).await;
+        (h["messages"][0]["content"] == "m39").then_some(())
+    })
+    .await;
+    b.goto(&url).await.unwrap();
+    text_when(&b, "#conn-status", "B connected again", |t| t == "online").await;
+    b.find(Locator::Css(".room")).await.unwrap().click().await.unwrap();
+    text_when(&b, ".message:last-child .content", "the newest on B's page", |t| t == "m39").await;
+    let shown = async || b.find_all(Locator::Css(".message")).await.unwrap().len();
+    assert_eq!(shown().await, 30, "one page");
+    b.execute("document.getElementById('messages').scrollTop = 0; return null;", vec![]).await.unwrap();
+    text_when(&b, ".message:first-child .content", "the oldest after scrolling up", |t| t == "hello from Ann").await;
+    assert_eq!(shown().await, 42, "every message, once");
+
     let errors = [&a, &b].map(|c| async move { c.find(Locator::Id("error")).await.unwrap().text().await.unwrap() });
     for e in errors {
         assert_eq!(e.await, "", "no error shown");
