@@ -58,7 +58,33 @@ pub fn oid(id: &str, what: &str) -> Result<ObjectId, ChatError> {
 /// same as a foreign one, so ids cannot be probed.
 pub async fn require_member(st: &Core, who: &Identity, room: &RoomRef) -> Result<(), ChatError> {
     let id = oid(&room.id, room.kind.field())?;
-    if st.membership.is_member(&st.store, room.kind, id, who.user).await? { Ok(()) } else { Err(ChatError::NotAMember) }
+    let member = match room.kind {
+        RoomKind::Group => group(st, id).await?.is_some_and(|(g, _)| g.is_member(who.user.oid())),
+        RoomKind::Conversation => st.membership.is_member(&st.store, room.kind, id, who.user).await?,
+    };
+    if member { Ok(()) } else { Err(ChatError::NotAMember) }
+}
+
+/// A group as of the seq returned, for membership checks: from memory
+/// while this edge follows its room (kept exact by its events), else
+/// MongoDB's copy. `None`: no such group (or deleted, when read).
+pub async fn group(st: &Core, id: ObjectId) -> Result<Option<(GroupDoc, u64)>, ChatError> {
+    if let Some(hit) = st.membership.cached_group(id) {
+        return Ok(Some(hit));
+    }
+    let followed = st.membership.is_followed(id);
+    natter_shared::store::round_trip("edge_group");
+    let Some(g) = st.membership.group(&st.store, id).await? else { return Ok(None) };
+    let seq = u64::try_from(g.last_seq).unwrap_or(0);
+    if !followed {
+        return Ok(Some((g, seq)));
+    }
+    let room = RoomRef::new(RoomKind::Group, id.to_hex());
+    match crate::core::events::group_changes_after(st, &room, seq).await {
+        Ok(changes) => Ok(Some(st.membership.keep_group(g, seq, changes))),
+        // Not kept: the next check reads again.
+        Err(_) => Ok(Some((g, seq))),
+    }
 }
 
 /// [`require_member`] for a join: for a group, also the `lastSeq` of the
@@ -68,9 +94,8 @@ pub async fn require_member_as_of(st: &Core, who: &Identity, room: &RoomRef) -> 
     if room.kind == RoomKind::Conversation {
         return require_member(st, who, room).await.map(|()| None);
     }
-    let g = st.membership.group(&st.store, oid(&room.id, "groupId")?).await?;
-    match g {
-        Some(g) if g.is_member(who.user.oid()) => Ok(Some(u64::try_from(g.last_seq).unwrap_or(0))),
+    match group(st, oid(&room.id, "groupId")?).await? {
+        Some((g, seq)) if g.is_member(who.user.oid()) => Ok(Some(seq)),
         _ => Err(ChatError::NotAMember),
     }
 }
@@ -218,7 +243,7 @@ pub async fn delete_message(
     let allowed = match room.kind {
         RoomKind::Conversation => who.has_role("Admin") || m.sender == who.user.oid(),
         RoomKind::Group => {
-            let g = st.membership.group(&st.store, oid(&room.id, "groupId")?).await?.ok_or(ChatError::NotAMember)?;
+            let (g, _) = group(st, oid(&room.id, "groupId")?).await?.ok_or(ChatError::NotAMember)?;
             g.may_delete(who.user.oid(), &who.roles, m.sender)
         }
     };
@@ -374,7 +399,7 @@ pub async fn remove_member(st: &Core, who: &Identity, id: &str, user: UserId) ->
 
 pub async fn leave_group(st: &Core, who: &Identity, id: &str) -> Result<GroupDoc, ChatError> {
     let gid = oid(id, "groupId")?;
-    let g = st.membership.group(&st.store, gid).await?.filter(|g| g.is_member(who.user.oid()));
+    let g = group(st, gid).await?.map(|(g, _)| g).filter(|g| g.is_member(who.user.oid()));
     let g = g.ok_or(ChatError::NotAMember)?;
     let env = envelope(who, Command::LeaveGroup(GroupCmd { group_id: g.id.into() }));
     let seq = apply_and_wait(st, env, &ObjectId::new().to_hex()).await?;

@@ -3,13 +3,16 @@
 //! room) and what reconnect catch-up resends (`realtime::catchup`).
 
 use super::Core;
+use super::membership::GroupChange;
 use crate::error::ChatError;
 use async_nats::jetstream::consumer;
 use async_nats::jetstream::stream::{LastRawMessageErrorKind, Stream};
 use bytes::Bytes;
 use futures::StreamExt;
+use mongodb::bson::oid::ObjectId;
 use natter_shared::ids::{RoomRef, UserId};
-use natter_shared::v1::event::{EventHead, EventKind, MemberAdded, data_of};
+use natter_shared::model::Permissions;
+use natter_shared::v1::event::{EventHead, MemberAdded, MemberRemoved, data_of};
 
 /// The payloads published on `subject` from `deliver` on, in stream
 /// order; `None` when more than `limit` would have to be read.
@@ -60,16 +63,35 @@ pub async fn after_command(core: &Core, seq: u64) -> Result<consumer::DeliverPol
     Ok(consumer::DeliverPolicy::ByStartTime { start_time: at.time })
 }
 
-/// The last change of `user`'s membership of `room` that the events after
-/// `since` record (`Some(true)` added, `Some(false)` removed or the group
-/// deleted), `None` when they record none. MongoDB's copy of a room is
-/// written after its events go out; this is what happened since it.
-pub async fn membership_after(
+/// The change to a group's members or rules an event frame records, if
+/// any (`member_added`, `member_removed`, `group_updated`'s rules,
+/// `group_deleted`), with its seq.
+pub fn group_change(payload: &[u8]) -> Option<(u64, GroupChange)> {
+    #[derive(serde::Deserialize)]
+    struct Rules {
+        permissions: Permissions,
+    }
+    let h = serde_json::from_slice::<EventHead>(payload).ok()?;
+    let seq = h.seq?;
+    let user = |id: &str| ObjectId::parse_str(id).ok();
+    let change = match h.kind.as_str() {
+        "member_added" => GroupChange::Added(user(&data_of::<MemberAdded>(payload)?.user_id)?),
+        "member_removed" => GroupChange::Removed(user(&data_of::<MemberRemoved>(payload)?.user_id)?),
+        "group_updated" => GroupChange::Rules(data_of::<Rules>(payload)?.permissions),
+        "group_deleted" => GroupChange::Deleted,
+        _ => return None,
+    };
+    Some((seq, change))
+}
+
+/// The changes to a group that the room's events after the command at
+/// `since` record, in stream order. MongoDB's copy of a room is written
+/// after its events go out; this is what happened since it.
+pub async fn group_changes_after(
     core: &Core,
     room: &RoomRef,
-    user: UserId,
     since: u64,
-) -> Result<Option<bool>, ChatError> {
+) -> Result<Vec<(u64, GroupChange)>, ChatError> {
     let events = core.js.get_stream(core.subjects.evt_stream()).await.map_err(ChatError::unavailable)?;
     let room_on = core.subjects.room_events(room.kind, &room.id);
     // Usually the room's newest event is already in MongoDB's copy.
@@ -77,10 +99,10 @@ pub async fn membership_after(
         Ok(m) => {
             let seq = serde_json::from_slice::<EventHead>(&m.payload).ok().and_then(|h| h.seq).unwrap_or(u64::MAX);
             if seq <= since {
-                return Ok(None);
+                return Ok(vec![]);
             }
         }
-        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(None),
+        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(vec![]),
         Err(e) => return Err(ChatError::unavailable(e)),
     }
     let deliver = after_command(core, since).await?;
@@ -88,21 +110,24 @@ pub async fn membership_after(
     let Some(after) = read(&events, &room_on, deliver, limit).await.map_err(ChatError::unavailable)? else {
         return Err(ChatError::unavailable("the room changes too fast to join; try again"));
     };
-    let me = user.hex();
-    let added = serde_json::to_value(EventKind::MemberAdded).ok();
-    let mut verdict = None;
-    for payload in after {
-        let Ok(h) = serde_json::from_slice::<EventHead>(&payload) else { continue };
-        if h.seq.is_none_or(|s| s <= since) {
-            continue;
-        }
-        if h.revoke.as_deref().is_some_and(|r| r == "*" || r == me) {
-            verdict = Some(false);
-        } else if added.as_ref().and_then(|k| k.as_str()) == Some(h.kind.as_str())
-            && data_of::<MemberAdded>(&payload).is_some_and(|a| a.user_id == me)
-        {
-            verdict = Some(true);
-        }
-    }
-    Ok(verdict)
+    Ok(after.iter().filter_map(|p| group_change(p)).filter(|(seq, _)| *seq > since).collect())
+}
+
+/// The last change of `user`'s membership of `room` that the events after
+/// `since` record (`Some(true)` added, `Some(false)` removed or the group
+/// deleted), `None` when they record none.
+pub async fn membership_after(
+    core: &Core,
+    room: &RoomRef,
+    user: UserId,
+    since: u64,
+) -> Result<Option<bool>, ChatError> {
+    let me = user.oid();
+    let changes = group_changes_after(core, room, since).await?;
+    Ok(changes.into_iter().fold(None, |verdict, (_, c)| match c {
+        GroupChange::Added(u) if u == me => Some(true),
+        GroupChange::Removed(u) if u == me => Some(false),
+        GroupChange::Deleted => Some(false),
+        _ => verdict,
+    }))
 }

@@ -1,22 +1,66 @@
 //! Who may see a room. Participants of a 1:1 conversation never change, so
 //! they are cached per conversation (bounded), from MongoDB or, before it
 //! is written, from the `conversation_created` event the hub relays (a
-//! participant joining at once is not refused for the write-behind). Group
-//! membership changes, so it is read from MongoDB on every check (the
-//! worker re-checks each command at its `seq` anyway).
+//! participant joining at once is not refused for the write-behind).
+//!
+//! A group's members change. While the hub follows the group's room (a
+//! socket here joined it), every membership event reaches this edge in
+//! stream order, so the group is kept in memory: loaded once (MongoDB's
+//! copy as of its `lastSeq`, then the changes the events after it record),
+//! and changed by each `member_added`, `member_removed`, `group_updated`
+//! (its rules) and `group_deleted` as the hub relays them. A change that
+//! arrives while the group is being loaded is kept in the group's log and
+//! applied after. When nobody here follows the group any more it is
+//! forgotten, and a check reads MongoDB again. The worker re-checks each
+//! command at its `seq` anyway: this spares a read per message.
 
 use mongodb::bson::oid::ObjectId;
 use natter_shared::ids::{RoomKind, UserId};
-use natter_shared::model::GroupDoc;
+use natter_shared::model::{GroupDoc, Permissions};
 use natter_shared::store::Store;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
 const MAX_CACHED: usize = 100_000;
+/// Changes of a followed group kept for a load in progress.
+const LOG_LEN: usize = 256;
+
+/// A change to a group's members or rules, as an event records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GroupChange {
+    Added(ObjectId),
+    Removed(ObjectId),
+    Rules(Permissions),
+    Deleted,
+}
+
+impl GroupChange {
+    fn apply(&self, g: &mut GroupDoc) {
+        match self {
+            GroupChange::Added(u) => {
+                if !g.members.contains(u) {
+                    g.members.push(*u);
+                }
+            }
+            GroupChange::Removed(u) => g.members.retain(|m| m != u),
+            GroupChange::Rules(p) => g.permissions = p.clone(),
+            GroupChange::Deleted => g.deleted = true,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Groups {
+    /// The groups whose room the hub follows, with their latest changes.
+    followed: HashMap<ObjectId, VecDeque<(u64, GroupChange)>>,
+    /// Followed groups as of `seq`, the last change applied.
+    cached: HashMap<ObjectId, (GroupDoc, u64)>,
+}
 
 #[derive(Default)]
 pub struct Membership {
     conversations: Mutex<HashMap<ObjectId, Vec<ObjectId>>>,
+    groups: Mutex<Groups>,
 }
 
 impl Membership {
@@ -48,9 +92,68 @@ impl Membership {
         map.insert(conv, participants);
     }
 
-    /// A group that exists and is not deleted.
+    /// A group that exists and is not deleted, as MongoDB has it.
     pub async fn group(&self, store: &Store, id: ObjectId) -> Result<Option<GroupDoc>, mongodb::error::Error> {
         store.live_group(id).await
+    }
+
+    /// The hub now receives every event of the group's room.
+    pub fn follow_group(&self, id: ObjectId) {
+        self.groups().followed.entry(id).or_default();
+    }
+
+    /// The hub no longer follows the group's room: forget it.
+    pub fn unfollow_group(&self, id: ObjectId) {
+        let mut g = self.groups();
+        g.followed.remove(&id);
+        g.cached.remove(&id);
+    }
+
+    pub fn is_followed(&self, id: ObjectId) -> bool {
+        self.groups().followed.contains_key(&id)
+    }
+
+    /// The group in memory and the seq it is as of, deleted or not.
+    pub fn cached_group(&self, id: ObjectId) -> Option<(GroupDoc, u64)> {
+        self.groups().cached.get(&id).cloned()
+    }
+
+    /// A change the hub relayed, at the seq of its command.
+    pub fn group_change(&self, id: ObjectId, seq: u64, change: GroupChange) {
+        let mut g = self.groups();
+        let Some(log) = g.followed.get_mut(&id) else { return };
+        log.push_back((seq, change.clone()));
+        if log.len() > LOG_LEN {
+            log.pop_front();
+        }
+        if let Some((group, at)) = g.cached.get_mut(&id)
+            && seq > *at
+        {
+            change.apply(group);
+            *at = seq;
+        }
+    }
+
+    /// The group as of `seq` (MongoDB's copy) with `changes` (read from the
+    /// events after it) and the changes relayed meanwhile applied; kept in
+    /// memory while its room is followed. The group and its seq.
+    pub fn keep_group(&self, mut group: GroupDoc, mut seq: u64, changes: Vec<(u64, GroupChange)>) -> (GroupDoc, u64) {
+        let mut g = self.groups();
+        let relayed: Vec<(u64, GroupChange)> =
+            g.followed.get(&group.id).map(|l| l.iter().cloned().collect()).unwrap_or_default();
+        let mut all: Vec<(u64, GroupChange)> = changes.into_iter().chain(relayed).collect();
+        all.sort_by_key(|(s, _)| *s);
+        all.dedup();
+        for (s, change) in all {
+            if s > seq {
+                change.apply(&mut group);
+                seq = s;
+            }
+        }
+        if g.followed.contains_key(&group.id) {
+            g.cached.insert(group.id, (group.clone(), seq));
+        }
+        (group, seq)
     }
 
     pub async fn is_member(
@@ -66,7 +169,71 @@ impl Membership {
         })
     }
 
+    fn groups(&self) -> std::sync::MutexGuard<'_, Groups> {
+        self.groups.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectId, Vec<ObjectId>>> {
         self.conversations.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mongodb::bson::DateTime;
+
+    fn group(members: &[ObjectId]) -> GroupDoc {
+        GroupDoc {
+            id: ObjectId::new(),
+            name: "g".into(),
+            description: None,
+            avatar: None,
+            members: members.to_vec(),
+            admin: members[0],
+            kind: natter_shared::model::GroupType::Custom,
+            last_message_id: None,
+            permissions: Permissions::default(),
+            unread_counts: Default::default(),
+            created_at: DateTime::now(),
+            updated_at: DateTime::now(),
+            last_seq: 10,
+            read_cursors: Default::default(),
+            delivered_cursors: Default::default(),
+            deleted: false,
+        }
+    }
+
+    #[test]
+    fn a_followed_group_is_kept_exact_by_its_changes_in_order() {
+        let (a, b, c) = (ObjectId::new(), ObjectId::new(), ObjectId::new());
+        let m = Membership::default();
+        let g = group(&[a, b]);
+        let id = g.id;
+        // Not followed: nothing is kept.
+        m.keep_group(g.clone(), 10, vec![]);
+        assert!(m.cached_group(id).is_none());
+        m.follow_group(id);
+        // Relayed while the load reads: kept in the log, applied on keeping.
+        m.group_change(id, 13, GroupChange::Removed(b));
+        // The events after MongoDB's copy (seq 10), one of them also relayed.
+        let (kept, seq) = m.keep_group(
+            g,
+            10,
+            vec![(11, GroupChange::Added(c)), (13, GroupChange::Removed(b)), (9, GroupChange::Removed(a))],
+        );
+        assert_eq!((kept.members.clone(), seq), (vec![a, c], 13), "9 is older than the copy; 13 once");
+        // Later changes apply in order; an old one (a redelivery) does not.
+        m.group_change(id, 14, GroupChange::Added(b));
+        m.group_change(id, 12, GroupChange::Removed(c));
+        let (now, at) = m.cached_group(id).unwrap();
+        assert_eq!((now.members, at), (vec![a, c, b], 14));
+        m.group_change(id, 15, GroupChange::Deleted);
+        assert!(!m.cached_group(id).unwrap().0.is_member(a), "a deleted group has no members");
+        // Unfollowed: forgotten, and changes are no longer kept.
+        m.unfollow_group(id);
+        assert!(m.cached_group(id).is_none() && !m.is_followed(id));
+        m.group_change(id, 16, GroupChange::Added(a));
+        assert!(m.cached_group(id).is_none());
     }
 }

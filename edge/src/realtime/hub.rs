@@ -265,6 +265,9 @@ impl Hub {
                 if result.is_err() {
                     // Nobody receives through it: the next follower tries again.
                     entries.remove(subject);
+                } else if let Some(g) = self.group_of(subject) {
+                    // Every event of the group's room reaches this edge now.
+                    self.membership.follow_group(g);
                 }
             }
         }
@@ -320,7 +323,16 @@ impl Hub {
         };
         if empty && let Some(e) = entries.remove(subject) {
             e.stop.cancel();
+            if let Some(g) = self.group_of(subject) {
+                self.membership.unfollow_group(g);
+            }
         }
+    }
+
+    /// The group whose room `subject` follows, if it is a group's.
+    fn group_of(&self, subject: &str) -> Option<mongodb::bson::oid::ObjectId> {
+        let room = self.subjects.parse_room(subject).filter(|r| r.kind == RoomKind::Group)?;
+        mongodb::bson::oid::ObjectId::parse_str(&room.id).ok()
     }
 
     /// An event frame as the fan-out sees it: its head (with the room of
@@ -389,6 +401,14 @@ impl FanOut {
         }
         if head.kind == "conversation_created" {
             self.note_conversation(&payload);
+        }
+        // A group's membership changes, in stream order, for its copy in
+        // memory (the room's copy of each event, not the members').
+        if let Some(room) = head.room.as_ref().filter(|r| r.kind == RoomKind::Group)
+            && let Some((seq, change)) = crate::core::events::group_change(&payload)
+            && let Ok(id) = mongodb::bson::oid::ObjectId::parse_str(&room.id)
+        {
+            self.membership.group_change(id, seq, change);
         }
         let targets: Vec<Sink> = lock(&self.sinks).values().cloned().collect();
         metrics::counter!("natter_events_delivered_total").increment(targets.len() as u64);

@@ -2,6 +2,7 @@
 //! changes cutting a member's feed at the removal's `seq`, and a 20-member
 //! group spread over two edges.
 
+use mongodb::bson::doc;
 use natter_tests::{TestApp, WsClient};
 use reqwest::Method;
 use serde_json::json;
@@ -360,4 +361,102 @@ async fn typing_expires_when_the_client_goes_quiet_or_leaves() {
     assert_eq!(t[0]["data"]["isTyping"], false, "disconnect ends typing");
     // Nothing was stored.
     assert_eq!(app.store.messages().count_documents(mongodb::bson::doc! {}).await.unwrap(), 0);
+}
+
+/// The edge keeps a group it follows in memory: a flood of sends reads the
+/// group once, not per message; a removal racing sends stops the removed
+/// member's sends at the edge soon after and at the worker at once (no
+/// message of theirs is stored after the removal), and adding them back
+/// lets them send again. Counted on an edge process's own metrics.
+#[tokio::test]
+async fn a_followed_group_is_checked_from_memory_and_kept_exact() {
+    let mut app = TestApp::new().await;
+    let e = app.start_edge_process().await;
+    app.start_worker();
+    let (admin, a, b) = (app.user(), app.user(), app.user());
+    let group = app.create_group(e, admin, &[a, b]).await;
+    let reads = async || {
+        let text = reqwest::get(format!("http://{e}/metrics")).await.unwrap().text().await.unwrap();
+        text.lines()
+            .find(|l| l.starts_with("natter_db_round_trips_total{op=\"edge_group\"}"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let mut wa = WsClient::connect(e, &app.token(a, &[])).await;
+    let mut wb = WsClient::connect(e, &app.token(b, &[])).await;
+    for ws in [&mut wa, &mut wb] {
+        assert_eq!(ws.request("join_group", json!({"groupId": group})).await["type"], "ack");
+    }
+    let before = reads().await;
+    for i in 0..30 {
+        let r = wa.request("send_message", json!({"groupId": group, "content": format!("a{i}")})).await;
+        assert_eq!(r["type"], "ack", "{r}");
+    }
+    assert_eq!(reads().await - before, 0.0, "30 sends, no read of the group");
+
+    // b sends while the admin removes b.
+    let g2 = group.clone();
+    let sender = tokio::spawn(async move {
+        let group = g2;
+        let mut refused_at = None;
+        for i in 0..400 {
+            let r = wb.request("send_message", json!({"groupId": group, "content": format!("b{i}")})).await;
+            if r["type"] == "error" {
+                assert_eq!(r["data"]["code"], "not_a_member", "{r}");
+                let first = *refused_at.get_or_insert(i);
+                // Refusals count as strikes: stop well before the edge
+                // closes the connection for them.
+                if i - first >= 20 {
+                    break;
+                }
+            } else if refused_at.is_some() {
+                panic!("b{i} accepted after b{} was refused", refused_at.unwrap());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        (wb, refused_at)
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let path = format!("/api/chat/groups/{group}/members/{}", b.hex());
+    let (status, _) = app.call(Method::DELETE, e, &path, &app.token(admin, &["Admin"]), None).await;
+    assert_eq!(status, 200);
+    let (mut wb, refused_at) = sender.await.unwrap();
+    assert!(refused_at.is_some(), "the edge refuses b's sends once the removal is relayed");
+    // The worker's word: nothing of b's is stored after the removal.
+    let gid = mongodb::bson::oid::ObjectId::parse_str(&group).unwrap();
+    let removal = natter_tests::eventually("the removal written", Duration::from_secs(10), || async {
+        let g = app.store.group(gid).await.ok()??;
+        (!g.members.contains(&b.oid())).then_some(g.last_seq)
+    })
+    .await;
+    let late = natter_tests::eventually("b's sends settled", Duration::from_secs(10), || async {
+        let f = || doc! {"groupId": &group, "senderId": b.oid(), "seq": {"$gt": removal}};
+        let n = app.store.messages().count_documents(f()).await.ok()?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let again = app.store.messages().count_documents(f()).await.ok()?;
+        (n == again).then_some(n)
+    })
+    .await;
+    assert_eq!(late, 0, "no message of b's stored after the removal");
+
+    // Added back: b's sends are taken again (the group in memory says so).
+    let (status, _) = app
+        .call(
+            Method::POST,
+            e,
+            &format!("/api/chat/groups/{group}/members"),
+            &app.token(admin, &["Admin"]),
+            Some(json!({"userId": b.hex()})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = wb.request("send_message", json!({"groupId": group, "content": "back"})).await;
+        if r["type"] == "ack" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "b may not send again: {r}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
