@@ -11,8 +11,9 @@
 //! (its rules) and `group_deleted` as the hub relays them. A change that
 //! arrives while the group is being loaded is kept in the group's log and
 //! applied after. When nobody here follows the group any more it is
-//! forgotten, and a check reads MongoDB again. The worker re-checks each
-//! command at its `seq` anyway: this spares a read per message.
+//! forgotten, and a check reads MongoDB again; a group kept longer than
+//! `KEEP_FOR` is read again too. The worker re-checks each command at its
+//! `seq` anyway: this spares a read per message.
 
 use mongodb::bson::oid::ObjectId;
 use natter_shared::ids::{RoomKind, UserId};
@@ -24,6 +25,11 @@ use std::sync::Mutex;
 const MAX_CACHED: usize = 100_000;
 /// Changes of a followed group kept for a load in progress.
 const LOG_LEN: usize = 256;
+/// How long a group stays in memory before it is read again: events lost
+/// with a NATS connection (the hub's subscription resumes after a
+/// reconnect, without what was published meanwhile) cannot keep it wrong
+/// for longer.
+const KEEP_FOR: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A change to a group's members or rules, as an event records it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,8 +59,9 @@ impl GroupChange {
 struct Groups {
     /// The groups whose room the hub follows, with their latest changes.
     followed: HashMap<ObjectId, VecDeque<(u64, GroupChange)>>,
-    /// Followed groups as of `seq`, the last change applied.
-    cached: HashMap<ObjectId, (GroupDoc, u64)>,
+    /// Followed groups as of `seq`, the last change applied, and when
+    /// they were read.
+    cached: HashMap<ObjectId, (GroupDoc, u64, std::time::Instant)>,
 }
 
 #[derive(Default)]
@@ -115,7 +122,9 @@ impl Membership {
 
     /// The group in memory and the seq it is as of, deleted or not.
     pub fn cached_group(&self, id: ObjectId) -> Option<(GroupDoc, u64)> {
-        self.groups().cached.get(&id).cloned()
+        let g = self.groups();
+        let (group, seq, read) = g.cached.get(&id)?;
+        (read.elapsed() < KEEP_FOR).then(|| (group.clone(), *seq))
     }
 
     /// A change the hub relayed, at the seq of its command.
@@ -126,7 +135,7 @@ impl Membership {
         if log.len() > LOG_LEN {
             log.pop_front();
         }
-        if let Some((group, at)) = g.cached.get_mut(&id)
+        if let Some((group, at, _)) = g.cached.get_mut(&id)
             && seq > *at
         {
             change.apply(group);
@@ -151,7 +160,7 @@ impl Membership {
             }
         }
         if g.followed.contains_key(&group.id) {
-            g.cached.insert(group.id, (group.clone(), seq));
+            g.cached.insert(group.id, (group.clone(), seq, std::time::Instant::now()));
         }
         (group, seq)
     }
