@@ -262,6 +262,12 @@ impl EventGate {
         EventGate { user: me, me: me.hex(), last: HashMap::new(), recent: HashMap::new() }
     }
 
+    /// Nothing on `subject` at or before `seq` is written any more.
+    pub fn since(&mut self, subject: &Arc<str>, seq: u64) {
+        let seen = self.last.entry(subject.clone()).or_insert((0, 0));
+        *seen = (*seen).max((seq, u32::MAX));
+    }
+
     /// `None` when the event was already written; otherwise whether writing
     /// it delivers a message.
     pub fn admit(&mut self, subject: &Arc<str>, head: &Head) -> Option<Option<Delivered>> {
@@ -415,5 +421,18 @@ mod tests {
         let admitted: Vec<u64> =
             [9, 4, 9, 7, 4, 12].into_iter().filter(|s| g.admit(&user, &head(*s, None)).is_some()).collect();
         assert_eq!(admitted, [9, 4, 7, 12], "other rooms' older seqs still pass, repeats do not");
+    }
+
+    #[test]
+    fn a_join_with_last_seq_writes_nothing_at_or_before_it() {
+        let mut g = EventGate::new(UserId(mongodb::bson::oid::ObjectId::new()));
+        let room: Arc<str> = Arc::from("chat.*.conv.r");
+        let r = Some(RoomRef::new(RoomKind::Conversation, "r"));
+        g.since(&room, 117);
+        let admitted: Vec<u64> =
+            [62, 117, 118, 90, 119].into_iter().filter(|s| g.admit(&room, &head(*s, r.clone())).is_some()).collect();
+        assert_eq!(admitted, [118, 119], "a republished older event is not written again");
+        g.since(&room, 100);
+        assert!(g.admit(&room, &head(120, r.clone())).is_some(), "an older mark moves nothing back");
     }
 }

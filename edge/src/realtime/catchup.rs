@@ -60,8 +60,15 @@ pub async fn follow<F: Future<Output = Result<(), ChatError>>>(
         st.hub.unfollow(&subject, sink.conn).await;
         return result;
     }
-    if let Ok(CatchUp::Resync(reason)) = &result {
-        resync_notice(sink, room, last_seq, reason);
+    match &result {
+        Ok(CatchUp::Resync(reason)) => resync_notice(sink, room, last_seq, reason),
+        // A stored command's seq: nothing the client saw is written again
+        // (a worker that took the room's partition over republishes what
+        // its predecessor had published), before the held live events.
+        Ok(CatchUp::Complete(_)) => {
+            sink.offer(Outbound::Since { subject: Arc::from(subject.as_str()), seq: last_seq });
+        }
+        Err(_) => {}
     }
     let outcome = if matches!(result, Ok(CatchUp::Complete(_))) { "complete" } else { "resync" };
     metrics::counter!("natter_catchups_total", "outcome" => outcome).increment(1);

@@ -65,6 +65,10 @@ pub enum Outbound {
     /// An event from the subscription `subject`, written unless its
     /// `(seq, part)` was already written for that subject.
     Event { subject: Arc<str>, head: Arc<Head>, payload: Bytes },
+    /// The client saw `subject`'s events up to `seq` (a join with
+    /// `lastSeq`): none at or before it is written, whether catch-up or a
+    /// live copy republished by a worker that took a partition over.
+    Since { subject: Arc<str>, seq: u64 },
 }
 
 /// The sending side of a connection, as the hub holds it.

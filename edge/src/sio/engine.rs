@@ -475,6 +475,13 @@ impl Downlink {
                 let delivered = self.gate.as_mut()?.admit(&subject, &head)?;
                 socket::event_from_native(&payload).map(|m| (Packet::Message(m), delivered))
             }
+            Outbound::Since { subject, seq } => {
+                if self.gate.is_none() {
+                    self.gate = Some(EventGate::new(*self.user.get()?));
+                }
+                self.gate.as_mut()?.since(&subject, seq);
+                None
+            }
         }
     }
 

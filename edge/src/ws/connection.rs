@@ -78,6 +78,10 @@ impl Source for NativeSource {
                     Some(d) => (payload.to_vec(), d),
                     None => continue,
                 },
+                Outbound::Since { subject, seq } => {
+                    self.gate.since(&subject, seq);
+                    continue;
+                }
             };
             return Some((Frame::text(Payload::Owned(text)), delivered));
         }
