@@ -154,23 +154,20 @@ async fn receive_through_restarts(
                 continue;
             }
             let h = Handshake { token: Some(&token), in_query: false, origin: None };
-            match WsClient::handshake(edge, h).await {
-                Ok(mut w) => {
-                    let last = got.last().map_or(base, |(s, _)| *s);
-                    let r = w.request("join_conversation", json!({"conversationId": conv, "lastSeq": last})).await;
-                    if r["type"] == "ack" {
-                        assert_eq!(r["data"]["catchUp"]["complete"], true, "{r}");
-                        match joined.take() {
-                            Some(j) => {
-                                let _ = j.send(());
-                            }
-                            None => reconnects += 1,
+            if let Ok(mut w) = WsClient::handshake(edge, h).await {
+                let last = got.last().map_or(base, |(s, _)| *s);
+                let r = w.request("join_conversation", json!({"conversationId": conv, "lastSeq": last})).await;
+                if r["type"] == "ack" {
+                    assert_eq!(r["data"]["catchUp"]["complete"], true, "{r}");
+                    match joined.take() {
+                        Some(j) => {
+                            let _ = j.send(());
                         }
-                        ws = Some(w);
-                        continue;
+                        None => reconnects += 1,
                     }
+                    ws = Some(w);
+                    continue;
                 }
-                Err(_) => {}
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
