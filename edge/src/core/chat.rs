@@ -60,7 +60,7 @@ pub async fn require_member(st: &Core, who: &Identity, room: &RoomRef) -> Result
     let id = oid(&room.id, room.kind.field())?;
     let member = match room.kind {
         RoomKind::Group => group(st, id).await?.is_some_and(|(g, _)| g.is_member(who.user.oid())),
-        RoomKind::Conversation => st.membership.is_member(&st.store, room.kind, id, who.user).await?,
+        RoomKind::Conversation => st.membership.is_participant(&st.store, id, who.user).await?,
     };
     if member { Ok(()) } else { Err(ChatError::NotAMember) }
 }

@@ -16,7 +16,7 @@
 //! `seq` anyway: this spares a read per message.
 
 use mongodb::bson::oid::ObjectId;
-use natter_shared::ids::{RoomKind, UserId};
+use natter_shared::ids::UserId;
 use natter_shared::model::{GroupDoc, Permissions};
 use natter_shared::store::Store;
 use std::collections::{HashMap, VecDeque};
@@ -165,17 +165,15 @@ impl Membership {
         (group, seq)
     }
 
-    pub async fn is_member(
+    /// Whether `user` is a participant of the conversation. (A group's
+    /// members: `chat::group`, which keeps followed groups in memory.)
+    pub async fn is_participant(
         &self,
         store: &Store,
-        kind: RoomKind,
-        room: ObjectId,
+        conv: ObjectId,
         user: UserId,
     ) -> Result<bool, mongodb::error::Error> {
-        Ok(match kind {
-            RoomKind::Conversation => self.participants(store, room).await?.is_some_and(|p| p.contains(&user.oid())),
-            RoomKind::Group => self.group(store, room).await?.is_some_and(|g| g.is_member(user.oid())),
-        })
+        Ok(self.participants(store, conv).await?.is_some_and(|p| p.contains(&user.oid())))
     }
 
     fn groups(&self) -> std::sync::MutexGuard<'_, Groups> {

@@ -307,6 +307,7 @@ impl Hub {
             control: self.control.clone(),
             recent: self.recent.clone(),
             membership: self.membership.clone(),
+            delivered: metrics::counter!("natter_events_delivered_total"),
         };
         self.tasks.spawn_service(|_| fan.run(sub, stop));
         Ok(())
@@ -354,6 +355,8 @@ struct FanOut {
     control: mpsc::UnboundedSender<Control>,
     recent: Arc<Recent>,
     membership: Arc<Membership>,
+    /// `natter_events_delivered_total`, looked up once per subscription.
+    delivered: metrics::Counter,
 }
 
 impl FanOut {
@@ -415,7 +418,7 @@ impl FanOut {
             self.membership.group_change(id, seq, change);
         }
         let targets: Vec<Sink> = lock(&self.sinks).values().cloned().collect();
-        metrics::counter!("natter_events_delivered_total").increment(targets.len() as u64);
+        self.delivered.increment(targets.len() as u64);
         for s in &targets {
             if head.seq.is_none() && head.from.as_deref() == Some(s.user.hex().as_str()) {
                 continue;

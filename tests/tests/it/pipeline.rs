@@ -7,7 +7,15 @@ use serde_json::{Value, json};
 use std::collections::HashSet;
 use std::time::Duration;
 
-async fn send_many(mut ws: WsClient, conv: String, prefix: &'static str, n: usize) -> (WsClient, Vec<(String, u64)>) {
+/// Sends `n` messages, `pause` apart; the socket and each ack's
+/// `(messageId, seq)`.
+async fn send_many(
+    mut ws: WsClient,
+    conv: String,
+    prefix: &'static str,
+    n: usize,
+    pause: Duration,
+) -> (WsClient, Vec<(String, u64)>) {
     let mut acks = Vec::with_capacity(n);
     for i in 0..n {
         let r = ws
@@ -18,6 +26,9 @@ async fn send_many(mut ws: WsClient, conv: String, prefix: &'static str, n: usiz
             .await;
         assert_eq!(r["type"], "ack", "send {i}: {r}");
         acks.push((r["data"]["messageId"].as_str().unwrap().to_string(), r["data"]["seq"].as_u64().unwrap()));
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
     }
     (ws, acks)
 }
@@ -43,8 +54,8 @@ async fn two_edges_two_workers_thousand_each_way() {
         assert_eq!(r["type"], "ack", "{r}");
     }
     const N: usize = 1000;
-    let ta = tokio::spawn(send_many(wa, conv.clone(), "a", N));
-    let tb = tokio::spawn(send_many(wb, conv.clone(), "b", N));
+    let ta = tokio::spawn(send_many(wa, conv.clone(), "a", N, Duration::ZERO));
+    let tb = tokio::spawn(send_many(wb, conv.clone(), "b", N, Duration::ZERO));
     let (mut wa, acks_a) = ta.await.unwrap();
     let (mut wb, acks_b) = tb.await.unwrap();
 
@@ -222,22 +233,7 @@ async fn three_edges_three_workers_each_through_an_edge_restart_and_a_kill() {
         is_ready.await.expect("the recipient joined");
         let ws = WsClient::connect(send_on, &app.token(s, &[])).await;
         let prefix: &'static str = ["p0", "p1", "p2"][i];
-        senders.push(tokio::spawn(async move {
-            let mut ws = ws;
-            let mut acks = Vec::new();
-            for k in 0..N {
-                let r = ws
-                    .request(
-                        "send_message",
-                        json!({"conversationId": conv, "content": format!("{prefix} {k}"), "clientMsgId": format!("{prefix}-{k}")}),
-                    )
-                    .await;
-                assert_eq!(r["type"], "ack", "{r}");
-                acks.push((r["data"]["seq"].as_u64().unwrap(), r["data"]["messageId"].as_str().unwrap().to_string()));
-                tokio::time::sleep(Duration::from_millis(8)).await;
-            }
-            acks
-        }));
+        senders.push(tokio::spawn(send_many(ws, conv, prefix, N, Duration::from_millis(8))));
         receivers.push(rx);
     }
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -252,7 +248,8 @@ async fn three_edges_three_workers_each_through_an_edge_restart_and_a_kill() {
 
     let mut total = 0;
     for (i, (tx, rx)) in senders.into_iter().zip(receivers).enumerate() {
-        let mut acked = tx.await.unwrap();
+        let (_, acks) = tx.await.unwrap();
+        let mut acked: Vec<(u64, String)> = acks.into_iter().map(|(id, seq)| (seq, id)).collect();
         let (got, reconnects) = rx.await.unwrap();
         // The third pair's recipient was on the edge that restarted.
         assert_eq!(reconnects, usize::from(i == 2), "pair {i}: came back {reconnects} times");

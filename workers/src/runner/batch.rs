@@ -148,8 +148,8 @@ impl<M: Input> Batch<M> {
             let trace_id = inc
                 .and_then(|i| i.msg.command())
                 .and_then(|e| e.meta.as_ref())
-                .and_then(|m| m.trace_id.clone())
-                .unwrap_or_default();
+                .and_then(|m| m.trace_id.as_deref())
+                .unwrap_or("");
             let disposition = match slot {
                 Err(reason) => Disposition::Poison(reason.clone()),
                 Ok(_) => inc

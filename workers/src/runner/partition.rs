@@ -45,6 +45,7 @@ pub(super) async fn run<H: Handler>(handler: Arc<H>, part: Partition, cancel: Ca
     let mut state = H::State::default();
     let mut order = Order::default();
     let mut flow = Flow::new(handler);
+    let lag = metrics::gauge!("natter_consumer_lag", "role" => H::ROLE.name(), "partition" => part.p.to_string());
     while !cancel.is_cancelled() {
         // Not raced with `cancel`: an abandoned pull request could still be
         // handed a message, which would then wait out its ack deadline while
@@ -53,9 +54,7 @@ pub(super) async fn run<H: Handler>(handler: Arc<H>, part: Partition, cancel: Ca
         match fetch(&consumer, pull).await {
             Ok(msgs) => {
                 // What is left after the newest fetched: the partition's lag.
-                let lag = msgs.last().and_then(|m| m.info().ok()).map_or(0, |i| i.pending);
-                metrics::gauge!("natter_consumer_lag", "role" => H::ROLE.name(), "partition" => part.p.to_string())
-                    .set(lag as f64);
+                lag.set(msgs.last().and_then(|m| m.info().ok()).map_or(0, |i| i.pending) as f64);
                 order.held.extend(msgs)
             }
             Err(e) => {
