@@ -1,11 +1,13 @@
 //! `natterctl`'s library: every command as a function the binary (a thin
 //! `main`) and the tests call. `topology apply` declares streams,
 //! consumers and buckets; `token` mints a development JWT; `status` shows
-//! the pipeline's health; `dlq` handles dead letters; `replay` rebuilds
+//! the pipeline's health; `partitions` shows and changes the partition
+//! count; `dlq` handles dead letters; `replay` rebuilds
 //! state from the command stream; `audit` verifies and exports the trail.
 
 pub mod audit;
 pub mod dlq;
+pub mod partitions;
 pub mod replay;
 pub mod status;
 
@@ -48,6 +50,11 @@ pub enum Cmd {
         /// Print JSON with the user id and the token instead of the token alone.
         #[arg(long)]
         json: bool,
+    },
+    /// The command stream's partition count.
+    Partitions {
+        #[command(subcommand)]
+        cmd: PartitionsCmd,
     },
     /// Streams, consumers and dead letters at a glance.
     Status {
@@ -129,6 +136,22 @@ pub struct ExportArgs {
 }
 
 #[derive(Subcommand)]
+pub enum PartitionsCmd {
+    /// The count, every count the stream was partitioned by, and whether a
+    /// move is draining.
+    Show,
+    /// Move the running deployment to COUNT partitions: drain the current
+    /// ones (edges hold new commands meanwhile), switch, resume. Called off,
+    /// with nothing changed, if the drain does not finish in time.
+    Set {
+        count: u32,
+        /// Seconds the current partitions may take to drain.
+        #[arg(long, default_value_t = 60)]
+        drain_timeout: u64,
+    },
+}
+
+#[derive(Subcommand)]
 pub enum TopologyCmd {
     /// Create or update streams, consumers and buckets (idempotent).
     Apply {
@@ -166,6 +189,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 "topology applied in namespace `{}`: {}",
                 core.nats_namespace,
                 natter_nats::topology::summary(&subjects, sizing)
+            ));
+        }
+        Cmd::Partitions { cmd: PartitionsCmd::Show } => {
+            let (js, s) = nats().await?;
+            out(&serde_json::to_string(&partitions::load(&js, &s).await?)?);
+        }
+        Cmd::Partitions { cmd: PartitionsCmd::Set { count, drain_timeout } } => {
+            let (js, s) = nats().await?;
+            let pace =
+                partitions::Pace { drain_timeout: std::time::Duration::from_secs(drain_timeout), ..Default::default() };
+            let moved = partitions::set(&js, &s, count, pace, out).await?;
+            out(&format!(
+                "{} partitions (from {}); commands held {:.1} s",
+                moved.to,
+                moved.from,
+                moved.held.as_secs_f64()
             ));
         }
         Cmd::Status { json } => {
@@ -213,11 +252,14 @@ pub async fn connect(core: &CoreConfig) -> anyhow::Result<async_nats::jetstream:
     Ok(async_nats::jetstream::new(client))
 }
 
-/// NATS (from the environment) and the namespace's names.
+/// NATS (from the environment) and the namespace's names, with the
+/// deployment's partition count.
 pub async fn nats() -> anyhow::Result<(async_nats::jetstream::Context, Subjects)> {
     let core = CoreConfig::load(&Env)?;
     let js = connect(&core).await?;
-    Ok((js, Subjects::new(&core.nats_namespace)))
+    let s = Subjects::new(&core.nats_namespace);
+    partitions::load(&js, &s).await?;
+    Ok((js, s))
 }
 
 /// The CLI's output goes to stdout, for scripts.

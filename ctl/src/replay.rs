@@ -15,7 +15,7 @@ use crate::out;
 use anyhow::Context;
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
-use natter_nats::{PARTITIONS, RoomKind, Subjects};
+use natter_nats::{PartitionState, RoomKind, Subjects};
 use natter_shared::config::{CoreConfig, Env};
 use natter_shared::store::Store;
 use natter_workers::audit::AuditHandler;
@@ -134,8 +134,11 @@ fn time_arg(v: &Option<String>, name: &str) -> anyhow::Result<Option<time::Offse
 }
 
 /// The consumer filters: the partitions split among the workers, or the
-/// subjects and rooms asked for.
-fn filters(a: &ReplayArgs, s: &Subjects) -> anyhow::Result<Vec<Vec<String>>> {
+/// subjects and rooms asked for. The stream may hold commands published
+/// under every count of the deployment's history, so the split is by a
+/// number of workers that divides each (a room's commands then all go to
+/// one worker), over every partition any of them had.
+fn filters(a: &ReplayArgs, s: &Subjects, parts: &PartitionState) -> anyhow::Result<Vec<Vec<String>>> {
     let mut chosen = a.subjects.clone();
     for r in &a.rooms {
         let (kind, id) = r.split_once(':').context("--room is conversation:<id> or group:<id>")?;
@@ -144,19 +147,20 @@ fn filters(a: &ReplayArgs, s: &Subjects) -> anyhow::Result<Vec<Vec<String>>> {
             "group" => RoomKind::Group,
             _ => anyhow::bail!("--room is conversation:<id> or group:<id>"),
         };
-        chosen.push(s.command(kind, id, "*"));
+        chosen.push(s.room_commands(kind, id));
     }
     if !chosen.is_empty() {
         return Ok(vec![chosen]);
     }
-    let n = a.workers.clamp(1, PARTITIONS as usize);
-    Ok((0..n).map(|k| (0..PARTITIONS).filter(|p| *p as usize % n == k).map(|p| s.partition(p)).collect()).collect())
+    let n = parts.replay_split(u32::try_from(a.workers).unwrap_or(u32::MAX));
+    Ok((0..n).map(|k| (0..parts.widest()).filter(|p| p % n == k).map(|p| s.partition(p)).collect()).collect())
 }
 
 pub async fn run(a: ReplayArgs) -> anyhow::Result<()> {
     let core = CoreConfig::load(&Env)?;
     let js = crate::connect(&core).await?;
     let s = Subjects::new(&core.nats_namespace);
+    let parts = crate::partitions::load(&js, &s).await?;
     let db = a.into_db.clone().unwrap_or_else(|| core.mongodb_db.clone());
     let store = Store::connect(&core.mongodb_uri, &db).await?;
     store.ensure_indexes().await?;
@@ -191,7 +195,7 @@ pub async fn run(a: ReplayArgs) -> anyhow::Result<()> {
     let mut tasks = Vec::new();
     let mut total = 0;
     let mut plans = Vec::new();
-    for f in filters(&a, &s)? {
+    for f in filters(&a, &s, &parts)? {
         let key = f.join(",");
         let resume = state.command_seq(&key);
         let deliver = if resume > 0 {

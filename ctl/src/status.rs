@@ -58,7 +58,7 @@ pub async fn collect(js: &async_nats::jetstream::Context, s: &Subjects) -> anyho
     let mut consumers = Vec::new();
     for role in Role::ALL {
         let stream = js.get_stream(role.stream(s)).await?;
-        for p in 0..role.partitions() {
+        for p in 0..role.partitions(s) {
             let name = s.consumer(role.name(), p);
             let mut c: async_nats::jetstream::consumer::PullConsumer =
                 stream.get_consumer(&name).await.map_err(|e| anyhow::anyhow!("consumer {name}: {e}"))?;
@@ -80,5 +80,7 @@ pub async fn collect(js: &async_nats::jetstream::Context, s: &Subjects) -> anyho
         *n = json!(n.as_u64().unwrap_or(0) + 1);
     }
     let total = letters.len();
-    Ok(json!({"streams": streams, "consumers": consumers, "deadLetters": {"total": total, "byRole": by_role}}))
+    Ok(
+        json!({"partitions": s.partitions(), "streams": streams, "consumers": consumers, "deadLetters": {"total": total, "byRole": by_role}}),
+    )
 }

@@ -17,7 +17,7 @@ use crate::realtime::presence::Presence;
 use crate::{health, rest, sio, ws};
 use axum::Router;
 use axum::routing::get;
-use natter_nats::Subjects;
+use natter_nats::{Partitioning, Subjects};
 use natter_shared::auth::Jwt;
 use natter_shared::config::{EdgeConfig, NatsTopology};
 use natter_shared::shutdown::{GRACE_PERIOD, Tasks};
@@ -72,6 +72,9 @@ impl Edge {
             NatsTopology::Apply => natter_nats::apply(&js, &subjects, (&config.core).into()).await?,
             NatsTopology::Verify => natter_nats::verify(&js, &subjects).await?,
         }
+        let partitioning = Partitioning::follow(&js, &subjects)
+            .await
+            .map_err(|e| StartError::Nats { url: url.clone(), reason: e.to_string() })?;
         let store = Store::connect(&config.core.mongodb_uri, &config.core.mongodb_db).await?;
         store.ensure_indexes().await?;
         let tasks = Tasks::new(shutdown);
@@ -95,7 +98,7 @@ impl Edge {
             None => None,
         };
         let uploads = crate::core::uploads::UploadBudgets::new(config.uploads_per_min, config.upload_bytes_per_min);
-        let deliveries = Deliveries::spawn(js.clone(), subjects.clone(), &tasks);
+        let deliveries = Deliveries::spawn(js.clone(), subjects.clone(), partitioning.clone(), &tasks);
         let state = Arc::new(EdgeState {
             jwt: Jwt::new(&config.jwt),
             hub,
@@ -103,7 +106,7 @@ impl Edge {
             deliveries,
             lifecycle: tasks,
             typing: Default::default(),
-            core: Core { staging, s3, membership, recent, config, store, nats, js, subjects, uploads },
+            core: Core { staging, s3, membership, recent, config, store, nats, js, subjects, partitioning, uploads },
         });
         Ok(Edge { listener, state })
     }

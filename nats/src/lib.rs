@@ -3,9 +3,11 @@
 //! outside this crate spells a subject or a stream name.
 
 pub mod connect;
+pub mod partitioning;
 pub mod publish;
 pub mod subjects;
 pub mod topology;
 
-pub use subjects::{LeaseKey, PARTITIONS, RoomKind, Subjects};
+pub use partitioning::{PartitionState, Partitioning};
+pub use subjects::{DEFAULT_PARTITIONS, LeaseKey, MAX_PARTITIONS, RoomKind, Subjects};
 pub use topology::{Role, Sizing, TopologyError, apply, apply_consumers, verify, verify_consumers};

@@ -1,14 +1,21 @@
 //! Subject, stream, consumer and bucket names.
 //!
 //! Commands are partitioned by room: `<ns>.cmd.p<N>.<kind>.<room>.<action>`,
-//! where N = crc32(room) mod `PARTITIONS`. Each partition has its own durable
-//! consumer per worker role, and a partition is applied by one worker at a
-//! time, so the commands of a room are applied and their events published in
-//! stream order. Changing `PARTITIONS` re-maps rooms: do it only with the
-//! workers stopped and the consumers drained.
+//! where N = crc32(room) mod the partition count. Each partition has its own
+//! durable consumer per worker role, and a partition is applied by one
+//! worker at a time, so the commands of a room are applied and their events
+//! published in stream order. The count is kept in the topology bucket
+//! (`partitioning`); changing it re-maps rooms, so `natterctl partitions set`
+//! drains the old partitions before anything is published under the new one.
 
-/// Number of command partitions.
-pub const PARTITIONS: u32 = 8;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Partitions of a deployment that never chose a count (and of every
+/// deployment from before the count was a setting).
+pub const DEFAULT_PARTITIONS: u32 = natter_shared::config::PARTITIONS_DEFAULT;
+/// Most partitions a deployment may have.
+pub const MAX_PARTITIONS: u32 = natter_shared::config::PARTITIONS_MAX;
 
 pub use natter_shared::ids::RoomKind;
 
@@ -19,20 +26,38 @@ fn token(kind: RoomKind) -> &'static str {
     }
 }
 
-/// The partition a room's commands go to.
-pub fn partition_of(room: &str) -> u32 {
-    crc32fast::hash(room.as_bytes()) % PARTITIONS
+/// The partition a room's commands go to when there are `count`.
+pub fn partition_of(room: &str, count: u32) -> u32 {
+    crc32fast::hash(room.as_bytes()) % count.max(1)
 }
 
-/// All names in one namespace (`NATS_NAMESPACE`).
+/// All names in one namespace (`NATS_NAMESPACE`), and the partition count
+/// the process publishes and consumes by (shared by every clone, and set
+/// by `partitioning::Partitioning::follow` as it changes).
 #[derive(Clone, Debug)]
 pub struct Subjects {
     ns: String,
+    partitions: Arc<AtomicU32>,
 }
 
 impl Subjects {
     pub fn new(namespace: &str) -> Self {
-        Subjects { ns: namespace.to_string() }
+        Subjects { ns: namespace.to_string(), partitions: Arc::new(AtomicU32::new(DEFAULT_PARTITIONS)) }
+    }
+
+    /// The partition count commands are published and consumed by now.
+    pub fn partitions(&self) -> u32 {
+        self.partitions.load(Ordering::Acquire)
+    }
+
+    /// Sets the partition count for this and every clone.
+    pub fn set_partitions(&self, count: u32) {
+        self.partitions.store(count.clamp(1, MAX_PARTITIONS), Ordering::Release);
+    }
+
+    /// The partition a room's commands go to now.
+    pub fn partition_of(&self, room: &str) -> u32 {
+        partition_of(room, self.partitions())
     }
 
     pub fn namespace(&self) -> &str {
@@ -75,6 +100,11 @@ impl Subjects {
     /// KV bucket where workers lease partitions.
     pub fn leases_bucket(&self) -> String {
         format!("{}_leases", self.ns.replace('-', "_"))
+    }
+
+    /// KV bucket of the deployment's partition count (`partitioning`).
+    pub fn topology_bucket(&self) -> String {
+        format!("{}_topology", self.ns.replace('-', "_"))
     }
 
     /// Object store where the edge stages uploads for the attachments worker.
@@ -121,7 +151,13 @@ impl Subjects {
 
     /// Subject of a command for `room`.
     pub fn command(&self, kind: RoomKind, room: &str, action: &str) -> String {
-        format!("{}.cmd.p{}.{}.{}.{}", self.ns, partition_of(room), token(kind), room, action)
+        format!("{}.cmd.p{}.{}.{}.{}", self.ns, self.partition_of(room), token(kind), room, action)
+    }
+
+    /// Every command of one room, under whatever partition count it was
+    /// published.
+    pub fn room_commands(&self, kind: RoomKind, room: &str) -> String {
+        format!("{}.cmd.*.{}.{}.*", self.ns, token(kind), room)
     }
 
     /// Subject of a command routed by `route` (its room, or its uploader).
@@ -131,7 +167,7 @@ impl Subjects {
             Route::Room(r) => self.command(r.kind, &r.id, action),
             Route::User(u) => {
                 let u = u.hex();
-                format!("{}.cmd.p{}.user.{}.{}", self.ns, partition_of(&u), u, action)
+                format!("{}.cmd.p{}.user.{}.{}", self.ns, self.partition_of(&u), u, action)
             }
         }
     }
@@ -261,11 +297,11 @@ mod tests {
     fn partitions_spread_and_are_stable() {
         let mut seen = std::collections::HashSet::new();
         for i in 0..200 {
-            let p = partition_of(&format!("room{i}"));
-            assert!(p < PARTITIONS);
+            let p = partition_of(&format!("room{i}"), DEFAULT_PARTITIONS);
+            assert!(p < DEFAULT_PARTITIONS);
             seen.insert(p);
         }
-        assert_eq!(seen.len() as u32, PARTITIONS);
-        assert_eq!(partition_of("room1"), partition_of("room1"));
+        assert_eq!(seen.len() as u32, DEFAULT_PARTITIONS);
+        assert_eq!(partition_of("room1", 8), partition_of("room1", 8));
     }
 }

@@ -3,7 +3,8 @@
 //! (`NATS_TOPOLOGY=apply`), or only verified there (`NATS_TOPOLOGY=verify`:
 //! their NATS users may not declare it).
 
-use crate::subjects::{PARTITIONS, Subjects};
+use crate::partitioning::{self, PartitionState};
+use crate::subjects::Subjects;
 use async_nats::jetstream::{self, consumer, kv, stream};
 use std::time::Duration;
 
@@ -40,10 +41,11 @@ impl Role {
         self.name
     }
 
-    /// How many partitions the role's input has.
-    pub fn partitions(self) -> u32 {
+    /// How many partitions the role's input has (commands: the count
+    /// `s` publishes and consumes by).
+    pub fn partitions(self, s: &Subjects) -> u32 {
         match self.input {
-            Input::Commands => PARTITIONS,
+            Input::Commands => s.partitions(),
             Input::Outcomes => 1,
         }
     }
@@ -193,7 +195,13 @@ pub fn dlq_stream_config(s: &Subjects, replicas: usize) -> stream::Config {
     }
 }
 
+/// The consumer of `role` on partition `p`, delivering the stream from its
+/// start (or from `start`, for a partition added to a running deployment).
 pub fn consumer_config(s: &Subjects, role: Role, p: u32) -> consumer::pull::Config {
+    consumer_config_from(s, role, p, None)
+}
+
+pub fn consumer_config_from(s: &Subjects, role: Role, p: u32, start: Option<u64>) -> consumer::pull::Config {
     let filters = role.filters(s, p);
     consumer::pull::Config {
         durable_name: Some(s.consumer(role.name(), p)),
@@ -210,7 +218,10 @@ pub fn consumer_config(s: &Subjects, role: Role, p: u32) -> consumer::pull::Conf
         max_deliver: MAX_DELIVER,
         backoff: BACKOFF.to_vec(),
         max_ack_pending: MAX_ACK_PENDING as i64,
-        deliver_policy: consumer::DeliverPolicy::All,
+        deliver_policy: match start {
+            Some(start_sequence) => consumer::DeliverPolicy::ByStartSequence { start_sequence },
+            None => consumer::DeliverPolicy::All,
+        },
         ..Default::default()
     }
 }
@@ -228,8 +239,21 @@ pub fn leases_config(s: &Subjects, replicas: usize) -> kv::Config {
     }
 }
 
+/// The bucket holding the partition count (`partitioning`).
+pub fn topology_config(s: &Subjects, replicas: usize) -> kv::Config {
+    kv::Config {
+        bucket: s.topology_bucket(),
+        description: "natter topology: the partition count and its history".into(),
+        history: 16,
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        ..Default::default()
+    }
+}
+
 /// What `apply` declares beyond the names: how many copies of each stream
-/// and bucket, and how much the staging bucket may hold.
+/// and bucket, how much the staging bucket may hold, and how many
+/// partitions a new deployment starts with.
 #[derive(Clone, Copy, Debug)]
 pub struct Sizing {
     /// Replicas of every stream and bucket (`NATS_REPLICAS`).
@@ -241,18 +265,26 @@ pub struct Sizing {
     /// files expire after `STAGING_TTL`. JetStream reserves this much of
     /// its file store when the bucket is declared, so it must fit there.
     pub staging_max_bytes: u64,
+    /// Partitions of a new deployment (`PARTITIONS`); a deployment that
+    /// has a count keeps it (`natterctl partitions set` changes it).
+    pub partitions: u32,
 }
 
 impl From<&natter_shared::config::CoreConfig> for Sizing {
     fn from(c: &natter_shared::config::CoreConfig) -> Self {
-        Sizing { replicas: c.nats_replicas, staging_max_bytes: c.staging_max_bytes }
+        Sizing { replicas: c.nats_replicas, staging_max_bytes: c.staging_max_bytes, partitions: c.partitions }
     }
 }
 
 impl Sizing {
-    /// One replica and `natter_shared::config::STAGING_MAX_BYTES_DEFAULT`.
+    /// One replica, `natter_shared::config::STAGING_MAX_BYTES_DEFAULT`
+    /// and `DEFAULT_PARTITIONS`.
     pub fn single() -> Self {
-        Sizing { replicas: 1, staging_max_bytes: natter_shared::config::STAGING_MAX_BYTES_DEFAULT }
+        Sizing {
+            replicas: 1,
+            staging_max_bytes: natter_shared::config::STAGING_MAX_BYTES_DEFAULT,
+            partitions: crate::subjects::DEFAULT_PARTITIONS,
+        }
     }
 }
 
@@ -355,7 +387,7 @@ pub fn summary(s: &Subjects, sizing: Sizing) -> String {
     };
     let consumers = Role::ALL
         .iter()
-        .map(|r| match r.partitions() {
+        .map(|r| match r.partitions(s) {
             1 => format!("{} on {}", s.consumer(r.name(), 0), r.stream(s)),
             n => format!("{}..{} on {}", s.consumer(r.name(), 0), s.consumer(r.name(), n - 1), r.stream(s)),
         })
@@ -405,7 +437,13 @@ fn declared_streams(s: &Subjects) -> Vec<(&'static str, String, String)> {
             .collect();
     let staging = staging_config(s, Sizing::single()).bucket;
     all.push(("bucket", staging.clone(), format!("OBJ_{staging}")));
-    for cfg in [leases_config(s, 1), presence_config(s, 1), last_seen_config(s, 1), audit_head_config(s, 1)] {
+    for cfg in [
+        leases_config(s, 1),
+        presence_config(s, 1),
+        last_seen_config(s, 1),
+        audit_head_config(s, 1),
+        topology_config(s, 1),
+    ] {
         all.push(("bucket", cfg.bucket.clone(), format!("KV_{}", cfg.bucket)));
     }
     all
@@ -443,16 +481,42 @@ async fn verify_once(js: &jetstream::Context, s: &Subjects) -> Result<(), Topolo
     Ok(())
 }
 
-/// Creates or updates `role`'s durable consumers, one per partition (its
-/// stream must exist). `apply` does it for every role of `Role::ALL`.
+/// Creates or updates `role`'s durable consumers, one per partition of the
+/// count `s` has (its stream must exist). `apply` does it for every role of
+/// `Role::ALL`. A consumer that exists keeps where it starts (a partition
+/// added by `natterctl partitions set` starts where the stream was then).
 pub async fn apply_consumers(js: &jetstream::Context, s: &Subjects, role: Role) -> Result<(), TopologyError> {
-    for p in 0..role.partitions() {
-        let cfg = consumer_config(s, role, p);
+    apply_partition_consumers(js, s, role, 0..role.partitions(s), None).await
+}
+
+/// Creates or updates `role`'s consumers on partitions `ps`; those created
+/// start at `start` (`None`: the stream's start).
+pub async fn apply_partition_consumers(
+    js: &jetstream::Context,
+    s: &Subjects,
+    role: Role,
+    ps: std::ops::Range<u32>,
+    start: Option<u64>,
+) -> Result<(), TopologyError> {
+    let stream = role.stream(s);
+    for p in ps {
+        let mut cfg = consumer_config_from(s, role, p, start);
         let name = s.consumer(role.name(), p);
-        if js.create_consumer_on_stream(cfg.clone(), role.stream(s)).await.is_err() {
-            js.update_consumer_on_stream(cfg, role.stream(s))
-                .await
-                .map_err(|e| TopologyError::Consumer { name, source: boxed(e) })?;
+        let err = |e| TopologyError::Consumer { name: name.clone(), source: e };
+        match js.get_consumer_from_stream::<consumer::pull::Config, _, _>(&name, &stream).await {
+            Ok(mut c) => {
+                let info = c.info().await.map_err(|e| err(boxed(e)))?;
+                cfg.deliver_policy = info.config.deliver_policy;
+                js.update_consumer_on_stream(cfg, &stream).await.map_err(|e| err(boxed(e)))?;
+            }
+            Err(_) => {
+                if let Err(e) = js.create_consumer_on_stream(cfg, &stream).await {
+                    // Declared by another process meanwhile, or not at all.
+                    js.get_consumer_from_stream::<consumer::pull::Config, _, _>(&name, &stream)
+                        .await
+                        .map_err(|_| err(boxed(e)))?;
+                }
+            }
         }
     }
     Ok(())
@@ -468,7 +532,7 @@ pub async fn verify_consumers(js: &jetstream::Context, s: &Subjects, role: Role)
 
 async fn verify_consumers_once(js: &jetstream::Context, s: &Subjects, role: Role) -> Result<(), TopologyError> {
     let stream = role.stream(s);
-    for p in 0..role.partitions() {
+    for p in 0..role.partitions(s) {
         let name = s.consumer(role.name(), p);
         let Err(e) = js.get_consumer_from_stream::<consumer::pull::Config, _, _>(&name, &stream).await else {
             continue;
@@ -497,6 +561,23 @@ async fn apply_once(js: &jetstream::Context, s: &Subjects, sizing: Sizing) -> Re
         let name = cfg.name.clone();
         js.create_or_update_stream(cfg).await.map_err(|e| TopologyError::Stream { name, source: boxed(e) })?;
     }
+    let topo = topology_config(s, replicas);
+    let name = topo.bucket.clone();
+    let bucket = js
+        .create_or_update_key_value(topo)
+        .await
+        .map_err(|e| TopologyError::Bucket { name: name.clone(), source: boxed(e) })?;
+    let state: PartitionState = partitioning::init(&bucket, sizing.partitions)
+        .await
+        .map_err(|e| TopologyError::Bucket { name, source: boxed(e) })?;
+    if state.count != sizing.partitions && sizing.partitions != crate::subjects::DEFAULT_PARTITIONS {
+        tracing::warn!(
+            deployment = state.count,
+            setting = sizing.partitions,
+            "PARTITIONS differs from the deployment's partition count, which stays: `natterctl partitions set` changes it"
+        );
+    }
+    s.set_partitions(state.count);
     for role in Role::ALL {
         apply_consumers(js, s, role).await?;
     }

@@ -20,6 +20,10 @@ pub const MAX_FILE_SIZE_LIMIT: u64 = 256 * 1024 * 1024;
 
 /// `STAGING_MAX_BYTES` when it is unset: 1 GiB.
 pub const STAGING_MAX_BYTES_DEFAULT: u64 = 1 << 30;
+/// Partitions of a deployment that never chose a count (`PARTITIONS`).
+pub const PARTITIONS_DEFAULT: u32 = 8;
+/// Most partitions a deployment may have.
+pub const PARTITIONS_MAX: u32 = 1024;
 
 /// The process environment.
 pub struct Env;
@@ -87,6 +91,11 @@ pub struct CoreConfig {
     /// when the bucket is declared (`NATS_TOPOLOGY=apply`), so it must fit
     /// there, beside the command stream.
     pub staging_max_bytes: u64,
+    /// `PARTITIONS` (default 8, at most 1024): how many partitions the
+    /// command stream of a new deployment is split into; the most workers
+    /// of a role that do work at once. A deployment keeps the count it
+    /// started with; `natterctl partitions set` moves it to another.
+    pub partitions: u32,
     /// `NATS_TOPOLOGY` (default `apply`): what this process does with the
     /// streams, consumers and buckets when it starts. `apply` declares them
     /// (creates or updates; its NATS user must be allowed to); `verify`
@@ -262,6 +271,7 @@ impl CoreConfig {
         let nats_replicas = number(src, "NATS_REPLICAS", 1usize, 1..=5, "a replica count")?;
         let staging_max_bytes =
             number(src, "STAGING_MAX_BYTES", STAGING_MAX_BYTES_DEFAULT, 1 << 20..=1 << 50, "a number of bytes")?;
+        let partitions = number(src, "PARTITIONS", PARTITIONS_DEFAULT, 1..=PARTITIONS_MAX, "a partition count")?;
         let nats_topology = nats_topology(src)?;
         let metrics_addr = match src.get("METRICS_ADDR") {
             None => None,
@@ -275,6 +285,7 @@ impl CoreConfig {
             mongodb_db,
             nats_replicas,
             staging_max_bytes,
+            partitions,
             nats_topology,
         })
     }

@@ -206,6 +206,11 @@ impl TestApp {
             mongodb_db: self.db.clone(),
             nats_replicas: self.nats_replicas,
             staging_max_bytes: self.staging_max_bytes(),
+            partitions: self
+                .edge_env
+                .get("PARTITIONS")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(natter_shared::config::PARTITIONS_DEFAULT),
             // As the binaries are told (`NATS_TOPOLOGY` in `edge_env`).
             nats_topology: natter_shared::config::nats_topology(&self.edge_env).expect("NATS_TOPOLOGY"),
             metrics_addr: None,
@@ -370,6 +375,15 @@ impl TestApp {
         let kv = js.get_key_value(s.leases_bucket()).await.expect("leases");
         let v = kv.get(s.lease_key(role, p)).await.ok().flatten()?;
         String::from_utf8_lossy(&v).split('-').next().and_then(|pid| pid.parse().ok())
+    }
+
+    /// Runs `natterctl args` with the app's environment; its stdout.
+    pub async fn natterctl(&self, args: &[&str]) -> String {
+        let bin = procs::workspace_bin("natterctl");
+        let out = tokio::process::Command::new(bin).args(args).envs(self.env()).output().await.expect("natterctl");
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(out.status.success(), "natterctl {args:?}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        stdout
     }
 
     /// Which of `candidates` (indexes in `processes`) runs as `pid`.

@@ -92,3 +92,29 @@ pub async fn canonical(db: &mongodb::Database) -> State {
     }
     State { hash: format!("{:x}", h.finalize()), counts, docs: all }
 }
+
+/// Waits until every consumer has nothing pending and the state stops
+/// changing (natterctl's `status`, in process).
+pub async fn settled(app: &crate::TestApp) -> State {
+    use std::time::Duration;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut last = None;
+    let js = async_nats::jetstream::new(async_nats::connect(&app.nats_url).await.expect("nats"));
+    let subjects = natter_nats::Subjects::new(&app.name);
+    natterctl::partitions::load(&js, &subjects).await.expect("partition count");
+    loop {
+        let status: serde_json::Value = natterctl::status::collect(&js, &subjects).await.unwrap();
+        let busy = status["consumers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["pending"].as_u64() != Some(0) || c["ackPending"].as_u64() != Some(0));
+        let now = canonical(app.store.db()).await;
+        if !busy && last.as_ref() == Some(&now) {
+            return now;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the pipeline did not settle: {status}");
+        last = Some(now);
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+}

@@ -226,7 +226,7 @@ async fn killing_a_nats_node_loses_no_acknowledged_message() {
         let l = assert_r3(&js, &stream).await;
         println!("{stream}: R3, leader {l}");
     }
-    let p = natter_nats::subjects::partition_of(&conv);
+    let p = natter_nats::subjects::partition_of(&conv, natter_nats::DEFAULT_PARTITIONS);
     let mut consumer: jetstream::consumer::PullConsumer =
         js.get_consumer_from_stream(s.consumer("messages", p), &cmds).await.expect("messages consumer");
     let ci = consumer.info().await.expect("consumer info");

@@ -4,7 +4,7 @@
 
 use crate::handler::Handler;
 use crate::runner::{self, RunnerConfig};
-use natter_nats::{Role, Subjects};
+use natter_nats::{Partitioning, Role, Subjects};
 use natter_shared::config::{CoreConfig, NatsTopology};
 use natter_shared::store::Store;
 use std::sync::Arc;
@@ -37,7 +37,7 @@ pub async fn serve<H: Handler>(
 ) -> Result<(), StartError> {
     let c = connect(core, H::ROLE.name(), &cfg).await?;
     let handler = Arc::new(make(&c).await?);
-    runner::run(handler, c.client, c.subjects, cfg, cancel).await?;
+    runner::run(handler, c.client, c.subjects, c.partitioning, cfg, cancel).await?;
     Ok(())
 }
 
@@ -46,6 +46,8 @@ pub struct Connected {
     pub client: async_nats::Client,
     pub js: async_nats::jetstream::Context,
     pub subjects: Subjects,
+    /// The partition count, followed as it changes.
+    pub partitioning: Partitioning,
     pub store: Store,
 }
 
@@ -71,7 +73,8 @@ pub async fn connect(core: &CoreConfig, role: &str, cfg: &RunnerConfig) -> Resul
             }
         }
     }
+    let partitioning = Partitioning::follow(&js, &subjects).await.map_err(|e| StartError::Nats(e.to_string()))?;
     let store = Store::connect(&core.mongodb_uri, &core.mongodb_db).await?;
     store.ensure_indexes().await?;
-    Ok(Connected { client, js, subjects, store })
+    Ok(Connected { client, js, subjects, partitioning, store })
 }

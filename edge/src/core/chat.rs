@@ -136,6 +136,10 @@ pub async fn submit_and_wait(st: &Core, who: &Identity, command: Command, msg_id
 /// Publishes a command to the command stream; the PubAck is the answer.
 async fn publish_command(st: &Core, env: &CommandEnvelope, msg_id: &str) -> Result<Stored, ChatError> {
     let route = env.route().map_err(|e| ChatError::InvalidPayload(e.into()))?;
+    // Held while a move to another partition count drains the current one.
+    if !st.partitioning.ready(natter_nats::partitioning::HOLD).await {
+        return Err(ChatError::unavailable("the partition count is being changed"));
+    }
     let subject = st.subjects.routed_command(&route, env.command.action());
     let payload: Bytes = serde_json::to_vec(env).map_err(|e| ChatError::InvalidPayload(e.to_string()))?.into();
     let started = std::time::Instant::now();

@@ -33,6 +33,9 @@ pub struct Core {
     pub nats: async_nats::Client,
     pub js: async_nats::jetstream::Context,
     pub subjects: Subjects,
+    /// The partition count commands go out under, and whether a move to
+    /// another is draining (commands are held meanwhile).
+    pub partitioning: natter_nats::Partitioning,
     /// Shared with the hub, which notes the conversations it sees created.
     pub membership: Arc<membership::Membership>,
     /// Messages relayed or stored lately (shared with the hub, which

@@ -5,8 +5,8 @@
 //! written) and flushed every `FLUSH_EVERY`, so a busy room costs one
 //! command per recipient per flush, not one per message.
 
-use natter_nats::Subjects;
 use natter_nats::publish;
+use natter_nats::{Partitioning, Subjects};
 use natter_shared::ids::{RoomRef, UserId};
 use natter_shared::shutdown::Tasks;
 use natter_shared::v1::command::{Command, CommandEnvelope, MarkDeliveredCmd, RoomFields};
@@ -36,7 +36,12 @@ pub struct Deliveries {
 impl Deliveries {
     /// Starts the flusher, a service: it stops once the connections have
     /// drained, and stores what they reported to the end.
-    pub fn spawn(js: async_nats::jetstream::Context, subjects: Subjects, tasks: &Tasks) -> Self {
+    pub fn spawn(
+        js: async_nats::jetstream::Context,
+        subjects: Subjects,
+        partitioning: Partitioning,
+        tasks: &Tasks,
+    ) -> Self {
         let (tx, mut rx) = mpsc::channel::<(UserId, RoomRef, u64)>(QUEUE);
         tasks.spawn_service(|stop: CancellationToken| async move {
             let mut pending: Pending = HashMap::new();
@@ -47,7 +52,10 @@ impl Deliveries {
                         Some(r) => note(&mut pending, r),
                         None => break,
                     },
-                    _ = tick.tick() => flush(&js, &subjects, &mut pending).await,
+                    // Kept while a move to another partition count drains.
+                    _ = tick.tick(), if !partitioning.draining() => {
+                        flush(&js, &subjects, &mut pending).await
+                    }
                     _ = stop.cancelled() => break,
                 }
             }
@@ -56,6 +64,7 @@ impl Deliveries {
             while let Ok(r) = rx.try_recv() {
                 note(&mut pending, r);
             }
+            partitioning.ready(natter_nats::partitioning::HOLD).await;
             flush(&js, &subjects, &mut pending).await;
         });
         Deliveries { tx }

@@ -103,7 +103,7 @@ fn manifests_name_what_the_topology_declares() {
                 t["metadata"]["consumer"].as_str().unwrap().to_string()
             })
             .collect();
-        let declared: BTreeSet<String> = (0..role.partitions()).map(|p| s.consumer(role.name(), p)).collect();
+        let declared: BTreeSet<String> = (0..role.partitions(&s)).map(|p| s.consumer(role.name(), p)).collect();
         assert_eq!(consumers, declared, "{name} scales on every partition's consumer");
     }
 }

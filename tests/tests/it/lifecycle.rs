@@ -139,7 +139,7 @@ async fn worker_sigterm_releases_its_partitions_and_exits() {
         keys.iter().filter(|k| k.starts_with("messages.p")).count()
     };
     natter_tests::eventually("worker holds all partitions", Duration::from_secs(20), || async {
-        (lease_count().await == natter_nats::PARTITIONS as usize).then_some(())
+        (lease_count().await == natter_nats::DEFAULT_PARTITIONS as usize).then_some(())
     })
     .await;
     // It works: a conversation gets created through it.

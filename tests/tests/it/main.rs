@@ -22,6 +22,7 @@ mod hardening;
 mod lifecycle;
 mod metrics;
 mod nats_permissions;
+mod partitions;
 mod pipeline;
 mod presence;
 mod receipts;

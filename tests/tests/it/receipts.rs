@@ -276,7 +276,10 @@ async fn a_room_moving_to_another_worker_keeps_counts_cursors_and_order() {
     let workers = [app.start_worker_process(), app.start_worker_process()];
     tokio::time::sleep(Duration::from_secs(3)).await;
     let natter_tests::stack::Pair { a, b, conv, mut wa, mut wb } = app.chatting_pair(e).await;
-    let pid = app.lease_holder("messages", natter_nats::subjects::partition_of(&conv)).await.expect("a holder");
+    let pid = app
+        .lease_holder("messages", natter_nats::subjects::partition_of(&conv, natter_nats::DEFAULT_PARTITIONS))
+        .await
+        .expect("a holder");
     let victim = app.process_with_pid(&workers, pid).expect("ours");
 
     const N: usize = 200;

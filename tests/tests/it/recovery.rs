@@ -233,7 +233,7 @@ async fn commands_a_dead_worker_had_in_hand_are_applied_before_later_ones() {
     // Taken by a worker that dies before acking them.
     let s = Subjects::new(&app.name);
     let js = jetstream::new(async_nats::connect(&app.nats_url).await.expect("nats"));
-    let p = natter_nats::subjects::partition_of(&conv);
+    let p = natter_nats::subjects::partition_of(&conv, natter_nats::DEFAULT_PARTITIONS);
     let consumer: PullConsumer =
         js.get_consumer_from_stream(s.consumer("messages", p), s.cmd_stream()).await.expect("consumer");
     let mut taken = consumer.fetch().max_messages(10).messages().await.expect("fetch");
@@ -259,7 +259,7 @@ async fn commands_a_dead_worker_had_in_hand_are_applied_before_later_ones() {
 /// pid in its instance name.
 async fn holders(app: &TestApp) -> Vec<Option<u32>> {
     let mut out = Vec::new();
-    for p in 0..natter_nats::PARTITIONS {
+    for p in 0..natter_nats::DEFAULT_PARTITIONS {
         out.push(app.lease_holder("messages", p).await);
     }
     out

@@ -13,42 +13,10 @@ use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-/// Runs `natterctl args` with the app's environment; its stdout.
-async fn natterctl(app: &TestApp, args: &[&str]) -> String {
-    let bin = procs::workspace_bin("natterctl");
-    let out = tokio::process::Command::new(bin).args(args).envs(app.env()).output().await.expect("natterctl");
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "natterctl {args:?}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    stdout
-}
-
 /// NATS for the app's namespace, as natterctl's library takes it.
 async fn nats(app: &TestApp) -> (async_nats::jetstream::Context, natter_nats::Subjects) {
     let client = async_nats::connect(&app.nats_url).await.unwrap();
     (async_nats::jetstream::new(client), natter_nats::Subjects::new(&app.name))
-}
-
-/// Waits until every consumer has nothing pending and the state stops
-/// changing (natterctl's `status`, in process).
-async fn settled(app: &TestApp) -> natter_tests::state::State {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let mut last = None;
-    let (js, subjects) = nats(app).await;
-    loop {
-        let status: Value = natterctl::status::collect(&js, &subjects).await.unwrap();
-        let busy = status["consumers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|c| c["pending"].as_u64() != Some(0) || c["ackPending"].as_u64() != Some(0));
-        let now = canonical(app.store.db()).await;
-        if !busy && last.as_ref() == Some(&now) {
-            return now;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "the pipeline did not settle: {status}");
-        last = Some(now);
-        tokio::time::sleep(Duration::from_millis(700)).await;
-    }
 }
 
 fn png() -> Vec<u8> {
@@ -126,7 +94,7 @@ async fn replay_rebuilds_the_same_state() {
     app.start_attachments_worker();
     app.start_audit_worker();
     scenario(&mut app).await;
-    let live = settled(&app).await;
+    let live = natter_tests::state::settled(&app).await;
     let (js, subjects) = nats(&app).await;
     let letters = natterctl::dlq::entries(&js, &subjects).await.unwrap();
     assert!(
@@ -148,23 +116,23 @@ async fn replay_rebuilds_the_same_state() {
     let dir = std::env::temp_dir().join(format!("{}-replay", app.name));
     std::fs::create_dir_all(&dir).unwrap();
     let state = dir.join("live.json").display().to_string();
-    let said = natterctl(&app, &["replay", "--quiet", "--state", &state]).await;
+    let said = app.natterctl(&["replay", "--quiet", "--state", &state]).await;
     assert!(said.contains("replayed commands"), "{said}");
     let rebuilt = canonical(app.store.db()).await;
     assert_eq!(rebuilt.counts, live.counts);
     assert_eq!(rebuilt.hash, live.hash, "the same state; {}", live.first_difference(&rebuilt).unwrap_or_default());
 
     // Again, on top of it: nothing changes, nothing is doubled.
-    natterctl(&app, &["replay", "--quiet", "--restart", "--state", &state]).await;
+    app.natterctl(&["replay", "--quiet", "--restart", "--state", &state]).await;
     assert_eq!(canonical(app.store.db()).await, live);
     // Resuming a finished replay has nothing left to do.
-    let said = natterctl(&app, &["replay", "--quiet", "--state", &state]).await;
+    let said = app.natterctl(&["replay", "--quiet", "--state", &state]).await;
     assert!(said.contains("0 applied"), "{said}");
 
     // Into a fresh database, two tasks in parallel, another batch size.
     let fresh = format!("{}_rebuild", app.db);
     let state2 = dir.join("fresh.json").display().to_string();
-    natterctl(&app, &["replay", "--quiet", "--into-db", &fresh, "--workers", "2", "--batch", "7", "--state", &state2])
+    app.natterctl(&["replay", "--quiet", "--into-db", &fresh, "--workers", "2", "--batch", "7", "--state", &state2])
         .await;
     let other = mongodb::Client::with_uri_str(&app.mongodb_uri).await.unwrap().database(&fresh);
     assert_eq!(canonical(&other).await, live, "a rebuild elsewhere is the same");
@@ -172,7 +140,7 @@ async fn replay_rebuilds_the_same_state() {
     // Written as for a server without `bulkWrite` (one command per
     // collection): the same state.
     let state6 = dir.join("per-collection.json").display().to_string();
-    natterctl(&app, &["replay", "--quiet", "--into-db", &fresh, "--no-bulk-write", "--state", &state6]).await;
+    app.natterctl(&["replay", "--quiet", "--into-db", &fresh, "--no-bulk-write", "--state", &state6]).await;
     assert_eq!(canonical(&other).await, live, "a rebuild written per collection is the same");
     // A fresh database must be empty to start a rebuild.
     let out = tokio::process::Command::new(procs::workspace_bin("natterctl"))
@@ -213,7 +181,7 @@ async fn replay_rebuilds_the_same_state() {
     let at_kill = applied_up_to(&state5);
     assert!(!status.success() && at_kill > 0 && at_kill < last_cmd, "killed at seq {at_kill} of {last_cmd}: {status}");
     let said =
-        natterctl(&app, &["replay", "--quiet", "--into-db", &killed, "--state", &state5.display().to_string()]).await;
+        app.natterctl(&["replay", "--quiet", "--into-db", &killed, "--state", &state5.display().to_string()]).await;
     assert!(said.contains("replayed commands"), "{said}");
     let other = mongodb::Client::with_uri_str(&app.mongodb_uri).await.unwrap().database(&killed);
     let resumed = canonical(&other).await;
@@ -231,7 +199,7 @@ async fn replay_rebuilds_the_same_state() {
     let one = format!("{}_room", app.db);
     let state3 = dir.join("room.json").display().to_string();
     let room = format!("conversation:{conv_id}");
-    let said = natterctl(&app, &["replay", "--quiet", "--into-db", &one, "--room", &room, "--state", &state3]).await;
+    let said = app.natterctl(&["replay", "--quiet", "--into-db", &one, "--room", &room, "--state", &state3]).await;
     assert!(said.contains("audit trail not replayed"), "{said}");
     let only = mongodb::Client::with_uri_str(&app.mongodb_uri).await.unwrap().database(&one);
     let st = canonical(&only).await;
@@ -245,13 +213,13 @@ async fn replay_rebuilds_the_same_state() {
     // replay apply only the rest.
     app.store.db().drop().await.unwrap();
     let subjects = natter_nats::Subjects::new(&app.name);
-    let key: Vec<String> = (0..natter_nats::PARTITIONS).map(|p| subjects.partition(p)).collect();
+    let key: Vec<String> = (0..natter_nats::DEFAULT_PARTITIONS).map(|p| subjects.partition(p)).collect();
     let last = live_last_cmd(&app).await;
     let half = last / 2;
     let partial = json!({"database": app.db, "commands": {key.join(","): half}, "outcomes": 0});
     let state4 = dir.join("resume.json");
     std::fs::write(&state4, partial.to_string()).unwrap();
-    let said = natterctl(&app, &["replay", "--quiet", "--no-audit", "--state", &state4.display().to_string()]).await;
+    let said = app.natterctl(&["replay", "--quiet", "--no-audit", "--state", &state4.display().to_string()]).await;
     let applied: u64 = said.split(": ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap().parse().unwrap();
     assert!(applied < last - half + 1 && applied > 0, "resumed after seq {half} of {last}: {said}");
     let resumed = canonical(app.store.db()).await;
@@ -299,15 +267,15 @@ async fn poison_commands_are_dead_lettered_and_retried() {
     assert_eq!(ok["type"], "ack");
 
     let list: Vec<Value> = natter_tests::eventually("two dead letters", WAIT, || async {
-        let v: Vec<Value> = serde_json::from_str(&natterctl(&app, &["dlq", "list", "--json"]).await).unwrap();
+        let v: Vec<Value> = serde_json::from_str(&app.natterctl(&["dlq", "list", "--json"]).await).unwrap();
         (v.len() == 2).then_some(v)
     })
     .await;
     assert!(list.iter().all(|l| l["reason"] == "conversation not found" && l["role"] == "messages"), "{list:?}");
     assert!(list.iter().all(|l| l["action"] == "send_message" && l["originalSeq"].as_u64().is_some()));
-    let status: Value = serde_json::from_str(&natterctl(&app, &["status", "--json"]).await).unwrap();
+    let status: Value = serde_json::from_str(&app.natterctl(&["status", "--json"]).await).unwrap();
     assert_eq!(status["deadLetters"]["total"], 2, "{status}");
-    let shown = natterctl(&app, &["dlq", "show", &list[0]["id"].to_string()]).await;
+    let shown = app.natterctl(&["dlq", "show", &list[0]["id"].to_string()]).await;
     assert!(shown.contains("poison 1") && shown.contains("conversation not found"), "{shown}");
     natter_tests::eventually("the later message applied", WAIT, || async {
         let (_, h) = app.get(e, &format!("/api/chat/conversations/{live_conv}/messages"), a).await;
@@ -317,9 +285,9 @@ async fn poison_commands_are_dead_lettered_and_retried() {
 
     // Fix the cause: the conversation now exists. Retry one, drop the other.
     assert_eq!(app.open_conversation(e, a, b).await, missing);
-    let said = natterctl(&app, &["dlq", "retry", &list[0]["id"].to_string()]).await;
+    let said = app.natterctl(&["dlq", "retry", &list[0]["id"].to_string()]).await;
     assert!(said.contains("stored again at seq"), "{said}");
-    natterctl(&app, &["dlq", "drop", &list[1]["id"].to_string()]).await;
+    app.natterctl(&["dlq", "drop", &list[1]["id"].to_string()]).await;
     natter_tests::eventually("the retried message applied", WAIT, || async {
         let (_, h) = app.get(e, &format!("/api/chat/conversations/{missing}/messages"), a).await;
         (h["total"] == 1).then_some(h)
@@ -327,7 +295,7 @@ async fn poison_commands_are_dead_lettered_and_retried() {
     .await;
     let (_, h) = app.get(e, &format!("/api/chat/conversations/{missing}/messages"), b).await;
     assert_eq!(h["messages"][0]["_id"], first, "{h}");
-    let left: Vec<Value> = serde_json::from_str(&natterctl(&app, &["dlq", "list", "--json"]).await).unwrap();
+    let left: Vec<Value> = serde_json::from_str(&app.natterctl(&["dlq", "list", "--json"]).await).unwrap();
     assert!(left.is_empty(), "{left:?}");
 }
 
@@ -371,7 +339,7 @@ async fn a_command_mongodb_keeps_refusing_is_dead_lettered_after_its_retries() {
     assert_eq!(withdrawn.len(), 1, "the refused message is withdrawn");
     assert_eq!(withdrawn[0]["data"]["messageId"], json!(sent[1]));
     assert_eq!(withdrawn[0]["data"]["retracted"], true);
-    let letters: Vec<Value> = serde_json::from_str(&natterctl(&app, &["dlq", "list", "--json"]).await).unwrap();
+    let letters: Vec<Value> = serde_json::from_str(&app.natterctl(&["dlq", "list", "--json"]).await).unwrap();
     assert_eq!(letters.len(), 1, "{letters:?}");
     let reason = letters[0]["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("MongoDB refused the write (121)"), "{reason}");
@@ -379,7 +347,7 @@ async fn a_command_mongodb_keeps_refusing_is_dead_lettered_after_its_retries() {
 
     // The cause removed, the letter is retried and applied.
     db.run_command(validator(mongodb::bson::doc! {})).await.unwrap();
-    let said = natterctl(&app, &["dlq", "retry", &letters[0]["id"].to_string()]).await;
+    let said = app.natterctl(&["dlq", "retry", &letters[0]["id"].to_string()]).await;
     assert!(said.contains("retried"), "{said}");
     let got = wb.events("message_received", 1, WAIT).await;
     assert_eq!(got.first().map(|m| &m["data"]["_id"]), Some(&json!(sent[1])), "{got:?}");
@@ -389,6 +357,6 @@ async fn a_command_mongodb_keeps_refusing_is_dead_lettered_after_its_retries() {
     })
     .await;
     assert_eq!(stored, 4);
-    let left: Vec<Value> = serde_json::from_str(&natterctl(&app, &["dlq", "list", "--json"]).await).unwrap();
+    let left: Vec<Value> = serde_json::from_str(&app.natterctl(&["dlq", "list", "--json"]).await).unwrap();
     assert!(left.is_empty(), "{left:?}");
 }

@@ -245,6 +245,7 @@ pub async fn serve_with(
         store: c.store.clone(),
         js: c.js.clone(),
         subjects: c.subjects.clone(),
+        partitioning: c.partitioning.clone(),
         s3: s3c.clone(),
         bucket: s3.bucket.clone(),
         after: collect_after,
@@ -252,7 +253,7 @@ pub async fn serve_with(
     let sweeping = tokio::spawn(sweep.run(cancel.clone()));
     let handler =
         Arc::new(AttachmentsHandler::new(c.store, c.js.clone(), c.subjects.clone(), staging, s3c, s3.bucket.clone()));
-    let ran = runner::run(handler, c.client, c.subjects, cfg, cancel.clone()).await;
+    let ran = runner::run(handler, c.client, c.subjects, c.partitioning, cfg, cancel.clone()).await;
     cancel.cancel();
     let _ = sweeping.await;
     ran?;

@@ -24,6 +24,8 @@ pub struct Sweep {
     pub store: Store,
     pub js: async_nats::jetstream::Context,
     pub subjects: Subjects,
+    /// Nothing is collected while a move to another partition count drains.
+    pub partitioning: natter_nats::Partitioning,
     pub s3: aws_sdk_s3::Client,
     pub bucket: String,
     /// How old an unsent upload is when it is collected.
@@ -39,6 +41,9 @@ impl Sweep {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(every) => {}
+            }
+            if self.partitioning.draining() {
+                continue;
             }
             if let Err(e) = self.expire().await {
                 tracing::warn!(error = %e, "sweep of unsent uploads failed; next time");

@@ -20,7 +20,7 @@ pub use natter_nats::topology::{DLQ_REASON, DLQ_SEQ, DLQ_SUBJECT};
 use crate::handler::Handler;
 use crate::lease::{Leases, RENEW_EVERY};
 use async_nats::jetstream;
-use natter_nats::{Subjects, topology};
+use natter_nats::{Partitioning, Subjects, topology};
 use partition::Partition;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -64,27 +64,40 @@ struct PartitionTask {
 }
 
 /// Runs `handler` until `cancel` fires, then finishes the batches in hand and
-/// gives the leases back.
+/// gives the leases back. When the partition count changes (after
+/// `natterctl partitions set` has drained the old partitions) it stops
+/// every partition loop, gives its leases back and leases the new count's.
 pub async fn run<H: Handler>(
     handler: Arc<H>,
     client: async_nats::Client,
     subjects: Subjects,
+    mut partitioning: Partitioning,
     cfg: RunnerConfig,
     cancel: CancellationToken,
 ) -> Result<(), RunnerError> {
     let js = jetstream::new(client.clone());
     let kv = js.get_key_value(subjects.leases_bucket()).await.map_err(RunnerError::Bucket)?;
     let role = H::ROLE.name();
-    let mut leases = Leases::new(kv, subjects.clone(), role, cfg.instance.clone(), H::ROLE.partitions());
+    let follows_count = H::ROLE.input == topology::Input::Commands;
+    let mut count = H::ROLE.partitions(&subjects);
+    let mut leases = Leases::new(kv.clone(), subjects.clone(), role, cfg.instance.clone(), count);
     let mut tasks: HashMap<u32, PartitionTask> = HashMap::new();
     let mut tick = tokio::time::interval(RENEW_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    info!(role, instance = %cfg.instance, "worker running");
+    info!(role, instance = %cfg.instance, partitions = count, "worker running");
     loop {
         let renew = tokio::select! {
             _ = cancel.cancelled() => break,
             _ = tick.tick() => true,
             _ = leases.changed() => false,
+            n = partitioning.count_changed(count), if follows_count => {
+                stop_all(&mut tasks).await;
+                leases.release_all().await;
+                info!(role, from = count, to = n, "partition count changed; leasing anew");
+                count = n;
+                leases = Leases::new(kv.clone(), subjects.clone(), role, cfg.instance.clone(), count);
+                true
+            }
         };
         let changes = leases.tick(renew).await;
         for p in changes.lost {
@@ -140,13 +153,18 @@ pub async fn run<H: Handler>(
             }
         }
     }
+    stop_all(&mut tasks).await;
+    leases.release_all().await;
+    info!(role, "worker stopped");
+    Ok(())
+}
+
+/// Stops every partition loop; each writes and acks what it has in hand.
+async fn stop_all(tasks: &mut HashMap<u32, PartitionTask>) {
     for t in tasks.values() {
         t.cancel.cancel();
     }
     for (_, t) in tasks.drain() {
         let _ = t.handle.await;
     }
-    leases.release_all().await;
-    info!(role, "worker stopped");
-    Ok(())
 }

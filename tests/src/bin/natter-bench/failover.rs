@@ -37,7 +37,7 @@ pub async fn run(args: FailoverArgs) {
     let mut wa = WsClient::connect(edge, &app.token(a, &[])).await;
     let total = (args.rate * args.secs as f64) as u64;
     let interval = Duration::from_secs_f64(1.0 / args.rate);
-    let partition = partition_of(&conv);
+    let partition = partition_of(&conv, natter_nats::DEFAULT_PARTITIONS);
 
     let receiver = tokio::spawn(async move {
         let mut got: Vec<(Instant, u64)> = Vec::new();
