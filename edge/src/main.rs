@@ -4,6 +4,9 @@ use anyhow::Context;
 use natter_edge::Edge;
 use natter_shared::config::{EdgeConfig, Env};
 
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     natter_shared::telemetry::init("info");

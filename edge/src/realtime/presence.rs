@@ -126,8 +126,10 @@ impl Presence {
         format!("{}.{}", user.hex(), self.edge)
     }
 
-    /// A socket of `sink.user` connected to this edge.
-    pub async fn connect(&self, sink: &Sink) {
+    /// A socket of `sink.user` connected to this edge. The user's
+    /// contacts (two MongoDB reads) are loaded in the background: a
+    /// connection opens at the speed of one NATS round trip.
+    pub async fn connect(self: &Arc<Self>, sink: &Sink) {
         let first = {
             let mut local = lock(&self.local);
             let e = local.entry(sink.user).or_default();
@@ -138,7 +140,12 @@ impl Presence {
             if let Err(e) = self.kv.put(self.key(sink.user), "1".into()).await {
                 tracing::warn!(error = %e, "presence not recorded");
             }
-            self.refresh_contacts(sink.user).await;
+            let (p, user) = (Arc::downgrade(self), sink.user);
+            tokio::spawn(async move {
+                if let Some(p) = p.upgrade() {
+                    p.refresh_contacts(user).await;
+                }
+            });
         }
     }
 

@@ -177,7 +177,10 @@ impl Session {
         let meta = self.meta(rid);
         let name = req.name();
         let span = tracing::info_span!("request", trace_id = meta.trace_id.as_deref().unwrap_or(""), request = name);
-        let answer = tracing::Instrument::instrument(crate::meta::scope(meta, self.dispatch(req)), span).await;
+        // Boxed: a connection's reader holds this future only while a
+        // request runs, not the space of the largest one all its life.
+        let answer =
+            Box::pin(tracing::Instrument::instrument(crate::meta::scope(meta, self.dispatch(req)), span)).await;
         let outcome = match &answer {
             Ok(_) => "ok",
             Err(e) => e.code().as_str(),
@@ -190,7 +193,8 @@ impl Session {
     /// worker's verdict comes as `file_upload_response`.
     pub async fn upload(&mut self, rid: Option<&str>, up: FileUpload, bytes: bytes::Bytes) -> Result<Ack, ChatError> {
         let meta = self.meta(rid);
-        crate::meta::scope(meta, async {
+        // Boxed, as a request is.
+        Box::pin(crate::meta::scope(meta, async {
             let room = chat::optional_room(up.conversation_id.as_deref(), up.group_id.as_deref())?;
             let body = futures::stream::iter([Ok::<_, std::convert::Infallible>(bytes)]);
             let staged = crate::core::attachments::upload(
@@ -208,7 +212,7 @@ impl Session {
                 seq: staged.seq,
                 room: RoomFields::of_optional(room.as_ref()),
             }))
-        })
+        }))
         .await
     }
 

@@ -56,7 +56,9 @@ pub struct Engine {
     /// Replies and events for the client; the session's sink sends here.
     pub out: mpsc::Sender<Outbound>,
     /// Engine.IO packets of our own (open, ping, noop).
-    ctl: mpsc::UnboundedSender<Packet>,
+    /// Boxed: a channel's first block holds 32 of its items for the
+    /// session's whole life, and these are rare (pings, noops, a close).
+    ctl: mpsc::UnboundedSender<Box<Packet>>,
     down: tokio::sync::Mutex<Downlink>,
     transport: Mutex<Transport>,
     upgrading: std::sync::atomic::AtomicBool,
@@ -142,7 +144,7 @@ impl Engine {
 
     /// Queues an Engine.IO packet of our own.
     pub fn push(&self, p: Packet) {
-        let _ = self.ctl.send(p);
+        let _ = self.ctl.send(Box::new(p));
     }
 
     pub fn set_user(&self, user: UserId) {
@@ -458,7 +460,7 @@ pub async fn heartbeat(engine: Arc<Engine>, interval: Duration, timeout: Duratio
 /// then replies and events (each event at most once per subject).
 struct Downlink {
     out: mpsc::Receiver<Outbound>,
-    ctl: mpsc::UnboundedReceiver<Packet>,
+    ctl: mpsc::UnboundedReceiver<Box<Packet>>,
     gate: Option<EventGate>,
     user: Arc<OnceLock<UserId>>,
 }
@@ -489,7 +491,7 @@ impl Downlink {
         loop {
             let o = tokio::select! {
                 biased;
-                p = self.ctl.recv() => return p.map(|p| (p, None)),
+                p = self.ctl.recv() => return p.map(|p| (*p, None)),
                 o = self.out.recv() => o?,
             };
             if let Some(x) = self.convert(o) {
@@ -500,7 +502,7 @@ impl Downlink {
 
     fn try_next(&mut self) -> Option<(Packet, Option<Delivered>)> {
         if let Ok(p) = self.ctl.try_recv() {
-            return Some((p, None));
+            return Some((*p, None));
         }
         loop {
             let o = self.out.try_recv().ok()?;

@@ -176,7 +176,8 @@ pub async fn run(engine: Arc<Engine>, mut inbound: mpsc::Receiver<Inbound>, st: 
                             let ok = encode(Packet::connect("/", Some(args_value(body))));
                             engine.reply(ok);
                             let session =
-                                Session::open(st.clone(), who, meta, conn, out, engine.overflow.clone()).await;
+                                Box::pin(Session::open(st.clone(), who, meta, conn, out, engine.overflow.clone()))
+                                    .await;
                             let cleanup = CloseOnDrop::new(session.closer());
                             socket = Some(Socket { session, cleanup });
                         }
@@ -204,7 +205,7 @@ pub async fn run(engine: Arc<Engine>, mut inbound: mpsc::Receiver<Inbound>, st: 
             }
         }
         if let Some(s) = socket {
-            s.cleanup.close().await;
+            Box::pin(s.cleanup.close()).await;
         }
         // The session ends with this task (see `sio::Unregister`).
         debug!("disconnected");

@@ -32,7 +32,7 @@ pub async fn run(ws: WebSocket<Io>, token: Verified, meta: RequestMeta, st: Arc<
         let overflow = CancellationToken::new();
         let _ =
             out_tx.send(Outbound::Reply(to_text("ready", None, Ready { user_id: &who.user.hex(), protocol: 1 }))).await;
-        let session = Session::open(st.clone(), who.clone(), meta, conn, out_tx, overflow.clone()).await;
+        let session = Box::pin(Session::open(st.clone(), who.clone(), meta, conn, out_tx, overflow.clone())).await;
         let closer = CloseOnDrop::new(session.closer());
         let alive = Arc::new(Liveness::default());
         let reader_alive = alive.clone();
@@ -56,7 +56,7 @@ pub async fn run(ws: WebSocket<Io>, token: Verified, meta: RequestMeta, st: Arc<
         if tokio::time::timeout(Duration::from_secs(2), &mut reader).await.is_err() {
             reader.abort();
         }
-        closer.close().await;
+        Box::pin(closer.close()).await;
         debug!("disconnected");
     }
     .instrument(span)

@@ -86,9 +86,35 @@ pub fn pid_serving(url: &str) -> Option<u32> {
     url.rsplit(':').next().and_then(|p| p.trim_end_matches('/').parse::<u16>().ok()).and_then(pid_listening_on)
 }
 
-/// The process whose command line says it listens on `port` (`--port P`
+/// The process listening on `port`: the owner of the listening socket in
+/// `/proc/net/tcp`, else the one whose command line says so (`--port P`
 /// or `-p P`).
 fn pid_listening_on(port: u16) -> Option<u32> {
+    owner_of_listener(port).or_else(|| pid_by_cmdline(port))
+}
+
+fn owner_of_listener(port: u16) -> Option<u32> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    // `sl local_address rem_address st ... inode`: state 0A is LISTEN.
+    let inode = table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let local_port = u16::from_str_radix(f.get(1)?.rsplit(':').next()?, 16).ok()?;
+        (local_port == port && *f.get(3)? == "0A").then(|| f.get(9).map(|s| s.to_string()))?
+    })?;
+    let wanted = format!("socket:[{inode}]");
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else { continue };
+        for fd in fds.flatten() {
+            if std::fs::read_link(fd.path()).is_ok_and(|l| l.to_string_lossy() == wanted) {
+                return Some(pid);
+            }
+        }
+    }
+    None
+}
+
+fn pid_by_cmdline(port: u16) -> Option<u32> {
     let wants = [format!("--port\0{port}\0"), format!("-p\0{port}\0")];
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };

@@ -7,12 +7,14 @@
 //! cargo build --release --workspace --bins
 //! target/release/natter-bench load --pairs 5 --rate 10           # paced, 50 msg/s
 //! target/release/natter-bench load --pairs 5 --window 16 --runs 5
+//! target/release/natter-bench conns --count 19500 --protocol socketio
 //! target/release/natter-bench failover
 //! target/release/natter-bench audit --records 1000000
 //! target/release/natter-bench replay --commands 100000
 //! ```
 
 mod audit;
+mod conns;
 mod dbstats;
 mod failover;
 mod load;
@@ -32,6 +34,9 @@ enum Bench {
     Load(load::LoadArgs),
     /// A busy room while the worker holding it is killed with -9.
     Failover(failover::FailoverArgs),
+    /// Idle authenticated connections: memory per connection (edge and
+    /// nats-server) and how fast they open.
+    Conns(conns::ConnsArgs),
     /// Appending to and filtering the audit trail at 1,000 and at many records.
     Audit(audit::AuditArgs),
     /// `natterctl replay --into-db` against `insert_many` of what it produces.
@@ -52,6 +57,7 @@ fn main() {
             Bench::Load(a) => load::run(a).await,
             Bench::Failover(a) => failover::run(a).await,
             Bench::Audit(a) => audit::run(a).await,
+            Bench::Conns(a) => conns::run(a).await,
             Bench::Replay(a) => replay::run(a).await,
         }
     });
