@@ -12,6 +12,7 @@ use crate::realtime::delivery::Deliveries;
 use crate::realtime::hub::Head;
 use crate::realtime::limits::close;
 use crate::realtime::session::Next;
+use bytes::Bytes;
 use fastwebsockets::{Frame, OpCode, Payload, WebSocketError, WebSocketRead, WebSocketWrite};
 use futures::FutureExt;
 use hyper::upgrade::Upgraded;
@@ -295,7 +296,29 @@ impl EventGate {
 pub trait Source {
     /// The next frame to write and what it delivers; `None` when the
     /// connection has nothing more to send.
-    fn next(&mut self) -> impl Future<Output = Option<(Frame<'static>, Option<Delivered>)>> + Send;
+    fn next(&mut self) -> impl Future<Output = Option<(Out, Option<Delivered>)>> + Send;
+}
+
+/// What a connection writes: a frame of its own, or a text frame whose
+/// bytes every connection an event goes to shares (written from them, not
+/// copied).
+pub enum Out {
+    Frame(Frame<'static>),
+    Text(Bytes),
+}
+
+impl Out {
+    fn is_close(&self) -> bool {
+        matches!(self, Out::Frame(f) if f.opcode == OpCode::Close)
+    }
+}
+
+/// Writes `out` within `WRITE_TIMEOUT`; false when the peer is gone.
+async fn write_out(tx: &mut Writer, out: Out) -> bool {
+    match out {
+        Out::Frame(f) => write(tx, f).await,
+        Out::Text(b) => write(tx, Frame::text(Payload::Borrowed(&b))).await,
+    }
 }
 
 /// Writes `frame` within `WRITE_TIMEOUT`; false when the peer is gone or
@@ -308,8 +331,8 @@ pub async fn write(tx: &mut Writer, frame: Frame<'_>) -> bool {
 /// close the server decided on: the replies and events that led to it.
 async fn flush_ready(tx: &mut Writer, source: &mut impl Source, deliveries: &Deliveries) -> bool {
     for _ in 0..FLUSH_BEFORE_CLOSE {
-        let Some(Some((frame, d))) = source.next().now_or_never() else { break };
-        if !write(tx, frame).await {
+        let Some(Some((out, d))) = source.next().now_or_never() else { break };
+        if !write_out(tx, out).await {
             return false;
         }
         if let Some((user, room, seq)) = d {
@@ -344,16 +367,16 @@ pub async fn write_loop(
     pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let mut delivered = None;
-        let frame: Frame<'static> = tokio::select! {
+        let out: Out = tokio::select! {
             biased;
             _ = cancel.cancelled() => {
                 flush_ready(&mut tx, &mut source, deliveries).await;
-                Frame::close(close::GOING_AWAY, b"server shutting down")
+                Out::Frame(Frame::close(close::GOING_AWAY, b"server shutting down"))
             }
-            _ = overflow.cancelled() => Frame::close(close::TRY_AGAIN_LATER, b"slow consumer"),
+            _ = overflow.cancelled() => Out::Frame(Frame::close(close::TRY_AGAIN_LATER, b"slow consumer")),
             _ = &mut expires, if deadlines.expires.is_some() => {
                 flush_ready(&mut tx, &mut source, deliveries).await;
-                Frame::close(close::TOKEN_EXPIRED, b"token expired")
+                Out::Frame(Frame::close(close::TOKEN_EXPIRED, b"token expired"))
             }
             _ = pings.tick(), if alive.is_some() => {
                 let Some(alive) = alive.as_ref() else { continue };
@@ -364,11 +387,11 @@ pub async fn write_loop(
                             continue;
                         }
                         debug!("no answer to pings");
-                        Frame::close(close::PING_TIMEOUT, b"no answer to pings")
+                        Out::Frame(Frame::close(close::PING_TIMEOUT, b"no answer to pings"))
                     }
                     _ if alive.quiet_for() >= every => {
                         pinged = Some((Instant::now(), alive.frames()));
-                        Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b""))
+                        Out::Frame(Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b"")))
                     }
                     _ => {
                         pinged = None;
@@ -377,21 +400,21 @@ pub async fn write_loop(
                 }
             }
             c = ctl.recv() => match c {
-                Some(Control::Frame(op, payload)) => Frame::new(true, op, None, Payload::Owned(payload)),
-                Some(Control::Close(code, reason)) => Frame::close(code, reason.as_bytes()),
+                Some(Control::Frame(op, payload)) => Out::Frame(Frame::new(true, op, None, Payload::Owned(payload))),
+                Some(Control::Close(code, reason)) => Out::Frame(Frame::close(code, reason.as_bytes())),
                 // The reader ended: the peer is gone.
                 None => break,
             },
             o = source.next() => match o {
-                Some((frame, d)) => {
+                Some((out, d)) => {
                     delivered = d;
-                    frame
+                    out
                 }
                 None => break,
             },
         };
-        let closing = frame.opcode == OpCode::Close;
-        if !write(&mut tx, frame).await || closing {
+        let closing = out.is_close();
+        if !write_out(&mut tx, out).await || closing {
             break;
         }
         if let Some((user, room, seq)) = delivered {

@@ -18,7 +18,7 @@
 
 use crate::error::ChatError;
 use crate::realtime::EdgeState;
-use crate::realtime::hub::{Outbound, Sink};
+use crate::realtime::hub::{Outbound, SharedEvent, Sink};
 use async_nats::jetstream::consumer;
 use natter_shared::ids::RoomRef;
 use natter_shared::v1::command::RoomFields;
@@ -132,7 +132,7 @@ async fn missed(st: &EdgeState, sink: &Sink, room: &RoomRef, subject: &str, last
     };
     missed.extend(own);
     missed.sort_by_key(|(o, _)| match o {
-        Outbound::Event { head, .. } => (head.seq.unwrap_or(0), head.part),
+        Outbound::Event(e) => (e.head.seq.unwrap_or(0), e.head.part),
         _ => (0, 0),
     });
     if missed.len() as u64 > max {
@@ -174,7 +174,7 @@ async fn read(
             && head.seq.is_some_and(|s| s > last_seq)
             && keep(&payload)
         {
-            out.push((Outbound::Event { subject: shared.clone(), head, payload }, h));
+            out.push((Outbound::Event(SharedEvent::new(shared.clone(), head, payload)), h));
         }
     }
     Ok(Some(out))

@@ -62,13 +62,38 @@ pub enum Outbound {
     /// An event frame (the native JSON shape, as published) made on this
     /// edge for this connection, not from a subscription: presence.
     Local(String),
-    /// An event from the subscription `subject`, written unless its
-    /// `(seq, part)` was already written for that subject.
-    Event { subject: Arc<str>, head: Arc<Head>, payload: Bytes },
+    /// An event from a subscription, one copy shared by every connection
+    /// it goes to.
+    Event(Arc<SharedEvent>),
     /// The client saw `subject`'s events up to `seq` (a join with
     /// `lastSeq`): none at or before it is written, whether catch-up or a
     /// live copy republished by a worker that took a partition over.
     Since { subject: Arc<str>, seq: u64 },
+}
+
+/// An event from the subscription `subject`, written (unless its `(seq,
+/// part)` was already written for that subject) by every connection it
+/// goes to, and encoded once per protocol: the native frame is the payload
+/// as published; the other protocol's frame is made by the first of its
+/// connections that writes it, then shared by the rest.
+#[derive(Debug)]
+pub struct SharedEvent {
+    pub subject: Arc<str>,
+    pub head: Arc<Head>,
+    pub payload: Bytes,
+    other: std::sync::OnceLock<Option<Bytes>>,
+}
+
+impl SharedEvent {
+    pub fn new(subject: Arc<str>, head: Arc<Head>, payload: Bytes) -> Arc<Self> {
+        Arc::new(SharedEvent { subject, head, payload, other: std::sync::OnceLock::new() })
+    }
+
+    /// The frame in the other protocol: made by `encode` from the native
+    /// frame the first time it is asked for, then the same bytes.
+    pub fn encoded(&self, encode: impl FnOnce(&[u8]) -> Option<Bytes>) -> Option<Bytes> {
+        self.other.get_or_init(|| encode(&self.payload)).clone()
+    }
 }
 
 /// The sending side of a connection, as the hub holds it.
@@ -419,12 +444,12 @@ impl FanOut {
         }
         let targets: Vec<Sink> = lock(&self.sinks).values().cloned().collect();
         self.delivered.increment(targets.len() as u64);
+        let shared = SharedEvent::new(self.subject.clone(), head.clone(), payload.clone());
         for s in &targets {
             if head.seq.is_none() && head.from.as_deref() == Some(s.user.hex().as_str()) {
                 continue;
             }
-            let out = Outbound::Event { subject: self.subject.clone(), head: head.clone(), payload: payload.clone() };
-            s.offer(out);
+            s.offer(Outbound::Event(shared.clone()));
             if let Some(group) = &h.grant {
                 let room = RoomRef::new(RoomKind::Group, group.clone());
                 let _ = self.control.send(Control::Follow(self.subjects.room_follow(room.kind, &room.id), s.clone()));

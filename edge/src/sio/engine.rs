@@ -13,7 +13,7 @@ use crate::realtime::EdgeState;
 use crate::realtime::hub::Outbound;
 use crate::realtime::limits::{MAX_FRAME_BYTES, QUEUE_LEN, close};
 use crate::realtime::session::Next;
-use crate::transport::{self, Control, Delivered, EventGate, Io, Message, Source};
+use crate::transport::{self, Control, Delivered, EventGate, Io, Message, Out, Source};
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{StatusCode, header};
@@ -466,16 +466,23 @@ struct Downlink {
 }
 
 impl Downlink {
-    fn convert(&mut self, o: Outbound) -> Option<(Packet, Option<Delivered>)> {
+    fn convert(&mut self, o: Outbound) -> Option<(Down, Option<Delivered>)> {
         match o {
-            Outbound::Reply(s) => Some((Packet::Message(s.into()), None)),
-            Outbound::Local(s) => socket::event_from_native(s.as_bytes()).map(|m| (Packet::Message(m), None)),
-            Outbound::Event { subject, head, payload } => {
+            Outbound::Reply(s) => Some((Down::Packet(Packet::Message(s.into())), None)),
+            Outbound::Local(s) => {
+                socket::event_from_native(s.as_bytes()).map(|m| (Down::Packet(Packet::Message(m)), None))
+            }
+            Outbound::Event(e) => {
                 if self.gate.is_none() {
                     self.gate = Some(EventGate::new(*self.user.get()?));
                 }
-                let delivered = self.gate.as_mut()?.admit(&subject, &head)?;
-                socket::event_from_native(&payload).map(|m| (Packet::Message(m), delivered))
+                let delivered = self.gate.as_mut()?.admit(&e.subject, &e.head)?;
+                // Encoded by the first Socket.IO connection it reaches.
+                let text = e.encoded(|native| {
+                    let m = socket::event_from_native(native)?;
+                    Some(Bytes::from(String::from(Packet::Message(m))))
+                })?;
+                Some((Down::Text(text), delivered))
             }
             Outbound::Since { subject, seq } => {
                 if self.gate.is_none() {
@@ -487,11 +494,11 @@ impl Downlink {
         }
     }
 
-    async fn next(&mut self) -> Option<(Packet, Option<Delivered>)> {
+    async fn next(&mut self) -> Option<(Down, Option<Delivered>)> {
         loop {
             let o = tokio::select! {
                 biased;
-                p = self.ctl.recv() => return p.map(|p| (*p, None)),
+                p = self.ctl.recv() => return p.map(|p| (Down::Packet(*p), None)),
                 o = self.out.recv() => o?,
             };
             if let Some(x) = self.convert(o) {
@@ -500,9 +507,9 @@ impl Downlink {
         }
     }
 
-    fn try_next(&mut self) -> Option<(Packet, Option<Delivered>)> {
+    fn try_next(&mut self) -> Option<(Down, Option<Delivered>)> {
         if let Ok(p) = self.ctl.try_recv() {
-            return Some((*p, None));
+            return Some((Down::Packet(*p), None));
         }
         loop {
             let o = self.out.try_recv().ok()?;
@@ -519,8 +526,30 @@ struct DownSource<'a> {
 }
 
 impl Source for DownSource<'_> {
-    async fn next(&mut self) -> Option<(Frame<'static>, Option<Delivered>)> {
+    async fn next(&mut self) -> Option<(Out, Option<Delivered>)> {
         let (p, d) = self.down.next().await?;
-        Some((Frame::text(Payload::Owned(String::from(p).into_bytes())), d))
+        Some((
+            match p {
+                Down::Packet(p) => Out::Frame(Frame::text(Payload::Owned(String::from(p).into_bytes()))),
+                Down::Text(b) => Out::Text(b),
+            },
+            d,
+        ))
+    }
+}
+
+/// An Engine.IO packet to send, or one already encoded (an event's text,
+/// shared by every connection it goes to).
+enum Down {
+    Packet(Packet),
+    Text(Bytes),
+}
+
+impl From<Down> for String {
+    fn from(d: Down) -> String {
+        match d {
+            Down::Packet(p) => String::from(p),
+            Down::Text(b) => String::from_utf8_lossy(&b).into_owned(),
+        }
     }
 }

@@ -5,7 +5,7 @@ use crate::realtime::EdgeState;
 use crate::realtime::hub::Outbound;
 use crate::realtime::limits::{MAX_FRAME_BYTES, QUEUE_LEN};
 use crate::realtime::session::{CloseOnDrop, Session, next_conn};
-use crate::transport::{self, Control, Deadlines, Delivered, EventGate, Io, Liveness, Source};
+use crate::transport::{self, Control, Deadlines, Delivered, EventGate, Io, Liveness, Out, Source};
 use fastwebsockets::{Frame, Payload, WebSocket};
 use natter_shared::auth::Verified;
 use natter_shared::v1::client::MAX_UPLOAD_HEADER;
@@ -70,20 +70,22 @@ struct NativeSource {
 }
 
 impl Source for NativeSource {
-    async fn next(&mut self) -> Option<(Frame<'static>, Option<Delivered>)> {
+    async fn next(&mut self) -> Option<(Out, Option<Delivered>)> {
         loop {
-            let (text, delivered) = match self.out.recv().await? {
-                Outbound::Reply(s) | Outbound::Local(s) => (s.into_bytes(), None),
-                Outbound::Event { subject, head, payload } => match self.gate.admit(&subject, &head) {
-                    Some(d) => (payload.to_vec(), d),
+            return Some(match self.out.recv().await? {
+                Outbound::Reply(s) | Outbound::Local(s) => {
+                    (Out::Frame(Frame::text(Payload::Owned(s.into_bytes()))), None)
+                }
+                // The payload as published, the same bytes for every socket.
+                Outbound::Event(e) => match self.gate.admit(&e.subject, &e.head) {
+                    Some(d) => (Out::Text(e.payload.clone()), d),
                     None => continue,
                 },
                 Outbound::Since { subject, seq } => {
                     self.gate.since(&subject, seq);
                     continue;
                 }
-            };
-            return Some((Frame::text(Payload::Owned(text)), delivered));
+            });
         }
     }
 }
