@@ -77,9 +77,12 @@ impl Deliveries {
     }
 }
 
+/// Receipts published at once by a flush (their acks awaited together).
+const IN_FLIGHT: usize = 256;
+
 async fn flush(js: &async_nats::jetstream::Context, subjects: &Subjects, pending: &mut Pending) {
-    let mut failed: Vec<((UserId, RoomRef), u64)> = Vec::new();
-    for ((user, room), seq) in pending.drain() {
+    use futures::StreamExt;
+    let publish = |((user, room), seq): ((UserId, RoomRef), u64)| async move {
         let env = CommandEnvelope {
             v: natter_shared::v1::VERSION,
             actor: user,
@@ -88,15 +91,24 @@ async fn flush(js: &async_nats::jetstream::Context, subjects: &Subjects, pending
             meta: Some(natter_shared::v1::command::RequestMeta { via: "edge".into(), ..Default::default() }),
             command: Command::MarkDelivered(MarkDeliveredCmd { room: RoomFields::of(&room), seqs: vec![seq] }),
         };
-        let Ok(body) = serde_json::to_vec(&env) else { continue };
+        let body = serde_json::to_vec(&env).ok()?;
         let subject = subjects.command(room.kind, &room.id, env.command.action());
         let msg_id = format!("dlv:{user}:{}:{seq}", room.id);
-        if let Err(e) = publish::command(js, subject, &msg_id, body.into()).await {
-            // Kept for the next flush (JetStream may be electing a leader).
-            tracing::warn!(error = %e, "delivery receipt not stored; retrying");
-            failed.push(((user, room), seq));
+        match publish::command(js, subject, &msg_id, body.into()).await {
+            Ok(_) => None,
+            Err(e) => {
+                // Kept for the next flush (JetStream may be electing a leader).
+                tracing::warn!(error = %e, "delivery receipt not stored; retrying");
+                Some(((user, room), seq))
+            }
         }
-    }
+    };
+    let failed: Vec<((UserId, RoomRef), u64)> = futures::stream::iter(pending.drain().collect::<Vec<_>>())
+        .map(publish)
+        .buffer_unordered(IN_FLIGHT)
+        .filter_map(std::future::ready)
+        .collect()
+        .await;
     // `pending` was drained above: nothing newer is there to merge with.
     pending.extend(failed);
 }

@@ -315,3 +315,73 @@ async fn a_room_moving_to_another_worker_keeps_counts_cursors_and_order() {
     assert_eq!(statuses.iter().filter(|s| **s == "read").count(), 51, "messages 100..=150 of this page are read");
     assert!(statuses[51..].iter().all(|s| *s == "delivered"), "the rest reached B's device");
 }
+
+/// A group past the size at which the worker writes a per-user map whole:
+/// unread counts stay exact, and a worker that read the group from the
+/// database (its tail empty) sends each message's `delivered` once, when
+/// the first member's device gets it, however many members' receipts pass
+/// it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_group_keeps_exact_counts_and_sends_each_delivered_once() {
+    let mut app = TestApp::new().await;
+    let e = app.start_edge().await;
+    let first = app.start_worker_process();
+    let users: Vec<_> = (0..60).map(|_| app.user()).collect();
+    let (a, members) = (users[0], &users[1..]);
+    let group = app.create_group(e, a, members).await;
+    let mut wa = WsClient::connect(e, &app.token(a, &[])).await;
+    assert_eq!(wa.request("join_group", json!({"groupId": group})).await["type"], "ack");
+    let mut sent = Vec::new();
+    for i in 0..3 {
+        let r = wa.request("send_message", json!({"groupId": group, "content": format!("m{i}")})).await;
+        sent.push(r["data"]["messageId"].as_str().expect("id").to_string());
+    }
+    let gid: mongodb::bson::oid::ObjectId = group.parse().unwrap();
+    let unread = |want: i64| {
+        let app = &app;
+        async move {
+            natter_tests::eventually("unread counts written", Duration::from_secs(30), || async {
+                let g = app.store.group(gid).await.ok()??;
+                members.iter().all(|m| g.unread_counts.get(&m.hex()) == Some(&want)).then_some(g)
+            })
+            .await
+        }
+    };
+    let g = unread(3).await;
+    assert_eq!(g.unread_counts.get(&a.hex()).copied().unwrap_or(0), 0, "the sender's own messages");
+    assert_eq!(g.unread_counts.len(), 60);
+
+    // Another worker takes the room over and reads it from the database.
+    app.processes[first].kill9().await;
+    app.start_worker_process();
+    let mut sockets = Vec::new();
+    for m in &members[..40] {
+        let mut w = WsClient::connect(e, &app.token(*m, &[])).await;
+        assert_eq!(w.request("join_group", json!({"groupId": group})).await["type"], "ack");
+        sockets.push(w);
+    }
+    let r = wa.request("send_message", json!({"groupId": group, "content": "m3"})).await;
+    sent.push(r["data"]["messageId"].as_str().expect("id").to_string());
+    for w in &mut sockets {
+        assert_eq!(w.events("message_received", 1, Duration::from_secs(20)).await.len(), 1);
+    }
+    // Forty devices report; each message is `delivered` once.
+    let ev = wa.events("message_status_updated", 5, Duration::from_secs(10)).await;
+    let mut got: Vec<&str> = ev.iter().map(|e| e["data"]["messageId"].as_str().unwrap()).collect();
+    got.sort_unstable();
+    let mut want: Vec<&str> = sent.iter().map(String::as_str).collect();
+    want.sort_unstable();
+    assert_eq!(got, want, "every message once");
+    assert!(ev.iter().all(|e| e["data"]["status"] == "delivered" && e["data"]["groupId"] == group));
+
+    // One member reads everything: its count is 0, the others' 4.
+    let r = sockets[0].request("mark_as_read", json!({"messageId": sent[3]})).await;
+    assert_eq!(r["type"], "ack", "{r}");
+    let g = natter_tests::eventually("the read written", Duration::from_secs(30), || async {
+        let g = app.store.group(gid).await.ok()??;
+        (g.unread_counts.get(&members[0].hex()) == Some(&0)).then_some(g)
+    })
+    .await;
+    assert!(members[1..].iter().all(|m| g.unread_counts.get(&m.hex()) == Some(&4)), "{:?}", g.unread_counts);
+    assert_eq!(g.delivered_cursors.len(), 40, "the forty devices' cursors");
+}

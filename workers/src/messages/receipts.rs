@@ -10,6 +10,7 @@
 use super::Batch;
 use super::events::{publication, refused, room_subject};
 use super::room::{Cursor, Room};
+use super::tail::{Entry, MAX_TAIL_ALL};
 use crate::handler::{ApplyError, Disposition, Incoming};
 use mongodb::bson::{doc, oid::ObjectId};
 use natter_shared::store::round_trip;
@@ -45,8 +46,11 @@ pub(super) async fn read(
     let upto = prev.max(message.seq);
     if !already && upto > prev {
         let unread = unread_after(b, room, user, upto).await?;
+        let seen = room.seen(user);
         room.put(Cursor::Read, user, upto);
         room.put(Cursor::Unread, user, unread);
+        // Reading implies receiving.
+        room.tail.mark_delivered(seen, upto, user);
     }
     let u = user.to_hex();
     let data = MessageRead {
@@ -108,21 +112,25 @@ pub(super) async fn delivered(
         return Ok(Disposition::Applied(vec![]));
     }
     let seen = room.seen(user);
-    // Who else had received each message already: the three furthest
-    // members are enough to find, for any sender, the furthest other one.
-    let mut furthest: Vec<(i64, ObjectId)> =
-        room.members().iter().filter(|m| **m != user).map(|m| (room.seen(*m), *m)).collect();
-    furthest.sort_unstable_by(|a, b| b.cmp(a));
-    furthest.truncate(3);
-    room.put(Cursor::Delivered, user, upto);
     if upto <= seen {
+        room.put(Cursor::Delivered, user, upto);
         return Ok(Disposition::Applied(vec![]));
     }
+    // Before the cursor moves: the backfill marks what members had.
+    if !room.tail.covers(seen) {
+        backfill(b, room).await?;
+    }
+    room.put(Cursor::Delivered, user, upto);
+    // Who else had received each message already. The tail knows it per
+    // message; for older ones, the furthest other members (a scan of the
+    // members, so only when it is needed).
+    let furthest = if room.tail.covers(seen) { Vec::new() } else { furthest(room, Some(user)) };
     let passed = passed(b, room, user, seen, upto).await?;
+    room.tail.mark_delivered(seen, upto, user);
     let mut events = Vec::new();
-    for (id, sender, seq) in passed {
-        let other = furthest.iter().find(|(_, m)| *m != sender).map_or(0, |(s, _)| *s);
-        if other >= seq {
+    for (id, sender, seq, known) in passed {
+        let already = known.unwrap_or_else(|| reached_another(&furthest, sender, seq));
+        if already {
             continue;
         }
         let data = MessageStatusUpdated {
@@ -136,21 +144,79 @@ pub(super) async fn delivered(
     Ok(Disposition::Applied(events))
 }
 
+/// The three members (other than `except`) whose cursors are furthest:
+/// enough to find, for any sender, the furthest member other than it.
+fn furthest(room: &Room, except: Option<ObjectId>) -> Vec<(i64, ObjectId)> {
+    let mut f: Vec<(i64, ObjectId)> =
+        room.members().iter().filter(|m| Some(**m) != except).map(|m| (room.seen(*m), *m)).collect();
+    f.sort_unstable_by(|a, b| b.cmp(a));
+    f.truncate(3);
+    f
+}
+
+/// Whether a member other than `sender` had the message at `seq`, by
+/// [`furthest`].
+fn reached_another(furthest: &[(i64, ObjectId)], sender: ObjectId, seq: i64) -> bool {
+    furthest.iter().find(|(_, m)| *m != sender).is_some_and(|(s, _)| *s >= seq)
+}
+
+/// Reads into the tail the room's newest messages older than it, as many
+/// as it has room for. A room read from the database has an empty tail,
+/// and without this every member's first receipt would read MongoDB (a
+/// group of 2,000: 2,000 reads); with it, one read serves them all.
+async fn backfill(b: &Batch<'_>, room: &mut Room) -> Result<(), ApplyError> {
+    let want = MAX_TAIL_ALL.saturating_sub(room.tail.len());
+    if want == 0 {
+        return Ok(());
+    }
+    let mut f = room.key.messages();
+    f.insert("seq", doc! {"$lte": room.tail.from()});
+    let raw = b.ctx.store.db().collection::<mongodb::bson::Document>(natter_shared::model::MESSAGES);
+    round_trip("backfill_tail");
+    let mut cur = raw
+        .find(f)
+        .projection(doc! {"_id": 1, "senderId": 1, "seq": 1, "messageType": 1, "deleted": 1})
+        .sort(doc! {"seq": -1})
+        .limit(want as i64)
+        .await?;
+    let gone: Vec<ObjectId> = room.unwritten().map(|t| t.id).collect();
+    let furthest = furthest(room, None);
+    let mut older = Vec::new();
+    while cur.advance().await? {
+        let m = cur.current();
+        let (Ok(id), Ok(sender), Ok(seq)) = (m.get_object_id("_id"), m.get_object_id("senderId"), m.get_i64("seq"))
+        else {
+            continue;
+        };
+        older.push(Entry {
+            seq,
+            id,
+            sender,
+            counts: m.get_str("messageType") != Ok("system"),
+            deleted: m.get_bool("deleted").unwrap_or(false) || gone.contains(&id),
+            delivered: reached_another(&furthest, sender, seq),
+        });
+    }
+    // Fewer than asked for: the room has no older message.
+    let from = if older.len() < want { 0 } else { older.last().map_or(0, |e| e.seq - 1) };
+    older.reverse();
+    room.tail.backfill(older, from);
+    Ok(())
+}
+
+/// A message a receipt passed: id, sender, seq, and whether a member
+/// other than its sender had it already, when the tail knows.
+type Passed = (ObjectId, ObjectId, i64, Option<bool>);
+
 /// The messages from others (not deleted, not `system`) with a seq in
 /// `(lo, hi]`, oldest first, at most `MAX_STATUS_EVENTS` (the newest).
-async fn passed(
-    b: &Batch<'_>,
-    room: &Room,
-    user: ObjectId,
-    lo: i64,
-    hi: i64,
-) -> Result<Vec<(ObjectId, ObjectId, i64)>, ApplyError> {
+async fn passed(b: &Batch<'_>, room: &Room, user: ObjectId, lo: i64, hi: i64) -> Result<Vec<Passed>, ApplyError> {
     let wanted = |sender: ObjectId, counts: bool, deleted: bool| sender != user && counts && !deleted;
-    let mut out: Vec<(ObjectId, ObjectId, i64)> = room
+    let mut out: Vec<Passed> = room
         .tail
         .between(lo, hi)
         .filter(|e| wanted(e.sender, e.counts, e.deleted))
-        .map(|e| (e.id, e.sender, e.seq))
+        .map(|e| (e.id, e.sender, e.seq, Some(e.delivered)))
         .collect();
     let from = room.tail.from();
     if lo < from && out.len() < MAX_STATUS_EVENTS {
@@ -171,7 +237,7 @@ async fn passed(
                 (m.get_object_id("_id"), m.get_object_id("senderId"), m.get_i64("seq"))
                 && !gone.contains(&id)
             {
-                older.push((id, sender, seq));
+                older.push((id, sender, seq, None));
             }
         }
         older.reverse();

@@ -28,7 +28,8 @@ pub struct ConnsArgs {
     /// -Hn`), the edge's own sockets included.
     #[arg(long, default_value_t = 19_500)]
     pub count: usize,
-    /// `socketio` (Socket.IO over WebSocket) or `native` (/ws).
+    /// `socketio` (Socket.IO over WebSocket), `polling` (Socket.IO over
+    /// HTTP long-polling: one pending GET per session) or `native` (/ws).
     #[arg(long, default_value = "socketio")]
     pub protocol: String,
     /// Loopback addresses to connect from.
@@ -127,6 +128,74 @@ async fn open(
     result
 }
 
+/// Opens one authenticated Socket.IO session over HTTP long-polling from
+/// `client` (bound to one loopback address); it keeps a GET pending and
+/// answers pings until `stop`.
+async fn open_polling(
+    edge: SocketAddr,
+    client: reqwest::Client,
+    token: String,
+    alive: Arc<AtomicUsize>,
+    stop: CancellationToken,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> Result<(), String> {
+    let base = format!("http://{edge}/socket.io/?EIO=4&transport=polling");
+    let get = |url: String| {
+        let client = client.clone();
+        async move {
+            let r = client.get(url).send().await.map_err(|e| format!("poll: {e}"))?;
+            let status = r.status();
+            let body = r.text().await.map_err(|e| format!("poll body: {e}"))?;
+            if !status.is_success() {
+                return Err(format!("poll {status}: {body}"));
+            }
+            Ok::<String, String>(body)
+        }
+    };
+    let post = |url: String, body: String| {
+        let client = client.clone();
+        async move {
+            let r = client.post(url).body(body).send().await.map_err(|e| format!("post: {e}"))?;
+            if !r.status().is_success() {
+                return Err(format!("post {}", r.status()));
+            }
+            Ok::<(), String>(())
+        }
+    };
+    let open = get(base.clone()).await?;
+    let sid = open
+        .strip_prefix('0')
+        .and_then(|j| serde_json::from_str::<serde_json::Value>(j).ok())
+        .and_then(|v| v["sid"].as_str().map(str::to_string))
+        .ok_or_else(|| format!("engine.io open: {open}"))?;
+    let url = format!("{base}&sid={sid}");
+    post(url.clone(), format!("40{}", serde_json::json!({"token": token}))).await?;
+    let reply = get(url.clone()).await?;
+    if !reply.starts_with("40") {
+        return Err(format!("socket.io connect: {reply}"));
+    }
+    alive.fetch_add(1, Ordering::Relaxed);
+    drop(permit);
+    let result = loop {
+        let body = tokio::select! {
+            _ = stop.cancelled() => break Ok(()),
+            b = get(url.clone()) => b,
+        };
+        match body {
+            Err(e) => break Err(e),
+            Ok(b) if b.split('\u{1e}').any(|p| p == "1") => break Err("closed by the edge".to_string()),
+            Ok(b) if b.split('\u{1e}').any(|p| p == "2") => {
+                if let Err(e) = post(url.clone(), "3".into()).await {
+                    break Err(e);
+                }
+            }
+            Ok(_) => {}
+        }
+    };
+    alive.fetch_sub(1, Ordering::Relaxed);
+    result
+}
+
 /// Opens `n` connections, `concurrency` handshakes at a time; how long it
 /// took and the errors.
 async fn open_many(
@@ -140,16 +209,33 @@ async fn open_many(
     let tokens: Vec<String> = (0..n).map(|_| app.token(UserId(mongodb::bson::oid::ObjectId::new()), &[])).collect();
     let gate = Arc::new(Semaphore::new(a.concurrency));
     let errors = Arc::new(std::sync::Mutex::new(Vec::new()));
+    // For polling: one HTTP client per loopback address, its pool as large
+    // as the sessions (each keeps a GET pending).
+    let clients: Vec<reqwest::Client> = (0..a.sources.max(1))
+        .map(|k| {
+            reqwest::Client::builder()
+                .local_address(std::net::IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + k)))
+                .pool_max_idle_per_host(usize::MAX)
+                .timeout(Duration::from_secs(120))
+                .build()
+                .expect("http client")
+        })
+        .collect();
     let started = Instant::now();
     let mut handles = Vec::with_capacity(n);
     let before = alive.load(Ordering::Relaxed);
     for (i, token) in tokens.into_iter().enumerate() {
         let permit = gate.clone().acquire_owned().await.expect("gate");
-        let source = Ipv4Addr::new(127, 0, 0, 2 + (i % usize::from(a.sources.max(1))) as u8);
+        let k = i % usize::from(a.sources.max(1));
+        let source = Ipv4Addr::new(127, 0, 0, 2 + k as u8);
         let (alive, stop, errors) = (alive.clone(), stop.clone(), errors.clone());
-        let socketio = a.protocol == "socketio";
+        let protocol = a.protocol.clone();
+        let client = clients[k].clone();
         handles.push(tokio::spawn(async move {
-            let r = open(edge, source, token, socketio, alive, stop, permit).await;
+            let r = match protocol.as_str() {
+                "polling" => open_polling(edge, client, token, alive, stop, permit).await,
+                p => open(edge, source, token, p == "socketio", alive, stop, permit).await,
+            };
             if let Err(e) = &r {
                 errors.lock().unwrap().push(e.clone());
             }
@@ -167,6 +253,10 @@ async fn open_many(
 
 #[allow(clippy::print_stdout)]
 pub async fn run(a: ConnsArgs) {
+    assert!(
+        ["socketio", "polling", "native"].contains(&a.protocol.as_str()),
+        "--protocol is socketio, polling or native"
+    );
     let mut app = TestApp::new().await;
     // Handshakes come much faster than a person connects.
     app.edge_env.insert("SIO_PENDING_PER_IP".into(), "100000".into());

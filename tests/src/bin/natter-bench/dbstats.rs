@@ -71,7 +71,7 @@ impl Sample {
 }
 
 /// Clock ticks per second of `/proc/<pid>/stat` times.
-fn ticks_per_s() -> f64 {
+pub fn ticks_per_s() -> f64 {
     std::process::Command::new("getconf")
         .arg("CLK_TCK")
         .output()

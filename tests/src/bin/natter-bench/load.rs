@@ -140,7 +140,7 @@ pub async fn run(args: LoadArgs) {
 }
 
 /// The processes of the stack, by role, for the CPU split.
-fn process_stats(app: &TestApp) -> ProcStats {
+pub fn process_stats(app: &TestApp) -> ProcStats {
     let mut procs = Vec::new();
     for p in &app.processes {
         let Some(pid) = p.child.id() else { continue };

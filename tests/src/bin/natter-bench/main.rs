@@ -8,6 +8,7 @@
 //! target/release/natter-bench load --pairs 5 --rate 10           # paced, 50 msg/s
 //! target/release/natter-bench load --pairs 5 --window 16 --runs 5
 //! target/release/natter-bench conns --count 19500 --protocol socketio
+//! target/release/natter-bench fanout --members 2000 --edges 2 --rates 5,10,25,50,100,200
 //! target/release/natter-bench failover
 //! target/release/natter-bench audit --records 1000000
 //! target/release/natter-bench replay --commands 100000
@@ -17,6 +18,7 @@ mod audit;
 mod conns;
 mod dbstats;
 mod failover;
+mod fanout;
 mod load;
 mod replay;
 
@@ -32,6 +34,9 @@ struct Args {
 enum Bench {
     /// Pairs of users chatting: throughput, latency, database work per message.
     Load(load::LoadArgs),
+    /// One big group over several edges, at increasing send rates:
+    /// deliveries per second per edge, latency, order, nothing missing.
+    Fanout(fanout::FanoutArgs),
     /// A busy room while the worker holding it is killed with -9.
     Failover(failover::FailoverArgs),
     /// Idle authenticated connections: memory per connection (edge and
@@ -58,6 +63,7 @@ fn main() {
             Bench::Failover(a) => failover::run(a).await,
             Bench::Audit(a) => audit::run(a).await,
             Bench::Conns(a) => conns::run(a).await,
+            Bench::Fanout(a) => fanout::run(a).await,
             Bench::Replay(a) => replay::run(a).await,
         }
     });
