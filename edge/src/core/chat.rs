@@ -20,6 +20,7 @@ use natter_shared::v1::command::{
     MemberCmd, Outcome, OutcomeStatus, RoomFields, SendMessageCmd, UpdateGroupCmd,
 };
 use natter_shared::v1::error::ErrorCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long a REST write waits for a worker to apply its command.
@@ -68,22 +69,45 @@ pub async fn require_member(st: &Core, who: &Identity, room: &RoomRef) -> Result
 /// A group as of the seq returned, for membership checks: from memory
 /// while this edge follows its room (kept exact by its events), else
 /// MongoDB's copy. `None`: no such group (or deleted, when read).
-pub async fn group(st: &Core, id: ObjectId) -> Result<Option<(GroupDoc, u64)>, ChatError> {
+pub async fn group(st: &Core, id: ObjectId) -> Result<Option<(Arc<GroupDoc>, u64)>, ChatError> {
     if let Some(hit) = st.membership.cached_group(id) {
         return Ok(Some(hit));
     }
+    // One read at a time per group: who waited for it takes what it read.
+    let asked = std::time::Instant::now();
+    let slot = st.membership.load_slot(id);
+    let mut loaded = slot.lock().await;
+    if let Some((g, seq, at)) = loaded.as_ref()
+        && *at >= asked
+    {
+        return Ok(Some((g.clone(), *seq)));
+    }
+    if let Some(hit) = st.membership.cached_group(id) {
+        return Ok(Some(hit));
+    }
+    let read = read_group(st, id).await;
+    if let Ok(Some((g, seq))) = &read {
+        *loaded = Some((g.clone(), *seq, std::time::Instant::now()));
+    }
+    drop(loaded);
+    st.membership.load_done(id, &slot);
+    read
+}
+
+/// The group from MongoDB, and kept in memory if its room is followed.
+async fn read_group(st: &Core, id: ObjectId) -> Result<Option<(Arc<GroupDoc>, u64)>, ChatError> {
     let followed = st.membership.is_followed(id);
     natter_shared::store::round_trip("edge_group");
     let Some(g) = st.membership.group(&st.store, id).await? else { return Ok(None) };
     let seq = u64::try_from(g.last_seq).unwrap_or(0);
     if !followed {
-        return Ok(Some((g, seq)));
+        return Ok(Some((Arc::new(g), seq)));
     }
     let room = RoomRef::new(RoomKind::Group, id.to_hex());
     match crate::core::events::group_changes_after(st, &room, seq).await {
         Ok(changes) => Ok(Some(st.membership.keep_group(g, seq, changes))),
         // Not kept: the next check reads again.
-        Err(_) => Ok(Some((g, seq))),
+        Err(_) => Ok(Some((Arc::new(g), seq))),
     }
 }
 

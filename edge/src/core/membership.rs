@@ -20,7 +20,8 @@ use natter_shared::ids::UserId;
 use natter_shared::model::{GroupDoc, Permissions};
 use natter_shared::store::Store;
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 const MAX_CACHED: usize = 100_000;
 /// Changes of a followed group kept for a load in progress.
@@ -60,14 +61,24 @@ struct Groups {
     /// The groups whose room the hub follows, with their latest changes.
     followed: HashMap<ObjectId, VecDeque<(u64, GroupChange)>>,
     /// Followed groups as of `seq`, the last change applied, and when
-    /// they were read.
-    cached: HashMap<ObjectId, (GroupDoc, u64, std::time::Instant)>,
+    /// they were read (without their per-user maps: members and rules are
+    /// what a check needs).
+    cached: HashMap<ObjectId, (Arc<GroupDoc>, u64, Instant)>,
 }
+
+/// A group read, and when it ended.
+pub type Loaded = Option<(Arc<GroupDoc>, u64, Instant)>;
+
+/// One group's read in progress: checks that arrive meanwhile wait for it
+/// and share what it read instead of each reading the group (2,000
+/// members joining a group at once would read it 2,000 times).
+pub type LoadSlot = Arc<tokio::sync::Mutex<Loaded>>;
 
 #[derive(Default)]
 pub struct Membership {
     conversations: Mutex<HashMap<ObjectId, Vec<ObjectId>>>,
     groups: Mutex<Groups>,
+    loads: Mutex<HashMap<ObjectId, LoadSlot>>,
 }
 
 impl Membership {
@@ -121,10 +132,23 @@ impl Membership {
     }
 
     /// The group in memory and the seq it is as of, deleted or not.
-    pub fn cached_group(&self, id: ObjectId) -> Option<(GroupDoc, u64)> {
+    pub fn cached_group(&self, id: ObjectId) -> Option<(Arc<GroupDoc>, u64)> {
         let g = self.groups();
         let (group, seq, read) = g.cached.get(&id)?;
         (read.elapsed() < KEEP_FOR).then(|| (group.clone(), *seq))
+    }
+
+    /// The slot of the group's read in progress (a new one if none is).
+    pub fn load_slot(&self, id: ObjectId) -> LoadSlot {
+        self.loads.lock().unwrap_or_else(|e| e.into_inner()).entry(id).or_default().clone()
+    }
+
+    /// The read of `slot` is over: later checks read again.
+    pub fn load_done(&self, id: ObjectId, slot: &LoadSlot) {
+        let mut loads = self.loads.lock().unwrap_or_else(|e| e.into_inner());
+        if loads.get(&id).is_some_and(|s| Arc::ptr_eq(s, slot)) {
+            loads.remove(&id);
+        }
     }
 
     /// A change the hub relayed, at the seq of its command.
@@ -138,7 +162,7 @@ impl Membership {
         if let Some((group, at, _)) = g.cached.get_mut(&id)
             && seq > *at
         {
-            change.apply(group);
+            change.apply(Arc::make_mut(group));
             *at = seq;
         }
     }
@@ -146,7 +170,12 @@ impl Membership {
     /// The group as of `seq` (MongoDB's copy) with `changes` (read from the
     /// events after it) and the changes relayed meanwhile applied; kept in
     /// memory while its room is followed. The group and its seq.
-    pub fn keep_group(&self, mut group: GroupDoc, mut seq: u64, changes: Vec<(u64, GroupChange)>) -> (GroupDoc, u64) {
+    pub fn keep_group(
+        &self,
+        mut group: GroupDoc,
+        mut seq: u64,
+        changes: Vec<(u64, GroupChange)>,
+    ) -> (Arc<GroupDoc>, u64) {
         let mut g = self.groups();
         let relayed: Vec<(u64, GroupChange)> =
             g.followed.get(&group.id).map(|l| l.iter().cloned().collect()).unwrap_or_default();
@@ -159,8 +188,12 @@ impl Membership {
                 seq = s;
             }
         }
+        group.unread_counts.clear();
+        group.read_cursors.clear();
+        group.delivered_cursors.clear();
+        let group = Arc::new(group);
         if g.followed.contains_key(&group.id) {
-            g.cached.insert(group.id, (group.clone(), seq, std::time::Instant::now()));
+            g.cached.insert(group.id, (group.clone(), seq, Instant::now()));
         }
         (group, seq)
     }
@@ -234,7 +267,7 @@ mod tests {
         m.group_change(id, 14, GroupChange::Added(b));
         m.group_change(id, 12, GroupChange::Removed(c));
         let (now, at) = m.cached_group(id).unwrap();
-        assert_eq!((now.members, at), (vec![a, c, b], 14));
+        assert_eq!((now.members.clone(), at), (vec![a, c, b], 14));
         m.group_change(id, 15, GroupChange::Deleted);
         assert!(!m.cached_group(id).unwrap().0.is_member(a), "a deleted group has no members");
         // Unfollowed: forgotten, and changes are no longer kept.
