@@ -57,28 +57,20 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// Opens one authenticated connection from `source`; it stays open,
-/// answering pings, until `stop`. `alive` counts it while it is open;
-/// `permit` (a handshake slot) is given back once it is.
-async fn open(
+/// A WebSocket client connection to `edge`'s `path`, from `source`, with
+/// `headers` (each ending in CRLF) in the upgrade request; it answers
+/// pings by itself.
+pub async fn upgrade(
     edge: SocketAddr,
     source: Ipv4Addr,
-    token: String,
-    socketio: bool,
-    alive: Arc<AtomicUsize>,
-    stop: CancellationToken,
-    permit: tokio::sync::OwnedSemaphorePermit,
-) -> Result<(), String> {
+    path: &str,
+    headers: &str,
+) -> Result<WebSocket<TcpStream>, String> {
     let sock = TcpSocket::new_v4().map_err(|e| e.to_string())?;
     sock.bind(SocketAddr::from((source, 0))).map_err(|e| format!("bind {source}: {e}"))?;
     let mut stream: TcpStream = sock.connect(edge).await.map_err(|e| format!("connect: {e}"))?;
-    let (path, auth) = if socketio {
-        ("/socket.io/?EIO=4&transport=websocket", String::new())
-    } else {
-        ("/ws", format!("Authorization: Bearer {token}\r\n"))
-    };
     let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: {edge}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {}\r\nSec-WebSocket-Version: 13\r\n{auth}\r\n",
+        "GET {path} HTTP/1.1\r\nHost: {edge}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {}\r\nSec-WebSocket-Version: 13\r\n{headers}\r\n",
         fastwebsockets::handshake::generate_key()
     );
     stream.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
@@ -91,6 +83,27 @@ async fn open(
     }
     let mut ws = WebSocket::after_handshake(stream, Role::Client);
     ws.set_auto_pong(true);
+    Ok(ws)
+}
+
+/// Opens one authenticated connection from `source`; it stays open,
+/// answering pings, until `stop`. `alive` counts it while it is open;
+/// `permit` (a handshake slot) is given back once it is.
+async fn open(
+    edge: SocketAddr,
+    source: Ipv4Addr,
+    token: String,
+    socketio: bool,
+    alive: Arc<AtomicUsize>,
+    stop: CancellationToken,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> Result<(), String> {
+    let (path, auth) = if socketio {
+        ("/socket.io/?EIO=4&transport=websocket", String::new())
+    } else {
+        ("/ws", format!("Authorization: Bearer {token}\r\n"))
+    };
+    let mut ws = upgrade(edge, source, path, &auth).await?;
     let text = |f: Frame<'_>| String::from_utf8_lossy(&f.payload).into_owned();
     // The server speaks first: `ready` on /ws, the Engine.IO open packet on Socket.IO.
     let first = ws.read_frame().await.map_err(|e| e.to_string())?;

@@ -13,8 +13,6 @@ use serde_json::json;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpSocket;
 use tokio_util::sync::CancellationToken;
 
 #[derive(clap::Args, Clone, Debug)]
@@ -69,21 +67,9 @@ async fn member(
     joined: Arc<tokio::sync::Semaphore>,
     stop: CancellationToken,
 ) -> Got {
-    let sock = TcpSocket::new_v4().expect("socket");
-    sock.bind(SocketAddr::from((source, 0))).expect("bind");
-    let mut stream = sock.connect(edge).await.expect("connect");
-    let req = format!(
-        "GET /ws HTTP/1.1\r\nHost: {edge}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {}\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer {token}\r\n\r\n",
-        fastwebsockets::handshake::generate_key()
-    );
-    stream.write_all(req.as_bytes()).await.expect("handshake");
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        head.push(stream.read_u8().await.expect("handshake"));
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
-    let mut ws = fastwebsockets::WebSocket::after_handshake(stream, fastwebsockets::Role::Client);
-    ws.set_auto_pong(true);
+    let mut ws = crate::conns::upgrade(edge, source, "/ws", &format!("Authorization: Bearer {token}\r\n"))
+        .await
+        .expect("upgrade");
     let join = json!({"type": "join_group", "requestId": "j", "data": {"groupId": group}}).to_string();
     ws.write_frame(fastwebsockets::Frame::text(fastwebsockets::Payload::Owned(join.into_bytes()))).await.expect("join");
     let mut got = Got::default();
