@@ -35,6 +35,9 @@ pub enum ChatError {
     Upload(ErrorCode, String),
     #[error("too many requests; slow down")]
     RateLimited,
+    /// A bound of the room or message was reached.
+    #[error("{0}")]
+    LimitExceeded(String),
 }
 
 /// Why a dependency failed: the error itself, or what was seen.
@@ -54,6 +57,7 @@ impl ChatError {
             ChatError::Refused(_) => ErrorCode::Refused,
             ChatError::Upload(code, _) => *code,
             ChatError::RateLimited => ErrorCode::RateLimited,
+            ChatError::LimitExceeded(_) => ErrorCode::LimitExceeded,
         }
     }
 
@@ -65,7 +69,7 @@ impl ChatError {
             ChatError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ChatError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ChatError::Pending { .. } => StatusCode::ACCEPTED,
-            ChatError::Refused(_) => StatusCode::CONFLICT,
+            ChatError::Refused(_) | ChatError::LimitExceeded(_) => StatusCode::CONFLICT,
             ChatError::Upload(ErrorCode::FileTooLarge, _) => StatusCode::PAYLOAD_TOO_LARGE,
             ChatError::Upload(ErrorCode::Unavailable, _) => StatusCode::SERVICE_UNAVAILABLE,
             ChatError::Upload(ErrorCode::InvalidPayload | ErrorCode::EmptyFile, _) => StatusCode::BAD_REQUEST,

@@ -196,22 +196,82 @@ impl Row for natter_shared::audit::AuditView {
     }
 }
 
-impl Row for natter_shared::model::MessageView {
+/// A message as an Admin's export shows it: what members see, and the
+/// versions its edits replaced, oldest first.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExportedMessage {
+    #[serde(flatten)]
+    pub view: natter_shared::model::MessageView,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub earlier_versions: Vec<EarlierVersion>,
+}
+
+/// A version of a message an edit replaced.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EarlierVersion {
+    pub content: String,
+    pub written_at: String,
+    pub replaced_at: String,
+}
+
+impl ExportedMessage {
+    pub fn new(m: &natter_shared::model::MessageDoc, receipts: natter_shared::model::Receipts<'_>) -> Self {
+        let iso = natter_shared::timefmt::iso;
+        ExportedMessage {
+            view: receipts.view(m),
+            earlier_versions: m
+                .edits
+                .iter()
+                .map(|e| EarlierVersion {
+                    content: e.content.clone(),
+                    written_at: iso(e.written_at),
+                    replaced_at: iso(e.replaced_at),
+                })
+                .collect(),
+        }
+    }
+
+    /// The earlier versions in one cell: `[replaced at] content`, oldest first.
+    fn earlier(&self) -> String {
+        let parts: Vec<String> =
+            self.earlier_versions.iter().map(|v| format!("[{}] {}", v.replaced_at, v.content)).collect();
+        parts.join("\n")
+    }
+}
+
+impl Row for ExportedMessage {
     fn header() -> &'static [&'static str] {
-        &["seq", "id", "createdAt", "senderId", "messageType", "content", "status", "readBy", "attachments"]
+        &[
+            "seq",
+            "id",
+            "createdAt",
+            "senderId",
+            "messageType",
+            "content",
+            "status",
+            "readBy",
+            "attachments",
+            "editedAt",
+            "earlierVersions",
+        ]
     }
 
     fn cells(&self) -> Vec<String> {
+        let v = &self.view;
         vec![
-            self.seq.to_string(),
-            self.id.clone(),
-            self.created_at.clone(),
-            self.sender_id.clone(),
-            self.message_type.as_str().to_string(),
-            self.content.clone(),
-            self.status.as_str().to_string(),
-            self.read_by.join(" "),
-            self.attachments.iter().filter_map(|a| a["name"].as_str().map(String::from)).collect::<Vec<_>>().join(" "),
+            v.seq.to_string(),
+            v.id.clone(),
+            v.created_at.clone(),
+            v.sender_id.clone(),
+            v.message_type.as_str().to_string(),
+            v.content.clone(),
+            v.status.as_str().to_string(),
+            v.read_by.join(" "),
+            v.attachments.iter().filter_map(|a| a["name"].as_str().map(String::from)).collect::<Vec<_>>().join(" "),
+            v.edited_at.clone().unwrap_or_default(),
+            self.earlier(),
         ]
     }
 
@@ -220,13 +280,20 @@ impl Row for natter_shared::model::MessageView {
     }
 
     fn pdf_cells(&self) -> Vec<String> {
+        let v = &self.view;
+        let content = if self.earlier_versions.is_empty() {
+            v.content.clone()
+        } else {
+            // A PDF row is one line: the versions are in the CSV and JSON.
+            format!("{} (edited; {} earlier versions)", v.content, self.earlier_versions.len())
+        };
         vec![
-            self.seq.to_string(),
-            self.created_at.clone(),
-            self.sender_id.clone(),
-            self.message_type.as_str().to_string(),
-            self.content.clone(),
-            self.status.as_str().to_string(),
+            v.seq.to_string(),
+            v.created_at.clone(),
+            v.sender_id.clone(),
+            v.message_type.as_str().to_string(),
+            content,
+            v.status.as_str().to_string(),
         ]
     }
 }
@@ -244,17 +311,15 @@ pub async fn audit_rows(
     Ok(records.map_ok(|r| natter_shared::audit::AuditView::from(&r)))
 }
 
-/// A room's messages (not deleted), oldest first, as views.
+/// A room's messages (not deleted), oldest first, with the versions their
+/// edits replaced.
 pub async fn history_rows(
     store: &natter_shared::store::Store,
     room: &natter_shared::ids::RoomRef,
-) -> Result<
-    impl Stream<Item = Result<natter_shared::model::MessageView, mongodb::error::Error>> + Unpin + use<>,
-    mongodb::error::Error,
-> {
+) -> Result<impl Stream<Item = Result<ExportedMessage, mongodb::error::Error>> + Unpin + use<>, mongodb::error::Error> {
     let cursors = store.cursors(room).await?;
     let cur = store.messages().find(room.live_messages()).sort(mongodb::bson::doc! {"seq": 1}).batch_size(1000).await?;
-    Ok(cur.map_ok(move |m| cursors.receipts().view(&m)))
+    Ok(cur.map_ok(move |m| ExportedMessage::new(&m, cursors.receipts())))
 }
 
 #[cfg(test)]

@@ -156,6 +156,53 @@ pub struct MessageDoc {
     pub deleted_at: Option<DateTime>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deleted_by: Option<ObjectId>,
+    /// When its sender last edited it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edited_at: Option<DateTime>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub edit_count: i64,
+    /// The versions edits replaced, oldest first: for the audit trail and
+    /// an Admin's export, never shown to members. Gone with a delete.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub edits: Vec<EditDoc>,
+    /// Reactions, each emoji in the order it was first used.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reactions: Vec<Reaction>,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
+}
+
+/// A version of a message that an edit replaced.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EditDoc {
+    pub content: String,
+    /// When this version was written (sent, or an earlier edit).
+    pub written_at: DateTime,
+    /// The edit that replaced it: its time and command seq (an edit whose
+    /// seq is not above the last one's was applied already).
+    pub replaced_at: DateTime,
+    pub replaced_seq: i64,
+}
+
+/// One emoji on a message and who reacted with it (user ids, in order).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct Reaction {
+    pub emoji: String,
+    pub user_ids: Vec<String>,
+}
+
+/// A pinned message of a room, in the room's document.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Pin {
+    pub message_id: ObjectId,
+    pub pinned_by: ObjectId,
+    pub pinned_at: DateTime,
 }
 
 impl MessageDoc {
@@ -191,7 +238,16 @@ impl MessageDoc {
             deleted: false,
             deleted_at: None,
             deleted_by: None,
+            edited_at: None,
+            edit_count: 0,
+            edits: vec![],
+            reactions: vec![],
         }
+    }
+
+    /// The seq of the edit applied last (0: never edited).
+    pub fn last_edit_seq(&self) -> i64 {
+        self.edits.last().map_or(0, |e| e.replaced_seq)
     }
 
     pub fn room_kind(&self) -> RoomKind {
@@ -238,6 +294,9 @@ pub struct ConversationDoc {
     /// make a contact).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub writers: Vec<ObjectId>,
+    /// Pinned messages, oldest pin first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pins: Vec<Pin>,
 }
 
 impl ConversationDoc {
@@ -338,6 +397,9 @@ pub struct GroupDoc {
     /// Deleted groups stay as tombstones (hidden from every read).
     #[serde(default, skip_serializing_if = "is_false")]
     pub deleted: bool,
+    /// Pinned messages, oldest pin first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pins: Vec<Pin>,
 }
 
 fn has(roles: &[String], role: &str) -> bool {
@@ -365,6 +427,11 @@ impl GroupDoc {
     /// Removing members: Admin, or a member with a role in `canRemoveMembers`.
     pub fn may_remove(&self, actor: ObjectId, roles: &[String]) -> bool {
         has(roles, "Admin") || (self.is_member(actor) && any_of(roles, &self.permissions.can_remove_members))
+    }
+
+    /// Pinning and unpinning: Admin, or the group's admin (a member).
+    pub fn may_pin(&self, actor: ObjectId, roles: &[String]) -> bool {
+        has(roles, "Admin") || (self.is_member(actor) && self.admin == actor)
     }
 
     /// Deleting a message: Admin, its sender (a member), or a member with a
@@ -546,6 +613,22 @@ pub struct MessageView {
     pub system: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "is_false")]
     pub deleted: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edited_at: Option<String>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub edit_count: i64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reactions: Vec<Reaction>,
+}
+
+/// A pinned message, in `GET .../pins`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct PinView {
+    pub message: MessageView,
+    pub pinned_by: String,
+    pub pinned_at: String,
 }
 
 /// A room's receipt cursors, from which a message's `status` and `readBy`
@@ -623,6 +706,9 @@ impl From<&MessageDoc> for MessageView {
             client_msg_id: m.client_msg_id.clone(),
             system: m.system.as_ref().map(json),
             deleted: m.deleted,
+            edited_at: m.edited_at.map(iso),
+            edit_count: m.edit_count,
+            reactions: m.reactions.clone(),
         }
     }
 }
@@ -749,6 +835,7 @@ mod tests {
             read_cursors: PerUser::new(),
             delivered_cursors: PerUser::new(),
             deleted: false,
+            pins: vec![],
         }
     }
 

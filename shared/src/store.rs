@@ -4,7 +4,7 @@
 use crate::ids::{RoomKind, RoomRef};
 use crate::model::{
     ATTACHMENTS, AttachmentDoc, AttachmentStatus, CONVERSATIONS, ConversationDoc, GROUPS, GroupDoc, MESSAGES,
-    MessageDoc, PerUser, Receipts,
+    MessageDoc, PerUser, Pin, PinView, Receipts,
 };
 use futures::TryStreamExt;
 use mongodb::bson::{Document, doc, oid::ObjectId};
@@ -148,6 +148,48 @@ impl Store {
             .projection(doc! {"readCursors": 1, "deliveredCursors": 1})
             .await?
             .unwrap_or_default())
+    }
+
+    /// A room's pinned messages, newest pin first, as members see them.
+    pub async fn pins(&self, room: &RoomRef) -> Result<Vec<PinView>, StoreError> {
+        #[derive(Default, serde::Deserialize)]
+        struct Pinned {
+            #[serde(flatten)]
+            cursors: Cursors,
+            #[serde(default)]
+            pins: Vec<Pin>,
+        }
+        let Ok(id) = room.id.parse::<ObjectId>() else { return Ok(vec![]) };
+        let pinned = self
+            .db
+            .collection::<Pinned>(room.kind.collection())
+            .find_one(doc! {"_id": id})
+            .projection(doc! {"readCursors": 1, "deliveredCursors": 1, "pins": 1})
+            .await?
+            .unwrap_or_default();
+        if pinned.pins.is_empty() {
+            return Ok(vec![]);
+        }
+        let ids: Vec<ObjectId> = pinned.pins.iter().map(|p| p.message_id).collect();
+        let mut messages: std::collections::HashMap<ObjectId, MessageDoc> = std::collections::HashMap::new();
+        let mut cur = self.messages().find(doc! {"_id": {"$in": ids}, "deleted": {"$ne": true}}).await?;
+        while let Some(m) = cur.try_next().await? {
+            messages.insert(m.id, m);
+        }
+        let receipts = pinned.cursors.receipts();
+        Ok(pinned
+            .pins
+            .iter()
+            .rev()
+            .filter_map(|p| {
+                let m = messages.get(&p.message_id)?;
+                Some(PinView {
+                    message: receipts.view(m),
+                    pinned_by: p.pinned_by.to_hex(),
+                    pinned_at: crate::timefmt::iso(p.pinned_at),
+                })
+            })
+            .collect())
     }
 
     pub async fn conversation(&self, id: ObjectId) -> Result<Option<ConversationDoc>, StoreError> {

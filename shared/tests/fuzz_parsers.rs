@@ -51,6 +51,7 @@ const ALL_CODES: &[ErrorCode] = &[
     ErrorCode::TypeNotAllowed,
     ErrorCode::UnknownType,
     ErrorCode::StagingExpired,
+    ErrorCode::LimitExceeded,
     ErrorCode::Internal,
 ];
 
@@ -61,7 +62,7 @@ fn listed(c: ErrorCode) {
         InvalidJson | InvalidFrame | UnknownEvent | InvalidPayload | NotAMember | Forbidden | NotFound
         | RateLimited | MissingToken | InvalidToken | TokenExpired | InvalidUserId | OriginNotAllowed | Unavailable
         | Pending | Refused | FileTooLarge | EmptyFile | ContentMismatch | TypeNotAllowed | UnknownType
-        | StagingExpired | Internal => {}
+        | StagingExpired | LimitExceeded | Internal => {}
     }
 }
 
@@ -214,7 +215,9 @@ fn payload(event: &str) -> BoxedStrategy<Value> {
         "join_conversation" | "leave_conversation" => &["conversationId", "lastSeq"],
         "join_group" | "leave_group" => &["groupId", "lastSeq"],
         "typing" => &["conversationId", "groupId", "isTyping", "userId", "username"],
-        "mark_as_read" | "delete_message" => &["messageId"],
+        "mark_as_read" | "delete_message" | "pin_message" | "unpin_message" => &["messageId"],
+        "edit_message" => &["messageId", "content"],
+        "add_reaction" | "remove_reaction" => &["messageId", "emoji"],
         "file_upload" => &["filename", "type", "conversationId", "groupId"],
         _ => &["id", "content"],
     };
@@ -307,6 +310,9 @@ fn valid_frame() -> BoxedStrategy<(Value, String)> {
         }),
         hex24().prop_map(|m| ("mark_as_read", json!({"messageId": m}))),
         hex24().prop_map(|m| ("delete_message", json!({"messageId": m}))),
+        (hex24(), content).prop_map(|(m, c)| ("edit_message", json!({"messageId": m, "content": c}))),
+        (hex24(), "[a-z:]{1,10}").prop_map(|(m, e)| ("add_reaction", json!({"messageId": m, "emoji": e}))),
+        hex24().prop_map(|m| ("unpin_message", json!({"messageId": m}))),
     ];
     (data, "[a-zA-Z0-9-]{1,32}")
         .prop_map(|((kind, data), rid)| (json!({"type": kind, "requestId": rid, "data": data}), rid))

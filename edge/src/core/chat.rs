@@ -14,10 +14,10 @@ use natter_nats::publish::{self, Stored};
 use natter_shared::auth::Identity;
 use natter_shared::ids::{RoomKind, RoomRef, UserId, conversation_id_for, message_id_for, parse_oid};
 use natter_shared::model::{ConversationDoc, GroupDoc, Permissions};
-use natter_shared::v1::client::SendMessage;
+use natter_shared::v1::client::{SendMessage, check_content, check_emoji};
 use natter_shared::v1::command::{
-    Command, CommandEnvelope, CreateConversationCmd, CreateGroupCmd, DeleteMessageCmd, GroupCmd, MarkReadCmd,
-    MemberCmd, Outcome, OutcomeStatus, RoomFields, SendMessageCmd, UpdateGroupCmd,
+    Command, CommandEnvelope, CreateConversationCmd, CreateGroupCmd, EditMessageCmd, GroupCmd, MarkReadCmd, MemberCmd,
+    MessageCmd, Outcome, OutcomeStatus, ReactionCmd, RoomFields, SendMessageCmd, UpdateGroupCmd,
 };
 use natter_shared::v1::error::ErrorCode;
 use std::sync::Arc;
@@ -245,16 +245,27 @@ where
     }
 }
 
+/// The message `message_id`, if the caller is a member of its room (a
+/// message of another room answers as a missing one).
+async fn member_message(st: &Core, who: &Identity, message_id: &str) -> Result<Known, ChatError> {
+    let m = message(st, message_id).await?;
+    require_member(st, who, &m.room).await.map_err(|_| ChatError::NotFound("message"))?;
+    Ok(m)
+}
+
+/// Publishes `command` as `who`, deduplicated by `msg_id`; with `wait`,
+/// answers once a worker applied it. The command's seq.
+async fn issue(st: &Core, who: &Identity, command: Command, msg_id: &str, wait: bool) -> Result<u64, ChatError> {
+    let env = envelope(who, command);
+    if wait { apply_and_wait(st, env, msg_id).await } else { Ok(publish_command(st, &env, msg_id).await?.seq) }
+}
+
 /// `mark_as_read`: that message and everything before it in its room.
 pub async fn mark_read(st: &Core, who: &Identity, message_id: &str, wait: bool) -> Result<(RoomRef, u64), ChatError> {
-    let m = message(st, message_id).await?;
-    let room = m.room.clone();
-    require_member(st, who, &room).await.map_err(|_| ChatError::NotFound("message"))?;
-    let env = envelope(who, Command::MarkRead(MarkReadCmd { room: RoomFields::of(&room), message_id: m.id.into() }));
-    let msg_id = format!("read:{}:{}", who.user, m.id.to_hex());
-    let seq =
-        if wait { apply_and_wait(st, env, &msg_id).await? } else { publish_command(st, &env, &msg_id).await?.seq };
-    Ok((room, seq))
+    let m = member_message(st, who, message_id).await?;
+    let cmd = Command::MarkRead(MarkReadCmd { room: RoomFields::of(&m.room), message_id: m.id.into() });
+    let seq = issue(st, who, cmd, &format!("read:{}:{}", who.user, m.id.to_hex()), wait).await?;
+    Ok((m.room, seq))
 }
 
 /// `delete_message`: the sender, an Admin, or a group role allowed by
@@ -265,29 +276,86 @@ pub async fn delete_message(
     message_id: &str,
     wait: bool,
 ) -> Result<(RoomRef, u64), ChatError> {
-    let m = message(st, message_id).await?;
-    let room = m.room.clone();
-    require_member(st, who, &room).await.map_err(|_| ChatError::NotFound("message"))?;
-    let allowed = match room.kind {
+    let m = member_message(st, who, message_id).await?;
+    let allowed = match m.room.kind {
         RoomKind::Conversation => who.has_role("Admin") || m.sender == who.user.oid(),
         RoomKind::Group => {
-            let (g, _) = group(st, oid(&room.id, "groupId")?).await?.ok_or(ChatError::NotAMember)?;
+            let (g, _) = group(st, oid(&m.room.id, "groupId")?).await?.ok_or(ChatError::NotAMember)?;
             g.may_delete(who.user.oid(), &who.roles, m.sender)
         }
     };
     if !allowed {
         return Err(ChatError::Forbidden("only the sender, an Admin or a role in canDeleteMessages may delete".into()));
     }
-    let env = envelope(
-        who,
-        Command::DeleteMessage(DeleteMessageCmd { room: RoomFields::of(&room), message_id: m.id.into() }),
-    );
+    let cmd = Command::DeleteMessage(MessageCmd { room: RoomFields::of(&m.room), message_id: m.id.into() });
     // Per actor: a refused delete by one user must not swallow an
     // authorized one by another as its duplicate.
-    let msg_id = format!("del:{}:{}", who.user, m.id.to_hex());
-    let seq =
-        if wait { apply_and_wait(st, env, &msg_id).await? } else { publish_command(st, &env, &msg_id).await?.seq };
-    Ok((room, seq))
+    let seq = issue(st, who, cmd, &format!("del:{}:{}", who.user, m.id.to_hex()), wait).await?;
+    Ok((m.room, seq))
+}
+
+/// A deduplication id of its own: a change a user may make, undo and make
+/// again (an edit back, a reaction added again) is never a duplicate of
+/// the first; the worker applies a repeat as a no-op.
+fn once(what: &str, who: &Identity) -> String {
+    format!("{what}:{}:{}", who.user, ObjectId::new().to_hex())
+}
+
+/// `edit_message`: its sender only (an Admin deletes, never rewrites).
+pub async fn edit_message(
+    st: &Core,
+    who: &Identity,
+    message_id: &str,
+    content: String,
+    wait: bool,
+) -> Result<(RoomRef, u64), ChatError> {
+    check_content(&content).map_err(ChatError::InvalidPayload)?;
+    let m = member_message(st, who, message_id).await?;
+    if m.sender != who.user.oid() {
+        return Err(ChatError::Forbidden("only its sender may edit a message".into()));
+    }
+    let cmd = Command::EditMessage(EditMessageCmd { room: RoomFields::of(&m.room), message_id: m.id.into(), content });
+    let seq = issue(st, who, cmd, &once("edit", who), wait).await?;
+    Ok((m.room, seq))
+}
+
+/// `add_reaction` (`add`) or `remove_reaction`: any member of the room.
+pub async fn react(
+    st: &Core,
+    who: &Identity,
+    message_id: &str,
+    emoji: String,
+    add: bool,
+    wait: bool,
+) -> Result<(RoomRef, u64), ChatError> {
+    check_emoji(&emoji).map_err(ChatError::InvalidPayload)?;
+    let m = member_message(st, who, message_id).await?;
+    let c = ReactionCmd { room: RoomFields::of(&m.room), message_id: m.id.into(), emoji };
+    let cmd = if add { Command::AddReaction(c) } else { Command::RemoveReaction(c) };
+    let seq = issue(st, who, cmd, &once("react", who), wait).await?;
+    Ok((m.room, seq))
+}
+
+/// `pin_message` (`pin`) or `unpin_message`: a conversation's participants,
+/// a group's admin, or an Admin.
+pub async fn pin(
+    st: &Core,
+    who: &Identity,
+    message_id: &str,
+    pin: bool,
+    wait: bool,
+) -> Result<(RoomRef, u64), ChatError> {
+    let m = member_message(st, who, message_id).await?;
+    if m.room.kind == RoomKind::Group {
+        let (g, _) = group(st, oid(&m.room.id, "groupId")?).await?.ok_or(ChatError::NotAMember)?;
+        if !g.may_pin(who.user.oid(), &who.roles) {
+            return Err(ChatError::Forbidden("only the group's admin or an Admin may pin in a group".into()));
+        }
+    }
+    let c = MessageCmd { room: RoomFields::of(&m.room), message_id: m.id.into() };
+    let cmd = if pin { Command::PinMessage(c) } else { Command::UnpinMessage(c) };
+    let seq = issue(st, who, cmd, &once("pin", who), wait).await?;
+    Ok((m.room, seq))
 }
 
 /// `POST /api/chat/conversations/with-user`: returns the conversation between
@@ -456,6 +524,8 @@ async fn apply_and_wait(st: &Core, mut env: CommandEnvelope, msg_id: &str) -> Re
                     Some(ErrorCode::Forbidden) => ChatError::Forbidden(reason),
                     Some(ErrorCode::NotAMember) => ChatError::NotAMember,
                     Some(ErrorCode::NotFound) => ChatError::NotFound("target"),
+                    Some(ErrorCode::LimitExceeded) => ChatError::LimitExceeded(reason),
+                    Some(ErrorCode::InvalidPayload) => ChatError::InvalidPayload(reason),
                     _ => ChatError::Refused(reason),
                 })
             }

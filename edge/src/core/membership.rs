@@ -241,6 +241,7 @@ mod tests {
             read_cursors: Default::default(),
             delivered_cursors: Default::default(),
             deleted: false,
+            pins: vec![],
         }
     }
 

@@ -13,7 +13,7 @@ use crate::realtime::limits::{CATCHUP_BURST, CATCHUP_PER_SEC, MAX_STRIKES, close
 use crate::realtime::typing::TypingState;
 use natter_shared::auth::Identity;
 use natter_shared::ids::{RoomKind, RoomRef};
-use natter_shared::v1::client::{ClientRequest, FileUpload};
+use natter_shared::v1::client::{ClientRequest, FileUpload, MessageRef, ReactionRef};
 use natter_shared::v1::command::{RequestMeta, RoomFields};
 use natter_shared::v1::server::{Ack, CatchUpReport, JoinAck, ReceiptAck, SendAck, UploadAck};
 use std::collections::HashSet;
@@ -319,6 +319,24 @@ impl Session {
                 let (room, seq) = chat::delete_message(&self.st, &self.who, &r.message_id, false).await?;
                 Ok(Ack::Receipt(ReceiptAck { message_id: r.message_id, seq, room: RoomFields::of(&room) }))
             }
+            ClientRequest::EditMessage(e) => {
+                let (room, seq) = chat::edit_message(&self.st, &self.who, &e.message_id, e.content, false).await?;
+                Ok(Ack::Receipt(ReceiptAck { message_id: e.message_id, seq, room: RoomFields::of(&room) }))
+            }
+            ClientRequest::AddReaction(r) => self.react(r, true).await,
+            ClientRequest::RemoveReaction(r) => self.react(r, false).await,
+            ClientRequest::PinMessage(r) => self.pin(r, true).await,
+            ClientRequest::UnpinMessage(r) => self.pin(r, false).await,
         }
+    }
+
+    async fn react(&self, r: ReactionRef, add: bool) -> Result<Ack, ChatError> {
+        let (room, seq) = chat::react(&self.st, &self.who, &r.message_id, r.emoji, add, false).await?;
+        Ok(Ack::Receipt(ReceiptAck { message_id: r.message_id, seq, room: RoomFields::of(&room) }))
+    }
+
+    async fn pin(&self, r: MessageRef, pin: bool) -> Result<Ack, ChatError> {
+        let (room, seq) = chat::pin(&self.st, &self.who, &r.message_id, pin, false).await?;
+        Ok(Ack::Receipt(ReceiptAck { message_id: r.message_id, seq, room: RoomFields::of(&room) }))
     }
 }

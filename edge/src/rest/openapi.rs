@@ -7,7 +7,7 @@ use super::{attachments, audit, conversations, groups, messages, presence};
 use natter_shared::audit::{AuditView, FactStatus};
 use natter_shared::model::{
     AttachmentView, ConversationView, GroupType, GroupView, LastMessage, MessagePage, MessageStatus, MessageType,
-    MessageView, Permissions,
+    MessageView, Permissions, PinView, Reaction,
 };
 use natter_shared::v1::error::{ErrorBody, ErrorCode};
 use natter_shared::v1::event::UserPresence;
@@ -27,7 +27,8 @@ use utoipa::{Modify, OpenApi};
         conversations::list, conversations::with_user, conversations::get_one, conversations::messages,
         groups::list, groups::create, groups::get_one, groups::update, groups::remove,
         groups::add_member, groups::remove_member, groups::leave, groups::messages,
-        messages::remove, messages::read, presence::get,
+        messages::remove, messages::read, messages::edit, messages::add_reaction, messages::remove_reaction,
+        messages::pin, messages::unpin, messages::conversation_pins, messages::group_pins, presence::get,
         audit::logs, audit::export_logs, audit::export_conversation, audit::export_group,
         attachments::upload, attachments::download, attachments::thumbnail,
     ),
@@ -35,13 +36,13 @@ use utoipa::{Modify, OpenApi};
         ConversationView, GroupView, MessageView, MessagePage, AttachmentView, LastMessage, Permissions,
         MessageType, MessageStatus, GroupType, UserPresence, AuditView, FactStatus, ErrorReply, ErrorBody,
         ErrorCode, PendingReply, PendingStatus, groups::CreateBody, groups::UpdateBody, groups::MemberBody,
-        conversations::WithUser, audit::LogsPage,
+        conversations::WithUser, audit::LogsPage, messages::EditBody, messages::ReactionBody, PinView, Reaction,
     )),
     modifiers(&Bearer),
     tags(
         (name = "conversations", description = "1:1 conversations"),
         (name = "groups", description = "group chats"),
-        (name = "messages", description = "deleting and reading messages"),
+        (name = "messages", description = "deleting, editing, reading, reacting to and pinning messages"),
         (name = "presence", description = "who is online"),
         (name = "audit", description = "the audit trail and exports (Admin)"),
         (name = "attachments", description = "uploads and downloads"),

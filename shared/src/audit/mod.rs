@@ -149,6 +149,11 @@ pub fn action_name(command_action: &str) -> &str {
     match command_action {
         "send_message" => "message_sent",
         "delete_message" => "message_deleted",
+        "edit_message" => "message_edited",
+        "add_reaction" => "reaction_added",
+        "remove_reaction" => "reaction_removed",
+        "pin_message" => "message_pinned",
+        "unpin_message" => "message_unpinned",
         "mark_read" => "message_read",
         "mark_delivered" => "message_delivered",
         "create_conversation" => "conversation_created",

@@ -3,7 +3,7 @@
 //! bad payload can still be answered with the request id.
 
 use super::error::ErrorCode;
-use super::{MAX_CLIENT_MSG_ID, MAX_CONTENT_BYTES, MAX_REQUEST_ID};
+use super::{MAX_CLIENT_MSG_ID, MAX_CONTENT_BYTES, MAX_EMOJI_BYTES, MAX_REQUEST_ID};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -201,6 +201,43 @@ pub struct MessageRef {
     pub message_id: String,
 }
 
+/// `edit_message`: new content for a message of the caller's.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EditMessage {
+    pub message_id: String,
+    pub content: String,
+}
+
+/// `add_reaction` / `remove_reaction`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReactionRef {
+    pub message_id: String,
+    pub emoji: String,
+}
+
+/// Message content a client may send or edit to: not blank, at most
+/// `MAX_CONTENT_BYTES`.
+pub fn check_content(content: &str) -> Result<(), String> {
+    if content.trim().is_empty() {
+        return Err("content must not be empty".into());
+    }
+    if content.len() > MAX_CONTENT_BYTES {
+        return Err(format!("content is longer than {MAX_CONTENT_BYTES} bytes"));
+    }
+    Ok(())
+}
+
+/// A reaction: 1..=`MAX_EMOJI_BYTES` bytes with no whitespace or control
+/// characters (an emoji sequence, or a short name like `:ship:`).
+pub fn check_emoji(emoji: &str) -> Result<(), String> {
+    if emoji.is_empty() || emoji.len() > MAX_EMOJI_BYTES || emoji.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("emoji must be 1..={MAX_EMOJI_BYTES} bytes without spaces or control characters"));
+    }
+    Ok(())
+}
+
 /// A parsed client request.
 #[derive(Debug)]
 pub enum ClientRequest {
@@ -212,6 +249,11 @@ pub enum ClientRequest {
     Typing(Typing),
     MarkAsRead(MessageRef),
     DeleteMessage(MessageRef),
+    EditMessage(EditMessage),
+    AddReaction(ReactionRef),
+    RemoveReaction(ReactionRef),
+    PinMessage(MessageRef),
+    UnpinMessage(MessageRef),
 }
 
 impl ClientRequest {
@@ -226,6 +268,11 @@ impl ClientRequest {
             ClientRequest::Typing(_) => "typing",
             ClientRequest::MarkAsRead(_) => "mark_as_read",
             ClientRequest::DeleteMessage(_) => "delete_message",
+            ClientRequest::EditMessage(_) => "edit_message",
+            ClientRequest::AddReaction(_) => "add_reaction",
+            ClientRequest::RemoveReaction(_) => "remove_reaction",
+            ClientRequest::PinMessage(_) => "pin_message",
+            ClientRequest::UnpinMessage(_) => "unpin_message",
         }
     }
 }
@@ -249,6 +296,11 @@ pub const CLIENT_EVENTS: &[&str] = &[
     "typing",
     "mark_as_read",
     "delete_message",
+    "edit_message",
+    "add_reaction",
+    "remove_reaction",
+    "pin_message",
+    "unpin_message",
     "file_upload",
 ];
 
@@ -287,12 +339,7 @@ pub fn parse_request(kind: &str, data: &str) -> Result<ClientRequest, (ErrorCode
     let req = match kind {
         "send_message" => {
             let m: SendMessage = payload(data).map_err(|m| (ErrorCode::InvalidPayload, m))?;
-            if m.content.trim().is_empty() {
-                return Err((ErrorCode::InvalidPayload, "content must not be empty".into()));
-            }
-            if m.content.len() > MAX_CONTENT_BYTES {
-                return Err((ErrorCode::InvalidPayload, format!("content is longer than {MAX_CONTENT_BYTES} bytes")));
-            }
+            check_content(&m.content).map_err(bad)?;
             if let Some(c) = &m.client_msg_id
                 && (c.is_empty() || !plain_key(c, MAX_CLIENT_MSG_ID))
             {
@@ -326,6 +373,18 @@ pub fn parse_request(kind: &str, data: &str) -> Result<ClientRequest, (ErrorCode
             ));
         }
         "delete_message" => ClientRequest::DeleteMessage(payload(data).map_err(bad)?),
+        "edit_message" => {
+            let e: EditMessage = payload(data).map_err(bad)?;
+            check_content(&e.content).map_err(bad)?;
+            ClientRequest::EditMessage(e)
+        }
+        "add_reaction" | "remove_reaction" => {
+            let r: ReactionRef = payload(data).map_err(bad)?;
+            check_emoji(&r.emoji).map_err(bad)?;
+            if kind == "add_reaction" { ClientRequest::AddReaction(r) } else { ClientRequest::RemoveReaction(r) }
+        }
+        "pin_message" => ClientRequest::PinMessage(payload(data).map_err(bad)?),
+        "unpin_message" => ClientRequest::UnpinMessage(payload(data).map_err(bad)?),
         other => {
             let shown: String = other.chars().take(64).collect();
             return Err((
@@ -365,6 +424,23 @@ mod tests {
         assert!(ok(r#"{"type":"mark_as_read","data":{"messageId":"m"}}"#).starts_with("MarkAsRead"));
         assert!(ok(r#"{"type":"delete_message","data":{"messageId":"m"}}"#).starts_with("DeleteMessage"));
         assert!(ok(r#"{"type":"join_group","data":{"groupId":"g"}}"#).starts_with("JoinGroup"));
+        assert!(ok(r#"{"type":"edit_message","data":{"messageId":"m","content":"x"}}"#).starts_with("EditMessage"));
+        assert!(ok(r#"{"type":"add_reaction","data":{"messageId":"m","emoji":"👍🏽"}}"#).starts_with("AddReaction"));
+        assert!(
+            ok(r#"{"type":"remove_reaction","data":{"messageId":"m","emoji":":ok:"}}"#).starts_with("RemoveReaction")
+        );
+        assert!(ok(r#"{"type":"pin_message","data":{"messageId":"m"}}"#).starts_with("PinMessage"));
+        assert!(ok(r#"{"type":"unpin_message","data":{"messageId":"m"}}"#).starts_with("UnpinMessage"));
+        for bad in [
+            r#"{"type":"edit_message","data":{"messageId":"m","content":" "}}"#,
+            r#"{"type":"add_reaction","data":{"messageId":"m","emoji":""}}"#,
+            r#"{"type":"add_reaction","data":{"messageId":"m","emoji":"a b"}}"#,
+            r#"{"type":"remove_reaction","data":{"messageId":"m"}}"#,
+        ] {
+            assert_eq!(parse(bad).unwrap_err().code, ErrorCode::InvalidPayload, "{bad}");
+        }
+        let long = format!(r#"{{"type":"add_reaction","data":{{"messageId":"m","emoji":"{}"}}}}"#, "x".repeat(65));
+        assert_eq!(parse(&long).unwrap_err().code, ErrorCode::InvalidPayload);
         assert!(ok(r#"{"type":"leave_group","data":{"groupId":"g"}}"#).starts_with("LeaveGroup"));
         let both = r#"{"type":"send_message","data":{"groupId":"g","conversationId":"c","content":"hi"}}"#;
         assert_eq!(parse(both).unwrap_err().code, ErrorCode::InvalidPayload);

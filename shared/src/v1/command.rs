@@ -152,7 +152,12 @@ pub enum Command {
     LeaveGroup(GroupCmd),
     MarkRead(MarkReadCmd),
     MarkDelivered(MarkDeliveredCmd),
-    DeleteMessage(DeleteMessageCmd),
+    DeleteMessage(MessageCmd),
+    EditMessage(EditMessageCmd),
+    AddReaction(ReactionCmd),
+    RemoveReaction(ReactionCmd),
+    PinMessage(MessageCmd),
+    UnpinMessage(MessageCmd),
     UploadAttachment(UploadAttachmentCmd),
     RecordAttachment(RecordAttachmentCmd),
     ExpireUpload(ExpireUploadCmd),
@@ -197,6 +202,11 @@ impl Command {
             Command::MarkRead(_) => "mark_read",
             Command::MarkDelivered(_) => "mark_delivered",
             Command::DeleteMessage(_) => "delete_message",
+            Command::EditMessage(_) => "edit_message",
+            Command::AddReaction(_) => "add_reaction",
+            Command::RemoveReaction(_) => "remove_reaction",
+            Command::PinMessage(_) => "pin_message",
+            Command::UnpinMessage(_) => "unpin_message",
             Command::UploadAttachment(_) => "upload_attachment",
             Command::RecordAttachment(_) => "record_attachment",
             Command::ExpireUpload(_) => "expire_upload",
@@ -234,7 +244,14 @@ impl Command {
                     put("seqs", &format!("{first}..{last}"));
                 }
             }
-            Command::DeleteMessage(c) => put("messageId", &c.message_id.hex()),
+            Command::DeleteMessage(c) | Command::PinMessage(c) | Command::UnpinMessage(c) => {
+                put("messageId", &c.message_id.hex())
+            }
+            Command::EditMessage(c) => put("messageId", &c.message_id.hex()),
+            Command::AddReaction(c) | Command::RemoveReaction(c) => {
+                put("messageId", &c.message_id.hex());
+                put("emoji", &c.emoji);
+            }
             Command::UploadAttachment(c) => put("attachmentId", &c.attachment_id.hex()),
             Command::RecordAttachment(c) => put("attachmentId", &c.attachment_id.hex()),
             Command::ExpireUpload(c) => put("attachmentId", &c.attachment_id.hex()),
@@ -254,7 +271,9 @@ impl Command {
             Command::AddMember(c) | Command::RemoveMember(c) => group(&c.group_id),
             Command::MarkRead(c) => c.room.room(),
             Command::MarkDelivered(c) => c.room.room(),
-            Command::DeleteMessage(c) => c.room.room(),
+            Command::DeleteMessage(c) | Command::PinMessage(c) | Command::UnpinMessage(c) => c.room.room(),
+            Command::EditMessage(c) => c.room.room(),
+            Command::AddReaction(c) | Command::RemoveReaction(c) => c.room.room(),
             Command::UploadAttachment(c) => c.room.room(),
             Command::RecordAttachment(c) => c.room.room(),
             Command::ExpireUpload(_) => Err("an upload outside any room has no room"),
@@ -429,12 +448,34 @@ pub struct MarkDeliveredCmd {
 /// Most message seqs one `mark_delivered` carries.
 pub const MAX_DELIVERED_SEQS: usize = 1000;
 
+/// A command about one message of a room: `delete_message`,
+/// `pin_message`, `unpin_message`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct DeleteMessageCmd {
+pub struct MessageCmd {
     #[serde(flatten)]
     pub room: RoomFields,
     pub message_id: MessageId,
+}
+
+/// `edit_message`: the sender's new words for a message (it keeps its seq).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EditMessageCmd {
+    #[serde(flatten)]
+    pub room: RoomFields,
+    pub message_id: MessageId,
+    pub content: String,
+}
+
+/// `add_reaction` / `remove_reaction`: the actor's `emoji` on a message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReactionCmd {
+    #[serde(flatten)]
+    pub room: RoomFields,
+    pub message_id: MessageId,
+    pub emoji: String,
 }
 
 /// What a worker reports on `reply` after handling a command.

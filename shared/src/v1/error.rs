@@ -52,6 +52,9 @@ pub enum ErrorCode {
     UnknownType,
     /// The staged upload expired before it was processed.
     StagingExpired,
+    /// A bound was reached: distinct reactions on a message, pins in a
+    /// room, edits of a message.
+    LimitExceeded,
     /// A bug on our side.
     Internal,
 }
@@ -81,6 +84,7 @@ impl ErrorCode {
             ErrorCode::TypeNotAllowed => "type_not_allowed",
             ErrorCode::UnknownType => "unknown_type",
             ErrorCode::StagingExpired => "staging_expired",
+            ErrorCode::LimitExceeded => "limit_exceeded",
             ErrorCode::Internal => "internal",
         }
     }

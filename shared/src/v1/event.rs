@@ -17,6 +17,11 @@ pub enum EventKind {
     MessageStatusUpdated,
     MessageRead,
     MessageDeleted,
+    MessageEdited,
+    ReactionAdded,
+    ReactionRemoved,
+    MessagePinned,
+    MessageUnpinned,
     ConversationCreated,
     GroupCreated,
     GroupUpdated,
@@ -146,6 +151,44 @@ pub struct MessageDeleted {
     pub deleted_by: Option<String>,
     #[serde(default, skip_serializing_if = "is_false")]
     pub retracted: bool,
+    #[serde(flatten)]
+    pub room: RoomFields,
+}
+
+/// `message_edited`: the sender's new words; the message keeps its `seq`.
+/// `editCount` is how many edits it has had, so a client that got an older
+/// edit later keeps the newer one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageEdited {
+    pub message_id: String,
+    pub content: String,
+    pub edited_at: String,
+    pub edit_count: i64,
+    #[serde(flatten)]
+    pub room: RoomFields,
+}
+
+/// `reaction_added` / `reaction_removed`: `userId`'s `emoji` on a message,
+/// and how many members now react with it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReactionChanged {
+    pub message_id: String,
+    pub emoji: String,
+    pub user_id: String,
+    pub count: usize,
+    #[serde(flatten)]
+    pub room: RoomFields,
+}
+
+/// `message_pinned` / `message_unpinned`: by `userId`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessagePinned {
+    pub message_id: String,
+    pub user_id: String,
+    pub at: String,
     #[serde(flatten)]
     pub room: RoomFields,
 }

@@ -35,6 +35,24 @@ fn command_envelope_shape() {
         conversation_id: "650000000000000000000002".parse().unwrap(),
         participant_ids: [uid("64b7f0c2a1b2c3d4e5f60718"), uid("64b7f0c2a1b2c3d4e5f60719")],
     });
+    let m = || "650000000000000000000001".parse().unwrap();
+    let room = || RoomFields { conversation_id: None, group_id: Some("650000000000000000000003".into()) };
+    for (cmd, want) in [
+        (
+            Command::EditMessage(EditMessageCmd { room: room(), message_id: m(), content: "new".into() }),
+            r#"{"type":"edit_message","groupId":"650000000000000000000003","messageId":"650000000000000000000001","content":"new"}"#,
+        ),
+        (
+            Command::AddReaction(ReactionCmd { room: room(), message_id: m(), emoji: ":ok:".into() }),
+            r#"{"type":"add_reaction","groupId":"650000000000000000000003","messageId":"650000000000000000000001","emoji":":ok:"}"#,
+        ),
+        (
+            Command::UnpinMessage(MessageCmd { room: room(), message_id: m() }),
+            r#"{"type":"unpin_message","groupId":"650000000000000000000003","messageId":"650000000000000000000001"}"#,
+        ),
+    ] {
+        assert_eq!(serde_json::to_string(&cmd).unwrap(), want);
+    }
     assert_eq!(
         serde_json::to_string(&create).unwrap(),
         r#"{"type":"create_conversation","conversationId":"650000000000000000000002","participantIds":["64b7f0c2a1b2c3d4e5f60718","64b7f0c2a1b2c3d4e5f60719"]}"#
@@ -123,6 +141,29 @@ fn event_payload_shapes() {
         json(&read),
         r#"{"messageId":"m","userId":"u","readAt":"2026-01-01T00:00:00.000Z","upToSeq":9,"conversationId":"c"}"#
     );
+    let edited = MessageEdited {
+        message_id: "m".into(),
+        content: "new".into(),
+        edited_at: "2026-01-01T00:00:00.000Z".into(),
+        edit_count: 2,
+        room: group("g"),
+    };
+    assert_eq!(
+        json(&edited),
+        r#"{"messageId":"m","content":"new","editedAt":"2026-01-01T00:00:00.000Z","editCount":2,"groupId":"g"}"#
+    );
+    let reaction =
+        ReactionChanged {
+            message_id: "m".into(), emoji: "👍".into(), user_id: "u".into(), count: 3, room: conv("c")
+        };
+    assert_eq!(json(&reaction), r#"{"messageId":"m","emoji":"👍","userId":"u","count":3,"conversationId":"c"}"#);
+    let pinned = MessagePinned {
+        message_id: "m".into(),
+        user_id: "u".into(),
+        at: "2026-01-01T00:00:00.000Z".into(),
+        room: group("g"),
+    };
+    assert_eq!(json(&pinned), r#"{"messageId":"m","userId":"u","at":"2026-01-01T00:00:00.000Z","groupId":"g"}"#);
     let status = MessageStatusUpdated { message_id: "m".into(), status: MessageStatus::Delivered, room: group("g") };
     assert_eq!(json(&status), r#"{"messageId":"m","status":"delivered","groupId":"g"}"#);
     let contact = ContactAdded { conversation_id: "c".into(), user_ids: vec!["a".into(), "b".into()] };

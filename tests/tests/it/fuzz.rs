@@ -373,7 +373,9 @@ fn payload(ids: &Ids, event: &str) -> BoxedStrategy<Value> {
         "join_conversation" | "leave_conversation" => &["conversationId", "lastSeq"],
         "join_group" | "leave_group" => &["groupId", "lastSeq"],
         "typing" => &["conversationId", "groupId", "isTyping"],
-        "mark_as_read" | "delete_message" => &["messageId"],
+        "mark_as_read" | "delete_message" | "pin_message" | "unpin_message" => &["messageId"],
+        "edit_message" => &["messageId", "content"],
+        "add_reaction" | "remove_reaction" => &["messageId", "emoji"],
         "file_upload" => &["filename", "type", "conversationId", "groupId"],
         _ => &["content", "conversationId"],
     };

@@ -21,6 +21,7 @@ mod groups;
 mod hardening;
 mod lifecycle;
 mod metrics;
+mod mutations;
 mod nats_permissions;
 mod partitions;
 mod pipeline;

@@ -3,6 +3,7 @@
 //! the audit chain), on top of itself and in parallel; dead letters are
 //! listed, retried once their cause is fixed, and dropped.
 
+use futures::TryStreamExt;
 use natter_tests::procs;
 use natter_tests::stack::Pair;
 use natter_tests::state::canonical;
@@ -46,6 +47,28 @@ async fn scenario(app: &mut TestApp) {
     wb.events("message_received", 30, WAIT).await;
     wb.request("mark_as_read", json!({"messageId": ids[20]})).await;
     wa.request("delete_message", json!({"messageId": ids[3]})).await;
+    // Changes after sending: edits (one of a message not written yet),
+    // reactions added and taken back, pins, and the delete of a pinned,
+    // reacted-to, edited message.
+    wa.request("edit_message", json!({"messageId": ids[0], "content": "a0 edited"})).await;
+    let r = wa.request("send_message", json!({"conversationId": conv, "content": "quick"})).await;
+    let quick = r["data"]["messageId"].as_str().unwrap().to_string();
+    wa.request("edit_message", json!({"messageId": quick, "content": "quick, edited"})).await;
+    for (by_a, id, emoji, add) in [
+        (false, &ids[0], "👍", true),
+        (true, &ids[0], "👍", true),
+        (false, &ids[1], "🎉", true),
+        (false, &ids[1], "🎉", false),
+        (false, &ids[4], ":x:", true),
+    ] {
+        let kind = if add { "add_reaction" } else { "remove_reaction" };
+        let w = if by_a { &mut wa } else { &mut wb };
+        w.request(kind, json!({"messageId": id, "emoji": emoji})).await;
+    }
+    wb.request("pin_message", json!({"messageId": ids[0]})).await;
+    wa.request("pin_message", json!({"messageId": ids[4]})).await;
+    wa.request("edit_message", json!({"messageId": ids[4], "content": "a4 edited"})).await;
+    wa.request("delete_message", json!({"messageId": ids[4]})).await;
 
     // Attachments, uploaded to the room and outside any room, sent in messages.
     for data in [
@@ -81,7 +104,11 @@ async fn scenario(app: &mut TestApp) {
     let (s, _) =
         app.call(Method::PATCH, e, &format!("/api/chat/groups/{g}"), &admin, Some(json!({"name": "renamed"}))).await;
     assert_eq!(s, 200);
-    wa.request("send_message", json!({"groupId": g, "content": "last"})).await;
+    let r = wa.request("send_message", json!({"groupId": g, "content": "last"})).await;
+    let last = r["data"]["messageId"].as_str().unwrap().to_string();
+    wa.request("pin_message", json!({"messageId": last})).await;
+    wa.request("add_reaction", json!({"messageId": last, "emoji": "✅"})).await;
+    wa.request("edit_message", json!({"messageId": last, "content": "the last"})).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -110,6 +137,13 @@ async fn replay_rebuilds_the_same_state() {
     let conv = app.store.conversations().find_one(mongodb::bson::doc! {}).await.unwrap().unwrap();
     assert!(!conv.read_cursors.is_empty() && !conv.delivered_cursors.is_empty(), "{conv:?}");
     assert!(conv.unread_counts.values().any(|n| *n > 0), "{conv:?}");
+    // So are edits, reactions and pins: ids[0] pinned (ids[4] was, until
+    // its delete); three messages edited, two with reactions.
+    assert_eq!(conv.pins.len(), 1, "{conv:?}");
+    let messages: Vec<natter_shared::model::MessageDoc> =
+        app.store.messages().find(mongodb::bson::doc! {}).await.unwrap().try_collect().await.unwrap();
+    assert_eq!(messages.iter().filter(|m| !m.edits.is_empty()).count(), 3);
+    assert_eq!(messages.iter().filter(|m| !m.reactions.is_empty()).count(), 2);
 
     // Wipe the database and rebuild it with one command.
     app.store.db().drop().await.unwrap();

@@ -55,6 +55,7 @@ pub(super) fn create(
                 read_cursors: Default::default(),
                 delivered_cursors: Default::default(),
                 writers: vec![],
+                pins: vec![],
             };
             rooms.insert(Room::created(Doc::Conversation(doc.clone())));
             doc

@@ -8,7 +8,7 @@ use super::events::{publication, refused, room_subject};
 use super::room::{Cursor, Room};
 use super::writes::Tombstone;
 use crate::handler::{ApplyError, Disposition, Incoming};
-use natter_shared::v1::command::{DeleteMessageCmd, RoomFields};
+use natter_shared::v1::command::{MessageCmd, RoomFields};
 use natter_shared::v1::error::ErrorCode;
 use natter_shared::v1::event::{EventFrame, EventKind, MessageDeleted, RefusedIds};
 
@@ -16,7 +16,7 @@ pub(super) fn apply(
     b: &mut Batch<'_>,
     room: &mut Room,
     inc: &Incoming,
-    c: &DeleteMessageCmd,
+    c: &MessageCmd,
 ) -> Result<Disposition, ApplyError> {
     let already = inc.seq as i64 <= room.last_seq();
     let actor = inc.msg.actor.oid();
@@ -55,6 +55,12 @@ pub(super) fn apply(
             }
             b.writes.tombstone(tombstone);
             b.deleted(room, mid);
+            room.update_pins(|pins| {
+                let before = pins.len();
+                pins.retain(|p| p.message_id != mid);
+                pins.len() != before
+            })
+            .map_err(|e| ApplyError::transient(format!("pins encoding: {e}")))?;
             if message.counts {
                 let unread: Vec<_> = room
                     .members()

@@ -91,6 +91,7 @@ pub(super) fn create(
                 read_cursors: members.iter().map(|m| (m.to_hex(), seq)).collect(),
                 delivered_cursors: Default::default(),
                 deleted: false,
+                pins: vec![],
             };
             rooms.insert(Room::created(Doc::Group(doc.clone())));
             doc

@@ -13,6 +13,7 @@ mod conversation;
 mod delete;
 mod events;
 pub mod group;
+mod mutate;
 mod receipts;
 mod room;
 mod rooms;
@@ -30,7 +31,7 @@ use natter_nats::Subjects;
 use natter_nats::topology::Role;
 use natter_shared::config::CoreConfig;
 use natter_shared::ids::{RoomKind, RoomRef, parse_oid};
-use natter_shared::model::AttachmentDoc;
+use natter_shared::model::{AttachmentDoc, MessageDoc, MessageType};
 use natter_shared::store::Store;
 use natter_shared::store::round_trip;
 use natter_shared::v1::command::{Command, ExpireUploadCmd, RecordAttachmentCmd, Route};
@@ -87,12 +88,26 @@ struct Known {
     pub deleted: bool,
 }
 
+impl Known {
+    fn of(m: &MessageDoc) -> Known {
+        Known {
+            room: m.room(),
+            seq: m.seq,
+            sender: m.sender_id,
+            counts: m.message_type != MessageType::System,
+            deleted: m.deleted,
+        }
+    }
+}
+
 /// What the commands of one batch share while they are applied.
 struct Batch<'a> {
     pub ctx: &'a Ctx,
     pub writes: Writes,
     /// Messages read from the database for this batch, by id.
     pub known: HashMap<ObjectId, Known>,
+    /// Whole messages read for this batch's edits and reactions.
+    pub docs: HashMap<ObjectId, MessageDoc>,
     /// The take its writes go out with.
     pub generation: u64,
 }
@@ -109,7 +124,18 @@ impl Batch<'_> {
                 deleted: e.deleted,
             });
         }
+        if let Some(m) = room.unwritten_message(id) {
+            return Some(Known::of(m));
+        }
         self.known.get(&id).filter(|k| k.room == room.key).cloned()
+    }
+
+    /// The whole message, as changed in memory or as read for this batch.
+    pub fn message(&self, room: &Room, id: ObjectId) -> Option<MessageDoc> {
+        match room.unwritten_message(id) {
+            Some(m) => Some(m.clone()),
+            None => self.docs.get(&id).filter(|m| m.room() == room.key).cloned(),
+        }
     }
 
     /// Notes that the message was deleted by this batch.
@@ -120,6 +146,10 @@ impl Batch<'_> {
         if let Some(k) = self.known.get_mut(&id) {
             k.deleted = true;
         }
+        if let Some(m) = room.unwritten_message_mut(id) {
+            m.deleted = true;
+        }
+        self.docs.remove(&id);
     }
 }
 
@@ -132,7 +162,13 @@ impl Handler for MessagesHandler {
 
     async fn apply(&self, rooms: &mut Rooms, batch: &[Incoming], done: &mut Done) -> Result<(), ApplyError> {
         let generation = rooms.generation();
-        let mut b = Batch { ctx: &self.ctx, writes: Writes::default(), known: HashMap::new(), generation };
+        let mut b = Batch {
+            ctx: &self.ctx,
+            writes: Writes::default(),
+            known: HashMap::new(),
+            docs: HashMap::new(),
+            generation,
+        };
         let mut attempt = Done::new();
         let mut order: Vec<RoomRef> = Vec::new();
         let mut by_room: HashMap<RoomRef, Vec<&Incoming>> = HashMap::new();
@@ -165,7 +201,7 @@ impl Handler for MessagesHandler {
         let keys: BTreeSet<RoomRef> = order.iter().cloned().collect();
         let applied = async {
             rooms.load(&self.ctx.store, &keys).await?;
-            b.known = prefetch(&self.ctx.store, rooms, &order, &by_room).await?;
+            (b.known, b.docs) = prefetch(&self.ctx.store, rooms, &order, &by_room).await?;
             for key in &order {
                 apply_room(&mut b, rooms, key, &by_room[key], &mut attempt).await?;
             }
@@ -248,6 +284,11 @@ async fn apply_room(
                     Command::MarkRead(c) => receipts::read(b, room, inc, c).await?,
                     Command::MarkDelivered(c) => receipts::delivered(b, room, inc, c).await?,
                     Command::DeleteMessage(c) => delete::apply(b, room, inc, c)?,
+                    Command::EditMessage(c) => mutate::edit(b, room, inc, c)?,
+                    Command::AddReaction(c) => mutate::react(b, room, inc, c, true)?,
+                    Command::RemoveReaction(c) => mutate::react(b, room, inc, c, false)?,
+                    Command::PinMessage(c) => mutate::pin(b, room, inc, c, true)?,
+                    Command::UnpinMessage(c) => mutate::pin(b, room, inc, c, false)?,
                     Command::UpdateGroup(_)
                     | Command::DeleteGroup(_)
                     | Command::AddMember(_)
@@ -267,41 +308,68 @@ async fn apply_room(
 }
 
 /// Reads, in one query, the messages the batch needs that no room's tail
-/// holds: the targets of reads and deletes, and the sends of rooms just
-/// read from the database (a dead worker may have stored them without
-/// moving the room's `lastSeq`).
+/// holds: the targets of reads, deletes and pins, and the sends of rooms
+/// just read from the database (a dead worker may have stored them without
+/// moving the room's `lastSeq`); and whole, the targets of edits and
+/// reactions that memory does not hold. A message whose tombstone is not
+/// written yet counts as deleted.
 async fn prefetch(
     store: &Store,
     rooms: &mut Rooms,
     order: &[RoomRef],
     by_room: &HashMap<RoomRef, Vec<&Incoming>>,
-) -> Result<HashMap<ObjectId, Known>, mongodb::error::Error> {
+) -> Result<(HashMap<ObjectId, Known>, HashMap<ObjectId, MessageDoc>), mongodb::error::Error> {
     let mut ids: Vec<ObjectId> = Vec::new();
+    let mut whole: BTreeSet<ObjectId> = BTreeSet::new();
+    let mut tombstoned: BTreeSet<ObjectId> = BTreeSet::new();
     for key in order {
         let Some(room) = rooms.get_mut(key) else { continue };
+        let held = |id: &ObjectId| room.tail.get(*id).is_none() && room.unwritten_message(*id).is_none();
         for inc in &by_room[key] {
             let id = match &inc.msg.command {
-                Command::MarkRead(c) => Some(c.message_id.oid()).filter(|id| room.tail.get(*id).is_none()),
-                Command::DeleteMessage(c) => Some(c.message_id.oid()).filter(|id| room.tail.get(*id).is_none()),
+                Command::MarkRead(c) => Some(c.message_id.oid()).filter(held),
+                Command::DeleteMessage(c) | Command::PinMessage(c) | Command::UnpinMessage(c) => {
+                    Some(c.message_id.oid()).filter(held)
+                }
                 Command::SendMessage(c) if room.fresh => Some(c.message_id.oid()),
+                Command::EditMessage(c) => Some(c.message_id.oid()).filter(|id| room.unwritten_message(*id).is_none()),
+                Command::AddReaction(c) | Command::RemoveReaction(c) => {
+                    Some(c.message_id.oid()).filter(|id| room.unwritten_message(*id).is_none())
+                }
                 _ => None,
             };
+            if let Some(id) = id
+                && matches!(
+                    inc.msg.command,
+                    Command::EditMessage(_) | Command::AddReaction(_) | Command::RemoveReaction(_)
+                )
+            {
+                whole.insert(id);
+            }
             ids.extend(id);
         }
+        tombstoned.extend(room.unwritten().map(|t| t.id));
     }
     let mut known = HashMap::new();
+    let mut docs = HashMap::new();
     if ids.is_empty() {
-        return Ok(known);
+        return Ok((known, docs));
     }
-    let fields = doc! {"seq": 1, "senderId": 1, "conversationId": 1, "groupId": 1, "messageType": 1, "deleted": 1};
     let raw = store.db().collection::<mongodb::bson::Document>(natter_shared::model::MESSAGES);
     round_trip("find_messages");
-    let mut cur = raw.find(doc! {"_id": {"$in": ids}}).projection(fields).await?;
+    let mut find = raw.find(doc! {"_id": {"$in": ids}});
+    if whole.is_empty() {
+        find = find.projection(
+            doc! {"seq": 1, "senderId": 1, "conversationId": 1, "groupId": 1, "messageType": 1, "deleted": 1},
+        );
+    }
+    let mut cur = find.await?;
     while let Some(m) = cur.try_next().await? {
         let (Ok(id), Ok(sender)) = (m.get_object_id("_id"), m.get_object_id("senderId")) else { continue };
         let Ok(room) = RoomRef::from_fields(m.get_str("conversationId").ok(), m.get_str("groupId").ok()) else {
             continue;
         };
+        let deleted = m.get_bool("deleted").unwrap_or(false) || tombstoned.contains(&id);
         known.insert(
             id,
             Known {
@@ -309,11 +377,17 @@ async fn prefetch(
                 seq: m.get_i64("seq").unwrap_or(0),
                 sender,
                 counts: m.get_str("messageType").is_ok_and(|t| t != "system"),
-                deleted: m.get_bool("deleted").unwrap_or(false),
+                deleted,
             },
         );
+        if whole.contains(&id)
+            && !deleted
+            && let Ok(doc) = mongodb::bson::from_document::<MessageDoc>(m)
+        {
+            docs.insert(id, doc);
+        }
     }
-    Ok(known)
+    Ok((known, docs))
 }
 
 /// Records an attachment from the attachments worker's fact (which usually

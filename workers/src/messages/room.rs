@@ -8,7 +8,8 @@ use super::tail::{Entry, Tail};
 use super::writes::Tombstone;
 use mongodb::bson::{Bson, DateTime, Document, doc, oid::ObjectId, to_document};
 use natter_shared::ids::{RoomKind, RoomRef};
-use natter_shared::model::{ConversationDoc, GroupDoc, PerUser};
+use natter_shared::model::{ConversationDoc, GroupDoc, MessageDoc, PerUser, Pin};
+use std::collections::HashMap;
 
 #[derive(Clone, Debug)]
 pub(super) enum Doc {
@@ -53,6 +54,10 @@ pub(super) struct Room {
     /// yet, with the take they go out with (reads of the database must
     /// discount them).
     unwritten: Vec<(u64, Tombstone)>,
+    /// Messages whose stored copy is behind memory (sent, edited or
+    /// reacted to, and not written yet), with the take they go out with:
+    /// the next change of one starts from here, not from the database.
+    changed: HashMap<ObjectId, (u64, MessageDoc)>,
 }
 
 /// A write of a room document.
@@ -79,6 +84,7 @@ impl Room {
             unset: Document::new(),
             fresh: true,
             unwritten: Vec::new(),
+            changed: HashMap::new(),
         }
     }
 
@@ -94,6 +100,7 @@ impl Room {
             unset: Document::new(),
             fresh: false,
             unwritten: Vec::new(),
+            changed: HashMap::new(),
         }
     }
 
@@ -243,6 +250,40 @@ impl Room {
         self.unwritten.push((generation, t));
     }
 
+    /// Notes a message as this worker has it after take `generation`.
+    pub fn changed(&mut self, generation: u64, m: MessageDoc) {
+        self.changed.insert(m.id, (generation, m));
+    }
+
+    /// A message as changed in memory and not written yet.
+    pub fn unwritten_message(&self, id: ObjectId) -> Option<&MessageDoc> {
+        self.changed.get(&id).map(|(_, m)| m)
+    }
+
+    pub fn unwritten_message_mut(&mut self, id: ObjectId) -> Option<&mut MessageDoc> {
+        self.changed.get_mut(&id).map(|(_, m)| m)
+    }
+
+    pub fn pins(&self) -> &[Pin] {
+        match &self.doc {
+            Doc::Conversation(c) => &c.pins,
+            Doc::Group(g) => &g.pins,
+        }
+    }
+
+    /// Changes the pins through `f`; staged when it says it changed them.
+    pub fn update_pins(&mut self, f: impl FnOnce(&mut Vec<Pin>) -> bool) -> Result<(), mongodb::bson::ser::Error> {
+        let pins = match &mut self.doc {
+            Doc::Conversation(c) => &mut c.pins,
+            Doc::Group(g) => &mut g.pins,
+        };
+        if f(pins) {
+            let value = mongodb::bson::to_bson(pins)?;
+            self.stage("pins".into(), value);
+        }
+        Ok(())
+    }
+
     /// Tombstones not written yet.
     pub fn unwritten(&self) -> impl Iterator<Item = &Tombstone> {
         self.unwritten.iter().map(|(_, t)| t)
@@ -300,6 +341,7 @@ impl Room {
     /// the tail.
     pub fn written(&mut self, generation: u64) {
         self.unwritten.retain(|(g, _)| *g > generation);
+        self.changed.retain(|_, (g, _)| *g > generation);
         let floor = self.members().iter().map(|m| self.seen(*m)).min().unwrap_or(0);
         self.tail.trim(floor);
     }
@@ -351,6 +393,7 @@ mod tests {
             read_cursors: Default::default(),
             delivered_cursors: Default::default(),
             deleted: false,
+            pins: vec![],
             members,
         }))
     }

@@ -99,6 +99,8 @@ pub(super) fn apply(
     }
     room.append(&m, true);
     let mut events = vec![message_received(&b.ctx.subjects, &room.key, &m, 0)?];
+    // An edit or reaction before the write starts from this copy.
+    room.changed(b.generation, m);
     if room.note_writer(sender) {
         // Both have written now: each may see the other's presence.
         let data = ContactAdded {

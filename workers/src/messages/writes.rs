@@ -40,6 +40,9 @@ pub(super) struct Tombstone {
 enum Op {
     Message(Box<MessageDoc>),
     Tombstone(Tombstone),
+    /// Fields of a stored (or earlier staged) message set to what memory
+    /// holds: an edit, a reaction.
+    MessageSet(ObjectId, Document),
     Attachment(Box<AttachmentDoc>),
     /// An unsent upload outside any room, collected.
     Expire(ObjectId),
@@ -73,6 +76,12 @@ impl Writes {
 
     pub(super) fn tombstone(&mut self, t: Tombstone) {
         self.ops.push(Op::Tombstone(t));
+    }
+
+    /// Sets `fields` of message `id` (absolute values: applying twice is
+    /// applying once).
+    pub(super) fn message_set(&mut self, id: ObjectId, fields: Document) {
+        self.ops.push(Op::MessageSet(id, fields));
     }
 
     /// Records an attachment (unless recorded already: the attachments
@@ -368,12 +377,19 @@ impl Op {
                 MESSAGES,
                 Model::Update {
                     filter: doc! {"_id": t.id, "deleted": {"$ne": true}},
-                    update: doc! {"$set": {
-                        "deleted": true, "content": "", "attachments": [],
-                        "deletedAt": t.at, "deletedBy": t.by, "updatedAt": t.at,
-                    }},
+                    update: doc! {
+                        "$set": {
+                            "deleted": true, "content": "", "attachments": [],
+                            "deletedAt": t.at, "deletedBy": t.by, "updatedAt": t.at,
+                        },
+                        "$unset": {"edits": "", "reactions": "", "editedAt": "", "editCount": ""},
+                    },
                     upsert: false,
                 },
+            ),
+            Op::MessageSet(id, fields) => (
+                MESSAGES,
+                Model::Update { filter: doc! {"_id": id}, update: doc! {"$set": fields.clone()}, upsert: false },
             ),
             Op::Attachment(a) => (
                 ATTACHMENTS,

@@ -1,0 +1,335 @@
+//! Changing a message after it was sent: edits (its sender only; earlier
+//! versions kept for the audit trail, never shown), reactions (one per user
+//! per emoji, bounded) and pins (bounded, per room), over `/ws`, REST and
+//! the stock socket.io-client; members see the events, outsiders and
+//! removed members neither see nor make them.
+
+use natter_tests::sio::{Transports, WAIT};
+use natter_tests::{SioClient, TestApp, WsClient};
+use reqwest::Method;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+const QUIET: Duration = Duration::from_millis(700);
+
+/// The next event of `kind` on `w` whose data satisfies `pred` (others of
+/// the kind are passed over).
+async fn event_where(w: &mut WsClient, kind: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    loop {
+        let got = w.events(kind, 1, WAIT).await;
+        assert_eq!(got.len(), 1, "no {kind} came");
+        if pred(&got[0]["data"]) {
+            return got[0]["data"].clone();
+        }
+    }
+}
+
+/// Sends `content` to group `g` and waits until `listen` has it.
+async fn send(w: &mut WsClient, listen: &mut WsClient, g: &str, content: &str) -> String {
+    let r = w.request("send_message", json!({"groupId": g, "content": content})).await;
+    assert_eq!(r["type"], "ack", "{r}");
+    let id = r["data"]["messageId"].as_str().unwrap().to_string();
+    event_where(listen, "message_received", |d| d["_id"] == id).await;
+    id
+}
+
+/// The message `id` in the group's history, as a member reads it.
+async fn in_history(
+    app: &TestApp,
+    e: std::net::SocketAddr,
+    g: &str,
+    id: &str,
+    as_user: natter_shared::ids::UserId,
+) -> Value {
+    let (s, h) = app.get(e, &format!("/api/chat/groups/{g}/messages?limit=100"), as_user).await;
+    assert_eq!(s, 200, "{h}");
+    h["messages"].as_array().unwrap().iter().find(|m| m["_id"] == id).cloned().unwrap_or(Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_reactions_and_pins_reach_members_only() {
+    let mut app = TestApp::new().await;
+    let e = app.start_edge().await;
+    app.start_worker();
+    app.start_audit_worker();
+    // c created the group (its admin); a and b are members, r is removed
+    // later, `out` never was a member.
+    let (a, b, c, r, out) = (app.user(), app.user(), app.user(), app.user(), app.user());
+    let g = app.create_group(e, c, &[a, b, r]).await;
+    let (ta, tb, tc, tr, tout) =
+        (app.token(a, &[]), app.token(b, &[]), app.token(c, &[]), app.token(r, &[]), app.token(out, &[]));
+    // b with the Admin role; and an Admin who is not a member.
+    let b_admin = app.token(b, &["Admin"]);
+    let admin = app.token(app.user(), &["Admin"]);
+    let mut wa = WsClient::connect(e, &ta).await;
+    let mut wb = WsClient::connect(e, &tb).await;
+    let mut wc = WsClient::connect(e, &tc).await;
+    let mut wr = WsClient::connect(e, &tr).await;
+    let mut wout = WsClient::connect(e, &tout).await;
+    for w in [&mut wa, &mut wb, &mut wc, &mut wr] {
+        assert_eq!(w.request("join_group", json!({"groupId": g})).await["type"], "ack");
+    }
+    let m1 = send(&mut wa, &mut wb, &g, "first").await;
+    let m2 = send(&mut wa, &mut wb, &g, "second").await;
+    let from_r = send(&mut wr, &mut wb, &g, "r was here").await;
+
+    // Edit: the sender only, over /ws and REST; every member hears it.
+    let ack = wa.request("edit_message", json!({"messageId": m1, "content": "v2"})).await;
+    assert_eq!((ack["type"].as_str(), ack["data"]["messageId"].as_str()), (Some("ack"), Some(m1.as_str())), "{ack}");
+    for w in [&mut wa, &mut wb, &mut wc, &mut wr] {
+        let ed = event_where(w, "message_edited", |d| d["messageId"] == m1).await;
+        assert_eq!(
+            (ed["content"].as_str(), ed["editCount"].as_i64(), ed["groupId"].as_str()),
+            (Some("v2"), Some(1), Some(g.as_str())),
+            "{ed}"
+        );
+        assert!(ed["editedAt"].as_str().is_some_and(|t| t.ends_with('Z')), "{ed}");
+    }
+    let (s, v) =
+        app.call(Method::PATCH, e, &format!("/api/chat/messages/{m1}"), &ta, Some(json!({"content": "v3"}))).await;
+    assert_eq!((s, v["content"].as_str(), v["editCount"].as_i64()), (200, Some("v3"), Some(2)), "{v}");
+    assert!(v.get("edits").is_none(), "earlier versions are not shown: {v}");
+    for (who, token, want) in [
+        ("a member", &tb, 403),
+        ("an Admin member", &b_admin, 403),
+        ("the group's admin", &tc, 403),
+        ("an outside Admin", &admin, 404),
+    ] {
+        let (s, v) =
+            app.call(Method::PATCH, e, &format!("/api/chat/messages/{m1}"), token, Some(json!({"content": "x"}))).await;
+        assert_eq!(s, want, "{who} may not rewrite a's words: {v}");
+    }
+    let r_ = wb.request("edit_message", json!({"messageId": m1, "content": "mine now"})).await;
+    assert_eq!(r_["data"]["code"], "forbidden", "{r_}");
+    for bad in [
+        json!({"messageId": m1, "content": "  "}),
+        json!({"messageId": m1}),
+        json!({"messageId": "nope", "content": "x"}),
+    ] {
+        let r_ = wa.request("edit_message", bad.clone()).await;
+        assert_eq!(r_["data"]["code"], "invalid_payload", "{bad}: {r_}");
+    }
+    // Sent and edited twice before the worker wrote it: the edits start
+    // from the unwritten message.
+    let r_ = wa.request("send_message", json!({"groupId": g, "content": "typo", "clientMsgId": "t1"})).await;
+    let quick = r_["data"]["messageId"].as_str().unwrap().to_string();
+    wa.request("edit_message", json!({"messageId": quick, "content": "typo fixed"})).await;
+    wa.request("edit_message", json!({"messageId": quick, "content": "typo fixed twice"})).await;
+    let ed = event_where(&mut wb, "message_edited", |d| d["messageId"] == quick && d["editCount"] == 2).await;
+    assert_eq!(ed["content"], "typo fixed twice");
+    // The same content again changes nothing.
+    wa.request("edit_message", json!({"messageId": quick, "content": "typo fixed twice"})).await;
+    natter_tests::eventually("the edits written", WAIT, || async {
+        let m = in_history(&app, e, &g, &quick, b).await;
+        (m["content"] == "typo fixed twice" && m["editCount"] == 2).then_some(())
+    })
+    .await;
+    // Earlier versions are in the stored document, oldest first.
+    let stored = app.store.message(quick.parse().unwrap()).await.unwrap().unwrap();
+    let versions: Vec<&str> = stored.edits.iter().map(|v| v.content.as_str()).collect();
+    assert_eq!(versions, ["typo", "typo fixed"]);
+    assert!(stored.edits[0].replaced_seq < stored.edits[1].replaced_seq);
+    // An Admin's export shows them; members' history does not.
+    let (s, rows) = app.call(Method::GET, e, &format!("/api/chat/groups/{g}/export?format=json"), &admin, None).await;
+    assert_eq!(s, 200, "{rows}");
+    let row = rows.as_array().unwrap().iter().find(|m| m["_id"] == quick).unwrap();
+    let earlier: Vec<&str> =
+        row["earlierVersions"].as_array().unwrap().iter().map(|v| v["content"].as_str().unwrap()).collect();
+    assert_eq!((row["content"].as_str(), earlier), (Some("typo fixed twice"), vec!["typo", "typo fixed"]));
+    let seen = in_history(&app, e, &g, &quick, b).await;
+    assert!(seen.get("earlierVersions").is_none() && seen.get("edits").is_none(), "{seen}");
+
+    // Reactions: one per user per emoji; counts and who in the view.
+    for (by_a, emoji) in [(false, "👍"), (true, "👍"), (false, "🎉🏽"), (false, "👍")] {
+        let w = if by_a { &mut wa } else { &mut wb };
+        assert_eq!(w.request("add_reaction", json!({"messageId": m1, "emoji": emoji})).await["type"], "ack");
+    }
+    let mut counts = Vec::new();
+    for _ in 0..3 {
+        let ev = wc.events("reaction_added", 1, WAIT).await;
+        counts.push((ev[0]["data"]["emoji"].as_str().unwrap().to_string(), ev[0]["data"]["count"].as_u64().unwrap()));
+    }
+    assert_eq!(counts, [("👍".to_string(), 1), ("👍".to_string(), 2), ("🎉🏽".to_string(), 1)]);
+    assert!(wc.events("reaction_added", 1, QUIET).await.is_empty(), "a second 👍 by b is no change");
+    let want = json!([{"emoji": "👍", "userIds": [b.hex(), a.hex()]}, {"emoji": "🎉🏽", "userIds": [b.hex()]}]);
+    natter_tests::eventually("the reactions written", WAIT, || async {
+        (in_history(&app, e, &g, &m1, c).await["reactions"] == want).then_some(())
+    })
+    .await;
+    let (s, v) =
+        app.call(Method::DELETE, e, &format!("/api/chat/messages/{m1}/reactions/%F0%9F%91%8D"), &tb, None).await;
+    assert_eq!(
+        (s, &v["reactions"]),
+        (200, &json!([{"emoji": "👍", "userIds": [a.hex()]}, {"emoji": "🎉🏽", "userIds": [b.hex()]}])),
+        "{v}"
+    );
+    let ev = event_where(&mut wa, "reaction_removed", |d| d["messageId"] == m1).await;
+    assert_eq!(
+        (ev["emoji"].as_str(), ev["userId"].as_str(), ev["count"].as_u64()),
+        (Some("👍"), Some(b.hex().as_str()), Some(1))
+    );
+    // At most 32 different reactions on a message.
+    for i in 0..32 {
+        let r_ = wb.request("add_reaction", json!({"messageId": m2, "emoji": format!(":e{i}:")})).await;
+        assert_eq!(r_["type"], "ack", "{r_}");
+    }
+    assert_eq!(wa.events("reaction_added", 32, WAIT).await.len(), 32);
+    let (s, v) = app
+        .call(Method::POST, e, &format!("/api/chat/messages/{m2}/reactions"), &ta, Some(json!({"emoji": ":one-more:"})))
+        .await;
+    assert_eq!((s, v["error"]["code"].as_str()), (409, Some("limit_exceeded")), "{v}");
+    wa.request("add_reaction", json!({"messageId": m2, "emoji": ":again:"})).await;
+    let refused = event_where(&mut wa, "command_refused", |d| d["action"] == "add_reaction").await;
+    assert_eq!((refused["code"].as_str(), refused["messageId"].as_str()), (Some("limit_exceeded"), Some(m2.as_str())));
+    let (s, v) = app
+        .call(Method::POST, e, &format!("/api/chat/messages/{m2}/reactions"), &ta, Some(json!({"emoji": "two words"})))
+        .await;
+    assert_eq!((s, v["error"]["code"].as_str()), (400, Some("invalid_payload")), "{v}");
+
+    // Pins: the group's admin or an Admin; not a plain member.
+    let r_ = wb.request("pin_message", json!({"messageId": m1})).await;
+    assert_eq!(r_["data"]["code"], "forbidden", "{r_}");
+    assert_eq!(wc.request("pin_message", json!({"messageId": m1})).await["type"], "ack");
+    let p = event_where(&mut wb, "message_pinned", |d| d["messageId"] == m1).await;
+    assert_eq!(p["userId"], c.hex());
+    let (s, _) = app.call(Method::POST, e, &format!("/api/chat/messages/{m2}/pin"), &b_admin, None).await;
+    assert_eq!(s, 201, "an Admin pins");
+    let (s, pins) = app.get(e, &format!("/api/chat/groups/{g}/pins"), b).await;
+    let ids: Vec<&str> = pins.as_array().unwrap().iter().map(|p| p["message"]["_id"].as_str().unwrap()).collect();
+    assert_eq!((s, ids), (200, vec![m2.as_str(), m1.as_str()]), "newest pin first: {pins}");
+    assert_eq!(pins[1]["message"]["content"], "v3");
+    assert_eq!(pins[1]["pinnedBy"], c.hex());
+    let (s, _) = app.call(Method::DELETE, e, &format!("/api/chat/messages/{m2}/pin"), &tc, None).await;
+    assert_eq!(s, 200);
+    event_where(&mut wb, "message_unpinned", |d| d["messageId"] == m2).await;
+
+    // An outsider: nothing to see, nothing to change.
+    for (kind, data) in [
+        ("edit_message", json!({"messageId": m1, "content": "hi"})),
+        ("add_reaction", json!({"messageId": m1, "emoji": "👀"})),
+        ("remove_reaction", json!({"messageId": m1, "emoji": "👍"})),
+        ("pin_message", json!({"messageId": m1})),
+        ("unpin_message", json!({"messageId": m1})),
+    ] {
+        let r_ = wout.request(kind, data).await;
+        assert_eq!(r_["data"]["code"], "not_found", "{kind}: {r_}");
+    }
+    let (s, _) = app.get(e, &format!("/api/chat/groups/{g}/pins"), out).await;
+    assert_eq!(s, 403);
+    let (s, _) = app
+        .call(Method::POST, e, &format!("/api/chat/messages/{m1}/reactions"), &tout, Some(json!({"emoji": "👀"})))
+        .await;
+    assert_eq!(s, 404);
+
+    // A removed member: may no longer edit their own words or react, and
+    // hears nothing more.
+    let (s, _) = app.call(Method::DELETE, e, &format!("/api/chat/groups/{g}/members/{}", r.hex()), &admin, None).await;
+    assert_eq!(s, 200);
+    event_where(&mut wb, "member_removed", |d| d["userId"] == r.hex()).await;
+    let r_ = wr.request("edit_message", json!({"messageId": from_r, "content": "rewritten after leaving"})).await;
+    assert_eq!(r_["data"]["code"], "not_found", "{r_}");
+    let r_ = wr.request("add_reaction", json!({"messageId": m1, "emoji": "👋"})).await;
+    assert_eq!(r_["data"]["code"], "not_found", "{r_}");
+    let (s, _) = app.get(e, &format!("/api/chat/groups/{g}/pins"), r).await;
+    assert_eq!(s, 403);
+    wa.request("edit_message", json!({"messageId": m1, "content": "v4"})).await;
+    event_where(&mut wb, "message_edited", |d| d["content"] == "v4").await;
+    let heard = wr.events("message_edited", 100, QUIET).await;
+    assert!(heard.iter().all(|f| f["data"]["content"] != "v4"), "r no longer hears the room: {heard:?}");
+
+    // Deleting a pinned, edited, reacted-to message: unpinned, its earlier
+    // versions and reactions gone; it can no longer be changed.
+    assert_eq!(wa.request("delete_message", json!({"messageId": m1})).await["type"], "ack");
+    event_where(&mut wb, "message_deleted", |d| d["messageId"] == m1).await;
+    let r_ = wa.request("edit_message", json!({"messageId": m1, "content": "back"})).await;
+    // The edge remembers m1 and publishes; the worker refuses. (An edge
+    // that had to read it finds it deleted and refuses itself.)
+    let published_edits = if r_["type"] == "ack" { 7 } else { 6 };
+    if r_["type"] == "ack" {
+        let refused = event_where(&mut wa, "command_refused", |d| d["action"] == "edit_message").await;
+        assert_eq!(refused["code"], "not_found", "{refused}");
+    } else {
+        assert_eq!(r_["data"]["code"], "not_found", "{r_}");
+    }
+    natter_tests::eventually("the delete written", WAIT, || async {
+        let (_, pins) = app.get(e, &format!("/api/chat/groups/{g}/pins"), a).await;
+        let stored = app.store.message(m1.parse().unwrap()).await.unwrap()?;
+        (pins == json!([]) && stored.deleted && stored.edits.is_empty() && stored.reactions.is_empty()).then_some(())
+    })
+    .await;
+
+    // The audit trail has each change, refused ones as refused.
+    let count = |q: String| {
+        let (app, admin) = (&app, admin.clone());
+        async move {
+            app.call(Method::GET, e, &format!("/api/chat/audit/logs?{q}"), &admin, None).await.1["total"]
+                .as_u64()
+                .unwrap_or(0)
+        }
+    };
+    natter_tests::eventually("the audit trail", WAIT, || async {
+        let edits = count("action=message_edited".into()).await;
+        let pins = count("action=message_pinned".into()).await;
+        let unpins = count("action=message_unpinned".into()).await;
+        let removed = count("action=reaction_removed".into()).await;
+        let added = count(format!("action=reaction_added&target={m2}")).await;
+        // The edits published (one a no-op, maybe one refused by the
+        // worker), 2 pins, 1 unpin, 1 removal, and on m2 32 reactions and
+        // 2 refused by the worker (over the bound).
+        (edits == published_edits && pins == 2 && unpins == 1 && removed == 1 && added == 34).then_some(())
+    })
+    .await;
+}
+
+/// The stock socket.io-client edits, reacts and pins in a conversation;
+/// the other participant hears each change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socketio_clients_edit_react_and_pin() {
+    let mut app = TestApp::new().await;
+    let e = app.start_edge().await;
+    app.start_worker();
+    let (a, b) = (app.user(), app.user());
+    let conv = app.open_conversation(e, a, b).await;
+    let mut ca = SioClient::connect(e, &app.token(a, &[]), Transports::WebsocketOnly).await;
+    let mut cb = SioClient::connect(e, &app.token(b, &[]), Transports::PollingOnly).await;
+    for cl in [&mut ca, &mut cb] {
+        cl.request("join_conversation", json!({"conversationId": conv})).await;
+    }
+    let m = ca.request("send_message", json!({"conversationId": conv, "content": "helo"})).await;
+    let id = m["messageId"].as_str().unwrap().to_string();
+    cb.events("message_received", 1, WAIT).await;
+
+    let ack = ca.request("edit_message", json!({"messageId": id, "content": "hello"})).await;
+    assert_eq!(ack["messageId"], id, "{ack}");
+    let ed = cb.events("message_edited", 1, WAIT).await;
+    assert_eq!((ed[0]["content"].as_str(), ed[0]["editCount"].as_i64()), (Some("hello"), Some(1)), "{ed:?}");
+    let r = cb.request("edit_message", json!({"messageId": id, "content": "not mine"})).await;
+    assert_eq!(r["error"]["code"], "forbidden", "{r}");
+
+    cb.request("add_reaction", json!({"messageId": id, "emoji": "❤️"})).await;
+    let re = ca.events("reaction_added", 1, WAIT).await;
+    assert_eq!(
+        (re[0]["emoji"].as_str(), re[0]["userId"].as_str(), re[0]["count"].as_u64()),
+        (Some("❤️"), Some(b.hex().as_str()), Some(1))
+    );
+    cb.request("remove_reaction", json!({"messageId": id, "emoji": "❤️"})).await;
+    assert_eq!(ca.events("reaction_removed", 1, WAIT).await[0]["count"], 0);
+
+    // In a conversation either participant pins.
+    cb.request("pin_message", json!({"messageId": id})).await;
+    assert_eq!(ca.events("message_pinned", 1, WAIT).await[0]["userId"], b.hex());
+    // Written behind the event: the list shows it soon after.
+    let pins = natter_tests::eventually("the pin written", WAIT, || async {
+        let (s, pins) = app.get(e, &format!("/api/chat/conversations/{conv}/pins"), a).await;
+        (s == 200 && pins.as_array().is_some_and(|p| !p.is_empty())).then_some(pins)
+    })
+    .await;
+    assert_eq!(pins[0]["message"]["content"], "hello", "{pins}");
+    ca.request("unpin_message", json!({"messageId": id})).await;
+    assert_eq!(cb.events("message_unpinned", 1, WAIT).await[0]["messageId"], id);
+    let r = ca.request("add_reaction", json!({"messageId": id, "emoji": ""})).await;
+    assert_eq!(r["error"]["code"], "invalid_payload", "{r}");
+    // One edit happened (b's was refused): each side heard it once.
+    assert_eq!(ca.events("message_edited", 2, QUIET).await.len(), 1);
+    assert!(cb.no_more("message_edited", QUIET).await.is_empty());
+}
