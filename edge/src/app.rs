@@ -98,6 +98,16 @@ impl Edge {
             None => None,
         };
         let uploads = crate::core::uploads::UploadBudgets::new(config.uploads_per_min, config.upload_bytes_per_min);
+        let quota_kv = js
+            .get_key_value(subjects.quota_bucket())
+            .await
+            .map_err(|e| StartError::Nats { url: url.clone(), reason: e.to_string() })?;
+        let quota = crate::core::quota::Quota::new(
+            quota_kv,
+            config.user_sends_per_sec,
+            config.uploads_per_min,
+            config.user_groups_per_day,
+        );
         let deliveries = Deliveries::spawn(js.clone(), subjects.clone(), partitioning.clone(), &tasks);
         let state = Arc::new(EdgeState {
             jwt: Jwt::new(&config.jwt),
@@ -106,7 +116,20 @@ impl Edge {
             deliveries,
             lifecycle: tasks,
             typing: Default::default(),
-            core: Core { staging, s3, membership, recent, config, store, nats, js, subjects, partitioning, uploads },
+            core: Core {
+                staging,
+                s3,
+                membership,
+                recent,
+                config,
+                store,
+                nats,
+                js,
+                subjects,
+                partitioning,
+                uploads,
+                quota,
+            },
         });
         Ok(Edge { listener, state })
     }

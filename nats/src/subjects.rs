@@ -132,6 +132,12 @@ impl Subjects {
         format!("{}_lastseen", self.ns.replace('-', "_"))
     }
 
+    /// KV bucket of per-user limits: the current window's count of each
+    /// user's sends, uploads and group creations (`<limit>.<user>`).
+    pub fn quota_bucket(&self) -> String {
+        format!("{}_quota", self.ns.replace('-', "_"))
+    }
+
     pub fn cmd_all(&self) -> String {
         format!("{}.cmd.>", self.ns)
     }

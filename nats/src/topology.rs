@@ -335,6 +335,20 @@ pub fn last_seen_config(s: &Subjects, replicas: usize) -> kv::Config {
     }
 }
 
+/// Per-user limits' counts (`edge::core::quota`): in memory, each key kept
+/// a day and an hour after its last change (the longest window is a day).
+pub fn quota_config(s: &Subjects, replicas: usize) -> kv::Config {
+    kv::Config {
+        bucket: s.quota_bucket(),
+        description: "natter per-user limits: <limit>.<user> -> the window and its count".into(),
+        history: 1,
+        max_age: std::time::Duration::from_secs(25 * 3600),
+        storage: stream::StorageType::Memory,
+        num_replicas: replicas,
+        ..Default::default()
+    }
+}
+
 fn boxed<E: std::error::Error + Send + Sync + 'static>(e: E) -> Box<dyn std::error::Error + Send + Sync> {
     Box::new(e)
 }
@@ -443,6 +457,7 @@ fn declared_streams(s: &Subjects) -> Vec<(&'static str, String, String)> {
         last_seen_config(s, 1),
         audit_head_config(s, 1),
         topology_config(s, 1),
+        quota_config(s, 1),
     ] {
         all.push(("bucket", cfg.bucket.clone(), format!("KV_{}", cfg.bucket)));
     }
@@ -615,6 +630,7 @@ async fn apply_once(js: &jetstream::Context, s: &Subjects, sizing: Sizing) -> Re
         presence_config(s, replicas),
         last_seen_config(s, replicas),
         audit_head_config(s, replicas),
+        quota_config(s, replicas),
     ] {
         let name = cfg.bucket.clone();
         js.create_or_update_key_value(cfg).await.map_err(|e| TopologyError::Bucket { name, source: boxed(e) })?;

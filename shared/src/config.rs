@@ -157,11 +157,20 @@ pub struct EdgeConfig {
     /// connection may sustain; bursts of twice that are allowed.
     pub ws_rate_per_sec: u32,
     /// `UPLOADS_PER_MIN` (default 30) and `UPLOAD_BYTES_PER_MIN` (default
-    /// 209715200, 200 MiB): each user's upload budget on an edge, across
-    /// their connections and REST; past it uploads are refused with 429
-    /// `rate_limited` until the budget refills.
+    /// 209715200, 200 MiB): each user's upload budget, across their
+    /// connections and REST (the count also across edges, the bytes per
+    /// edge); past it uploads are refused with 429 `rate_limited` until the
+    /// budget refills.
     pub uploads_per_min: u32,
     pub upload_bytes_per_min: u64,
+    /// `USER_SENDS_PER_SEC` (default 100): messages per second one user may
+    /// send across all their connections, REST calls and edges (counted in
+    /// windows of two seconds, so a burst of twice that fits); past it
+    /// `rate_limited`.
+    pub user_sends_per_sec: u32,
+    /// `USER_GROUPS_PER_DAY` (default 100): groups one user may create per
+    /// day (UTC), across edges; past it `rate_limited`.
+    pub user_groups_per_day: u32,
     /// See [`unsent_upload_ttl`].
     pub unsent_upload_ttl: std::time::Duration,
     /// `REST_RATE_PER_SEC` (default 50): REST requests per second one user
@@ -330,6 +339,9 @@ impl EdgeConfig {
         let upload_bytes_per_min =
             number(src, "UPLOAD_BYTES_PER_MIN", 200 * 1024 * 1024u64, 1..=1 << 40, "a number of bytes")?;
         let unsent_upload_ttl = unsent_upload_ttl(src)?;
+        let user_sends_per_sec =
+            number(src, "USER_SENDS_PER_SEC", 100u32, 1..=1_000_000, "a number of messages per second")?;
+        let user_groups_per_day = number(src, "USER_GROUPS_PER_DAY", 100u32, 1..=1_000_000, "a number of groups")?;
         let rest_rate_per_sec = number(src, "REST_RATE_PER_SEC", 50u32, 1..=u32::MAX, "a number of requests")?;
         let millis = |name: &'static str, default: u64| {
             number(src, name, default, 100..=600_000, "a number of milliseconds").map(std::time::Duration::from_millis)
@@ -370,6 +382,8 @@ impl EdgeConfig {
             rest_rate_per_sec,
             uploads_per_min,
             upload_bytes_per_min,
+            user_sends_per_sec,
+            user_groups_per_day,
             unsent_upload_ttl,
             attachment_url_ttl,
             attachment_proxy,

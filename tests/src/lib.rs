@@ -32,3 +32,21 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// The fixed window of `secs` seconds of Unix time that holds now (per-user
+/// limits count in such windows).
+pub fn window(secs: u64) -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() / secs
+}
+
+/// Waits, if less than `need` is left of the current window of `secs`
+/// seconds, until the next one starts: what a test counts against a
+/// per-user limit then falls in one window.
+pub async fn room_in_window(secs: u64, need: std::time::Duration) {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock");
+    let into = std::time::Duration::from_millis((now.as_millis() % (u128::from(secs) * 1000)) as u64);
+    let left = std::time::Duration::from_secs(secs).saturating_sub(into);
+    if left < need {
+        tokio::time::sleep(left + std::time::Duration::from_millis(20)).await;
+    }
+}

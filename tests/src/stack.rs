@@ -243,7 +243,11 @@ impl TestApp {
         let mut src: HashMap<String, String> = self.env().into_iter().collect();
         src.insert("LISTEN_ADDR".into(), "127.0.0.1:0".into());
         src.insert("FRONTEND_URL".into(), "http://localhost:3000".into());
-        src.entry("WS_RATE_PER_SEC".into()).or_insert_with(|| "100000".into());
+        // Tests and benches send far faster than a person: the rate limits
+        // are tested where they are set lower.
+        for limit in ["WS_RATE_PER_SEC", "USER_SENDS_PER_SEC", "USER_GROUPS_PER_DAY"] {
+            src.entry(limit.into()).or_insert_with(|| "100000".into());
+        }
         EdgeConfig::load(&src).expect("edge config")
     }
 
@@ -346,8 +350,10 @@ impl TestApp {
         let mut env = self.env();
         env.push(("LISTEN_ADDR".into(), format!("127.0.0.1:{port}")));
         env.push(("FRONTEND_URL".into(), "http://localhost:3000".into()));
-        if !self.edge_env.contains_key("WS_RATE_PER_SEC") {
-            env.push(("WS_RATE_PER_SEC".into(), "100000".into()));
+        for limit in ["WS_RATE_PER_SEC", "USER_SENDS_PER_SEC", "USER_GROUPS_PER_DAY"] {
+            if !self.edge_env.contains_key(limit) {
+                env.push((limit.into(), "100000".into()));
+            }
         }
         let bin = procs::workspace_bin("natter-edge");
         let log = std::env::temp_dir().join(format!("{}-edge-{}.log", self.name, self.processes.len()));

@@ -59,6 +59,7 @@ where
         if !st.uploads.admit(who.user) {
             return Err(ChatError::RateLimited);
         }
+        st.quota.take(who.user, crate::core::quota::Limit::Upload).await?;
         let limit = st.config.max_file_size;
         let oid = ObjectId::new();
         let id = oid.to_hex();

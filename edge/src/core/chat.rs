@@ -5,6 +5,7 @@
 //! `seq`; the checks here give the caller an immediate answer.
 
 use crate::core::Core;
+use crate::core::quota::Limit;
 use crate::core::recent::Known;
 use crate::error::ChatError;
 use bytes::Bytes;
@@ -187,6 +188,7 @@ pub async fn send_message(st: &Core, who: &Identity, req: SendMessage) -> Result
     require_member(st, who, &room).await?;
     let ids: Vec<String> = req.attachments.iter().map(|a| a.id().to_string()).collect();
     let attachments = attachments_for_message(st, who, &room, req.message_type, &ids).await?;
+    st.quota.take(who.user, Limit::Send).await?;
     let client_msg_id = req.client_msg_id.unwrap_or_else(|| ObjectId::new().to_hex());
     let id = message_id_for(who.user, &client_msg_id);
     let message_id = id.to_hex();
@@ -433,6 +435,7 @@ async fn group_after(st: &Core, gid: ObjectId, seq: u64) -> Result<GroupDoc, Cha
 
 pub async fn create_group(st: &Core, who: &Identity, g: NewGroup) -> Result<GroupDoc, ChatError> {
     require_role(who, &["Admin"])?;
+    st.quota.take(who.user, Limit::CreateGroup).await?;
     let gid = ObjectId::new();
     let env = envelope(
         who,

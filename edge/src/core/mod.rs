@@ -10,13 +10,15 @@
 //! - `events`: reading a room's published events back (membership changes
 //!   newer than MongoDB's copy; what catch-up resends);
 //! - `membership`, `recent`: caches of groups and of messages lately seen;
-//! - `uploads`: per-user upload budgets.
+//! - `uploads`: per-user upload budgets on this edge;
+//! - `quota`: per-user limits across edges (sends, uploads, groups).
 
 pub mod access;
 pub mod attachments;
 pub mod chat;
 pub mod events;
 pub mod membership;
+pub mod quota;
 pub mod recent;
 pub mod uploads;
 
@@ -47,4 +49,6 @@ pub struct Core {
     pub s3: Option<(aws_sdk_s3::Client, String)>,
     /// Upload budgets per user.
     pub uploads: uploads::UploadBudgets,
+    /// Per-user limits across edges.
+    pub quota: quota::Quota,
 }

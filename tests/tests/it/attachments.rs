@@ -421,17 +421,20 @@ async fn worker_killed_mid_upload_finishes_after_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn uploads_are_budgeted_per_user_across_connections() {
+async fn uploads_are_budgeted_per_user_across_connections_and_edges() {
     let mut app = TestApp::new().await;
     app.with_s3();
     app.edge_env.insert("UPLOADS_PER_MIN".into(), "6".into());
     app.edge_env.insert("UPLOAD_BYTES_PER_MIN".into(), (4 * 1024 * 1024).to_string());
     let e = app.start_edge().await;
+    let e2 = app.start_edge().await;
     app.start_worker();
     let (a, b) = (app.user(), app.user());
     let conv = app.open_conversation(e, a, b).await;
     let mut w1 = WsClient::connect(e, &app.token(a, &[])).await;
     let mut w2 = WsClient::connect(e, &app.token(a, &[])).await;
+    // The count is kept per minute of Unix time: all of it in one.
+    natter_tests::room_in_window(60, std::time::Duration::from_secs(20)).await;
     let mut codes = Vec::new();
     for i in 0..10 {
         let ws = if i % 2 == 0 { &mut w1 } else { &mut w2 };
@@ -446,6 +449,9 @@ async fn uploads_are_budgeted_per_user_across_connections() {
     assert!(codes[6..].iter().all(|c| c == "rate_limited"), "{codes:?}");
     let (s, v) = http_raw(&app, e, a, &conv, "doc.pdf", "application/pdf", pdf()).await;
     assert_eq!((s, v["error"]["code"].as_str()), (429, Some("rate_limited")), "REST shares the budget: {v}");
+    // So does another edge, whose own budget for a is untouched.
+    let (s, v) = http_raw(&app, e2, a, &conv, "doc.pdf", "application/pdf", pdf()).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (429, Some("rate_limited")), "another edge shares it: {v}");
     // Bytes too: one big upload spends them all.
     let mut w3 = WsClient::connect(e, &app.token(b, &[])).await;
     let big = vec![b'x'; 5 * 1024 * 1024];

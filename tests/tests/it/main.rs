@@ -20,6 +20,7 @@ mod fuzz;
 mod groups;
 mod hardening;
 mod lifecycle;
+mod limits;
 mod metrics;
 mod mutations;
 mod nats_permissions;

@@ -211,6 +211,9 @@ async fn the_pipeline_runs_with_each_binary_as_its_own_user() {
     app.with_s3();
     // The topology is ctl's: the edge and the workers only check it.
     app.edge_env.insert("NATS_TOPOLOGY".into(), "verify".into());
+    // One group a day: the second is refused only if the edge may read and
+    // write the per-user limits' bucket (without it, limits fail open).
+    app.edge_env.insert("USER_GROUPS_PER_DAY".into(), "1".into());
     app.nats_url = nats.url("edge");
     let edge = app.start_edge().await;
     app.nats_url = nats.url("worker");
@@ -238,6 +241,9 @@ async fn the_pipeline_runs_with_each_binary_as_its_own_user() {
     // A group (REST as an Admin): b joins it (the membership check reads
     // the room's last event) and gets a's message in it.
     let group = app.create_group(edge, a, &[b]).await;
+    let body = json!({"name": "second", "memberIds": [b.hex()]});
+    let (s, v) = app.call(reqwest::Method::POST, edge, "/api/chat/groups", &app.token(a, &["Admin"]), Some(body)).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (429, Some("rate_limited")), "the quota bucket is usable: {v}");
     let r = wb.request("join_group", json!({"groupId": group})).await;
     assert_eq!(r["type"], "ack", "{r}");
     let r = wa.request("join_group", json!({"groupId": group})).await;
