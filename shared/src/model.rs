@@ -168,7 +168,29 @@ pub struct MessageDoc {
     /// Reactions, each emoji in the order it was first used.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reactions: Vec<Reaction>,
+    /// A reply: the first message of its thread (a reply to a reply
+    /// joins the same thread).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<ObjectId>,
+    /// The first message of a thread: how many replies it has (not
+    /// deleted), when the last came, and the seq of the last reply or
+    /// deleted reply applied (one not above it was applied already).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub reply_count: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reply_at: Option<DateTime>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub last_reply_seq: i64,
+    /// Who takes part in the thread (its first message's sender and each
+    /// replier, at most `MAX_THREAD_PARTICIPANTS`): they hear of every
+    /// reply (`thread_reply`) whether or not they follow the room.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub thread_participants: Vec<ObjectId>,
 }
+
+/// Most participants a thread keeps (later repliers still reply; they
+/// are not told of others' replies).
+pub const MAX_THREAD_PARTICIPANTS: usize = 100;
 
 fn is_zero(n: &i64) -> bool {
     *n == 0
@@ -242,6 +264,11 @@ impl MessageDoc {
             edit_count: 0,
             edits: vec![],
             reactions: vec![],
+            reply_to: None,
+            reply_count: 0,
+            last_reply_at: None,
+            last_reply_seq: 0,
+            thread_participants: vec![],
         }
     }
 
@@ -619,6 +646,14 @@ pub struct MessageView {
     pub edit_count: i64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reactions: Vec<Reaction>,
+    /// A reply: the first message of its thread.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<String>,
+    /// The first message of a thread: its replies and when the last came.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub reply_count: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reply_at: Option<String>,
 }
 
 /// A pinned message, in `GET .../pins`.
@@ -709,6 +744,9 @@ impl From<&MessageDoc> for MessageView {
             edited_at: m.edited_at.map(iso),
             edit_count: m.edit_count,
             reactions: m.reactions.clone(),
+            reply_to: m.reply_to.map(|r| r.to_hex()),
+            reply_count: m.reply_count,
+            last_reply_at: m.last_reply_at.map(iso),
         }
     }
 }

@@ -115,6 +115,8 @@ impl Store {
                 idx(doc! {"conversationId": 1, "groupId": 1, "seq": -1}, "room_seq"),
                 // Who may download an upload made outside any room.
                 idx(doc! {"attachments.id": 1}, "attachment_id"),
+                // A thread's replies in order (`replies`).
+                idx(doc! {"replyTo": 1, "seq": -1}, "reply_seq"),
             ])
             .await?;
         // Indexes earlier versions made, replaced by the ones above.
@@ -300,7 +302,17 @@ impl Store {
     /// `total`, `hasMore` and the page agree even while messages arrive.
     /// Deleted messages are left out (their content is gone).
     pub async fn room_messages(&self, room: &RoomRef, by: PageBy) -> Result<Page, StoreError> {
-        let room = room.live_messages();
+        self.page_of(room.live_messages(), by).await
+    }
+
+    /// A page of the replies in the thread that message `root` starts (not
+    /// deleted), oldest first within the page.
+    pub async fn replies(&self, root: ObjectId, by: PageBy) -> Result<Page, StoreError> {
+        self.page_of(doc! {"replyTo": root, "deleted": {"$ne": true}}, by).await
+    }
+
+    /// A page of the messages `filter` matches, by seq, newest page first.
+    async fn page_of(&self, room: Document, by: PageBy) -> Result<Page, StoreError> {
         let Some(newest) = self.messages().find_one(room.clone()).sort(doc! {"seq": -1}).await? else {
             return Ok(Page { messages: vec![], total: 0, has_more: false });
         };

@@ -211,7 +211,9 @@ fn field_value(name: &'static str) -> BoxedStrategy<Value> {
 /// not, most of the right kind.
 fn payload(event: &str) -> BoxedStrategy<Value> {
     let fields: &'static [&'static str] = match event {
-        "send_message" => &["conversationId", "groupId", "content", "messageType", "clientMsgId", "attachments"],
+        "send_message" => {
+            &["conversationId", "groupId", "content", "messageType", "clientMsgId", "attachments", "replyTo"]
+        }
         "join_conversation" | "leave_conversation" => &["conversationId", "lastSeq"],
         "join_group" | "leave_group" => &["groupId", "lastSeq"],
         "typing" => &["conversationId", "groupId", "isTyping", "userId", "username"],

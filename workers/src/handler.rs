@@ -393,6 +393,7 @@ mod tests {
                 message_type: natter_shared::model::MessageType::Text,
                 client_msg_id: format!("k{seq}"),
                 attachments: vec![],
+                reply_to: None,
             }),
         )
     }

@@ -188,6 +188,18 @@ pub async fn send_message(st: &Core, who: &Identity, req: SendMessage) -> Result
     require_member(st, who, &room).await?;
     let ids: Vec<String> = req.attachments.iter().map(|a| a.id().to_string()).collect();
     let attachments = attachments_for_message(st, who, &room, req.message_type, &ids).await?;
+    // A reply names a message of the same room (one elsewhere, or
+    // gone, answers as missing).
+    let reply_to = match &req.reply_to {
+        Some(id) => {
+            let parent = message(st, id).await?;
+            if parent.room != room {
+                return Err(ChatError::NotFound("message"));
+            }
+            Some(parent.id.into())
+        }
+        None => None,
+    };
     st.quota.take(who.user, Limit::Send).await?;
     let client_msg_id = req.client_msg_id.unwrap_or_else(|| ObjectId::new().to_hex());
     let id = message_id_for(who.user, &client_msg_id);
@@ -201,6 +213,7 @@ pub async fn send_message(st: &Core, who: &Identity, req: SendMessage) -> Result
             message_type: req.message_type.into(),
             client_msg_id: client_msg_id.clone(),
             attachments,
+            reply_to,
         }),
     );
     let stored = publish_command(st, &env, &format!("msg:{}:{client_msg_id}", who.user)).await?;

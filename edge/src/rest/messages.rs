@@ -9,11 +9,12 @@ use crate::error::ChatError;
 use crate::realtime::EdgeState;
 use crate::token::AuthUser;
 use axum::Json;
+use axum::extract::RawQuery;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use natter_shared::ids::RoomRef;
-use natter_shared::model::{MessageView, PinView};
+use natter_shared::model::{MessagePage, MessageView, PinView};
 use natter_shared::v1::server::ErrorReply;
 use std::sync::Arc;
 
@@ -220,4 +221,26 @@ pub async fn group_pins(
 ) -> Result<Json<Vec<PinView>>, ChatError> {
     let (room, _) = chat::room(natter_shared::ids::RoomKind::Group, &id)?;
     Ok(Json(pins_of(&st, &who, &room).await?))
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/chat/messages/{id}/replies",
+    tag = "messages",
+    summary = "A page of a thread's replies, oldest first within the page",
+    params(("id" = String, Path, description = "the thread's first message (24 hex)"), ("page" = Option<u64>, Query, description = "page from the newest, from 1"), ("limit" = Option<u64>, Query, description = "replies per page (50), at most 100"), ("before" = Option<i64>, Query, description = "only replies with a lower seq (wins over page)")),
+    responses((status = 200, body = MessagePage), (status = 404, description = "not_found", body = ErrorReply), (status = 400, description = "invalid_payload", body = ErrorReply), (status = 401, description = "missing, invalid or expired token", body = ErrorReply), (status = 429, description = "rate_limited", body = ErrorReply), (status = 503, description = "unavailable", body = ErrorReply)),
+    security(("bearer" = []))
+)]
+pub async fn replies(
+    State(st): St,
+    AuthUser(who): AuthUser,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Json<MessagePage>, ChatError> {
+    let (by, page, limit) = super::paging::history(q.as_deref())?;
+    let m = chat::message(&st, &id).await?;
+    chat::require_member(&st, &who, &m.room).await.map_err(|_| ChatError::NotFound("message"))?;
+    let p = st.store.replies(m.id, by).await?;
+    Ok(Json(super::page_of(&st.store, &m.room, p, page, limit).await?))
 }

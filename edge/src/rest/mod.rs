@@ -38,6 +38,7 @@ pub fn router(st: Arc<EdgeState>) -> Router<Arc<EdgeState>> {
         .route("/api/chat/groups/{id}/pins", get(messages::group_pins))
         .route("/api/chat/messages/{id}", delete(messages::remove).patch(messages::edit))
         .route("/api/chat/messages/{id}/read", patch(messages::read))
+        .route("/api/chat/messages/{id}/replies", get(messages::replies))
         .route("/api/chat/messages/{id}/reactions", post(messages::add_reaction))
         .route("/api/chat/messages/{id}/reactions/{emoji}", delete(messages::remove_reaction))
         .route("/api/chat/messages/{id}/pin", post(messages::pin).delete(messages::unpin))
@@ -59,6 +60,17 @@ pub fn router(st: Arc<EdgeState>) -> Router<Arc<EdgeState>> {
 pub async fn history(store: &Store, room: &RoomRef, query: Option<&str>) -> Result<MessagePage, ChatError> {
     let (by, page, limit) = paging::history(query)?;
     let p = store.room_messages(room, by).await?;
+    page_of(store, room, p, page, limit).await
+}
+
+/// A page of messages of `room` as members see them.
+pub async fn page_of(
+    store: &Store,
+    room: &RoomRef,
+    p: natter_shared::store::Page,
+    page: u64,
+    limit: u64,
+) -> Result<MessagePage, ChatError> {
     let cursors = store.cursors(room).await?;
     Ok(MessagePage {
         messages: p.messages.iter().map(|m| cursors.receipts().view(m)).collect(),

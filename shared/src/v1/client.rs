@@ -54,6 +54,9 @@ pub struct SendMessage {
     /// objects, of which `id` is used).
     #[serde(default)]
     pub attachments: Vec<AttachmentRef>,
+    /// A message of the same room this replies to (its thread).
+    #[serde(default)]
+    pub reply_to: Option<String>,
 }
 
 /// An attachment named in `send_message`.

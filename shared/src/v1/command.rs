@@ -223,6 +223,9 @@ impl Command {
             Command::SendMessage(c) => {
                 put("messageId", &c.message_id.hex());
                 put("clientMsgId", &c.client_msg_id);
+                if let Some(r) = &c.reply_to {
+                    put("replyTo", &r.hex());
+                }
                 for (i, a) in c.attachments.iter().enumerate() {
                     put(&format!("attachmentId.{i}"), &a.id.hex());
                 }
@@ -295,6 +298,9 @@ pub struct SendMessageCmd {
     /// applying the message never depends on another role's progress.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attachments: Vec<AttachmentMeta>,
+    /// A reply to this message of the room (its thread).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<MessageId>,
 }
 
 /// An attachment as a message carries it.

@@ -22,6 +22,9 @@ pub enum EventKind {
     ReactionRemoved,
     MessagePinned,
     MessageUnpinned,
+    /// A reply in a thread, to each of its participants but the replier
+    /// (as `message_received`'s data), whether or not they follow the room.
+    ThreadReply,
     ConversationCreated,
     GroupCreated,
     GroupUpdated,

@@ -25,6 +25,7 @@ fn command_envelope_shape() {
             message_type: crate::model::MessageType::Text,
             client_msg_id: "k1".into(),
             attachments: vec![],
+            reply_to: None,
         }),
     };
     assert_eq!(

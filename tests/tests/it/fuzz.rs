@@ -369,7 +369,9 @@ fn field_value(ids: &Ids, name: &str) -> BoxedStrategy<Value> {
 /// right kind, and maybe a stray one.
 fn payload(ids: &Ids, event: &str) -> BoxedStrategy<Value> {
     let fields: &[&'static str] = match event {
-        "send_message" => &["conversationId", "groupId", "content", "messageType", "clientMsgId", "attachments"],
+        "send_message" => {
+            &["conversationId", "groupId", "content", "messageType", "clientMsgId", "attachments", "replyTo"]
+        }
         "join_conversation" | "leave_conversation" => &["conversationId", "lastSeq"],
         "join_group" | "leave_group" => &["groupId", "lastSeq"],
         "typing" => &["conversationId", "groupId", "isTyping"],

@@ -327,9 +327,102 @@ async fn socketio_clients_edit_react_and_pin() {
     assert_eq!(pins[0]["message"]["content"], "hello", "{pins}");
     ca.request("unpin_message", json!({"messageId": id})).await;
     assert_eq!(cb.events("message_unpinned", 1, WAIT).await[0]["messageId"], id);
+    // A reply: its sender's thread partner hears it as a thread reply.
+    let r = cb.request("send_message", json!({"conversationId": conv, "content": "hi!", "replyTo": id})).await;
+    let tr = ca.events("thread_reply", 1, WAIT).await;
+    assert_eq!((tr[0]["_id"].as_str(), tr[0]["replyTo"].as_str()), (r["messageId"].as_str(), Some(id.as_str())));
     let r = ca.request("add_reaction", json!({"messageId": id, "emoji": ""})).await;
     assert_eq!(r["error"]["code"], "invalid_payload", "{r}");
     // One edit happened (b's was refused): each side heard it once.
     assert_eq!(ca.events("message_edited", 2, QUIET).await.len(), 1);
     assert!(cb.no_more("message_edited", QUIET).await.is_empty());
+}
+
+/// Replies form threads: a reply to a reply joins its parent's thread; the
+/// first message counts its replies; participants hear of each reply on
+/// their own sockets without following the room; removed members and
+/// outsiders neither reply nor hear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_form_threads_that_their_participants_hear() {
+    let mut app = TestApp::new().await;
+    let e = app.start_edge().await;
+    app.start_worker();
+    let (a, b, c, d, m, out) = (app.user(), app.user(), app.user(), app.user(), app.user(), app.user());
+    let g = app.create_group(e, a, &[b, c, d, m]).await;
+    let other = app.create_group(e, a, &[b]).await;
+    let tokens: Vec<String> = [a, b, c, d, m, out].iter().map(|u| app.token(*u, &[])).collect();
+    // Only m follows the room; the others are connected, not joined.
+    let mut socks = Vec::new();
+    for t in &tokens {
+        socks.push(WsClient::connect(e, t).await);
+    }
+    let [wa, wb, wc, wd, wm, wout] = &mut socks[..] else { unreachable!() };
+    wm.request("join_group", json!({"groupId": g})).await;
+    let root = send(wa, wm, &g, "what do we ship?").await;
+    let elsewhere = wa.request("send_message", json!({"groupId": other, "content": "other room"})).await;
+    let elsewhere = elsewhere["data"]["messageId"].as_str().unwrap().to_string();
+
+    // b replies at once; c replies to b's reply (same thread); d too.
+    let reply = |content: &str, to: &str| json!({"groupId": g, "content": content, "replyTo": to});
+    let rb = wb.request("send_message", reply("the app", &root)).await;
+    let rb = rb["data"]["messageId"].as_str().unwrap().to_string();
+    let rc = wc.request("send_message", reply("and the docs", &rb)).await;
+    let rc = rc["data"]["messageId"].as_str().unwrap().to_string();
+    let rd = wd.request("send_message", reply("+1", &root)).await;
+    let rd = rd["data"]["messageId"].as_str().unwrap().to_string();
+    let got = wm.events("message_received", 3, WAIT).await;
+    let threads: Vec<(&str, &str)> =
+        got.iter().map(|f| (f["data"]["_id"].as_str().unwrap(), f["data"]["replyTo"].as_str().unwrap())).collect();
+    assert_eq!(threads, [(rb.as_str(), root.as_str()), (rc.as_str(), root.as_str()), (rd.as_str(), root.as_str())]);
+    // Each participant hears the replies after they joined the thread,
+    // but their own; nobody else does.
+    let heard = |frames: Vec<Value>| -> Vec<String> {
+        frames.iter().map(|f| f["data"]["_id"].as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(heard(wa.events("thread_reply", 4, QUIET).await), [rb.clone(), rc.clone(), rd.clone()]);
+    assert_eq!(heard(wb.events("thread_reply", 3, QUIET).await), [rc.clone(), rd.clone()]);
+    assert_eq!(heard(wc.events("thread_reply", 2, QUIET).await), vec![rd.as_str()]);
+    assert!(wd.events("thread_reply", 1, QUIET).await.is_empty());
+    assert!(wm.events("thread_reply", 1, QUIET).await.is_empty(), "m follows the room but is not in the thread");
+
+    // The first message counts them; the thread reads back in order.
+    let counted = natter_tests::eventually("the replies written", WAIT, || async {
+        let r = in_history(&app, e, &g, &root, m).await;
+        (r["replyCount"] == 3).then_some(r)
+    })
+    .await;
+    assert!(counted["lastReplyAt"].is_string(), "{counted}");
+    let (s, page) = app.get(e, &format!("/api/chat/messages/{root}/replies?limit=2"), m).await;
+    assert_eq!((s, page["total"].as_u64(), page["hasMore"].as_bool()), (200, Some(3), Some(true)), "{page}");
+    let ids: Vec<&str> = page["messages"].as_array().unwrap().iter().map(|r| r["_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [rc.as_str(), rd.as_str()], "the newest page, oldest first");
+
+    // Refused: a reply to another room's message, an outsider's reply, an
+    // outsider reading the thread.
+    let r_ = wb.request("send_message", reply("wrong room", &elsewhere)).await;
+    assert_eq!(r_["data"]["code"], "not_found", "{r_}");
+    let r_ = wout.request("send_message", reply("me too", &root)).await;
+    assert_eq!(r_["data"]["code"], "not_a_member", "{r_}");
+    let (s, _) = app.get(e, &format!("/api/chat/messages/{root}/replies"), out).await;
+    assert_eq!(s, 404);
+
+    // A removed participant hears no more and may not reply.
+    let admin = app.token(app.user(), &["Admin"]);
+    let (s, _) = app.call(Method::DELETE, e, &format!("/api/chat/groups/{g}/members/{}", d.hex()), &admin, None).await;
+    assert_eq!(s, 200);
+    let r_ = wd.request("send_message", reply("still here?", &root)).await;
+    assert_eq!(r_["data"]["code"], "not_a_member", "{r_}");
+    let last = wc.request("send_message", reply("shipping friday", &root)).await;
+    let last = last["data"]["messageId"].as_str().unwrap().to_string();
+    assert_eq!(heard(wa.events("thread_reply", 1, WAIT).await), vec![last.as_str()]);
+    assert!(wd.events("thread_reply", 1, QUIET).await.is_empty(), "d was removed");
+
+    // A deleted reply leaves the thread and its count.
+    assert_eq!(wc.request("delete_message", json!({"messageId": rc})).await["type"], "ack");
+    natter_tests::eventually("the delete counted", WAIT, || async {
+        let r = in_history(&app, e, &g, &root, m).await;
+        let (_, page) = app.get(e, &format!("/api/chat/messages/{root}/replies"), m).await;
+        (r["replyCount"] == 3 && page["total"] == 3).then_some(())
+    })
+    .await;
 }

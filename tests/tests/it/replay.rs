@@ -69,6 +69,16 @@ async fn scenario(app: &mut TestApp) {
     wa.request("pin_message", json!({"messageId": ids[4]})).await;
     wa.request("edit_message", json!({"messageId": ids[4], "content": "a4 edited"})).await;
     wa.request("delete_message", json!({"messageId": ids[4]})).await;
+    // A thread: replies (one to a reply), one of them deleted.
+    let mut replies = Vec::new();
+    for (w, to) in [(&mut wb, ids[0].clone()), (&mut wa, ids[0].clone())] {
+        let r = w.request("send_message", json!({"conversationId": conv, "content": "re", "replyTo": to})).await;
+        replies.push(r["data"]["messageId"].as_str().unwrap().to_string());
+    }
+    let r =
+        wb.request("send_message", json!({"conversationId": conv, "content": "re re", "replyTo": replies[1]})).await;
+    assert_eq!(r["type"], "ack", "{r}");
+    wa.request("delete_message", json!({"messageId": replies[1]})).await;
 
     // Attachments, uploaded to the room and outside any room, sent in messages.
     for data in [
@@ -144,6 +154,8 @@ async fn replay_rebuilds_the_same_state() {
         app.store.messages().find(mongodb::bson::doc! {}).await.unwrap().try_collect().await.unwrap();
     assert_eq!(messages.iter().filter(|m| !m.edits.is_empty()).count(), 3);
     assert_eq!(messages.iter().filter(|m| !m.reactions.is_empty()).count(), 2);
+    let root = messages.iter().find(|m| m.reply_count > 0).expect("a thread");
+    assert_eq!((root.reply_count, messages.iter().filter(|m| m.reply_to == Some(root.id)).count()), (2, 3));
 
     // Wipe the database and rebuild it with one command.
     app.store.db().drop().await.unwrap();

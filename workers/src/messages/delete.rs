@@ -42,6 +42,10 @@ pub(super) fn apply(
             ));
         }
         if !message.deleted {
+            // A reply: one fewer in its thread.
+            if let Some(root) = b.message(room, mid).and_then(|m| m.reply_to) {
+                super::thread::reply_deleted(b, room, inc, root)?;
+            }
             let tombstone = Tombstone {
                 id: mid,
                 seq: message.seq,

@@ -19,6 +19,7 @@ mod room;
 mod rooms;
 mod send;
 mod tail;
+mod thread;
 mod writes;
 
 use crate::handler::{ApplyError, Disposition, Done, Handler, Incoming};
@@ -307,12 +308,14 @@ async fn apply_room(
     Ok(())
 }
 
-/// Reads, in one query, the messages the batch needs that no room's tail
-/// holds: the targets of reads, deletes and pins, and the sends of rooms
-/// just read from the database (a dead worker may have stored them without
-/// moving the room's `lastSeq`); and whole, the targets of edits and
-/// reactions that memory does not hold. A message whose tombstone is not
-/// written yet counts as deleted.
+/// Reads the messages the batch needs that no room's tail holds: the
+/// targets of reads and pins, and the sends of rooms just read from the
+/// database (a dead worker may have stored them without moving the room's
+/// `lastSeq`); and whole, the targets of edits, reactions and deletes and
+/// the messages replies answer, that memory does not hold. Then, in a
+/// second query only if needed, the first messages of the threads those
+/// belong to. A message whose tombstone is not written yet counts as
+/// deleted.
 async fn prefetch(
     store: &Store,
     rooms: &mut Rooms,
@@ -322,38 +325,75 @@ async fn prefetch(
     let mut ids: Vec<ObjectId> = Vec::new();
     let mut whole: BTreeSet<ObjectId> = BTreeSet::new();
     let mut tombstoned: BTreeSet<ObjectId> = BTreeSet::new();
+    // Messages whose thread's first message the batch may change.
+    let mut threaded: Vec<(RoomRef, ObjectId)> = Vec::new();
     for key in order {
         let Some(room) = rooms.get_mut(key) else { continue };
         let held = |id: &ObjectId| room.tail.get(*id).is_none() && room.unwritten_message(*id).is_none();
+        let unheld = |id: &ObjectId| room.unwritten_message(*id).is_none();
         for inc in &by_room[key] {
-            let id = match &inc.msg.command {
-                Command::MarkRead(c) => Some(c.message_id.oid()).filter(held),
-                Command::DeleteMessage(c) | Command::PinMessage(c) | Command::UnpinMessage(c) => {
-                    Some(c.message_id.oid()).filter(held)
+            let (id, read_whole) = match &inc.msg.command {
+                Command::MarkRead(c) => (Some(c.message_id.oid()).filter(held), false),
+                Command::PinMessage(c) | Command::UnpinMessage(c) => (Some(c.message_id.oid()).filter(held), false),
+                Command::SendMessage(c) => {
+                    if let Some(parent) = &c.reply_to {
+                        threaded.push((key.clone(), parent.oid()));
+                        if unheld(&parent.oid()) {
+                            ids.push(parent.oid());
+                            whole.insert(parent.oid());
+                        }
+                    }
+                    (Some(c.message_id.oid()).filter(|_| room.fresh), false)
                 }
-                Command::SendMessage(c) if room.fresh => Some(c.message_id.oid()),
-                Command::EditMessage(c) => Some(c.message_id.oid()).filter(|id| room.unwritten_message(*id).is_none()),
-                Command::AddReaction(c) | Command::RemoveReaction(c) => {
-                    Some(c.message_id.oid()).filter(|id| room.unwritten_message(*id).is_none())
+                Command::DeleteMessage(c) => {
+                    threaded.push((key.clone(), c.message_id.oid()));
+                    (Some(c.message_id.oid()).filter(unheld), true)
                 }
-                _ => None,
+                Command::EditMessage(c) => (Some(c.message_id.oid()).filter(unheld), true),
+                Command::AddReaction(c) | Command::RemoveReaction(c) => (Some(c.message_id.oid()).filter(unheld), true),
+                _ => (None, false),
             };
-            if let Some(id) = id
-                && matches!(
-                    inc.msg.command,
-                    Command::EditMessage(_) | Command::AddReaction(_) | Command::RemoveReaction(_)
-                )
-            {
-                whole.insert(id);
+            if let Some(id) = id {
+                ids.push(id);
+                if read_whole {
+                    whole.insert(id);
+                }
             }
-            ids.extend(id);
         }
         tombstoned.extend(room.unwritten().map(|t| t.id));
     }
     let mut known = HashMap::new();
     let mut docs = HashMap::new();
+    read_messages(store, ids, &whole, &tombstoned, &mut known, &mut docs).await?;
+    // The threads' first messages, where memory does not hold them.
+    let mut roots: Vec<ObjectId> = Vec::new();
+    for (key, id) in threaded {
+        let Some(room) = rooms.get_mut(&key) else { continue };
+        let root = room.unwritten_message(id).or(docs.get(&id)).and_then(|m| m.reply_to);
+        if let Some(root) = root
+            && room.unwritten_message(root).is_none()
+            && !docs.contains_key(&root)
+        {
+            roots.push(root);
+        }
+    }
+    let whole: BTreeSet<ObjectId> = roots.iter().copied().collect();
+    read_messages(store, roots, &whole, &tombstoned, &mut known, &mut docs).await?;
+    Ok((known, docs))
+}
+
+/// One query for `ids`: each as `Known`, and those in `whole` (not
+/// deleted) as documents too.
+async fn read_messages(
+    store: &Store,
+    ids: Vec<ObjectId>,
+    whole: &BTreeSet<ObjectId>,
+    tombstoned: &BTreeSet<ObjectId>,
+    known: &mut HashMap<ObjectId, Known>,
+    docs: &mut HashMap<ObjectId, MessageDoc>,
+) -> Result<(), mongodb::error::Error> {
     if ids.is_empty() {
-        return Ok((known, docs));
+        return Ok(());
     }
     let raw = store.db().collection::<mongodb::bson::Document>(natter_shared::model::MESSAGES);
     round_trip("find_messages");
@@ -387,7 +427,7 @@ async fn prefetch(
             docs.insert(id, doc);
         }
     }
-    Ok((known, docs))
+    Ok(())
 }
 
 /// Records an attachment from the attachments worker's fact (which usually

@@ -42,7 +42,10 @@ fn validate(inc: &Incoming, c: &SendMessageCmd, room: &Room) -> Result<MessageDo
         inc.seq,
         inc.time,
     );
-    Ok(MessageDoc { read_by: vec![sender.hex()], attachments, ..new })
+    // The thread's first message replaces the parent when the reply is
+    // applied (`thread::reply`).
+    let reply_to = c.reply_to.as_ref().map(|r| r.oid());
+    Ok(MessageDoc { read_by: vec![sender.hex()], attachments, reply_to, ..new })
 }
 
 pub(super) fn apply(
@@ -89,6 +92,14 @@ pub(super) fn apply(
         // the dedupe window), or one deleted since.
         return Ok(Disposition::Applied(vec![]));
     }
+    let mut m = m;
+    let mut events = Vec::new();
+    if let Some(parent) = &c.reply_to {
+        match super::thread::reply(b, room, inc, parent.oid(), &mut m)? {
+            Ok(told) => events = told,
+            Err(refusal) => return Ok(refusal),
+        }
+    }
     if stored.is_none() {
         b.writes.message(m.clone());
     }
@@ -98,7 +109,7 @@ pub(super) fn apply(
         room.put(Cursor::Unread, p, n);
     }
     room.append(&m, true);
-    let mut events = vec![message_received(&b.ctx.subjects, &room.key, &m, 0)?];
+    events.insert(0, message_received(&b.ctx.subjects, &room.key, &m, 0)?);
     // An edit or reaction before the write starts from this copy.
     room.changed(b.generation, m);
     if room.note_writer(sender) {

@@ -75,6 +75,7 @@ async fn publish(app: &TestApp, args: &ReplayArgs) -> u64 {
                 message_type: natter_shared::model::MessageType::Text,
                 client_msg_id,
                 attachments: vec![],
+                reply_to: None,
             };
             (a, Command::SendMessage(cmd))
         };
