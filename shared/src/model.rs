@@ -186,6 +186,9 @@ pub struct MessageDoc {
     /// reply (`thread_reply`) whether or not they follow the room.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub thread_participants: Vec<ObjectId>,
+    /// Members the message mentions (resolved when it was sent).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mentions: Vec<ObjectId>,
 }
 
 /// Most participants a thread keeps (later repliers still reply; they
@@ -269,6 +272,7 @@ impl MessageDoc {
             last_reply_at: None,
             last_reply_seq: 0,
             thread_participants: vec![],
+            mentions: vec![],
         }
     }
 
@@ -316,6 +320,9 @@ pub struct ConversationDoc {
     /// one of the user's devices.
     #[serde(default)]
     pub delivered_cursors: PerUser,
+    /// Messages mentioning each user that they have not read.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub mention_counts: PerUser,
     /// Participants who have sent a message here. Once both have, each
     /// may see the other's presence (opening a conversation alone does not
     /// make a contact).
@@ -421,6 +428,9 @@ pub struct GroupDoc {
     pub read_cursors: PerUser,
     #[serde(default)]
     pub delivered_cursors: PerUser,
+    /// Messages mentioning each member that they have not read.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub mention_counts: PerUser,
     /// Deleted groups stay as tombstones (hidden from every read).
     #[serde(default, skip_serializing_if = "is_false")]
     pub deleted: bool,
@@ -654,6 +664,9 @@ pub struct MessageView {
     pub reply_count: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_reply_at: Option<String>,
+    /// Members the message mentions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mentions: Vec<String>,
 }
 
 /// A pinned message, in `GET .../pins`.
@@ -747,6 +760,7 @@ impl From<&MessageDoc> for MessageView {
             reply_to: m.reply_to.map(|r| r.to_hex()),
             reply_count: m.reply_count,
             last_reply_at: m.last_reply_at.map(iso),
+            mentions: m.mentions.iter().map(|u| u.to_hex()).collect(),
         }
     }
 }
@@ -779,6 +793,9 @@ pub struct ConversationView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_message_id: Option<LastMessage>,
     pub unread_counts: PerUser,
+    /// Unread messages mentioning each participant (left out when none).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub mention_counts: PerUser,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -790,6 +807,7 @@ impl ConversationView {
             participant_ids: c.participant_ids.iter().map(|p| p.to_hex()).collect(),
             last_message_id: last(c.last_message_id, populated, Receipts::of_conversation(c)),
             unread_counts: c.unread_counts.clone(),
+            mention_counts: c.mention_counts.clone(),
             created_at: iso(c.created_at),
             updated_at: iso(c.updated_at),
         }
@@ -815,6 +833,9 @@ pub struct GroupView {
     pub last_message_id: Option<LastMessage>,
     pub permissions: Permissions,
     pub unread_counts: PerUser,
+    /// Unread messages mentioning each member (left out when none).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub mention_counts: PerUser,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -832,6 +853,7 @@ impl GroupView {
             last_message_id: last(g.last_message_id, populated, Receipts::of_group(g)),
             permissions: g.permissions.clone(),
             unread_counts: g.unread_counts.clone(),
+            mention_counts: g.mention_counts.clone(),
             created_at: iso(g.created_at),
             updated_at: iso(g.updated_at),
         }
@@ -874,6 +896,7 @@ mod tests {
             delivered_cursors: PerUser::new(),
             deleted: false,
             pins: vec![],
+            mention_counts: Default::default(),
         }
     }
 

@@ -394,6 +394,7 @@ mod tests {
                 client_msg_id: format!("k{seq}"),
                 attachments: vec![],
                 reply_to: None,
+                mentions: vec![],
             }),
         )
     }

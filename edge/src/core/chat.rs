@@ -15,7 +15,7 @@ use natter_nats::publish::{self, Stored};
 use natter_shared::auth::Identity;
 use natter_shared::ids::{RoomKind, RoomRef, UserId, conversation_id_for, message_id_for, parse_oid};
 use natter_shared::model::{ConversationDoc, GroupDoc, Permissions};
-use natter_shared::v1::client::{SendMessage, check_content, check_emoji};
+use natter_shared::v1::client::{SendMessage, check_content, check_emoji, mentioned};
 use natter_shared::v1::command::{
     Command, CommandEnvelope, CreateConversationCmd, CreateGroupCmd, EditMessageCmd, GroupCmd, MarkReadCmd, MemberCmd,
     MessageCmd, Outcome, OutcomeStatus, ReactionCmd, RoomFields, SendMessageCmd, UpdateGroupCmd,
@@ -200,6 +200,8 @@ pub async fn send_message(st: &Core, who: &Identity, req: SendMessage) -> Result
         }
         None => None,
     };
+    let mentions = mentioned(&req.content, &req.mentions).map_err(ChatError::InvalidPayload)?;
+    let mentions = members_among(st, &room, mentions, who.user).await?;
     st.quota.take(who.user, Limit::Send).await?;
     let client_msg_id = req.client_msg_id.unwrap_or_else(|| ObjectId::new().to_hex());
     let id = message_id_for(who.user, &client_msg_id);
@@ -214,11 +216,42 @@ pub async fn send_message(st: &Core, who: &Identity, req: SendMessage) -> Result
             client_msg_id: client_msg_id.clone(),
             attachments,
             reply_to,
+            mentions,
         }),
     );
     let stored = publish_command(st, &env, &format!("msg:{}:{client_msg_id}", who.user)).await?;
     st.recent.remember(Known { id, room: room.clone(), sender: who.user.oid() });
     Ok(Sent { message_id, room, client_msg_id, seq: stored.seq, duplicate: stored.duplicate })
+}
+
+/// The users of `users` who are members of `room`, but `sender`: a
+/// mention of anyone else is dropped (they could not see the message).
+async fn members_among(
+    st: &Core,
+    room: &RoomRef,
+    users: Vec<UserId>,
+    sender: UserId,
+) -> Result<Vec<UserId>, ChatError> {
+    let users: Vec<UserId> = users.into_iter().filter(|u| *u != sender).collect();
+    if users.is_empty() {
+        return Ok(users);
+    }
+    let id = oid(&room.id, room.kind.field())?;
+    match room.kind {
+        RoomKind::Group => {
+            let g = group(st, id).await?;
+            Ok(users.into_iter().filter(|u| g.as_ref().is_some_and(|(g, _)| g.is_member(u.oid()))).collect())
+        }
+        RoomKind::Conversation => {
+            let mut out = Vec::new();
+            for u in users {
+                if st.membership.is_participant(&st.store, id, u).await? {
+                    out.push(u);
+                }
+            }
+            Ok(out)
+        }
+    }
 }
 
 /// How long a message a client names may take to be written after its

@@ -191,6 +191,7 @@ impl Membership {
         group.unread_counts.clear();
         group.read_cursors.clear();
         group.delivered_cursors.clear();
+        group.mention_counts.clear();
         let group = Arc::new(group);
         if g.followed.contains_key(&group.id) {
             g.cached.insert(group.id, (group.clone(), seq, Instant::now()));
@@ -242,6 +243,7 @@ mod tests {
             delivered_cursors: Default::default(),
             deleted: false,
             pins: vec![],
+            mention_counts: Default::default(),
         }
     }
 

@@ -57,6 +57,43 @@ pub struct SendMessage {
     /// A message of the same room this replies to (its thread).
     #[serde(default)]
     pub reply_to: Option<String>,
+    /// User ids the message mentions, besides the `<@userId>` in its
+    /// content.
+    #[serde(default)]
+    pub mentions: Vec<String>,
+}
+
+/// Most distinct users one message mentions.
+pub const MAX_MENTIONS: usize = 50;
+
+/// The users a message mentions: `mentions`, then each `<@userId>` in its
+/// content, each once, in order. An id in `mentions` that is not one is an
+/// error; a `<@...>` in the text that is not one is just text.
+pub fn mentioned(content: &str, listed: &[String]) -> Result<Vec<crate::ids::UserId>, String> {
+    let mut out: Vec<crate::ids::UserId> = Vec::new();
+    for id in listed {
+        let u = id
+            .parse()
+            .map_err(|_| format!("mentions: `{}` is not a user id", id.chars().take(32).collect::<String>()))?;
+        if !out.contains(&u) {
+            out.push(u);
+        }
+    }
+    let mut rest = content;
+    while let Some(at) = rest.find("<@") {
+        rest = &rest[at + 2..];
+        let Some(end) = rest.find('>') else { break };
+        if let Ok(u) = rest[..end].parse::<crate::ids::UserId>()
+            && !out.contains(&u)
+        {
+            out.push(u);
+        }
+        rest = &rest[end..];
+    }
+    if out.len() > MAX_MENTIONS {
+        return Err(format!("at most {MAX_MENTIONS} users may be mentioned"));
+    }
+    Ok(out)
 }
 
 /// An attachment named in `send_message`.
@@ -343,6 +380,7 @@ pub fn parse_request(kind: &str, data: &str) -> Result<ClientRequest, (ErrorCode
         "send_message" => {
             let m: SendMessage = payload(data).map_err(|m| (ErrorCode::InvalidPayload, m))?;
             check_content(&m.content).map_err(bad)?;
+            mentioned(&m.content, &m.mentions).map_err(bad)?;
             if let Some(c) = &m.client_msg_id
                 && (c.is_empty() || !plain_key(c, MAX_CLIENT_MSG_ID))
             {
@@ -449,6 +487,18 @@ mod tests {
         assert_eq!(parse(both).unwrap_err().code, ErrorCode::InvalidPayload);
         assert_eq!(parse(r#"{"type":"typing","data":{"isTyping":true}}"#).unwrap_err().code, ErrorCode::InvalidPayload);
         assert_eq!(parse(r#"{"type":"typing","data":{"groupId":"g"}}"#).unwrap_err().code, ErrorCode::InvalidPayload);
+    }
+
+    #[test]
+    fn mentions_come_from_the_list_and_the_text_each_once() {
+        let (a, b) = ("64b7f0c2a1b2c3d4e5f60718", "64b7f0c2a1b2c3d4e5f60719");
+        let text = format!("hi <@{b}> and <@{a}>, <@{b}> again; <@nobody> <@{a}");
+        let got: Vec<String> = mentioned(&text, &[a.to_string()]).unwrap().iter().map(|u| u.hex()).collect();
+        assert_eq!(got, [a, b]);
+        assert!(mentioned("x", &["nope".into()]).is_err());
+        let many: String = (0..51).map(|i| format!("<@{i:024x}>")).collect();
+        assert!(mentioned(&many, &[]).is_err());
+        assert_eq!(mentioned("<@", &[]).unwrap(), vec![]);
     }
 
     #[test]

@@ -301,6 +301,10 @@ pub struct SendMessageCmd {
     /// A reply to this message of the room (its thread).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<MessageId>,
+    /// Members the message mentions, as the edge resolved them (the worker
+    /// keeps those still members at its seq).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mentions: Vec<UserId>,
 }
 
 /// An attachment as a message carries it.

@@ -25,6 +25,9 @@ pub enum EventKind {
     /// A reply in a thread, to each of its participants but the replier
     /// (as `message_received`'s data), whether or not they follow the room.
     ThreadReply,
+    /// A message that mentions the receiving user, to that user's sockets
+    /// (as `message_received`'s data), whether or not they follow the room.
+    Mentioned,
     ConversationCreated,
     GroupCreated,
     GroupUpdated,

@@ -26,6 +26,7 @@ fn command_envelope_shape() {
             client_msg_id: "k1".into(),
             attachments: vec![],
             reply_to: None,
+            mentions: vec![],
         }),
     };
     assert_eq!(

@@ -327,6 +327,9 @@ async fn socketio_clients_edit_react_and_pin() {
     assert_eq!(pins[0]["message"]["content"], "hello", "{pins}");
     ca.request("unpin_message", json!({"messageId": id})).await;
     assert_eq!(cb.events("message_unpinned", 1, WAIT).await[0]["messageId"], id);
+    // A mention, over Socket.IO.
+    ca.request("send_message", json!({"conversationId": conv, "content": "look", "mentions": [b.hex()]})).await;
+    assert_eq!(cb.events("mentioned", 1, WAIT).await[0]["content"], "look");
     // A reply: its sender's thread partner hears it as a thread reply.
     let r = cb.request("send_message", json!({"conversationId": conv, "content": "hi!", "replyTo": id})).await;
     let tr = ca.events("thread_reply", 1, WAIT).await;
@@ -425,4 +428,70 @@ async fn replies_form_threads_that_their_participants_hear() {
         (r["replyCount"] == 3 && page["total"] == 3).then_some(())
     })
     .await;
+}
+
+/// Mentions: `<@userId>` in the text and `mentions` resolve to members (an
+/// outsider's, a removed member's and the sender's own are dropped); each
+/// mentioned member hears it on their own sockets and counts it until they
+/// read past it or it is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mentions_reach_members_and_count_until_read() {
+    let mut app = TestApp::new().await;
+    let e = app.start_edge().await;
+    app.start_worker();
+    let (a, b, c, m, out) = (app.user(), app.user(), app.user(), app.user(), app.user());
+    let g = app.create_group(e, a, &[b, c, m]).await;
+    let mut socks = Vec::new();
+    for u in [a, b, c, m, out] {
+        socks.push(WsClient::connect(e, &app.token(u, &[])).await);
+    }
+    let [wa, wb, wc, wm, wout] = &mut socks[..] else { unreachable!() };
+    wm.request("join_group", json!({"groupId": g})).await;
+    let text = format!("<@{}> <@{}> and <@{}>, see this", b.hex(), out.hex(), a.hex());
+    let r = wa.request("send_message", json!({"groupId": g, "content": text, "mentions": [c.hex()]})).await;
+    let first = r["data"]["messageId"].as_str().unwrap().to_string();
+    let got = wm.events("message_received", 1, WAIT).await;
+    assert_eq!(got[0]["data"]["mentions"], json!([c.hex(), b.hex()]), "members only, each once");
+    for w in [&mut *wb, &mut *wc] {
+        let ev = w.events("mentioned", 1, WAIT).await;
+        assert_eq!(ev.first().map(|f| f["data"]["_id"].clone()), Some(json!(first)), "{ev:?}");
+    }
+    for w in [&mut *wa, &mut *wm, &mut *wout] {
+        assert!(w.events("mentioned", 1, QUIET).await.is_empty());
+    }
+    let r = wa.request("send_message", json!({"groupId": g, "content": "x", "mentions": ["nobody"]})).await;
+    assert_eq!(r["data"]["code"], "invalid_payload", "{r}");
+
+    // Counted per member next to the unread counts.
+    let second = send(wa, wm, &g, &format!("again <@{}>", b.hex())).await;
+    let counts = |want: Value| {
+        let app = &app;
+        let g = g.clone();
+        async move {
+            natter_tests::eventually("mention counts", WAIT, || async {
+                let (_, v) = app.get(e, &format!("/api/chat/groups/{g}"), b).await;
+                (v["mentionCounts"] == want).then_some(())
+            })
+            .await
+        }
+    };
+    counts(json!({b.hex(): 2, c.hex(): 1})).await;
+    // b reads the first: the second still counts; its delete takes it off.
+    wb.request("mark_as_read", json!({"messageId": first})).await;
+    counts(json!({b.hex(): 1, c.hex(): 1})).await;
+    wa.request("delete_message", json!({"messageId": second})).await;
+    counts(json!({b.hex(): 0, c.hex(): 1})).await;
+
+    // A removed member is no longer counted nor mentioned.
+    let admin = app.token(app.user(), &["Admin"]);
+    let (s, _) = app.call(Method::DELETE, e, &format!("/api/chat/groups/{g}/members/{}", c.hex()), &admin, None).await;
+    assert_eq!(s, 200);
+    counts(json!({b.hex(): 0})).await;
+    let third = send(wa, wm, &g, &format!("<@{}> <@{}>", c.hex(), m.hex())).await;
+    let stored = natter_tests::eventually("the message written", WAIT, || async {
+        Some(in_history(&app, e, &g, &third, m).await).filter(|v| !v.is_null())
+    })
+    .await;
+    assert_eq!(stored["mentions"], json!([m.hex()]), "{stored}");
+    assert!(wc.events("mentioned", 1, QUIET).await.is_empty());
 }

@@ -79,6 +79,11 @@ async fn scenario(app: &mut TestApp) {
         wb.request("send_message", json!({"conversationId": conv, "content": "re re", "replyTo": replies[1]})).await;
     assert_eq!(r["type"], "ack", "{r}");
     wa.request("delete_message", json!({"messageId": replies[1]})).await;
+    // Mentions: one read past, one not.
+    for text in ["<@B> first", "<@B> second"] {
+        let content = text.replace('B', &b.hex());
+        wa.request("send_message", json!({"conversationId": conv, "content": content})).await;
+    }
 
     // Attachments, uploaded to the room and outside any room, sent in messages.
     for data in [
@@ -156,6 +161,8 @@ async fn replay_rebuilds_the_same_state() {
     assert_eq!(messages.iter().filter(|m| !m.reactions.is_empty()).count(), 2);
     let root = messages.iter().find(|m| m.reply_count > 0).expect("a thread");
     assert_eq!((root.reply_count, messages.iter().filter(|m| m.reply_to == Some(root.id)).count()), (2, 3));
+    assert_eq!(messages.iter().filter(|m| !m.mentions.is_empty()).count(), 2);
+    assert!(conv.mention_counts.values().any(|n| *n > 0), "{conv:?}");
 
     // Wipe the database and rebuild it with one command.
     app.store.db().drop().await.unwrap();

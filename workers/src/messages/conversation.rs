@@ -56,6 +56,7 @@ pub(super) fn create(
                 delivered_cursors: Default::default(),
                 writers: vec![],
                 pins: vec![],
+                mention_counts: Default::default(),
             };
             rooms.insert(Room::created(Doc::Conversation(doc.clone())));
             doc

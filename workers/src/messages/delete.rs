@@ -8,6 +8,7 @@ use super::events::{publication, refused, room_subject};
 use super::room::{Cursor, Room};
 use super::writes::Tombstone;
 use crate::handler::{ApplyError, Disposition, Incoming};
+use mongodb::bson::oid::ObjectId;
 use natter_shared::v1::command::{MessageCmd, RoomFields};
 use natter_shared::v1::error::ErrorCode;
 use natter_shared::v1::event::{EventFrame, EventKind, MessageDeleted, RefusedIds};
@@ -42,6 +43,10 @@ pub(super) fn apply(
             ));
         }
         if !message.deleted {
+            let mentions: Vec<ObjectId> = match room.tail.get(mid) {
+                Some(e) => e.mentions.to_vec(),
+                None => b.message(room, mid).map(|m| m.mentions).unwrap_or_default(),
+            };
             // A reply: one fewer in its thread.
             if let Some(root) = b.message(room, mid).and_then(|m| m.reply_to) {
                 super::thread::reply_deleted(b, room, inc, root)?;
@@ -53,6 +58,7 @@ pub(super) fn apply(
                 counts: message.counts,
                 at: inc.time,
                 by: actor,
+                mentions: mentions.clone(),
             };
             if !room.tail.covers(message.seq) {
                 room.tombstoned(b.generation, tombstone.clone());
@@ -77,6 +83,13 @@ pub(super) fn apply(
                     if n > 0 {
                         room.put(Cursor::Unread, p, n - 1);
                     }
+                }
+            }
+            // Those it mentioned who had not read it: one mention fewer.
+            for p in mentions {
+                let n = room.get(Cursor::Mentions, p);
+                if n > 0 && room.get(Cursor::Read, p) < message.seq {
+                    room.put(Cursor::Mentions, p, n - 1);
                 }
             }
         }

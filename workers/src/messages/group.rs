@@ -92,6 +92,7 @@ pub(super) fn create(
                 delivered_cursors: Default::default(),
                 deleted: false,
                 pins: vec![],
+                mention_counts: Default::default(),
             };
             rooms.insert(Room::created(Doc::Group(doc.clone())));
             doc

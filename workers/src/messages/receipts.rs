@@ -49,6 +49,10 @@ pub(super) async fn read(
         let seen = room.seen(user);
         room.put(Cursor::Read, user, upto);
         room.put(Cursor::Unread, user, unread);
+        if room.get(Cursor::Mentions, user) > 0 {
+            let mentions = mentions_after(b, room, user, upto).await?;
+            room.put(Cursor::Mentions, user, mentions);
+        }
         // Reading implies receiving.
         room.tail.mark_delivered(seen, upto, user);
     }
@@ -89,6 +93,24 @@ async fn unread_after(b: &Batch<'_>, room: &Room, user: ObjectId, upto: i64) -> 
     round_trip("count_unread");
     let stored = b.ctx.store.messages().count_documents(f).await? as i64;
     let gone = room.unwritten().filter(|t| t.seq > upto && t.seq <= from && t.counts && t.sender != user);
+    Ok(newer + stored - gone.count() as i64)
+}
+
+/// How many messages mentioning `user`, not deleted, the room has after
+/// `upto`.
+async fn mentions_after(b: &Batch<'_>, room: &Room, user: ObjectId, upto: i64) -> Result<i64, ApplyError> {
+    let from = room.tail.from();
+    let newer = room.tail.between(upto.max(from), i64::MAX).filter(|e| !e.deleted && e.mentions.contains(&user));
+    let newer = newer.count() as i64;
+    if room.tail.covers(upto) {
+        return Ok(newer);
+    }
+    let mut f = room.key.live_messages();
+    f.insert("seq", doc! {"$gt": upto, "$lte": from});
+    f.insert("mentions", user);
+    round_trip("count_mentions");
+    let stored = b.ctx.store.messages().count_documents(f).await? as i64;
+    let gone = room.unwritten().filter(|t| t.seq > upto && t.seq <= from && t.mentions.contains(&user));
     Ok(newer + stored - gone.count() as i64)
 }
 
@@ -175,7 +197,7 @@ async fn backfill(b: &Batch<'_>, room: &mut Room) -> Result<(), ApplyError> {
     round_trip("backfill_tail");
     let mut cur = raw
         .find(f)
-        .projection(doc! {"_id": 1, "senderId": 1, "seq": 1, "messageType": 1, "deleted": 1})
+        .projection(doc! {"_id": 1, "senderId": 1, "seq": 1, "messageType": 1, "deleted": 1, "mentions": 1})
         .sort(doc! {"seq": -1})
         .limit(want as i64)
         .await?;
@@ -195,6 +217,10 @@ async fn backfill(b: &Batch<'_>, room: &mut Room) -> Result<(), ApplyError> {
             counts: m.get_str("messageType") != Ok("system"),
             deleted: m.get_bool("deleted").unwrap_or(false) || gone.contains(&id),
             delivered: reached_another(&furthest, sender, seq),
+            mentions: m
+                .get_array("mentions")
+                .map(|a| a.into_iter().filter_map(|v| v.ok()?.as_object_id()).collect())
+                .unwrap_or_default(),
         });
     }
     // Fewer than asked for: the room has no older message.

@@ -23,14 +23,19 @@ pub(super) enum Cursor {
     Read,
     Delivered,
     Unread,
+    /// Unread messages that mention the user.
+    Mentions,
 }
 
 impl Cursor {
+    const ALL: [Cursor; 4] = [Cursor::Read, Cursor::Delivered, Cursor::Unread, Cursor::Mentions];
+
     fn field(self) -> &'static str {
         match self {
             Cursor::Read => "readCursors",
             Cursor::Delivered => "deliveredCursors",
             Cursor::Unread => "unreadCounts",
+            Cursor::Mentions => "mentionCounts",
         }
     }
 }
@@ -157,9 +162,11 @@ impl Room {
             (Doc::Conversation(d), Cursor::Read) => &d.read_cursors,
             (Doc::Conversation(d), Cursor::Delivered) => &d.delivered_cursors,
             (Doc::Conversation(d), Cursor::Unread) => &d.unread_counts,
+            (Doc::Conversation(d), Cursor::Mentions) => &d.mention_counts,
             (Doc::Group(d), Cursor::Read) => &d.read_cursors,
             (Doc::Group(d), Cursor::Delivered) => &d.delivered_cursors,
             (Doc::Group(d), Cursor::Unread) => &d.unread_counts,
+            (Doc::Group(d), Cursor::Mentions) => &d.mention_counts,
         }
     }
 
@@ -168,9 +175,11 @@ impl Room {
             (Doc::Conversation(d), Cursor::Read) => &mut d.read_cursors,
             (Doc::Conversation(d), Cursor::Delivered) => &mut d.delivered_cursors,
             (Doc::Conversation(d), Cursor::Unread) => &mut d.unread_counts,
+            (Doc::Conversation(d), Cursor::Mentions) => &mut d.mention_counts,
             (Doc::Group(d), Cursor::Read) => &mut d.read_cursors,
             (Doc::Group(d), Cursor::Delivered) => &mut d.delivered_cursors,
             (Doc::Group(d), Cursor::Unread) => &mut d.unread_counts,
+            (Doc::Group(d), Cursor::Mentions) => &mut d.mention_counts,
         }
     }
 
@@ -187,7 +196,7 @@ impl Room {
     /// Removes a user's entries from every per-user map.
     pub fn drop_user(&mut self, user: ObjectId) {
         let u = user.to_hex();
-        for c in [Cursor::Read, Cursor::Delivered, Cursor::Unread] {
+        for c in Cursor::ALL {
             self.map_mut(c).remove(&u);
             let path = format!("{}.{u}", c.field());
             self.set.remove(&path);
@@ -204,7 +213,15 @@ impl Room {
     /// Notes a new message: the room's newest, at the end of its tail.
     pub fn append(&mut self, m: &natter_shared::model::MessageDoc, counts: bool) {
         self.set_last_message(m.id, m.created_at);
-        self.tail.push(Entry { seq: m.seq, id: m.id, sender: m.sender_id, counts, deleted: false, delivered: false });
+        self.tail.push(Entry {
+            seq: m.seq,
+            id: m.id,
+            sender: m.sender_id,
+            counts,
+            deleted: false,
+            delivered: false,
+            mentions: m.mentions.clone().into(),
+        });
     }
 
     fn set_last_message(&mut self, id: ObjectId, at: DateTime) {
@@ -297,7 +314,7 @@ impl Room {
     /// 1,000, 12 ms for the two maps whole). The worker holding the
     /// partition is the room's only writer, so memory has the whole map.
     fn coalesce_maps(&mut self) {
-        for c in [Cursor::Read, Cursor::Delivered, Cursor::Unread] {
+        for c in Cursor::ALL {
             let prefix = format!("{}.", c.field());
             let paths: Vec<String> =
                 self.set.keys().chain(self.unset.keys()).filter(|k| k.starts_with(&prefix)).cloned().collect();
@@ -394,6 +411,7 @@ mod tests {
             delivered_cursors: Default::default(),
             deleted: false,
             pins: vec![],
+            mention_counts: Default::default(),
             members,
         }))
     }

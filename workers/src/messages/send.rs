@@ -11,7 +11,7 @@ use super::room::{Cursor, Room};
 use super::{Batch, Known};
 use crate::handler::{ApplyError, Disposition, Incoming};
 use mongodb::bson::{DateTime, doc};
-use natter_shared::model::{MessageDoc, MessageType};
+use natter_shared::model::{MessageDoc, MessageType, MessageView};
 use natter_shared::v1::command::SendMessageCmd;
 use natter_shared::v1::error::ErrorCode;
 use natter_shared::v1::event::{ContactAdded, EventFrame, EventKind, RefusedIds};
@@ -100,6 +100,8 @@ pub(super) fn apply(
             Err(refusal) => return Ok(refusal),
         }
     }
+    // Mentions of those still members (the sender's own left out).
+    m.mentions = c.mentions.iter().map(|u| u.oid()).filter(|u| *u != sender && room.is_member(*u)).collect();
     if stored.is_none() {
         b.writes.message(m.clone());
     }
@@ -107,6 +109,14 @@ pub(super) fn apply(
     for p in others {
         let n = room.get(Cursor::Unread, p) + 1;
         room.put(Cursor::Unread, p, n);
+    }
+    if !m.mentions.is_empty() {
+        let frame = EventFrame::new(EventKind::Mentioned, inc.seq, MessageView::from(&m)).from(sender.to_hex());
+        for u in m.mentions.clone() {
+            let n = room.get(Cursor::Mentions, u) + 1;
+            room.put(Cursor::Mentions, u, n);
+            events.push(publication(b.ctx.subjects.user_events(&u.to_hex()), &frame)?);
+        }
     }
     room.append(&m, true);
     events.insert(0, message_received(&b.ctx.subjects, &room.key, &m, 0)?);

@@ -27,6 +27,8 @@ pub struct Entry {
     /// A member other than the sender has received or read it (its
     /// `delivered` status went out).
     pub delivered: bool,
+    /// The members it mentions.
+    pub mentions: Box<[ObjectId]>,
 }
 
 #[derive(Clone, Debug)]
@@ -120,7 +122,15 @@ mod tests {
     use super::*;
 
     fn entry(seq: i64) -> Entry {
-        Entry { seq, id: ObjectId::new(), sender: ObjectId::new(), counts: true, deleted: false, delivered: false }
+        Entry {
+            seq,
+            id: ObjectId::new(),
+            sender: ObjectId::new(),
+            counts: true,
+            deleted: false,
+            delivered: false,
+            mentions: Box::new([]),
+        }
     }
 
     #[test]

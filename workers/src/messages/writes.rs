@@ -34,6 +34,8 @@ pub(super) struct Tombstone {
     pub counts: bool,
     pub at: DateTime,
     pub by: ObjectId,
+    /// The members the message mentioned.
+    pub mentions: Vec<ObjectId>,
 }
 
 #[derive(Clone, Debug)]

@@ -76,6 +76,7 @@ async fn publish(app: &TestApp, args: &ReplayArgs) -> u64 {
                 client_msg_id,
                 attachments: vec![],
                 reply_to: None,
+                mentions: vec![],
             };
             (a, Command::SendMessage(cmd))
         };
