@@ -24,6 +24,9 @@ const state = {
   online: new Set(),
   typingOff: null,
   typers: new Map(), // user id -> timer
+  pins: new Set(), // pinned message ids of the open room
+  replyTo: null, // the message the next send replies to
+  noticeOff: null,
 };
 
 // ---- helpers ---------------------------------------------------------------
@@ -174,6 +177,24 @@ function connect() {
   socket.on("message_deleted", (d) => {
     const li = document.querySelector(`.message[data-id="${d.messageId}"]`);
     if (li) li.remove();
+  });
+  socket.on("message_edited", (d) => {
+    const li = messageLi(d.messageId);
+    if (!li || Number(li.dataset.edits || 0) >= d.editCount) return;
+    li.dataset.edits = d.editCount;
+    li.querySelector(".content").textContent = d.content;
+    li.querySelector(".edited").hidden = false;
+  });
+  socket.on("reaction_added", (d) => changeReaction(d, true));
+  socket.on("reaction_removed", (d) => changeReaction(d, false));
+  socket.on("message_pinned", (d) => setPinned(d.messageId, true));
+  socket.on("message_unpinned", (d) => setPinned(d.messageId, false));
+  socket.on("mentioned", (m) => {
+    const room = roomOf(m);
+    if (!isCurrent(room)) showNotice(`${shortId(m.senderId)} mentioned you: ${m.content}`);
+  });
+  socket.on("thread_reply", (m) => {
+    if (!isCurrent(roomOf(m))) showNotice(`${shortId(m.senderId)} replied in a thread: ${m.content}`);
   });
   socket.on("user_typing", (d) => {
     if (!isCurrent(roomOf(d)) || d.userId === state.me) return;
@@ -331,8 +352,12 @@ async function openRoom(room) {
   $("composer").hidden = false;
   $("messages").textContent = "";
   renderRooms();
-  const page = await api(`api/chat/${room.kind === "group" ? "groups" : "conversations"}/${room.id}/messages?limit=${PAGE}`);
+  state.replyTo = null;
+  $("reply-note").hidden = true;
+  const base = `api/chat/${room.kind === "group" ? "groups" : "conversations"}/${room.id}`;
+  const [page, pins] = await Promise.all([api(`${base}/messages?limit=${PAGE}`), api(`${base}/pins`)]);
   if (!isCurrent(room)) return;
+  state.pins = new Set(pins.map((p) => p.message._id));
   for (const m of page.messages) renderMessage(m, false);
   // Received live but perhaps not written yet: after the stored ones.
   const newestStored = page.messages.length ? page.messages[page.messages.length - 1].seq : 0;
@@ -423,10 +448,18 @@ function renderMessage(m, prepend) {
   li.dataset.seq = m.seq;
   if (m.messageType === "system") li.classList.add("system");
   else if (m.senderId === state.me) li.classList.add("mine");
+  if (m.replyTo) {
+    const re = document.createElement("div");
+    re.className = "reply-to";
+    const parent = messageLi(m.replyTo);
+    re.textContent = `↪ ${parent ? parent.querySelector(".content").textContent.slice(0, 60) : "a thread"}`;
+    li.append(re);
+  }
   const content = document.createElement("div");
   content.className = "content";
   content.textContent = m.content;
   li.append(content);
+  if ((m.mentions || []).includes(state.me)) li.classList.add("mentions-me");
   for (const a of m.attachments || []) li.append(attachmentLink(a));
   const meta = document.createElement("div");
   meta.className = "meta";
@@ -437,10 +470,103 @@ function renderMessage(m, prepend) {
     s.className = "status";
     meta.append(s);
   }
+  const edited = document.createElement("span");
+  edited.className = "edited";
+  edited.textContent = "(edited) ";
+  edited.hidden = !m.editCount;
+  li.dataset.edits = m.editCount || 0;
+  meta.append(edited);
+  const pin = document.createElement("span");
+  pin.className = "pin";
+  pin.textContent = "📌 ";
+  pin.hidden = !state.pins.has(m._id);
+  meta.append(pin);
+  if (m.messageType !== "system") meta.append(...actions(m));
   li.append(meta);
+  const reactions = document.createElement("div");
+  reactions.className = "reactions";
+  li.append(reactions);
+  li.reactions = new Map((m.reactions || []).map((r) => [r.emoji, new Set(r.userIds)]));
+  renderReactions(li);
   if (m.senderId === state.me) setStatus(li, m.status || "sent");
   const list = $("messages");
   if (prepend) list.prepend(li); else list.append(li);
+}
+
+function messageLi(id) {
+  return document.querySelector(`.message[data-id="${id}"]`);
+}
+
+function showNotice(text) {
+  $("notice").textContent = text;
+  clearTimeout(state.noticeOff);
+  state.noticeOff = setTimeout(() => { $("notice").textContent = ""; }, 8000);
+}
+
+// A message's buttons: react, reply, pin, and edit for the sender.
+function actions(m) {
+  const button = (label, title, run) => {
+    const b = document.createElement("button");
+    b.className = `act act-${title}`;
+    b.type = "button";
+    b.title = title;
+    b.textContent = label;
+    b.onclick = () => run().catch((e) => showError("error", e));
+    return b;
+  };
+  const out = [
+    button("👍", "react", () => toggleReaction(m._id, "👍")),
+    button("↪", "reply", async () => {
+      state.replyTo = m._id;
+      $("reply-note").textContent = `replying to: ${m.content.slice(0, 40)}`;
+      $("reply-note").hidden = false;
+      $("text").focus();
+    }),
+    button("📌", "pin", () => emit(state.pins.has(m._id) ? "unpin_message" : "pin_message", { messageId: m._id })),
+  ];
+  if (m.senderId === state.me) {
+    out.push(button("✎", "edit", async () => {
+      const li = messageLi(m._id);
+      const now = li ? li.querySelector(".content").textContent : m.content;
+      const content = window.prompt("Edit your message", now);
+      if (content && content !== now) await emit("edit_message", { messageId: m._id, content });
+    }));
+  }
+  return out;
+}
+
+function toggleReaction(id, emoji) {
+  const li = messageLi(id);
+  const mine = li && li.reactions.get(emoji) && li.reactions.get(emoji).has(state.me);
+  return emit(mine ? "remove_reaction" : "add_reaction", { messageId: id, emoji });
+}
+
+function changeReaction(d, added) {
+  const li = messageLi(d.messageId);
+  if (!li) return;
+  const users = li.reactions.get(d.emoji) || new Set();
+  if (added) users.add(d.userId); else users.delete(d.userId);
+  if (users.size) li.reactions.set(d.emoji, users); else li.reactions.delete(d.emoji);
+  renderReactions(li);
+}
+
+function renderReactions(li) {
+  const box = li.querySelector(".reactions");
+  box.replaceChildren();
+  for (const [emoji, users] of li.reactions) {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.className = users.has(state.me) ? "reaction mine" : "reaction";
+    b.textContent = `${emoji} ${users.size}`;
+    b.onclick = () => toggleReaction(li.dataset.id, emoji).catch((e) => showError("error", e));
+    box.append(b);
+  }
+}
+
+function setPinned(id, pinned) {
+  if (pinned) state.pins.add(id); else state.pins.delete(id);
+  const li = messageLi(id);
+  if (li) li.querySelector(".pin").hidden = !pinned;
 }
 
 // Downloads go through the edge with the token (ATTACHMENT_DOWNLOAD=proxy
@@ -500,7 +626,11 @@ $("composer").addEventListener("submit", async (ev) => {
   $("text").value = "";
   stopTyping();
   try {
-    await emit("send_message", Object.assign(roomFields(state.current), { content: text, clientMsgId: crypto.randomUUID() }));
+    const extra = state.replyTo ? { replyTo: state.replyTo } : {};
+    state.replyTo = null;
+    $("reply-note").hidden = true;
+    await emit("send_message", Object.assign(roomFields(state.current), extra,
+      { content: text, clientMsgId: crypto.randomUUID() }));
   } catch (e) {
     $("text").value = text;
     showError("error", e);

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod config;
 pub mod ids;
 pub mod model;
+pub mod search;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;

@@ -189,6 +189,10 @@ pub struct MessageDoc {
     /// Members the message mentions (resolved when it was sent).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mentions: Vec<ObjectId>,
+    /// The words search finds it by (`search::terms` of its content; none
+    /// for a `system` message or a deleted one). Not shown to clients.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub terms: Vec<String>,
 }
 
 /// Most participants a thread keeps (later repliers still reply; they
@@ -273,6 +277,7 @@ impl MessageDoc {
             last_reply_seq: 0,
             thread_participants: vec![],
             mentions: vec![],
+            terms: vec![],
         }
     }
 

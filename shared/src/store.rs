@@ -10,6 +10,7 @@ use futures::TryStreamExt;
 use mongodb::bson::{Document, doc, oid::ObjectId};
 use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Collection, Database, IndexModel};
+use std::collections::HashMap;
 use std::time::Duration;
 
 pub type StoreError = mongodb::error::Error;
@@ -117,6 +118,8 @@ impl Store {
                 idx(doc! {"attachments.id": 1}, "attachment_id"),
                 // A thread's replies in order (`replies`).
                 idx(doc! {"replyTo": 1, "seq": -1}, "reply_seq"),
+                // Search: the messages holding a word, newest first (`search`).
+                idx(doc! {"terms": 1, "seq": -1}, "search_terms"),
             ])
             .await?;
         // Indexes earlier versions made, replaced by the ones above.
@@ -192,6 +195,54 @@ impl Store {
                 })
             })
             .collect())
+    }
+
+    /// The rooms `user` is in: conversations they take part in and groups
+    /// (not deleted) they are a member of, at most `max` of each.
+    pub async fn rooms_of(&self, user: ObjectId, max: i64) -> Result<Vec<RoomRef>, StoreError> {
+        let mut out = Vec::new();
+        for (kind, filter) in [
+            (RoomKind::Conversation, doc! {"participantIds": user}),
+            (RoomKind::Group, doc! {"members": user, "deleted": {"$ne": true}}),
+        ] {
+            let coll = self.db.collection::<Document>(kind.collection());
+            let mut cur = coll.find(filter).projection(doc! {"_id": 1}).limit(max).await?;
+            while let Some(d) = cur.try_next().await? {
+                if let Ok(id) = d.get_object_id("_id") {
+                    out.push(RoomRef::new(kind, id.to_hex()));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The receipt cursors of each of `rooms` (one query per kind).
+    pub async fn cursors_of(&self, rooms: &[RoomRef]) -> Result<HashMap<RoomRef, Cursors>, StoreError> {
+        #[derive(serde::Deserialize)]
+        struct WithId {
+            #[serde(rename = "_id")]
+            id: ObjectId,
+            #[serde(flatten)]
+            cursors: Cursors,
+        }
+        let mut out = HashMap::new();
+        for kind in [RoomKind::Conversation, RoomKind::Group] {
+            let ids: Vec<ObjectId> =
+                rooms.iter().filter(|r| r.kind == kind).filter_map(|r| r.id.parse().ok()).collect();
+            if ids.is_empty() {
+                continue;
+            }
+            let mut cur = self
+                .db
+                .collection::<WithId>(kind.collection())
+                .find(doc! {"_id": {"$in": ids}})
+                .projection(doc! {"readCursors": 1, "deliveredCursors": 1})
+                .await?;
+            while let Some(w) = cur.try_next().await? {
+                out.insert(RoomRef::new(kind, w.id.to_hex()), w.cursors);
+            }
+        }
+        Ok(out)
     }
 
     pub async fn conversation(&self, id: ObjectId) -> Result<Option<ConversationDoc>, StoreError> {

@@ -11,7 +11,8 @@
 //!   newer than MongoDB's copy; what catch-up resends);
 //! - `membership`, `recent`: caches of groups and of messages lately seen;
 //! - `uploads`: per-user upload budgets on this edge;
-//! - `quota`: per-user limits across edges (sends, uploads, groups).
+//! - `quota`: per-user limits across edges (sends, uploads, groups);
+//! - `search`: full-text search over the caller's rooms.
 
 pub mod access;
 pub mod attachments;
@@ -20,6 +21,7 @@ pub mod events;
 pub mod membership;
 pub mod quota;
 pub mod recent;
+pub mod search;
 pub mod uploads;
 
 use natter_nats::Subjects;

@@ -9,6 +9,7 @@ pub mod messages;
 pub mod openapi;
 pub mod paging;
 pub mod presence;
+pub mod search;
 
 use crate::error::ChatError;
 use crate::realtime::EdgeState;
@@ -43,6 +44,7 @@ pub fn router(st: Arc<EdgeState>) -> Router<Arc<EdgeState>> {
         .route("/api/chat/messages/{id}/reactions/{emoji}", delete(messages::remove_reaction))
         .route("/api/chat/messages/{id}/pin", post(messages::pin).delete(messages::unpin))
         .route("/api/chat/presence", get(presence::get))
+        .route("/api/chat/search", get(search::search))
         .route("/api/chat/audit/logs", get(audit::logs))
         .route("/api/chat/audit/export", get(audit::export_logs))
         .route("/api/chat/conversations/{id}/export", get(audit::export_conversation))

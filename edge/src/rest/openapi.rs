@@ -3,7 +3,7 @@
 //! `GET /api/openapi.json`. `docs/openapi.json` is its snapshot: the edge's
 //! tests fail when the two differ, and when a route is not documented.
 
-use super::{attachments, audit, conversations, groups, messages, presence};
+use super::{attachments, audit, conversations, groups, messages, presence, search};
 use natter_shared::audit::{AuditView, FactStatus};
 use natter_shared::model::{
     AttachmentView, ConversationView, GroupType, GroupView, LastMessage, MessagePage, MessageStatus, MessageType,
@@ -29,7 +29,7 @@ use utoipa::{Modify, OpenApi};
         groups::add_member, groups::remove_member, groups::leave, groups::messages,
         messages::remove, messages::read, messages::edit, messages::add_reaction, messages::remove_reaction,
         messages::pin, messages::unpin, messages::conversation_pins, messages::group_pins, messages::replies,
-        presence::get,
+        search::search, presence::get,
         audit::logs, audit::export_logs, audit::export_conversation, audit::export_group,
         attachments::upload, attachments::download, attachments::thumbnail,
     ),
@@ -38,6 +38,7 @@ use utoipa::{Modify, OpenApi};
         MessageType, MessageStatus, GroupType, UserPresence, AuditView, FactStatus, ErrorReply, ErrorBody,
         ErrorCode, PendingReply, PendingStatus, groups::CreateBody, groups::UpdateBody, groups::MemberBody,
         conversations::WithUser, audit::LogsPage, messages::EditBody, messages::ReactionBody, PinView, Reaction,
+        crate::core::search::Found,
     )),
     modifiers(&Bearer),
     tags(

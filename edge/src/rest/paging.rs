@@ -7,7 +7,7 @@ use natter_shared::store::PageBy;
 
 pub const MAX_LIMIT: u64 = 100;
 
-fn number(query: Option<&str>, name: &str, default: u64, min: u64, max: u64) -> Result<u64, ChatError> {
+pub fn number(query: Option<&str>, name: &str, default: u64, min: u64, max: u64) -> Result<u64, ChatError> {
     match param(query, name) {
         None => Ok(default),
         Some(v) => v

@@ -114,6 +114,16 @@ async fn two_browsers_chat_read_and_share_a_picture() {
     b.find(Locator::Id("text")).await.unwrap().send_keys("hi").await.unwrap();
     text_when(&a, "#typing", "B typing on A's page", |t| t.contains("typing")).await;
 
+    // B reacts to A's message: A's page counts it. A edits it: B's page
+    // shows the new words, marked edited.
+    b.find(Locator::Css(".message .act-react")).await.unwrap().click().await.unwrap();
+    text_when(&a, ".message.mine .reaction", "B's reaction on A's page", |t| t == "👍 1").await;
+    a.execute("window.prompt = () => 'hello again from Ann'; return null;", vec![]).await.unwrap();
+    a.find(Locator::Css(".message.mine .act-edit")).await.unwrap().click().await.unwrap();
+    text_when(&b, ".message .content", "A's edit on B's page", |t| t == "hello again from Ann").await;
+    let edited = b.find(Locator::Css(".message .edited")).await.unwrap();
+    assert!(edited.is_displayed().await.unwrap(), "marked edited");
+
     // A shares a picture: both pages show it.
     let png = std::env::temp_dir().join(format!("{}-pixel.png", app.name));
     let mut img = image::RgbImage::new(64, 48);
@@ -150,7 +160,8 @@ async fn two_browsers_chat_read_and_share_a_picture() {
     let shown = async || b.find_all(Locator::Css(".message")).await.unwrap().len();
     assert_eq!(shown().await, 30, "one page");
     b.execute("document.getElementById('messages').scrollTop = 0; return null;", vec![]).await.unwrap();
-    text_when(&b, ".message:first-child .content", "the oldest after scrolling up", |t| t == "hello from Ann").await;
+    text_when(&b, ".message:first-child .content", "the oldest after scrolling up", |t| t == "hello again from Ann")
+        .await;
     assert_eq!(shown().await, 42, "every message, once");
 
     let errors = [&a, &b].map(|c| async move { c.find(Locator::Id("error")).await.unwrap().text().await.unwrap() });

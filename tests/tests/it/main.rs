@@ -31,5 +31,6 @@ mod receipts;
 mod recovery;
 mod replay;
 mod roles;
+mod search;
 mod socketio;
 mod wire;

@@ -116,12 +116,13 @@ pub(super) fn edit(
     m.edited_at = Some(inc.time);
     m.edit_count += 1;
     m.updated_at = inc.time;
+    m.terms = natter_shared::search::terms(&m.content);
     let edits = mongodb::bson::to_bson(&m.edits).map_err(encoding)?;
     b.writes.message_set(
         m.id,
         doc! {
             "content": &m.content, "editedAt": inc.time, "editCount": m.edit_count,
-            "edits": edits, "updatedAt": inc.time,
+            "edits": edits, "updatedAt": inc.time, "terms": &m.terms,
         },
     );
     let out = event(b, room, inc, EventKind::MessageEdited, data(&m));

@@ -45,7 +45,8 @@ fn validate(inc: &Incoming, c: &SendMessageCmd, room: &Room) -> Result<MessageDo
     // The thread's first message replaces the parent when the reply is
     // applied (`thread::reply`).
     let reply_to = c.reply_to.as_ref().map(|r| r.oid());
-    Ok(MessageDoc { read_by: vec![sender.hex()], attachments, reply_to, ..new })
+    let terms = natter_shared::search::terms(&c.content);
+    Ok(MessageDoc { read_by: vec![sender.hex()], attachments, reply_to, terms, ..new })
 }
 
 pub(super) fn apply(

@@ -384,7 +384,7 @@ impl Op {
                             "deleted": true, "content": "", "attachments": [],
                             "deletedAt": t.at, "deletedBy": t.by, "updatedAt": t.at,
                         },
-                        "$unset": {"edits": "", "reactions": "", "editedAt": "", "editCount": ""},
+                        "$unset": {"edits": "", "reactions": "", "editedAt": "", "editCount": "", "terms": ""},
                     },
                     upsert: false,
                 },

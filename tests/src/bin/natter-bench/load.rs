@@ -344,7 +344,7 @@ async fn socket(
     }
 }
 
-fn pct(sorted: &[u64], p: f64) -> f64 {
+pub(crate) fn pct(sorted: &[u64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }

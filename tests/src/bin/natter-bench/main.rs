@@ -12,6 +12,7 @@
 //! target/release/natter-bench failover
 //! target/release/natter-bench audit --records 1000000
 //! target/release/natter-bench replay --commands 100000
+//! target/release/natter-bench search --messages 100000
 //! ```
 
 mod audit;
@@ -21,6 +22,7 @@ mod failover;
 mod fanout;
 mod load;
 mod replay;
+mod search;
 
 use clap::{Parser, Subcommand};
 
@@ -46,6 +48,8 @@ enum Bench {
     Audit(audit::AuditArgs),
     /// `natterctl replay --into-db` against `insert_many` of what it produces.
     Replay(replay::ReplayArgs),
+    /// Search latency over many messages.
+    Search(search::SearchArgs),
 }
 
 fn main() {
@@ -65,6 +69,7 @@ fn main() {
             Bench::Conns(a) => conns::run(a).await,
             Bench::Fanout(a) => fanout::run(a).await,
             Bench::Replay(a) => replay::run(a).await,
+            Bench::Search(a) => search::run(a).await,
         }
     });
     drop(rt);
