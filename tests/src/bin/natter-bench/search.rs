@@ -46,6 +46,9 @@ impl Rng {
     }
 }
 
+/// Makes one query string of a kind.
+type Query = Box<dyn Fn(&mut Rng) -> String>;
+
 fn word(rank: u64) -> String {
     format!("w{rank}")
 }
@@ -122,7 +125,7 @@ pub async fn run(args: SearchArgs) {
     let token = app.token(me, &[]);
     let http = app.http();
     let mut rng = Rng(42);
-    let kinds: Vec<(&str, Box<dyn Fn(&mut Rng) -> String>)> = vec![
+    let kinds: Vec<(&str, Query)> = vec![
         ("common word (rank 1-3)", Box::new(|r: &mut Rng| format!("q={}", word(1 + r.next() % 3)))),
         ("mid word (rank 50-150)", Box::new(|r: &mut Rng| format!("q={}", word(50 + r.next() % 100)))),
         ("rare word (rank 5000+)", Box::new(move |r: &mut Rng| format!("q={}", word(5000 + r.next() % 10_000)))),
