@@ -69,6 +69,26 @@ async fn a_user_on_many_sockets_and_two_edges_sends_within_one_budget() {
     let r = socks[2].request("send_message", json!({"conversationId": conv, "content": "later"})).await;
     assert_eq!(r["type"], "ack", "{r}");
 
+    // The same budget holds for a Socket.IO client of a's.
+    let mut sio = natter_tests::SioClient::connect(e2, &ta, natter_tests::sio::Transports::WebsocketOnly).await;
+    let mut counted = None;
+    for _ in 0..3 {
+        natter_tests::room_in_window(2, Duration::from_millis(1900)).await;
+        let window = natter_tests::window(2);
+        let mut codes = Vec::new();
+        for i in 0..12 {
+            let r = sio.request("send_message", json!({"conversationId": conv, "content": format!("s{i}")})).await;
+            codes.push(r["error"]["code"].as_str().unwrap_or("ack").to_string());
+        }
+        if natter_tests::window(2) == window {
+            counted = Some(codes);
+            break;
+        }
+    }
+    let codes = counted.expect("twelve sends in one window");
+    assert_eq!(codes.iter().filter(|c| *c == "ack").count(), 10, "{codes:?}");
+    assert!(codes[10..].iter().all(|c| c == "rate_limited"), "{codes:?}");
+
     // Groups per day, across edges: the third is refused.
     let admin = app.token(a, &["Admin"]);
     let body = json!({"name": "g", "memberIds": [b.hex()]});

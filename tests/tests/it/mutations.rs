@@ -336,6 +336,20 @@ async fn socketio_clients_edit_react_and_pin() {
     assert_eq!((tr[0]["_id"].as_str(), tr[0]["replyTo"].as_str()), (r["messageId"].as_str(), Some(id.as_str())));
     let r = ca.request("add_reaction", json!({"messageId": id, "emoji": ""})).await;
     assert_eq!(r["error"]["code"], "invalid_payload", "{r}");
+    // An outsider on Socket.IO changes nothing and hears nothing.
+    let out = app.user();
+    let mut co = SioClient::connect(e, &app.token(out, &[]), Transports::WebsocketOnly).await;
+    for (event, data) in [
+        ("edit_message", json!({"messageId": id, "content": "mine"})),
+        ("add_reaction", json!({"messageId": id, "emoji": "👀"})),
+        ("pin_message", json!({"messageId": id})),
+        ("send_message", json!({"conversationId": conv, "content": "hi", "replyTo": id})),
+    ] {
+        let r = co.request(event, data).await;
+        let code = r["error"]["code"].as_str().unwrap_or_default().to_string();
+        assert!(code == "not_found" || code == "not_a_member", "{event}: {r}");
+    }
+    assert!(ca.no_more("reaction_added", QUIET).await.is_empty(), "the outsider's reaction went nowhere");
     // One edit happened (b's was refused): each side heard it once.
     assert_eq!(ca.events("message_edited", 2, QUIET).await.len(), 1);
     assert!(cb.no_more("message_edited", QUIET).await.is_empty());
