@@ -123,7 +123,7 @@ impl Quota {
             None => {}
         }
         match self.lease(&format!("{}.{}", limit.key(), user.hex()), window, w).await {
-            Ok(Some(got)) => {
+            Ok(Leased::Got(got)) => {
                 self.leases.with(key, Lease::default, |l| {
                     if l.window != window {
                         *l = Lease { window, ..Lease::default() };
@@ -132,8 +132,14 @@ impl Quota {
                 });
                 Ok(())
             }
-            Ok(None) => {
+            Ok(Leased::Spent) => {
                 self.leases.with(key, Lease::default, |l| *l = Lease { window, left: 0, refused: true });
+                metrics::counter!("natter_user_limit_refusals_total", "limit" => limit.key()).increment(1);
+                Err(ChatError::RateLimited)
+            }
+            // Many requests of the user racing for the count: this one is
+            // refused (not remembered: the budget may have room).
+            Ok(Leased::Contended) => {
                 metrics::counter!("natter_user_limit_refusals_total", "limit" => limit.key()).increment(1);
                 Err(ChatError::RateLimited)
             }
@@ -144,21 +150,27 @@ impl Quota {
         }
     }
 
-    /// Adds a share of the budget of `window` to the count under `key`:
-    /// how much was taken, or `None` when the window's budget is spent.
-    async fn lease(&self, key: &str, window: u64, w: Window) -> Result<Option<u64>, String> {
-        for _ in 0..ATTEMPTS {
+    /// Adds a share of the budget of `window` to the count under `key`.
+    /// A count stored for a later window (an edge whose clock is ahead) is
+    /// counted against, never reset. Only an unreachable bucket is an
+    /// error.
+    async fn lease(&self, key: &str, window: u64, w: Window) -> Result<Leased, String> {
+        for attempt in 0..ATTEMPTS {
             let entry = self.kv.entry(key).await.map_err(|e| e.to_string())?;
-            let (count, revision) = match &entry {
-                Some(e) if e.operation == kv::Operation::Put => (count_in(&e.value, window), Some(e.revision)),
-                Some(e) => (0, Some(e.revision)),
-                None => (0, None),
+            let stored = match &entry {
+                Some(e) if e.operation == kv::Operation::Put => stored_count(&e.value),
+                _ => None,
+            };
+            let revision = entry.as_ref().map(|e| e.revision);
+            let (at, count) = match stored {
+                Some((sw, n)) if sw >= window => (sw, n),
+                _ => (window, 0),
             };
             if count >= w.max {
-                return Ok(None);
+                return Ok(Leased::Spent);
             }
             let got = w.share().min(w.max - count);
-            let value = format!("{window} {}", count + got).into_bytes().into();
+            let value = format!("{at} {}", count + got).into_bytes().into();
             let written = match revision {
                 Some(r) => self.kv.update(key, value, r).await.map_err(|e| match e.kind() {
                     kv::UpdateErrorKind::WrongLastRevision => None,
@@ -170,24 +182,33 @@ impl Quota {
                 }),
             };
             match written {
-                Ok(_) => return Ok(Some(got)),
-                // Another edge moved the count first: read it again.
-                Err(None) => continue,
+                Ok(_) => return Ok(Leased::Got(got)),
+                // Another request moved the count first: read it again,
+                // after a pause that spreads the racers out.
+                Err(None) => {
+                    let jitter = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos() % 4);
+                    tokio::time::sleep(Duration::from_millis(attempt as u64 + 1 + u64::from(jitter))).await;
+                }
                 Err(Some(e)) => return Err(e),
             }
         }
-        Err(format!("{key}: the count kept changing under {ATTEMPTS} attempts"))
+        Ok(Leased::Contended)
     }
 }
 
-/// The count a stored value (`"<window> <count>"`) holds for `window`: 0
-/// when it is another window's (or unreadable).
-fn count_in(value: &[u8], window: u64) -> u64 {
-    let text = std::str::from_utf8(value).unwrap_or("");
-    match text.split_once(' ') {
-        Some((w, n)) if w.parse() == Ok(window) => n.parse().unwrap_or(0),
-        _ => 0,
-    }
+/// What a lease got.
+enum Leased {
+    Got(u64),
+    /// The window's budget is spent.
+    Spent,
+    /// The count kept changing under every attempt.
+    Contended,
+}
+
+/// The window and count a stored value (`"<window> <count>"`) holds.
+fn stored_count(value: &[u8]) -> Option<(u64, u64)> {
+    let (w, n) = std::str::from_utf8(value).ok()?.split_once(' ')?;
+    Some((w.parse().ok()?, n.parse().ok()?))
 }
 
 #[cfg(test)]
@@ -195,11 +216,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_count_belongs_to_its_window() {
-        assert_eq!(count_in(b"41 7", 41), 7);
-        assert_eq!(count_in(b"40 7", 41), 0, "last window's count is spent");
-        assert_eq!(count_in(b"garbage", 41), 0);
-        assert_eq!(count_in(b"", 41), 0);
+    fn a_stored_count_reads_back() {
+        assert_eq!(stored_count(b"41 7"), Some((41, 7)));
+        assert_eq!(stored_count(b"garbage"), None);
+        assert_eq!(stored_count(b"41 x"), None);
+        assert_eq!(stored_count(b""), None);
     }
 
     #[test]

@@ -509,3 +509,33 @@ async fn mentions_reach_members_and_count_until_read() {
     assert_eq!(stored["mentions"], json!([m.hex()]), "{stored}");
     assert!(wc.events("mentioned", 1, QUIET).await.is_empty());
 }
+
+/// A system message (a member added) is reacted to and replied to before
+/// the worker wrote it: both are applied, and the room goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_system_message_just_posted_takes_reactions_and_replies() {
+    let mut app = TestApp::new().await;
+    let e = app.start_edge().await;
+    app.start_worker();
+    let (a, b, c) = (app.user(), app.user(), app.user());
+    let g = app.create_group(e, a, &[b]).await;
+    let mut wb = WsClient::connect(e, &app.token(b, &[])).await;
+    wb.request("join_group", json!({"groupId": g})).await;
+    let admin = app.token(a, &["Admin"]);
+    let (s, _) = app
+        .call(Method::POST, e, &format!("/api/chat/groups/{g}/members"), &admin, Some(json!({"userId": c.hex()})))
+        .await;
+    assert_eq!(s, 201);
+    let system = event_where(&mut wb, "message_received", |d| d["messageType"] == "system").await;
+    let id = system["_id"].as_str().unwrap().to_string();
+    let r = wb.request("add_reaction", json!({"messageId": id, "emoji": "👋"})).await;
+    assert_eq!(r["type"], "ack", "{r}");
+    let r = wb.request("send_message", json!({"groupId": g, "content": "welcome", "replyTo": id})).await;
+    assert_eq!(r["type"], "ack", "{r}");
+    let reaction = event_where(&mut wb, "reaction_added", |d| d["messageId"] == id).await;
+    assert_eq!(reaction["count"], 1);
+    let reply = event_where(&mut wb, "message_received", |d| d["content"] == "welcome").await;
+    assert_eq!(reply["replyTo"], id);
+    let r = wb.request("edit_message", json!({"messageId": id, "content": "rewritten"})).await;
+    assert_eq!(r["data"]["code"], "forbidden", "a system message is not b's: {r}");
+}

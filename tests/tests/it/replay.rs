@@ -109,6 +109,13 @@ async fn scenario(app: &mut TestApp) {
         .await;
     assert_eq!(s, 201);
     wa.request("join_group", json!({"groupId": g})).await;
+    // A reaction and a reply to the system message that the add posted: a
+    // replay applies them in the batch that posts it, before it is written.
+    let system = app.store.messages().find_one(mongodb::bson::doc! {"groupId": &g, "messageType": "system"}).await;
+    let system = system.unwrap().expect("the member_added system message").id.to_hex();
+    wa.request("add_reaction", json!({"messageId": system, "emoji": "👋"})).await;
+    let r = wa.request("send_message", json!({"groupId": g, "content": "welcome", "replyTo": system})).await;
+    assert_eq!(r["type"], "ack", "{r}");
     for i in 0..5 {
         wa.request("send_message", json!({"groupId": g, "content": format!("g{i}")})).await;
     }
@@ -153,14 +160,18 @@ async fn replay_rebuilds_the_same_state() {
     assert!(!conv.read_cursors.is_empty() && !conv.delivered_cursors.is_empty(), "{conv:?}");
     assert!(conv.unread_counts.values().any(|n| *n > 0), "{conv:?}");
     // So are edits, reactions and pins: ids[0] pinned (ids[4] was, until
-    // its delete); three messages edited, two with reactions.
+    // its delete); three messages edited, three with reactions.
     assert_eq!(conv.pins.len(), 1, "{conv:?}");
     let messages: Vec<natter_shared::model::MessageDoc> =
         app.store.messages().find(mongodb::bson::doc! {}).await.unwrap().try_collect().await.unwrap();
     assert_eq!(messages.iter().filter(|m| !m.edits.is_empty()).count(), 3);
-    assert_eq!(messages.iter().filter(|m| !m.reactions.is_empty()).count(), 2);
-    let root = messages.iter().find(|m| m.reply_count > 0).expect("a thread");
-    assert_eq!((root.reply_count, messages.iter().filter(|m| m.reply_to == Some(root.id)).count()), (2, 3));
+    assert_eq!(messages.iter().filter(|m| !m.reactions.is_empty()).count(), 3, "two messages and a system one");
+    let threads: Vec<(i64, usize)> = messages
+        .iter()
+        .filter(|m| m.reply_count > 0)
+        .map(|root| (root.reply_count, messages.iter().filter(|m| m.reply_to == Some(root.id)).count()))
+        .collect();
+    assert_eq!(threads, [(2, 3), (1, 1)], "the conversation's thread (a reply deleted) and the system message's");
     assert_eq!(messages.iter().filter(|m| !m.mentions.is_empty()).count(), 2);
     assert!(conv.mention_counts.values().any(|n| *n > 0), "{conv:?}");
 

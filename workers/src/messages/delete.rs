@@ -60,9 +60,10 @@ pub(super) fn apply(
                 by: actor,
                 mentions: mentions.clone(),
             };
-            if !room.tail.covers(message.seq) {
-                room.tombstoned(b.generation, tombstone.clone());
-            }
+            // Kept until written, whether or not the tail covers the
+            // message: the tail may be trimmed before this take is written,
+            // and then only this says the stored copy is stale.
+            room.tombstoned(b.generation, tombstone.clone());
             b.writes.tombstone(tombstone);
             b.deleted(room, mid);
             room.update_pins(|pins| {

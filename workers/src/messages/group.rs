@@ -176,6 +176,8 @@ pub(super) fn apply(b: &mut Batch<'_>, room: &mut Room, inc: &Incoming) -> Resul
 fn post_system(b: &mut Batch<'_>, room: &mut Room, m: &MessageDoc) {
     b.writes.message(m.clone());
     room.append(m, false);
+    // A reaction or reply before the write starts from this copy.
+    room.changed(b.generation, m.clone());
 }
 
 fn update(

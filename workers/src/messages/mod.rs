@@ -147,8 +147,12 @@ impl Batch<'_> {
         if let Some(k) = self.known.get_mut(&id) {
             k.deleted = true;
         }
-        if let Some(m) = room.unwritten_message_mut(id) {
+        // Held again under this take: the copy stays until the tombstone
+        // is written, not only until the send's own take is.
+        if let Some(mut m) = room.unwritten_message(id).cloned() {
             m.deleted = true;
+            m.terms.clear();
+            room.changed(self.generation, m);
         }
         self.docs.remove(&id);
     }

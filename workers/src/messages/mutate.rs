@@ -54,9 +54,12 @@ fn target(b: &Batch<'_>, room: &Room, inc: &Incoming, id: &natter_shared::ids::M
 }
 
 /// The whole message a change starts from (it passed [`target`]).
-fn whole(b: &Batch<'_>, room: &Room, id: &natter_shared::ids::MessageId) -> Result<MessageDoc, ApplyError> {
+/// Memory holds every message not yet written and the batch read the
+/// others, so `None` is a defect: the command is dead-lettered (a retry
+/// would meet the same state), never retried in place.
+fn whole(b: &Batch<'_>, room: &Room, id: &natter_shared::ids::MessageId) -> Result<MessageDoc, Disposition> {
     b.message(room, id.oid())
-        .ok_or_else(|| ApplyError::transient(format!("message {} is known but was not read", id.hex())))
+        .ok_or_else(|| Disposition::Poison(format!("message {} is known but was not read", id.hex())))
 }
 
 pub(super) fn edit(
@@ -91,7 +94,10 @@ pub(super) fn edit(
     if let Err(why) = check_content(&c.content) {
         return Ok(refused(&b.ctx.subjects, inc, ErrorCode::InvalidPayload, &why, detail()));
     }
-    let mut m = whole(b, room, &c.message_id)?;
+    let mut m = match whole(b, room, &c.message_id) {
+        Ok(m) => m,
+        Err(poison) => return Ok(poison),
+    };
     if m.message_type == MessageType::System || m.sender_id != inc.msg.actor.oid() {
         return Ok(refused(&b.ctx.subjects, inc, ErrorCode::Forbidden, "only its sender may edit a message", detail()));
     }
@@ -163,7 +169,10 @@ pub(super) fn react(
         let detail = RefusedIds::message(c.message_id.hex());
         return Ok(refused(&b.ctx.subjects, inc, ErrorCode::InvalidPayload, &why, detail));
     }
-    let mut m = whole(b, room, &c.message_id)?;
+    let mut m = match whole(b, room, &c.message_id) {
+        Ok(m) => m,
+        Err(poison) => return Ok(poison),
+    };
     if has(&m) == add {
         return Ok(Disposition::Applied(vec![]));
     }

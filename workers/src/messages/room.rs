@@ -277,10 +277,6 @@ impl Room {
         self.changed.get(&id).map(|(_, m)| m)
     }
 
-    pub fn unwritten_message_mut(&mut self, id: ObjectId) -> Option<&mut MessageDoc> {
-        self.changed.get_mut(&id).map(|(_, m)| m)
-    }
-
     pub fn pins(&self) -> &[Pin] {
         match &self.doc {
             Doc::Conversation(c) => &c.pins,

@@ -60,7 +60,9 @@ pub(super) fn reply(
         return Ok(gone(b));
     }
     let Some(parent_doc) = b.message(room, parent) else {
-        return Err(ApplyError::transient(format!("message {parent} is known but was not read")));
+        // A defect (memory holds what is not written, the batch read the
+        // rest): dead-lettered, not retried in place.
+        return Ok(Err(Disposition::Poison(format!("message {parent} is known but was not read"))));
     };
     let root_id = parent_doc.reply_to.unwrap_or(parent);
     let root = if root_id == parent { Some(parent_doc) } else { b.message(room, root_id) };
