@@ -350,9 +350,33 @@ async fn socketio_clients_edit_react_and_pin() {
         assert!(code == "not_found" || code == "not_a_member", "{event}: {r}");
     }
     assert!(ca.no_more("reaction_added", QUIET).await.is_empty(), "the outsider's reaction went nowhere");
-    // One edit happened (b's was refused): each side heard it once.
-    assert_eq!(ca.events("message_edited", 2, QUIET).await.len(), 1);
-    assert!(cb.no_more("message_edited", QUIET).await.is_empty());
+    // A member removed from a group, on Socket.IO: refused, and deaf to
+    // the group's changes.
+    let g = app.create_group(e, a, &[b]).await;
+    for cl in [&mut ca, &mut cb] {
+        cl.request("join_group", json!({"groupId": g})).await;
+    }
+    let gm = ca.request("send_message", json!({"groupId": g, "content": "in the group"})).await;
+    let gid = gm["messageId"].as_str().unwrap().to_string();
+    cb.events("message_received", 1, WAIT).await;
+    let admin = app.token(app.user(), &["Admin"]);
+    let (s, _) = app.call(Method::DELETE, e, &format!("/api/chat/groups/{g}/members/{}", b.hex()), &admin, None).await;
+    assert_eq!(s, 200);
+    cb.events("member_removed", 1, WAIT).await;
+    for (event, data) in [
+        ("add_reaction", json!({"messageId": gid, "emoji": "👋"})),
+        ("send_message", json!({"groupId": g, "content": "still here", "replyTo": gid})),
+    ] {
+        let r = cb.request(event, data).await;
+        let code = r["error"]["code"].as_str().unwrap_or_default().to_string();
+        assert!(code == "not_found" || code == "not_a_member", "{event}: {r}");
+    }
+    ca.request("edit_message", json!({"messageId": gid, "content": "in the group, edited"})).await;
+    assert_eq!(ca.events("message_edited", 2, WAIT).await.len(), 2, "a hears both edits (conversation and group)");
+    assert!(cb.no_more("message_edited", QUIET).await.iter().all(|e| e["content"] != "in the group, edited"));
+
+    // The conversation's edit and the group's: nothing more.
+    assert!(ca.no_more("message_edited", QUIET).await.is_empty());
 }
 
 /// Replies form threads: a reply to a reply joins its parent's thread; the
