@@ -71,7 +71,7 @@ pub(super) fn apply(
                 pins.retain(|p| p.message_id != mid);
                 pins.len() != before
             })
-            .map_err(|e| ApplyError::transient(format!("pins encoding: {e}")))?;
+            .map_err(super::events::encoding)?;
             if message.counts {
                 let unread: Vec<_> = room
                     .members()

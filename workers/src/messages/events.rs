@@ -15,6 +15,11 @@ pub(super) fn publication<T: Serialize>(subject: String, frame: &EventFrame<T>) 
     Ok(Publication { subject, payload: payload.into() })
 }
 
+/// A document that could not be encoded: applying again cannot help.
+pub(super) fn encoding(e: mongodb::bson::ser::Error) -> ApplyError {
+    ApplyError { reason: format!("encoding: {e}"), permanent: true }
+}
+
 pub(super) fn room_subject(subjects: &Subjects, room: &RoomRef) -> String {
     subjects.room_events(room.kind, &room.id)
 }

@@ -36,7 +36,7 @@ fn user_event<T: serde::Serialize>(
 }
 
 fn bson<T: serde::Serialize>(v: &T) -> Result<Bson, ApplyError> {
-    to_bson(v).map_err(|e| ApplyError { reason: e.to_string(), permanent: true })
+    to_bson(v).map_err(super::events::encoding)
 }
 
 pub(super) fn create(

@@ -13,7 +13,7 @@
 //! that stored the message but not the room).
 
 use super::Batch;
-use super::events::{publication, refused, room_subject};
+use super::events::{encoding, publication, refused, room_subject};
 use super::room::Room;
 use crate::handler::{ApplyError, Disposition, Incoming};
 use mongodb::bson::doc;
@@ -33,10 +33,6 @@ fn event<T: Serialize>(b: &Batch<'_>, room: &Room, inc: &Incoming, kind: EventKi
         Ok(p) => Disposition::Applied(vec![p]),
         Err(e) => Disposition::Poison(e.reason),
     }
-}
-
-fn encoding(e: mongodb::bson::ser::Error) -> ApplyError {
-    ApplyError { reason: format!("message encoding: {e}"), permanent: true }
 }
 
 /// Why a change of message `id` cannot be applied by the actor now, or the

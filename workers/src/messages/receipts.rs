@@ -11,6 +11,7 @@ use super::Batch;
 use super::events::{publication, refused, room_subject};
 use super::room::{Cursor, Room};
 use super::tail::{Entry, MAX_TAIL_ALL};
+use super::writes::Tombstone;
 use crate::handler::{ApplyError, Disposition, Incoming};
 use mongodb::bson::{doc, oid::ObjectId};
 use natter_shared::store::round_trip;
@@ -45,12 +46,12 @@ pub(super) async fn read(
     let prev = room.get(Cursor::Read, user);
     let upto = prev.max(message.seq);
     if !already && upto > prev {
-        let unread = unread_after(b, room, user, upto).await?;
+        let unread = count_after(b, room, user, upto, Counted::Unread).await?;
         let seen = room.seen(user);
         room.put(Cursor::Read, user, upto);
         room.put(Cursor::Unread, user, unread);
         if room.get(Cursor::Mentions, user) > 0 {
-            let mentions = mentions_after(b, room, user, upto).await?;
+            let mentions = count_after(b, room, user, upto, Counted::Mentions).await?;
             room.put(Cursor::Mentions, user, mentions);
         }
         // Reading implies receiving.
@@ -78,39 +79,66 @@ fn from_others(room: &Room, user: ObjectId, lo: i64, hi: i64) -> mongodb::bson::
     f
 }
 
-/// How many messages from others, not deleted and not `system`, the room
-/// has after `upto`.
-async fn unread_after(b: &Batch<'_>, room: &Room, user: ObjectId, upto: i64) -> Result<i64, ApplyError> {
-    let from = room.tail.from();
-    let newer = room.tail.between(upto.max(from), i64::MAX).filter(|e| e.counts && !e.deleted && e.sender != user);
-    let newer = newer.count() as i64;
-    if room.tail.covers(upto) {
-        return Ok(newer);
-    }
-    // Older than the tail: what MongoDB holds up to the tail (everything
-    // there is stored), less what is deleted there but not written yet.
-    let f = from_others(room, user, upto, from);
-    round_trip("count_unread");
-    let stored = b.ctx.store.messages().count_documents(f).await? as i64;
-    let gone = room.unwritten().filter(|t| t.seq > upto && t.seq <= from && t.counts && t.sender != user);
-    Ok(newer + stored - gone.count() as i64)
+/// What a reader's count past their read cursor counts.
+#[derive(Clone, Copy)]
+enum Counted {
+    /// Messages from others, not deleted and not `system`.
+    Unread,
+    /// Messages mentioning the reader, not deleted.
+    Mentions,
 }
 
-/// How many messages mentioning `user`, not deleted, the room has after
-/// `upto`.
-async fn mentions_after(b: &Batch<'_>, room: &Room, user: ObjectId, upto: i64) -> Result<i64, ApplyError> {
+impl Counted {
+    fn entry(self, e: &Entry, user: ObjectId) -> bool {
+        !e.deleted
+            && match self {
+                Counted::Unread => e.counts && e.sender != user,
+                Counted::Mentions => e.mentions.contains(&user),
+            }
+    }
+
+    fn tombstone(self, t: &Tombstone, user: ObjectId) -> bool {
+        match self {
+            Counted::Unread => t.counts && t.sender != user,
+            Counted::Mentions => t.mentions.contains(&user),
+        }
+    }
+
+    /// The stored messages it counts with a seq in `(lo, hi]`.
+    fn filter(self, room: &Room, user: ObjectId, lo: i64, hi: i64) -> mongodb::bson::Document {
+        match self {
+            Counted::Unread => from_others(room, user, lo, hi),
+            Counted::Mentions => {
+                let mut f = room.key.live_messages();
+                f.insert("seq", doc! {"$gt": lo, "$lte": hi});
+                f.insert("mentions", user);
+                f
+            }
+        }
+    }
+
+    fn round_trip(self) -> &'static str {
+        match self {
+            Counted::Unread => "count_unread",
+            Counted::Mentions => "count_mentions",
+        }
+    }
+}
+
+/// How many messages `what` counts the room has after `upto`: from the
+/// tail, and for what is older than the tail, what MongoDB holds up to it
+/// (everything there is stored) less what is deleted there but not
+/// written yet.
+async fn count_after(b: &Batch<'_>, room: &Room, user: ObjectId, upto: i64, what: Counted) -> Result<i64, ApplyError> {
     let from = room.tail.from();
-    let newer = room.tail.between(upto.max(from), i64::MAX).filter(|e| !e.deleted && e.mentions.contains(&user));
-    let newer = newer.count() as i64;
+    let newer = room.tail.between(upto.max(from), i64::MAX).filter(|e| what.entry(e, user)).count() as i64;
     if room.tail.covers(upto) {
         return Ok(newer);
     }
-    let mut f = room.key.live_messages();
-    f.insert("seq", doc! {"$gt": upto, "$lte": from});
-    f.insert("mentions", user);
-    round_trip("count_mentions");
+    let f = what.filter(room, user, upto, from);
+    round_trip(what.round_trip());
     let stored = b.ctx.store.messages().count_documents(f).await? as i64;
-    let gone = room.unwritten().filter(|t| t.seq > upto && t.seq <= from && t.mentions.contains(&user));
+    let gone = room.unwritten().filter(|t| t.seq > upto && t.seq <= from && what.tombstone(t, user));
     Ok(newer + stored - gone.count() as i64)
 }
 

@@ -11,17 +11,13 @@
 //! but not the room).
 
 use super::Batch;
-use super::events::{publication, refused};
+use super::events::{encoding, publication, refused};
 use super::room::Room;
 use crate::handler::{ApplyError, Disposition, Incoming, Publication};
 use mongodb::bson::{doc, oid::ObjectId};
 use natter_shared::model::{MAX_THREAD_PARTICIPANTS, MessageDoc, MessageView};
 use natter_shared::v1::error::ErrorCode;
 use natter_shared::v1::event::{EventFrame, EventKind, RefusedIds};
-
-fn encoding(e: mongodb::bson::ser::Error) -> ApplyError {
-    ApplyError { reason: format!("thread encoding: {e}"), permanent: true }
-}
 
 /// Stages the thread's first message as `root` now is.
 fn stage(b: &mut Batch<'_>, room: &mut Room, root: MessageDoc) -> Result<(), ApplyError> {
