@@ -237,21 +237,17 @@ async fn members_among(
         return Ok(users);
     }
     let id = oid(&room.id, room.kind.field())?;
-    match room.kind {
-        RoomKind::Group => {
-            let g = group(st, id).await?;
-            Ok(users.into_iter().filter(|u| g.as_ref().is_some_and(|(g, _)| g.is_member(u.oid()))).collect())
-        }
-        RoomKind::Conversation => {
-            let mut out = Vec::new();
-            for u in users {
-                if st.membership.is_participant(&st.store, id, u).await? {
-                    out.push(u);
-                }
-            }
-            Ok(out)
-        }
-    }
+    let member = |members: &[ObjectId], u: &UserId| members.contains(&u.oid());
+    Ok(match room.kind {
+        RoomKind::Group => match group(st, id).await? {
+            Some((g, _)) if !g.deleted => users.into_iter().filter(|u| member(&g.members, u)).collect(),
+            _ => Vec::new(),
+        },
+        RoomKind::Conversation => match st.membership.participants(&st.store, id).await? {
+            Some(p) => users.into_iter().filter(|u| member(&p, u)).collect(),
+            None => Vec::new(),
+        },
+    })
 }
 
 /// How long a message a client names may take to be written after its
