@@ -14,6 +14,9 @@ pub const MESSAGES: &str = "messages";
 pub const CONVERSATIONS: &str = "conversations";
 pub const GROUPS: &str = "groupchats";
 pub const ATTACHMENTS: &str = "attachments";
+/// Which groups each user is in, one document per user and group (see
+/// [`MembershipDoc`]).
+pub const MEMBERSHIPS: &str = "groupmemberships";
 
 /// Per-user counters and cursors of a room (user id hex → value).
 pub type PerUser = BTreeMap<String, i64>;
@@ -946,5 +949,39 @@ mod tests {
         assert_eq!(p.can_add_members, roles(&["Admin"]));
         assert_eq!(p.can_remove_members, roles(&["Admin"]));
         assert_eq!(p.can_delete_messages, roles(&["Admin"]));
+    }
+}
+
+/// A user's place in a group, as the messages worker writes it beside the
+/// group's `members`: the index of "the groups of a user". It lives apart
+/// from the group so that the group document carries no index over its
+/// members; with one, every write of a big group (its unread counts move
+/// with each message) rewrites an index entry per member.
+///
+/// The seqs of the commands that last added and removed the user, each
+/// only ever raised (`$max`): writes commute, and a replay or a stale
+/// worker cannot move a membership back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MembershipDoc {
+    /// `<group>.<user>`.
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub group_id: ObjectId,
+    pub user_id: ObjectId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub added_seq: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed_seq: Option<i64>,
+}
+
+impl MembershipDoc {
+    pub fn key(group: ObjectId, user: ObjectId) -> String {
+        format!("{}.{}", group.to_hex(), user.to_hex())
+    }
+
+    /// Added after it was last removed.
+    pub fn is_member(&self) -> bool {
+        self.added_seq.unwrap_or(-1) > self.removed_seq.unwrap_or(-1)
     }
 }

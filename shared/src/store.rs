@@ -3,8 +3,8 @@
 
 use crate::ids::{RoomKind, RoomRef};
 use crate::model::{
-    ATTACHMENTS, AttachmentDoc, AttachmentStatus, CONVERSATIONS, ConversationDoc, GROUPS, GroupDoc, MESSAGES,
-    MessageDoc, PerUser, Pin, PinView, Receipts,
+    ATTACHMENTS, AttachmentDoc, AttachmentStatus, CONVERSATIONS, ConversationDoc, GROUPS, GroupDoc, MEMBERSHIPS,
+    MESSAGES, MembershipDoc, MessageDoc, PerUser, Pin, PinView, Receipts,
 };
 use futures::TryStreamExt;
 use mongodb::bson::{Document, doc, oid::ObjectId};
@@ -56,6 +56,26 @@ pub struct Page {
 /// (`natter_db_round_trips_total`), where the workers write and read.
 pub fn round_trip(op: &'static str) {
     metrics::counter!("natter_db_round_trips_total", "op" => op).increment(1);
+}
+
+/// What [`Store::contact_lists`] reads.
+#[derive(Debug, Default)]
+pub struct ContactLists {
+    /// The other side of each conversation in which both have written.
+    pub peers: std::collections::HashSet<ObjectId>,
+    /// The groups they are in.
+    pub groups: Vec<ObjectId>,
+}
+
+/// Drops an index an earlier version made, if it is there.
+async fn drop_retired<T: Send + Sync>(coll: &Collection<T>, name: &str) -> Result<(), StoreError> {
+    match coll.drop_index(name).await {
+        // 27: no such index; 26: no such collection.
+        Err(e) if !matches!(*e.kind, mongodb::error::ErrorKind::Command(ref c) if c.code == 27 || c.code == 26) => {
+            Err(e)
+        }
+        _ => Ok(()),
+    }
 }
 
 impl Store {
@@ -124,18 +144,18 @@ impl Store {
             .await?;
         // Indexes earlier versions made, replaced by the ones above.
         for retired in ["conversation_seq", "group_seq"] {
-            if let Err(e) = self.messages().drop_index(retired).await
-                && !matches!(*e.kind, mongodb::error::ErrorKind::Command(ref c) if c.code == 27)
-            {
-                return Err(e);
-            }
+            drop_retired(&self.messages(), retired).await?;
         }
         // The sweep of unsent uploads, oldest first, and of expired ones.
         self.attachments().create_indexes([idx(doc! {"status": 1, "uploadedAt": 1}, "status_age")]).await?;
         self.conversations()
             .create_indexes([idx(doc! {"participantIds": 1, "updatedAt": -1}, "participant_activity")])
             .await?;
-        self.groups().create_indexes([idx(doc! {"members": 1, "updatedAt": -1}, "member_activity")]).await?;
+        // A user's groups: their memberships, kept beside the groups so that
+        // a group's document has no index over its members.
+        self.db.collection::<Document>(MEMBERSHIPS).create_indexes([idx(doc! {"userId": 1}, "user_groups")]).await?;
+        drop_retired(&self.groups(), "member_activity").await?;
+        self.backfill_memberships().await?;
         // The audit trail's pages: by filter key, and by end time (for time
         // ranges); `_id` is the chain position (see `audit::trail`).
         self.audit().create_indexes([idx(doc! {"keys": 1, "_id": -1}, "keys"), idx(doc! {"to": 1}, "to")]).await?;
@@ -201,18 +221,15 @@ impl Store {
     /// (not deleted) they are a member of, at most `max` of each.
     pub async fn rooms_of(&self, user: ObjectId, max: i64) -> Result<Vec<RoomRef>, StoreError> {
         let mut out = Vec::new();
-        for (kind, filter) in [
-            (RoomKind::Conversation, doc! {"participantIds": user}),
-            (RoomKind::Group, doc! {"members": user, "deleted": {"$ne": true}}),
-        ] {
-            let coll = self.db.collection::<Document>(kind.collection());
-            let mut cur = coll.find(filter).projection(doc! {"_id": 1}).limit(max).await?;
-            while let Some(d) = cur.try_next().await? {
-                if let Ok(id) = d.get_object_id("_id") {
-                    out.push(RoomRef::new(kind, id.to_hex()));
-                }
+        let coll = self.db.collection::<Document>(CONVERSATIONS);
+        let mut cur = coll.find(doc! {"participantIds": user}).projection(doc! {"_id": 1}).limit(max).await?;
+        while let Some(d) = cur.try_next().await? {
+            if let Ok(id) = d.get_object_id("_id") {
+                out.push(RoomRef::new(RoomKind::Conversation, id.to_hex()));
             }
         }
+        let groups = self.member_groups(user, Some(max)).await?;
+        out.extend(groups.into_iter().map(|g| RoomRef::new(RoomKind::Group, g.to_hex())));
         Ok(out)
     }
 
@@ -287,29 +304,122 @@ impl Store {
         Ok(found.into_iter().filter_map(|r| r.as_str().map(str::to_string)).collect())
     }
 
-    /// Everyone `user` shares a group with, and the other participant of
-    /// each conversation in which both have written (`writers` holds only
-    /// participants: two of them means both wrote).
-    pub async fn contacts_of(&self, user: ObjectId) -> Result<std::collections::HashSet<ObjectId>, StoreError> {
-        let mut out = std::collections::HashSet::new();
-        let filter = doc! {"participantIds": user, "writers.1": {"$exists": true}};
-        let convs: Vec<ConversationDoc> = self.conversations().find(filter).await?.try_collect().await?;
-        for c in convs.into_iter().filter(|c| c.established()) {
-            out.extend(c.participant_ids);
+    /// Whose presence `user` may see, as two lists: the other participant
+    /// of each conversation in which both have written (`writers` holds
+    /// only participants: two of them means both wrote), and the groups
+    /// (not deleted) they are in. Only ids are read: a group's members are
+    /// read once per edge ([`Store::group_members`]), not once per member.
+    /// Conditions beside the indexed one are checked here, not in the
+    /// filter (the embedded server scans the collection for them).
+    pub async fn contact_lists(&self, user: ObjectId) -> Result<ContactLists, StoreError> {
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Conv {
+            participant_ids: Vec<ObjectId>,
+            #[serde(default)]
+            writers: Vec<ObjectId>,
         }
-        let groups: Vec<GroupDoc> =
-            self.groups().find(doc! {"members": user, "deleted": {"$ne": true}}).await?.try_collect().await?;
-        for g in groups {
-            out.extend(g.members);
+        let mut out = ContactLists::default();
+        let convs = self.db.collection::<Conv>(CONVERSATIONS);
+        let mut cur =
+            convs.find(doc! {"participantIds": user}).projection(doc! {"participantIds": 1, "writers": 1}).await?;
+        while let Some(c) = cur.try_next().await? {
+            if c.participant_ids.iter().all(|p| c.writers.contains(p)) {
+                out.peers.extend(c.participant_ids.into_iter().filter(|p| *p != user));
+            }
         }
-        out.remove(&user);
+        out.groups = self.member_groups(user, None).await?;
         Ok(out)
+    }
+
+    /// The members of each of `ids` that exists and is not deleted.
+    pub async fn group_members(&self, ids: &[ObjectId]) -> Result<Vec<(ObjectId, Vec<ObjectId>)>, StoreError> {
+        #[derive(serde::Deserialize)]
+        struct Group {
+            #[serde(rename = "_id")]
+            id: ObjectId,
+            #[serde(default)]
+            members: Vec<ObjectId>,
+            #[serde(default)]
+            deleted: bool,
+        }
+        let groups = self.db.collection::<Group>(GROUPS);
+        let mut cur = groups.find(doc! {"_id": {"$in": ids}}).projection(doc! {"members": 1, "deleted": 1}).await?;
+        let mut out = Vec::new();
+        while let Some(g) = cur.try_next().await? {
+            if !g.deleted {
+                out.push((g.id, g.members));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The groups (not deleted) `user` is in, at most `max`, from the
+    /// memberships the messages worker writes (a deleted group's are
+    /// removed with it).
+    pub async fn member_groups(&self, user: ObjectId, max: Option<i64>) -> Result<Vec<ObjectId>, StoreError> {
+        let coll = self.db.collection::<MembershipDoc>(MEMBERSHIPS);
+        let mut cur = coll.find(doc! {"userId": user}).await?;
+        let mut out = Vec::new();
+        while let Some(m) = cur.try_next().await? {
+            if m.is_member() {
+                out.push(m.group_id);
+                if max.is_some_and(|max| out.len() as i64 >= max) {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes the memberships of every group when there are none, as a
+    /// deployment from before they were kept has it. Each is raised to the
+    /// group's `lastSeq` only (`$max`), so a worker writing meanwhile is
+    /// never undone.
+    async fn backfill_memberships(&self) -> Result<(), StoreError> {
+        let memberships = self.db.collection::<Document>(MEMBERSHIPS);
+        if memberships.find_one(doc! {}).await?.is_some() {
+            return Ok(());
+        }
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Group {
+            #[serde(rename = "_id")]
+            id: ObjectId,
+            #[serde(default)]
+            members: Vec<ObjectId>,
+            #[serde(default)]
+            deleted: bool,
+            #[serde(default)]
+            last_seq: i64,
+        }
+        let groups = self.db.collection::<Group>(GROUPS);
+        let mut cur = groups.find(doc! {}).projection(doc! {"members": 1, "deleted": 1, "lastSeq": 1}).await?;
+        while let Some(g) = cur.try_next().await? {
+            if g.deleted || g.members.is_empty() {
+                continue;
+            }
+            let updates: Vec<Document> = g
+                .members
+                .iter()
+                .map(|u| {
+                    doc! {
+                        "q": {"_id": MembershipDoc::key(g.id, *u)},
+                        "u": {"$set": {"groupId": g.id, "userId": u}, "$max": {"addedSeq": g.last_seq}},
+                        "upsert": true,
+                    }
+                })
+                .collect();
+            self.db.run_command(doc! {"update": MEMBERSHIPS, "updates": updates, "ordered": false}).await?;
+        }
+        Ok(())
     }
 
     /// The user's groups (not deleted), most recent activity first.
     pub async fn groups_for(&self, user: ObjectId, page: u64, limit: u64) -> Result<Vec<GroupDoc>, StoreError> {
+        let ids = self.member_groups(user, None).await?;
         self.groups()
-            .find(doc! {"members": user, "deleted": {"$ne": true}})
+            .find(doc! {"_id": {"$in": ids}})
             .sort(doc! {"updatedAt": -1, "_id": -1})
             .skip(page.saturating_sub(1).saturating_mul(limit))
             .limit(limit as i64)

@@ -6,9 +6,10 @@
 //! so a dead edge's users go offline within `OFFLINE_BOUND`. Every edge
 //! watches the bucket: a user is online while any key of theirs exists. On
 //! a transition each edge tells its own sockets whose users are that
-//! user's contacts (see [`contacts_of`]), so nobody else learns it and no
+//! user's contacts (see [`Contacts`]), so nobody else learns it and no
 //! frame is sent twice.
 
+use crate::realtime::contacts::Contacts;
 use crate::realtime::hub::{ConnId, ContactNotice, Outbound, Sink};
 use async_nats::jetstream::kv::{self, Operation};
 use futures::StreamExt;
@@ -33,18 +34,17 @@ const LOOKUPS_IN_FLIGHT: usize = 32;
 /// Longest time from an edge's death to its users going offline.
 pub const OFFLINE_BOUND: Duration = Duration::from_secs(PRESENCE_TTL.as_secs() + 5);
 
-#[derive(Default)]
-struct LocalUser {
-    sinks: HashMap<ConnId, Sink>,
-    contacts: HashSet<UserId>,
-}
-
 pub struct Presence {
     kv: kv::Store,
     seen: kv::Store,
     edge: String,
     store: Store,
-    local: Mutex<HashMap<UserId, LocalUser>>,
+    /// The sockets of each user who has any here.
+    local: Mutex<HashMap<UserId, HashMap<ConnId, Sink>>>,
+    contacts: Mutex<Contacts>,
+    /// Held while groups' members are read, so that users of one group
+    /// connecting together read it once.
+    group_reads: tokio::sync::Mutex<()>,
     /// Edges each user has sockets on, as the bucket says.
     online: Mutex<HashMap<UserId, HashSet<String>>>,
 }
@@ -74,6 +74,8 @@ impl Presence {
             edge,
             store,
             local: Mutex::new(HashMap::new()),
+            contacts: Mutex::new(Contacts::default()),
+            group_reads: tokio::sync::Mutex::new(()),
             online: Mutex::new(HashMap::new()),
         });
         let mut watch = p.kv.watch_with_history(">").await.map_err(|e| e.to_string())?;
@@ -99,7 +101,10 @@ impl Presence {
                     n = contacts_changed.recv() => {
                         match (n, w.upgrade()) {
                             (Some(ContactNotice::Refresh(u)), Some(p)) => p.refresh_contacts(u).await,
-                            (Some(ContactNotice::Add(u, others)), Some(p)) => p.add_contacts(u, others),
+                            (Some(ContactNotice::Add(u, others)), Some(p)) => lock(&p.contacts).add_peers(u, others),
+                            (Some(ContactNotice::Group(g, change)), Some(p)) => {
+                                lock(&p.contacts).group_change(g, &change)
+                            }
                             _ => {}
                         }
                         continue;
@@ -127,14 +132,15 @@ impl Presence {
     }
 
     /// A socket of `sink.user` connected to this edge. The user's
-    /// contacts (two MongoDB reads) are loaded in the background: a
+    /// contacts (two MongoDB reads of ids, and their groups' members if
+    /// this edge does not hold them) are loaded in the background: a
     /// connection opens at the speed of one NATS round trip.
     pub async fn connect(self: &Arc<Self>, sink: &Sink) {
         let first = {
             let mut local = lock(&self.local);
-            let e = local.entry(sink.user).or_default();
-            e.sinks.insert(sink.conn, sink.clone());
-            e.sinks.len() == 1
+            let sinks = local.entry(sink.user).or_default();
+            sinks.insert(sink.conn, sink.clone());
+            sinks.len() == 1
         };
         if first {
             if let Err(e) = self.kv.put(self.key(sink.user), "1".into()).await {
@@ -154,10 +160,11 @@ impl Presence {
         let last = {
             let mut local = lock(&self.local);
             match local.get_mut(&user) {
-                Some(e) => {
-                    e.sinks.remove(&conn);
-                    if e.sinks.is_empty() {
+                Some(sinks) => {
+                    sinks.remove(&conn);
+                    if sinks.is_empty() {
                         local.remove(&user);
+                        lock(&self.contacts).remove(user);
                         true
                     } else {
                         false
@@ -202,41 +209,48 @@ impl Presence {
         let data = UserPresence { user_id: user.hex(), is_online, last_seen: Some(at) };
         let kind = if is_online { EventKind::UserOnline } else { EventKind::UserOffline };
         let Ok(text) = serde_json::to_string(&EventFrame::ephemeral(kind, data).from(user.hex())) else { return };
-        let targets: Vec<Sink> = lock(&self.local)
-            .iter()
-            .filter(|(u, l)| **u != user && l.contacts.contains(&user))
-            .flat_map(|(_, l)| l.sinks.values().cloned())
-            .collect();
+        let watchers = lock(&self.contacts).watchers(user);
+        let targets: Vec<Sink> = {
+            let local = lock(&self.local);
+            watchers.iter().filter_map(|w| local.get(w)).flat_map(|s| s.values().cloned()).collect()
+        };
         for s in targets {
             s.offer(Outbound::Local(text.clone()));
         }
     }
 
-    fn add_contacts(&self, user: UserId, others: Vec<UserId>) {
-        if let Some(l) = lock(&self.local).get_mut(&user) {
-            l.contacts.extend(others.into_iter().filter(|o| *o != user));
-        }
-    }
-
+    /// Reads `user`'s contact lists again (and their groups' members this
+    /// edge does not hold, or has held too long).
     async fn refresh_contacts(&self, user: UserId) {
         if !lock(&self.local).contains_key(&user) {
             return;
         }
-        match contacts_of(&self.store, user).await {
-            Ok(c) => {
-                if let Some(l) = lock(&self.local).get_mut(&user) {
-                    l.contacts = c;
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "contacts not refreshed"),
+        if let Err(e) = self.load_contacts(user).await {
+            tracing::warn!(error = %e, "contacts not refreshed");
         }
+    }
+
+    async fn load_contacts(&self, user: UserId) -> Result<(), mongodb::error::Error> {
+        let lists = self.store.contact_lists(user.oid()).await?;
+        let _reading = self.group_reads.lock().await;
+        let missing = lock(&self.contacts).to_read(&lists.groups);
+        let read = if missing.is_empty() { vec![] } else { self.store.group_members(&missing).await? };
+        let mut read: HashMap<_, _> = read.into_iter().collect();
+        let mut contacts = lock(&self.contacts);
+        for g in missing {
+            contacts.group_read(g, read.remove(&g));
+        }
+        if lock(&self.local).contains_key(&user) {
+            let peers = lists.peers.into_iter().map(UserId).collect();
+            contacts.set(user, peers, lists.groups.into_iter().collect());
+        }
+        Ok(())
     }
 
     /// Presence of `users` as `who` may see it: only users who share a
     /// conversation or group with `who` (and `who`).
     pub async fn of(&self, who: UserId, users: &[UserId]) -> Result<Vec<UserPresence>, mongodb::error::Error> {
-        let contacts = contacts_of(&self.store, who).await?;
-        let visible: Vec<UserId> = users.iter().copied().filter(|u| *u == who || contacts.contains(u)).collect();
+        let visible = self.visible_to(who, users).await?;
         // The last-seen times, a few lookups in flight at once.
         let out = futures::stream::iter(visible)
             .map(|u| async move {
@@ -252,12 +266,24 @@ impl Presence {
             .await;
         Ok(out)
     }
-}
 
-/// Whose presence `user` may see: everyone who shares a group with them,
-/// and the other side of each conversation in which both have written.
-/// Opening a conversation with someone is not enough (anyone may open
-/// one with anyone), nor is writing to someone who never answered.
-pub async fn contacts_of(store: &Store, user: UserId) -> Result<HashSet<UserId>, mongodb::error::Error> {
-    Ok(store.contacts_of(user.oid()).await?.into_iter().map(UserId).collect())
+    /// Of `users`, those `who` may see: everyone who shares a group with
+    /// them, and the other side of each conversation in which both have
+    /// written (opening a conversation with someone is not enough, nor is
+    /// writing to someone who never answered). From the lists held for a
+    /// user with a socket here, read for anyone else.
+    async fn visible_to(&self, who: UserId, users: &[UserId]) -> Result<Vec<UserId>, mongodb::error::Error> {
+        {
+            let contacts = lock(&self.contacts);
+            if contacts.holds(who) {
+                return Ok(users.iter().copied().filter(|u| contacts.may_see(who, *u)).collect());
+            }
+        }
+        let lists = self.store.contact_lists(who.oid()).await?;
+        let members = self.store.group_members(&lists.groups).await?;
+        let mut seen: HashSet<UserId> = lists.peers.into_iter().map(UserId).collect();
+        seen.extend(members.into_iter().flat_map(|(_, m)| m).map(UserId));
+        seen.insert(who);
+        Ok(users.iter().copied().filter(|u| seen.contains(u)).collect())
+    }
 }

@@ -460,3 +460,35 @@ async fn a_followed_group_is_checked_from_memory_and_kept_exact() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A deployment from before memberships were kept beside the groups gets
+/// them written when a process starts (`ensure_indexes`): every member of
+/// each live group, none of a deleted one, once; a removal written after
+/// (a higher seq) stands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memberships_of_an_older_deployment_are_written_at_start() {
+    let app = TestApp::new().await;
+    let (a, b) = (app.user().oid(), app.user().oid());
+    let (g1, g2) = (mongodb::bson::oid::ObjectId::new(), mongodb::bson::oid::ObjectId::new());
+    let groups = app.store.db().collection::<mongodb::bson::Document>(natter_shared::model::GROUPS);
+    groups.insert_one(doc! {"_id": g1, "name": "live", "members": [a, b], "lastSeq": 5_i64}).await.unwrap();
+    groups
+        .insert_one(doc! {"_id": g2, "name": "gone", "members": [a], "lastSeq": 3_i64, "deleted": true})
+        .await
+        .unwrap();
+    let memberships = app.store.db().collection::<mongodb::bson::Document>(natter_shared::model::MEMBERSHIPS);
+    memberships.drop().await.unwrap();
+
+    app.store.ensure_indexes().await.unwrap();
+    assert_eq!(app.store.member_groups(a, None).await.unwrap(), [g1]);
+    assert_eq!(app.store.member_groups(b, None).await.unwrap(), [g1]);
+    assert_eq!(memberships.count_documents(doc! {}).await.unwrap(), 2);
+
+    // The messages worker removes b at seq 9: a later start leaves that be.
+    let key = natter_shared::model::MembershipDoc::key(g1, b);
+    memberships.update_one(doc! {"_id": &key}, doc! {"$max": {"removedSeq": 9_i64}}).await.unwrap();
+    app.store.ensure_indexes().await.unwrap();
+    assert!(app.store.member_groups(b, None).await.unwrap().is_empty());
+    assert_eq!(app.store.member_groups(a, None).await.unwrap(), [g1]);
+    assert_eq!(memberships.count_documents(doc! {}).await.unwrap(), 2);
+}

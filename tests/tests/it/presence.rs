@@ -88,3 +88,69 @@ async fn two_devices_two_edges_and_a_dead_edge() {
     let (_, v): (u16, Value) = app.get(e1, &format!("/api/chat/presence?userIds={uh}"), contact).await;
     assert_eq!(v[0]["isOnline"], false);
 }
+
+/// A group's members see each other come and go; the edge holds the group
+/// once for everyone in it and follows its membership: a member added
+/// later is seen, a removed one and an outsider are not, and the REST
+/// answer (for a user with a socket here, and for one without) agrees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_members_see_each_other_as_membership_changes() {
+    use reqwest::Method;
+    let mut app = TestApp::new().await;
+    let e1 = app.start_edge().await;
+    let e2 = app.start_edge().await;
+    app.start_worker();
+    let (admin, m1, m2, newcomer, outsider) = (app.user(), app.user(), app.user(), app.user(), app.user());
+    let g = app.create_group(e1, admin, &[m1, m2]).await;
+    let t_admin = app.token(admin, &["Admin"]);
+
+    let mut w1 = WsClient::connect(e1, &app.token(m1, &[])).await;
+    // Joined: e1 follows the group's room, and so its membership changes.
+    assert_eq!(w1.request("join_group", serde_json::json!({"groupId": g})).await["type"], "ack");
+    let mut wo = WsClient::connect(e1, &app.token(outsider, &[])).await;
+    // Both users' contacts load in the background after the connect.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let d2 = WsClient::connect(e2, &app.token(m2, &[])).await;
+    assert_eq!(presence_of(&mut w1, &m2.hex(), Duration::from_secs(3)).await, ["user_online"]);
+    assert!(presence_of(&mut wo, &m2.hex(), Duration::from_millis(300)).await.is_empty(), "not the outsider's");
+
+    // Added later: seen when they connect.
+    let path = format!("/api/chat/groups/{g}/members");
+    let (s, v) = app.call(Method::POST, e2, &path, &t_admin, Some(serde_json::json!({"userId": newcomer.hex()}))).await;
+    assert_eq!(s, 201, "{v}");
+    let _ = w1.events("member_added", 1, Duration::from_secs(5)).await;
+    let dn = WsClient::connect(e2, &app.token(newcomer, &[])).await;
+    assert_eq!(presence_of(&mut w1, &newcomer.hex(), Duration::from_secs(3)).await, ["user_online"]);
+    assert!(presence_of(&mut wo, &newcomer.hex(), Duration::from_millis(300)).await.is_empty());
+    let (_, v) = app.get(e2, "/api/chat/groups", newcomer).await;
+    assert_eq!(v.as_array().map(|a| a.iter().filter(|x| x["_id"] == g.as_str()).count()), Some(1), "{v}");
+
+    // Removed: no longer seen, and no longer listed.
+    let (s, v) = app.call(Method::DELETE, e2, &format!("{path}/{}", m2.hex()), &t_admin, None).await;
+    assert_eq!(s, 200, "{v}");
+    let _ = w1.events("member_removed", 1, Duration::from_secs(5)).await;
+    drop(d2);
+    assert!(presence_of(&mut w1, &m2.hex(), Duration::from_secs(2)).await.is_empty(), "a removed member is not seen");
+    let (_, v) = app.get(e2, "/api/chat/groups", m2).await;
+    assert_eq!(v.as_array().map(Vec::len), Some(0), "{v}");
+
+    let ask = format!("/api/chat/presence?userIds={},{},{}", m2.hex(), newcomer.hex(), outsider.hex());
+    // m1 has a socket on e1 (its lists are held there), none on e2.
+    for edge in [e1, e2] {
+        let (_, v) = app.get(edge, &ask, m1).await;
+        let seen: Vec<&str> = v.as_array().unwrap().iter().filter_map(|p| p["userId"].as_str()).collect();
+        assert_eq!(seen, [newcomer.hex()], "{v}");
+    }
+
+    // Deleted: nobody in it is anyone's contact through it.
+    let (s, v) = app.call(Method::DELETE, e2, &format!("/api/chat/groups/{g}"), &t_admin, None).await;
+    assert_eq!(s, 200, "{v}");
+    let _ = w1.events("group_deleted", 1, Duration::from_secs(5)).await;
+    drop(dn);
+    assert!(presence_of(&mut w1, &newcomer.hex(), Duration::from_secs(2)).await.is_empty());
+    let (_, v) = app.get(e2, &ask, m1).await;
+    assert_eq!(v.as_array().map(Vec::len), Some(0), "{v}");
+    let (_, v) = app.get(e1, "/api/chat/groups", newcomer).await;
+    assert_eq!(v.as_array().map(Vec::len), Some(0), "{v}");
+}

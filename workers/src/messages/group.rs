@@ -98,6 +98,9 @@ pub(super) fn create(
             doc
         }
     };
+    for m in &group.members {
+        b.writes.membership(id, *m, true, inc.seq);
+    }
     let frame = EventFrame::new(EventKind::GroupCreated, inc.seq, GroupView::new(&group, None))
         .from(inc.msg.actor.hex())
         .grant(id.to_hex());
@@ -135,6 +138,9 @@ pub(super) fn apply(b: &mut Batch<'_>, room: &mut Room, inc: &Incoming) -> Resul
                     (g.deleted, g.updated_at) = (true, inc.time);
                     vec![("deleted", Bson::Boolean(true)), ("updatedAt", Bson::DateTime(inc.time))]
                 });
+                for m in &group.members {
+                    b.writes.membership(group.id, *m, false, inc.seq);
+                }
             }
             let data = GroupDeleted { group_id: group.id.to_hex(), deleted_by: actor.to_hex() };
             let room_frame =
@@ -282,6 +288,7 @@ fn add(
         });
         room.put(Cursor::Read, u, inc.seq as i64);
         room.put(Cursor::Unread, u, 0);
+        b.writes.membership(group.id, u, true, inc.seq);
         post_system(b, room, &system);
     }
     let data = MemberAdded { group_id: group.id.to_hex(), user_id: u.to_hex(), added_by: actor.to_hex() };
@@ -323,6 +330,7 @@ fn remove(
             vec![("members", value)]
         });
         room.drop_user(u);
+        b.writes.membership(group.id, u, false, inc.seq);
         post_system(b, room, &system);
     }
     let data = MemberRemoved { group_id: group.id.to_hex(), user_id: u.to_hex(), removed_by: actor.to_hex(), left };

@@ -16,7 +16,7 @@ use mongodb::error::{ErrorKind, PartialBulkWriteResult};
 use mongodb::options::{InsertOneModel, UpdateOneModel, WriteModel};
 use natter_shared::ids::RoomKind;
 use natter_shared::model::AttachmentStatus;
-use natter_shared::model::{ATTACHMENTS, AttachmentDoc, MESSAGES, MessageDoc};
+use natter_shared::model::{ATTACHMENTS, AttachmentDoc, MEMBERSHIPS, MESSAGES, MembershipDoc, MessageDoc};
 use natter_shared::store::Store;
 use natter_shared::store::round_trip;
 
@@ -49,6 +49,14 @@ enum Op {
     /// An unsent upload outside any room, collected.
     Expire(ObjectId),
     Room(RoomKind, ObjectId, RoomWrite),
+    /// A user added to (`member`) or removed from a group by the command
+    /// at `seq`.
+    Membership {
+        group: ObjectId,
+        user: ObjectId,
+        member: bool,
+        seq: i64,
+    },
 }
 
 /// What a batch (or several) writes, in order.
@@ -95,6 +103,11 @@ impl Writes {
     /// Marks an unsent upload made outside any room `expired`.
     pub(super) fn expire(&mut self, id: ObjectId) {
         self.ops.push(Op::Expire(id));
+    }
+
+    /// Notes `user` added to or removed from `group` by the command at `seq`.
+    pub(super) fn membership(&mut self, group: ObjectId, user: ObjectId, member: bool, seq: u64) {
+        self.ops.push(Op::Membership { group, user, member, seq: seq as i64 });
     }
 
     pub(super) fn room(&mut self, kind: RoomKind, id: ObjectId, w: RoomWrite) {
@@ -415,6 +428,17 @@ impl Op {
                     upsert: false,
                 },
             ),
+            Op::Membership { group, user, member, seq } => {
+                let field = if *member { "addedSeq" } else { "removedSeq" };
+                (
+                    MEMBERSHIPS,
+                    Model::Update {
+                        filter: doc! {"_id": MembershipDoc::key(*group, *user)},
+                        update: doc! {"$set": {"groupId": group, "userId": user}, "$max": {field: seq}},
+                        upsert: true,
+                    },
+                )
+            }
             Op::Room(kind, id, w) => {
                 let coll = kind.collection();
                 match w {
