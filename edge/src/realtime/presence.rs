@@ -29,6 +29,8 @@ use tokio_util::sync::CancellationToken;
 pub use natter_nats::topology::PRESENCE_TTL;
 /// How often an edge refreshes its users' keys.
 pub const HEARTBEAT: Duration = Duration::from_secs(3);
+/// Presence keys an edge refreshes at once.
+const HEARTBEATS_IN_FLIGHT: usize = 256;
 /// Last-seen lookups a presence query keeps in flight.
 const LOOKUPS_IN_FLIGHT: usize = 32;
 /// Longest time from an edge's death to its users going offline.
@@ -111,10 +113,17 @@ impl Presence {
                     }
                 }
                 let Some(p) = w.upgrade() else { break };
+                // Many at once: one at a time, 20,000 users here would take
+                // longer than a heartbeat, and hold up contact changes.
                 let users: Vec<UserId> = lock(&p.local).keys().copied().collect();
-                for u in users {
-                    let _ = p.kv.put(p.key(u), "1".into()).await;
-                }
+                futures::stream::iter(users)
+                    .for_each_concurrent(HEARTBEATS_IN_FLIGHT, |u| {
+                        let p = &p;
+                        async move {
+                            let _ = p.kv.put(p.key(u), "1".into()).await;
+                        }
+                    })
+                    .await;
             }
             // Going away: our users are no longer online through this edge.
             if let Some(p) = w.upgrade() {
