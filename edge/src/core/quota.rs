@@ -65,8 +65,10 @@ struct Lease {
 /// Users whose leases are kept; the idle ones go first.
 const MAX_USERS: usize = 100_000;
 /// Compare-and-set attempts before a lease is given up on (and the
-/// request let through).
+/// request refused).
 const ATTEMPTS: usize = 8;
+/// Locks that keep one lease per user and limit in flight on an edge.
+const STRIPES: usize = 64;
 
 pub struct Quota {
     kv: kv::Store,
@@ -74,6 +76,11 @@ pub struct Quota {
     upload: Window,
     group: Window,
     leases: Keyed<(UserId, Limit), Lease>,
+    /// Held while a lease is asked for: a user's requests on this edge
+    /// wait for the one lease in flight and spend it, instead of racing
+    /// each other for the count (a burst of one user's sends on one
+    /// socket was refused as contended, short of the limit).
+    leasing: Vec<tokio::sync::Mutex<()>>,
 }
 
 impl Quota {
@@ -87,6 +94,7 @@ impl Quota {
             // share (a send window is two seconds; uploads and groups
             // lease one at a time) and a remembered refusal.
             leases: Keyed::new(MAX_USERS, Duration::from_secs(60)),
+            leasing: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
         }
     }
 
@@ -104,23 +112,19 @@ impl Quota {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let window = now / w.secs;
         let key = (user, limit);
-        let local = self.leases.with(key, Lease::default, |l| {
-            if l.window != window {
-                return None;
-            }
-            if l.refused {
-                return Some(false);
-            }
-            if l.left > 0 {
-                l.left -= 1;
-                return Some(true);
-            }
-            None
-        });
-        match local {
-            Some(true) => return Ok(()),
-            Some(false) => return Err(ChatError::RateLimited),
-            None => {}
+        if let Some(r) = self.spend_local(key, window) {
+            return r;
+        }
+        let stripe = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::hash::DefaultHasher::new();
+            key.hash(&mut h);
+            h.finish() as usize % STRIPES
+        };
+        let _leasing = self.leasing[stripe].lock().await;
+        // The lease this request waited for may have room for it.
+        if let Some(r) = self.spend_local(key, window) {
+            return r;
         }
         match self.lease(&format!("{}.{}", limit.key(), user.hex()), window, w).await {
             Ok(Leased::Got(got)) => {
@@ -148,6 +152,24 @@ impl Quota {
                 Ok(())
             }
         }
+    }
+
+    /// Spends one of this edge's lease for `key` in `window`: `None` when
+    /// it holds nothing for the window, else whether the request passes.
+    fn spend_local(&self, key: (UserId, Limit), window: u64) -> Option<Result<(), ChatError>> {
+        self.leases.with(key, Lease::default, |l| {
+            if l.window != window {
+                return None;
+            }
+            if l.refused {
+                return Some(Err(ChatError::RateLimited));
+            }
+            if l.left > 0 {
+                l.left -= 1;
+                return Some(Ok(()));
+            }
+            None
+        })
     }
 
     /// Adds a share of the budget of `window` to the count under `key`.

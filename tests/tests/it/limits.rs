@@ -101,3 +101,52 @@ async fn a_user_on_many_sockets_and_two_edges_sends_within_one_budget() {
     let (_, groups) = app.get(e2, "/api/chat/groups", b).await;
     assert_eq!(groups.as_array().map(Vec::len), Some(2), "the refused group was never made: {groups}");
 }
+
+/// A burst of one user's sends on one edge, from many sockets at once,
+/// gets exactly the budget: the edge asks for one lease at a time and the
+/// others wait and spend it (racing each other for the count, some were
+/// refused as contended, short of the limit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_on_one_edge_gets_the_whole_budget() {
+    const SOCKETS: usize = 40;
+    const EACH: usize = 6;
+    let mut app = TestApp::new().await;
+    // 100 a second: 200 in each two-second window, leased 20 at a time.
+    app.edge_env.insert("USER_SENDS_PER_SEC".into(), "100".into());
+    let e = app.start_edge().await;
+    app.start_worker();
+    let (a, b) = (app.user(), app.user());
+    let conv = app.open_conversation(e, a, b).await;
+    let ta = app.token(a, &[]);
+    let mut socks = Vec::new();
+    for _ in 0..SOCKETS {
+        socks.push(WsClient::connect(e, &ta).await);
+    }
+    let mut counted = None;
+    for attempt in 0..3 {
+        natter_tests::room_in_window(2, Duration::from_millis(1000)).await;
+        let window = natter_tests::window(2);
+        let mut rids = Vec::new();
+        for k in 0..EACH {
+            for (i, s) in socks.iter_mut().enumerate() {
+                let data = json!({"conversationId": conv, "content": format!("b{attempt} {k} {i}")});
+                rids.push((i, s.send("send_message", data).await));
+            }
+        }
+        let (mut ok, mut limited) = (0, 0);
+        for (i, rid) in &rids {
+            let r = socks[*i].reply_to(rid, WAIT).await;
+            if r["type"] == "ack" {
+                ok += 1;
+            } else {
+                assert_eq!(r["data"]["code"], "rate_limited", "{r}");
+                limited += 1;
+            }
+        }
+        if natter_tests::window(2) == window {
+            counted = Some((ok, limited));
+            break;
+        }
+    }
+    assert_eq!(counted, Some((200, SOCKETS * EACH - 200)), "the whole budget of the window, and no more");
+}
