@@ -67,6 +67,9 @@ pub struct ContactLists {
     pub groups: Vec<ObjectId>,
 }
 
+/// The `_id` of the marker that memberships were written for every group.
+const BACKFILLED: &str = "~written-for-every-group";
+
 /// Drops an index an earlier version made, if it is there.
 async fn drop_retired<T: Send + Sync>(coll: &Collection<T>, name: &str) -> Result<(), StoreError> {
     match coll.drop_index(name).await {
@@ -228,8 +231,8 @@ impl Store {
                 out.push(RoomRef::new(RoomKind::Conversation, id.to_hex()));
             }
         }
-        let groups = self.member_groups(user, Some(max)).await?;
-        out.extend(groups.into_iter().map(|g| RoomRef::new(RoomKind::Group, g.to_hex())));
+        let groups = self.groups_of(user).await?;
+        out.extend(groups.into_iter().take(max as usize).map(|(g, _)| RoomRef::new(RoomKind::Group, g.to_hex())));
         Ok(out)
     }
 
@@ -328,13 +331,15 @@ impl Store {
                 out.peers.extend(c.participant_ids.into_iter().filter(|p| *p != user));
             }
         }
-        out.groups = self.member_groups(user, None).await?;
+        out.groups = self.member_groups(user).await?;
         Ok(out)
     }
 
-    /// The members of each of `ids` that exists and is not deleted.
-    pub async fn group_members(&self, ids: &[ObjectId]) -> Result<Vec<(ObjectId, Vec<ObjectId>)>, StoreError> {
+    /// The members of each of `ids` that exists and is not deleted, and
+    /// the seq of the last command the copy has (`lastSeq`).
+    pub async fn group_members(&self, ids: &[ObjectId]) -> Result<Vec<(ObjectId, Vec<ObjectId>, u64)>, StoreError> {
         #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase")]
         struct Group {
             #[serde(rename = "_id")]
             id: ObjectId,
@@ -342,43 +347,44 @@ impl Store {
             members: Vec<ObjectId>,
             #[serde(default)]
             deleted: bool,
+            #[serde(default)]
+            last_seq: i64,
         }
         let groups = self.db.collection::<Group>(GROUPS);
-        let mut cur = groups.find(doc! {"_id": {"$in": ids}}).projection(doc! {"members": 1, "deleted": 1}).await?;
+        let mut cur =
+            groups.find(doc! {"_id": {"$in": ids}}).projection(doc! {"members": 1, "deleted": 1, "lastSeq": 1}).await?;
         let mut out = Vec::new();
         while let Some(g) = cur.try_next().await? {
             if !g.deleted {
-                out.push((g.id, g.members));
+                out.push((g.id, g.members, g.last_seq.max(0) as u64));
             }
         }
         Ok(out)
     }
 
-    /// The groups (not deleted) `user` is in, at most `max`, from the
-    /// memberships the messages worker writes (a deleted group's are
-    /// removed with it).
-    pub async fn member_groups(&self, user: ObjectId, max: Option<i64>) -> Result<Vec<ObjectId>, StoreError> {
+    /// The groups `user` is in as the memberships the messages worker
+    /// writes say (a deleted group's are removed with it); a reader that
+    /// shows or grants anything checks the groups too ([`Store::groups_of`]).
+    pub async fn member_groups(&self, user: ObjectId) -> Result<Vec<ObjectId>, StoreError> {
         let coll = self.db.collection::<MembershipDoc>(MEMBERSHIPS);
         let mut cur = coll.find(doc! {"userId": user}).await?;
         let mut out = Vec::new();
         while let Some(m) = cur.try_next().await? {
             if m.is_member() {
                 out.push(m.group_id);
-                if max.is_some_and(|max| out.len() as i64 >= max) {
-                    break;
-                }
             }
         }
         Ok(out)
     }
 
-    /// Writes the memberships of every group when there are none, as a
-    /// deployment from before they were kept has it. Each is raised to the
-    /// group's `lastSeq` only (`$max`), so a worker writing meanwhile is
-    /// never undone.
+    /// Writes the memberships of every group, once per database (a marker
+    /// says it was done): a deployment from before they were kept has
+    /// none. Each is raised to the group's `lastSeq` only (`$max`), so a
+    /// worker writing meanwhile is never undone, and a start that stopped
+    /// half way is taken up again by the next.
     async fn backfill_memberships(&self) -> Result<(), StoreError> {
         let memberships = self.db.collection::<Document>(MEMBERSHIPS);
-        if memberships.find_one(doc! {}).await?.is_some() {
+        if memberships.find_one(doc! {"_id": BACKFILLED}).await?.is_some() {
             return Ok(());
         }
         #[derive(serde::Deserialize)]
@@ -410,22 +416,62 @@ impl Store {
                     }
                 })
                 .collect();
-            self.db.run_command(doc! {"update": MEMBERSHIPS, "updates": updates, "ordered": false}).await?;
+            let reply = self.db.run_command(doc! {"update": MEMBERSHIPS, "updates": updates, "ordered": false}).await?;
+            if let Ok(errors) = reply.get_array("writeErrors")
+                && let Some(e) = errors.first().and_then(|e| e.as_document())
+            {
+                return Err(mongodb::error::Error::custom(format!("memberships not written: {e}")));
+            }
         }
+        memberships.update_one(doc! {"_id": BACKFILLED}, doc! {"$set": {"done": true}}).upsert(true).await?;
         Ok(())
     }
 
     /// The user's groups (not deleted), most recent activity first.
     pub async fn groups_for(&self, user: ObjectId, page: u64, limit: u64) -> Result<Vec<GroupDoc>, StoreError> {
-        let ids = self.member_groups(user, None).await?;
-        self.groups()
+        let skip = page.saturating_sub(1).saturating_mul(limit) as usize;
+        let ids: Vec<ObjectId> =
+            self.groups_of(user).await?.into_iter().skip(skip).take(limit as usize).map(|(id, _)| id).collect();
+        let mut found: Vec<GroupDoc> = self.groups().find(doc! {"_id": {"$in": &ids}}).await?.try_collect().await?;
+        found.sort_by_key(|g| ids.iter().position(|id| *id == g.id));
+        Ok(found)
+    }
+
+    /// The groups (not deleted) `user` is in, most recent activity first,
+    /// with when each was last active. The memberships say which groups to
+    /// look at, the groups themselves whether the user is in them: a
+    /// membership a stale worker wrote (its group write refused) shows
+    /// nothing. Checked here, not in the filter (the embedded server scans
+    /// the collection for conditions beside `_id`).
+    pub async fn groups_of(&self, user: ObjectId) -> Result<Vec<(ObjectId, mongodb::bson::DateTime)>, StoreError> {
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Group {
+            #[serde(rename = "_id")]
+            id: ObjectId,
+            #[serde(default)]
+            members: Vec<ObjectId>,
+            #[serde(default)]
+            deleted: bool,
+            updated_at: mongodb::bson::DateTime,
+        }
+        let ids = self.member_groups(user).await?;
+        if ids.is_empty() {
+            return Ok(vec![]);
+        }
+        let groups = self.db.collection::<Group>(GROUPS);
+        let mut cur = groups
             .find(doc! {"_id": {"$in": ids}})
-            .sort(doc! {"updatedAt": -1, "_id": -1})
-            .skip(page.saturating_sub(1).saturating_mul(limit))
-            .limit(limit as i64)
-            .await?
-            .try_collect()
-            .await
+            .projection(doc! {"members": 1, "deleted": 1, "updatedAt": 1})
+            .await?;
+        let mut out = Vec::new();
+        while let Some(g) = cur.try_next().await? {
+            if !g.deleted && g.members.contains(&user) {
+                out.push((g.id, g.updated_at));
+            }
+        }
+        out.sort_by(|a, b| b.1.cmp(&a.1).then(b.0.cmp(&a.0)));
+        Ok(out)
     }
 
     /// The user's conversations, most recent activity first.

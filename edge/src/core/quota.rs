@@ -19,6 +19,8 @@ use crate::error::ChatError;
 use crate::rate::Keyed;
 use async_nats::jetstream::kv;
 use natter_shared::ids::UserId;
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// What is limited.
@@ -67,8 +69,8 @@ const MAX_USERS: usize = 100_000;
 /// Compare-and-set attempts before a lease is given up on (and the
 /// request refused).
 const ATTEMPTS: usize = 8;
-/// Locks that keep one lease per user and limit in flight on an edge.
-const STRIPES: usize = 64;
+/// Lease locks kept before the unused ones are swept.
+const SWEEP_LOCKS_FROM: usize = 1024;
 
 pub struct Quota {
     kv: kv::Store,
@@ -80,7 +82,7 @@ pub struct Quota {
     /// wait for the one lease in flight and spend it, instead of racing
     /// each other for the count (a burst of one user's sends on one
     /// socket was refused as contended, short of the limit).
-    leasing: Vec<tokio::sync::Mutex<()>>,
+    leasing: std::sync::Mutex<HashMap<(UserId, Limit), Weak<tokio::sync::Mutex<()>>>>,
 }
 
 impl Quota {
@@ -94,7 +96,7 @@ impl Quota {
             // share (a send window is two seconds; uploads and groups
             // lease one at a time) and a remembered refusal.
             leases: Keyed::new(MAX_USERS, Duration::from_secs(60)),
-            leasing: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            leasing: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -109,20 +111,16 @@ impl Quota {
     /// Takes one `limit` from `user`'s budget, or `rate_limited`.
     pub async fn take(&self, user: UserId, limit: Limit) -> Result<(), ChatError> {
         let w = self.window(limit);
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let window = now / w.secs;
+        let window_now = || SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) / w.secs;
         let key = (user, limit);
-        if let Some(r) = self.spend_local(key, window) {
+        if let Some(r) = self.spend_local(key, window_now()) {
             return r;
         }
-        let stripe = {
-            use std::hash::{Hash, Hasher};
-            let mut h = std::hash::DefaultHasher::new();
-            key.hash(&mut h);
-            h.finish() as usize % STRIPES
-        };
-        let _leasing = self.leasing[stripe].lock().await;
-        // The lease this request waited for may have room for it.
+        let lock = self.lease_lock(key);
+        let _leasing = lock.lock().await;
+        // The lease this request waited for may have room for it (in the
+        // window it is now).
+        let window = window_now();
         if let Some(r) = self.spend_local(key, window) {
             return r;
         }
@@ -152,6 +150,20 @@ impl Quota {
                 Ok(())
             }
         }
+    }
+
+    /// The lock a lease for `key` is asked for under.
+    fn lease_lock(&self, key: (UserId, Limit)) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.leasing.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(l) = locks.get(&key).and_then(Weak::upgrade) {
+            return l;
+        }
+        if locks.len() >= SWEEP_LOCKS_FROM {
+            locks.retain(|_, l| l.strong_count() > 0);
+        }
+        let l = Arc::new(tokio::sync::Mutex::new(()));
+        locks.insert(key, Arc::downgrade(&l));
+        l
     }
 
     /// Spends one of this edge's lease for `key` in `window`: `None` when

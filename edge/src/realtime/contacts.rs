@@ -5,18 +5,22 @@
 //! of 2,000 ids, read from MongoDB once, not 2,000 sets read 2,000 times.
 //!
 //! Kept current by the user's own events (`ContactNotice`) and by the
-//! membership changes of groups whose room this edge follows; a group
-//! held longer than `KEEP_FOR` is read again at the next refresh that
-//! names it.
+//! membership changes of groups whose room this edge follows, in their
+//! stream order (by seq): a change that comes while the group is being
+//! read is kept and applied over what the read found, if the read is older
+//! (MongoDB's copy is written after the events go out). A group held
+//! longer than `KEEP_FOR` is read again at the next refresh that names it.
 
 use crate::core::membership::GroupChange;
 use mongodb::bson::oid::ObjectId;
 use natter_shared::ids::UserId;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 /// How long a group's members are trusted without a read.
 const KEEP_FOR: Duration = Duration::from_secs(60);
+/// Changes of a group kept for a read in flight.
+const LOG_LEN: usize = 256;
 
 #[derive(Default)]
 struct Mine {
@@ -26,6 +30,8 @@ struct Mine {
 
 struct Group {
     members: HashSet<UserId>,
+    /// The seq of the last change `members` has.
+    seq: u64,
     /// The users here who are in it.
     local: HashSet<UserId>,
     read: Instant,
@@ -37,30 +43,54 @@ pub struct Contacts {
     groups: HashMap<ObjectId, Group>,
     /// A conversation peer, and the users here who have them as one.
     peer_of: HashMap<UserId, HashSet<UserId>>,
+    /// Groups being read, and the changes that came meanwhile.
+    reading: HashMap<ObjectId, VecDeque<(u64, GroupChange)>>,
 }
 
 impl Contacts {
-    /// Of `groups`, those whose members must be read: not held, or held
-    /// too long.
-    pub fn to_read(&self, groups: &[ObjectId]) -> Vec<ObjectId> {
-        groups.iter().copied().filter(|g| self.groups.get(g).is_none_or(|h| h.read.elapsed() >= KEEP_FOR)).collect()
+    /// Of `groups`, those whose members must be read (not held, or held
+    /// too long); from now on, their changes are kept for the read.
+    pub fn to_read(&mut self, groups: &[ObjectId]) -> Vec<ObjectId> {
+        let out: Vec<ObjectId> = groups
+            .iter()
+            .copied()
+            .filter(|g| self.groups.get(g).is_none_or(|h| h.read.elapsed() >= KEEP_FOR))
+            .collect();
+        for g in &out {
+            self.reading.entry(*g).or_default();
+        }
+        out
     }
 
-    /// The members of a group, as just read (`None`: gone or deleted).
-    pub fn group_read(&mut self, id: ObjectId, members: Option<Vec<ObjectId>>) {
-        let members: HashSet<UserId> = members.unwrap_or_default().into_iter().map(UserId).collect();
-        match self.groups.get_mut(&id) {
-            Some(g) => (g.members, g.read) = (members, Instant::now()),
-            None => {
-                self.groups.insert(id, Group { members, local: HashSet::new(), read: Instant::now() });
-            }
+    /// A group as just read: its members as of the change at `seq` (`None`:
+    /// gone or deleted). The changes after it that came meanwhile apply.
+    pub fn group_read(&mut self, id: ObjectId, read: Option<(Vec<ObjectId>, u64)>) {
+        let (members, seq) = read.unwrap_or_default();
+        let old = self.groups.remove(&id);
+        let mut g = match old {
+            // What is held is newer than MongoDB's copy (written after the
+            // events go out): keep it.
+            Some(old) if old.seq > seq => Group { read: Instant::now(), ..old },
+            old => Group {
+                members: members.into_iter().map(UserId).collect(),
+                seq,
+                local: old.map(|o| o.local).unwrap_or_default(),
+                read: Instant::now(),
+            },
+        };
+        for (at, change) in self.reading.remove(&id).unwrap_or_default() {
+            g.apply(at, &change);
         }
+        self.groups.insert(id, g);
     }
 
     /// `user`'s contact lists, as just read; their groups' members must
-    /// have been read ([`Contacts::group_read`]) first.
-    pub fn set(&mut self, user: UserId, peers: HashSet<UserId>, groups: HashSet<ObjectId>) {
+    /// have been read ([`Contacts::group_read`]) first. A group whose
+    /// members do not have the user is not theirs (a membership a stale
+    /// worker wrote).
+    pub fn set(&mut self, user: UserId, peers: HashSet<UserId>, mut groups: HashSet<ObjectId>) {
         self.forget(user);
+        groups.retain(|g| self.groups.get(g).is_some_and(|h| h.members.contains(&user)));
         for p in &peers {
             self.peer_of.entry(*p).or_default().insert(user);
         }
@@ -88,18 +118,16 @@ impl Contacts {
         self.drop_unused();
     }
 
-    /// A change of a group's members, in its stream order.
-    pub fn group_change(&mut self, id: ObjectId, change: &GroupChange) {
-        let Some(g) = self.groups.get_mut(&id) else { return };
-        match change {
-            GroupChange::Added(u) => {
-                g.members.insert(UserId(*u));
+    /// A change of a group's members by the command at `seq`.
+    pub fn group_change(&mut self, id: ObjectId, seq: u64, change: GroupChange) {
+        if let Some(log) = self.reading.get_mut(&id) {
+            log.push_back((seq, change.clone()));
+            if log.len() > LOG_LEN {
+                log.pop_front();
             }
-            GroupChange::Removed(u) => {
-                g.members.remove(&UserId(*u));
-            }
-            GroupChange::Deleted => g.members.clear(),
-            GroupChange::Rules(_) => {}
+        }
+        if let Some(g) = self.groups.get_mut(&id) {
+            g.apply(seq, &change);
         }
     }
 
@@ -145,9 +173,35 @@ impl Contacts {
         }
     }
 
+    /// The reads of `groups` failed: their changes are no longer kept.
+    pub fn read_failed(&mut self, groups: &[ObjectId]) {
+        for g in groups {
+            self.reading.remove(g);
+        }
+    }
+
     /// Groups nobody here is in are not held.
     fn drop_unused(&mut self) {
         self.groups.retain(|_, g| !g.local.is_empty());
+    }
+}
+
+impl Group {
+    fn apply(&mut self, seq: u64, change: &GroupChange) {
+        if seq <= self.seq {
+            return;
+        }
+        self.seq = seq;
+        match change {
+            GroupChange::Added(u) => {
+                self.members.insert(UserId(*u));
+            }
+            GroupChange::Removed(u) => {
+                self.members.remove(&UserId(*u));
+            }
+            GroupChange::Deleted => self.members.clear(),
+            GroupChange::Rules(_) => {}
+        }
     }
 }
 
@@ -159,6 +213,10 @@ mod tests {
         (0..n).map(|_| UserId(ObjectId::new())).collect()
     }
 
+    fn oids(u: &[UserId]) -> Vec<ObjectId> {
+        u.iter().map(|x| x.oid()).collect()
+    }
+
     #[test]
     fn a_group_is_held_once_and_tells_its_members_here() {
         let u = ids(5);
@@ -166,7 +224,7 @@ mod tests {
         let mut c = Contacts::default();
         // u0 and u1 are here; u2..u4 are elsewhere; all five are in g.
         assert_eq!(c.to_read(&[g]), vec![g]);
-        c.group_read(g, Some(u.iter().map(|x| x.oid()).collect()));
+        c.group_read(g, Some((oids(&u), 10)));
         assert!(c.to_read(&[g]).is_empty(), "just read");
         c.set(u[0], HashSet::new(), HashSet::from([g]));
         c.set(u[1], HashSet::from([u[4]]), HashSet::from([g]));
@@ -174,10 +232,13 @@ mod tests {
         assert_eq!(c.watchers(u[0]), HashSet::from([u[1]]), "not told of themselves");
         assert!(c.may_see(u[0], u[2]) && c.may_see(u[1], u[4]));
         // A member removed: nobody here is told of them any more.
-        c.group_change(g, &GroupChange::Removed(u[3].oid()));
+        c.group_change(g, 11, GroupChange::Removed(u[3].oid()));
         assert!(c.watchers(u[3]).is_empty() && !c.may_see(u[0], u[3]));
+        // An older change (a redelivery) is not applied again.
+        c.group_change(g, 9, GroupChange::Added(u[3].oid()));
+        assert!(c.watchers(u[3]).is_empty());
         // u4 is still u1's peer, though not in the group.
-        c.group_change(g, &GroupChange::Removed(u[4].oid()));
+        c.group_change(g, 12, GroupChange::Removed(u[4].oid()));
         assert_eq!(c.watchers(u[4]), HashSet::from([u[1]]));
         // Everyone here gone: the group is not held.
         c.remove(u[0]);
@@ -185,6 +246,37 @@ mod tests {
         assert!(c.watchers(u[2]).is_empty() && c.watchers(u[4]).is_empty());
         assert_eq!(c.to_read(&[g]), vec![g], "read again when someone here is in it");
         assert!(!c.holds(u[0]));
+    }
+
+    #[test]
+    fn changes_during_a_read_apply_over_an_older_copy() {
+        let u = ids(4);
+        let g = ObjectId::new();
+        let mut c = Contacts::default();
+        assert_eq!(c.to_read(&[g]), vec![g]);
+        // While MongoDB is read: u3 added at 21, u1 removed at 22.
+        c.group_change(g, 21, GroupChange::Added(u[3].oid()));
+        c.group_change(g, 22, GroupChange::Removed(u[1].oid()));
+        // The copy read is as of 21: it has u3 already, and u1.
+        c.group_read(g, Some((oids(&u), 21)));
+        c.set(u[0], HashSet::new(), HashSet::from([g]));
+        assert_eq!(c.watchers(u[3]), HashSet::from([u[0]]));
+        assert!(c.watchers(u[1]).is_empty(), "the removal after the copy applies");
+        // A later read of an older copy (written behind the events) keeps
+        // what is held.
+        c.group_read(g, Some((oids(&u), 20)));
+        assert!(c.watchers(u[1]).is_empty());
+    }
+
+    #[test]
+    fn a_group_without_the_user_is_not_theirs() {
+        let u = ids(3);
+        let g = ObjectId::new();
+        let mut c = Contacts::default();
+        c.to_read(&[g]);
+        c.group_read(g, Some((vec![u[1].oid(), u[2].oid()], 5)));
+        c.set(u[0], HashSet::new(), HashSet::from([g]));
+        assert!(c.watchers(u[1]).is_empty() && !c.may_see(u[0], u[2]));
     }
 
     #[test]
@@ -196,13 +288,14 @@ mod tests {
         c.add_peers(u[0], [u[1], u[0]]);
         c.add_peers(u[3], [u[1]]);
         assert_eq!(c.watchers(u[1]), HashSet::from([u[0]]), "only users here are told");
-        c.group_read(g, Some(vec![u[0].oid(), u[2].oid()]));
+        c.to_read(&[g]);
+        c.group_read(g, Some((vec![u[0].oid(), u[2].oid()], 3)));
         c.set(u[0], HashSet::new(), HashSet::from([g]));
         assert!(c.watchers(u[1]).is_empty(), "the refresh replaced the peers");
         assert_eq!(c.watchers(u[2]), HashSet::from([u[0]]));
-        c.group_change(g, &GroupChange::Deleted);
+        c.group_change(g, 4, GroupChange::Deleted);
         assert!(c.watchers(u[2]).is_empty());
-        c.group_change(g, &GroupChange::Added(u[1].oid()));
+        c.group_change(g, 5, GroupChange::Added(u[1].oid()));
         assert_eq!(c.watchers(u[1]), HashSet::from([u[0]]));
     }
 }

@@ -172,8 +172,8 @@ pub enum ContactNotice {
     Refresh(UserId),
     /// These became the user's contacts.
     Add(UserId, Vec<UserId>),
-    /// A group's members changed (its room's event, in stream order).
-    Group(mongodb::bson::oid::ObjectId, crate::core::membership::GroupChange),
+    /// A group's members changed by the command at a seq (its room's event).
+    Group(mongodb::bson::oid::ObjectId, u64, crate::core::membership::GroupChange),
 }
 
 /// Whether `subject` matches the NATS subject `pattern` (`*` one token,
@@ -442,7 +442,7 @@ impl FanOut {
             && let Some((seq, change)) = crate::core::events::group_change(&payload)
             && let Ok(id) = mongodb::bson::oid::ObjectId::parse_str(&room.id)
         {
-            let _ = self.control.send(Control::Contacts(ContactNotice::Group(id, change.clone())));
+            let _ = self.control.send(Control::Contacts(ContactNotice::Group(id, seq, change.clone())));
             self.membership.group_change(id, seq, change);
         }
         let targets: Vec<Sink> = lock(&self.sinks).values().cloned().collect();

@@ -102,10 +102,14 @@ impl Presence {
                     _ = tick.tick() => {}
                     n = contacts_changed.recv() => {
                         match (n, w.upgrade()) {
-                            (Some(ContactNotice::Refresh(u)), Some(p)) => p.refresh_contacts(u).await,
+                            // In a task of its own: reads (waiting for other
+                            // users' group reads) must not hold up heartbeats.
+                            (Some(ContactNotice::Refresh(u)), Some(p)) => {
+                                tokio::spawn(async move { p.refresh_contacts(u).await });
+                            }
                             (Some(ContactNotice::Add(u, others)), Some(p)) => lock(&p.contacts).add_peers(u, others),
-                            (Some(ContactNotice::Group(g, change)), Some(p)) => {
-                                lock(&p.contacts).group_change(g, &change)
+                            (Some(ContactNotice::Group(g, seq, change)), Some(p)) => {
+                                lock(&p.contacts).group_change(g, seq, change)
                             }
                             _ => {}
                         }
@@ -243,13 +247,25 @@ impl Presence {
         let lists = self.store.contact_lists(user.oid()).await?;
         let _reading = self.group_reads.lock().await;
         let missing = lock(&self.contacts).to_read(&lists.groups);
-        let read = if missing.is_empty() { vec![] } else { self.store.group_members(&missing).await? };
-        let mut read: HashMap<_, _> = read.into_iter().collect();
+        let read = if missing.is_empty() {
+            vec![]
+        } else {
+            match self.store.group_members(&missing).await {
+                Ok(read) => read,
+                Err(e) => {
+                    lock(&self.contacts).read_failed(&missing);
+                    return Err(e);
+                }
+            }
+        };
+        let mut read: HashMap<_, _> = read.into_iter().map(|(id, members, seq)| (id, (members, seq))).collect();
+        // `local` before `contacts`, as everywhere both are held.
+        let local = lock(&self.local);
         let mut contacts = lock(&self.contacts);
         for g in missing {
             contacts.group_read(g, read.remove(&g));
         }
-        if lock(&self.local).contains_key(&user) {
+        if local.contains_key(&user) {
             let peers = lists.peers.into_iter().map(UserId).collect();
             contacts.set(user, peers, lists.groups.into_iter().collect());
         }
@@ -291,7 +307,8 @@ impl Presence {
         let lists = self.store.contact_lists(who.oid()).await?;
         let members = self.store.group_members(&lists.groups).await?;
         let mut seen: HashSet<UserId> = lists.peers.into_iter().map(UserId).collect();
-        seen.extend(members.into_iter().flat_map(|(_, m)| m).map(UserId));
+        // Only groups whose members have `who` (not a stale membership).
+        seen.extend(members.into_iter().filter(|(_, m, _)| m.contains(&who.oid())).flat_map(|(_, m, _)| m).map(UserId));
         seen.insert(who);
         Ok(users.iter().copied().filter(|u| seen.contains(u)).collect())
     }
