@@ -69,6 +69,9 @@ const MAX_USERS: usize = 100_000;
 /// Compare-and-set attempts before a lease is given up on (and the
 /// request refused).
 const ATTEMPTS: usize = 8;
+/// Held while a lease for one user and limit is asked for.
+type LeaseLock = tokio::sync::Mutex<()>;
+
 /// Lease locks kept before the unused ones are swept.
 const SWEEP_LOCKS_FROM: usize = 1024;
 
@@ -82,7 +85,7 @@ pub struct Quota {
     /// wait for the one lease in flight and spend it, instead of racing
     /// each other for the count (a burst of one user's sends on one
     /// socket was refused as contended, short of the limit).
-    leasing: std::sync::Mutex<HashMap<(UserId, Limit), Weak<tokio::sync::Mutex<()>>>>,
+    leasing: std::sync::Mutex<HashMap<(UserId, Limit), Weak<LeaseLock>>>,
 }
 
 impl Quota {
@@ -153,7 +156,7 @@ impl Quota {
     }
 
     /// The lock a lease for `key` is asked for under.
-    fn lease_lock(&self, key: (UserId, Limit)) -> Arc<tokio::sync::Mutex<()>> {
+    fn lease_lock(&self, key: (UserId, Limit)) -> Arc<LeaseLock> {
         let mut locks = self.leasing.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(l) = locks.get(&key).and_then(Weak::upgrade) {
             return l;
