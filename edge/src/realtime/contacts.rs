@@ -45,7 +45,13 @@ pub struct Contacts {
     peer_of: HashMap<UserId, HashSet<UserId>>,
     /// Groups being read, and the changes that came meanwhile.
     reading: HashMap<ObjectId, VecDeque<(u64, GroupChange)>>,
+    /// Groups seen deleted: a read of a copy from before the delete was
+    /// written (MongoDB is written behind the events) finds nothing.
+    deleted: HashSet<ObjectId>,
 }
+
+/// Deleted groups remembered before the oldest are forgotten.
+const MAX_DELETED: usize = 10_000;
 
 impl Contacts {
     /// Of `groups`, those whose members must be read (not held, or held
@@ -65,7 +71,14 @@ impl Contacts {
     /// A group as just read: its members as of the change at `seq` (`None`:
     /// gone or deleted). The changes after it that came meanwhile apply.
     pub fn group_read(&mut self, id: ObjectId, read: Option<(Vec<ObjectId>, u64)>) {
-        let (members, seq) = read.unwrap_or_default();
+        let read = read.filter(|_| !self.deleted.contains(&id));
+        let Some((members, seq)) = read else {
+            // Not there (deleted, or not written yet): not held, so the next
+            // refresh that names it reads it again.
+            self.reading.remove(&id);
+            self.groups.remove(&id);
+            return;
+        };
         let old = self.groups.remove(&id);
         let mut g = match old {
             // What is held is newer than MongoDB's copy (written after the
@@ -85,12 +98,14 @@ impl Contacts {
     }
 
     /// `user`'s contact lists, as just read; their groups' members must
-    /// have been read ([`Contacts::group_read`]) first. A group whose
-    /// members do not have the user is not theirs (a membership a stale
-    /// worker wrote).
-    pub fn set(&mut self, user: UserId, peers: HashSet<UserId>, mut groups: HashSet<ObjectId>) {
+    /// have been read ([`Contacts::group_read`]) first. Peers are only
+    /// added: a conversation both wrote in stays so, and one that became so
+    /// while the lists were read (`add_peers`) may not be in what was read.
+    pub fn set(&mut self, user: UserId, mut peers: HashSet<UserId>, groups: HashSet<ObjectId>) {
+        if let Some(held) = self.users.get(&user) {
+            peers.extend(held.peers.iter().copied());
+        }
         self.forget(user);
-        groups.retain(|g| self.groups.get(g).is_some_and(|h| h.members.contains(&user)));
         for p in &peers {
             self.peer_of.entry(*p).or_default().insert(user);
         }
@@ -103,9 +118,10 @@ impl Contacts {
         self.drop_unused();
     }
 
-    /// `others` became `user`'s contacts (a conversation both wrote in).
+    /// `others` became `user`'s contacts (a conversation both wrote in),
+    /// whether or not `user`'s lists were read yet.
     pub fn add_peers(&mut self, user: UserId, others: impl IntoIterator<Item = UserId>) {
-        let Some(mine) = self.users.get_mut(&user) else { return };
+        let mine = self.users.entry(user).or_default();
         for o in others.into_iter().filter(|o| *o != user) {
             mine.peers.insert(o);
             self.peer_of.entry(o).or_default().insert(user);
@@ -120,6 +136,12 @@ impl Contacts {
 
     /// A change of a group's members by the command at `seq`.
     pub fn group_change(&mut self, id: ObjectId, seq: u64, change: GroupChange) {
+        if change == GroupChange::Deleted {
+            if self.deleted.len() >= MAX_DELETED {
+                self.deleted.clear();
+            }
+            self.deleted.insert(id);
+        }
         if let Some(log) = self.reading.get_mut(&id) {
             log.push_back((seq, change.clone()));
             if log.len() > LOG_LEN {
@@ -266,36 +288,55 @@ mod tests {
         // what is held.
         c.group_read(g, Some((oids(&u), 20)));
         assert!(c.watchers(u[1]).is_empty());
+        // Deleted at 30, then forgotten here; a copy read from before the
+        // delete was written finds nothing.
+        c.group_change(g, 30, GroupChange::Deleted);
+        c.remove(u[0]);
+        c.to_read(&[g]);
+        c.group_read(g, Some((oids(&u), 29)));
+        c.set(u[0], HashSet::new(), HashSet::from([g]));
+        assert!(c.watchers(u[2]).is_empty(), "a deleted group's old copy is not taken");
     }
 
     #[test]
-    fn a_group_without_the_user_is_not_theirs() {
+    fn a_group_not_written_yet_is_read_again_and_peers_added_meanwhile_stay() {
         let u = ids(3);
         let g = ObjectId::new();
         let mut c = Contacts::default();
-        c.to_read(&[g]);
-        c.group_read(g, Some((vec![u[1].oid(), u[2].oid()], 5)));
+        assert_eq!(c.to_read(&[g]), vec![g]);
+        // An event made u1 u0's contact while u0's lists were being read.
+        c.add_peers(u[0], [u[1]]);
+        c.group_read(g, None);
         c.set(u[0], HashSet::new(), HashSet::from([g]));
-        assert!(c.watchers(u[1]).is_empty() && !c.may_see(u[0], u[2]));
+        assert_eq!(c.watchers(u[1]), HashSet::from([u[0]]), "the peer added meanwhile stays");
+        assert_eq!(c.to_read(&[g]), vec![g], "a group not found is read again");
+        c.group_read(g, Some((vec![u[0].oid(), u[2].oid()], 5)));
+        c.set(u[0], HashSet::new(), HashSet::from([g]));
+        assert_eq!(c.watchers(u[2]), HashSet::from([u[0]]));
     }
 
     #[test]
-    fn peers_are_added_and_a_refresh_replaces_the_lists() {
+    fn peers_are_added_and_a_refresh_replaces_the_groups() {
         let u = ids(4);
         let g = ObjectId::new();
         let mut c = Contacts::default();
         c.set(u[0], HashSet::new(), HashSet::new());
         c.add_peers(u[0], [u[1], u[0]]);
-        c.add_peers(u[3], [u[1]]);
-        assert_eq!(c.watchers(u[1]), HashSet::from([u[0]]), "only users here are told");
+        assert_eq!(c.watchers(u[1]), HashSet::from([u[0]]));
+        assert!(c.watchers(u[0]).is_empty(), "not their own peer");
         c.to_read(&[g]);
         c.group_read(g, Some((vec![u[0].oid(), u[2].oid()], 3)));
         c.set(u[0], HashSet::new(), HashSet::from([g]));
-        assert!(c.watchers(u[1]).is_empty(), "the refresh replaced the peers");
+        assert_eq!(c.watchers(u[1]), HashSet::from([u[0]]), "peers stay");
         assert_eq!(c.watchers(u[2]), HashSet::from([u[0]]));
-        c.group_change(g, 4, GroupChange::Deleted);
-        assert!(c.watchers(u[2]).is_empty());
-        c.group_change(g, 5, GroupChange::Added(u[1].oid()));
+        c.group_change(g, 4, GroupChange::Added(u[3].oid()));
+        assert_eq!(c.watchers(u[3]), HashSet::from([u[0]]));
+        c.group_change(g, 5, GroupChange::Deleted);
+        assert!(c.watchers(u[2]).is_empty() && c.watchers(u[3]).is_empty());
+        c.group_change(g, 6, GroupChange::Added(u[2].oid()));
+        assert_eq!(c.watchers(u[2]), HashSet::from([u[0]]));
+        c.set(u[0], HashSet::new(), HashSet::new());
+        assert!(c.watchers(u[2]).is_empty(), "the refresh replaced the groups");
         assert_eq!(c.watchers(u[1]), HashSet::from([u[0]]));
     }
 }

@@ -444,6 +444,14 @@ impl FanOut {
         {
             let _ = self.control.send(Control::Contacts(ContactNotice::Group(id, seq, change.clone())));
             self.membership.group_change(id, seq, change);
+        } else if head.room.is_none()
+            && let Some((seq, change)) = crate::core::events::group_change(&payload)
+            && let Some(id) = group_of(&payload).and_then(|g| mongodb::bson::oid::ObjectId::parse_str(&g).ok())
+        {
+            // The member's own copy (added, removed, the group deleted):
+            // it can come first and stop this edge following the room, so
+            // the room's copy may never reach presence.
+            let _ = self.control.send(Control::Contacts(ContactNotice::Group(id, seq, change)));
         }
         let targets: Vec<Sink> = lock(&self.sinks).values().cloned().collect();
         self.delivered.increment(targets.len() as u64);

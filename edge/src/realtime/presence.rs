@@ -107,7 +107,13 @@ impl Presence {
                             (Some(ContactNotice::Refresh(u)), Some(p)) => {
                                 tokio::spawn(async move { p.refresh_contacts(u).await });
                             }
-                            (Some(ContactNotice::Add(u, others)), Some(p)) => lock(&p.contacts).add_peers(u, others),
+                            (Some(ContactNotice::Add(u, others)), Some(p)) => {
+                                // `local` before `contacts`, as everywhere.
+                                let local = lock(&p.local);
+                                if local.contains_key(&u) {
+                                    lock(&p.contacts).add_peers(u, others);
+                                }
+                            }
                             (Some(ContactNotice::Group(g, seq, change)), Some(p)) => {
                                 lock(&p.contacts).group_change(g, seq, change)
                             }
