@@ -67,6 +67,27 @@ pub struct ContactLists {
     pub groups: Vec<ObjectId>,
 }
 
+/// A group's members and what says whether they count.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GroupMembers {
+    #[serde(rename = "_id")]
+    id: ObjectId,
+    #[serde(default)]
+    members: Vec<ObjectId>,
+    #[serde(default)]
+    deleted: bool,
+    #[serde(default)]
+    last_seq: i64,
+    updated_at: Option<mongodb::bson::DateTime>,
+}
+
+impl GroupMembers {
+    fn projection() -> Document {
+        doc! {"members": 1, "deleted": 1, "lastSeq": 1, "updatedAt": 1}
+    }
+}
+
 /// The `_id` of the marker that memberships were written for every group.
 const BACKFILLED: &str = "~written-for-every-group";
 
@@ -338,21 +359,8 @@ impl Store {
     /// The members of each of `ids` that exists and is not deleted, and
     /// the seq of the last command the copy has (`lastSeq`).
     pub async fn group_members(&self, ids: &[ObjectId]) -> Result<Vec<(ObjectId, Vec<ObjectId>, u64)>, StoreError> {
-        #[derive(serde::Deserialize)]
-        #[serde(rename_all = "camelCase")]
-        struct Group {
-            #[serde(rename = "_id")]
-            id: ObjectId,
-            #[serde(default)]
-            members: Vec<ObjectId>,
-            #[serde(default)]
-            deleted: bool,
-            #[serde(default)]
-            last_seq: i64,
-        }
-        let groups = self.db.collection::<Group>(GROUPS);
-        let mut cur =
-            groups.find(doc! {"_id": {"$in": ids}}).projection(doc! {"members": 1, "deleted": 1, "lastSeq": 1}).await?;
+        let groups = self.db.collection::<GroupMembers>(GROUPS);
+        let mut cur = groups.find(doc! {"_id": {"$in": ids}}).projection(GroupMembers::projection()).await?;
         let mut out = Vec::new();
         while let Some(g) = cur.try_next().await? {
             if !g.deleted {
@@ -387,20 +395,8 @@ impl Store {
         if memberships.find_one(doc! {"_id": BACKFILLED}).await?.is_some() {
             return Ok(());
         }
-        #[derive(serde::Deserialize)]
-        #[serde(rename_all = "camelCase")]
-        struct Group {
-            #[serde(rename = "_id")]
-            id: ObjectId,
-            #[serde(default)]
-            members: Vec<ObjectId>,
-            #[serde(default)]
-            deleted: bool,
-            #[serde(default)]
-            last_seq: i64,
-        }
-        let groups = self.db.collection::<Group>(GROUPS);
-        let mut cur = groups.find(doc! {}).projection(doc! {"members": 1, "deleted": 1, "lastSeq": 1}).await?;
+        let groups = self.db.collection::<GroupMembers>(GROUPS);
+        let mut cur = groups.find(doc! {}).projection(GroupMembers::projection()).await?;
         while let Some(g) = cur.try_next().await? {
             if g.deleted || g.members.is_empty() {
                 continue;
@@ -444,30 +440,16 @@ impl Store {
     /// nothing. Checked here, not in the filter (the embedded server scans
     /// the collection for conditions beside `_id`).
     pub async fn groups_of(&self, user: ObjectId) -> Result<Vec<(ObjectId, mongodb::bson::DateTime)>, StoreError> {
-        #[derive(serde::Deserialize)]
-        #[serde(rename_all = "camelCase")]
-        struct Group {
-            #[serde(rename = "_id")]
-            id: ObjectId,
-            #[serde(default)]
-            members: Vec<ObjectId>,
-            #[serde(default)]
-            deleted: bool,
-            updated_at: mongodb::bson::DateTime,
-        }
         let ids = self.member_groups(user).await?;
         if ids.is_empty() {
             return Ok(vec![]);
         }
-        let groups = self.db.collection::<Group>(GROUPS);
-        let mut cur = groups
-            .find(doc! {"_id": {"$in": ids}})
-            .projection(doc! {"members": 1, "deleted": 1, "updatedAt": 1})
-            .await?;
+        let groups = self.db.collection::<GroupMembers>(GROUPS);
+        let mut cur = groups.find(doc! {"_id": {"$in": ids}}).projection(GroupMembers::projection()).await?;
         let mut out = Vec::new();
         while let Some(g) = cur.try_next().await? {
             if !g.deleted && g.members.contains(&user) {
-                out.push((g.id, g.updated_at));
+                out.push((g.id, g.updated_at.unwrap_or(mongodb::bson::DateTime::MIN)));
             }
         }
         out.sort_by(|a, b| b.1.cmp(&a.1).then(b.0.cmp(&a.0)));
