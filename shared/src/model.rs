@@ -980,6 +980,17 @@ impl MembershipDoc {
         format!("{}.{}", group.to_hex(), user.to_hex())
     }
 
+    /// The filter and update that record `user` added to (`member`) or
+    /// removed from `group` by the command at `seq`: an upsert raising
+    /// that seq only, so writes commute.
+    pub fn upsert(group: ObjectId, user: ObjectId, member: bool, seq: i64) -> (Document, Document) {
+        let field = if member { "addedSeq" } else { "removedSeq" };
+        (
+            mongodb::bson::doc! {"_id": Self::key(group, user)},
+            mongodb::bson::doc! {"$set": {"groupId": group, "userId": user}, "$max": {field: seq}},
+        )
+    }
+
     /// Added after it was last removed.
     pub fn is_member(&self) -> bool {
         self.added_seq.unwrap_or(-1) > self.removed_seq.unwrap_or(-1)

@@ -405,11 +405,8 @@ impl Store {
                 .members
                 .iter()
                 .map(|u| {
-                    doc! {
-                        "q": {"_id": MembershipDoc::key(g.id, *u)},
-                        "u": {"$set": {"groupId": g.id, "userId": u}, "$max": {"addedSeq": g.last_seq}},
-                        "upsert": true,
-                    }
+                    let (q, u) = MembershipDoc::upsert(g.id, *u, true, g.last_seq);
+                    doc! {"q": q, "u": u, "upsert": true}
                 })
                 .collect();
             let reply = self.db.run_command(doc! {"update": MEMBERSHIPS, "updates": updates, "ordered": false}).await?;

@@ -436,22 +436,24 @@ impl FanOut {
         if head.kind == "conversation_created" {
             self.note_conversation(&payload);
         }
-        // A group's membership changes, in stream order, for its copy in
-        // memory (the room's copy of each event, not the members').
-        if let Some(room) = head.room.as_ref().filter(|r| r.kind == RoomKind::Group)
+        // A group's membership changes, in stream order. The room's copy
+        // keeps the group in memory; presence takes the member's own copy
+        // too (added, removed, the group deleted): it can come first and
+        // stop this edge following the room, so the room's copy may never
+        // reach presence.
+        let group = match &head.room {
+            Some(r) if r.kind == RoomKind::Group => Some(r.id.clone()),
+            Some(_) => None,
+            None => group_of(&payload),
+        };
+        if let Some(group) = group
             && let Some((seq, change)) = crate::core::events::group_change(&payload)
-            && let Ok(id) = mongodb::bson::oid::ObjectId::parse_str(&room.id)
+            && let Ok(id) = mongodb::bson::oid::ObjectId::parse_str(&group)
         {
             let _ = self.control.send(Control::Contacts(ContactNotice::Group(id, seq, change.clone())));
-            self.membership.group_change(id, seq, change);
-        } else if head.room.is_none()
-            && let Some((seq, change)) = crate::core::events::group_change(&payload)
-            && let Some(id) = group_of(&payload).and_then(|g| mongodb::bson::oid::ObjectId::parse_str(&g).ok())
-        {
-            // The member's own copy (added, removed, the group deleted):
-            // it can come first and stop this edge following the room, so
-            // the room's copy may never reach presence.
-            let _ = self.control.send(Control::Contacts(ContactNotice::Group(id, seq, change)));
+            if head.room.is_some() {
+                self.membership.group_change(id, seq, change);
+            }
         }
         let targets: Vec<Sink> = lock(&self.sinks).values().cloned().collect();
         self.delivered.increment(targets.len() as u64);

@@ -429,15 +429,8 @@ impl Op {
                 },
             ),
             Op::Membership { group, user, member, seq } => {
-                let field = if *member { "addedSeq" } else { "removedSeq" };
-                (
-                    MEMBERSHIPS,
-                    Model::Update {
-                        filter: doc! {"_id": MembershipDoc::key(*group, *user)},
-                        update: doc! {"$set": {"groupId": group, "userId": user}, "$max": {field: seq}},
-                        upsert: true,
-                    },
-                )
+                let (filter, update) = MembershipDoc::upsert(*group, *user, *member, *seq);
+                (MEMBERSHIPS, Model::Update { filter, update, upsert: true })
             }
             Op::Room(kind, id, w) => {
                 let coll = kind.collection();
