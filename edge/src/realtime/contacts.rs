@@ -168,6 +168,17 @@ impl Contacts {
             || mine.groups.iter().any(|g| self.groups.get(g).is_some_and(|g| g.members.contains(&user)))
     }
 
+    /// Everyone `who` (whose lists are held) may see, not `who`.
+    pub fn visible(&self, who: UserId) -> HashSet<UserId> {
+        let Some(mine) = self.users.get(&who) else { return HashSet::new() };
+        let mut out = mine.peers.clone();
+        for g in mine.groups.iter().filter_map(|g| self.groups.get(g)) {
+            out.extend(g.members.iter().copied());
+        }
+        out.remove(&who);
+        out
+    }
+
     /// The users here who may see `user`'s presence (not `user`).
     pub fn watchers(&self, user: UserId) -> HashSet<UserId> {
         let mut out: HashSet<UserId> = self.peer_of.get(&user).cloned().unwrap_or_default();
@@ -253,6 +264,8 @@ mod tests {
         assert_eq!(c.watchers(u[3]), HashSet::from([u[0], u[1]]));
         assert_eq!(c.watchers(u[0]), HashSet::from([u[1]]), "not told of themselves");
         assert!(c.may_see(u[0], u[2]) && c.may_see(u[1], u[4]));
+        assert_eq!(c.visible(u[1]), HashSet::from([u[0], u[2], u[3], u[4]]));
+        assert!(c.visible(u[2]).is_empty(), "not held here");
         // A member removed: nobody here is told of them any more.
         c.group_change(g, 11, GroupChange::Removed(u[3].oid()));
         assert!(c.watchers(u[3]).is_empty() && !c.may_see(u[0], u[3]));

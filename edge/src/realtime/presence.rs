@@ -47,8 +47,48 @@ pub struct Presence {
     /// Held while groups' members are read, so that users of one group
     /// connecting together read it once.
     group_reads: tokio::sync::Mutex<()>,
-    /// Edges each user has sockets on, as the bucket says.
-    online: Mutex<HashMap<UserId, HashSet<String>>>,
+    /// Who is online, as the bucket says.
+    online: Mutex<Online>,
+}
+
+/// The users online and the edges they have sockets on, with when (by a
+/// count of transitions) each came online: a contact load tells its user
+/// of the contacts who came online while it ran.
+#[derive(Default)]
+struct Online {
+    users: HashMap<UserId, (HashSet<String>, u64)>,
+    transitions: u64,
+}
+
+impl Online {
+    /// Applies a key's change; `Some(now online)` on a transition.
+    fn apply(&mut self, user: UserId, edge: &str, present: bool) -> Option<bool> {
+        let entry = self.users.entry(user).or_default();
+        let was = !entry.0.is_empty();
+        if present {
+            entry.0.insert(edge.to_string());
+        } else {
+            entry.0.remove(edge);
+        }
+        let is = !entry.0.is_empty();
+        if is && !was {
+            self.transitions += 1;
+            entry.1 = self.transitions;
+        }
+        if !is {
+            self.users.remove(&user);
+        }
+        (was != is).then_some(is)
+    }
+
+    fn is_online(&self, user: UserId) -> bool {
+        self.users.contains_key(&user)
+    }
+
+    /// Whether `user` is online and came online after transition `since`.
+    fn came_online_after(&self, user: UserId, since: u64) -> bool {
+        self.users.get(&user).is_some_and(|(_, at)| *at > since)
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -57,6 +97,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 fn now() -> DateTime {
     DateTime::now()
+}
+
+/// The `user_online` or `user_offline` frame of `user`.
+fn presence_frame(user: UserId, is_online: bool, at: String) -> Option<String> {
+    let data = UserPresence { user_id: user.hex(), is_online, last_seen: Some(at) };
+    let kind = if is_online { EventKind::UserOnline } else { EventKind::UserOffline };
+    serde_json::to_string(&EventFrame::ephemeral(kind, data).from(user.hex())).ok()
 }
 
 impl Presence {
@@ -78,7 +125,7 @@ impl Presence {
             local: Mutex::new(HashMap::new()),
             contacts: Mutex::new(Contacts::default()),
             group_reads: tokio::sync::Mutex::new(()),
-            online: Mutex::new(HashMap::new()),
+            online: Mutex::new(Online::default()),
         });
         let mut watch = p.kv.watch_with_history(">").await.map_err(|e| e.to_string())?;
         let w = Arc::downgrade(&p);
@@ -105,7 +152,8 @@ impl Presence {
                             // In a task of its own: reads (waiting for other
                             // users' group reads) must not hold up heartbeats.
                             (Some(ContactNotice::Refresh(u)), Some(p)) => {
-                                tokio::spawn(async move { p.refresh_contacts(u).await });
+                                let since = p.transitions();
+                                tokio::spawn(async move { p.refresh_contacts(u, since).await });
                             }
                             (Some(ContactNotice::Add(u, others)), Some(p)) => {
                                 // `local` before `contacts`, as everywhere.
@@ -155,6 +203,7 @@ impl Presence {
     /// this edge does not hold them) are loaded in the background: a
     /// connection opens at the speed of one NATS round trip.
     pub async fn connect(self: &Arc<Self>, sink: &Sink) {
+        let since = self.transitions();
         let first = {
             let mut local = lock(&self.local);
             let sinks = local.entry(sink.user).or_default();
@@ -168,7 +217,7 @@ impl Presence {
             let (p, user) = (Arc::downgrade(self), sink.user);
             tokio::spawn(async move {
                 if let Some(p) = p.upgrade() {
-                    p.refresh_contacts(user).await;
+                    p.refresh_contacts(user, since).await;
                 }
             });
         }
@@ -204,31 +253,20 @@ impl Presence {
     async fn observe(&self, key: &str, present: bool) {
         let Some((user, edge)) = key.split_once('.') else { return };
         let Ok(user) = user.parse::<UserId>() else { return };
-        let changed = {
-            let mut online = lock(&self.online);
-            let edges = online.entry(user).or_default();
-            let was = !edges.is_empty();
-            if present {
-                edges.insert(edge.to_string());
-            } else {
-                edges.remove(edge);
-            }
-            let is = !edges.is_empty();
-            if !is {
-                online.remove(&user);
-            }
-            (was != is).then_some(is)
+        // `contacts` before `online`, as in a contact load: a load either
+        // finds the transition done, or is done before and its user is
+        // among the watchers; never both, never neither.
+        let (is_online, watchers) = {
+            let contacts = lock(&self.contacts);
+            let Some(is_online) = lock(&self.online).apply(user, edge, present) else { return };
+            (is_online, contacts.watchers(user))
         };
-        let Some(is_online) = changed else { return };
         let at = iso(now());
         if !is_online {
             // Also when the edge died: record when the user was last seen.
             let _ = self.seen.put(user.hex(), at.clone().into()).await;
         }
-        let data = UserPresence { user_id: user.hex(), is_online, last_seen: Some(at) };
-        let kind = if is_online { EventKind::UserOnline } else { EventKind::UserOffline };
-        let Ok(text) = serde_json::to_string(&EventFrame::ephemeral(kind, data).from(user.hex())) else { return };
-        let watchers = lock(&self.contacts).watchers(user);
+        let Some(text) = presence_frame(user, is_online, at) else { return };
         let targets: Vec<Sink> = {
             let local = lock(&self.local);
             watchers.iter().filter_map(|w| local.get(w)).flat_map(|s| s.values().cloned()).collect()
@@ -240,16 +278,24 @@ impl Presence {
 
     /// Reads `user`'s contact lists again (and their groups' members this
     /// edge does not hold, or has held too long).
-    async fn refresh_contacts(&self, user: UserId) {
+    async fn refresh_contacts(&self, user: UserId, since: u64) {
         if !lock(&self.local).contains_key(&user) {
             return;
         }
-        if let Err(e) = self.load_contacts(user).await {
+        if let Err(e) = self.load_contacts(user, since).await {
             tracing::warn!(error = %e, "contacts not refreshed");
         }
     }
 
-    async fn load_contacts(&self, user: UserId) -> Result<(), mongodb::error::Error> {
+    /// The count of presence transitions seen so far.
+    fn transitions(&self) -> u64 {
+        lock(&self.online).transitions
+    }
+
+    /// Loads `user`'s contacts, and tells them of those who came online
+    /// after transition `since` (taken before the user's first socket
+    /// was counted here) whom they could not see before.
+    async fn load_contacts(&self, user: UserId, since: u64) -> Result<(), mongodb::error::Error> {
         let lists = self.store.contact_lists(user.oid()).await?;
         let _reading = self.group_reads.lock().await;
         let missing = lock(&self.contacts).to_read(&lists.groups);
@@ -271,9 +317,25 @@ impl Presence {
         for g in missing {
             contacts.group_read(g, read.remove(&g));
         }
-        if local.contains_key(&user) {
-            let peers = lists.peers.into_iter().map(UserId).collect();
-            contacts.set(user, peers, lists.groups.into_iter().collect());
+        let Some(sinks) = local.get(&user) else { return Ok(()) };
+        let before = contacts.holds(user).then(|| contacts.visible(user));
+        let peers = lists.peers.into_iter().map(UserId).collect();
+        contacts.set(user, peers, lists.groups.into_iter().collect());
+        // Contacts who came online while the lists were read, and whom the
+        // user could not see before: nobody told them yet.
+        let online = lock(&self.online);
+        let came: Vec<UserId> = contacts
+            .visible(user)
+            .into_iter()
+            .filter(|c| online.came_online_after(*c, since) && before.as_ref().is_none_or(|b| !b.contains(c)))
+            .collect();
+        drop(online);
+        let at = iso(now());
+        for c in came {
+            let Some(text) = presence_frame(c, true, at.clone()) else { continue };
+            for s in sinks.values() {
+                s.offer(Outbound::Local(text.clone()));
+            }
         }
         Ok(())
     }
@@ -285,7 +347,7 @@ impl Presence {
         // The last-seen times, a few lookups in flight at once.
         let out = futures::stream::iter(visible)
             .map(|u| async move {
-                let is_online = lock(&self.online).get(&u).is_some_and(|e| !e.is_empty());
+                let is_online = lock(&self.online).is_online(u);
                 let last_seen = match self.seen.get(u.hex()).await {
                     Ok(Some(v)) => Some(String::from_utf8_lossy(&v).to_string()),
                     _ => None,
