@@ -38,6 +38,9 @@ pub enum Inbound {
 
 /// Most bytes one long-poll response carries (more waits for the next poll).
 const MAX_POLL_BODY: usize = 1 << 20;
+/// How often a poll in flight is ended with a noop while the client
+/// finishes an upgrade (as Engine.IO's server does).
+const UPGRADE_NOOP_EVERY: Duration = Duration::from_millis(100);
 /// Client packets queued for the Socket.IO task before the client waits.
 const INBOUND_LEN: usize = 32;
 /// Largest polling body or binary packet before the CONNECT is accepted.
@@ -295,6 +298,9 @@ impl Engine {
         if upgrade {
             // Until the client confirms the upgrade only the probe's answer
             // goes this way; the session's packets still go by polling.
+            let mut probed = false;
+            let mut noops = tokio::time::interval(UPGRADE_NOOP_EVERY);
+            noops.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     // A close the reader asked for is written before its end
@@ -306,6 +312,8 @@ impl Engine {
                             if !transport::write(&mut tx, Frame::new(true, op, None, Payload::Owned(payload))).await {
                                 break;
                             }
+                            // The probe's answer (the only frame this way).
+                            probed = true;
                         }
                         Some(Control::Close(code, reason)) => {
                             transport::write(&mut tx, Frame::close(code, reason.as_bytes())).await;
@@ -314,6 +322,14 @@ impl Engine {
                         None => break,
                     },
                     _ = &mut up_rx => break,
+                    // The client finishes the upgrade once its poll in
+                    // flight ends; a poll it sent before the probe's answer
+                    // came would otherwise wait for the next ping.
+                    _ = noops.tick(), if probed => {
+                        if self.down.try_lock().is_err() {
+                            self.push(Packet::Noop);
+                        }
+                    }
                 }
             }
             if self.transport() != Transport::Websocket {
@@ -368,9 +384,8 @@ impl transport::Handler for WsInbound {
             }
             (true, Packet::PingUpgrade) => {
                 self.probed = true;
+                // Polls in flight are then ended (`Engine::run_ws`).
                 let _ = self.ctl.send(Control::Frame(OpCode::Text, b"3probe".to_vec())).await;
-                // Ends the pending poll, so that the client can finish the upgrade.
-                self.engine.push(Packet::Noop);
                 Next::Continue
             }
             (true, Packet::Upgrade) => {

@@ -184,6 +184,44 @@ async fn a_second_upgrade_probe_closes_the_websocket() {
     }
 }
 
+/// The client finishes an upgrade once its poll in flight ends. Polls that
+/// began before the probe's answer reached it (one may begin after the
+/// first noop) end with a noop soon, not at the next ping 25 s on: until
+/// then the client's events wait in its buffer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polls_in_flight_end_while_the_client_upgrades() {
+    let mut app = TestApp::new().await;
+    let e = app.start_edge().await;
+    let base = format!("http://{e}/socket.io/?EIO=4");
+    let sid = raw_session(&app, &base, None).await;
+    let url = format!("{base}&transport=polling&sid={sid}");
+    let poll = || {
+        let (app_http, url) = (app.http(), url.clone());
+        tokio::spawn(async move { app_http.get(url).send().await.unwrap().text().await.unwrap() })
+    };
+    let first = poll();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let path = format!("/socket.io/?EIO=4&transport=websocket&sid={sid}");
+    let mut ws = WsClient::open(e, &path, "").await.expect("upgrade");
+    ws.send_text("2probe").await;
+    match ws.next(Duration::from_secs(5)).await {
+        Some(natter_tests::ws::In::Text(t)) => assert_eq!(t, "3probe"),
+        other => panic!("{other:?}"),
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(2), first).await.expect("the poll in flight ended");
+    assert_eq!(ended.unwrap(), "6");
+    // A poll the client sent before it saw the probe's answer.
+    for _ in 0..3 {
+        let next = tokio::time::timeout(Duration::from_secs(2), poll()).await.expect("a later poll ended too");
+        assert_eq!(next.unwrap(), "6");
+    }
+    // The upgrade completes; polling is over.
+    ws.send_text("5").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (s, _) = eio(&app, reqwest::Method::GET, url, None).await;
+    assert_eq!(s, 400, "a polling GET after the upgrade");
+}
+
 /// Frames of `kind` that arrive within `wait` (others are dropped).
 async fn collect(ws: &mut WsClient, kind: &str, wait: Duration) -> Vec<Value> {
     let deadline = tokio::time::Instant::now() + wait;
