@@ -122,7 +122,8 @@ impl Subjects {
         format!("{}_audit", self.ns.replace('-', "_"))
     }
 
-    /// KV bucket of who is online (keys `<user>.<edge>`, with a TTL).
+    /// KV bucket of who is online: `edge.<edge>` while the edge lives
+    /// (with a TTL), `user.<user>.<edge>` while the user has sockets on it.
     pub fn presence_bucket(&self) -> String {
         format!("{}_presence", self.ns.replace('-', "_"))
     }

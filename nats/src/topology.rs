@@ -109,7 +109,7 @@ pub const LEASE_TTL: Duration = Duration::from_secs(3);
 /// How long the marker an expired lease leaves is kept (watchers learn of
 /// the expiry from it).
 pub const LEASE_MARKER_TTL: Duration = Duration::from_secs(60);
-/// How long a presence key lives without a heartbeat.
+/// How long an edge's presence key lives without a heartbeat.
 pub const PRESENCE_TTL: Duration = Duration::from_secs(10);
 /// How long the marker left by an expired presence key is kept.
 pub const PRESENCE_MARKER_TTL: Duration = Duration::from_secs(60);
@@ -303,7 +303,7 @@ pub fn staging_config(s: &Subjects, sizing: Sizing) -> async_nats::jetstream::ob
 pub fn presence_config(s: &Subjects, replicas: usize) -> kv::Config {
     kv::Config {
         bucket: s.presence_bucket(),
-        description: "natter presence: <user>.<edge> while the user has sockets on the edge".into(),
+        description: "natter presence: edge.<edge> while the edge lives, user.<user>.<edge> (never expiring) while the user has sockets on it".into(),
         history: 1,
         max_age: PRESENCE_TTL,
         storage: stream::StorageType::Memory,

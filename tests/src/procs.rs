@@ -107,6 +107,13 @@ impl Owned {
         let _ = self.child.wait().await;
     }
 
+    /// Sends `signal` (`STOP`, `CONT`) with `kill`.
+    pub fn signal(&self, signal: &str) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status();
+        }
+    }
+
     /// SIGTERM, then wait for exit.
     pub async fn terminate(&mut self) -> Option<std::process::ExitStatus> {
         if let Some(pid) = self.child.id() {

@@ -17,6 +17,7 @@ pub mod contacts;
 pub mod delivery;
 pub mod hub;
 pub mod limits;
+pub mod online;
 pub mod presence;
 pub mod session;
 pub mod state;

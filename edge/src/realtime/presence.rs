@@ -1,16 +1,23 @@
 //! Presence: who is online, across edges and devices.
 //!
-//! Each edge keeps a key `<user>.<edge>` in a KV bucket while the user has
-//! at least one socket on it, refreshed every `HEARTBEAT` and expiring after
-//! the bucket's TTL; the server leaves a delete marker when a key expires,
-//! so a dead edge's users go offline within `OFFLINE_BOUND`. Every edge
-//! watches the bucket: a user is online while any key of theirs exists. On
+//! Each edge keeps a key of its own in a KV bucket, put every `HEARTBEAT`
+//! and expiring after the bucket's TTL (the server leaves a marker when it
+//! does, so a dead edge's users go offline within `OFFLINE_BOUND`), and a
+//! key per user with a socket on it, put once (see [`online`] for the
+//! keys). A heartbeat is one put per edge, not one per user. If the edge's
+//! own key went meanwhile (a stall longer than the TTL, or a restarted
+//! NATS), the heartbeat puts its users' keys again. Every edge watches the
+//! bucket: a user is online while any key of theirs is on a live edge. On
 //! a transition each edge tells its own sockets whose users are that
 //! user's contacts (see [`Contacts`]), so nobody else learns it and no
-//! frame is sent twice.
+//! frame is sent twice. The live edge of the lowest id deletes the keys a
+//! dead edge left.
+//!
+//! [`online`]: crate::realtime::online
 
 use crate::realtime::contacts::Contacts;
 use crate::realtime::hub::{ConnId, ContactNotice, Outbound, Sink};
+use crate::realtime::online::{Key, Online};
 use async_nats::jetstream::kv::{self, Operation};
 use futures::StreamExt;
 use mongodb::bson::DateTime;
@@ -22,21 +29,22 @@ use natter_shared::timefmt::iso;
 use natter_shared::v1::event::{EventFrame, EventKind, UserPresence};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use natter_nats::topology::PRESENCE_TTL;
 /// How often an edge refreshes its users' keys.
 pub const HEARTBEAT: Duration = Duration::from_secs(3);
-/// Presence keys an edge refreshes at once.
-const HEARTBEATS_IN_FLIGHT: usize = 256;
+/// Presence keys an edge puts or deletes at once.
+const PUTS_IN_FLIGHT: usize = 256;
 /// Last-seen lookups a presence query keeps in flight.
 const LOOKUPS_IN_FLIGHT: usize = 32;
 /// Longest time from an edge's death to its users going offline.
 pub const OFFLINE_BOUND: Duration = Duration::from_secs(PRESENCE_TTL.as_secs() + 5);
 
 pub struct Presence {
+    js: async_nats::jetstream::Context,
     kv: kv::Store,
     seen: kv::Store,
     edge: String,
@@ -49,46 +57,6 @@ pub struct Presence {
     group_reads: tokio::sync::Mutex<()>,
     /// Who is online, as the bucket says.
     online: Mutex<Online>,
-}
-
-/// The users online and the edges they have sockets on, with when (by a
-/// count of transitions) each came online: a contact load tells its user
-/// of the contacts who came online while it ran.
-#[derive(Default)]
-struct Online {
-    users: HashMap<UserId, (HashSet<String>, u64)>,
-    transitions: u64,
-}
-
-impl Online {
-    /// Applies a key's change; `Some(now online)` on a transition.
-    fn apply(&mut self, user: UserId, edge: &str, present: bool) -> Option<bool> {
-        let entry = self.users.entry(user).or_default();
-        let was = !entry.0.is_empty();
-        if present {
-            entry.0.insert(edge.to_string());
-        } else {
-            entry.0.remove(edge);
-        }
-        let is = !entry.0.is_empty();
-        if is && !was {
-            self.transitions += 1;
-            entry.1 = self.transitions;
-        }
-        if !is {
-            self.users.remove(&user);
-        }
-        (was != is).then_some(is)
-    }
-
-    fn is_online(&self, user: UserId) -> bool {
-        self.users.contains_key(&user)
-    }
-
-    /// Whether `user` is online and came online after transition `since`.
-    fn came_online_after(&self, user: UserId, since: u64) -> bool {
-        self.users.get(&user).is_some_and(|(_, at)| *at > since)
-    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -117,7 +85,10 @@ impl Presence {
         let kv = js.get_key_value(subjects.presence_bucket()).await.map_err(|e| e.to_string())?;
         let seen = js.get_key_value(subjects.last_seen_bucket()).await.map_err(|e| e.to_string())?;
         let edge = mongodb::bson::oid::ObjectId::new().to_hex();
+        // Alive before any user of ours is put.
+        let mut alive = kv.put(Key::edge(&edge), "1".into()).await.map_err(|e| e.to_string())?;
         let p = Arc::new(Presence {
+            js: js.clone(),
             kv,
             seen,
             edge,
@@ -136,7 +107,7 @@ impl Presence {
                     e = watch.next() => match e { Some(Ok(e)) => e, Some(Err(_)) => continue, None => break },
                 };
                 let Some(p) = w.upgrade() else { break };
-                p.observe(&entry.key, entry.operation == Operation::Put).await;
+                p.observe(&entry.key, entry.operation == Operation::Put, entry.revision).await;
             }
         });
         let w = Arc::downgrade(&p);
@@ -171,31 +142,67 @@ impl Presence {
                     }
                 }
                 let Some(p) = w.upgrade() else { break };
-                // Many at once: one at a time, 20,000 users here would take
-                // longer than a heartbeat, and hold up contact changes.
-                let users: Vec<UserId> = lock(&p.local).keys().copied().collect();
-                futures::stream::iter(users)
-                    .for_each_concurrent(HEARTBEATS_IN_FLIGHT, |u| {
+                alive = p.heartbeat(alive).await;
+                let dead = lock(&p.online).to_sweep(&p.edge, PRESENCE_TTL, Instant::now());
+                futures::stream::iter(dead)
+                    .for_each_concurrent(PUTS_IN_FLIGHT, |(k, rev)| {
                         let p = &p;
                         async move {
-                            let _ = p.kv.put(p.key(u), "1".into()).await;
+                            let _ = p.kv.delete_expect_revision(k, Some(rev)).await;
                         }
                     })
                     .await;
             }
-            // Going away: our users are no longer online through this edge.
+            // Going away: our users are no longer online through this edge
+            // (the first delete says so to every edge; the rest tidy up).
             if let Some(p) = w.upgrade() {
+                let _ = p.kv.delete(Key::edge(&p.edge)).await;
                 let users: Vec<UserId> = lock(&p.local).keys().copied().collect();
-                for u in users {
-                    let _ = p.kv.delete(p.key(u)).await;
-                }
+                futures::stream::iter(users)
+                    .for_each_concurrent(PUTS_IN_FLIGHT, |u| {
+                        let p = &p;
+                        async move {
+                            let _ = p.kv.delete(Key::user(u, &p.edge)).await;
+                        }
+                    })
+                    .await;
             }
         });
         Ok(p)
     }
 
-    fn key(&self, user: UserId) -> String {
-        format!("{}.{}", user.hex(), self.edge)
+    /// Refreshes this edge's key, last written at revision `alive`; the
+    /// revision now. If the key went meanwhile (expired in a stall, or a
+    /// NATS restart lost the bucket), other edges took our users offline
+    /// and may have deleted their keys: all are put again.
+    async fn heartbeat(&self, alive: u64) -> u64 {
+        match self.kv.update(Key::edge(&self.edge), "1".into(), alive).await {
+            Ok(rev) => return rev,
+            Err(e) => tracing::warn!(error = %e, "this edge's presence key was lost; putting its users' again"),
+        }
+        let rev = match self.kv.put(Key::edge(&self.edge), "1".into()).await {
+            Ok(rev) => rev,
+            Err(e) => {
+                tracing::warn!(error = %e, "presence heartbeat failed");
+                return alive;
+            }
+        };
+        let users: Vec<UserId> = lock(&self.local).keys().copied().collect();
+        futures::stream::iter(users).for_each_concurrent(PUTS_IN_FLIGHT, |u| self.put_user(u)).await;
+        rev
+    }
+
+    /// Puts `user`'s key for this edge, never expiring (the edge's own key
+    /// says whether it counts).
+    async fn put_user(&self, user: UserId) {
+        let subject =
+            format!("{}{}", self.kv.put_prefix.as_ref().unwrap_or(&self.kv.prefix), Key::user(user, &self.edge));
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(async_nats::header::NATS_MESSAGE_TTL, "never");
+        let put = async { self.js.publish_with_headers(subject, headers, "1".into()).await?.await };
+        if let Err(e) = put.await {
+            tracing::warn!(error = %e, "presence not recorded");
+        }
     }
 
     /// A socket of `sink.user` connected to this edge. The user's
@@ -211,9 +218,7 @@ impl Presence {
             sinks.len() == 1
         };
         if first {
-            if let Err(e) = self.kv.put(self.key(sink.user), "1".into()).await {
-                tracing::warn!(error = %e, "presence not recorded");
-            }
+            self.put_user(sink.user).await;
             let (p, user) = (Arc::downgrade(self), sink.user);
             tokio::spawn(async move {
                 if let Some(p) = p.upgrade() {
@@ -243,36 +248,38 @@ impl Presence {
         };
         if last {
             let _ = self.seen.put(user.hex(), iso(now()).into()).await;
-            if let Err(e) = self.kv.delete(self.key(user)).await {
-                tracing::warn!(error = %e, "presence not cleared; it will expire");
+            if let Err(e) = self.kv.delete(Key::user(user, &self.edge)).await {
+                tracing::warn!(error = %e, "presence not cleared; it goes when the edge does");
             }
         }
     }
 
-    /// Applies a change seen in the bucket; tells local contacts on a transition.
-    async fn observe(&self, key: &str, present: bool) {
-        let Some((user, edge)) = key.split_once('.') else { return };
-        let Ok(user) = user.parse::<UserId>() else { return };
+    /// Applies a change seen in the bucket; tells local contacts of each
+    /// transition.
+    async fn observe(&self, key: &str, present: bool, revision: u64) {
+        let Some(key) = Key::parse(key) else { return };
         // `contacts` before `online`, as in a contact load: a load either
         // finds the transition done, or is done before and its user is
         // among the watchers; never both, never neither.
-        let (is_online, watchers) = {
+        let told: Vec<(UserId, bool, HashSet<UserId>)> = {
             let contacts = lock(&self.contacts);
-            let Some(is_online) = lock(&self.online).apply(user, edge, present) else { return };
-            (is_online, contacts.watchers(user))
+            let changed = lock(&self.online).apply(key, present, revision, Instant::now());
+            changed.into_iter().map(|(u, is)| (u, is, contacts.watchers(u))).collect()
         };
-        let at = iso(now());
-        if !is_online {
-            // Also when the edge died: record when the user was last seen.
-            let _ = self.seen.put(user.hex(), at.clone().into()).await;
-        }
-        let Some(text) = presence_frame(user, is_online, at) else { return };
-        let targets: Vec<Sink> = {
-            let local = lock(&self.local);
-            watchers.iter().filter_map(|w| local.get(w)).flat_map(|s| s.values().cloned()).collect()
-        };
-        for s in targets {
-            s.offer(Outbound::Local(text.clone()));
+        for (user, is_online, watchers) in told {
+            let at = iso(now());
+            if !is_online {
+                // Also when the edge died: record when the user was last seen.
+                let _ = self.seen.put(user.hex(), at.clone().into()).await;
+            }
+            let Some(text) = presence_frame(user, is_online, at) else { continue };
+            let targets: Vec<Sink> = {
+                let local = lock(&self.local);
+                watchers.iter().filter_map(|w| local.get(w)).flat_map(|s| s.values().cloned()).collect()
+            };
+            for s in targets {
+                s.offer(Outbound::Local(text.clone()));
+            }
         }
     }
 
@@ -289,7 +296,7 @@ impl Presence {
 
     /// The count of presence transitions seen so far.
     fn transitions(&self) -> u64 {
-        lock(&self.online).transitions
+        lock(&self.online).transitions()
     }
 
     /// Loads `user`'s contacts, and tells them of those who came online

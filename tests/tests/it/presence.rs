@@ -92,6 +92,92 @@ async fn two_devices_two_edges_and_a_dead_edge() {
     assert_eq!(v[0]["isOnline"], false);
 }
 
+/// The first presence frame about `user` within `wait`.
+async fn first_presence(ws: &mut WsClient, user: &str, wait: Duration) -> Option<String> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match ws.next(left).await {
+            Some(In::Json(v)) if v["data"]["userId"] == user => return v["type"].as_str().map(str::to_string),
+            Some(_) => {}
+            None => return None,
+        }
+    }
+}
+
+/// The presence bucket's keys that start with `prefix`.
+async fn presence_keys(app: &TestApp, prefix: &str) -> Vec<String> {
+    use futures::TryStreamExt;
+    let s = natter_nats::Subjects::new(&app.name);
+    let js = async_nats::jetstream::new(async_nats::connect(&app.nats_url).await.expect("nats"));
+    let kv = js.get_key_value(s.presence_bucket()).await.expect("presence bucket");
+    let keys: Vec<String> = kv.keys().await.expect("keys").try_collect().await.expect("keys");
+    keys.into_iter().filter(|k| k.starts_with(prefix)).collect()
+}
+
+/// Writes to the presence bucket so far.
+async fn presence_writes(app: &TestApp) -> u64 {
+    let s = natter_nats::Subjects::new(&app.name);
+    let js = async_nats::jetstream::new(async_nats::connect(&app.nats_url).await.expect("nats"));
+    let mut kv = js.get_key_value(s.presence_bucket()).await.expect("presence bucket");
+    kv.stream.info().await.expect("stream info").state.last_sequence
+}
+
+/// A heartbeat is one write per edge however many users it holds. An edge
+/// that stalls past the TTL (as a dead one) has its users taken offline
+/// and their keys deleted by another edge, and puts them back when it
+/// resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_cost_a_write_per_edge_and_a_stalled_edge_comes_back() {
+    use natter_edge::realtime::presence::{HEARTBEAT, OFFLINE_BOUND};
+    let mut app = TestApp::new().await;
+    let e1 = app.start_edge().await;
+    app.start_worker();
+    let (u, contact) = (app.user(), app.user());
+    app.make_contacts(e1, u, contact).await;
+    let uh = u.hex();
+    let mut c = WsClient::connect(e1, &app.token(contact, &[])).await;
+    let mut idle = Vec::new();
+    for _ in 0..40 {
+        idle.push(WsClient::connect(e1, &app.token(app.user(), &[])).await);
+    }
+    assert_eq!(presence_keys(&app, "user.").await.len(), 41, "a key per user");
+    let before = presence_writes(&app).await;
+    tokio::time::sleep(HEARTBEAT * 3 + Duration::from_millis(500)).await;
+    let heartbeats = presence_writes(&app).await - before;
+    assert!((2..=4).contains(&heartbeats), "{heartbeats} writes in three heartbeats of 41 users");
+
+    // u on an edge of its own, which stalls (SIGSTOP) past the TTL.
+    let port = procs::free_port();
+    let mut env = app.env();
+    env.push(("LISTEN_ADDR".into(), format!("127.0.0.1:{port}")));
+    let log = std::env::temp_dir().join(format!("{}-edge-stalled.log", app.name)).display().to_string();
+    let e2 = Owned::spawn(&procs::workspace_bin("natter-edge"), &[], &env, &log);
+    procs::wait_for_port(port, Duration::from_secs(30)).await;
+    let e2_addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let _d = WsClient::connect(e2_addr, &app.token(u, &[])).await;
+    assert_eq!(presence_of(&mut c, &uh, Duration::from_secs(3)).await, ["user_online"]);
+    let u_keys = format!("user.{uh}.");
+    assert_eq!(presence_keys(&app, &u_keys).await.len(), 1);
+    e2.signal("STOP");
+    assert_eq!(first_presence(&mut c, &uh, OFFLINE_BOUND).await.as_deref(), Some("user_offline"));
+    // The live edge deletes the stalled edge's keys.
+    natter_tests::eventually("the stalled edge's keys deleted", OFFLINE_BOUND + HEARTBEAT, || async {
+        presence_keys(&app, &u_keys).await.is_empty().then_some(())
+    })
+    .await;
+    // Resumed: its next heartbeat finds its key gone and puts all back.
+    e2.signal("CONT");
+    assert_eq!(first_presence(&mut c, &uh, HEARTBEAT * 3).await.as_deref(), Some("user_online"));
+    assert_eq!(presence_keys(&app, &u_keys).await.len(), 1, "put back");
+    assert!(presence_of(&mut c, &uh, HEARTBEAT + Duration::from_secs(1)).await.is_empty(), "and stays online");
+    let (_, v) = app.get(e1, &format!("/api/chat/presence?userIds={uh}"), contact).await;
+    assert_eq!(v[0]["isOnline"], true, "{v}");
+
+    // The live edge's users were never touched.
+    assert_eq!(presence_keys(&app, "user.").await.len(), 42);
+}
+
 /// A group's members see each other come and go; the edge holds the group
 /// once for everyone in it and follows its membership: a member added
 /// later is seen, a removed one and an outsider are not, and the REST
