@@ -57,6 +57,25 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// A process's CPU time so far (user and system), from `/proc/<pid>/stat`
+/// (in USER_HZ ticks, 100 a second on Linux).
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command's closing parenthesis; utime and
+    // stime are the 14th and 15th of the line.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<u64> = rest.split_whitespace().skip(11).take(2).filter_map(|x| x.parse().ok()).collect();
+    Duration::from_millis(f.iter().sum::<u64>() * 10)
+}
+
+/// Writes to the app's presence bucket so far (its stream's last sequence).
+async fn presence_writes(app: &TestApp) -> u64 {
+    let s = natter_nats::Subjects::new(&app.name);
+    let js = async_nats::jetstream::new(async_nats::connect(&app.nats_url).await.expect("nats"));
+    let mut kv = js.get_key_value(s.presence_bucket()).await.expect("presence bucket");
+    kv.stream.info().await.expect("stream info").state.last_sequence
+}
+
 /// A WebSocket client connection to `edge`'s `path`, from `source`, with
 /// `headers` (each ending in CRLF) in the upgrade request; it answers
 /// pings by itself.
@@ -300,8 +319,18 @@ pub async fn run(a: ConnsArgs) {
     let open_now = alive.load(Ordering::Relaxed);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (edge1, nats1) = (rss_kib(edge_pid), rss_kib(nats_pid));
-    tokio::time::sleep(Duration::from_secs(a.hold_secs)).await;
+    // Costs while held, over the second half of the hold (the first
+    // still sees the tail of the opening: closes of the warm-up, contact
+    // loads).
+    let half = Duration::from_secs(a.hold_secs) / 2;
+    tokio::time::sleep(half).await;
+    let (edge_cpu, nats_cpu, writes) = (cpu_time(edge_pid), cpu_time(nats_pid), presence_writes(&app).await);
+    tokio::time::sleep(half).await;
     let (edge2, nats2) = (rss_kib(edge_pid), rss_kib(nats_pid));
+    let hold = half.as_secs_f64().max(1.0);
+    let busy = |before: Duration, pid: u32| (cpu_time(pid) - before).as_secs_f64() / hold * 100.0;
+    let (edge_busy, nats_busy) = (busy(edge_cpu, edge_pid), busy(nats_cpu, nats_pid));
+    let writes = (presence_writes(&app).await - writes) as f64 / hold;
     let held = alive.load(Ordering::Relaxed);
 
     let n = open_now.max(1) as f64;
@@ -337,6 +366,10 @@ pub async fn run(a: ConnsArgs) {
         "together {:.2} KiB per connection; {held} of {open_now} still open after {} s",
         per(edge0 + nats0, edge1 + nats1),
         a.hold_secs
+    );
+    println!(
+        "while held idle (the hold's second half): edge {edge_busy:.1}% of a core, nats-server \
+         {nats_busy:.1}%; {writes:.1} presence writes a second"
     );
     stop.cancel();
     for h in handles {
