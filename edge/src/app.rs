@@ -82,7 +82,8 @@ impl Edge {
         let membership = Arc::new(Membership::default());
         let (hub, contacts_changed) =
             Hub::new(nats.clone(), subjects.clone(), recent.clone(), membership.clone(), tasks.clone());
-        let presence = Presence::start(&js, &subjects, store.clone(), contacts_changed, &tasks)
+        let max_group = config.presence_max_group;
+        let presence = Presence::start(&js, &subjects, store.clone(), contacts_changed, max_group, &tasks)
             .await
             .map_err(StartError::Presence)?;
         let staging = js

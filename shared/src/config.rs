@@ -202,6 +202,12 @@ pub struct EdgeConfig {
     /// client is sent for one room; beyond that it is told to refetch the
     /// history over REST.
     pub catchup_max_events: u64,
+    /// `PRESENCE_MAX_GROUP` (default 500): groups of more members than this
+    /// do not push their members' comings and goings to each other (each
+    /// would be told of every other, the square of the group in frames when
+    /// it reconnects at once); they still see each other's presence over
+    /// REST. `0`: no group pushes presence.
+    pub presence_max_group: usize,
     /// `WEB_DIR` (default `web`): the web client's files, served at `/`
     /// (`index.html`, and `vendor/socket.io.min.js` from the npm package
     /// that `infra/install.sh --node` installs there). Without the
@@ -357,6 +363,8 @@ impl EdgeConfig {
         };
         let sio_pending_max = number(src, "SIO_PENDING_MAX", 10_000usize, 1..=10_000_000, "a number of sessions")?;
         let catchup_max_events = number(src, "CATCHUP_MAX_EVENTS", 1000u64, 1..=100_000, "a number of events")?;
+        let presence_max_group =
+            number(src, "PRESENCE_MAX_GROUP", 500usize, 0..=crate::model::MAX_GROUP_MEMBERS, "a number of members")?;
         let attachment_url_ttl = number(src, "ATTACHMENT_URL_TTL", 300u64, 1..=7 * 24 * 3600, "a number of seconds")?;
         let attachment_proxy = match src.get("ATTACHMENT_DOWNLOAD").as_deref().map(str::trim) {
             None | Some("redirect") => false,
@@ -394,6 +402,7 @@ impl EdgeConfig {
             sio_pending_max,
             trust_forwarded_for,
             catchup_max_events,
+            presence_max_group,
         })
     }
 }

@@ -39,6 +39,8 @@ struct Group {
 
 #[derive(Default)]
 pub struct Contacts {
+    /// Groups of more members push no presence (`PRESENCE_MAX_GROUP`).
+    max_group: usize,
     users: HashMap<UserId, Mine>,
     groups: HashMap<ObjectId, Group>,
     /// A conversation peer, and the users here who have them as one.
@@ -54,6 +56,10 @@ pub struct Contacts {
 const MAX_DELETED: usize = 10_000;
 
 impl Contacts {
+    pub fn new(max_group: usize) -> Contacts {
+        Contacts { max_group, ..Contacts::default() }
+    }
+
     /// Of `groups`, those whose members must be read (not held, or held
     /// too long); from now on, their changes are kept for the read.
     pub fn to_read(&mut self, groups: &[ObjectId]) -> Vec<ObjectId> {
@@ -168,21 +174,25 @@ impl Contacts {
             || mine.groups.iter().any(|g| self.groups.get(g).is_some_and(|g| g.members.contains(&user)))
     }
 
-    /// Everyone `who` (whose lists are held) may see, not `who`.
-    pub fn visible(&self, who: UserId) -> HashSet<UserId> {
+    /// Everyone whose presence is pushed to `who` (whose lists are held),
+    /// not `who`: their peers, and the members of their groups that push
+    /// presence.
+    pub fn pushed_to(&self, who: UserId) -> HashSet<UserId> {
         let Some(mine) = self.users.get(&who) else { return HashSet::new() };
         let mut out = mine.peers.clone();
-        for g in mine.groups.iter().filter_map(|g| self.groups.get(g)) {
+        for g in mine.groups.iter().filter_map(|g| self.groups.get(g)).filter(|g| g.members.len() <= self.max_group) {
             out.extend(g.members.iter().copied());
         }
         out.remove(&who);
         out
     }
 
-    /// The users here who may see `user`'s presence (not `user`).
+    /// The users here to whom `user`'s presence is pushed (not `user`):
+    /// who has them as a peer, or shares with them a group that pushes
+    /// presence.
     pub fn watchers(&self, user: UserId) -> HashSet<UserId> {
         let mut out: HashSet<UserId> = self.peer_of.get(&user).cloned().unwrap_or_default();
-        for g in self.groups.values().filter(|g| g.members.contains(&user)) {
+        for g in self.groups.values().filter(|g| g.members.len() <= self.max_group && g.members.contains(&user)) {
             out.extend(g.local.iter().copied());
         }
         out.remove(&user);
@@ -254,7 +264,7 @@ mod tests {
     fn a_group_is_held_once_and_tells_its_members_here() {
         let u = ids(5);
         let g = ObjectId::new();
-        let mut c = Contacts::default();
+        let mut c = Contacts::new(100);
         // u0 and u1 are here; u2..u4 are elsewhere; all five are in g.
         assert_eq!(c.to_read(&[g]), vec![g]);
         c.group_read(g, Some((oids(&u), 10)));
@@ -264,8 +274,8 @@ mod tests {
         assert_eq!(c.watchers(u[3]), HashSet::from([u[0], u[1]]));
         assert_eq!(c.watchers(u[0]), HashSet::from([u[1]]), "not told of themselves");
         assert!(c.may_see(u[0], u[2]) && c.may_see(u[1], u[4]));
-        assert_eq!(c.visible(u[1]), HashSet::from([u[0], u[2], u[3], u[4]]));
-        assert!(c.visible(u[2]).is_empty(), "not held here");
+        assert_eq!(c.pushed_to(u[1]), HashSet::from([u[0], u[2], u[3], u[4]]));
+        assert!(c.pushed_to(u[2]).is_empty(), "not held here");
         // A member removed: nobody here is told of them any more.
         c.group_change(g, 11, GroupChange::Removed(u[3].oid()));
         assert!(c.watchers(u[3]).is_empty() && !c.may_see(u[0], u[3]));
@@ -287,7 +297,7 @@ mod tests {
     fn changes_during_a_read_apply_over_an_older_copy() {
         let u = ids(4);
         let g = ObjectId::new();
-        let mut c = Contacts::default();
+        let mut c = Contacts::new(100);
         assert_eq!(c.to_read(&[g]), vec![g]);
         // While MongoDB is read: u3 added at 21, u1 removed at 22.
         c.group_change(g, 21, GroupChange::Added(u[3].oid()));
@@ -315,7 +325,7 @@ mod tests {
     fn a_group_not_written_yet_is_read_again_and_peers_added_meanwhile_stay() {
         let u = ids(3);
         let g = ObjectId::new();
-        let mut c = Contacts::default();
+        let mut c = Contacts::new(100);
         assert_eq!(c.to_read(&[g]), vec![g]);
         // An event made u1 u0's contact while u0's lists were being read.
         c.add_peers(u[0], [u[1]]);
@@ -332,7 +342,7 @@ mod tests {
     fn peers_are_added_and_a_refresh_replaces_the_groups() {
         let u = ids(4);
         let g = ObjectId::new();
-        let mut c = Contacts::default();
+        let mut c = Contacts::new(100);
         c.set(u[0], HashSet::new(), HashSet::new());
         c.add_peers(u[0], [u[1], u[0]]);
         assert_eq!(c.watchers(u[1]), HashSet::from([u[0]]));
@@ -351,5 +361,25 @@ mod tests {
         c.set(u[0], HashSet::new(), HashSet::new());
         assert!(c.watchers(u[2]).is_empty(), "the refresh replaced the groups");
         assert_eq!(c.watchers(u[1]), HashSet::from([u[0]]));
+    }
+
+    #[test]
+    fn a_group_over_the_limit_pushes_no_presence_but_may_be_seen() {
+        let u = ids(4);
+        let (small, big) = (ObjectId::new(), ObjectId::new());
+        let mut c = Contacts::new(3);
+        c.to_read(&[small, big]);
+        c.group_read(small, Some((oids(&u[..3]), 1)));
+        c.group_read(big, Some((oids(&u), 1)));
+        c.set(u[0], HashSet::new(), HashSet::from([small, big]));
+        // u3 is only in the big group: seen over REST, never pushed.
+        assert!(c.may_see(u[0], u[3]));
+        assert!(c.watchers(u[3]).is_empty());
+        assert_eq!(c.pushed_to(u[0]), HashSet::from([u[1], u[2]]));
+        assert_eq!(c.watchers(u[1]), HashSet::from([u[0]]), "through the small group");
+        // The small group grows past the limit: it stops pushing too.
+        c.group_change(small, 2, GroupChange::Added(u[3].oid()));
+        assert!(c.watchers(u[1]).is_empty() && c.pushed_to(u[0]).is_empty());
+        assert!(c.may_see(u[0], u[1]));
     }
 }

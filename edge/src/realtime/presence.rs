@@ -80,6 +80,7 @@ impl Presence {
         subjects: &Subjects,
         store: Store,
         mut contacts_changed: mpsc::UnboundedReceiver<ContactNotice>,
+        max_group: usize,
         tasks: &Tasks,
     ) -> Result<Arc<Presence>, String> {
         let kv = js.get_key_value(subjects.presence_bucket()).await.map_err(|e| e.to_string())?;
@@ -94,7 +95,7 @@ impl Presence {
             edge,
             store,
             local: Mutex::new(HashMap::new()),
-            contacts: Mutex::new(Contacts::default()),
+            contacts: Mutex::new(Contacts::new(max_group)),
             group_reads: tokio::sync::Mutex::new(()),
             online: Mutex::new(Online::default()),
         });
@@ -325,14 +326,14 @@ impl Presence {
             contacts.group_read(g, read.remove(&g));
         }
         let Some(sinks) = local.get(&user) else { return Ok(()) };
-        let before = contacts.holds(user).then(|| contacts.visible(user));
+        let before = contacts.holds(user).then(|| contacts.pushed_to(user));
         let peers = lists.peers.into_iter().map(UserId).collect();
         contacts.set(user, peers, lists.groups.into_iter().collect());
         // Contacts who came online while the lists were read, and whom the
         // user could not see before: nobody told them yet.
         let online = lock(&self.online);
         let came: Vec<UserId> = contacts
-            .visible(user)
+            .pushed_to(user)
             .into_iter()
             .filter(|c| online.came_online_after(*c, since) && before.as_ref().is_none_or(|b| !b.contains(c)))
             .collect();

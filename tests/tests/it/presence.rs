@@ -92,6 +92,37 @@ async fn two_devices_two_edges_and_a_dead_edge() {
     assert_eq!(v[0]["isOnline"], false);
 }
 
+/// A group over `PRESENCE_MAX_GROUP` pushes no presence to its members,
+/// who still see each other over REST; a conversation's peers still get
+/// pushes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_over_the_limit_pushes_no_presence() {
+    let mut app = TestApp::new().await;
+    app.edge_env.insert("PRESENCE_MAX_GROUP".into(), "2".into());
+    let e = app.start_edge().await;
+    app.start_worker();
+    let (admin, m1, m2, peer) = (app.user(), app.user(), app.user(), app.user());
+    app.create_group(e, admin, &[m1, m2]).await;
+    app.make_contacts(e, m1, peer).await;
+    let mut w1 = WsClient::connect(e, &app.token(m1, &[])).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _d2 = WsClient::connect(e, &app.token(m2, &[])).await;
+    let _dp = WsClient::connect(e, &app.token(peer, &[])).await;
+    // Every presence frame w1 gets: the peer's, none of the member's.
+    let mut heard = Vec::new();
+    while let Some(f) = w1.next(Duration::from_secs(2)).await {
+        if let In::Json(v) = f
+            && v["type"].as_str().is_some_and(|t| t.starts_with("user_o"))
+        {
+            heard.push((v["type"].as_str().unwrap().to_string(), v["data"]["userId"].as_str().unwrap().to_string()));
+        }
+    }
+    assert_eq!(heard, [("user_online".to_string(), peer.hex())], "no push from the big group");
+    let (_, v) = app.get(e, &format!("/api/chat/presence?userIds={},{}", m2.hex(), peer.hex()), m1).await;
+    let online: Vec<bool> = v.as_array().unwrap().iter().map(|p| p["isOnline"] == true).collect();
+    assert_eq!(online, [true, true], "both seen over REST: {v}");
+}
+
 /// The first presence frame about `user` within `wait`.
 async fn first_presence(ws: &mut WsClient, user: &str, wait: Duration) -> Option<String> {
     let deadline = tokio::time::Instant::now() + wait;

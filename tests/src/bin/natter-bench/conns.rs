@@ -57,17 +57,6 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// A process's CPU time so far (user and system), from `/proc/<pid>/stat`
-/// (in USER_HZ ticks, 100 a second on Linux).
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The fields after the command's closing parenthesis; utime and
-    // stime are the 14th and 15th of the line.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<u64> = rest.split_whitespace().skip(11).take(2).filter_map(|x| x.parse().ok()).collect();
-    Duration::from_millis(f.iter().sum::<u64>() * 10)
-}
-
 /// Writes to the app's presence bucket so far (its stream's last sequence).
 async fn presence_writes(app: &TestApp) -> u64 {
     let s = natter_nats::Subjects::new(&app.name);
@@ -324,6 +313,8 @@ pub async fn run(a: ConnsArgs) {
     // loads).
     let half = Duration::from_secs(a.hold_secs) / 2;
     tokio::time::sleep(half).await;
+    let ticks = crate::dbstats::ticks_per_s();
+    let cpu_time = |pid: u32| crate::dbstats::cpu_of(pid, ticks).unwrap_or_default();
     let (edge_cpu, nats_cpu, writes) = (cpu_time(edge_pid), cpu_time(nats_pid), presence_writes(&app).await);
     tokio::time::sleep(half).await;
     let (edge2, nats2) = (rss_kib(edge_pid), rss_kib(nats_pid));
