@@ -53,14 +53,17 @@ struct Edge {
     legacy: bool,
     /// Its users, with the revision of each one's key.
     users: HashMap<UserId, u64>,
+    /// When its key was last put (a watcher that missed the marker of its
+    /// expiry still sees it die: see [`Online::expire`]).
+    heard: Instant,
     /// When it was last seen dead (or first heard of without its key).
     dead_since: Option<Instant>,
 }
 
 struct User {
     edges: HashSet<String>,
-    /// The transition that brought them online.
-    since: u64,
+    /// The transition that last changed whether they are online.
+    changed: u64,
 }
 
 #[derive(Default)]
@@ -69,6 +72,10 @@ pub struct Online {
     edges: HashMap<String, Edge>,
     transitions: u64,
 }
+
+/// Offline users remembered (with their last transition) for contact
+/// loads that began before it, before the oldest are forgotten.
+const REMEMBER_OFFLINE: u64 = 100_000;
 
 impl Online {
     /// Applies a key's change (at `revision` of the bucket) seen at `now`;
@@ -82,6 +89,9 @@ impl Online {
     }
 
     fn edge(&mut self, e: String, alive: bool, now: Instant) -> Vec<(UserId, bool)> {
+        if alive && let Some(held) = self.edges.get_mut(&e) {
+            held.heard = now;
+        }
         let was: Vec<(UserId, bool)> = match self.edges.get(&e) {
             Some(held) if held.alive == alive => return Vec::new(),
             Some(held) => held.users.keys().map(|u| (*u, self.is_online(*u))).collect(),
@@ -92,6 +102,7 @@ impl Online {
             alive,
             legacy: false,
             users: HashMap::new(),
+            heard: now,
             dead_since: None,
         });
         held.alive = alive;
@@ -117,10 +128,11 @@ impl Online {
                 alive: legacy,
                 legacy,
                 users: HashMap::new(),
+                heard: now,
                 dead_since: (!legacy).then_some(now),
             });
             held.users.insert(u, revision);
-            self.users.entry(u).or_insert_with(|| User { edges: HashSet::new(), since: 0 }).edges.insert(e);
+            self.users.entry(u).or_insert_with(|| User { edges: HashSet::new(), changed: 0 }).edges.insert(e);
         } else {
             if let Some(held) = self.edges.get_mut(&e) {
                 held.users.remove(&u);
@@ -130,16 +142,13 @@ impl Online {
             }
             if let Some(user) = self.users.get_mut(&u) {
                 user.edges.remove(&e);
-                if user.edges.is_empty() {
-                    self.users.remove(&u);
-                }
             }
         }
         self.changed(was)
     }
 
     /// Of `was` (users and whether they were online), those whose state
-    /// changed, with the new one; counts each coming online.
+    /// changed, with the new one; counts each change.
     fn changed(&mut self, was: Vec<(UserId, bool)>) -> Vec<(UserId, bool)> {
         let mut out = Vec::new();
         for (u, was) in was {
@@ -147,40 +156,68 @@ impl Online {
             if is == was {
                 continue;
             }
-            if is {
-                self.transitions += 1;
-                if let Some(user) = self.users.get_mut(&u) {
-                    user.since = self.transitions;
-                }
+            self.transitions += 1;
+            if let Some(user) = self.users.get_mut(&u) {
+                user.changed = self.transitions;
             }
             out.push((u, is));
         }
         out
     }
 
+    /// Edges whose key was not put for `after` (missed heartbeats, and a
+    /// marker of its expiry this watcher did not get) are dead.
+    pub fn expire(&mut self, after: Duration, now: Instant) -> Vec<(UserId, bool)> {
+        let stale: Vec<String> = self
+            .edges
+            .iter()
+            .filter(|(_, e)| e.alive && !e.legacy && now.duration_since(e.heard) >= after)
+            .map(|(id, _)| id.clone())
+            .collect();
+        stale.into_iter().flat_map(|e| self.edge(e, false, now)).collect()
+    }
+
+    /// Forgets offline users whose last change is far behind (no contact
+    /// load still running began before it).
+    pub fn prune(&mut self) {
+        let keep_from = self.transitions.saturating_sub(REMEMBER_OFFLINE);
+        self.users.retain(|_, u| !u.edges.is_empty() || u.changed > keep_from);
+    }
+
     pub fn is_online(&self, u: UserId) -> bool {
         self.users.get(&u).is_some_and(|user| user.edges.iter().any(|e| self.edges.get(e).is_some_and(|e| e.alive)))
     }
 
-    /// The count of users who came online so far.
+    /// The count of transitions so far.
     pub fn transitions(&self) -> u64 {
         self.transitions
     }
 
-    /// Whether `u` is online and came online after transition `since`.
-    pub fn came_online_after(&self, u: UserId, since: u64) -> bool {
-        self.is_online(u) && self.users.get(&u).is_some_and(|user| user.since > since)
+    /// Whether `u` is online now, if that changed after transition `since`.
+    pub fn changed_after(&self, u: UserId, since: u64) -> Option<bool> {
+        let user = self.users.get(&u)?;
+        (user.changed > since).then(|| self.is_online(u))
+    }
+
+    /// The users whose key on `edge` the bucket holds.
+    pub fn users_on(&self, edge: &str) -> HashSet<UserId> {
+        self.edges.get(edge).map(|e| e.users.keys().copied().collect()).unwrap_or_default()
+    }
+
+    /// Whether `me` is the live edge of the lowest id: the one that deletes
+    /// dead edges' keys and records when their users were last seen (not
+    /// every edge).
+    pub fn is_lowest(&self, me: &str) -> bool {
+        self.edges.iter().filter(|(_, e)| e.alive && !e.legacy).map(|(id, _)| id.as_str()).min() == Some(me)
     }
 
     /// The user keys `me` deletes, each if still at its revision: those of
-    /// edges dead for `after` or longer, when `me` is the live edge of the
-    /// lowest id (one edge sweeps, not all of them; if it dies, the next
-    /// takes over). An edge that comes back puts its keys again, at new
-    /// revisions, which a sweep then leaves. An edge swept comes round
-    /// again `after` later, if its keys are still there.
+    /// edges dead for `after` or longer, when `me` is the lowest live edge
+    /// (if it dies, the next takes over). An edge that comes back puts its
+    /// keys again, at new revisions, which a sweep then leaves. An edge
+    /// swept comes round again `after` later, if its keys are still there.
     pub fn to_sweep(&mut self, me: &str, after: Duration, now: Instant) -> Vec<(String, u64)> {
-        let lowest = self.edges.iter().filter(|(_, e)| e.alive && !e.legacy).map(|(id, _)| id.as_str()).min();
-        if lowest != Some(me) {
+        if !self.is_lowest(me) {
             return Vec::new();
         }
         let mut out = Vec::new();
@@ -234,11 +271,17 @@ mod tests {
         // e2 dies: a goes offline with it; its key counts for nothing.
         assert_eq!(o.apply(Key::Edge("e2".into()), false, 1, t), [(a, false)]);
         assert!(!o.is_online(a) && o.is_online(b));
-        assert_eq!(o.transitions(), 2);
+        assert_eq!(o.transitions(), 3);
         // e2 comes back (its key had expired while it stalled).
         assert_eq!(o.apply(Key::Edge("e2".into()), true, 1, t), [(a, true)]);
-        assert!(o.came_online_after(a, 2) && !o.came_online_after(b, 2));
+        assert_eq!((o.changed_after(a, 3), o.changed_after(b, 3)), (Some(true), None));
         assert_eq!(o.apply(Key::User(b, "e1".into()), false, 1, t), [(b, false)]);
+        // Offline, and remembered so for loads that began before.
+        assert_eq!(o.changed_after(b, 3), Some(false));
+        o.prune();
+        assert_eq!(o.changed_after(b, 3), Some(false), "recent: kept");
+        assert_eq!(o.users_on("e1"), HashSet::new());
+        assert_eq!(o.users_on("e2"), HashSet::from([a]));
     }
 
     #[test]
@@ -267,7 +310,9 @@ mod tests {
             assert!(o.apply(Key::User(u, "e3".into()), false, 1, later).is_empty());
         }
         assert!(o.to_sweep("e1", after, later + after).is_empty());
-        assert!(o.edges.len() == 2 && o.users.is_empty());
+        o.transitions += REMEMBER_OFFLINE;
+        o.prune();
+        assert!(o.edges.len() == 2 && o.users.is_empty(), "long offline: forgotten");
         // A key of an edge never seen alive is swept too, in time.
         o.apply(Key::User(a, "e9".into()), true, 1, later);
         assert_eq!(o.to_sweep("e1", after, later + after), [(Key::user(a, "e9"), 1)]);
@@ -283,5 +328,23 @@ mod tests {
         assert!(o.to_sweep("e1", Duration::ZERO, t + Duration::from_secs(60)).is_empty(), "never swept");
         assert_eq!(o.apply(Key::Legacy(a, "old".into()), false, 1, t), [(a, false)]);
         assert!(o.edges.len() == 1);
+    }
+
+    #[test]
+    fn an_edge_not_heard_from_is_dead_even_without_its_marker() {
+        let a = user();
+        let t = Instant::now();
+        let after = Duration::from_secs(12);
+        let mut o = Online::default();
+        o.apply(Key::Edge("e1".into()), true, 1, t);
+        o.apply(Key::User(a, "e1".into()), true, 1, t);
+        assert!(o.expire(after, t + Duration::from_secs(11)).is_empty());
+        // A heartbeat keeps it alive.
+        o.apply(Key::Edge("e1".into()), true, 1, t + Duration::from_secs(10));
+        assert!(o.expire(after, t + Duration::from_secs(20)).is_empty());
+        assert_eq!(o.expire(after, t + Duration::from_secs(22)), [(a, false)]);
+        assert!(!o.is_online(a) && !o.is_lowest("e1"));
+        // Heard again: alive again.
+        assert_eq!(o.apply(Key::Edge("e1".into()), true, 1, t + Duration::from_secs(23)), [(a, true)]);
     }
 }

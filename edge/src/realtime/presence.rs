@@ -28,6 +28,7 @@ use natter_shared::store::Store;
 use natter_shared::timefmt::iso;
 use natter_shared::v1::event::{EventFrame, EventKind, UserPresence};
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -49,14 +50,26 @@ pub struct Presence {
     seen: kv::Store,
     edge: String,
     store: Store,
-    /// The sockets of each user who has any here.
-    local: Mutex<HashMap<UserId, HashMap<ConnId, Sink>>>,
+    /// Each user who has sockets here.
+    local: Mutex<HashMap<UserId, Here>>,
     contacts: Mutex<Contacts>,
     /// Held while groups' members are read, so that users of one group
     /// connecting together read it once.
     group_reads: tokio::sync::Mutex<()>,
     /// Who is online, as the bucket says.
     online: Mutex<Online>,
+    /// Set while a sweep of dead edges' keys runs.
+    sweeping: AtomicBool,
+}
+
+/// A user with sockets here.
+#[derive(Default)]
+struct Here {
+    sinks: HashMap<ConnId, Sink>,
+    /// Held by a load of the user's contacts: loads run one after another,
+    /// so an older read never lands over a newer one, and each load's
+    /// announcements start where the previous load's lists took over.
+    loads: Arc<tokio::sync::Mutex<()>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -98,6 +111,7 @@ impl Presence {
             contacts: Mutex::new(Contacts::new(max_group)),
             group_reads: tokio::sync::Mutex::new(()),
             online: Mutex::new(Online::default()),
+            sweeping: AtomicBool::new(false),
         });
         let mut watch = p.kv.watch_with_history(">").await.map_err(|e| e.to_string())?;
         let w = Arc::downgrade(&p);
@@ -112,6 +126,32 @@ impl Presence {
             }
         });
         let w = Arc::downgrade(&p);
+        tasks.spawn_service(|stop: CancellationToken| async move {
+            loop {
+                let n = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    n = contacts_changed.recv() => match n { Some(n) => n, None => break },
+                };
+                let Some(p) = w.upgrade() else { break };
+                match n {
+                    // In a task of its own: reads (waiting for other users'
+                    // group reads) must not hold up other notices.
+                    ContactNotice::Refresh(u) => {
+                        let since = p.transitions();
+                        tokio::spawn(async move { p.refresh_contacts(u, since).await });
+                    }
+                    ContactNotice::Add(u, others) => {
+                        // `local` before `contacts`, as everywhere.
+                        let local = lock(&p.local);
+                        if local.contains_key(&u) {
+                            lock(&p.contacts).add_peers(u, others);
+                        }
+                    }
+                    ContactNotice::Group(g, seq, change) => lock(&p.contacts).group_change(g, seq, change),
+                }
+            }
+        });
+        let w = Arc::downgrade(&p);
         // Stops after the connections: their disconnects have run by then.
         tasks.spawn_service(|stop: CancellationToken| async move {
             let mut tick = tokio::time::interval(HEARTBEAT);
@@ -119,40 +159,15 @@ impl Presence {
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     _ = tick.tick() => {}
-                    n = contacts_changed.recv() => {
-                        match (n, w.upgrade()) {
-                            // In a task of its own: reads (waiting for other
-                            // users' group reads) must not hold up heartbeats.
-                            (Some(ContactNotice::Refresh(u)), Some(p)) => {
-                                let since = p.transitions();
-                                tokio::spawn(async move { p.refresh_contacts(u, since).await });
-                            }
-                            (Some(ContactNotice::Add(u, others)), Some(p)) => {
-                                // `local` before `contacts`, as everywhere.
-                                let local = lock(&p.local);
-                                if local.contains_key(&u) {
-                                    lock(&p.contacts).add_peers(u, others);
-                                }
-                            }
-                            (Some(ContactNotice::Group(g, seq, change)), Some(p)) => {
-                                lock(&p.contacts).group_change(g, seq, change)
-                            }
-                            _ => {}
-                        }
-                        continue;
-                    }
                 }
                 let Some(p) = w.upgrade() else { break };
                 alive = p.heartbeat(alive).await;
-                let dead = lock(&p.online).to_sweep(&p.edge, PRESENCE_TTL, Instant::now());
-                futures::stream::iter(dead)
-                    .for_each_concurrent(PUTS_IN_FLIGHT, |(k, rev)| {
-                        let p = &p;
-                        async move {
-                            let _ = p.kv.delete_expect_revision(k, Some(rev)).await;
-                        }
-                    })
-                    .await;
+                p.reconcile().await;
+                p.apply_and_tell(|o| o.expire(PRESENCE_TTL + HEARTBEAT, Instant::now()), true);
+                lock(&p.online).prune();
+                if !p.sweeping.swap(true, Ordering::SeqCst) {
+                    tokio::spawn(async move { p.sweep().await });
+                }
             }
             // Going away: our users are no longer online through this edge
             // (the first delete says so to every edge; the rest tidy up).
@@ -177,11 +192,24 @@ impl Presence {
     /// NATS restart lost the bucket), other edges took our users offline
     /// and may have deleted their keys: all are put again.
     async fn heartbeat(&self, alive: u64) -> u64 {
-        match self.kv.update(Key::edge(&self.edge), "1".into(), alive).await {
+        let key = Key::edge(&self.edge);
+        match self.kv.update(&key, "1".into(), alive).await {
             Ok(rev) => return rev,
-            Err(e) => tracing::warn!(error = %e, "this edge's presence key was lost; putting its users' again"),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
+            Err(e) => {
+                // Maybe written, maybe not: the next update tells.
+                tracing::warn!(error = %e, "presence heartbeat failed");
+                return alive;
+            }
         }
-        let rev = match self.kv.put(Key::edge(&self.edge), "1".into()).await {
+        // An update that timed out may have landed: then the key is ours.
+        if let Ok(Some(entry)) = self.kv.entry(&key).await
+            && entry.operation == Operation::Put
+        {
+            return entry.revision;
+        }
+        tracing::warn!("this edge's presence key was lost; putting its users' again");
+        let rev = match self.kv.put(&key, "1".into()).await {
             Ok(rev) => rev,
             Err(e) => {
                 tracing::warn!(error = %e, "presence heartbeat failed");
@@ -191,6 +219,38 @@ impl Presence {
         let users: Vec<UserId> = lock(&self.local).keys().copied().collect();
         futures::stream::iter(users).for_each_concurrent(PUTS_IN_FLIGHT, |u| self.put_user(u)).await;
         rev
+    }
+
+    /// Puts the keys of users here the bucket lacks, and deletes the keys
+    /// of users no longer here: a put or delete that failed, or that raced
+    /// a reconnect, is mended within a heartbeat. Nothing to write, as a
+    /// rule.
+    async fn reconcile(&self) {
+        let (missing, extra) = {
+            // `local` before `online`, as everywhere.
+            let local = lock(&self.local);
+            let held = lock(&self.online).users_on(&self.edge);
+            let missing: Vec<UserId> = local.keys().filter(|u| !held.contains(u)).copied().collect();
+            let extra: Vec<UserId> = held.into_iter().filter(|u| !local.contains_key(u)).collect();
+            (missing, extra)
+        };
+        futures::stream::iter(missing).for_each_concurrent(PUTS_IN_FLIGHT, |u| self.put_user(u)).await;
+        futures::stream::iter(extra)
+            .for_each_concurrent(PUTS_IN_FLIGHT, |u| async move {
+                let _ = self.kv.delete(Key::user(u, &self.edge)).await;
+            })
+            .await;
+    }
+
+    /// Deletes dead edges' keys, if this is the live edge of the lowest id.
+    async fn sweep(&self) {
+        let dead = lock(&self.online).to_sweep(&self.edge, PRESENCE_TTL, Instant::now());
+        futures::stream::iter(dead)
+            .for_each_concurrent(PUTS_IN_FLIGHT, |(k, rev)| async move {
+                let _ = self.kv.delete_expect_revision(k, Some(rev)).await;
+            })
+            .await;
+        self.sweeping.store(false, Ordering::SeqCst);
     }
 
     /// Puts `user`'s key for this edge, never expiring (the edge's own key
@@ -214,9 +274,9 @@ impl Presence {
         let since = self.transitions();
         let first = {
             let mut local = lock(&self.local);
-            let sinks = local.entry(sink.user).or_default();
-            sinks.insert(sink.conn, sink.clone());
-            sinks.len() == 1
+            let here = local.entry(sink.user).or_default();
+            here.sinks.insert(sink.conn, sink.clone());
+            here.sinks.len() == 1
         };
         if first {
             self.put_user(sink.user).await;
@@ -234,9 +294,9 @@ impl Presence {
         let last = {
             let mut local = lock(&self.local);
             match local.get_mut(&user) {
-                Some(sinks) => {
-                    sinks.remove(&conn);
-                    if sinks.is_empty() {
+                Some(here) => {
+                    here.sinks.remove(&conn);
+                    if here.sinks.is_empty() {
                         local.remove(&user);
                         lock(&self.contacts).remove(user);
                         true
@@ -248,10 +308,10 @@ impl Presence {
             }
         };
         if last {
-            let _ = self.seen.put(user.hex(), iso(now()).into()).await;
             if let Err(e) = self.kv.delete(Key::user(user, &self.edge)).await {
-                tracing::warn!(error = %e, "presence not cleared; it goes when the edge does");
+                tracing::warn!(error = %e, "presence not cleared; the next heartbeat tries again");
             }
+            let _ = self.seen.put(user.hex(), iso(now()).into()).await;
         }
     }
 
@@ -259,37 +319,62 @@ impl Presence {
     /// transition.
     async fn observe(&self, key: &str, present: bool, revision: u64) {
         let Some(key) = Key::parse(key) else { return };
+        // An edge's death: its users' sockets are gone without a
+        // disconnect to record when they were last seen.
+        let edge_died = !present && matches!(key, Key::Edge(_) | Key::Legacy(..));
+        self.apply_and_tell(|o| o.apply(key, present, revision, Instant::now()), edge_died);
+    }
+
+    /// Applies `change` to who is online, and tells each transition to
+    /// the local users it is pushed to; with `edge_died`, records when the
+    /// users gone offline were last seen (this edge, if it is the live
+    /// edge of the lowest id: not every edge).
+    fn apply_and_tell(&self, change: impl FnOnce(&mut Online) -> Vec<(UserId, bool)>, edge_died: bool) {
         // `contacts` before `online`, as in a contact load: a load either
         // finds the transition done, or is done before and its user is
         // among the watchers; never both, never neither.
-        let told: Vec<(UserId, bool, HashSet<UserId>)> = {
+        let (told, record) = {
             let contacts = lock(&self.contacts);
-            let changed = lock(&self.online).apply(key, present, revision, Instant::now());
-            changed.into_iter().map(|(u, is)| (u, is, contacts.watchers(u))).collect()
+            let mut online = lock(&self.online);
+            let changed = change(&mut online);
+            let record = edge_died && online.is_lowest(&self.edge);
+            let told: Vec<_> = changed.into_iter().map(|(u, is)| (u, is, contacts.watchers(u))).collect();
+            (told, record)
         };
-        for (user, is_online, watchers) in told {
-            let at = iso(now());
-            if !is_online {
-                // Also when the edge died: record when the user was last seen.
-                let _ = self.seen.put(user.hex(), at.clone().into()).await;
+        if told.is_empty() {
+            return;
+        }
+        let at = iso(now());
+        {
+            let local = lock(&self.local);
+            for (user, is_online, watchers) in &told {
+                let Some(text) = presence_frame(*user, *is_online, at.clone()) else { continue };
+                for s in watchers.iter().filter_map(|w| local.get(w)).flat_map(|h| h.sinks.values()) {
+                    s.offer(Outbound::Local(text.clone()));
+                }
             }
-            let Some(text) = presence_frame(user, is_online, at) else { continue };
-            let targets: Vec<Sink> = {
-                let local = lock(&self.local);
-                watchers.iter().filter_map(|w| local.get(w)).flat_map(|s| s.values().cloned()).collect()
-            };
-            for s in targets {
-                s.offer(Outbound::Local(text.clone()));
-            }
+        }
+        if record {
+            let seen = self.seen.clone();
+            let gone: Vec<UserId> = told.into_iter().filter(|(_, is, _)| !is).map(|(u, _, _)| u).collect();
+            tokio::spawn(async move {
+                futures::stream::iter(gone)
+                    .for_each_concurrent(PUTS_IN_FLIGHT, |u| {
+                        let (seen, at) = (&seen, &at);
+                        async move {
+                            let _ = seen.put(u.hex(), at.clone().into()).await;
+                        }
+                    })
+                    .await;
+            });
         }
     }
 
     /// Reads `user`'s contact lists again (and their groups' members this
     /// edge does not hold, or has held too long).
     async fn refresh_contacts(&self, user: UserId, since: u64) {
-        if !lock(&self.local).contains_key(&user) {
-            return;
-        }
+        let Some(loads) = lock(&self.local).get(&user).map(|h| h.loads.clone()) else { return };
+        let _one = loads.lock().await;
         if let Err(e) = self.load_contacts(user, since).await {
             tracing::warn!(error = %e, "contacts not refreshed");
         }
@@ -300,9 +385,10 @@ impl Presence {
         lock(&self.online).transitions()
     }
 
-    /// Loads `user`'s contacts, and tells them of those who came online
-    /// after transition `since` (taken before the user's first socket
-    /// was counted here) whom they could not see before.
+    /// Loads `user`'s contacts, and tells them of those who came online or
+    /// went offline after transition `since` (taken before the user's
+    /// first socket was counted here, or when their contacts changed) whom
+    /// they could not see before: nobody told them yet.
     async fn load_contacts(&self, user: UserId, since: u64) -> Result<(), mongodb::error::Error> {
         let lists = self.store.contact_lists(user.oid()).await?;
         let _reading = self.group_reads.lock().await;
@@ -325,23 +411,22 @@ impl Presence {
         for g in missing {
             contacts.group_read(g, read.remove(&g));
         }
-        let Some(sinks) = local.get(&user) else { return Ok(()) };
+        let Some(here) = local.get(&user) else { return Ok(()) };
         let before = contacts.holds(user).then(|| contacts.pushed_to(user));
         let peers = lists.peers.into_iter().map(UserId).collect();
         contacts.set(user, peers, lists.groups.into_iter().collect());
-        // Contacts who came online while the lists were read, and whom the
-        // user could not see before: nobody told them yet.
         let online = lock(&self.online);
-        let came: Vec<UserId> = contacts
+        let changed: Vec<(UserId, bool)> = contacts
             .pushed_to(user)
             .into_iter()
-            .filter(|c| online.came_online_after(*c, since) && before.as_ref().is_none_or(|b| !b.contains(c)))
+            .filter(|c| before.as_ref().is_none_or(|b| !b.contains(c)))
+            .filter_map(|c| online.changed_after(c, since).map(|is| (c, is)))
             .collect();
         drop(online);
         let at = iso(now());
-        for c in came {
-            let Some(text) = presence_frame(c, true, at.clone()) else { continue };
-            for s in sinks.values() {
+        for (c, is_online) in changed {
+            let Some(text) = presence_frame(c, is_online, at.clone()) else { continue };
+            for s in here.sinks.values() {
                 s.offer(Outbound::Local(text.clone()));
             }
         }

@@ -41,6 +41,9 @@ const MAX_POLL_BODY: usize = 1 << 20;
 /// How often a poll in flight is ended with a noop while the client
 /// finishes an upgrade (as Engine.IO's server does).
 const UPGRADE_NOOP_EVERY: Duration = Duration::from_millis(100);
+/// How long a client has to finish an upgrade it began (Engine.IO's
+/// `upgradeTimeout`).
+const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Client packets queued for the Socket.IO task before the client waits.
 const INBOUND_LEN: usize = 32;
 /// Largest polling body or binary packet before the CONNECT is accepted.
@@ -65,6 +68,8 @@ pub struct Engine {
     down: tokio::sync::Mutex<Downlink>,
     transport: Mutex<Transport>,
     upgrading: std::sync::atomic::AtomicBool,
+    /// Set while a long-poll GET waits for something to send.
+    poll_waiting: std::sync::atomic::AtomicBool,
     posting: tokio::sync::Mutex<()>,
     last_pong: Mutex<Instant>,
     pong: tokio::sync::Notify,
@@ -108,6 +113,7 @@ impl Engine {
             down: tokio::sync::Mutex::new(Downlink { out: out_rx, ctl: ctl_rx, gate: None, user: user.clone() }),
             transport: Mutex::new(transport),
             upgrading: false.into(),
+            poll_waiting: false.into(),
             posting: tokio::sync::Mutex::new(()),
             last_pong: Mutex::new(Instant::now()),
             pong: tokio::sync::Notify::new(),
@@ -214,11 +220,16 @@ impl Engine {
         // packets that explain why).
         let first = match down.try_next() {
             Some(n) => Some(n),
-            None => tokio::select! {
-                biased;
-                n = down.next() => n,
-                _ = self.closed.cancelled() => None,
-            },
+            None => {
+                self.poll_waiting.store(true, std::sync::atomic::Ordering::SeqCst);
+                let n = tokio::select! {
+                    biased;
+                    n = down.next() => n,
+                    _ = self.closed.cancelled() => None,
+                };
+                self.poll_waiting.store(false, std::sync::atomic::Ordering::SeqCst);
+                n
+            }
         };
         let Some((p, d)) = first else { return Ok(text_response(String::from(Packet::Close))) };
         let mut body = String::from(p);
@@ -299,6 +310,8 @@ impl Engine {
             // Until the client confirms the upgrade only the probe's answer
             // goes this way; the session's packets still go by polling.
             let mut probed = false;
+            let give_up = tokio::time::sleep(UPGRADE_TIMEOUT);
+            tokio::pin!(give_up);
             let mut noops = tokio::time::interval(UPGRADE_NOOP_EVERY);
             noops.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -326,9 +339,14 @@ impl Engine {
                     // flight ends; a poll it sent before the probe's answer
                     // came would otherwise wait for the next ping.
                     _ = noops.tick(), if probed => {
-                        if self.down.try_lock().is_err() {
+                        if self.poll_waiting.load(std::sync::atomic::Ordering::SeqCst) {
                             self.push(Packet::Noop);
                         }
+                    }
+                    // The client never finished it: polling goes on.
+                    _ = &mut give_up => {
+                        transport::write(&mut tx, Frame::close(close::POLICY_VIOLATION, b"upgrade timed out")).await;
+                        break;
                     }
                 }
             }

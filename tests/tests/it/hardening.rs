@@ -220,6 +220,18 @@ async fn polls_in_flight_end_while_the_client_upgrades() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (s, _) = eio(&app, reqwest::Method::GET, url, None).await;
     assert_eq!(s, 400, "a polling GET after the upgrade");
+
+    // A second session whose client never finishes the upgrade: the
+    // WebSocket is closed after Engine.IO's upgradeTimeout, polling goes on.
+    let sid2 = raw_session(&app, &base, None).await;
+    let path2 = format!("/socket.io/?EIO=4&transport=websocket&sid={sid2}");
+    let mut ws2 = WsClient::open(e, &path2, "").await.expect("upgrade");
+    ws2.send_text("2probe").await;
+    assert!(matches!(ws2.next(Duration::from_secs(5)).await, Some(natter_tests::ws::In::Text(t)) if t == "3probe"));
+    assert_eq!(ws2.closed(Duration::from_secs(15)).await, Some(1008), "closed: upgrade timed out");
+    let url2 = format!("{base}&transport=polling&sid={sid2}");
+    let (s, body) = eio(&app, reqwest::Method::POST, url2, Some("3".into())).await;
+    assert_eq!((s, body.as_str()), (200, "ok"), "the session still polls");
 }
 
 /// Frames of `kind` that arrive within `wait` (others are dropped).

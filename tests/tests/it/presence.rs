@@ -157,7 +157,7 @@ async fn presence_writes(app: &TestApp) -> u64 {
 /// A heartbeat is one write per edge however many users it holds. An edge
 /// that stalls past the TTL (as a dead one) has its users taken offline
 /// and their keys deleted by another edge, and puts them back when it
-/// resumes.
+/// resumes; a key lost otherwise is put back, and a stray one deleted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeats_cost_a_write_per_edge_and_a_stalled_edge_comes_back() {
     use natter_edge::realtime::presence::{HEARTBEAT, OFFLINE_BOUND};
@@ -207,6 +207,24 @@ async fn heartbeats_cost_a_write_per_edge_and_a_stalled_edge_comes_back() {
 
     // The live edge's users were never touched.
     assert_eq!(presence_keys(&app, "user.").await.len(), 42);
+
+    // A key lost (a write that failed, or raced a reconnect) is put back
+    // within a heartbeat or two, and a key of a user not there is deleted.
+    let kv = {
+        let s = natter_nats::Subjects::new(&app.name);
+        let js = async_nats::jetstream::new(async_nats::connect(&app.nats_url).await.expect("nats"));
+        js.get_key_value(s.presence_bucket()).await.expect("presence bucket")
+    };
+    let u_key = presence_keys(&app, &u_keys).await.remove(0);
+    let e2_id = u_key.rsplit('.').next().unwrap().to_string();
+    let ghost = format!("user.{}.{e2_id}", app.user().hex());
+    kv.delete(&u_key).await.unwrap();
+    kv.put(&ghost, "1".into()).await.unwrap();
+    natter_tests::eventually("the edge mends its keys", HEARTBEAT * 3, || async {
+        let keys = presence_keys(&app, "user.").await;
+        (keys.contains(&u_key) && !keys.contains(&ghost)).then_some(())
+    })
+    .await;
 }
 
 /// A group's members see each other come and go; the edge holds the group
