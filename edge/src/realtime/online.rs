@@ -13,7 +13,7 @@
 //! user; and the watchers of the bucket get transitions, not heartbeats.
 
 use natter_shared::ids::UserId;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 /// A key of the presence bucket.
@@ -71,11 +71,10 @@ pub struct Online {
     users: HashMap<UserId, User>,
     edges: HashMap<String, Edge>,
     transitions: u64,
+    /// The `since` of each contact load running (with how many share it):
+    /// offline users changed after the oldest are remembered for it.
+    loads: BTreeMap<u64, usize>,
 }
-
-/// Offline users remembered (with their last transition) for contact
-/// loads that began before it, before the oldest are forgotten.
-const REMEMBER_OFFLINE: u64 = 100_000;
 
 impl Online {
     /// Applies a key's change (at `revision` of the bucket) seen at `now`;
@@ -166,8 +165,14 @@ impl Online {
     }
 
     /// Edges whose key was not put for `after` (missed heartbeats, and a
-    /// marker of its expiry this watcher did not get) are dead.
-    pub fn expire(&mut self, after: Duration, now: Instant) -> Vec<(UserId, bool)> {
+    /// marker of its expiry this watcher did not get) are dead; unless
+    /// `me`'s own key was not heard within `lag` either: then the watch is
+    /// behind (a stall of this process, a watch being set up again), not
+    /// the other edges.
+    pub fn expire(&mut self, me: &str, lag: Duration, after: Duration, now: Instant) -> Vec<(UserId, bool)> {
+        if self.edges.get(me).is_none_or(|e| !e.alive || now.duration_since(e.heard) >= lag) {
+            return Vec::new();
+        }
         let stale: Vec<String> = self
             .edges
             .iter()
@@ -177,11 +182,27 @@ impl Online {
         stale.into_iter().flat_map(|e| self.edge(e, false, now)).collect()
     }
 
-    /// Forgets offline users whose last change is far behind (no contact
-    /// load still running began before it).
+    /// A contact load begins: the transition it starts from (see
+    /// [`Online::changed_after`]), until [`Online::load_ended`].
+    pub fn load_begins(&mut self) -> u64 {
+        *self.loads.entry(self.transitions).or_default() += 1;
+        self.transitions
+    }
+
+    pub fn load_ended(&mut self, since: u64) {
+        if let Some(n) = self.loads.get_mut(&since) {
+            *n -= 1;
+            if *n == 0 {
+                self.loads.remove(&since);
+            }
+        }
+    }
+
+    /// Forgets offline users no contact load running needs (their last
+    /// change is not after its start).
     pub fn prune(&mut self) {
-        let keep_from = self.transitions.saturating_sub(REMEMBER_OFFLINE);
-        self.users.retain(|_, u| !u.edges.is_empty() || u.changed > keep_from);
+        let keep_after = self.loads.keys().next().copied().unwrap_or(self.transitions);
+        self.users.retain(|_, u| !u.edges.is_empty() || u.changed > keep_after);
     }
 
     pub fn is_online(&self, u: UserId) -> bool {
@@ -199,9 +220,9 @@ impl Online {
         (user.changed > since).then(|| self.is_online(u))
     }
 
-    /// The users whose key on `edge` the bucket holds.
-    pub fn users_on(&self, edge: &str) -> HashSet<UserId> {
-        self.edges.get(edge).map(|e| e.users.keys().copied().collect()).unwrap_or_default()
+    /// The users whose key on `edge` the bucket holds, with its revision.
+    pub fn users_on(&self, edge: &str) -> HashMap<UserId, u64> {
+        self.edges.get(edge).map(|e| e.users.clone()).unwrap_or_default()
     }
 
     /// Whether `me` is the live edge of the lowest id: the one that deletes
@@ -276,12 +297,19 @@ mod tests {
         assert_eq!(o.apply(Key::Edge("e2".into()), true, 1, t), [(a, true)]);
         assert_eq!((o.changed_after(a, 3), o.changed_after(b, 3)), (Some(true), None));
         assert_eq!(o.apply(Key::User(b, "e1".into()), false, 1, t), [(b, false)]);
-        // Offline, and remembered so for loads that began before.
+        // Offline, and remembered so for a load that began before.
         assert_eq!(o.changed_after(b, 3), Some(false));
         o.prune();
-        assert_eq!(o.changed_after(b, 3), Some(false), "recent: kept");
-        assert_eq!(o.users_on("e1"), HashSet::new());
-        assert_eq!(o.users_on("e2"), HashSet::from([a]));
+        assert_eq!(o.changed_after(b, 3), None, "no load needs it");
+        assert_eq!(o.users_on("e1"), HashMap::new());
+        assert_eq!(o.users_on("e2"), HashMap::from([(a, 1)]));
+        let since = o.load_begins();
+        assert_eq!(o.apply(Key::User(a, "e2".into()), false, 1, t), [(a, false)]);
+        o.prune();
+        assert_eq!(o.changed_after(a, since), Some(false), "kept for the load");
+        o.load_ended(since);
+        o.prune();
+        assert_eq!(o.changed_after(a, since), None);
     }
 
     #[test]
@@ -310,9 +338,8 @@ mod tests {
             assert!(o.apply(Key::User(u, "e3".into()), false, 1, later).is_empty());
         }
         assert!(o.to_sweep("e1", after, later + after).is_empty());
-        o.transitions += REMEMBER_OFFLINE;
         o.prune();
-        assert!(o.edges.len() == 2 && o.users.is_empty(), "long offline: forgotten");
+        assert!(o.edges.len() == 2 && o.users.is_empty(), "offline: forgotten");
         // A key of an edge never seen alive is swept too, in time.
         o.apply(Key::User(a, "e9".into()), true, 1, later);
         assert_eq!(o.to_sweep("e1", after, later + after), [(Key::user(a, "e9"), 1)]);
@@ -336,15 +363,26 @@ mod tests {
         let t = Instant::now();
         let after = Duration::from_secs(12);
         let mut o = Online::default();
+        let lag = Duration::from_secs(6);
+        let at = |s: u64| t + Duration::from_secs(s);
         o.apply(Key::Edge("e1".into()), true, 1, t);
         o.apply(Key::User(a, "e1".into()), true, 1, t);
-        assert!(o.expire(after, t + Duration::from_secs(11)).is_empty());
+        // This edge, "me", heard every 3 s.
+        let me = |o: &mut Online, s: u64| {
+            o.apply(Key::Edge("me".into()), true, 1, at(s));
+        };
+        me(&mut o, 9);
+        assert!(o.expire("me", lag, after, at(11)).is_empty());
         // A heartbeat keeps it alive.
-        o.apply(Key::Edge("e1".into()), true, 1, t + Duration::from_secs(10));
-        assert!(o.expire(after, t + Duration::from_secs(20)).is_empty());
-        assert_eq!(o.expire(after, t + Duration::from_secs(22)), [(a, false)]);
-        assert!(!o.is_online(a) && !o.is_lowest("e1"));
+        o.apply(Key::Edge("e1".into()), true, 1, at(10));
+        me(&mut o, 18);
+        assert!(o.expire("me", lag, after, at(20)).is_empty());
+        // This edge not heard either: the watch is behind, nobody dies.
+        assert!(o.expire("me", lag, after, at(30)).is_empty());
+        me(&mut o, 21);
+        assert_eq!(o.expire("me", lag, after, at(22)), [(a, false)]);
+        assert!(!o.is_online(a) && o.is_lowest("me"));
         // Heard again: alive again.
-        assert_eq!(o.apply(Key::Edge("e1".into()), true, 1, t + Duration::from_secs(23)), [(a, true)]);
+        assert_eq!(o.apply(Key::Edge("e1".into()), true, 1, at(23)), [(a, true)]);
     }
 }

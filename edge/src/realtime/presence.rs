@@ -39,6 +39,8 @@ pub use natter_nats::topology::PRESENCE_TTL;
 pub const HEARTBEAT: Duration = Duration::from_secs(3);
 /// Presence keys an edge puts or deletes at once.
 const PUTS_IN_FLIGHT: usize = 256;
+/// Most keys of this edge mended in one round (see `Presence::reconcile`).
+const MENDS_PER_ROUND: usize = 4096;
 /// Last-seen lookups a presence query keeps in flight.
 const LOOKUPS_IN_FLIGHT: usize = 32;
 /// Longest time from an edge's death to its users going offline.
@@ -60,6 +62,9 @@ pub struct Presence {
     online: Mutex<Online>,
     /// Set while a sweep of dead edges' keys runs.
     sweeping: AtomicBool,
+    /// Set by the heartbeat when this edge's key was lost: all its users'
+    /// keys are put again.
+    lost: AtomicBool,
 }
 
 /// A user with sockets here.
@@ -112,6 +117,7 @@ impl Presence {
             group_reads: tokio::sync::Mutex::new(()),
             online: Mutex::new(Online::default()),
             sweeping: AtomicBool::new(false),
+            lost: AtomicBool::new(false),
         });
         let mut watch = p.kv.watch_with_history(">").await.map_err(|e| e.to_string())?;
         let w = Arc::downgrade(&p);
@@ -137,7 +143,7 @@ impl Presence {
                     // In a task of its own: reads (waiting for other users'
                     // group reads) must not hold up other notices.
                     ContactNotice::Refresh(u) => {
-                        let since = p.transitions();
+                        let since = lock(&p.online).load_begins();
                         tokio::spawn(async move { p.refresh_contacts(u, since).await });
                     }
                     ContactNotice::Add(u, others) => {
@@ -152,9 +158,11 @@ impl Presence {
             }
         });
         let w = Arc::downgrade(&p);
+        // The edge's key alone, so that nothing delays it past the TTL.
         // Stops after the connections: their disconnects have run by then.
         tasks.spawn_service(|stop: CancellationToken| async move {
             let mut tick = tokio::time::interval(HEARTBEAT);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => break,
@@ -162,12 +170,6 @@ impl Presence {
                 }
                 let Some(p) = w.upgrade() else { break };
                 alive = p.heartbeat(alive).await;
-                p.reconcile().await;
-                p.apply_and_tell(|o| o.expire(PRESENCE_TTL + HEARTBEAT, Instant::now()), true);
-                lock(&p.online).prune();
-                if !p.sweeping.swap(true, Ordering::SeqCst) {
-                    tokio::spawn(async move { p.sweep().await });
-                }
             }
             // Going away: our users are no longer online through this edge
             // (the first delete says so to every edge; the rest tidy up).
@@ -182,6 +184,31 @@ impl Presence {
                         }
                     })
                     .await;
+            }
+        });
+        let w = Arc::downgrade(&p);
+        // The users' keys, other edges' deaths, dead edges' keys.
+        tasks.spawn_service(|stop: CancellationToken| async move {
+            let mut tick = tokio::time::interval(HEARTBEAT);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                let Some(p) = w.upgrade() else { break };
+                if p.lost.swap(false, Ordering::SeqCst) {
+                    let users: Vec<UserId> = lock(&p.local).keys().copied().collect();
+                    futures::stream::iter(users).for_each_concurrent(PUTS_IN_FLIGHT, |u| p.put_user(u)).await;
+                } else {
+                    p.reconcile().await;
+                }
+                let now = Instant::now();
+                p.apply_and_tell(|o| o.expire(&p.edge, HEARTBEAT * 2, PRESENCE_TTL + HEARTBEAT, now), true);
+                lock(&p.online).prune();
+                if !p.sweeping.swap(true, Ordering::SeqCst) {
+                    tokio::spawn(async move { p.sweep().await });
+                }
             }
         });
         Ok(p)
@@ -209,48 +236,65 @@ impl Presence {
             return entry.revision;
         }
         tracing::warn!("this edge's presence key was lost; putting its users' again");
-        let rev = match self.kv.put(&key, "1".into()).await {
-            Ok(rev) => rev,
+        match self.kv.put(&key, "1".into()).await {
+            Ok(rev) => {
+                self.lost.store(true, Ordering::SeqCst);
+                rev
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "presence heartbeat failed");
-                return alive;
+                alive
             }
-        };
-        let users: Vec<UserId> = lock(&self.local).keys().copied().collect();
-        futures::stream::iter(users).for_each_concurrent(PUTS_IN_FLIGHT, |u| self.put_user(u)).await;
-        rev
+        }
     }
 
     /// Puts the keys of users here the bucket lacks, and deletes the keys
     /// of users no longer here: a put or delete that failed, or that raced
-    /// a reconnect, is mended within a heartbeat. Nothing to write, as a
-    /// rule.
+    /// a reconnect, is mended within a heartbeat or two. Nothing to write,
+    /// as a rule, and at most `MENDS_PER_ROUND`.
     async fn reconcile(&self) {
         let (missing, extra) = {
             // `local` before `online`, as everywhere.
             let local = lock(&self.local);
             let held = lock(&self.online).users_on(&self.edge);
-            let missing: Vec<UserId> = local.keys().filter(|u| !held.contains(u)).copied().collect();
-            let extra: Vec<UserId> = held.into_iter().filter(|u| !local.contains_key(u)).collect();
+            let missing: Vec<UserId> =
+                local.keys().filter(|u| !held.contains_key(u)).copied().take(MENDS_PER_ROUND).collect();
+            let extra: Vec<(UserId, u64)> =
+                held.into_iter().filter(|(u, _)| !local.contains_key(u)).take(MENDS_PER_ROUND).collect();
             (missing, extra)
         };
-        futures::stream::iter(missing).for_each_concurrent(PUTS_IN_FLIGHT, |u| self.put_user(u)).await;
-        futures::stream::iter(extra)
+        // Each write checks again (a user may have come or gone since): a
+        // put only for a user still here, a delete only of the key as seen.
+        futures::stream::iter(missing)
             .for_each_concurrent(PUTS_IN_FLIGHT, |u| async move {
-                let _ = self.kv.delete(Key::user(u, &self.edge)).await;
+                if lock(&self.local).contains_key(&u) {
+                    self.put_user(u).await;
+                }
+            })
+            .await;
+        futures::stream::iter(extra)
+            .for_each_concurrent(PUTS_IN_FLIGHT, |(u, rev)| async move {
+                let _ = self.kv.delete_expect_revision(Key::user(u, &self.edge), Some(rev)).await;
             })
             .await;
     }
 
     /// Deletes dead edges' keys, if this is the live edge of the lowest id.
     async fn sweep(&self) {
+        /// Lets the next sweep run however this one ends.
+        struct Done<'a>(&'a AtomicBool);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::SeqCst);
+            }
+        }
+        let _done = Done(&self.sweeping);
         let dead = lock(&self.online).to_sweep(&self.edge, PRESENCE_TTL, Instant::now());
         futures::stream::iter(dead)
             .for_each_concurrent(PUTS_IN_FLIGHT, |(k, rev)| async move {
                 let _ = self.kv.delete_expect_revision(k, Some(rev)).await;
             })
             .await;
-        self.sweeping.store(false, Ordering::SeqCst);
     }
 
     /// Puts `user`'s key for this edge, never expiring (the edge's own key
@@ -271,14 +315,14 @@ impl Presence {
     /// this edge does not hold them) are loaded in the background: a
     /// connection opens at the speed of one NATS round trip.
     pub async fn connect(self: &Arc<Self>, sink: &Sink) {
-        let since = self.transitions();
         let first = {
             let mut local = lock(&self.local);
             let here = local.entry(sink.user).or_default();
             here.sinks.insert(sink.conn, sink.clone());
-            here.sinks.len() == 1
+            // `local` before `online`, as everywhere.
+            (here.sinks.len() == 1).then(|| lock(&self.online).load_begins())
         };
-        if first {
+        if let Some(since) = first {
             self.put_user(sink.user).await;
             let (p, user) = (Arc::downgrade(self), sink.user);
             tokio::spawn(async move {
@@ -345,13 +389,22 @@ impl Presence {
             return;
         }
         let at = iso(now());
-        {
+        // The sockets under the lock; the frames made and queued after.
+        let targets: Vec<Vec<Sink>> = {
             let local = lock(&self.local);
-            for (user, is_online, watchers) in &told {
-                let Some(text) = presence_frame(*user, *is_online, at.clone()) else { continue };
-                for s in watchers.iter().filter_map(|w| local.get(w)).flat_map(|h| h.sinks.values()) {
-                    s.offer(Outbound::Local(text.clone()));
-                }
+            told.iter()
+                .map(|(_, _, watchers)| {
+                    watchers.iter().filter_map(|w| local.get(w)).flat_map(|h| h.sinks.values().cloned()).collect()
+                })
+                .collect()
+        };
+        for ((user, is_online, _), sinks) in told.iter().zip(targets) {
+            if sinks.is_empty() {
+                continue;
+            }
+            let Some(text) = presence_frame(*user, *is_online, at.clone()) else { continue };
+            for s in sinks {
+                s.offer(Outbound::Local(text.clone()));
             }
         }
         if record {
@@ -372,24 +425,36 @@ impl Presence {
 
     /// Reads `user`'s contact lists again (and their groups' members this
     /// edge does not hold, or has held too long).
+    /// (`since` is from [`Online::load_begins`]; the load's end is told.)
     async fn refresh_contacts(&self, user: UserId, since: u64) {
+        /// Tells `online` the load ended, however it ends.
+        struct Ended<'a>(&'a Mutex<Online>, u64);
+        impl Drop for Ended<'_> {
+            fn drop(&mut self) {
+                lock(self.0).load_ended(self.1);
+            }
+        }
+        let _ended = Ended(&self.online, since);
         let Some(loads) = lock(&self.local).get(&user).map(|h| h.loads.clone()) else { return };
         let _one = loads.lock().await;
-        if let Err(e) = self.load_contacts(user, since).await {
+        if let Err(e) = self.load_contacts(user, since, &loads).await {
             tracing::warn!(error = %e, "contacts not refreshed");
         }
-    }
-
-    /// The count of presence transitions seen so far.
-    fn transitions(&self) -> u64 {
-        lock(&self.online).transitions()
     }
 
     /// Loads `user`'s contacts, and tells them of those who came online or
     /// went offline after transition `since` (taken before the user's
     /// first socket was counted here, or when their contacts changed) whom
     /// they could not see before: nobody told them yet.
-    async fn load_contacts(&self, user: UserId, since: u64) -> Result<(), mongodb::error::Error> {
+    /// `loads` is the lock of the user's sockets it runs under: if they all
+    /// went and others came meanwhile, a newer load is theirs, and this
+    /// one's lists are not taken.
+    async fn load_contacts(
+        &self,
+        user: UserId,
+        since: u64,
+        loads: &Arc<tokio::sync::Mutex<()>>,
+    ) -> Result<(), mongodb::error::Error> {
         let lists = self.store.contact_lists(user.oid()).await?;
         let _reading = self.group_reads.lock().await;
         let missing = lock(&self.contacts).to_read(&lists.groups);
@@ -411,7 +476,7 @@ impl Presence {
         for g in missing {
             contacts.group_read(g, read.remove(&g));
         }
-        let Some(here) = local.get(&user) else { return Ok(()) };
+        let Some(here) = local.get(&user).filter(|h| Arc::ptr_eq(&h.loads, loads)) else { return Ok(()) };
         let before = contacts.holds(user).then(|| contacts.pushed_to(user));
         let peers = lists.peers.into_iter().map(UserId).collect();
         contacts.set(user, peers, lists.groups.into_iter().collect());

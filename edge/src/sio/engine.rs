@@ -221,14 +221,21 @@ impl Engine {
         let first = match down.try_next() {
             Some(n) => Some(n),
             None => {
+                /// Clears the flag however the wait ends (a client that
+                /// gives up on its request drops this future).
+                struct Waiting<'a>(&'a std::sync::atomic::AtomicBool);
+                impl Drop for Waiting<'_> {
+                    fn drop(&mut self) {
+                        self.0.store(false, std::sync::atomic::Ordering::SeqCst);
+                    }
+                }
                 self.poll_waiting.store(true, std::sync::atomic::Ordering::SeqCst);
-                let n = tokio::select! {
+                let _waiting = Waiting(&self.poll_waiting);
+                tokio::select! {
                     biased;
                     n = down.next() => n,
                     _ = self.closed.cancelled() => None,
-                };
-                self.poll_waiting.store(false, std::sync::atomic::Ordering::SeqCst);
-                n
+                }
             }
         };
         let Some((p, d)) = first else { return Ok(text_response(String::from(Packet::Close))) };
@@ -343,9 +350,21 @@ impl Engine {
                             self.push(Packet::Noop);
                         }
                     }
-                    // The client never finished it: polling goes on.
+                    // The client never finished it: polling goes on. Under
+                    // the transport's lock: an upgrade the reader took just
+                    // now stands; after this, the reader refuses it.
                     _ = &mut give_up => {
-                        transport::write(&mut tx, Frame::close(close::POLICY_VIOLATION, b"upgrade timed out")).await;
+                        let upgraded = {
+                            let t = lock(&self.transport);
+                            let upgraded = *t == Transport::Websocket;
+                            if !upgraded {
+                                self.upgrading.store(false, std::sync::atomic::Ordering::SeqCst);
+                            }
+                            upgraded
+                        };
+                        if !upgraded {
+                            transport::write(&mut tx, Frame::close(close::POLICY_VIOLATION, b"upgrade timed out")).await;
+                        }
                         break;
                     }
                 }
@@ -408,7 +427,14 @@ impl transport::Handler for WsInbound {
             }
             (true, Packet::Upgrade) => {
                 self.probing = false;
-                *lock(&self.engine.transport) = Transport::Websocket;
+                {
+                    let mut t = lock(&self.engine.transport);
+                    // Given up on (`Engine::run_ws`): too late.
+                    if !self.engine.upgrading.load(std::sync::atomic::Ordering::SeqCst) {
+                        return Next::Close(close::POLICY_VIOLATION, "upgrade timed out");
+                    }
+                    *t = Transport::Websocket;
+                }
                 if let Some(t) = self.upgraded.take() {
                     let _ = t.send(());
                 }

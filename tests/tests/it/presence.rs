@@ -210,16 +210,18 @@ async fn heartbeats_cost_a_write_per_edge_and_a_stalled_edge_comes_back() {
 
     // A key lost (a write that failed, or raced a reconnect) is put back
     // within a heartbeat or two, and a key of a user not there is deleted.
-    let kv = {
-        let s = natter_nats::Subjects::new(&app.name);
-        let js = async_nats::jetstream::new(async_nats::connect(&app.nats_url).await.expect("nats"));
-        js.get_key_value(s.presence_bucket()).await.expect("presence bucket")
-    };
+    let s = natter_nats::Subjects::new(&app.name);
+    let js = async_nats::jetstream::new(async_nats::connect(&app.nats_url).await.expect("nats"));
+    let kv = js.get_key_value(s.presence_bucket()).await.expect("presence bucket");
     let u_key = presence_keys(&app, &u_keys).await.remove(0);
     let e2_id = u_key.rsplit('.').next().unwrap().to_string();
     let ghost = format!("user.{}.{e2_id}", app.user().hex());
     kv.delete(&u_key).await.unwrap();
-    kv.put(&ghost, "1".into()).await.unwrap();
+    // As an edge puts it, never expiring: only the mending removes it.
+    let mut never = async_nats::HeaderMap::new();
+    never.insert(async_nats::header::NATS_MESSAGE_TTL, "never");
+    let subject = format!("$KV.{}.{ghost}", s.presence_bucket());
+    js.publish_with_headers(subject, never, "1".into()).await.unwrap().await.unwrap();
     natter_tests::eventually("the edge mends its keys", HEARTBEAT * 3, || async {
         let keys = presence_keys(&app, "user.").await;
         (keys.contains(&u_key) && !keys.contains(&ghost)).then_some(())
