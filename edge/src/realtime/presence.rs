@@ -28,8 +28,9 @@ use natter_shared::store::Store;
 use natter_shared::timefmt::iso;
 use natter_shared::v1::event::{EventFrame, EventKind, UserPresence};
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -65,6 +66,27 @@ pub struct Presence {
     /// Set by the heartbeat when this edge's key was lost: all its users'
     /// keys are put again.
     lost: AtomicBool,
+    /// The revision of this edge's key, as last written.
+    alive: AtomicU64,
+}
+
+/// Runs `round` every heartbeat until `stop`, or until the presence is
+/// dropped.
+async fn every_heartbeat<F, Fut>(stop: &CancellationToken, w: &Weak<Presence>, mut round: F)
+where
+    F: FnMut(Arc<Presence>) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Some(p) = w.upgrade() else { return };
+        round(p).await;
+    }
 }
 
 /// A user with sockets here.
@@ -105,7 +127,7 @@ impl Presence {
         let seen = js.get_key_value(subjects.last_seen_bucket()).await.map_err(|e| e.to_string())?;
         let edge = mongodb::bson::oid::ObjectId::new().to_hex();
         // Alive before any user of ours is put.
-        let mut alive = kv.put(Key::edge(&edge), "1".into()).await.map_err(|e| e.to_string())?;
+        let alive = kv.put(Key::edge(&edge), "1".into()).await.map_err(|e| e.to_string())?;
         let p = Arc::new(Presence {
             js: js.clone(),
             kv,
@@ -118,6 +140,7 @@ impl Presence {
             online: Mutex::new(Online::default()),
             sweeping: AtomicBool::new(false),
             lost: AtomicBool::new(false),
+            alive: AtomicU64::new(alive),
         });
         let mut watch = p.kv.watch_with_history(">").await.map_err(|e| e.to_string())?;
         let w = Arc::downgrade(&p);
@@ -161,16 +184,7 @@ impl Presence {
         // The edge's key alone, so that nothing delays it past the TTL.
         // Stops after the connections: their disconnects have run by then.
         tasks.spawn_service(|stop: CancellationToken| async move {
-            let mut tick = tokio::time::interval(HEARTBEAT);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tick.tick() => {}
-                }
-                let Some(p) = w.upgrade() else { break };
-                alive = p.heartbeat(alive).await;
-            }
+            every_heartbeat(&stop, &w, |p| async move { p.heartbeat().await }).await;
             // Going away: our users are no longer online through this edge
             // (the first delete says so to every edge; the rest tidy up).
             if let Some(p) = w.upgrade() {
@@ -189,14 +203,7 @@ impl Presence {
         let w = Arc::downgrade(&p);
         // The users' keys, other edges' deaths, dead edges' keys.
         tasks.spawn_service(|stop: CancellationToken| async move {
-            let mut tick = tokio::time::interval(HEARTBEAT);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tick.tick() => {}
-                }
-                let Some(p) = w.upgrade() else { break };
+            every_heartbeat(&stop, &w, |p| async move {
                 if p.lost.swap(false, Ordering::SeqCst) {
                     let users: Vec<UserId> = lock(&p.local).keys().copied().collect();
                     futures::stream::iter(users).for_each_concurrent(PUTS_IN_FLIGHT, |u| p.put_user(u)).await;
@@ -209,42 +216,39 @@ impl Presence {
                 if !p.sweeping.swap(true, Ordering::SeqCst) {
                     tokio::spawn(async move { p.sweep().await });
                 }
-            }
+            })
+            .await;
         });
         Ok(p)
     }
 
-    /// Refreshes this edge's key, last written at revision `alive`; the
-    /// revision now. If the key went meanwhile (expired in a stall, or a
-    /// NATS restart lost the bucket), other edges took our users offline
-    /// and may have deleted their keys: all are put again.
-    async fn heartbeat(&self, alive: u64) -> u64 {
+    /// Refreshes this edge's key, last written at revision `alive`. If
+    /// the key went meanwhile (expired in a stall, or a NATS restart lost
+    /// the bucket), other edges took our users offline and may have
+    /// deleted their keys: all are put again (`lost`).
+    async fn heartbeat(&self) {
         let key = Key::edge(&self.edge);
-        match self.kv.update(&key, "1".into(), alive).await {
-            Ok(rev) => return rev,
+        match self.kv.update(&key, "1".into(), self.alive.load(Ordering::SeqCst)).await {
+            Ok(rev) => return self.alive.store(rev, Ordering::SeqCst),
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
             Err(e) => {
                 // Maybe written, maybe not: the next update tells.
-                tracing::warn!(error = %e, "presence heartbeat failed");
-                return alive;
+                return tracing::warn!(error = %e, "presence heartbeat failed");
             }
         }
         // An update that timed out may have landed: then the key is ours.
         if let Ok(Some(entry)) = self.kv.entry(&key).await
             && entry.operation == Operation::Put
         {
-            return entry.revision;
+            return self.alive.store(entry.revision, Ordering::SeqCst);
         }
         tracing::warn!("this edge's presence key was lost; putting its users' again");
         match self.kv.put(&key, "1".into()).await {
             Ok(rev) => {
+                self.alive.store(rev, Ordering::SeqCst);
                 self.lost.store(true, Ordering::SeqCst);
-                rev
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "presence heartbeat failed");
-                alive
-            }
+            Err(e) => tracing::warn!(error = %e, "presence heartbeat failed"),
         }
     }
 

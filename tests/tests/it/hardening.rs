@@ -165,11 +165,9 @@ async fn exports_write_formulas_as_text() {
     assert!(csv.contains("'=HYPERLINK") && csv.contains("'+1+2") && csv.contains("'@SUM(A1)"), "{csv}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_upgrade_probe_closes_the_websocket() {
-    let mut app = TestApp::new().await;
-    let e = app.start_edge().await;
-    let sid = raw_session(&app, &format!("http://{e}/socket.io/?EIO=4"), None).await;
+/// A WebSocket for the polling session `sid` that has sent the upgrade's
+/// probe and got its answer.
+async fn probe(e: std::net::SocketAddr, sid: &str) -> WsClient {
     let path = format!("/socket.io/?EIO=4&transport=websocket&sid={sid}");
     let mut ws = WsClient::open(e, &path, "").await.expect("upgrade");
     ws.send_text("2probe").await;
@@ -177,6 +175,15 @@ async fn a_second_upgrade_probe_closes_the_websocket() {
         Some(natter_tests::ws::In::Text(t)) => assert_eq!(t, "3probe"),
         other => panic!("{other:?}"),
     }
+    ws
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_upgrade_probe_closes_the_websocket() {
+    let mut app = TestApp::new().await;
+    let e = app.start_edge().await;
+    let sid = raw_session(&app, &format!("http://{e}/socket.io/?EIO=4"), None).await;
+    let mut ws = probe(e, &sid).await;
     ws.send_text("2probe").await;
     match ws.next(Duration::from_secs(5)).await {
         Some(natter_tests::ws::In::Close(code)) => assert_eq!(code, 1002),
@@ -201,13 +208,7 @@ async fn polls_in_flight_end_while_the_client_upgrades() {
     };
     let first = poll();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let path = format!("/socket.io/?EIO=4&transport=websocket&sid={sid}");
-    let mut ws = WsClient::open(e, &path, "").await.expect("upgrade");
-    ws.send_text("2probe").await;
-    match ws.next(Duration::from_secs(5)).await {
-        Some(natter_tests::ws::In::Text(t)) => assert_eq!(t, "3probe"),
-        other => panic!("{other:?}"),
-    }
+    let mut ws = probe(e, &sid).await;
     let ended = tokio::time::timeout(Duration::from_secs(2), first).await.expect("the poll in flight ended");
     assert_eq!(ended.unwrap(), "6");
     // A poll the client sent before it saw the probe's answer.
@@ -224,10 +225,7 @@ async fn polls_in_flight_end_while_the_client_upgrades() {
     // A second session whose client never finishes the upgrade: the
     // WebSocket is closed after Engine.IO's upgradeTimeout, polling goes on.
     let sid2 = raw_session(&app, &base, None).await;
-    let path2 = format!("/socket.io/?EIO=4&transport=websocket&sid={sid2}");
-    let mut ws2 = WsClient::open(e, &path2, "").await.expect("upgrade");
-    ws2.send_text("2probe").await;
-    assert!(matches!(ws2.next(Duration::from_secs(5)).await, Some(natter_tests::ws::In::Text(t)) if t == "3probe"));
+    let mut ws2 = probe(e, &sid2).await;
     assert_eq!(ws2.closed(Duration::from_secs(15)).await, Some(1008), "closed: upgrade timed out");
     let url2 = format!("{base}&transport=polling&sid={sid2}");
     let (s, body) = eio(&app, reqwest::Method::POST, url2, Some("3".into())).await;
