@@ -93,10 +93,19 @@ where
 #[derive(Default)]
 struct Here {
     sinks: HashMap<ConnId, Sink>,
-    /// Held by a load of the user's contacts: loads run one after another,
-    /// so an older read never lands over a newer one, and each load's
-    /// announcements start where the previous load's lists took over.
-    loads: Arc<tokio::sync::Mutex<()>>,
+    loads: Arc<Loads>,
+}
+
+/// The loads of one user's contacts.
+#[derive(Default)]
+struct Loads {
+    /// Held by a load: loads run one after another, so an older read never
+    /// lands over a newer one, and each load's announcements start where
+    /// the previous load's lists took over.
+    running: tokio::sync::Mutex<()>,
+    /// A load waits to start: it reads the lists after any change told
+    /// meanwhile, so another is not needed (a burst of changes is one load).
+    queued: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -166,6 +175,10 @@ impl Presence {
                     // In a task of its own: reads (waiting for other users'
                     // group reads) must not hold up other notices.
                     ContactNotice::Refresh(u) => {
+                        let Some(loads) = lock(&p.local).get(&u).map(|h| h.loads.clone()) else { continue };
+                        if loads.queued.swap(true, Ordering::SeqCst) {
+                            continue;
+                        }
                         let since = lock(&p.online).load_begins();
                         tokio::spawn(async move { p.refresh_contacts(u, since).await });
                     }
@@ -324,7 +337,11 @@ impl Presence {
             let here = local.entry(sink.user).or_default();
             here.sinks.insert(sink.conn, sink.clone());
             // `local` before `online`, as everywhere.
-            (here.sinks.len() == 1).then(|| lock(&self.online).load_begins())
+            let first = here.sinks.len() == 1;
+            if first {
+                here.loads.queued.store(true, Ordering::SeqCst);
+            }
+            first.then(|| lock(&self.online).load_begins())
         };
         if let Some(since) = first {
             self.put_user(sink.user).await;
@@ -440,7 +457,8 @@ impl Presence {
         }
         let _ended = Ended(&self.online, since);
         let Some(loads) = lock(&self.local).get(&user).map(|h| h.loads.clone()) else { return };
-        let _one = loads.lock().await;
+        let _one = loads.running.lock().await;
+        loads.queued.store(false, Ordering::SeqCst);
         if let Err(e) = self.load_contacts(user, since, &loads).await {
             tracing::warn!(error = %e, "contacts not refreshed");
         }
@@ -453,12 +471,7 @@ impl Presence {
     /// `loads` is the lock of the user's sockets it runs under: if they all
     /// went and others came meanwhile, a newer load is theirs, and this
     /// one's lists are not taken.
-    async fn load_contacts(
-        &self,
-        user: UserId,
-        since: u64,
-        loads: &Arc<tokio::sync::Mutex<()>>,
-    ) -> Result<(), mongodb::error::Error> {
+    async fn load_contacts(&self, user: UserId, since: u64, loads: &Arc<Loads>) -> Result<(), mongodb::error::Error> {
         let lists = self.store.contact_lists(user.oid()).await?;
         let _reading = self.group_reads.lock().await;
         let missing = lock(&self.contacts).to_read(&lists.groups);
