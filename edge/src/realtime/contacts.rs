@@ -43,6 +43,9 @@ pub struct Contacts {
     max_group: usize,
     users: HashMap<UserId, Mine>,
     groups: HashMap<ObjectId, Group>,
+    /// The held groups each user is a member of (so that a transition
+    /// looks at that user's groups, not at every group held).
+    member_of: HashMap<UserId, HashSet<ObjectId>>,
     /// A conversation peer, and the users here who have them as one.
     peer_of: HashMap<UserId, HashSet<UserId>>,
     /// Groups being read, and the changes that came meanwhile.
@@ -82,10 +85,13 @@ impl Contacts {
             // Not there (deleted, or not written yet): not held, so the next
             // refresh that names it reads it again.
             self.reading.remove(&id);
-            self.groups.remove(&id);
+            if let Some(old) = self.groups.remove(&id) {
+                self.reindex(id, Some(&old.members));
+            }
             return;
         };
         let old = self.groups.remove(&id);
+        let old_members = old.as_ref().map(|o| o.members.clone());
         let mut g = match old {
             // What is held is newer than MongoDB's copy (written after the
             // events go out): keep it.
@@ -101,6 +107,26 @@ impl Contacts {
             g.apply(at, &change);
         }
         self.groups.insert(id, g);
+        self.reindex(id, old_members.as_ref());
+    }
+
+    /// Brings `member_of` in step with group `id` as held now, from its
+    /// members `old` before the change (`None`: it was not held).
+    fn reindex(&mut self, id: ObjectId, old: Option<&HashSet<UserId>>) {
+        let none = HashSet::new();
+        let old = old.unwrap_or(&none);
+        let new = self.groups.get(&id).map(|g| &g.members).unwrap_or(&none);
+        for u in old.difference(new) {
+            if let Some(set) = self.member_of.get_mut(u) {
+                set.remove(&id);
+                if set.is_empty() {
+                    self.member_of.remove(u);
+                }
+            }
+        }
+        for u in new.difference(old) {
+            self.member_of.entry(*u).or_default().insert(id);
+        }
     }
 
     /// `user`'s contact lists, as just read; their groups' members must
@@ -155,7 +181,9 @@ impl Contacts {
             }
         }
         if let Some(g) = self.groups.get_mut(&id) {
+            let old = g.members.clone();
             g.apply(seq, &change);
+            self.reindex(id, Some(&old));
         }
     }
 
@@ -192,7 +220,8 @@ impl Contacts {
     /// presence.
     pub fn watchers(&self, user: UserId) -> HashSet<UserId> {
         let mut out: HashSet<UserId> = self.peer_of.get(&user).cloned().unwrap_or_default();
-        for g in self.groups.values().filter(|g| g.members.len() <= self.max_group && g.members.contains(&user)) {
+        let groups = self.member_of.get(&user).into_iter().flatten().filter_map(|g| self.groups.get(g));
+        for g in groups.filter(|g| g.members.len() <= self.max_group) {
             out.extend(g.local.iter().copied());
         }
         out.remove(&user);
@@ -225,7 +254,12 @@ impl Contacts {
 
     /// Groups nobody here is in are not held.
     fn drop_unused(&mut self) {
-        self.groups.retain(|_, g| !g.local.is_empty());
+        let unused: Vec<ObjectId> = self.groups.iter().filter(|(_, g)| g.local.is_empty()).map(|(id, _)| *id).collect();
+        for id in unused {
+            if let Some(g) = self.groups.remove(&id) {
+                self.reindex(id, Some(&g.members));
+            }
+        }
     }
 }
 
@@ -260,6 +294,17 @@ mod tests {
         u.iter().map(|x| x.oid()).collect()
     }
 
+    /// `member_of` is what the held groups say.
+    fn index_agrees(c: &Contacts) {
+        let mut want: HashMap<UserId, HashSet<ObjectId>> = HashMap::new();
+        for (id, g) in &c.groups {
+            for u in &g.members {
+                want.entry(*u).or_default().insert(*id);
+            }
+        }
+        assert_eq!(c.member_of, want);
+    }
+
     #[test]
     fn a_group_is_held_once_and_tells_its_members_here() {
         let u = ids(5);
@@ -268,9 +313,12 @@ mod tests {
         // u0 and u1 are here; u2..u4 are elsewhere; all five are in g.
         assert_eq!(c.to_read(&[g]), vec![g]);
         c.group_read(g, Some((oids(&u), 10)));
+        index_agrees(&c);
         assert!(c.to_read(&[g]).is_empty(), "just read");
         c.set(u[0], HashSet::new(), HashSet::from([g]));
+        index_agrees(&c);
         c.set(u[1], HashSet::from([u[4]]), HashSet::from([g]));
+        index_agrees(&c);
         assert_eq!(c.watchers(u[3]), HashSet::from([u[0], u[1]]));
         assert_eq!(c.watchers(u[0]), HashSet::from([u[1]]), "not told of themselves");
         assert!(c.may_see(u[0], u[2]) && c.may_see(u[1], u[4]));
@@ -278,16 +326,21 @@ mod tests {
         assert!(c.pushed_to(u[2]).is_empty(), "not held here");
         // A member removed: nobody here is told of them any more.
         c.group_change(g, 11, GroupChange::Removed(u[3].oid()));
+        index_agrees(&c);
         assert!(c.watchers(u[3]).is_empty() && !c.may_see(u[0], u[3]));
         // An older change (a redelivery) is not applied again.
         c.group_change(g, 9, GroupChange::Added(u[3].oid()));
+        index_agrees(&c);
         assert!(c.watchers(u[3]).is_empty());
         // u4 is still u1's peer, though not in the group.
         c.group_change(g, 12, GroupChange::Removed(u[4].oid()));
+        index_agrees(&c);
         assert_eq!(c.watchers(u[4]), HashSet::from([u[1]]));
         // Everyone here gone: the group is not held.
         c.remove(u[0]);
+        index_agrees(&c);
         c.remove(u[1]);
+        index_agrees(&c);
         assert!(c.watchers(u[2]).is_empty() && c.watchers(u[4]).is_empty());
         assert_eq!(c.to_read(&[g]), vec![g], "read again when someone here is in it");
         assert!(!c.holds(u[0]));
@@ -301,23 +354,32 @@ mod tests {
         assert_eq!(c.to_read(&[g]), vec![g]);
         // While MongoDB is read: u3 added at 21, u1 removed at 22.
         c.group_change(g, 21, GroupChange::Added(u[3].oid()));
+        index_agrees(&c);
         c.group_change(g, 22, GroupChange::Removed(u[1].oid()));
+        index_agrees(&c);
         // The copy read is as of 21: it has u3 already, and u1.
         c.group_read(g, Some((oids(&u), 21)));
+        index_agrees(&c);
         c.set(u[0], HashSet::new(), HashSet::from([g]));
+        index_agrees(&c);
         assert_eq!(c.watchers(u[3]), HashSet::from([u[0]]));
         assert!(c.watchers(u[1]).is_empty(), "the removal after the copy applies");
         // A later read of an older copy (written behind the events) keeps
         // what is held.
         c.group_read(g, Some((oids(&u), 20)));
+        index_agrees(&c);
         assert!(c.watchers(u[1]).is_empty());
         // Deleted at 30, then forgotten here; a copy read from before the
         // delete was written finds nothing.
         c.group_change(g, 30, GroupChange::Deleted);
+        index_agrees(&c);
         c.remove(u[0]);
+        index_agrees(&c);
         c.to_read(&[g]);
         c.group_read(g, Some((oids(&u), 29)));
+        index_agrees(&c);
         c.set(u[0], HashSet::new(), HashSet::from([g]));
+        index_agrees(&c);
         assert!(c.watchers(u[2]).is_empty(), "a deleted group's old copy is not taken");
     }
 
@@ -330,11 +392,15 @@ mod tests {
         // An event made u1 u0's contact while u0's lists were being read.
         c.add_peers(u[0], [u[1]]);
         c.group_read(g, None);
+        index_agrees(&c);
         c.set(u[0], HashSet::new(), HashSet::from([g]));
+        index_agrees(&c);
         assert_eq!(c.watchers(u[1]), HashSet::from([u[0]]), "the peer added meanwhile stays");
         assert_eq!(c.to_read(&[g]), vec![g], "a group not found is read again");
         c.group_read(g, Some((vec![u[0].oid(), u[2].oid()], 5)));
+        index_agrees(&c);
         c.set(u[0], HashSet::new(), HashSet::from([g]));
+        index_agrees(&c);
         assert_eq!(c.watchers(u[2]), HashSet::from([u[0]]));
     }
 
@@ -344,21 +410,28 @@ mod tests {
         let g = ObjectId::new();
         let mut c = Contacts::new(100);
         c.set(u[0], HashSet::new(), HashSet::new());
+        index_agrees(&c);
         c.add_peers(u[0], [u[1], u[0]]);
         assert_eq!(c.watchers(u[1]), HashSet::from([u[0]]));
         assert!(c.watchers(u[0]).is_empty(), "not their own peer");
         c.to_read(&[g]);
         c.group_read(g, Some((vec![u[0].oid(), u[2].oid()], 3)));
+        index_agrees(&c);
         c.set(u[0], HashSet::new(), HashSet::from([g]));
+        index_agrees(&c);
         assert_eq!(c.watchers(u[1]), HashSet::from([u[0]]), "peers stay");
         assert_eq!(c.watchers(u[2]), HashSet::from([u[0]]));
         c.group_change(g, 4, GroupChange::Added(u[3].oid()));
+        index_agrees(&c);
         assert_eq!(c.watchers(u[3]), HashSet::from([u[0]]));
         c.group_change(g, 5, GroupChange::Deleted);
+        index_agrees(&c);
         assert!(c.watchers(u[2]).is_empty() && c.watchers(u[3]).is_empty());
         c.group_change(g, 6, GroupChange::Added(u[2].oid()));
+        index_agrees(&c);
         assert_eq!(c.watchers(u[2]), HashSet::from([u[0]]));
         c.set(u[0], HashSet::new(), HashSet::new());
+        index_agrees(&c);
         assert!(c.watchers(u[2]).is_empty(), "the refresh replaced the groups");
         assert_eq!(c.watchers(u[1]), HashSet::from([u[0]]));
     }
@@ -370,8 +443,11 @@ mod tests {
         let mut c = Contacts::new(3);
         c.to_read(&[small, big]);
         c.group_read(small, Some((oids(&u[..3]), 1)));
+        index_agrees(&c);
         c.group_read(big, Some((oids(&u), 1)));
+        index_agrees(&c);
         c.set(u[0], HashSet::new(), HashSet::from([small, big]));
+        index_agrees(&c);
         // u3 is only in the big group: seen over REST, never pushed.
         assert!(c.may_see(u[0], u[3]));
         assert!(c.watchers(u[3]).is_empty());
@@ -379,6 +455,7 @@ mod tests {
         assert_eq!(c.watchers(u[1]), HashSet::from([u[0]]), "through the small group");
         // The small group grows past the limit: it stops pushing too.
         c.group_change(small, 2, GroupChange::Added(u[3].oid()));
+        index_agrees(&c);
         assert!(c.watchers(u[1]).is_empty() && c.pushed_to(u[0]).is_empty());
         assert!(c.may_see(u[0], u[1]));
     }
