@@ -253,7 +253,7 @@ impl Store {
             }
         }
         let groups = self.groups_of(user).await?;
-        out.extend(groups.into_iter().take(max as usize).map(|(g, _)| RoomRef::new(RoomKind::Group, g.to_hex())));
+        out.extend(groups.into_iter().take(max as usize).map(|g| RoomRef::new(RoomKind::Group, g.to_hex())));
         Ok(out)
     }
 
@@ -423,20 +423,19 @@ impl Store {
     /// The user's groups (not deleted), most recent activity first.
     pub async fn groups_for(&self, user: ObjectId, page: u64, limit: u64) -> Result<Vec<GroupDoc>, StoreError> {
         let skip = page.saturating_sub(1).saturating_mul(limit) as usize;
-        let ids: Vec<ObjectId> =
-            self.groups_of(user).await?.into_iter().skip(skip).take(limit as usize).map(|(id, _)| id).collect();
+        let ids: Vec<ObjectId> = self.groups_of(user).await?.into_iter().skip(skip).take(limit as usize).collect();
         let mut found: Vec<GroupDoc> = self.groups().find(doc! {"_id": {"$in": &ids}}).await?.try_collect().await?;
         found.sort_by_key(|g| ids.iter().position(|id| *id == g.id));
         Ok(found)
     }
 
-    /// The groups (not deleted) `user` is in, most recent activity first,
-    /// with when each was last active. The memberships say which groups to
+    /// The groups (not deleted) `user` is in, most recent activity first.
+    /// The memberships say which groups to
     /// look at, the groups themselves whether the user is in them: a
     /// membership a stale worker wrote (its group write refused) shows
     /// nothing. Checked here, not in the filter (the embedded server scans
     /// the collection for conditions beside `_id`).
-    pub async fn groups_of(&self, user: ObjectId) -> Result<Vec<(ObjectId, mongodb::bson::DateTime)>, StoreError> {
+    pub async fn groups_of(&self, user: ObjectId) -> Result<Vec<ObjectId>, StoreError> {
         let ids = self.member_groups(user).await?;
         if ids.is_empty() {
             return Ok(vec![]);
@@ -450,7 +449,7 @@ impl Store {
             }
         }
         out.sort_by(|a, b| b.1.cmp(&a.1).then(b.0.cmp(&a.0)));
-        Ok(out)
+        Ok(out.into_iter().map(|(id, _)| id).collect())
     }
 
     /// The user's conversations, most recent activity first.

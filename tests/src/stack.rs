@@ -383,6 +383,22 @@ impl TestApp {
         String::from_utf8_lossy(&v).split('-').next().and_then(|pid| pid.parse().ok())
     }
 
+    /// The app's presence bucket, and the JetStream context it is opened
+    /// from (to write to it as an edge does).
+    pub async fn presence_bucket(&self) -> (async_nats::jetstream::Context, async_nats::jetstream::kv::Store) {
+        let s = natter_nats::Subjects::new(&self.name);
+        let js = async_nats::jetstream::new(async_nats::connect(&self.nats_url).await.expect("nats"));
+        let kv = js.get_key_value(s.presence_bucket()).await.expect("presence bucket");
+        (js, kv)
+    }
+
+    /// Writes to the app's presence bucket so far (its stream's last
+    /// sequence).
+    pub async fn presence_writes(&self) -> u64 {
+        let (_, mut kv) = self.presence_bucket().await;
+        kv.stream.info().await.expect("stream info").state.last_sequence
+    }
+
     /// Runs `natterctl args` with the app's environment; its stdout.
     pub async fn natterctl(&self, args: &[&str]) -> String {
         let bin = procs::workspace_bin("natterctl");

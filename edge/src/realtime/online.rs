@@ -221,8 +221,8 @@ impl Online {
     }
 
     /// The users whose key on `edge` the bucket holds, with its revision.
-    pub fn users_on(&self, edge: &str) -> HashMap<UserId, u64> {
-        self.edges.get(edge).map(|e| e.users.clone()).unwrap_or_default()
+    pub fn users_on(&self, edge: &str) -> Option<&HashMap<UserId, u64>> {
+        self.edges.get(edge).map(|e| &e.users)
     }
 
     /// Whether `me` is the live edge of the lowest id: the one that deletes
@@ -301,8 +301,8 @@ mod tests {
         assert_eq!(o.changed_after(b, 3), Some(false));
         o.prune();
         assert_eq!(o.changed_after(b, 3), None, "no load needs it");
-        assert_eq!(o.users_on("e1"), HashMap::new());
-        assert_eq!(o.users_on("e2"), HashMap::from([(a, 1)]));
+        assert_eq!(o.users_on("e1"), Some(&HashMap::new()));
+        assert_eq!(o.users_on("e2"), Some(&HashMap::from([(a, 1)])));
         let since = o.load_begins();
         assert_eq!(o.apply(Key::User(a, "e2".into()), false, 1, t), [(a, false)]);
         o.prune();

@@ -6,7 +6,8 @@
 //! key per user with a socket on it, put once (see [`online`] for the
 //! keys). A heartbeat is one put per edge, not one per user. If the edge's
 //! own key went meanwhile (a stall longer than the TTL, or a restarted
-//! NATS), the heartbeat puts its users' keys again. Every edge watches the
+//! NATS), its users' keys are put again, and each heartbeat round mends
+//! those the bucket lacks or holds for users gone. Every edge watches the
 //! bucket: a user is online while any key of theirs is on a live edge. On
 //! a transition each edge tells its own sockets whose users are that
 //! user's contacts (see [`Contacts`]), so nobody else learns it and no
@@ -36,7 +37,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use natter_nats::topology::PRESENCE_TTL;
-/// How often an edge refreshes its users' keys.
+/// How often an edge refreshes its own key (and mends its users').
 pub const HEARTBEAT: Duration = Duration::from_secs(3);
 /// Presence keys an edge puts or deletes at once.
 const PUTS_IN_FLIGHT: usize = 256;
@@ -61,8 +62,8 @@ pub struct Presence {
     group_reads: tokio::sync::Mutex<()>,
     /// Who is online, as the bucket says.
     online: Mutex<Online>,
-    /// Set while a sweep of dead edges' keys runs.
-    sweeping: AtomicBool,
+    /// Held while a sweep of dead edges' keys runs (one at a time).
+    sweeping: Arc<tokio::sync::Mutex<()>>,
     /// Set by the heartbeat when this edge's key was lost: all its users'
     /// keys are put again.
     lost: AtomicBool,
@@ -147,7 +148,7 @@ impl Presence {
             contacts: Mutex::new(Contacts::new(max_group)),
             group_reads: tokio::sync::Mutex::new(()),
             online: Mutex::new(Online::default()),
-            sweeping: AtomicBool::new(false),
+            sweeping: Arc::new(tokio::sync::Mutex::new(())),
             lost: AtomicBool::new(false),
             alive: AtomicU64::new(alive),
         });
@@ -180,7 +181,7 @@ impl Presence {
                             continue;
                         }
                         let since = lock(&p.online).load_begins();
-                        tokio::spawn(async move { p.refresh_contacts(u, since).await });
+                        tokio::spawn(async move { p.refresh_contacts(u, since, loads).await });
                     }
                     ContactNotice::Add(u, others) => {
                         // `local` before `contacts`, as everywhere.
@@ -226,8 +227,11 @@ impl Presence {
                 let now = Instant::now();
                 p.apply_and_tell(|o| o.expire(&p.edge, HEARTBEAT * 2, PRESENCE_TTL + HEARTBEAT, now), true);
                 lock(&p.online).prune();
-                if !p.sweeping.swap(true, Ordering::SeqCst) {
-                    tokio::spawn(async move { p.sweep().await });
+                if let Ok(one) = p.sweeping.clone().try_lock_owned() {
+                    tokio::spawn(async move {
+                        p.sweep().await;
+                        drop(one);
+                    });
                 }
             })
             .await;
@@ -273,11 +277,17 @@ impl Presence {
         let (missing, extra) = {
             // `local` before `online`, as everywhere.
             let local = lock(&self.local);
-            let held = lock(&self.online).users_on(&self.edge);
+            let online = lock(&self.online);
+            let none = HashMap::new();
+            let held = online.users_on(&self.edge).unwrap_or(&none);
             let missing: Vec<UserId> =
                 local.keys().filter(|u| !held.contains_key(u)).copied().take(MENDS_PER_ROUND).collect();
-            let extra: Vec<(UserId, u64)> =
-                held.into_iter().filter(|(u, _)| !local.contains_key(u)).take(MENDS_PER_ROUND).collect();
+            let extra: Vec<(UserId, u64)> = held
+                .iter()
+                .filter(|(u, _)| !local.contains_key(u))
+                .map(|(u, r)| (*u, *r))
+                .take(MENDS_PER_ROUND)
+                .collect();
             (missing, extra)
         };
         // Each write checks again (a user may have come or gone since): a
@@ -298,14 +308,6 @@ impl Presence {
 
     /// Deletes dead edges' keys, if this is the live edge of the lowest id.
     async fn sweep(&self) {
-        /// Lets the next sweep run however this one ends.
-        struct Done<'a>(&'a AtomicBool);
-        impl Drop for Done<'_> {
-            fn drop(&mut self) {
-                self.0.store(false, Ordering::SeqCst);
-            }
-        }
-        let _done = Done(&self.sweeping);
         let dead = lock(&self.online).to_sweep(&self.edge, PRESENCE_TTL, Instant::now());
         futures::stream::iter(dead)
             .for_each_concurrent(PUTS_IN_FLIGHT, |(k, rev)| async move {
@@ -336,19 +338,18 @@ impl Presence {
             let mut local = lock(&self.local);
             let here = local.entry(sink.user).or_default();
             here.sinks.insert(sink.conn, sink.clone());
-            // `local` before `online`, as everywhere.
-            let first = here.sinks.len() == 1;
-            if first {
+            (here.sinks.len() == 1).then(|| {
                 here.loads.queued.store(true, Ordering::SeqCst);
-            }
-            first.then(|| lock(&self.online).load_begins())
+                // `local` before `online`, as everywhere.
+                (lock(&self.online).load_begins(), here.loads.clone())
+            })
         };
-        if let Some(since) = first {
+        if let Some((since, loads)) = first {
             self.put_user(sink.user).await;
             let (p, user) = (Arc::downgrade(self), sink.user);
             tokio::spawn(async move {
                 if let Some(p) = p.upgrade() {
-                    p.refresh_contacts(user, since).await;
+                    p.refresh_contacts(user, since, loads).await;
                 }
             });
         }
@@ -446,8 +447,9 @@ impl Presence {
 
     /// Reads `user`'s contact lists again (and their groups' members this
     /// edge does not hold, or has held too long).
-    /// (`since` is from [`Online::load_begins`]; the load's end is told.)
-    async fn refresh_contacts(&self, user: UserId, since: u64) {
+    /// (`since` is from [`Online::load_begins`]; the load's end is told.
+    /// `loads` are those of the user's sockets when it was asked for.)
+    async fn refresh_contacts(&self, user: UserId, since: u64, loads: Arc<Loads>) {
         /// Tells `online` the load ended, however it ends.
         struct Ended<'a>(&'a Mutex<Online>, u64);
         impl Drop for Ended<'_> {
@@ -456,7 +458,6 @@ impl Presence {
             }
         }
         let _ended = Ended(&self.online, since);
-        let Some(loads) = lock(&self.local).get(&user).map(|h| h.loads.clone()) else { return };
         let _one = loads.running.lock().await;
         loads.queued.store(false, Ordering::SeqCst);
         if let Err(e) = self.load_contacts(user, since, &loads).await {

@@ -139,19 +139,9 @@ async fn first_presence(ws: &mut WsClient, user: &str, wait: Duration) -> Option
 /// The presence bucket's keys that start with `prefix`.
 async fn presence_keys(app: &TestApp, prefix: &str) -> Vec<String> {
     use futures::TryStreamExt;
-    let s = natter_nats::Subjects::new(&app.name);
-    let js = async_nats::jetstream::new(async_nats::connect(&app.nats_url).await.expect("nats"));
-    let kv = js.get_key_value(s.presence_bucket()).await.expect("presence bucket");
+    let (_, kv) = app.presence_bucket().await;
     let keys: Vec<String> = kv.keys().await.expect("keys").try_collect().await.expect("keys");
     keys.into_iter().filter(|k| k.starts_with(prefix)).collect()
-}
-
-/// Writes to the presence bucket so far.
-async fn presence_writes(app: &TestApp) -> u64 {
-    let s = natter_nats::Subjects::new(&app.name);
-    let js = async_nats::jetstream::new(async_nats::connect(&app.nats_url).await.expect("nats"));
-    let mut kv = js.get_key_value(s.presence_bucket()).await.expect("presence bucket");
-    kv.stream.info().await.expect("stream info").state.last_sequence
 }
 
 /// A heartbeat is one write per edge however many users it holds. An edge
@@ -173,9 +163,9 @@ async fn heartbeats_cost_a_write_per_edge_and_a_stalled_edge_comes_back() {
         idle.push(WsClient::connect(e1, &app.token(app.user(), &[])).await);
     }
     assert_eq!(presence_keys(&app, "user.").await.len(), 41, "a key per user");
-    let before = presence_writes(&app).await;
+    let before = app.presence_writes().await;
     tokio::time::sleep(HEARTBEAT * 3 + Duration::from_millis(500)).await;
-    let heartbeats = presence_writes(&app).await - before;
+    let heartbeats = app.presence_writes().await - before;
     assert!((2..=4).contains(&heartbeats), "{heartbeats} writes in three heartbeats of 41 users");
 
     // u on an edge of its own, which stalls (SIGSTOP) past the TTL.
@@ -210,9 +200,7 @@ async fn heartbeats_cost_a_write_per_edge_and_a_stalled_edge_comes_back() {
 
     // A key lost (a write that failed, or raced a reconnect) is put back
     // within a heartbeat or two, and a key of a user not there is deleted.
-    let s = natter_nats::Subjects::new(&app.name);
-    let js = async_nats::jetstream::new(async_nats::connect(&app.nats_url).await.expect("nats"));
-    let kv = js.get_key_value(s.presence_bucket()).await.expect("presence bucket");
+    let (js, kv) = app.presence_bucket().await;
     let u_key = presence_keys(&app, &u_keys).await.remove(0);
     let e2_id = u_key.rsplit('.').next().unwrap().to_string();
     let ghost = format!("user.{}.{e2_id}", app.user().hex());
@@ -220,7 +208,7 @@ async fn heartbeats_cost_a_write_per_edge_and_a_stalled_edge_comes_back() {
     // As an edge puts it, never expiring: only the mending removes it.
     let mut never = async_nats::HeaderMap::new();
     never.insert(async_nats::header::NATS_MESSAGE_TTL, "never");
-    let subject = format!("$KV.{}.{ghost}", s.presence_bucket());
+    let subject = format!("{}{ghost}", kv.prefix);
     js.publish_with_headers(subject, never, "1".into()).await.unwrap().await.unwrap();
     natter_tests::eventually("the edge mends its keys", HEARTBEAT * 3, || async {
         let keys = presence_keys(&app, "user.").await;

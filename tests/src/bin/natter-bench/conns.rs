@@ -57,14 +57,6 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// Writes to the app's presence bucket so far (its stream's last sequence).
-async fn presence_writes(app: &TestApp) -> u64 {
-    let s = natter_nats::Subjects::new(&app.name);
-    let js = async_nats::jetstream::new(async_nats::connect(&app.nats_url).await.expect("nats"));
-    let mut kv = js.get_key_value(s.presence_bucket()).await.expect("presence bucket");
-    kv.stream.info().await.expect("stream info").state.last_sequence
-}
-
 /// A WebSocket client connection to `edge`'s `path`, from `source`, with
 /// `headers` (each ending in CRLF) in the upgrade request; it answers
 /// pings by itself.
@@ -315,13 +307,13 @@ pub async fn run(a: ConnsArgs) {
     tokio::time::sleep(half).await;
     let ticks = crate::dbstats::ticks_per_s();
     let cpu_time = |pid: u32| crate::dbstats::cpu_of(pid, ticks).unwrap_or_default();
-    let (edge_cpu, nats_cpu, writes) = (cpu_time(edge_pid), cpu_time(nats_pid), presence_writes(&app).await);
+    let (edge_cpu, nats_cpu, writes) = (cpu_time(edge_pid), cpu_time(nats_pid), app.presence_writes().await);
     tokio::time::sleep(half).await;
     let (edge2, nats2) = (rss_kib(edge_pid), rss_kib(nats_pid));
     let hold = half.as_secs_f64().max(1.0);
     let busy = |before: Duration, pid: u32| (cpu_time(pid) - before).as_secs_f64() / hold * 100.0;
     let (edge_busy, nats_busy) = (busy(edge_cpu, edge_pid), busy(nats_cpu, nats_pid));
-    let writes = (presence_writes(&app).await - writes) as f64 / hold;
+    let writes = (app.presence_writes().await - writes) as f64 / hold;
     let held = alive.load(Ordering::Relaxed);
 
     let n = open_now.max(1) as f64;
