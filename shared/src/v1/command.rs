@@ -246,6 +246,9 @@ impl Command {
                 if let (Some(first), Some(last)) = (c.seqs.first(), c.seqs.last()) {
                     put("seqs", &format!("{first}..{last}"));
                 }
+                for (i, d) in c.more.iter().enumerate() {
+                    put(&format!("userId.{i}"), &d.user_id.hex());
+                }
             }
             Command::DeleteMessage(c) | Command::PinMessage(c) | Command::UnpinMessage(c) => {
                 put("messageId", &c.message_id.hex())
@@ -453,10 +456,28 @@ pub struct MarkDeliveredCmd {
     /// devices; the newest moves the actor's delivery cursor (edges send
     /// just that one; earlier versions sent every one).
     pub seqs: Vec<u64>,
+    /// Other members' deliveries in the same room, reported by the same
+    /// edge in the same flush: one command per room and flush, not one per
+    /// member (a group of 2,000 would cost 4,000 commands a second while
+    /// messages flow). Each moves that member's cursor as `seqs` moves the
+    /// actor's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more: Vec<Delivered>,
+}
+
+/// A member's newest delivered `seq` in a room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Delivered {
+    pub user_id: UserId,
+    pub seq: u64,
 }
 
 /// Most message seqs one `mark_delivered` carries.
 pub const MAX_DELIVERED_SEQS: usize = 1000;
+
+/// Most members one `mark_delivered` reports for (the actor and `more`).
+pub const MAX_DELIVERED_USERS: usize = 1000;
 
 /// A command about one message of a room: `delete_message`,
 /// `pin_message`, `unpin_message`.

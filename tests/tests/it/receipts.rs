@@ -384,4 +384,17 @@ async fn a_big_group_keeps_exact_counts_and_sends_each_delivered_once() {
     .await;
     assert!(members[1..].iter().all(|m| g.unread_counts.get(&m.hex()) == Some(&4)), "{:?}", g.unread_counts);
     assert_eq!(g.delivered_cursors.len(), 40, "the forty devices' cursors");
+    let m3: mongodb::bson::oid::ObjectId = sent[3].parse().unwrap();
+    let newest = app.store.messages().find_one(doc! {"_id": m3}).await.unwrap().expect("m3 stored").seq;
+    assert!(g.delivered_cursors.values().all(|c| *c == newest), "each at m3: {:?}", g.delivered_cursors);
+
+    // The edge reported the forty in one command per flush, not one each.
+    let s = Subjects::new(&app.name);
+    let js = jetstream::new(async_nats::connect(&app.nats_url).await.expect("nats"));
+    let stream = js.get_stream(s.cmd_stream()).await.expect("stream");
+    let subject = s.command(RoomKind::Group, &group, "mark_delivered");
+    use futures::TryStreamExt;
+    let stored: Vec<(String, usize)> = stream.info_with_subjects(&subject).await.unwrap().try_collect().await.unwrap();
+    let receipts: usize = stored.iter().map(|(_, n)| n).sum();
+    assert!((1..=2).contains(&receipts), "{receipts} receipt commands for forty devices");
 }

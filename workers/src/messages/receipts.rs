@@ -16,7 +16,7 @@ use crate::handler::{ApplyError, Disposition, Incoming};
 use mongodb::bson::{doc, oid::ObjectId};
 use natter_shared::store::round_trip;
 use natter_shared::timefmt::iso;
-use natter_shared::v1::command::{MAX_DELIVERED_SEQS, MarkDeliveredCmd, MarkReadCmd, RoomFields};
+use natter_shared::v1::command::{MAX_DELIVERED_SEQS, MAX_DELIVERED_USERS, MarkDeliveredCmd, MarkReadCmd, RoomFields};
 use natter_shared::v1::error::ErrorCode;
 use natter_shared::v1::event::{EventFrame, EventKind, MessageRead, MessageStatus, MessageStatusUpdated, RefusedIds};
 
@@ -148,7 +148,6 @@ pub(super) async fn delivered(
     inc: &Incoming,
     c: &MarkDeliveredCmd,
 ) -> Result<Disposition, ApplyError> {
-    let user = inc.msg.actor.oid();
     if inc.seq as i64 <= room.last_seq() {
         // Applied before; its status events are not rebuilt (clients read
         // the status from the history).
@@ -157,14 +156,35 @@ pub(super) async fn delivered(
     // A device cannot have got a message the room does not have yet.
     let newest = room.last_seq();
     room.advance(inc.seq);
-    let upto = c.seqs.iter().max().map_or(0, |s| (*s as i64).min(newest));
-    if !room.is_member(user) || c.seqs.len() > MAX_DELIVERED_SEQS || upto <= room.get(Cursor::Delivered, user) {
+    if c.seqs.len() > MAX_DELIVERED_SEQS || c.more.len() >= MAX_DELIVERED_USERS {
         return Ok(Disposition::Applied(vec![]));
     }
+    let actor = c.seqs.iter().max().map(|s| (inc.msg.actor.oid(), *s));
+    let mut events = Vec::new();
+    for (user, seq) in actor.into_iter().chain(c.more.iter().map(|d| (d.user_id.oid(), d.seq))) {
+        let upto = (seq as i64).min(newest);
+        if upto > room.get(Cursor::Delivered, user) && room.is_member(user) {
+            deliver(b, room, inc, user, upto, &mut events).await?;
+        }
+    }
+    Ok(Disposition::Applied(events))
+}
+
+/// Moves `user`'s delivery cursor forward to `upto`, and tells the senders
+/// of the messages it passes that no other member had yet (events after
+/// those already in `events`, as parts of the command's seq).
+async fn deliver(
+    b: &mut Batch<'_>,
+    room: &mut Room,
+    inc: &Incoming,
+    user: ObjectId,
+    upto: i64,
+    events: &mut Vec<crate::handler::Publication>,
+) -> Result<(), ApplyError> {
     let seen = room.seen(user);
     if upto <= seen {
         room.put(Cursor::Delivered, user, upto);
-        return Ok(Disposition::Applied(vec![]));
+        return Ok(());
     }
     // Before the cursor moves: the backfill marks what members had.
     if !room.tail.covers(seen) {
@@ -177,7 +197,6 @@ pub(super) async fn delivered(
     let furthest = if room.tail.covers(seen) { Vec::new() } else { furthest(room, Some(user)) };
     let passed = passed(b, room, user, seen, upto).await?;
     room.tail.mark_delivered(seen, upto, user);
-    let mut events = Vec::new();
     for (id, sender, seq, known) in passed {
         let already = known.unwrap_or_else(|| reached_another(&furthest, sender, seq));
         if already {
@@ -191,7 +210,7 @@ pub(super) async fn delivered(
         let frame = EventFrame::new(EventKind::MessageStatusUpdated, inc.seq, data).part(events.len() as u32);
         events.push(publication(b.ctx.subjects.user_events(&sender.to_hex()), &frame)?);
     }
-    Ok(Disposition::Applied(events))
+    Ok(())
 }
 
 /// The three members (other than `except`) whose cursors are furthest:

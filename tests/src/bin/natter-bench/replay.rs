@@ -59,7 +59,14 @@ async fn publish(app: &TestApp, args: &ReplayArgs) -> u64 {
                 }),
             )
         } else if k.is_multiple_of(10) && last_sent[i].is_some() {
-            (b, Command::MarkDelivered(MarkDeliveredCmd { room: RoomFields::of(&r), seqs: vec![last_seq[i]] }))
+            (
+                b,
+                Command::MarkDelivered(MarkDeliveredCmd {
+                    room: RoomFields::of(&r),
+                    seqs: vec![last_seq[i]],
+                    more: vec![],
+                }),
+            )
         } else if k.is_multiple_of(25)
             && let Some(message_id) = last_sent[i]
         {
