@@ -342,6 +342,12 @@ pub trait Handler: Send + Sync + 'static {
         done: &mut Done,
     ) -> impl Future<Output = Result<(), ApplyError>> + Send;
 
+    /// How long the writes of what is staged now may gather: `WRITE_BEHIND`
+    /// unless the role knows some cost more to write than others.
+    fn write_behind(&self, _state: &Self::State) -> std::time::Duration {
+        Self::WRITE_BEHIND
+    }
+
     /// Takes what the batches applied since the last take staged.
     fn take(&self, state: &mut Self::State) -> Self::Writes;
 

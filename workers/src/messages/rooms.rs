@@ -61,6 +61,11 @@ impl Rooms {
         }
     }
 
+    /// The most members a room changed since the last take has.
+    pub(super) fn most_members_dirty(&self) -> usize {
+        self.dirty.iter().filter_map(|k| self.map.get(k)).map(|(r, _)| r.members().len()).max().unwrap_or(0)
+    }
+
     /// Everything staged, then a write of each room changed since the last
     /// take (messages before rooms: a room's `lastSeq` never moves past a
     /// message that is not stored).

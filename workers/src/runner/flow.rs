@@ -102,7 +102,8 @@ impl<H: Handler> Flow<H> {
         match applied {
             Ok(()) => {
                 batch.announce(part).await;
-                self.due.get_or_insert_with(|| due_at(Instant::now(), H::WRITE_BEHIND));
+                let every = self.handler.write_behind(state);
+                self.due.get_or_insert_with(|| due_at(Instant::now(), every));
                 self.open.push(batch);
             }
             Err(e) => {
