@@ -275,13 +275,22 @@ impl EventGate {
         let Some(seq) = head.seq else { return Some(None) };
         let at = (seq, head.part);
         if head.room.is_some() {
-            let seen = self.last.entry(subject.clone()).or_insert((0, 0));
+            let seen = match self.last.get_mut(subject) {
+                Some(seen) => seen,
+                None => self.last.entry(subject.clone()).or_insert((0, 0)),
+            };
             if at <= *seen {
                 return None;
             }
             *seen = at;
-        } else if !self.recent.entry(subject.clone()).or_default().admit(at) {
-            return None;
+        } else {
+            let recent = match self.recent.get_mut(subject) {
+                Some(r) => r,
+                None => self.recent.entry(subject.clone()).or_default(),
+            };
+            if !recent.admit(at) {
+                return None;
+            }
         }
         let from_other = head.from.as_deref() != Some(self.me.as_str());
         Some(
@@ -365,15 +374,20 @@ pub async fn write_loop(
     let mut pings = tokio::time::interval_at(Instant::now() + every / 2, every / 2);
     let mut pinged: Option<(Instant, u64)> = None;
     pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Made once, not per frame: each registers with its token when first
+    // polled, and both end the loop.
+    let cancelled = cancel.cancelled();
+    let overflowed = overflow.cancelled();
+    tokio::pin!(cancelled, overflowed);
     loop {
         let mut delivered = None;
         let out: Out = tokio::select! {
             biased;
-            _ = cancel.cancelled() => {
+            _ = &mut cancelled => {
                 flush_ready(&mut tx, &mut source, deliveries).await;
                 Out::Frame(Frame::close(close::GOING_AWAY, b"server shutting down"))
             }
-            _ = overflow.cancelled() => Out::Frame(Frame::close(close::TRY_AGAIN_LATER, b"slow consumer")),
+            _ = &mut overflowed => Out::Frame(Frame::close(close::TRY_AGAIN_LATER, b"slow consumer")),
             _ = &mut expires, if deadlines.expires.is_some() => {
                 flush_ready(&mut tx, &mut source, deliveries).await;
                 Out::Frame(Frame::close(close::TOKEN_EXPIRED, b"token expired"))

@@ -455,10 +455,12 @@ impl FanOut {
                 self.membership.group_change(id, seq, change);
             }
         }
-        let targets: Vec<Sink> = lock(&self.sinks).values().cloned().collect();
-        self.delivered.increment(targets.len() as u64);
         let shared = SharedEvent::new(self.subject.clone(), head.clone(), payload.clone());
-        for s in &targets {
+        // Offers never wait, so they are made under the lock, without a
+        // copy of every sink per event.
+        let targets = lock(&self.sinks);
+        self.delivered.increment(targets.len() as u64);
+        for s in targets.values() {
             if head.seq.is_none() && head.from.as_deref() == Some(s.user.hex().as_str()) {
                 continue;
             }
@@ -484,6 +486,7 @@ impl FanOut {
                 let _ = self.control.send(Control::Contacts(ContactNotice::Refresh(s.user)));
             }
         }
+        drop(targets);
         if let Some(who) = &h.revoke {
             let mut sinks = lock(&self.sinks);
             let gone: Vec<ConnId> =
