@@ -30,6 +30,10 @@ pub(super) enum Cursor {
 impl Cursor {
     const ALL: [Cursor; 4] = [Cursor::Read, Cursor::Delivered, Cursor::Unread, Cursor::Mentions];
 
+    fn index(self) -> usize {
+        self as usize
+    }
+
     fn field(self) -> &'static str {
         match self {
             Cursor::Read => "readCursors",
@@ -41,7 +45,7 @@ impl Cursor {
 }
 
 /// From how many changed entries of one per-user map a write sets the
-/// whole map instead of each entry (`Room::coalesce_maps`).
+/// whole map instead of each entry (`Room::put`).
 const WHOLE_MAP_FROM: usize = 32;
 
 pub(super) struct Room {
@@ -52,6 +56,11 @@ pub(super) struct Room {
     stored_seq: Option<i64>,
     set: Document,
     unset: Document,
+    /// Per cursor map: whether the next write sets it whole (then no
+    /// dotted path of it is staged), else how many of its entries are
+    /// staged.
+    whole: [bool; 4],
+    entries: [usize; 4],
     /// Read from the database in this batch: MongoDB may hold messages of
     /// it that the worker has not seen (a dead worker's last batch).
     pub fresh: bool,
@@ -87,6 +96,8 @@ impl Room {
             stored_seq: Some(last),
             set: Document::new(),
             unset: Document::new(),
+            whole: [false; 4],
+            entries: [0; 4],
             fresh: true,
             unwritten: Vec::new(),
             changed: HashMap::new(),
@@ -103,6 +114,8 @@ impl Room {
             stored_seq: None,
             set: Document::new(),
             unset: Document::new(),
+            whole: [false; 4],
+            entries: [0; 4],
             fresh: false,
             unwritten: Vec::new(),
             changed: HashMap::new(),
@@ -187,10 +200,30 @@ impl Room {
         self.map(c).get(&user.to_hex()).copied().unwrap_or(0)
     }
 
+    /// Sets `user`'s entry of a per-user map. A message to a big group
+    /// changes every member's unread count: past `WHOLE_MAP_FROM` staged
+    /// entries the map is written whole, and from then on until the write
+    /// an entry costs only the map's update.
     pub fn put(&mut self, c: Cursor, user: ObjectId, value: i64) {
         let u = user.to_hex();
-        self.map_mut(c).insert(u.clone(), value);
-        self.stage(format!("{}.{u}", c.field()), Bson::Int64(value));
+        let map = self.map_mut(c);
+        match map.get_mut(&u) {
+            Some(v) => *v = value,
+            None => {
+                map.insert(u.clone(), value);
+            }
+        }
+        if self.whole[c.index()] {
+            return;
+        }
+        let path = format!("{}.{u}", c.field());
+        self.unset.remove(&path);
+        if self.set.insert(path, Bson::Int64(value)).is_none() {
+            self.entries[c.index()] += 1;
+            if self.entries[c.index()] > WHOLE_MAP_FROM {
+                self.write_whole(c);
+            }
+        }
     }
 
     /// Removes a user's entries from every per-user map.
@@ -198,10 +231,33 @@ impl Room {
         let u = user.to_hex();
         for c in Cursor::ALL {
             self.map_mut(c).remove(&u);
+            if self.whole[c.index()] {
+                continue;
+            }
             let path = format!("{}.{u}", c.field());
             self.set.remove(&path);
-            self.unset.insert(path, "");
+            if self.unset.insert(path, "").is_none() {
+                self.entries[c.index()] += 1;
+                if self.entries[c.index()] > WHOLE_MAP_FROM {
+                    self.write_whole(c);
+                }
+            }
         }
+    }
+
+    /// The next write sets map `c` whole: its dotted paths go. Setting each
+    /// of many entries costs MongoDB far more than the map (it resolves each
+    /// dotted path against the document: the embedded server took 1.3 s for
+    /// 2,000 paths into a group of 1,000, 12 ms for the two maps whole). The
+    /// worker holding the partition is the room's only writer, so memory
+    /// has the whole map.
+    fn write_whole(&mut self, c: Cursor) {
+        let prefix = format!("{}.", c.field());
+        let keep =
+            |d: &mut Document| *d = std::mem::take(d).into_iter().filter(|(k, _)| !k.starts_with(&prefix)).collect();
+        keep(&mut self.set);
+        keep(&mut self.unset);
+        self.whole[c.index()] = true;
     }
 
     /// How far `user` has read or received (reading implies receiving).
@@ -302,34 +358,16 @@ impl Room {
         self.unwritten.iter().map(|(_, t)| t)
     }
 
-    /// Replaces the dotted paths staged under a per-user map with the whole
-    /// map when there are more than `WHOLE_MAP_FROM` of them. A message to a
-    /// big group changes every member's unread count: MongoDB resolves each
-    /// dotted path against the document, which costs far more than setting
-    /// one field (the embedded server: 1.3 s for 2,000 paths into a group of
-    /// 1,000, 12 ms for the two maps whole). The worker holding the
-    /// partition is the room's only writer, so memory has the whole map.
-    fn coalesce_maps(&mut self) {
-        for c in Cursor::ALL {
-            let prefix = format!("{}.", c.field());
-            let paths: Vec<String> =
-                self.set.keys().chain(self.unset.keys()).filter(|k| k.starts_with(&prefix)).cloned().collect();
-            if paths.len() <= WHOLE_MAP_FROM {
-                continue;
-            }
-            for p in &paths {
-                self.set.remove(p);
-                self.unset.remove(p);
-            }
-            let whole: Document = self.map(c).iter().map(|(u, v)| (u.clone(), Bson::Int64(*v))).collect();
-            self.set.insert(c.field(), whole);
-        }
-    }
-
     /// The write that commits what changed since the last one, if anything
     /// did; afterwards the room counts as written.
     pub fn take_write(&mut self) -> Option<RoomWrite> {
-        self.coalesce_maps();
+        for c in Cursor::ALL {
+            if self.whole[c.index()] {
+                let whole: Document = self.map(c).iter().map(|(u, v)| (u.clone(), Bson::Int64(*v))).collect();
+                self.set.insert(c.field(), whole);
+            }
+        }
+        (self.whole, self.entries) = ([false; 4], [0; 4]);
         let last = self.last_seq();
         let write = match self.stored_seq {
             None => Some(RoomWrite::Insert(Box::new(self.doc.clone()))),
