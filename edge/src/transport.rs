@@ -6,14 +6,17 @@
 //! "token expired" when the token that opened the connection runs out,
 //! pings a client that has gone quiet and closes one that never answers,
 //! gives up on a write the peer does not take within `WRITE_TIMEOUT`, and
-//! reports what reached the user's device.
+//! reports what reached the user's device. What is ready at once goes to
+//! the kernel in one write (see `gather`).
+
+mod gather;
 
 use crate::realtime::delivery::Deliveries;
 use crate::realtime::hub::Head;
 use crate::realtime::limits::close;
 use crate::realtime::session::Next;
 use bytes::Bytes;
-use fastwebsockets::{Frame, OpCode, Payload, WebSocketError, WebSocketRead, WebSocketWrite};
+use fastwebsockets::{Frame, OpCode, Payload, WebSocket, WebSocketError, WebSocketRead, WebSocketWrite};
 use futures::FutureExt;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
@@ -30,7 +33,16 @@ use tracing::debug;
 
 pub type Io = TokioIo<Upgraded>;
 pub type Reader = WebSocketRead<ReadHalf<Io>>;
-pub type Writer = WebSocketWrite<WriteHalf<Io>>;
+pub type Writer = WebSocketWrite<gather::Gather<WriteHalf<Io>>>;
+
+/// The halves of an upgraded connection: the reader for its task, the
+/// writer for `write_loop`.
+pub fn split(ws: WebSocket<Io>) -> (Reader, Writer) {
+    ws.split(|io| {
+        let (r, w) = tokio::io::split(io);
+        (r, gather::Gather::new(w))
+    })
+}
 
 /// Frames the reader (or the protocol) asks the writer to send.
 pub enum Control {
@@ -56,6 +68,9 @@ pub trait Handler: Send {
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most frames already queued that are still written before a close.
 const FLUSH_BEFORE_CLOSE: usize = 256;
+/// Most frames, and bytes, that go to the kernel in one write.
+const GATHER_FRAMES: usize = 64;
+const GATHER_BYTES: usize = 64 * 1024;
 
 /// When the reader last saw a frame (any: data, ping, pong, close), and
 /// how many it saw, for the writer's keep-alive.
@@ -320,35 +335,64 @@ impl Out {
     fn is_close(&self) -> bool {
         matches!(self, Out::Frame(f) if f.opcode == OpCode::Close)
     }
+
+    fn len(&self) -> usize {
+        match self {
+            Out::Frame(f) => f.payload.len(),
+            Out::Text(b) => b.len(),
+        }
+    }
 }
 
-/// Writes `out` within `WRITE_TIMEOUT`; false when the peer is gone.
-async fn write_out(tx: &mut Writer, out: Out) -> bool {
-    match out {
-        Out::Frame(f) => write(tx, f).await,
-        Out::Text(b) => write(tx, Frame::text(Payload::Borrowed(&b))).await,
-    }
+/// Adds `out` to what the next flush writes; false when it was not added
+/// because a close frame already was (the only way adding fails: nothing
+/// reaches the socket before the flush).
+async fn put(tx: &mut Writer, out: Out) -> bool {
+    let put = match out {
+        Out::Frame(f) => tx.write_frame(f).await,
+        Out::Text(b) => tx.write_frame(Frame::text(Payload::Borrowed(&b))).await,
+    };
+    put.is_ok()
+}
+
+/// Writes what was put within `WRITE_TIMEOUT`; false when the peer is gone
+/// or does not take it.
+async fn flush(tx: &mut Writer) -> bool {
+    matches!(tokio::time::timeout(WRITE_TIMEOUT, tx.flush()).await, Ok(Ok(())))
 }
 
 /// Writes `frame` within `WRITE_TIMEOUT`; false when the peer is gone or
 /// does not take it.
 pub async fn write(tx: &mut Writer, frame: Frame<'_>) -> bool {
-    matches!(tokio::time::timeout(WRITE_TIMEOUT, tx.write_frame(frame)).await, Ok(Ok(())))
+    tx.write_frame(frame).await.is_ok() && flush(tx).await
 }
 
-/// Writes what `source` has ready now (a few frames at most), before a
-/// close the server decided on: the replies and events that led to it.
-async fn flush_ready(tx: &mut Writer, source: &mut impl Source, deliveries: &Deliveries) -> bool {
-    for _ in 0..FLUSH_BEFORE_CLOSE {
-        let Some(Some((out, d))) = source.next().now_or_never() else { break };
-        if !write_out(tx, out).await {
-            return false;
+/// Puts what `source` has ready now, at most `frames` frames and about
+/// `bytes` bytes, noting what each delivers in `reports`; true when a
+/// close frame is held.
+async fn put_ready(
+    tx: &mut Writer,
+    source: &mut impl Source,
+    (frames, bytes): (usize, usize),
+    reports: &mut Vec<Delivered>,
+) -> bool {
+    let mut held = 0;
+    for _ in 0..frames {
+        if held >= bytes {
+            break;
         }
-        if let Some((user, room, seq)) = d {
-            deliveries.report(user, room, seq);
+        let Some(Some((out, d))) = source.next().now_or_never() else { break };
+        held += out.len();
+        let closing = out.is_close();
+        if !put(tx, out).await {
+            return true;
+        }
+        reports.extend(d);
+        if closing {
+            return true;
         }
     }
-    true
+    false
 }
 
 /// Writes frames from `ctl` (first) and `source`, in order, until the peer
@@ -380,16 +424,19 @@ pub async fn write_loop(
     let overflowed = overflow.cancelled();
     tokio::pin!(cancelled, overflowed);
     loop {
-        let mut delivered = None;
+        // What the frames of this write deliver, reported once the kernel
+        // has taken them.
+        let mut reports: Vec<Delivered> = Vec::new();
+        let mut more = false;
         let out: Out = tokio::select! {
             biased;
             _ = &mut cancelled => {
-                flush_ready(&mut tx, &mut source, deliveries).await;
+                put_ready(&mut tx, &mut source, (FLUSH_BEFORE_CLOSE, usize::MAX), &mut reports).await;
                 Out::Frame(Frame::close(close::GOING_AWAY, b"server shutting down"))
             }
             _ = &mut overflowed => Out::Frame(Frame::close(close::TRY_AGAIN_LATER, b"slow consumer")),
             _ = &mut expires, if deadlines.expires.is_some() => {
-                flush_ready(&mut tx, &mut source, deliveries).await;
+                put_ready(&mut tx, &mut source, (FLUSH_BEFORE_CLOSE, usize::MAX), &mut reports).await;
                 Out::Frame(Frame::close(close::TOKEN_EXPIRED, b"token expired"))
             }
             _ = pings.tick(), if alive.is_some() => {
@@ -421,18 +468,28 @@ pub async fn write_loop(
             },
             o = source.next() => match o {
                 Some((out, d)) => {
-                    delivered = d;
+                    reports.extend(d);
+                    more = true;
                     out
                 }
                 None => break,
             },
         };
-        let closing = out.is_close();
-        if !write_out(&mut tx, out).await || closing {
+        let (held, close) = (out.len(), out.is_close());
+        let mut closing = !put(&mut tx, out).await || close;
+        // What else is ready goes in the same write.
+        if more && !closing {
+            let room = (GATHER_FRAMES - 1, GATHER_BYTES.saturating_sub(held));
+            closing = put_ready(&mut tx, &mut source, room, &mut reports).await;
+        }
+        if !flush(&mut tx).await {
             break;
         }
-        if let Some((user, room, seq)) = delivered {
+        for (user, room, seq) in reports {
             deliveries.report(user, room, seq);
+        }
+        if closing {
+            break;
         }
     }
 }

@@ -295,7 +295,7 @@ impl Engine {
     }
 
     async fn run_ws(self: Arc<Self>, ws: WebSocket<Io>, st: Arc<EdgeState>, upgrade: bool) {
-        let (rx, mut tx) = ws.split(tokio::io::split);
+        let (rx, mut tx) = transport::split(ws);
         let (ctl_tx, mut ctl_rx) = mpsc::channel::<Control>(8);
         let (up_tx, mut up_rx) = oneshot::channel::<()>();
         let mut inbound = WsInbound {

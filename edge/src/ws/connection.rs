@@ -23,7 +23,7 @@ pub async fn run(ws: WebSocket<Io>, token: Verified, meta: RequestMeta, st: Arc<
     let span = info_span!("ws", conn, user = %who.user);
     async move {
         debug!("connected");
-        let (rx, tx) = ws.split(tokio::io::split);
+        let (rx, tx) = transport::split(ws);
         // Binary messages carry uploads, up to MAX_FILE_SIZE plus a header;
         // text frames stay within MAX_FRAME_BYTES.
         let max_binary = st.config.max_file_size as usize + 4 + MAX_UPLOAD_HEADER;
