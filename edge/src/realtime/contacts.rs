@@ -117,15 +117,10 @@ impl Contacts {
         let old = old.unwrap_or(&none);
         let new = self.groups.get(&id).map(|g| &g.members).unwrap_or(&none);
         for u in old.difference(new) {
-            if let Some(set) = self.member_of.get_mut(u) {
-                set.remove(&id);
-                if set.is_empty() {
-                    self.member_of.remove(u);
-                }
-            }
+            index(&mut self.member_of, id, *u, false);
         }
         for u in new.difference(old) {
-            self.member_of.entry(*u).or_default().insert(id);
+            index(&mut self.member_of, id, *u, true);
         }
     }
 
@@ -181,9 +176,18 @@ impl Contacts {
             }
         }
         if let Some(g) = self.groups.get_mut(&id) {
-            let old = g.members.clone();
-            g.apply(seq, &change);
-            self.reindex(id, Some(&old));
+            // One member changes, not the whole group: only a delete
+            // needs the members it had.
+            let old = (change == GroupChange::Deleted).then(|| g.members.clone());
+            if !g.apply(seq, &change) {
+                return;
+            }
+            match change {
+                GroupChange::Added(u) => index(&mut self.member_of, id, UserId(u), true),
+                GroupChange::Removed(u) => index(&mut self.member_of, id, UserId(u), false),
+                GroupChange::Deleted => self.reindex(id, old.as_ref()),
+                GroupChange::Rules(_) => {}
+            }
         }
     }
 
@@ -263,10 +267,24 @@ impl Contacts {
     }
 }
 
+/// Notes in `member_of` whether `user` is a member of held group `id`.
+fn index(member_of: &mut HashMap<UserId, HashSet<ObjectId>>, id: ObjectId, user: UserId, member: bool) {
+    if member {
+        member_of.entry(user).or_default().insert(id);
+    } else if let Some(set) = member_of.get_mut(&user) {
+        set.remove(&id);
+        if set.is_empty() {
+            member_of.remove(&user);
+        }
+    }
+}
+
 impl Group {
-    fn apply(&mut self, seq: u64, change: &GroupChange) {
+    /// Applies the change at `seq`; false when it is not newer than what
+    /// is held (a redelivery).
+    fn apply(&mut self, seq: u64, change: &GroupChange) -> bool {
         if seq <= self.seq {
-            return;
+            return false;
         }
         self.seq = seq;
         match change {
@@ -279,6 +297,7 @@ impl Group {
             GroupChange::Deleted => self.members.clear(),
             GroupChange::Rules(_) => {}
         }
+        true
     }
 }
 
