@@ -18,7 +18,7 @@ use crate::core::recent::Recent;
 use bytes::Bytes;
 use futures::StreamExt;
 use natter_nats::{RoomKind, Subjects};
-use natter_shared::ids::{RoomRef, UserId};
+use natter_shared::ids::{RoomRef, UserId, parse_oid};
 use natter_shared::shutdown::Tasks;
 use natter_shared::v1::event::{EventHead, data_of};
 use std::collections::{HashMap, HashSet};
@@ -458,10 +458,12 @@ impl FanOut {
         let shared = SharedEvent::new(self.subject.clone(), head.clone(), payload.clone());
         // Offers never wait, so they are made under the lock, without a
         // copy of every sink per event.
+        // A room's event without a seq (typing) skips its sender's sockets.
+        let from = head.from.as_deref().filter(|_| head.seq.is_none()).and_then(parse_oid);
         let targets = lock(&self.sinks);
         self.delivered.increment(targets.len() as u64);
         for s in targets.values() {
-            if head.seq.is_none() && head.from.as_deref() == Some(s.user.hex().as_str()) {
+            if from == Some(s.user.oid()) {
                 continue;
             }
             s.offer(Outbound::Event(shared.clone()));
