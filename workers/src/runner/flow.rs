@@ -102,8 +102,9 @@ impl<H: Handler> Flow<H> {
         match applied {
             Ok(()) => {
                 batch.announce(part).await;
-                let every = self.handler.write_behind(state);
-                self.due.get_or_insert_with(|| due_at(Instant::now(), every));
+                if self.due.is_none() {
+                    self.due = Some(due_at(Instant::now(), self.handler.write_behind(state)));
+                }
                 self.open.push(batch);
             }
             Err(e) => {
